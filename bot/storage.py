@@ -1,0 +1,257 @@
+"""Per-user settings and conversation history in SQLite (aiosqlite, stdlib only)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+ROLES = ("user", "model")
+
+# Ordered schema migrations: MIGRATIONS[i] brings the database to version i + 1.
+# Append new lists at the end; never edit one that has shipped.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE users (
+            user_id INTEGER PRIMARY KEY,
+            language TEXT NOT NULL,
+            think INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id INTEGER NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('user', 'model')),
+            text TEXT NOT NULL,
+            image_file_id TEXT,
+            created_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX messages_user_id ON messages (user_id, id)",
+    ],
+]
+
+# Explicit column lists keep queries valid when later migrations add columns.
+_USER_COLS = "user_id, language, think, created_at, updated_at"
+_MESSAGE_COLS = "id, user_id, role, text, image_file_id, created_at"
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: int
+    language: str
+    think: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: int
+    user_id: int
+    role: str
+    text: str
+    image_file_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class UserData:
+    """Everything kept about one user (for /mydata)."""
+
+    user: User | None
+    messages: list[StoredMessage]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _user(row: Sequence[Any]) -> User:
+    uid, language, think, created, updated = row
+    return User(
+        uid, language, bool(think), datetime.fromisoformat(created), datetime.fromisoformat(updated)
+    )
+
+
+def _message(row: Sequence[Any]) -> StoredMessage:
+    mid, uid, role, text, image_file_id, created = row
+    return StoredMessage(mid, uid, role, text, image_file_id, datetime.fromisoformat(created))
+
+
+class Storage:
+    """One aiosqlite connection in WAL mode; writes are serialised by a lock."""
+
+    def __init__(self, db: aiosqlite.Connection, max_stored_messages: int) -> None:
+        self._db = db
+        self._max_stored = max_stored_messages
+        self._lock = asyncio.Lock()
+        self._schema_version = 0
+
+    @classmethod
+    async def open(cls, path: str | Path, *, max_stored_messages: int = 200) -> Storage:
+        """Open (creating if needed) the database and bring its schema up to date."""
+        if max_stored_messages < 1:
+            raise ValueError("max_stored_messages must be at least 1")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(str(path), isolation_level=None)
+        try:
+            for pragma in ("journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL"):
+                await db.execute(f"PRAGMA {pragma}")
+            await db.execute("PRAGMA busy_timeout=5000")
+            await db.execute("PRAGMA secure_delete=ON")  # erased data is overwritten
+            storage = cls(db, max_stored_messages)
+            await storage._migrate()
+        except BaseException:
+            await db.close()
+            raise
+        return storage
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def __aenter__(self) -> Storage:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return self._schema_version
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def _user_version(self) -> int:
+        rows = await self._db.execute_fetchall("PRAGMA user_version")
+        return int(next(iter(rows))[0])
+
+    async def _migrate(self) -> None:
+        for version, statements in enumerate(MIGRATIONS, start=1):
+            async with self._transaction() as db:
+                current = await self._user_version()  # re-read under the write lock
+                if current > len(MIGRATIONS):
+                    raise RuntimeError(f"database schema v{current} is newer than this code")
+                if current >= version:
+                    continue
+                for sql in statements:
+                    await db.execute(sql)
+                await db.execute(f"PRAGMA user_version = {version}")
+        self._schema_version = await self._user_version()
+
+    async def get_user(self, user_id: int) -> User | None:
+        rows = list(
+            await self._db.execute_fetchall(
+                f"SELECT {_USER_COLS} FROM users WHERE user_id = ?", (user_id,)
+            )
+        )
+        return _user(rows[0]) if rows else None
+
+    async def get_or_create_user(self, user_id: int, *, default_language: str) -> tuple[User, bool]:
+        now = _now()
+        async with self._transaction() as db:
+            cur = await db.execute(
+                f"INSERT OR IGNORE INTO users ({_USER_COLS}) VALUES (?, ?, 0, ?, ?)",
+                (user_id, default_language, now, now),
+            )
+            created = cur.rowcount == 1
+            rows = list(
+                await db.execute_fetchall(
+                    f"SELECT {_USER_COLS} FROM users WHERE user_id = ?", (user_id,)
+                )
+            )
+        return _user(rows[0]), created
+
+    async def _upsert(self, user_id: int, column: str, language: str, think: bool) -> User:
+        """Insert the user with these values, or update only `column` if the row exists."""
+        now = _now()
+        sql = (
+            f"INSERT INTO users ({_USER_COLS}) VALUES (?, ?, ?, ?, ?)"
+            f" ON CONFLICT (user_id) DO UPDATE SET {column} = excluded.{column},"
+            f" updated_at = excluded.updated_at RETURNING {_USER_COLS}"
+        )
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(sql, (user_id, language, int(think), now, now))
+        return _user(next(iter(rows)))
+
+    async def set_language(self, user_id: int, language: str) -> User:
+        """Set the reply language, creating the user (think off) if missing."""
+        return await self._upsert(user_id, "language", language, False)
+
+    async def set_think(self, user_id: int, think: bool) -> User:
+        """Set thinking mode, creating the user (language "en") if missing."""
+        return await self._upsert(user_id, "think", "en", think)
+
+    async def add_message(
+        self, user_id: int, role: str, text: str, *, image_file_id: str | None = None
+    ) -> StoredMessage:
+        """Store one message, then keep only this user's newest `max_stored_messages`."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(
+                f"INSERT INTO messages (user_id, role, text, image_file_id, created_at)"
+                f" VALUES (?, ?, ?, ?, ?) RETURNING {_MESSAGE_COLS}",
+                (user_id, role, text, image_file_id, _now()),
+            )
+            message = _message(next(iter(rows)))
+            await db.execute(
+                "DELETE FROM messages WHERE user_id = ? AND id <= (SELECT id FROM messages"
+                " WHERE user_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (user_id, user_id, self._max_stored),
+            )
+        return message
+
+    async def get_history(self, user_id: int, *, max_turns: int) -> list[StoredMessage]:
+        """The last `max_turns` turns, oldest first, always starting with a user message."""
+        if max_turns <= 0:
+            return []
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_MESSAGE_COLS} FROM messages WHERE user_id = ? AND id >= ("
+            " SELECT MIN(id) FROM (SELECT id FROM messages WHERE user_id = ? AND role = 'user'"
+            " ORDER BY id DESC LIMIT ?)) ORDER BY id",
+            (user_id, user_id, max_turns),
+        )
+        return [_message(r) for r in rows]
+
+    async def get_last_image_file_id(self, user_id: int) -> str | None:
+        rows = list(
+            await self._db.execute_fetchall(
+                "SELECT image_file_id FROM messages WHERE user_id = ?"
+                " AND image_file_id IS NOT NULL ORDER BY id DESC LIMIT 1",
+                (user_id,),
+            )
+        )
+        return rows[0][0] if rows else None
+
+    async def get_user_data(self, user_id: int) -> UserData:
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_MESSAGE_COLS} FROM messages WHERE user_id = ? ORDER BY id", (user_id,)
+        )
+        return UserData(await self.get_user(user_id), [_message(r) for r in rows])
+
+    async def delete_user_data(self, user_id: int) -> int:
+        """Delete the user row and all their messages atomically; return rows deleted."""
+        async with self._transaction() as db:
+            users = await db.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
+            messages = await db.execute("DELETE FROM messages WHERE user_id = ?", (user_id,))
+            return users.rowcount + messages.rowcount
+
+    async def count_users(self) -> int:
+        rows = await self._db.execute_fetchall("SELECT COUNT(*) FROM users")
+        return int(next(iter(rows))[0])
