@@ -127,55 +127,53 @@ class Storage:
         return self._schema_version
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(self) -> AsyncIterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error), one writer at a time."""
         async with self._lock:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
+                yield
             except BaseException:
                 await self._db.execute("ROLLBACK")
                 raise
             await self._db.execute("COMMIT")
 
-    async def _user_version(self) -> int:
-        rows = await self._db.execute_fetchall("PRAGMA user_version")
-        return int(next(iter(rows))[0])
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """The first row of a query, or None."""
+        async with self._db.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(await self._db.execute_fetchall(sql, params))
 
     async def _migrate(self) -> None:
         for version, statements in enumerate(MIGRATIONS, start=1):
-            async with self._transaction() as db:
-                current = await self._user_version()  # re-read under the write lock
+            async with self._transaction():
+                (current,) = await self._one("PRAGMA user_version")  # re-read under the lock
                 if current > len(MIGRATIONS):
                     raise RuntimeError(f"database schema v{current} is newer than this code")
                 if current >= version:
                     continue
                 for sql in statements:
-                    await db.execute(sql)
-                await db.execute(f"PRAGMA user_version = {version}")
-        self._schema_version = await self._user_version()
+                    await self._db.execute(sql)
+                await self._db.execute(f"PRAGMA user_version = {version}")
+        (self._schema_version,) = await self._one("PRAGMA user_version")
 
     async def get_user(self, user_id: int) -> User | None:
-        rows = list(
-            await self._db.execute_fetchall(
-                f"SELECT {_USER_COLS} FROM users WHERE user_id = ?", (user_id,)
-            )
-        )
-        return _user(rows[0]) if rows else None
+        row = await self._one(f"SELECT {_USER_COLS} FROM users WHERE user_id = ?", (user_id,))
+        return _user(row) if row else None
 
     async def get_or_create_user(self, user_id: int, *, default_language: str) -> tuple[User, bool]:
         now = _now()
-        async with self._transaction() as db:
-            cur = await db.execute(
+        async with self._transaction():
+            cur = await self._db.execute(
                 f"INSERT OR IGNORE INTO users ({_USER_COLS}) VALUES (?, ?, 0, ?, ?)",
                 (user_id, default_language, now, now),
             )
             created = cur.rowcount == 1
-            rows = list(
-                await db.execute_fetchall(
-                    f"SELECT {_USER_COLS} FROM users WHERE user_id = ?", (user_id,)
-                )
-            )
-        return _user(rows[0]), created
+            user = await self.get_user(user_id)
+        assert user is not None
+        return user, created
 
     async def _upsert(self, user_id: int, column: str, language: str, think: bool) -> User:
         """Insert the user with these values, or update only `column` if the row exists."""
@@ -185,9 +183,9 @@ class Storage:
             f" ON CONFLICT (user_id) DO UPDATE SET {column} = excluded.{column},"
             f" updated_at = excluded.updated_at RETURNING {_USER_COLS}"
         )
-        async with self._transaction() as db:
-            rows = await db.execute_fetchall(sql, (user_id, language, int(think), now, now))
-        return _user(next(iter(rows)))
+        async with self._transaction():
+            row = await self._one(sql, (user_id, language, int(think), now, now))
+        return _user(row)
 
     async def set_language(self, user_id: int, language: str) -> User:
         """Set the reply language, creating the user (think off) if missing."""
@@ -203,14 +201,14 @@ class Storage:
         """Store one message, then keep only this user's newest `max_stored_messages`."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-        async with self._transaction() as db:
-            rows = await db.execute_fetchall(
+        async with self._transaction():
+            row = await self._one(
                 f"INSERT INTO messages (user_id, role, text, image_file_id, created_at)"
                 f" VALUES (?, ?, ?, ?, ?) RETURNING {_MESSAGE_COLS}",
                 (user_id, role, text, image_file_id, _now()),
             )
-            message = _message(next(iter(rows)))
-            await db.execute(
+            message = _message(row)
+            await self._db.execute(
                 "DELETE FROM messages WHERE user_id = ? AND id <= (SELECT id FROM messages"
                 " WHERE user_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                 (user_id, user_id, self._max_stored),
@@ -221,7 +219,7 @@ class Storage:
         """The last `max_turns` turns, oldest first, always starting with a user message."""
         if max_turns <= 0:
             return []
-        rows = await self._db.execute_fetchall(
+        rows = await self._all(
             f"SELECT {_MESSAGE_COLS} FROM messages WHERE user_id = ? AND id >= ("
             " SELECT MIN(id) FROM (SELECT id FROM messages WHERE user_id = ? AND role = 'user'"
             " ORDER BY id DESC LIMIT ?)) ORDER BY id",
@@ -230,28 +228,26 @@ class Storage:
         return [_message(r) for r in rows]
 
     async def get_last_image_file_id(self, user_id: int) -> str | None:
-        rows = list(
-            await self._db.execute_fetchall(
-                "SELECT image_file_id FROM messages WHERE user_id = ?"
-                " AND image_file_id IS NOT NULL ORDER BY id DESC LIMIT 1",
-                (user_id,),
-            )
+        row = await self._one(
+            "SELECT image_file_id FROM messages WHERE user_id = ?"
+            " AND image_file_id IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (user_id,),
         )
-        return rows[0][0] if rows else None
+        return row[0] if row else None
 
     async def get_user_data(self, user_id: int) -> UserData:
-        rows = await self._db.execute_fetchall(
+        rows = await self._all(
             f"SELECT {_MESSAGE_COLS} FROM messages WHERE user_id = ? ORDER BY id", (user_id,)
         )
         return UserData(await self.get_user(user_id), [_message(r) for r in rows])
 
     async def delete_user_data(self, user_id: int) -> int:
         """Delete the user row and all their messages atomically; return rows deleted."""
-        async with self._transaction() as db:
-            users = await db.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
-            messages = await db.execute("DELETE FROM messages WHERE user_id = ?", (user_id,))
+        async with self._transaction():
+            users = await self._db.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
+            messages = await self._db.execute("DELETE FROM messages WHERE user_id = ?", (user_id,))
             return users.rowcount + messages.rowcount
 
     async def count_users(self) -> int:
-        rows = await self._db.execute_fetchall("SELECT COUNT(*) FROM users")
-        return int(next(iter(rows))[0])
+        (count,) = await self._one("SELECT COUNT(*) FROM users")
+        return int(count)
