@@ -11,16 +11,26 @@ PTB ``Application`` to long-poll it and call methods on it. Tests play the user:
     )
     ...  # app.initialize(), app.start(), app.updater.start_polling(poll_interval=0.0, timeout=1)
     ann = TgUser(id=1001)
+    mark = server.mark()
     server.send_text(ann, "/start")
-    call = await server.wait_for(lambda c: c.method == "sendMessage")
+    call = await server.wait_for(lambda c: c.method == "sendMessage", after=mark)
     msg = await server.wait_for_message(ann.id, lambda m: m.reply_markup is not None)
     server.press_button(ann, msg, "lang:de")
-    await server.stop()
+    await server.stop()  # also usable as ``async with BotApiServer() as server:``
 
-Every request is recorded in ``server.calls`` as an ``ApiCall`` (getUpdates included). For
-errors, ``ApiCall.result`` holds the whole error payload (``{"ok": False, ...}``). Messages sent
-by the bot are tracked as ``SentMessage`` (raw ``text`` as the bot sent it, i.e. with HTML tags;
-for media messages ``text`` is the caption). ``fail_next`` and ``block_user`` inject errors.
+Every request is recorded in ``server.calls`` as an ``ApiCall`` (getUpdates included, but left
+out of the ``dump()`` shown on wait timeouts). For errors, ``ApiCall.result`` holds the whole
+error payload (``{"ok": False, ...}``). Messages sent by the bot are tracked as ``SentMessage``
+with the raw ``text`` the bot sent (HTML tags included; for media messages the caption), while
+the Message returned to the bot carries Telegram's plain text plus entities.
+``wait_for_message`` returns the live ``SentMessage`` when its current state matches, otherwise a
+snapshot of an earlier matching state (e.g. an intermediate edit).
+
+Telegram-like validation: texts over 4096 (captions 1024) characters after HTML parsing, malformed
+``parse_mode="HTML"``, unknown file_ids and "message is not modified" edits answer 400.
+``fail_next`` and ``block_user`` inject 429/403-style errors. Note that PTB turns a description
+like "Bad Request: message is too long" into ``BadRequest("Message is too long")`` (prefix
+stripped, then ``str.capitalize``), so match error texts case-insensitively.
 """
 
 from __future__ import annotations
@@ -72,6 +82,10 @@ _TAG_TYPES = {
     "ins": "underline", "s": "strikethrough", "strike": "strikethrough", "del": "strikethrough",
     "span": "spoiler", "tg-spoiler": "spoiler", "a": "text_link", "code": "code", "pre": "pre",
     "blockquote": "blockquote", "tg-emoji": "custom_emoji",
+}
+_MEDIA_DEFAULTS = {  # enough for PTB to parse any media kind the bot sends
+    "width": 100, "height": 100, "duration": 1, "is_animated": False, "is_video": False,
+    "type": "regular",
 }
 # fmt: on
 _CANONICAL = {m.lower(): m for m in _METHODS}
@@ -260,12 +274,8 @@ class BotApiServer:
         self, token: str = TOKEN, bot_id: int = 424242, bot_username: str = "travel_test_bot"
     ) -> None:
         self.token = token
-        self.bot_user = {
-            "id": bot_id,
-            "is_bot": True,
-            "first_name": "Travel Test Bot",
-            "username": bot_username,
-        }
+        self.bot_user: dict[str, Any] = {"id": bot_id, "is_bot": True, "first_name": "Travel Bot"}
+        self.bot_user["username"] = bot_username
         self.calls: list[ApiCall] = []
         self._updates: list[dict] = []
         self._update_ids = itertools.count(1)
@@ -388,13 +398,9 @@ class BotApiServer:
     def send_sticker(self, user: TgUser) -> dict:
         sticker = {
             **self._file_dict(b"RIFF\x00\x00\x00\x00WEBP", "sticker.webp"),
-            "width": 512,
-            "height": 512,
-            "is_animated": False,
-            "is_video": False,
-            "type": "regular",
-            "emoji": "\N{THUMBS UP SIGN}",
+            **_MEDIA_DEFAULTS,
         }
+        sticker |= {"width": 512, "height": 512, "emoji": "\N{THUMBS UP SIGN}"}
         return self._user_message(user, None, "private", {"sticker": sticker})
 
     def send_voice(self, user: TgUser, content: bytes = b"OggS...") -> dict:
@@ -402,19 +408,11 @@ class BotApiServer:
         return self._user_message(user, None, "private", {"voice": voice})
 
     def press_button(self, user: TgUser, message: SentMessage, data: str) -> str:
+        """A callback_query update: ``user`` pressed the button with ``data`` under ``message``."""
         query_id = str(next(self._ids))
-        rendered = self._rendered[(message.chat_id, message.message_id)]
-        self.push_update(
-            {
-                "callback_query": {
-                    "id": query_id,
-                    "from": user.to_dict(),
-                    "chat_instance": f"ci{message.chat_id}",
-                    "data": data,
-                    "message": rendered,
-                }
-            }
-        )
+        query = {"id": query_id, "from": user.to_dict(), "chat_instance": f"ci{message.chat_id}"}
+        query |= {"data": data, "message": self._rendered[(message.chat_id, message.message_id)]}
+        self.push_update({"callback_query": query})
         return query_id
 
     # ---- reading what the bot did ----------------------------------------------------------
@@ -475,12 +473,8 @@ class BotApiServer:
             params = {
                 k: f"<{len(v)} bytes>" if isinstance(v, bytes) else v for k, v in c.params.items()
             }
-            ok = (
-                "ok"
-                if not (isinstance(c.result, dict) and c.result.get("ok") is False)
-                else c.result
-            )
-            lines.append(f"  {c.method} {str(params)[:300]} -> {str(ok)[:200]}")
+            failed = isinstance(c.result, dict) and c.result.get("ok") is False
+            lines.append(f"  {c.method} {str(params)[:300]} -> {c.result if failed else 'ok'}")
         return "\n".join(lines)
 
     # ---- fault injection -------------------------------------------------------------------
@@ -685,12 +679,7 @@ class BotApiServer:
         if method == "getUpdates":
             return await self._get_updates(params)
         if method == "getMe":
-            return {
-                **self.bot_user,
-                "can_join_groups": True,
-                "can_read_all_group_messages": False,
-                "supports_inline_queries": False,
-            }
+            return {**self.bot_user, "can_join_groups": True, "supports_inline_queries": False}
         if method == "getWebhookInfo":
             return {"url": "", "has_custom_certificate": False, "pending_update_count": 0}
         if method == "setMyCommands":
@@ -740,15 +729,7 @@ class BotApiServer:
             width, height = _image_size(content) or (100, 100)
             media: Any = [self._photo_size(content, width, height)]
         else:
-            media = {
-                **self._file_dict(content, kind),
-                "width": 100,
-                "height": 100,
-                "duration": 1,
-                "is_animated": False,
-                "is_video": False,
-                "type": "regular",
-            }
+            media = {**self._file_dict(content, kind), **_MEDIA_DEFAULTS}
         photo = content if kind == "photo" else None
         return self._store(int(params["chat_id"]), {kind: media, **fields}, params, photo)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from PIL import Image
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update
@@ -164,6 +166,60 @@ async def test_get_updates_offset_and_long_poll(server: BotApiServer, bot: Bot) 
     assert updates[0].message.text == "/start now"
     assert updates[0].message.entities[0].type == "bot_command"
     assert updates[0].message.entities[0].length == 6
+
+
+async def test_stop_ends_pending_long_poll(server: BotApiServer, bot: Bot) -> None:
+    poll = asyncio.create_task(bot.get_updates(timeout=30))
+    await asyncio.sleep(0.2)  # let the request reach the server
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await server.stop()
+    assert await asyncio.wait_for(poll, 2) == ()
+    assert loop.time() - started < 1.5
+
+
+async def test_user_side_builders_parse_in_ptb(server: BotApiServer, bot: Bot) -> None:
+    server.send_document(ANN, b"%PDF-1", file_name="menu.pdf", mime_type="application/pdf")
+    server.send_sticker(ANN)
+    server.send_voice(ANN)
+    group = server.send_text(ANN, "/start@travel_test_bot", chat_type="group")
+    updates = await bot.get_updates(timeout=0)
+    doc, sticker, voice, in_group = (u.message for u in updates)
+    assert (doc.document.file_name, doc.document.mime_type) == ("menu.pdf", "application/pdf")
+    assert await (await doc.document.get_file()).download_as_bytearray() == b"%PDF-1"
+    assert sticker.sticker.width == 512 and voice.voice.mime_type == "audio/ogg"
+    assert in_group.chat.type == "group" and in_group.chat.id == group["chat"]["id"] < 0
+    assert in_group.chat.title == "Test group" and in_group.from_user.id == ANN.id
+
+
+async def test_raw_http_encodings(server: BotApiServer) -> None:
+    url = f"{server.base_url}{TOKEN}"
+    markup = {"inline_keyboard": [[{"text": "a", "callback_data": "b"}]]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/SENDMESSAGE", json={"chat_id": 5, "text": "{x}"}) as resp:
+            assert (await resp.json())["result"]["text"] == "{x}"
+        query = {
+            "chat_id": "5",
+            "message_id": "1",
+            "text": "[y]",
+            "reply_markup": json.dumps(markup),
+        }
+        async with http.get(f"{url}/editMessageText", params=query) as resp:
+            assert (await resp.json())["result"]["reply_markup"] == markup
+        async with http.post(f"{url}/setSomethingNew", data={"flag": "true", "n": "3"}) as resp:
+            assert await resp.json() == {"ok": True, "result": True}
+        async with http.post(f"{server.base_url}1:bad/getMe") as resp:
+            assert resp.status == 401
+            assert await resp.json() == {
+                "ok": False,
+                "error_code": 401,
+                "description": "Unauthorized",
+            }
+    send, edit, new = server.calls
+    assert (send.method, send.params) == ("sendMessage", {"chat_id": 5, "text": "{x}"})
+    assert edit.params == {"chat_id": 5, "message_id": 1, "text": "[y]", "reply_markup": markup}
+    assert (new.method, new.params) == ("setSomethingNew", {"flag": True, "n": "3"})
+    assert server.messages(5)[0].text == "[y]" and server.messages(5)[0].reply_markup == markup
 
 
 async def test_application_polling(server: BotApiServer) -> None:
