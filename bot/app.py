@@ -1,0 +1,85 @@
+"""Wiring: the PTB Application with every handler, and running it with its services."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from telegram import BotCommand, Update
+from telegram.ext import (
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
+
+from bot.context import SERVICES_KEY, BotContext, Services
+from bot.handlers import callbacks, commands, messages, updates
+
+log = structlog.get_logger()
+
+COMMANDS = ("start", "help", "lang", "think", "mydata", "forget")
+
+
+def build_application(services: Services) -> Application:
+    settings = services.settings
+    application = (
+        Application.builder()
+        .token(settings.require_token())
+        .base_url(settings.telegram_base_url)
+        .base_file_url(settings.telegram_base_file_url)
+        .context_types(ContextTypes(context=BotContext))
+        .concurrent_updates(settings.max_concurrent_updates)
+        .build()
+    )
+    application.bot_data[SERVICES_KEY] = services
+    application.add_handler(TypeHandler(Update, updates.load_profile), group=-1)
+    application.add_handler(CommandHandler("start", commands.start))
+    application.add_handler(CommandHandler("help", commands.help_command))
+    application.add_handler(CommandHandler(["lang", "language"], commands.lang))
+    application.add_handler(CommandHandler("think", commands.think))
+    application.add_handler(CommandHandler(["mydata", "privacy"], commands.mydata))
+    application.add_handler(CommandHandler(["forget", "erase"], commands.forget))
+    application.add_handler(MessageHandler(filters.COMMAND, commands.unknown_command))
+    application.add_handler(CallbackQueryHandler(callbacks.button))
+    application.add_handler(
+        MessageHandler(filters.PHOTO | filters.Document.ALL, messages.photo)
+    )
+    application.add_handler(
+        MessageHandler(filters.TEXT & ~filters.COMMAND, messages.follow_up)
+    )
+    application.add_handler(MessageHandler(filters.ALL, messages.unsupported))
+    application.add_error_handler(updates.on_error)
+    return application
+
+
+async def publish_commands(application: Application, services: Services) -> None:
+    """The command menu, in every language the bot speaks."""
+    texts = services.texts
+    for language in texts.languages:
+        menu = [BotCommand(name, texts.get(language, f"cmd_{name}")) for name in COMMANDS]
+        code = None if language == "en" else language
+        await application.bot.set_my_commands(menu, language_code=code)
+
+
+@contextlib.asynccontextmanager
+async def running(services: Services) -> AsyncIterator[Application]:
+    """The bot polling Telegram until the block exits; then a clean stop."""
+    application = build_application(services)
+    async with application:
+        await publish_commands(application, services)
+        await application.start()
+        await application.updater.start_polling(
+            allowed_updates=Update.ALL_TYPES, poll_interval=0.0, timeout=10
+        )
+        log.info("bot_started", username=application.bot.username)
+        try:
+            yield application
+        finally:
+            await application.updater.stop()
+            await application.stop()
+    log.info("bot_stopped")

@@ -1,0 +1,57 @@
+"""The typed context every handler gets: shared services and the current user's profile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from telegram.ext import Application, CallbackContext, ExtBot
+
+from bot.i18n import Texts
+from bot.settings import Settings
+from bot.storage import Storage, User
+from bot.user_locks import UserLocks
+from inference import Worker
+
+
+@dataclass
+class Services:
+    settings: Settings
+    storage: Storage
+    worker: Worker
+    texts: Texts
+    user_locks: UserLocks
+
+
+SERVICES_KEY = "services"
+
+
+class BotContext(CallbackContext[ExtBot, dict, dict, dict]):
+    """Shared services behind typed properties; `profile` is loaded for each update (group -1)."""
+
+    def __init__(self, application: Application, chat_id=None, user_id=None) -> None:
+        super().__init__(application, chat_id=chat_id, user_id=user_id)
+        self.profile: User | None = None
+
+    @property
+    def services(self) -> Services:
+        return self.bot_data[SERVICES_KEY]
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def storage(self) -> Storage:
+        return self.services.storage
+
+    @property
+    def worker(self) -> Worker:
+        return self.services.worker
+
+    @property
+    def language(self) -> str:
+        return self.profile.language if self.profile else self.settings.default_language
+
+    def t(self, key: str, **values: object) -> str:
+        """A UI string in the current user's language."""
+        return self.services.texts.get(self.language, key, **values)

@@ -1,0 +1,63 @@
+"""All settings of the bot, from TRAVELBOT_* environment variables or a .env file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAVELBOT_", env_file=".env", extra="ignore")
+
+    # Telegram
+    telegram_token: SecretStr | None = None
+    telegram_base_url: str = "https://api.telegram.org/bot"
+    telegram_base_file_url: str = "https://api.telegram.org/file/bot"
+    allowed_user_ids: set[int] = Field(default_factory=set)  # empty: everyone may use the bot
+    max_concurrent_updates: int = 256
+
+    # Model (in-process engine)
+    model_path: Path | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    image_soft_tokens: int | None = None  # 70, 140, 280, 560 or 1120; None: checkpoint default
+    experts_implementation: str | None = None
+    max_new_tokens: int = 1024
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 64
+
+    # Worker
+    max_queue: int = 64
+
+    # Storage
+    database_path: Path = ROOT / "var" / "travelbot.sqlite3"
+    max_history_turns: int = 6  # earlier turns put into the prompt
+    max_stored_messages: int = 200  # per user; older ones are deleted
+
+    # Limits on what users send
+    max_question_chars: int = 1000
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+
+    # Chat behaviour
+    default_language: str = "en"
+    locales_dir: Path = ROOT / "locales"
+    stream_interval_s: float = 1.0  # least time between two streamed updates of one answer
+
+    # Logging
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    def require_token(self) -> str:
+        if self.telegram_token is None or not self.telegram_token.get_secret_value():
+            raise SystemExit(
+                "TRAVELBOT_TELEGRAM_TOKEN is not set: create a bot with @BotFather and "
+                "put its token in the environment or in .env."
+            )
+        return self.telegram_token.get_secret_value()

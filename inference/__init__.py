@@ -1,0 +1,45 @@
+"""Inference for the travel bot: requests in, streamed answers out. No telegram here.
+
+The bot uses only what is exported here; torch and transformers load lazily
+inside the engine thread.
+"""
+
+from inference.engine import EngineConfig, GemmaEngine, ModelNotFound, check_model_dir
+from inference.images import ImageLimits, normalize_image
+from inference.types import (
+    Delta,
+    Event,
+    Finished,
+    ImageRejected,
+    InferenceError,
+    Queued,
+    QueueFull,
+    Request,
+    Sampling,
+    Started,
+    Turn,
+    WorkerStopped,
+)
+from inference.worker import Worker
+
+__all__ = [
+    "Delta",
+    "EngineConfig",
+    "GemmaEngine",
+    "ModelNotFound",
+    "check_model_dir",
+    "Event",
+    "Finished",
+    "ImageLimits",
+    "ImageRejected",
+    "InferenceError",
+    "QueueFull",
+    "Queued",
+    "Request",
+    "Sampling",
+    "Started",
+    "Turn",
+    "Worker",
+    "WorkerStopped",
+    "normalize_image",
+]

@@ -1,0 +1,220 @@
+"""The in-process Gemma 4 engine: load a local checkpoint and generate one request at a time.
+
+torch and transformers are imported here and nowhere the bot reaches at start-up.
+Continuous batching replaces `generate()` in a later step; the interface stays:
+`generate(request, emit, is_cancelled) -> Finished`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from inference.images import decode_image
+from inference.output import OutputSplitter
+from inference.prompts import IMAGE_PLACEHOLDER, build_prompt
+from inference.types import Event, Finished, Request
+
+log = structlog.get_logger()
+
+SUPPORTED_SOFT_TOKENS = (70, 140, 280, 560, 1120)
+
+
+class ModelNotFound(Exception):
+    pass
+
+
+HOW_TO_GET_A_MODEL = (
+    "Point TRAVELBOT_MODEL_PATH (or --model) at a local directory holding "
+    "google/gemma-4-26B-A4B-it (config.json, *.safetensors, tokenizer and processor files), "
+    "or write the tiny test checkpoint with `travelbot tiny-checkpoint DIR` and use that."
+)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_path: Path
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
+    dtype: str = "auto"  # "auto" (bf16 on GPU, float32 on CPU), "bfloat16", "float32"
+    image_soft_tokens: int | None = None  # None: the checkpoint's processor default
+    experts_implementation: str | None = None  # "eager", "batched_mm", "grouped_mm"
+
+    def __post_init__(self) -> None:
+        if self.image_soft_tokens not in (None, *SUPPORTED_SOFT_TOKENS):
+            raise ValueError(f"image_soft_tokens must be one of {SUPPORTED_SOFT_TOKENS}")
+
+
+def check_model_dir(path: Path | None) -> Path:
+    if path is None:
+        raise ModelNotFound(f"No model configured. {HOW_TO_GET_A_MODEL}")
+    if not (Path(path) / "config.json").is_file():
+        raise ModelNotFound(f"No model found at {path} (no config.json). {HOW_TO_GET_A_MODEL}")
+    return Path(path)
+
+
+class GemmaEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        import torch
+        from transformers import (
+            AutoTokenizer,
+            Gemma4ForConditionalGeneration,
+            Gemma4ImageProcessorPil,
+        )
+
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        path = check_model_dir(config.model_path)
+        started = time.monotonic()
+        self.device = _pick_device(config.device)
+        self.dtype = _pick_dtype(config.dtype, self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.image_processor = Gemma4ImageProcessorPil.from_pretrained(path, local_files_only=True)
+        self.model = Gemma4ForConditionalGeneration.from_pretrained(
+            path, dtype=self.dtype, device_map=self.device, local_files_only=True
+        ).eval()
+        if config.experts_implementation:
+            self.model.set_experts_implementation(config.experts_implementation)
+        self.image_soft_tokens = config.image_soft_tokens or self.image_processor.max_soft_tokens
+        ids = self.tokenizer.convert_tokens_to_ids
+        self.stop_ids = [ids("<turn|>"), self.tokenizer.eos_token_id]
+        self._channel_ids = (ids("<|channel>"), ids("<channel|>"))
+        self._ignored_ids = set(self.tokenizer.all_special_ids) - set(self._channel_ids)
+        self._torch = torch
+        log.info(
+            "model_loaded",
+            path=str(path),
+            device=str(self.device),
+            dtype=str(self.dtype),
+            seconds=round(time.monotonic() - started, 2),
+        )
+
+    def generate(
+        self,
+        request: Request,
+        emit: Callable[[Event], None],
+        is_cancelled: Callable[[], bool],
+    ) -> Finished:
+        """Run one request, calling `emit` with each Delta; return the Finished event."""
+        inputs = self.prepare_inputs(request)
+        num_prompt_tokens = int(inputs["input_ids"].shape[1])
+        splitter = OutputSplitter(
+            lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+            channel_open_id=self._channel_ids[0],
+            channel_close_id=self._channel_ids[1],
+            ignored_ids=self._ignored_ids,
+        )
+        last_token: list[int] = []
+
+        def on_token(token_id: int) -> None:
+            last_token[:] = [token_id]
+            if (delta := splitter.push(token_id)) is not None:
+                emit(delta)
+
+        sampling = request.sampling
+        sample_kwargs = (
+            {"do_sample": False}
+            if sampling.is_greedy
+            else {
+                "do_sample": True,
+                "temperature": sampling.temperature,
+                "top_p": sampling.top_p,
+                "top_k": sampling.top_k,
+            }
+        )
+        with self._torch.inference_mode():
+            self.model.generate(
+                **inputs,
+                max_new_tokens=request.max_new_tokens,
+                eos_token_id=self.stop_ids,
+                pad_token_id=self.tokenizer.pad_token_id,
+                streamer=_TokenStreamer(on_token),
+                stopping_criteria=[_CancelCriteria(is_cancelled, self._torch)],
+                **sample_kwargs,
+            )
+        if is_cancelled():
+            reason = "cancelled"
+        elif last_token and last_token[0] in self.stop_ids:
+            reason = "stop"
+        else:
+            reason = "length"
+        return Finished(
+            text=splitter.answer,
+            thought=splitter.thought,
+            num_prompt_tokens=num_prompt_tokens,
+            num_output_tokens=splitter.num_tokens,
+            finish_reason=reason,
+        )
+
+    def prepare_inputs(self, request: Request) -> dict:
+        """Token ids and image tensors for `request`, on the model's device."""
+        prompt = build_prompt(request)
+        text = prompt.text
+        tensors: dict = {}
+        if prompt.images:
+            features = self.image_processor(
+                images=[decode_image(image) for image in prompt.images],
+                max_soft_tokens=self.image_soft_tokens,
+                return_tensors="pt",
+            )
+            pieces = text.split(IMAGE_PLACEHOLDER)
+            expanded = [pieces[0]]
+            for count, piece in zip(features["num_soft_tokens_per_image"], pieces[1:], strict=True):
+                tok = self.tokenizer
+                expanded.append(f"{tok.boi_token}{tok.image_token * int(count)}{tok.eoi_token}")
+                expanded.append(piece)
+            text = "".join(expanded)
+            tensors["pixel_values"] = features["pixel_values"].to(self.device, self.dtype)
+            tensors["image_position_ids"] = features["image_position_ids"].to(self.device)
+        encoded = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        tensors["input_ids"] = encoded["input_ids"].to(self.device)
+        tensors["attention_mask"] = encoded["attention_mask"].to(self.device)
+        return tensors
+
+
+class _TokenStreamer:
+    """generate() streamer: skips the prompt, hands each new token id to a callback."""
+
+    def __init__(self, on_token: Callable[[int], None]) -> None:
+        self._on_token = on_token
+        self._seen_prompt = False
+
+    def put(self, value) -> None:
+        if not self._seen_prompt:
+            self._seen_prompt = True
+            return
+        for token_id in value.reshape(-1).tolist():
+            self._on_token(int(token_id))
+
+    def end(self) -> None:
+        pass
+
+
+class _CancelCriteria:
+    def __init__(self, is_cancelled: Callable[[], bool], torch) -> None:
+        self._is_cancelled = is_cancelled
+        self._torch = torch
+
+    def __call__(self, input_ids, scores, **kwargs):
+        done = self._is_cancelled()
+        return self._torch.full((input_ids.shape[0],), done, dtype=self._torch.bool)
+
+
+def _pick_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _pick_dtype(dtype: str, device):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[dtype]

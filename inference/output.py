@@ -1,0 +1,82 @@
+"""Split a stream of generated token ids into thought and answer text, incrementally.
+
+Gemma 4 writes its thinking as `<|channel>thought\n ... <channel|>` before the answer;
+the answer ends with `<turn|>` (or `<eos>`). Splitting on token ids, not on text,
+means nothing the model writes as plain text can open or close the thought block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from inference.types import Delta
+
+THOUGHT_LABEL = "thought"
+
+
+@dataclass
+class _Channel:
+    ids: list[int] = field(default_factory=list)
+    emitted: str = ""
+
+
+class OutputSplitter:
+    def __init__(
+        self,
+        decode: Callable[[list[int]], str],
+        *,
+        channel_open_id: int,
+        channel_close_id: int,
+        ignored_ids: set[int],
+    ) -> None:
+        self._decode = decode
+        self._open_id = channel_open_id
+        self._close_id = channel_close_id
+        self._ignored = ignored_ids
+        self._answer = _Channel()
+        self._thought = _Channel()
+        self._in_thought = False
+        self.num_tokens = 0
+
+    def push(self, token_id: int) -> Delta | None:
+        """Take one generated token; return the text it makes visible, if any."""
+        self.num_tokens += 1
+        if token_id == self._open_id:
+            self._in_thought = True
+            return None
+        if token_id == self._close_id:
+            self._in_thought = False
+            return None
+        if token_id in self._ignored:
+            return None
+        channel = self._thought if self._in_thought else self._answer
+        channel.ids.append(token_id)
+        return self._advance(channel, is_thought=self._in_thought)
+
+    @property
+    def answer(self) -> str:
+        return self._text(self._answer, is_thought=False, final=True)
+
+    @property
+    def thought(self) -> str:
+        return self._text(self._thought, is_thought=True, final=True)
+
+    def _advance(self, channel: _Channel, *, is_thought: bool) -> Delta | None:
+        text = self._text(channel, is_thought=is_thought, final=False)
+        if len(text) <= len(channel.emitted) or not text.startswith(channel.emitted):
+            return None
+        delta = text[len(channel.emitted) :]
+        channel.emitted = text
+        return Delta(delta, is_thought=is_thought)
+
+    def _text(self, channel: _Channel, *, is_thought: bool, final: bool) -> str:
+        text = self._decode(channel.ids)
+        if not final:
+            text = text.rstrip("\ufffd")  # an unfinished multi-byte character
+        if is_thought and not final and THOUGHT_LABEL.startswith(text):
+            return ""  # the label may still be arriving
+        if is_thought and text.startswith(THOUGHT_LABEL):
+            text = text[len(THOUGHT_LABEL) :]
+        text = text.lstrip()
+        return text.rstrip() if final else text
