@@ -38,7 +38,9 @@ async def serve(settings: Settings) -> None:
     worker = Worker(lambda: GemmaEngine(config), max_queue=settings.max_queue)
     try:
         await worker.start()
-        services = Services(settings, storage, worker, Texts.load(settings.locales_dir), UserLocks())
+        services = Services(
+            settings, storage, worker, Texts.load(settings.locales_dir), UserLocks()
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

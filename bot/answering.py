@@ -58,7 +58,11 @@ async def answer(
             sampling=Sampling(settings.temperature, settings.top_p, settings.top_k),
         )
         status = context.t(
-            "placeholder_thinking" if think else "placeholder_photo" if image else "placeholder_text"
+            "placeholder_thinking"
+            if think
+            else "placeholder_photo"
+            if image
+            else "placeholder_text"
         )
         stream = AnswerStream(context.bot, message, interval_s=settings.stream_interval_s)
         await stream.start(status)
@@ -77,11 +81,11 @@ async def answer(
             messages.append(context.t("empty_answer"))
         elif finished.finish_reason == "length":
             messages.append(f"<i>{context.t('answer_cut')}</i>")
-        await stream.finish(messages)
         await context.storage.add_message(
             user_id, "user", question or "", image_file_id=image_file_id
         )
         await context.storage.add_message(user_id, "model", finished.text)
+        await stream.finish(messages)
         log.info("answer_sent", request_id=request.request_id, num_messages=len(messages))
 
 
@@ -91,7 +95,9 @@ async def _run(
     async for event in context.worker.submit(request):
         match event:
             case Queued(position=position) if position > 1:
-                await stream.set_status(f"{status}\n{context.t('queue_position', position=position)}")
+                await stream.set_status(
+                    f"{status}\n{context.t('queue_position', position=position)}"
+                )
             case Started():
                 await stream.set_status(status)
             case Delta(text=text, is_thought=False):
@@ -108,9 +114,7 @@ async def load_history(
     stored = await context.storage.get_history(
         user_id, max_turns=context.settings.max_history_turns
     )
-    latest_image_id = next(
-        (m.image_file_id for m in reversed(stored) if m.image_file_id), None
-    )
+    latest_image_id = next((m.image_file_id for m in reversed(stored) if m.image_file_id), None)
     turns = []
     for message in stored:
         image = None

@@ -46,12 +46,8 @@ def build_application(services: Services) -> Application:
     application.add_handler(CommandHandler(["forget", "erase"], commands.forget))
     application.add_handler(MessageHandler(filters.COMMAND, commands.unknown_command))
     application.add_handler(CallbackQueryHandler(callbacks.button))
-    application.add_handler(
-        MessageHandler(filters.PHOTO | filters.Document.ALL, messages.photo)
-    )
-    application.add_handler(
-        MessageHandler(filters.TEXT & ~filters.COMMAND, messages.follow_up)
-    )
+    application.add_handler(MessageHandler(filters.PHOTO | filters.Document.ALL, messages.photo))
+    application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, messages.follow_up))
     application.add_handler(MessageHandler(filters.ALL, messages.unsupported))
     application.add_error_handler(updates.on_error)
     return application

@@ -52,6 +52,6 @@ class BotContext(CallbackContext[ExtBot, dict, dict, dict]):
     def language(self) -> str:
         return self.profile.language if self.profile else self.settings.default_language
 
-    def t(self, key: str, **values: object) -> str:
+    def t(self, key: str, /, **values: object) -> str:
         """A UI string in the current user's language."""
         return self.services.texts.get(self.language, key, **values)

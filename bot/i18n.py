@@ -27,8 +27,8 @@ class Texts:
     def languages(self) -> list[str]:
         return sorted(self._catalogs)
 
-    def get(self, language: str, key: str, **values: object) -> str:
-        catalog = self._catalogs.get(language, self._catalogs[FALLBACK])
+    def get(self, locale: str, key: str, /, **values: object) -> str:
+        catalog = self._catalogs.get(locale, self._catalogs[FALLBACK])
         template = catalog.get(key) or self._catalogs[FALLBACK][key]
         return template.format(**values)
 

@@ -21,7 +21,7 @@ def render_line(line: str) -> str:
         return f"<b>{_inline(heading.group(1).strip('# '))}</b>"
     bullet = _BULLET.match(line)
     if bullet:
-        return f"{bullet.group(1)}• {_inline(line[bullet.end():])}"
+        return f"{bullet.group(1)}• {_inline(line[bullet.end() :])}"
     return _inline(line)
 
 

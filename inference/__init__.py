@@ -25,14 +25,13 @@ from inference.worker import Worker
 __all__ = [
     "Delta",
     "EngineConfig",
-    "GemmaEngine",
-    "ModelNotFound",
-    "check_model_dir",
     "Event",
     "Finished",
+    "GemmaEngine",
     "ImageLimits",
     "ImageRejected",
     "InferenceError",
+    "ModelNotFound",
     "QueueFull",
     "Queued",
     "Request",
@@ -41,5 +40,6 @@ __all__ = [
     "Turn",
     "Worker",
     "WorkerStopped",
+    "check_model_dir",
     "normalize_image",
 ]

@@ -64,7 +64,6 @@ class GemmaEngine:
             Gemma4ForConditionalGeneration,
             Gemma4ImageProcessorPil,
         )
-
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()

@@ -1,4 +1,4 @@
-"""Draw realistic test photos of signs and menus (Pillow only): for the demo, tests and benchmarks."""
+"""Draw test photos of signs and menus (Pillow only): for the demo, tests and benchmarks."""
 
 from __future__ import annotations
 

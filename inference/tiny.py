@@ -81,19 +81,31 @@ TINY_IMAGE_SOFT_TOKENS = 70
 
 def build_tokenizer():
     """A byte-fallback BPE tokenizer with Gemma 4's special tokens, as a transformers tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
-    backend = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    trained = Tokenizer(models.BPE(unk_token="<unk>"))
+    trained.normalizer = normalizers.Replace(" ", "▁")
+    trainer = trainers.BpeTrainer(
+        vocab_size=1280, special_tokens=SPECIAL_TOKENS, show_progress=False
+    )
+    trained.train_from_iterator(_CORPUS * 4, trainer)
+    learned = json.loads(trained.to_str())["model"]
+    # Byte tokens are ordinary vocabulary (as in Gemma's tokenizer), so any text round-trips.
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    for token in [f"<0x{i:02X}>" for i in range(256)] + sorted(
+        learned["vocab"], key=learned["vocab"].get
+    ):
+        vocab.setdefault(token, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    backend = Tokenizer(models.BPE(vocab, merges, byte_fallback=True, unk_token="<unk>"))
     backend.normalizer = normalizers.Replace(" ", "▁")
     backend.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
     )
-    trainer = trainers.BpeTrainer(
-        vocab_size=1536, special_tokens=SPECIAL_TOKENS + byte_tokens, show_progress=False
+    backend.add_special_tokens(
+        [AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS]
     )
-    backend.train_from_iterator(_CORPUS * 4, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token="<bos>",

@@ -113,7 +113,7 @@ class Worker:
     def _run(self, loop: asyncio.AbstractEventLoop, loaded: asyncio.Future) -> None:
         try:
             engine = self._engine_factory()
-        except BaseException as exc:  # noqa: BLE001 - reported to start()'s caller
+        except BaseException as exc:
             loop.call_soon_threadsafe(loaded.set_exception, exc)
             return
         loop.call_soon_threadsafe(loaded.set_result, None)

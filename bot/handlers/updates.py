@@ -27,7 +27,9 @@ async def load_profile(update: Update, context: BotContext) -> None:
     if context.profile is None:
         # Not stored until the user changes a setting or talks to the model.
         texts = context.services.texts
-        language = texts.match_language(user.language_code or "") or context.settings.default_language
+        language = (
+            texts.match_language(user.language_code or "") or context.settings.default_language
+        )
         context.profile = _transient_profile(user.id, language)
     allowed = context.settings.allowed_user_ids
     if allowed and user.id not in allowed:
@@ -45,12 +47,11 @@ async def on_error(update: object, context: BotContext) -> None:
     if isinstance(update, Update) and update.effective_chat:
         try:
             await context.bot.send_message(update.effective_chat.id, context.t("error_generic"))
-        except Exception:  # noqa: BLE001 - the chat may be gone; nothing more to do
+        except Exception:
             log.warning("error_reply_failed")
 
 
 def _transient_profile(user_id: int, language: str) -> User:
-
 
     now = datetime.now(UTC)
     return User(user_id=user_id, language=language, think=False, created_at=now, updated_at=now)

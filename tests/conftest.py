@@ -1,0 +1,112 @@
+"""Shared fixtures: the tiny Gemma 4 checkpoint, settings, a running bot against a local Bot API."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from bot.app import running
+from bot.context import Services
+from bot.i18n import Texts
+from bot.settings import Settings
+from bot.storage import Storage
+from bot.user_locks import UserLocks
+from inference import EngineConfig, GemmaEngine, Worker
+from inference.samples import draw_menu, draw_sign
+from tests.e2e.botapi_server import TOKEN, BotApiServer
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from inference.tiny import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-gemma4"))
+
+
+@pytest.fixture(scope="session")
+def engine_config(tiny_model_dir: Path) -> EngineConfig:
+    return EngineConfig(model_path=tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(engine_config: EngineConfig) -> GemmaEngine:
+    return GemmaEngine(engine_config)
+
+
+def png_bytes(image: Image.Image, format: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def sign_png() -> bytes:
+    return png_bytes(draw_sign(640, 480))
+
+
+@pytest.fixture(scope="session")
+def menu_jpeg() -> bytes:
+    return png_bytes(draw_menu(480, 640), format="JPEG")
+
+
+def small_photo(text: str = "EXIT") -> bytes:
+    image = Image.new("RGB", (320, 240), "white")
+    ImageDraw.Draw(image).text((20, 100), text, fill="black")
+    return png_bytes(image, "JPEG")
+
+
+def make_settings(tmp_path: Path, **overrides) -> Settings:
+    values = {
+        "telegram_token": TOKEN,
+        "database_path": tmp_path / "bot.sqlite3",
+        "max_new_tokens": 16,
+        "stream_interval_s": 0.0,
+        "log_format": "console",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@dataclass
+class RunningBot:
+    server: BotApiServer
+    services: Services
+
+    @property
+    def storage(self) -> Storage:
+        return self.services.storage
+
+
+@pytest.fixture
+async def bot(tmp_path: Path, tiny_model_dir: Path, request) -> AsyncIterator[RunningBot]:
+    """The whole bot: real PTB Application, real worker with the tiny model, real SQLite,
+    polling a local Bot API server. Settings can be overridden with
+    `@pytest.mark.settings(name=value)`."""
+    marker = request.node.get_closest_marker("settings")
+    overrides = dict(marker.kwargs) if marker else {}
+    server = BotApiServer()
+    await server.start()
+    settings = make_settings(
+        tmp_path,
+        telegram_base_url=server.base_url,
+        telegram_base_file_url=server.base_file_url,
+        model_path=tiny_model_dir,
+        **overrides,
+    )
+    storage = await Storage.open(settings.database_path)
+    config = EngineConfig(model_path=tiny_model_dir, device="cpu")
+    worker = Worker(lambda: GemmaEngine(config), max_queue=settings.max_queue)
+    await worker.start()
+    services = Services(settings, storage, worker, Texts.load(settings.locales_dir), UserLocks())
+    try:
+        async with running(services):
+            yield RunningBot(server, services)
+    finally:
+        await worker.stop()
+        await storage.close()
+        await server.stop()
