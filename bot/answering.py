@@ -46,6 +46,7 @@ async def answer(
     user_id = message.from_user.id
     think = bool(context.profile and context.profile.think)
     async with context.services.user_locks.hold(user_id):
+        await context.storage.get_or_create_user(user_id, default_language=context.language)
         history = await load_history(context, user_id, attach_latest_image=image is None)
         settings = context.settings
         request = Request(

@@ -83,6 +83,12 @@ class GemmaEngine:
         self.stop_ids = [ids("<turn|>"), self.tokenizer.eos_token_id]
         self._channel_ids = (ids("<|channel>"), ids("<channel|>"))
         self._ignored_ids = set(self.tokenizer.all_special_ids) - set(self._channel_ids)
+        # Tokens that only the processor may place: never generate them.
+        tok = self.tokenizer
+        self._suppressed_ids = sorted(
+            {ids(t) for t in (tok.image_token, tok.boi_token, tok.eoi_token, "<|audio|>",
+                              "<|video|>", tok.bos_token, tok.pad_token)} - {tok.unk_token_id}
+        )  # fmt: skip
         self._torch = torch
         log.info(
             "model_loaded",
@@ -101,12 +107,7 @@ class GemmaEngine:
         """Run one request, calling `emit` with each Delta; return the Finished event."""
         inputs = self.prepare_inputs(request)
         num_prompt_tokens = int(inputs["input_ids"].shape[1])
-        splitter = OutputSplitter(
-            lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
-            channel_open_id=self._channel_ids[0],
-            channel_close_id=self._channel_ids[1],
-            ignored_ids=self._ignored_ids,
-        )
+        splitter = self.make_splitter()
         last_token: list[int] = []
 
         def on_token(token_id: int) -> None:
@@ -129,8 +130,7 @@ class GemmaEngine:
             self.model.generate(
                 **inputs,
                 max_new_tokens=request.max_new_tokens,
-                eos_token_id=self.stop_ids,
-                pad_token_id=self.tokenizer.pad_token_id,
+                **self.generation_kwargs,
                 streamer=_TokenStreamer(on_token),
                 stopping_criteria=[_CancelCriteria(is_cancelled, self._torch)],
                 **sample_kwargs,
@@ -148,6 +148,23 @@ class GemmaEngine:
             num_output_tokens=splitter.num_tokens,
             finish_reason=reason,
         )
+
+    def make_splitter(self) -> OutputSplitter:
+        return OutputSplitter(
+            lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+            channel_open_id=self._channel_ids[0],
+            channel_close_id=self._channel_ids[1],
+            ignored_ids=self._ignored_ids,
+        )
+
+    @property
+    def generation_kwargs(self) -> dict:
+        """Stop and suppression settings every generate() call here uses."""
+        return {
+            "eos_token_id": self.stop_ids,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "suppress_tokens": self._suppressed_ids,
+        }
 
     def prepare_inputs(self, request: Request) -> dict:
         """Token ids and image tensors for `request`, on the model's device."""

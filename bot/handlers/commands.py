@@ -14,7 +14,11 @@ RECENT_MESSAGES_SHOWN = 5
 
 async def start(update: Update, context: BotContext) -> None:
     """Greet the user in their language and say what to send."""
-    name = html.escape(update.effective_user.first_name or "")
+    user = update.effective_user
+    context.profile, _ = await context.storage.get_or_create_user(
+        user.id, default_language=context.language
+    )
+    name = html.escape(user.first_name or "")
     await update.effective_message.reply_html(
         context.t("start", name=name, language=_language_name(context))
     )

@@ -53,13 +53,17 @@ async def test_streams_events_in_order_and_matches_plain_generate(
     assert "".join(d.text for d in deltas).strip() == finished.text
     assert finished.num_output_tokens == 24 or finished.finish_reason == "stop"
 
-    # the same tokens as transformers' own generate() on the same inputs
+    # the same text as transformers' own generate() on the same inputs
     inputs = tiny_engine.prepare_inputs(request)
     with torch.inference_mode():
         reference = tiny_engine.model.generate(
-            **inputs, max_new_tokens=24, do_sample=False, eos_token_id=tiny_engine.stop_ids
+            **inputs, max_new_tokens=24, do_sample=False, **tiny_engine.generation_kwargs
         )
     new_tokens = reference[0, inputs["input_ids"].shape[1] :].tolist()
+    splitter = tiny_engine.make_splitter()
+    for token in new_tokens:
+        splitter.push(token)
+    assert (finished.text, finished.thought) == (splitter.answer, splitter.thought)
     assert finished.num_output_tokens == len(new_tokens)
     assert finished.num_prompt_tokens == inputs["input_ids"].shape[1]
     assert finished.num_prompt_tokens > 70  # the image's soft tokens are in the prompt
