@@ -187,8 +187,12 @@ class GemmaEngine:
             tensors["pixel_values"] = features["pixel_values"].to(self.device, self.dtype)
             tensors["image_position_ids"] = features["image_position_ids"].to(self.device)
         encoded = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
-        tensors["input_ids"] = encoded["input_ids"].to(self.device)
+        input_ids = encoded["input_ids"]
+        tensors["input_ids"] = input_ids.to(self.device)
         tensors["attention_mask"] = encoded["attention_mask"].to(self.device)
+        if prompt.images:  # 1 marks image soft tokens (bidirectional attention within an image)
+            is_image = input_ids == self.tokenizer.image_token_id
+            tensors["mm_token_type_ids"] = is_image.long().to(self.device)
         return tensors
 
 

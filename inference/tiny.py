@@ -62,6 +62,7 @@ _TEXT_CONFIG = {
     "hidden_size_per_layer_input": 0,
     "vocab_size_per_layer_input": 0,
     "final_logit_softcapping": 30.0,
+    "use_bidirectional_attention": "vision",
     "max_position_embeddings": 8192,
     "tie_word_embeddings": True,
 }
