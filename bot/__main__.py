@@ -15,7 +15,14 @@ from bot.logging import configure_logging
 from bot.settings import Settings
 from bot.storage import Storage
 from bot.user_locks import UserLocks
-from inference import EngineConfig, GemmaEngine, ModelNotFound, Worker, check_model_dir
+from inference import (
+    EngineConfig,
+    ModelNotFound,
+    RuntimeConfig,
+    Worker,
+    check_model_dir,
+    create_engine,
+)
 
 log = structlog.get_logger()
 
@@ -30,12 +37,28 @@ def engine_config(settings: Settings) -> EngineConfig:
     )
 
 
+def runtime_config(settings: Settings) -> RuntimeConfig | None:
+    """The batching engine's settings; None selects plain generate()."""
+    if settings.engine != "batch":
+        return None
+    return RuntimeConfig(
+        max_slots=settings.max_batch_size,
+        max_seq_len=settings.max_seq_len,
+        cuda_graphs=settings.cuda_graphs,
+    )
+
+
+def create_worker(settings: Settings) -> Worker:
+    """The worker with the engine the settings choose (the model loads in worker.start())."""
+    config, runtime = engine_config(settings), runtime_config(settings)
+    return Worker(lambda: create_engine(config, runtime), max_queue=settings.max_queue)
+
+
 async def serve(settings: Settings) -> None:
-    config = engine_config(settings)
+    worker = create_worker(settings)
     storage = await Storage.open(
         settings.database_path, max_stored_messages=settings.max_stored_messages
     )
-    worker = Worker(lambda: GemmaEngine(config), max_queue=settings.max_queue)
     try:
         await worker.start()
         services = Services(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bot.__main__ import engine_config
+from bot.__main__ import engine_config, runtime_config
 from bot.logging import configure_logging
 from bot.settings import Settings
 from inference import ModelNotFound
@@ -28,4 +28,5 @@ def ask(settings: Settings, args: argparse.Namespace) -> int:
         think=args.think,
         max_new_tokens=args.max_new_tokens or settings.max_new_tokens,
         greedy=args.greedy,
+        runtime=runtime_config(settings),
     )

@@ -32,8 +32,12 @@ class Settings(BaseSettings):
     top_p: float = 0.95
     top_k: int = 64
 
-    # Worker
-    max_queue: int = 64
+    # Engine and worker
+    engine: Literal["batch", "generate"] = "batch"  # continuous batching, or plain generate()
+    max_batch_size: int = 64  # sequences decoding together (batch engine)
+    max_seq_len: int = 4096  # prompt + answer tokens per sequence (batch engine)
+    cuda_graphs: bool | None = None  # None: on when the model runs on a GPU
+    max_queue: int = 64  # requests waiting beyond the running batch
 
     # Storage
     database_path: Path = ROOT / "var" / "travelbot.sqlite3"

@@ -4,8 +4,15 @@ The bot uses only what is exported here; torch and transformers load lazily
 inside the engine thread.
 """
 
-from inference.engine import EngineConfig, GemmaEngine, ModelNotFound, check_model_dir
+from inference.engine import (
+    EngineConfig,
+    GemmaEngine,
+    ModelNotFound,
+    check_model_dir,
+    create_engine,
+)
 from inference.images import ImageLimits, normalize_image
+from inference.runtime.config import RuntimeConfig
 from inference.types import (
     Delta,
     Event,
@@ -35,11 +42,13 @@ __all__ = [
     "QueueFull",
     "Queued",
     "Request",
+    "RuntimeConfig",
     "Sampling",
     "Started",
     "Turn",
     "Worker",
     "WorkerStopped",
     "check_model_dir",
+    "create_engine",
     "normalize_image",
 ]

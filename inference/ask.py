@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from inference.engine import EngineConfig, GemmaEngine
+from inference.engine import EngineConfig, create_engine
 from inference.images import normalize_image
+from inference.runtime.config import RuntimeConfig
 from inference.types import Delta, Finished, ImageRejected, Request, Sampling
 from inference.worker import Worker
 
@@ -22,6 +23,7 @@ async def ask(
     think: bool = False,
     max_new_tokens: int = 1024,
     greedy: bool = False,
+    runtime: RuntimeConfig | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     """Print the answer as it streams; return a process exit code."""
@@ -38,7 +40,7 @@ async def ask(
         max_new_tokens=max_new_tokens,
         sampling=Sampling(temperature=0.0) if greedy else Sampling(),
     )
-    worker = Worker(lambda: GemmaEngine(config), max_queue=1)
+    worker = Worker(lambda: create_engine(config, runtime), max_queue=1)
     await worker.start()
     try:
         thinking = False

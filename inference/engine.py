@@ -83,6 +83,11 @@ class GemmaEngine:
         self.stop_ids = [ids("<turn|>"), self.tokenizer.eos_token_id]
         self._channel_ids = (ids("<|channel>"), ids("<channel|>"))
         self._ignored_ids = set(self.tokenizer.all_special_ids) - set(self._channel_ids)
+        self._byte_ids = frozenset(
+            index
+            for token, index in self.tokenizer.get_vocab().items()
+            if len(token) == 6 and token.startswith("<0x") and token.endswith(">")
+        )
         # Tokens that only the processor may place: never generate them.
         tok = self.tokenizer
         self._suppressed_ids = sorted(
@@ -108,10 +113,10 @@ class GemmaEngine:
         inputs = self.prepare_inputs(request)
         num_prompt_tokens = int(inputs["input_ids"].shape[1])
         splitter = self.make_splitter()
-        last_token: list[int] = []
+        generated: list[int] = []
 
         def on_token(token_id: int) -> None:
-            last_token[:] = [token_id]
+            generated.append(token_id)
             if (delta := splitter.push(token_id)) is not None:
                 emit(delta)
 
@@ -135,9 +140,11 @@ class GemmaEngine:
                 stopping_criteria=[_CancelCriteria(is_cancelled, self._torch)],
                 **sample_kwargs,
             )
+        for delta in splitter.flush():
+            emit(delta)
         if is_cancelled():
             reason = "cancelled"
-        elif last_token and last_token[0] in self.stop_ids:
+        elif generated and generated[-1] in self.stop_ids:
             reason = "stop"
         else:
             reason = "length"
@@ -147,6 +154,7 @@ class GemmaEngine:
             num_prompt_tokens=num_prompt_tokens,
             num_output_tokens=splitter.num_tokens,
             finish_reason=reason,
+            token_ids=tuple(generated),
         )
 
     def make_splitter(self) -> OutputSplitter:
@@ -155,6 +163,7 @@ class GemmaEngine:
             channel_open_id=self._channel_ids[0],
             channel_close_id=self._channel_ids[1],
             ignored_ids=self._ignored_ids,
+            byte_ids=self._byte_ids,
         )
 
     @property
@@ -238,3 +247,15 @@ def _pick_dtype(dtype: str, device):
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[dtype]
+
+
+def create_engine(config: EngineConfig, runtime=None):
+    """The engine the worker drives: continuous batching, or generate() one at a time
+    when `runtime` is None."""
+    if runtime is None:
+        from inference.worker import SequentialEngine
+
+        return SequentialEngine(GemmaEngine(config))
+    from inference.runtime.batch_engine import BatchEngine
+
+    return BatchEngine(config, runtime)

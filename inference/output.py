@@ -29,11 +29,13 @@ class OutputSplitter:
         channel_open_id: int,
         channel_close_id: int,
         ignored_ids: set[int],
+        byte_ids: frozenset[int] = frozenset(),
     ) -> None:
         self._decode = decode
         self._open_id = channel_open_id
         self._close_id = channel_close_id
         self._ignored = ignored_ids
+        self._byte_ids = byte_ids  # byte-fallback tokens: a later byte can change their text
         self._answer = _Channel()
         self._thought = _Channel()
         self._in_thought = False
@@ -54,6 +56,16 @@ class OutputSplitter:
         channel.ids.append(token_id)
         return self._advance(channel, is_thought=self._in_thought)
 
+    def flush(self) -> list[Delta]:
+        """At the end: the text held back so far (trailing bytes), as deltas."""
+        deltas = []
+        for channel, is_thought in ((self._thought, True), (self._answer, False)):
+            text = self._text(channel, is_thought=is_thought, final=True)
+            if len(text) > len(channel.emitted) and text.startswith(channel.emitted):
+                deltas.append(Delta(text[len(channel.emitted) :], is_thought=is_thought))
+                channel.emitted = text
+        return deltas
+
     @property
     def answer(self) -> str:
         return self._text(self._answer, is_thought=False, final=True)
@@ -71,9 +83,13 @@ class OutputSplitter:
         return Delta(delta, is_thought=is_thought)
 
     def _text(self, channel: _Channel, *, is_thought: bool, final: bool) -> str:
-        text = self._decode(channel.ids)
-        if not final:
-            text = text.rstrip("\ufffd")  # an unfinished multi-byte character
+        ids = channel.ids
+        if not final:  # hold back trailing bytes until the character they form is complete
+            end = len(ids)
+            while end and ids[end - 1] in self._byte_ids:
+                end -= 1
+            ids = ids[:end]
+        text = self._decode(ids)
         if is_thought and not final and THOUGHT_LABEL.startswith(text):
             return ""  # the label may still be arriving
         if is_thought and text.startswith(THOUGHT_LABEL):

@@ -78,6 +78,7 @@ class Finished:
     num_prompt_tokens: int
     num_output_tokens: int
     finish_reason: Literal["stop", "length", "cancelled"]
+    token_ids: tuple[int, ...] = ()  # every generated token, the stop token included
 
 
 Event = Queued | Started | Delta | Finished

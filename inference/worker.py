@@ -30,9 +30,56 @@ log = structlog.get_logger()
 
 
 class Engine(Protocol):
-    def generate(
+    """What the worker drives: requests are added, then `step()` advances all of them.
+
+    Events for a request go to its `emit`: Delta..., then Finished, or an
+    InferenceError. A `step()` that raises fails every active request (`fail_all`).
+    """
+
+    max_batch: int  # requests that may be active at once
+
+    @property
+    def num_active(self) -> int: ...
+
+    def add(
         self, request: Request, emit: Callable[[Event], None], is_cancelled: Callable[[], bool]
-    ) -> Finished: ...
+    ) -> None: ...
+
+    def step(self) -> None: ...
+
+    def fail_all(self, error: InferenceError) -> None: ...
+
+
+class SequentialEngine:
+    """The batching protocol over GemmaEngine: one request at a time with generate()."""
+
+    max_batch = 1
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self._active: list[tuple[Request, Callable, Callable]] = []
+
+    @property
+    def num_active(self) -> int:
+        return len(self._active)
+
+    def add(self, request, emit, is_cancelled) -> None:
+        self._active.append((request, emit, is_cancelled))
+
+    def step(self) -> None:
+        request, emit, is_cancelled = self._active.pop(0)
+        try:
+            finished = self.engine.generate(request, emit, is_cancelled)
+        except Exception as exc:  # this request fails; the next one runs
+            log.exception("generation_failed", request_id=request.request_id)
+            emit(InferenceError(f"generation failed: {type(exc).__name__}"))
+            return
+        emit(finished)
+
+    def fail_all(self, error: InferenceError) -> None:
+        for _, emit, _ in self._active:
+            emit(error)
+        self._active.clear()
 
 
 @dataclass
@@ -51,14 +98,13 @@ class Worker:
         self._engine_factory = engine_factory
         self.max_queue = max_queue
         self._pending: deque[_Job] = deque()
-        self._running: _Job | None = None
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
 
     @property
     def queue_depth(self) -> int:
-        """Requests waiting, not counting the one running."""
+        """Requests waiting to start."""
         return len(self._pending)
 
     @property
@@ -76,7 +122,7 @@ class Worker:
         await loaded
 
     async def stop(self) -> None:
-        """Finish the running request, fail the waiting ones, stop the thread."""
+        """Finish the running requests, fail the waiting ones, stop the thread."""
         with self._wakeup:
             self._stopping = True
             waiting = list(self._pending)
@@ -96,7 +142,7 @@ class Worker:
             if len(self._pending) >= self.max_queue:
                 raise QueueFull(f"{len(self._pending)} requests waiting")
             self._pending.append(job)
-            position = len(self._pending) + (1 if self._running else 0)
+            position = len(self._pending)
             self._wakeup.notify()
         try:
             yield Queued(position)
@@ -117,40 +163,60 @@ class Worker:
             loop.call_soon_threadsafe(loaded.set_exception, exc)
             return
         loop.call_soon_threadsafe(loaded.set_result, None)
-        while (job := self._next_job()) is not None:
-            self._serve(engine, job)
+        while True:
+            admitted = self._admit(engine)
+            if admitted is None:
+                return
+            for job in admitted:
+                self._add(engine, job)
+            if engine.num_active:
+                self._step(engine)
 
-    def _next_job(self) -> _Job | None:
+    def _admit(self, engine: Engine) -> list[_Job] | None:
+        """Jobs to start now (None: stop). Waits while there is nothing to do."""
         with self._wakeup:
             while True:
-                if self._stopping:
-                    return None
                 while self._pending and self._pending[0].cancelled.is_set():
                     self._pending.popleft()
-                if self._pending:
-                    job = self._running = self._pending.popleft()
-                    for position, waiting in enumerate(self._pending, start=2):
+                if self._stopping and not engine.num_active:
+                    return None
+                admitted = []
+                while self._pending and engine.num_active + len(admitted) < engine.max_batch:
+                    admitted.append(self._pending.popleft())
+                if admitted:
+                    for position, waiting in enumerate(self._pending, start=1):
                         waiting.post(Queued(position))
-                    return job
+                if admitted or engine.num_active:
+                    return admitted
                 self._wakeup.wait()
 
-    def _serve(self, engine: Engine, job: _Job) -> None:
-        request_id = job.request.request_id
+    def _add(self, engine: Engine, job: _Job) -> None:
         job.post(Started())
         try:
-            finished = engine.generate(job.request, job.post, job.cancelled.is_set)
-        except Exception as exc:  # one request's failure must not stop the worker
-            log.exception("generation_failed", request_id=request_id, error=type(exc).__name__)
-            job.post(InferenceError(f"generation failed: {type(exc).__name__}"))
-        else:
-            log.info(
-                "generation_finished",
-                request_id=request_id,
-                num_prompt_tokens=finished.num_prompt_tokens,
-                num_output_tokens=finished.num_output_tokens,
-                finish_reason=finished.finish_reason,
-            )
-            job.post(finished)
-        finally:
-            with self._wakeup:
-                self._running = None
+            engine.add(job.request, self._emitter(job), job.cancelled.is_set)
+        except InferenceError as exc:
+            job.post(exc)
+        except Exception as exc:  # a request the engine cannot take must not stop the worker
+            log.exception("request_rejected", request_id=job.request.request_id)
+            job.post(InferenceError(f"request rejected: {type(exc).__name__}"))
+
+    def _step(self, engine: Engine) -> None:
+        try:
+            engine.step()
+        except Exception as exc:  # one failed batch fails its requests, not the worker
+            log.exception("engine_step_failed", error=type(exc).__name__)
+            engine.fail_all(InferenceError(f"generation failed: {type(exc).__name__}"))
+
+    def _emitter(self, job: _Job) -> Callable[[Event | InferenceError], None]:
+        def emit(item: Event | InferenceError) -> None:
+            if isinstance(item, Finished):
+                log.info(
+                    "generation_finished",
+                    request_id=job.request.request_id,
+                    num_prompt_tokens=item.num_prompt_tokens,
+                    num_output_tokens=item.num_output_tokens,
+                    finish_reason=item.finish_reason,
+                )
+            job.post(item)
+
+        return emit

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+from bot.__main__ import create_worker
 from bot.app import running
 from bot.context import Services
 from bot.i18n import Texts
 from bot.settings import Settings
 from bot.storage import Storage
 from bot.user_locks import UserLocks
-from inference import EngineConfig, GemmaEngine, Worker
+from inference import EngineConfig, GemmaEngine
 from inference.samples import draw_menu, draw_sign
 from tests.e2e.botapi_server import TOKEN, BotApiServer
 
@@ -67,6 +68,9 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
         "max_new_tokens": 16,
         "stream_interval_s": 0.0,
         "log_format": "console",
+        "device": "cpu",
+        "max_batch_size": 8,
+        "max_seq_len": 2048,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
@@ -99,8 +103,7 @@ async def bot(tmp_path: Path, tiny_model_dir: Path, request) -> AsyncIterator[Ru
         **overrides,
     )
     storage = await Storage.open(settings.database_path)
-    config = EngineConfig(model_path=tiny_model_dir, device="cpu")
-    worker = Worker(lambda: GemmaEngine(config), max_queue=settings.max_queue)
+    worker = create_worker(settings)
     await worker.start()
     services = Services(settings, storage, worker, Texts.load(settings.locales_dir), UserLocks())
     try:

@@ -16,19 +16,25 @@ from inference import (
     Queued,
     QueueFull,
     Request,
+    RuntimeConfig,
     Sampling,
     Started,
     Worker,
     WorkerStopped,
+    create_engine,
     normalize_image,
 )
 
 GREEDY = Sampling(temperature=0.0)
 
 
-@pytest.fixture
-async def worker(engine_config: EngineConfig):
-    worker = Worker(lambda: GemmaEngine(engine_config), max_queue=4)
+RUNTIME = RuntimeConfig(max_slots=1, max_seq_len=2048)
+
+
+@pytest.fixture(params=["batch", "generate"])
+async def worker(request, engine_config: EngineConfig):
+    runtime = RUNTIME if request.param == "batch" else None
+    worker = Worker(lambda: create_engine(engine_config, runtime), max_queue=4)
     await worker.start()
     yield worker
     await worker.stop()
@@ -77,7 +83,7 @@ async def test_queue_positions_bounds_and_cancellation(worker: Worker) -> None:
     waiting = [worker.submit(Request(language="en", question=f"q{i}", max_new_tokens=2))
                for i in range(4)]  # fmt: skip
     positions = [(await anext(stream)).position for stream in waiting]
-    assert positions == [2, 3, 4, 5]
+    assert positions == [1, 2, 3, 4]
     with pytest.raises(QueueFull):
         await anext(worker.submit(Request(language="en", question="one too many")))
     # leaving a stream cancels its request: the long one stops early
@@ -99,7 +105,7 @@ async def test_one_failing_request_does_not_stop_the_worker(worker: Worker) -> N
 
 
 async def test_stop_fails_waiting_requests(engine_config: EngineConfig) -> None:
-    worker = Worker(lambda: GemmaEngine(engine_config), max_queue=4)
+    worker = Worker(lambda: create_engine(engine_config, RUNTIME), max_queue=4)
     await worker.start()
     running = worker.submit(Request(language="en", question="a", max_new_tokens=200))
     await anext(running)
@@ -117,6 +123,6 @@ async def test_stop_fails_waiting_requests(engine_config: EngineConfig) -> None:
 async def test_missing_model_fails_at_start(tmp_path) -> None:
     from inference import ModelNotFound
 
-    worker = Worker(lambda: GemmaEngine(EngineConfig(model_path=tmp_path)))
+    worker = Worker(lambda: create_engine(EngineConfig(model_path=tmp_path), RUNTIME))
     with pytest.raises(ModelNotFound, match="tiny-checkpoint"):
         await worker.start()

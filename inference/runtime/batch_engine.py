@@ -1,0 +1,137 @@
+"""Continuous batching: requests join the running batch between decode steps and leave
+as soon as they finish. `step()` reads like the algorithm: schedule → run → postprocess."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+import torch
+
+from inference.engine import EngineConfig, GemmaEngine
+from inference.runtime.config import RuntimeConfig
+from inference.runtime.model_runner import ModelRunner
+from inference.runtime.sampler import sample
+from inference.runtime.scheduler import Scheduler
+from inference.runtime.sequence import Sequence, Status
+from inference.types import Event, Finished, InferenceError, Request
+
+log = structlog.get_logger()
+
+
+class BatchEngine:
+    def __init__(self, config: EngineConfig, runtime: RuntimeConfig = RuntimeConfig()) -> None:
+        self.base = GemmaEngine(config)
+        self.runtime = runtime
+        model = self.base.model
+        use_graphs = runtime.cuda_graphs
+        if use_graphs is None:
+            use_graphs = model.device.type == "cuda"
+        started = time.monotonic()
+        self.runner = ModelRunner(
+            model,
+            num_slots=runtime.max_slots,
+            max_seq_len=runtime.max_seq_len,
+            suppressed_ids=self.base.generation_kwargs["suppress_tokens"],
+            pad_token_id=self.base.tokenizer.pad_token_id,
+            graph_batch_sizes=runtime.graph_batch_sizes if use_graphs else (),
+        )
+        self.scheduler = Scheduler(
+            max_slots=runtime.max_slots,
+            max_seq_len=runtime.max_seq_len,
+            max_prefill_tokens=runtime.max_prefill_tokens,
+            max_prefill_seqs=runtime.max_prefill_seqs,
+        )
+        self.stop_ids = set(self.base.stop_ids)
+        self.generator = torch.Generator(device=model.device).manual_seed(runtime.seed)
+        log.info(
+            "batch_engine_ready",
+            max_slots=runtime.max_slots,
+            max_seq_len=runtime.max_seq_len,
+            cuda_graphs=use_graphs,
+            seconds=round(time.monotonic() - started, 2),
+        )
+
+    @property
+    def max_batch(self) -> int:
+        return self.runtime.max_slots
+
+    @property
+    def num_active(self) -> int:
+        return self.scheduler.num_active
+
+    def add(
+        self, request: Request, emit: Callable[[Event], None], is_cancelled: Callable[[], bool]
+    ) -> None:
+        inputs = self.base.prepare_inputs(request)
+        seq = Sequence(request, emit, is_cancelled, self.base.make_splitter())
+        seq.inputs = inputs
+        seq.num_prompt_tokens = int(inputs["input_ids"].shape[1])
+        if seq.num_prompt_tokens >= self.runtime.max_seq_len:
+            raise InferenceError(f"prompt of {seq.num_prompt_tokens} tokens is too long")
+        seq.max_new_tokens = min(
+            request.max_new_tokens, self.runtime.max_seq_len - seq.num_prompt_tokens
+        )
+        self.scheduler.add(seq)
+
+    def step(self) -> None:
+        for seq in [*self.scheduler.waiting, *self.scheduler.running]:
+            if seq.is_cancelled():
+                self._finish(seq, "cancelled")
+        plan = self.scheduler.schedule()
+        if plan.prefill:
+            logits = self.runner.prefill(
+                [seq.inputs for seq in plan.prefill], [seq.slot for seq in plan.prefill]
+            )
+            for seq in plan.prefill:
+                seq.inputs = None  # image tensors are no longer needed
+            self._postprocess(plan.prefill, logits)
+        decode = [seq for seq in plan.decode if seq.status is Status.RUNNING]
+        if decode:
+            logits = self.runner.decode(
+                [seq.last_token for seq in decode], [seq.position for seq in decode]
+            )
+            self._postprocess(decode, logits)
+
+    def fail_all(self, error: InferenceError) -> None:
+        """After a failed step: every active request ends with `error`."""
+        for seq in [*self.scheduler.waiting, *self.scheduler.running]:
+            self.scheduler.finish(seq, "error")
+            seq.emit(error)
+
+    def _postprocess(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        params = [seq.request.sampling for seq in seqs]
+        device = logits.device
+        tokens = sample(
+            logits,
+            torch.tensor([p.temperature for p in params], device=device),
+            torch.tensor([p.top_p for p in params], device=device),
+            torch.tensor([p.top_k for p in params], device=device),
+            self.generator,
+        ).tolist()
+        for seq, token in zip(seqs, tokens, strict=True):
+            seq.output_ids.append(token)
+            delta = seq.splitter.push(token)
+            if delta is not None:
+                seq.emit(delta)
+            if token in self.stop_ids:
+                self._finish(seq, "stop")
+            elif len(seq.output_ids) >= seq.max_new_tokens:
+                self._finish(seq, "length")
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        for from_slot, to_slot in self.scheduler.finish(seq, reason):
+            self.runner.cache.move(from_slot, to_slot)
+        for delta in seq.splitter.flush():
+            seq.emit(delta)
+        seq.emit(
+            Finished(
+                text=seq.splitter.answer,
+                thought=seq.splitter.thought,
+                num_prompt_tokens=seq.num_prompt_tokens,
+                num_output_tokens=seq.splitter.num_tokens,
+                finish_reason=reason,
+                token_ids=tuple(seq.output_ids),
+            )
+        )

@@ -1,0 +1,20 @@
+"""Settings of the batching engine (no torch here, so settings code can import it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    max_slots: int = 64  # sequences decoding together; each holds one KV slot
+    max_seq_len: int = 4096  # prompt + answer, per sequence
+    max_prefill_tokens: int = 8192  # prompt tokens prefilled in one step
+    max_prefill_seqs: int = 8
+    cuda_graphs: bool | None = None  # None: on when the model is on a GPU
+    graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_slots < 1 or self.max_seq_len < 2 or self.max_prefill_seqs < 1:
+            raise ValueError(f"invalid runtime config: {self}")

@@ -1,0 +1,106 @@
+"""KV cache laid out for Gemma 4's two layer kinds, one row (slot) per running sequence.
+
+Sliding layers keep a ring of `window` positions (position p lives at p % window);
+global layers keep the full `max_seq_len`. Keys are stored after RoPE, so the
+order inside the ring does not matter to attention. The object also plays
+transformers' Cache role during a decode step: `update()` writes the step's
+keys/values and returns the cache rows the batch attends to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    is_sliding: bool
+    num_kv_heads: int
+    head_dim: int
+
+
+class SlotKVCache:
+    def __init__(
+        self,
+        layers: list[LayerSpec],
+        *,
+        num_slots: int,
+        max_seq_len: int,
+        window: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.layers = layers
+        self.num_slots = num_slots
+        self.max_seq_len = max_seq_len
+        self.window = window
+        self.scratch_slot = num_slots  # padding rows of a decode batch write here
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        for spec in layers:
+            length = window if spec.is_sliding else max_seq_len
+            shape = (num_slots + 1, spec.num_kv_heads, length, spec.head_dim)
+            self.keys.append(torch.zeros(shape, dtype=dtype, device=device))
+            self.values.append(torch.zeros(shape, dtype=dtype, device=device))
+        # Filled before each decode step (static tensors, so CUDA graphs can replay it).
+        self.step_rows = torch.zeros(num_slots, dtype=torch.long, device=device)  # slot of row
+        self.step_positions = torch.zeros(num_slots, dtype=torch.long, device=device)
+
+    @staticmethod
+    def bytes_needed(
+        layers: list[LayerSpec], *, num_slots: int, max_seq_len: int, window: int, dtype_size: int
+    ) -> int:
+        total = 0
+        for spec in layers:
+            length = window if spec.is_sliding else max_seq_len
+            total += 2 * (num_slots + 1) * spec.num_kv_heads * length * spec.head_dim * dtype_size
+        return total
+
+    # -- transformers Cache protocol, decode steps ----------------------------------------
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """Store the step's key/value ([B, H, 1, D]) and return the first B rows to attend."""
+        batch = key.shape[0]
+        rows, positions = self.step_rows[:batch], self.step_positions[:batch]
+        index = positions % self.window if self.layers[layer_idx].is_sliding else positions
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        keys[rows, :, index] = key[:, :, 0]
+        values[rows, :, index] = value[:, :, 0]
+        return keys[:batch], values[:batch]
+
+    def is_compileable(self) -> bool:  # pragma: no cover - asked by some transformers paths
+        return False
+
+    # -- prefill and slot management -------------------------------------------------------
+    def store_prompt(self, slot: int, layer_keys: list, layer_values: list, length: int) -> None:
+        """Copy a prefilled prompt's keys/values ([H, L, D] per layer) into a slot."""
+        for layer_idx, spec in enumerate(self.layers):
+            key = layer_keys[layer_idx][:, :length]
+            value = layer_values[layer_idx][:, :length]
+            if spec.is_sliding:
+                start = max(0, length - self.window)
+                positions = torch.arange(start, length, device=key.device) % self.window
+                self.keys[layer_idx][slot, :, positions] = key[:, start:]
+                self.values[layer_idx][slot, :, positions] = value[:, start:]
+            else:
+                self.keys[layer_idx][slot, :, :length] = key
+                self.values[layer_idx][slot, :, :length] = value
+
+    def move(self, from_slot: int, to_slot: int) -> None:
+        for keys, values in zip(self.keys, self.values, strict=True):
+            keys[to_slot].copy_(keys[from_slot])
+            values[to_slot].copy_(values[from_slot])
+
+    def decode_masks(self, positions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Boolean attention masks [B, 1, 1, L] for one decode step at `positions` [B]."""
+        device = positions.device
+        pos = positions[:, None]
+        ring = torch.arange(self.window, device=device)[None, :]
+        held = pos - torch.remainder(pos - ring, self.window)  # position stored at each ring index
+        sliding = held >= 0
+        full = torch.arange(self.max_seq_len, device=device)[None, :] <= pos
+        return {
+            "sliding_attention": sliding[:, None, None, :],
+            "full_attention": full[:, None, None, :],
+        }

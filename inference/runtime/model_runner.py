@@ -1,0 +1,157 @@
+"""Run Gemma 4's forward passes for the batching engine: batched prefill (vision + prompt)
+into KV slots, and one decode step for all running sequences, optionally replayed from
+CUDA graphs captured per batch size."""
+
+from __future__ import annotations
+
+import structlog
+import torch
+from transformers import DynamicCache
+
+from inference.runtime.kv_cache import LayerSpec, SlotKVCache
+
+log = structlog.get_logger()
+
+
+def layer_specs(model) -> list[LayerSpec]:
+    text_config = model.config.get_text_config()
+    specs = []
+    for layer_type, layer in zip(
+        text_config.layer_types, model.model.language_model.layers, strict=True
+    ):
+        attention = layer.self_attn
+        specs.append(
+            LayerSpec(
+                is_sliding=layer_type == "sliding_attention",
+                num_kv_heads=attention.k_proj.out_features // attention.head_dim,
+                head_dim=attention.head_dim,
+            )
+        )
+    return specs
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model,
+        *,
+        num_slots: int,
+        max_seq_len: int,
+        suppressed_ids: list[int],
+        pad_token_id: int,
+        graph_batch_sizes: tuple[int, ...] = (),
+    ) -> None:
+        self.model = model
+        self.language_model = model.model.language_model
+        text_config = model.config.get_text_config()
+        self.softcap = text_config.final_logit_softcapping
+        self.device = model.device
+        self.pad_token_id = pad_token_id
+        self.cache = SlotKVCache(
+            layer_specs(model),
+            num_slots=num_slots,
+            max_seq_len=max_seq_len,
+            window=text_config.sliding_window,
+            dtype=model.dtype,
+            device=self.device,
+        )
+        self.suppressed = torch.tensor(suppressed_ids, dtype=torch.long, device=self.device)
+        self._ids = torch.full((num_slots,), pad_token_id, dtype=torch.long, device=self.device)
+        self._positions = self.cache.step_positions
+        self._rows = self.cache.step_rows
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        if graph_batch_sizes:
+            self._capture(sorted(b for b in graph_batch_sizes if b <= num_slots))
+
+    # -- prefill ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, inputs: list[dict], slots: list[int]) -> torch.Tensor:
+        """Run prompts (right-padded into one batch) and store their KV; logits of each last token."""
+        lengths = [int(item["input_ids"].shape[1]) for item in inputs]
+        width = max(lengths)
+        batch = {
+            "input_ids": self._pad([i["input_ids"][0] for i in inputs], width, self.pad_token_id),
+            "position_ids": torch.arange(width, device=self.device)[None].expand(len(inputs), -1),
+        }
+        with_images = [i for i in inputs if "pixel_values" in i]
+        if with_images:
+            batch["pixel_values"] = torch.cat([i["pixel_values"] for i in with_images])
+            batch["image_position_ids"] = torch.cat([i["image_position_ids"] for i in with_images])
+            batch["mm_token_type_ids"] = self._pad(
+                [i.get("mm_token_type_ids", torch.zeros_like(i["input_ids"]))[0] for i in inputs],
+                width,
+                0,
+            )
+        cache = DynamicCache()  # full-length K/V for every layer; masks come from the config
+        output = self.model.model(**batch, past_key_values=cache, use_cache=True)
+        rows = torch.arange(len(inputs), device=self.device)
+        last = torch.tensor([n - 1 for n in lengths], device=self.device)
+        hidden = output.last_hidden_state[rows, last]
+        for row, (slot, length) in enumerate(zip(slots, lengths, strict=True)):
+            self.cache.store_prompt(
+                slot,
+                [layer.keys[row] for layer in cache.layers],
+                [layer.values[row] for layer in cache.layers],
+                length,
+            )
+        return self._logits(hidden)
+
+    def _pad(self, rows: list[torch.Tensor], width: int, value: int) -> torch.Tensor:
+        out = torch.full((len(rows), width), value, dtype=torch.long, device=self.device)
+        for index, row in enumerate(rows):
+            out[index, : row.shape[0]] = row.to(self.device)
+        return out
+
+    # -- decode ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def decode(self, token_ids: list[int], positions: list[int]) -> torch.Tensor:
+        """One step for running sequences in slots 0..n-1; logits [n, vocab] (float32)."""
+        n = len(token_ids)
+        bucket = next((b for b in sorted(self._graphs) if b >= n), n)
+        step = torch.tensor(
+            [token_ids + [self.pad_token_id] * (bucket - n), positions + [0] * (bucket - n),
+             list(range(n)) + [self.cache.scratch_slot] * (bucket - n)],
+            dtype=torch.long,
+        ).to(self.device, non_blocking=True)  # fmt: skip
+        self._ids[:bucket], self._positions[:bucket], self._rows[:bucket] = step
+        if bucket in self._graphs:
+            graph, logits = self._graphs[bucket]
+            graph.replay()
+            return logits[:n]
+        return self._decode_forward(bucket)[:n]
+
+    def _decode_forward(self, batch: int) -> torch.Tensor:
+        positions = self._positions[:batch]
+        output = self.language_model(
+            input_ids=self._ids[:batch, None],
+            attention_mask=self.cache.decode_masks(positions),
+            position_ids=positions[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        return self._logits(output.last_hidden_state[:, -1])
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.model.lm_head(hidden).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        logits[:, self.suppressed] = float("-inf")
+        return logits
+
+    @torch.inference_mode()
+    def _capture(self, batch_sizes: list[int]) -> None:
+        pool = None
+        for batch in reversed(batch_sizes):  # largest first, so smaller ones reuse its pool
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._decode_forward(batch)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                logits = self._decode_forward(batch)
+            pool = graph.pool()
+            self._graphs[batch] = (graph, logits)
+        torch.cuda.synchronize()
+        log.info("cuda_graphs_captured", batch_sizes=batch_sizes)

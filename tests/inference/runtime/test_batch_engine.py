@@ -1,0 +1,107 @@
+"""The batching engine on the tiny checkpoint (CPU): greedy tokens must equal plain
+generate() for requests of different lengths, with images, joining at different steps."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from inference import EngineConfig, Finished, Request, Sampling, Turn, normalize_image
+from inference.runtime.batch_engine import BatchEngine
+from inference.runtime.config import RuntimeConfig
+from inference.samples import draw_menu, draw_sign
+
+GREEDY = Sampling(temperature=0.0)
+
+
+def jpeg(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return normalize_image(buffer.getvalue())
+
+
+@pytest.fixture(scope="module")
+def batch_engine(engine_config: EngineConfig) -> BatchEngine:
+    runtime = RuntimeConfig(max_slots=3, max_seq_len=1024, max_prefill_seqs=2, cuda_graphs=False)
+    return BatchEngine(engine_config, runtime)
+
+
+def requests() -> list[tuple[int, Request]]:
+    """(step at which it arrives, request)."""
+    sign, menu = jpeg(draw_sign(640, 480)), jpeg(draw_menu(360, 480, seed=2))
+    return [
+        (0, Request(language="de", image=sign, max_new_tokens=40, sampling=GREEDY)),
+        (0, Request(language="fr", question="Wo ist der Bahnhof?", max_new_tokens=9,
+                    sampling=GREEDY)),
+        (3, Request(language="ja", question="Which dish has no pork?", image=menu,
+                    max_new_tokens=30, sampling=GREEDY)),
+        (5, Request(language="en", question="and dessert?", max_new_tokens=25, sampling=GREEDY,
+                    history=(Turn("user", "what is this?", image=sign),
+                             Turn("model", "An exit sign.")))),
+        (6, Request(language="ar", question="?", max_new_tokens=12, sampling=GREEDY)),
+    ]  # fmt: skip
+
+
+def test_greedy_tokens_equal_generate(batch_engine: BatchEngine) -> None:
+    arrivals = requests()
+    results: dict[int, list] = {i: [] for i in range(len(arrivals))}
+    step = 0
+    pending = list(enumerate(arrivals))
+    while pending or batch_engine.num_active:
+        while pending and pending[0][1][0] <= step:
+            index, (_, request) = pending.pop(0)
+            batch_engine.add(request, results[index].append, lambda: False)
+        if batch_engine.num_active:
+            batch_engine.step()
+        step += 1
+        assert step < 500
+    reference = batch_engine.base
+    for index, (_, request) in enumerate(arrivals):
+        finished = results[index][-1]
+        assert isinstance(finished, Finished)
+        expected = reference.generate(request, lambda event: None, lambda: False)
+        assert finished.token_ids == expected.token_ids, f"request {index} differs"
+        assert finished == expected
+        text = "".join(e.text for e in results[index][:-1] if not e.is_thought)
+        assert text.strip() == finished.text
+    assert batch_engine.num_active == 0
+    assert batch_engine.scheduler.running == []
+
+
+def test_cancelled_request_leaves_and_frees_its_slot(batch_engine: BatchEngine) -> None:
+    cancelled = {"flag": False}
+    events: list = []
+    batch_engine.add(
+        Request(language="en", question="long", max_new_tokens=200, sampling=GREEDY),
+        events.append,
+        lambda: cancelled["flag"],
+    )
+    batch_engine.step()
+    batch_engine.step()
+    cancelled["flag"] = True
+    batch_engine.step()
+    assert events[-1].finish_reason == "cancelled"
+    assert batch_engine.num_active == 0
+
+
+def test_sampling_is_seeded_and_respects_limits(engine_config: EngineConfig) -> None:
+    def run() -> tuple[int, ...]:
+        engine = BatchEngine(engine_config, RuntimeConfig(max_slots=2, max_seq_len=1024, seed=7))
+        events: list = []
+        engine.add(Request(language="en", question="hi", max_new_tokens=16), events.append,
+                   lambda: False)  # fmt: skip
+        while engine.num_active:
+            engine.step()
+        return events[-1].token_ids
+
+    first = run()
+    assert first == run()
+    assert 1 <= len(first) <= 16
+
+
+def test_prompt_longer_than_the_context_is_refused(batch_engine: BatchEngine) -> None:
+    from inference import InferenceError
+
+    with pytest.raises(InferenceError, match="too long"):
+        batch_engine.add(Request(language="en", question="word " * 1200), print, lambda: False)
