@@ -21,7 +21,7 @@ log = structlog.get_logger()
 
 
 class BatchEngine:
-    def __init__(self, config: EngineConfig, runtime: RuntimeConfig = RuntimeConfig()) -> None:
+    def __init__(self, config: EngineConfig, runtime: RuntimeConfig) -> None:
         self.base = GemmaEngine(config)
         self.runtime = runtime
         model = self.base.model

@@ -66,7 +66,7 @@ class ModelRunner:
     # -- prefill ---------------------------------------------------------------------------
     @torch.inference_mode()
     def prefill(self, inputs: list[dict], slots: list[int]) -> torch.Tensor:
-        """Run prompts (right-padded into one batch) and store their KV; logits of each last token."""
+        """Prefill prompts right-padded into one batch, store their KV; last-token logits."""
         lengths = [int(item["input_ids"].shape[1]) for item in inputs]
         width = max(lengths)
         batch = {
