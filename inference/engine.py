@@ -57,8 +57,36 @@ def check_model_dir(path: Path | None) -> Path:
 
 
 class GemmaEngine:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, model, tokenizer, image_processor, *, image_soft_tokens=None) -> None:
+        """An engine over an already loaded model (see `load` for a checkpoint directory)."""
         import torch
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.device = model.device
+        self.dtype = model.dtype
+        self.image_soft_tokens = image_soft_tokens or image_processor.max_soft_tokens
+        tok = tokenizer
+        ids = tok.convert_tokens_to_ids
+        self.stop_ids = [ids("<turn|>"), tok.eos_token_id]
+        self._channel_ids = (ids("<|channel>"), ids("<channel|>"))
+        self._ignored_ids = set(tok.all_special_ids) - set(self._channel_ids)
+        self._byte_ids = frozenset(
+            index
+            for token, index in tok.get_vocab().items()
+            if len(token) == 6 and token.startswith("<0x") and token.endswith(">")
+        )
+        # Tokens that only the processor may place: never generate them.
+        self._suppressed_ids = sorted(
+            {ids(t) for t in (tok.image_token, tok.boi_token, tok.eoi_token, "<|audio|>",
+                              "<|video|>", tok.bos_token, tok.pad_token)} - {tok.unk_token_id}
+        )  # fmt: skip
+        self._torch = torch
+
+    @classmethod
+    def load(cls, config: EngineConfig) -> GemmaEngine:
+        """Load model, tokenizer and image processor from a local directory, offline."""
         from transformers import (
             AutoTokenizer,
             Gemma4ForConditionalGeneration,
@@ -69,39 +97,27 @@ class GemmaEngine:
         hf_logging.disable_progress_bar()
         path = check_model_dir(config.model_path)
         started = time.monotonic()
-        self.device = _pick_device(config.device)
-        self.dtype = _pick_dtype(config.dtype, self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.image_processor = Gemma4ImageProcessorPil.from_pretrained(path, local_files_only=True)
-        self.model = Gemma4ForConditionalGeneration.from_pretrained(
-            path, dtype=self.dtype, device_map=self.device, local_files_only=True
-        ).eval()
-        if config.experts_implementation:
-            self.model.set_experts_implementation(config.experts_implementation)
-        self.image_soft_tokens = config.image_soft_tokens or self.image_processor.max_soft_tokens
-        ids = self.tokenizer.convert_tokens_to_ids
-        self.stop_ids = [ids("<turn|>"), self.tokenizer.eos_token_id]
-        self._channel_ids = (ids("<|channel>"), ids("<channel|>"))
-        self._ignored_ids = set(self.tokenizer.all_special_ids) - set(self._channel_ids)
-        self._byte_ids = frozenset(
-            index
-            for token, index in self.tokenizer.get_vocab().items()
-            if len(token) == 6 and token.startswith("<0x") and token.endswith(">")
+        device = _pick_device(config.device)
+        dtype = _pick_dtype(config.dtype, device)
+        model = Gemma4ForConditionalGeneration.from_pretrained(
+            path, dtype=dtype, device_map=device, local_files_only=True
         )
-        # Tokens that only the processor may place: never generate them.
-        tok = self.tokenizer
-        self._suppressed_ids = sorted(
-            {ids(t) for t in (tok.image_token, tok.boi_token, tok.eoi_token, "<|audio|>",
-                              "<|video|>", tok.bos_token, tok.pad_token)} - {tok.unk_token_id}
-        )  # fmt: skip
-        self._torch = torch
+        if config.experts_implementation:
+            model.set_experts_implementation(config.experts_implementation)
+        engine = cls(
+            model,
+            AutoTokenizer.from_pretrained(path, local_files_only=True),
+            Gemma4ImageProcessorPil.from_pretrained(path, local_files_only=True),
+            image_soft_tokens=config.image_soft_tokens,
+        )
         log.info(
             "model_loaded",
             path=str(path),
-            device=str(self.device),
-            dtype=str(self.dtype),
+            device=str(device),
+            dtype=str(dtype),
             seconds=round(time.monotonic() - started, 2),
         )
+        return engine
 
     def generate(
         self,
@@ -252,10 +268,11 @@ def _pick_dtype(dtype: str, device):
 def create_engine(config: EngineConfig, runtime=None):
     """The engine the worker drives: continuous batching, or generate() one at a time
     when `runtime` is None."""
+    base = GemmaEngine.load(config)
     if runtime is None:
         from inference.worker import SequentialEngine
 
-        return SequentialEngine(GemmaEngine(config))
+        return SequentialEngine(base)
     from inference.runtime.batch_engine import BatchEngine
 
-    return BatchEngine(config, runtime)
+    return BatchEngine(base, runtime)

@@ -36,7 +36,7 @@ def engine_config(tiny_model_dir: Path) -> EngineConfig:
 
 @pytest.fixture(scope="session")
 def tiny_engine(engine_config: EngineConfig) -> GemmaEngine:
-    return GemmaEngine(engine_config)
+    return GemmaEngine.load(engine_config)
 
 
 def png_bytes(image: Image.Image, format: str = "PNG") -> bytes:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import structlog
 import torch
 
-from inference.engine import EngineConfig, GemmaEngine
+from inference.engine import GemmaEngine
 from inference.runtime.config import RuntimeConfig
 from inference.runtime.model_runner import ModelRunner
 from inference.runtime.sampler import sample
@@ -21,8 +21,8 @@ log = structlog.get_logger()
 
 
 class BatchEngine:
-    def __init__(self, config: EngineConfig, runtime: RuntimeConfig) -> None:
-        self.base = GemmaEngine(config)
+    def __init__(self, base: GemmaEngine, runtime: RuntimeConfig) -> None:
+        self.base = base
         self.runtime = runtime
         model = self.base.model
         use_graphs = runtime.cuda_graphs

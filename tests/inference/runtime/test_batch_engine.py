@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from inference import EngineConfig, Finished, Request, Sampling, Turn, normalize_image
+from inference import Finished, GemmaEngine, Request, Sampling, Turn, normalize_image
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
 from inference.samples import draw_menu, draw_sign
@@ -22,9 +22,9 @@ def jpeg(image) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def batch_engine(engine_config: EngineConfig) -> BatchEngine:
+def batch_engine(tiny_engine: GemmaEngine) -> BatchEngine:
     runtime = RuntimeConfig(max_slots=3, max_seq_len=1024, max_prefill_seqs=2, cuda_graphs=False)
-    return BatchEngine(engine_config, runtime)
+    return BatchEngine(tiny_engine, runtime)
 
 
 def requests() -> list[tuple[int, Request]]:
@@ -85,9 +85,9 @@ def test_cancelled_request_leaves_and_frees_its_slot(batch_engine: BatchEngine) 
     assert batch_engine.num_active == 0
 
 
-def test_sampling_is_seeded_and_respects_limits(engine_config: EngineConfig) -> None:
+def test_sampling_is_seeded_and_respects_limits(tiny_engine: GemmaEngine) -> None:
     def run() -> tuple[int, ...]:
-        engine = BatchEngine(engine_config, RuntimeConfig(max_slots=2, max_seq_len=1024, seed=7))
+        engine = BatchEngine(tiny_engine, RuntimeConfig(max_slots=2, max_seq_len=1024, seed=7))
         events: list = []
         engine.add(Request(language="en", question="hi", max_new_tokens=16), events.append,
                    lambda: False)  # fmt: skip
