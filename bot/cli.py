@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> None:
     sample.add_argument("output", type=Path)
     sample.add_argument("--kind", choices=("sign", "menu"), default="sign")
 
+    bench = commands.add_parser("bench", help="benchmark generate() and the batching engine")
+    from inference.bench_args import add_arguments
+
+    add_arguments(bench)
+
     args = parser.parse_args(argv)
     from bot.settings import Settings
 
@@ -48,6 +53,10 @@ def main(argv: list[str] | None = None) -> None:
         from inference.tiny import write_tiny_checkpoint
 
         print(write_tiny_checkpoint(args.directory))
+    elif args.command == "bench":
+        from inference.bench import main as bench_main
+
+        sys.exit(bench_main(args))
     elif args.command == "sample-image":
         from inference.samples import write_sample
 

@@ -13,7 +13,7 @@ from inference.engine import GemmaEngine
 from inference.runtime.config import RuntimeConfig
 from inference.runtime.model_runner import ModelRunner
 from inference.runtime.sampler import sample
-from inference.runtime.scheduler import Scheduler
+from inference.runtime.scheduler import Plan, Scheduler
 from inference.runtime.sequence import Sequence, Status
 from inference.types import Event, Finished, InferenceError, Request
 
@@ -43,7 +43,8 @@ class BatchEngine:
             max_prefill_tokens=runtime.max_prefill_tokens,
             max_prefill_seqs=runtime.max_prefill_seqs,
         )
-        self.stop_ids = set(self.base.stop_ids)
+        self.stop_ids = set() if runtime.ignore_stop else set(self.base.stop_ids)
+        self.last_plan = Plan()
         self.generator = torch.Generator(device=model.device).manual_seed(runtime.seed)
         log.info(
             "batch_engine_ready",
@@ -79,7 +80,7 @@ class BatchEngine:
         for seq in [*self.scheduler.waiting, *self.scheduler.running]:
             if seq.is_cancelled():
                 self._finish(seq, "cancelled")
-        plan = self.scheduler.schedule()
+        plan = self.last_plan = self.scheduler.schedule()
         if plan.prefill:
             logits = self.runner.prefill(
                 [seq.inputs for seq in plan.prefill], [seq.slot for seq in plan.prefill]

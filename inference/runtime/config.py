@@ -14,6 +14,7 @@ class RuntimeConfig:
     cuda_graphs: bool | None = None  # None: on when the model is on a GPU
     graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64)
     seed: int = 0
+    ignore_stop: bool = False  # benchmarks only: always generate max_new_tokens
 
     def __post_init__(self) -> None:
         if self.max_slots < 1 or self.max_seq_len < 2 or self.max_prefill_seqs < 1:

@@ -61,7 +61,11 @@ class ModelRunner:
         self._rows = self.cache.step_rows
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         if graph_batch_sizes:
-            self._capture(sorted(b for b in graph_batch_sizes if b <= num_slots))
+            try:
+                self._capture(sorted(b for b in graph_batch_sizes if b <= num_slots))
+            except Exception:  # eager decode still works, only slower
+                log.exception("cuda_graph_capture_failed")
+                self._graphs.clear()
 
     # -- prefill ---------------------------------------------------------------------------
     @torch.inference_mode()

@@ -1,0 +1,383 @@
+"""`travelbot bench`: transformers' generate() baselines and the batching engine, in one run.
+
+Every request is a realistic photo (a sign or a menu, 1024x768) with the explain-the-photo
+task; decode length is forced, so random weights cost what real ones do. Prints a table
+and writes JSON with output tok/s, images/s, time to first token, decode step, peak memory
+and the engine's ratios against every generate() row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import platform
+import random
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from inference.engine import EngineConfig, GemmaEngine
+from inference.images import normalize_image
+from inference.runtime.batch_engine import BatchEngine
+from inference.runtime.config import RuntimeConfig
+from inference.samples import draw_menu, draw_sign
+from inference.types import Delta, Finished, Request, Sampling
+
+LANGUAGES = ("de", "en", "fr", "ja", "es", "ko", "it", "zh")
+
+
+@dataclass
+class Row:
+    name: str
+    concurrency: int
+    output_tokens: int = 0
+    seconds: float = 0.0
+    tok_per_s: float = 0.0
+    images_per_s: float = 0.0
+    ttft_p50_ms: float = 0.0
+    ttft_p95_ms: float = 0.0
+    decode_step_ms: float = 0.0
+    peak_memory_gib: float = 0.0
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+# -- model ------------------------------------------------------------------------------------
+def full_size_random_engine(device: str, image_soft_tokens: int) -> GemmaEngine:
+    """Gemma 4 26B-A4B's architecture with random bf16 weights, built on the device."""
+    from transformers import Gemma4ForConditionalGeneration, Gemma4ImageProcessorPil
+
+    from inference.tiny import (
+        FULL_SIZE_TEXT_CONFIG,
+        FULL_SIZE_VISION_CONFIG,
+        build_config,
+        build_tokenizer,
+    )
+
+    tokenizer = build_tokenizer()
+    config = build_config(tokenizer, text=FULL_SIZE_TEXT_CONFIG, vision=FULL_SIZE_VISION_CONFIG)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = Gemma4ForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    processor = Gemma4ImageProcessorPil(max_soft_tokens=image_soft_tokens)
+    return GemmaEngine(model, tokenizer, processor, image_soft_tokens=image_soft_tokens)
+
+
+def load_engine(args: argparse.Namespace) -> GemmaEngine:
+    if args.full_size_random:
+        engine = full_size_random_engine(args.device, args.image_soft_tokens)
+        if args.experts_implementation:
+            engine.model.set_experts_implementation(args.experts_implementation)
+        return engine
+    if args.tiny:
+        from inference.tiny import write_tiny_checkpoint
+
+        model_dir = write_tiny_checkpoint(tempfile.mkdtemp(prefix="tiny-gemma4-"))
+    else:
+        model_dir = args.model
+    config = EngineConfig(
+        model_path=model_dir,
+        device=args.device,
+        image_soft_tokens=args.image_soft_tokens,
+        experts_implementation=args.experts_implementation,
+    )
+    return GemmaEngine.load(config)
+
+
+def make_requests(count: int, new_tokens: int, *, seed: int = 0) -> list[Request]:
+    requests = []
+    for index in range(count):
+        draw = draw_sign if index % 2 == 0 else draw_menu
+        image = draw(1024, 768, seed=seed + index)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        requests.append(
+            Request(
+                language=LANGUAGES[index % len(LANGUAGES)],
+                image=normalize_image(buffer.getvalue()),
+                max_new_tokens=new_tokens,
+                sampling=Sampling(temperature=0.0),
+            )
+        )
+    return requests
+
+
+# -- timing helpers ----------------------------------------------------------------------------
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float:
+    if device.type != "cuda":
+        return 0.0
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+# -- generate() baselines ----------------------------------------------------------------------
+def batch_inputs(engine: GemmaEngine, requests: list[Request]) -> dict:
+    """Left-padded batch for generate()."""
+    items = [engine.prepare_inputs(request) for request in requests]
+    width = max(item["input_ids"].shape[1] for item in items)
+    pad = engine.tokenizer.pad_token_id
+
+    def left_pad(key: str, value: int) -> torch.Tensor:
+        rows = []
+        for item in items:
+            row = item.get(key, torch.zeros_like(item["input_ids"]))[0]
+            filler = torch.full((width - row.shape[0],), value, dtype=row.dtype, device=row.device)
+            rows.append(torch.cat([filler, row]))
+        return torch.stack(rows)
+
+    batch = {
+        "input_ids": left_pad("input_ids", pad),
+        "attention_mask": left_pad("attention_mask", 0),
+        "mm_token_type_ids": left_pad("mm_token_type_ids", 0),
+        "pixel_values": torch.cat([item["pixel_values"] for item in items]),
+        "image_position_ids": torch.cat([item["image_position_ids"] for item in items]),
+    }
+    return batch
+
+
+def bench_generate(
+    engine: GemmaEngine, requests: list[Request], cache: str, new_tokens: int
+) -> Row:
+    row = Row(name=f"generate() {cache} cache", concurrency=len(requests))
+    device = engine.device
+    inputs = batch_inputs(engine, requests)
+    kwargs = dict(engine.generation_kwargs, do_sample=False)
+    if cache == "static":
+        kwargs["cache_implementation"] = "static"
+
+    def run(tokens: int) -> float:
+        synchronize(device)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            engine.model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, **kwargs)
+        synchronize(device)
+        return time.perf_counter() - started
+
+    reset_peak(device)
+    try:
+        run(new_tokens if cache == "static" else 2)  # warm-up (static: compiles the decode)
+        first = run(1)
+        total = run(new_tokens)
+    except torch.OutOfMemoryError as exc:
+        row.error = f"out of memory: {exc}"[:200]
+        return row
+    row.output_tokens = len(requests) * new_tokens
+    row.seconds = round(total, 3)
+    row.tok_per_s = round(row.output_tokens / total, 1)
+    row.images_per_s = round(len(requests) / total, 2)
+    row.ttft_p50_ms = row.ttft_p95_ms = round(first * 1000, 1)
+    row.decode_step_ms = round((total - first) / max(1, new_tokens - 1) * 1000, 2)
+    row.peak_memory_gib = peak_gib(device)
+    return row
+
+
+# -- the batching engine -----------------------------------------------------------------------
+@dataclass
+class _Tracked:
+    arrival: float
+    first_token: float | None = None
+    done: float | None = None
+    tokens: int = 0
+
+
+def bench_engine(
+    engine: BatchEngine, requests: list[Request], arrivals: list[float], name: str
+) -> Row:
+    """Feed requests at their arrival offsets (seconds), step until all finish."""
+    row = Row(name=name, concurrency=len(requests))
+    device = engine.base.device
+    reset_peak(device)
+    tracked = [_Tracked(arrival=offset) for offset in arrivals]
+    step_times: list[float] = []
+    order = sorted(range(len(requests)), key=lambda i: arrivals[i])
+    started = time.perf_counter()
+
+    def emitter(index: int):
+        def emit(event) -> None:
+            now = time.perf_counter() - started
+            state = tracked[index]
+            if isinstance(event, Delta | Finished) and state.first_token is None:
+                state.first_token = now
+            if isinstance(event, Finished):
+                state.done, state.tokens = now, event.num_output_tokens
+
+        return emit
+
+    while order or engine.num_active:
+        now = time.perf_counter() - started
+        while order and arrivals[order[0]] <= now:
+            index = order.pop(0)
+            tracked[index].arrival = now
+            engine.add(requests[index], emitter(index), lambda: False)
+        if not engine.num_active:
+            time.sleep(max(0.0, arrivals[order[0]] - now))
+            continue
+        step_started = time.perf_counter()
+        engine.step()
+        plan = engine.last_plan
+        if not plan.prefill and len(plan.decode) == len(requests):
+            step_times.append(time.perf_counter() - step_started)
+    wall = max(state.done for state in tracked) - min(state.arrival for state in tracked)
+    first_tokens = [(state.first_token - state.arrival) * 1000 for state in tracked]
+    row.output_tokens = sum(state.tokens for state in tracked)
+    row.seconds = round(wall, 3)
+    row.tok_per_s = round(row.output_tokens / wall, 1)
+    row.images_per_s = round(len(requests) / wall, 2)
+    row.ttft_p50_ms = round(statistics.median(first_tokens), 1)
+    row.ttft_p95_ms = round(percentile(first_tokens, 0.95), 1)
+    row.decode_step_ms = round(statistics.median(step_times) * 1000, 2) if step_times else 0.0
+    row.peak_memory_gib = peak_gib(device)
+    row.extra["full_batch_decode_steps"] = len(step_times)
+    return row
+
+
+def poisson_arrivals(count: int, rate: float, seed: int = 0) -> list[float]:
+    rng = random.Random(seed)
+    now, times = 0.0, []
+    for _ in range(count):
+        times.append(now)
+        now += rng.expovariate(rate)
+    return times
+
+
+# -- the run -----------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict:
+    base = load_engine(args)
+    device = base.device
+    requests = make_requests(max([*args.generate_batches, *args.engine_concurrency]),
+                             args.new_tokens)  # fmt: skip
+    rows: list[Row] = []
+    for cache in args.generate_caches:
+        for batch in args.generate_batches:
+            if cache == "static" and batch > args.static_max_batch:
+                continue
+            rows.append(bench_generate(base, requests[:batch], cache, args.new_tokens))
+            print_row(rows[-1])
+    runtime = RuntimeConfig(
+        max_slots=args.max_slots,
+        max_seq_len=args.max_seq_len,
+        cuda_graphs=None if args.cuda_graphs == "auto" else args.cuda_graphs == "on",
+        ignore_stop=True,
+    )
+    setup_started = time.perf_counter()
+    engine = BatchEngine(base, runtime)
+    setup_seconds = time.perf_counter() - setup_started
+    # warm-up: a short request through prefill and decode
+    bench_engine(engine, make_requests(1, 4, seed=99), [0.0], "warm-up")
+    for concurrency in args.engine_concurrency:
+        chosen = requests[:concurrency]
+        rows.append(bench_engine(engine, chosen, [0.0] * concurrency, "engine, together"))
+        print_row(rows[-1])
+        if args.poisson_rate and concurrency > 1:
+            arrivals = poisson_arrivals(concurrency, args.poisson_rate)
+            name = f"engine, Poisson {args.poisson_rate}/s"
+            rows.append(bench_engine(engine, chosen, arrivals, name))
+            print_row(rows[-1])
+    result = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "model": "full-size random"
+        if args.full_size_random
+        else "tiny"
+        if args.tiny
+        else str(args.model),
+        "new_tokens": args.new_tokens,
+        "image_soft_tokens": base.image_soft_tokens,
+        "prompt_tokens": int(base.prepare_inputs(requests[0])["input_ids"].shape[1]),
+        "engine_setup_seconds": round(setup_seconds, 1),
+        "runtime": asdict(runtime),
+        "rows": [asdict(row) for row in rows],
+        "ratios": ratios(rows),
+    }
+    return result
+
+
+def ratios(rows: list[Row]) -> dict:
+    """Engine tok/s over every generate() row's tok/s."""
+    baselines = [r for r in rows if r.name.startswith("generate") and r.tok_per_s]
+    out = {}
+    for row in rows:
+        if row.name.startswith("engine") and row.tok_per_s:
+            key = f"{row.name} x{row.concurrency}"
+            out[key] = {
+                f"{base.name} x{base.concurrency}": round(row.tok_per_s / base.tok_per_s, 2)
+                for base in baselines
+            }
+    return out
+
+
+HEADER = (
+    f"{'row':<28} {'conc':>5} {'tok/s':>9} {'img/s':>7} {'ttft p50':>9} {'ttft p95':>9} "
+    f"{'step ms':>8} {'peak GiB':>9}"
+)
+
+
+def print_row(row: Row) -> None:
+    if row.error:
+        print(f"{row.name:<28} {row.concurrency:>5}  {row.error}", flush=True)
+        return
+    print(
+        f"{row.name:<28} {row.concurrency:>5} {row.tok_per_s:>9.1f} {row.images_per_s:>7.2f} "
+        f"{row.ttft_p50_ms:>9.1f} {row.ttft_p95_ms:>9.1f} {row.decode_step_ms:>8.2f} "
+        f"{row.peak_memory_gib:>9.2f}",
+        flush=True,
+    )
+
+
+def print_table(result: dict) -> None:
+    print(
+        f"\n{result['model']} on {result['device']}, {result['prompt_tokens']} prompt tokens "
+        f"({result['image_soft_tokens']} image soft tokens), {result['new_tokens']} new tokens"
+    )
+    print(HEADER)
+    for row in result["rows"]:
+        print_row(Row(**row))
+    for name, against in result["ratios"].items():
+        print(f"{name}: " + ", ".join(f"{v}x {k}" for k, v in against.items()))
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = run(args)
+    print_table(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":  # python -m inference.bench (where the bot's packages are absent)
+    from inference.bench_args import add_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m inference.bench", description=__doc__)
+    add_arguments(parser)
+    raise SystemExit(main(parser.parse_args()))

@@ -1,0 +1,35 @@
+"""Command-line options of `travelbot bench` (no torch import, so `travelbot --help` is fast)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="a Gemma 4 checkpoint directory")
+    source.add_argument(
+        "--tiny", action="store_true", help="the tiny random checkpoint (CPU smoke)"
+    )
+    source.add_argument("--full-size-random", action="store_true",
+                        help="26B-A4B architecture, random weights, built on the device")  # fmt: skip
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--image-soft-tokens", type=int, default=280)
+    parser.add_argument("--generate-batches", type=_ints, default=[1, 8, 32])
+    parser.add_argument(
+        "--generate-caches", type=lambda t: t.split(","), default=["default", "static"]
+    )
+    parser.add_argument("--static-max-batch", type=int, default=8)
+    parser.add_argument("--engine-concurrency", type=_ints, default=[1, 8, 64])
+    parser.add_argument("--poisson-rate", type=float, default=16.0)
+    parser.add_argument("--max-slots", type=int, default=64)
+    parser.add_argument("--max-seq-len", type=int, default=4096)
+    parser.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--experts-implementation", default=None)
+    parser.add_argument("--out", type=Path, default=Path("bench-out/bench.json"))
