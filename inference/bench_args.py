@@ -16,8 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--tiny", action="store_true", help="the tiny random checkpoint (CPU smoke)"
     )
-    source.add_argument("--full-size-random", action="store_true",
-                        help="26B-A4B architecture, random weights, built on the device")  # fmt: skip
+    source.add_argument(
+        "--full-size-random",
+        action="store_true",
+        help="26B-A4B architecture, random weights, built on the device",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--image-soft-tokens", type=int, default=280)
