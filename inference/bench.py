@@ -12,12 +12,12 @@ import argparse
 import io
 import json
 import math
-import platform
 import random
 import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -26,7 +26,7 @@ from inference.images import normalize_image
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
 from inference.samples import draw_menu, draw_sign
-from inference.types import Delta, Finished, Request, Sampling
+from inference.types import Finished, Request, Sampling
 
 LANGUAGES = ("de", "en", "fr", "ja", "es", "ko", "it", "zh")
 
@@ -216,14 +216,13 @@ def bench_engine(
     tracked = [_Tracked(arrival=offset) for offset in arrivals]
     step_times: list[float] = []
     order = sorted(range(len(requests)), key=lambda i: arrivals[i])
+    index_of = {id(request): index for index, request in enumerate(requests)}
     started = time.perf_counter()
 
     def emitter(index: int):
         def emit(event) -> None:
             now = time.perf_counter() - started
             state = tracked[index]
-            if isinstance(event, Delta | Finished) and state.first_token is None:
-                state.first_token = now
             if isinstance(event, Finished):
                 state.done, state.tokens = now, event.num_output_tokens
 
@@ -240,9 +239,12 @@ def bench_engine(
             continue
         step_started = time.perf_counter()
         engine.step()
+        step_ended = time.perf_counter()
         plan = engine.last_plan
         if not plan.prefill and len(plan.decode) == len(requests):
-            step_times.append(time.perf_counter() - step_started)
+            step_times.append(step_ended - step_started)
+        for seq in plan.prefill:  # the first token comes out of the prefill
+            tracked[index_of[id(seq.request)]].first_token = step_ended - started
     wall = max(state.done for state in tracked) - min(state.arrival for state in tracked)
     first_tokens = [(state.first_token - state.arrival) * 1000 for state in tracked]
     row.output_tokens = sum(state.tokens for state in tracked)
@@ -268,56 +270,60 @@ def poisson_arrivals(count: int, rate: float, seed: int = 0) -> list[float]:
 
 # -- the run -----------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict:
+    """Engine rows first, then the generate() rows (static-cache compiles last); the JSON
+    is rewritten after every row, so a run cut short still leaves its numbers."""
     base = load_engine(args)
     device = base.device
-    requests = make_requests(max([*args.generate_batches, *args.engine_concurrency]),
-                             args.new_tokens)  # fmt: skip
-    rows: list[Row] = []
-    for cache in args.generate_caches:
-        for batch in args.generate_batches:
-            if cache == "static" and batch > args.static_max_batch:
-                continue
-            rows.append(bench_generate(base, requests[:batch], cache, args.new_tokens))
-            print_row(rows[-1])
+    count = max([*args.generate_batches, *args.engine_concurrency])
+    requests = make_requests(count, args.new_tokens)
     runtime = RuntimeConfig(
         max_slots=args.max_slots,
         max_seq_len=args.max_seq_len,
         cuda_graphs=None if args.cuda_graphs == "auto" else args.cuda_graphs == "on",
         ignore_stop=True,
     )
-    setup_started = time.perf_counter()
-    engine = BatchEngine(base, runtime)
-    setup_seconds = time.perf_counter() - setup_started
-    # warm-up: a short request through prefill and decode
-    bench_engine(engine, make_requests(1, 4, seed=99), [0.0], "warm-up")
-    for concurrency in args.engine_concurrency:
-        chosen = requests[:concurrency]
-        rows.append(bench_engine(engine, chosen, [0.0] * concurrency, "engine, together"))
-        print_row(rows[-1])
-        if args.poisson_rate and concurrency > 1:
-            arrivals = poisson_arrivals(concurrency, args.poisson_rate)
-            name = f"engine, Poisson {args.poisson_rate}/s"
-            rows.append(bench_engine(engine, chosen, arrivals, name))
-            print_row(rows[-1])
     result = {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
-        "model": "full-size random"
-        if args.full_size_random
-        else "tiny"
-        if args.tiny
-        else str(args.model),
+        "model": "full-size random" if args.full_size_random else str(args.model or "tiny"),
         "new_tokens": args.new_tokens,
         "image_soft_tokens": base.image_soft_tokens,
         "prompt_tokens": int(base.prepare_inputs(requests[0])["input_ids"].shape[1]),
-        "engine_setup_seconds": round(setup_seconds, 1),
         "runtime": asdict(runtime),
-        "rows": [asdict(row) for row in rows],
-        "ratios": ratios(rows),
+        "rows": [],
     }
+    rows: list[Row] = []
+
+    def record(row: Row) -> None:
+        rows.append(row)
+        print_row(row)
+        result["rows"] = [asdict(r) for r in rows]
+        result["ratios"] = ratios(rows)
+        write(args.out, result)
+
+    setup_started = time.perf_counter()
+    engine = BatchEngine(base, runtime)
+    result["engine_setup_seconds"] = round(time.perf_counter() - setup_started, 1)
+    bench_engine(engine, make_requests(2, 4, seed=99), [0.0, 0.0], "warm-up")
+    for concurrency in args.engine_concurrency:
+        chosen = requests[:concurrency]
+        record(bench_engine(engine, chosen, [0.0] * concurrency, "engine, together"))
+        if args.poisson_rate and concurrency > 1:
+            arrivals = poisson_arrivals(concurrency, args.poisson_rate)
+            record(bench_engine(engine, chosen, arrivals, f"engine, Poisson {args.poisson_rate}/s"))
+    del engine  # frees the KV cache and graphs for the generate() rows
+    reset_peak(device)
+    for cache in args.generate_caches:
+        for batch in args.generate_batches:
+            if cache == "static" and batch > args.static_max_batch:
+                continue
+            record(bench_generate(base, requests[:batch], cache, args.new_tokens))
     return result
+
+
+def write(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def ratios(rows: list[Row]) -> dict:
@@ -369,8 +375,6 @@ def main(args: argparse.Namespace) -> int:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     result = run(args)
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")
     return 0
 

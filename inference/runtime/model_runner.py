@@ -139,8 +139,7 @@ class ModelRunner:
         logits = self.model.lm_head(hidden).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
-        logits[:, self.suppressed] = float("-inf")
-        return logits
+        return logits.index_fill_(1, self.suppressed, float("-inf"))
 
     @torch.inference_mode()
     def _capture(self, batch_sizes: list[int]) -> None:
