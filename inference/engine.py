@@ -191,8 +191,9 @@ class GemmaEngine:
             "suppress_tokens": self._suppressed_ids,
         }
 
-    def prepare_inputs(self, request: Request) -> dict:
-        """Token ids and image tensors for `request`, on the model's device."""
+    def prepare_inputs(self, request: Request, *, on_device: bool = True) -> dict:
+        """Token ids and image tensors for `request` (CPU work, safe to run in any thread);
+        on the model's device unless `on_device` is False."""
         prompt = build_prompt(request)
         text = prompt.text
         tensors: dict = {}
@@ -209,15 +210,16 @@ class GemmaEngine:
                 expanded.append(f"{tok.boi_token}{tok.image_token * int(count)}{tok.eoi_token}")
                 expanded.append(piece)
             text = "".join(expanded)
-            tensors["pixel_values"] = features["pixel_values"].to(self.device, self.dtype)
-            tensors["image_position_ids"] = features["image_position_ids"].to(self.device)
+            tensors["pixel_values"] = features["pixel_values"].to(self.dtype)
+            tensors["image_position_ids"] = features["image_position_ids"]
         encoded = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
         input_ids = encoded["input_ids"]
-        tensors["input_ids"] = input_ids.to(self.device)
-        tensors["attention_mask"] = encoded["attention_mask"].to(self.device)
+        tensors["input_ids"] = input_ids
+        tensors["attention_mask"] = encoded["attention_mask"]
         if prompt.images:  # 1 marks image soft tokens (bidirectional attention within an image)
-            is_image = input_ids == self.tokenizer.image_token_id
-            tensors["mm_token_type_ids"] = is_image.long().to(self.device)
+            tensors["mm_token_type_ids"] = (input_ids == self.tokenizer.image_token_id).long()
+        if on_device:
+            tensors = {key: value.to(self.device) for key, value in tensors.items()}
         return tensors
 
 

@@ -10,6 +10,7 @@ import asyncio
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,8 +42,11 @@ class Engine(Protocol):
     @property
     def num_active(self) -> int: ...
 
+    def prepare(self, request: Request) -> object:
+        """CPU work before a request can join (images, tokens); called from other threads."""
+
     def add(
-        self, request: Request, emit: Callable[[Event], None], is_cancelled: Callable[[], bool]
+        self, prepared: object, emit: Callable[[Event], None], is_cancelled: Callable[[], bool]
     ) -> None: ...
 
     def step(self) -> None: ...
@@ -62,6 +66,9 @@ class SequentialEngine:
     @property
     def num_active(self) -> int:
         return len(self._active)
+
+    def prepare(self, request: Request) -> Request:
+        return request  # generate() prepares its own inputs
 
     def add(self, request, emit, is_cancelled) -> None:
         self._active.append((request, emit, is_cancelled))
@@ -85,6 +92,7 @@ class SequentialEngine:
 @dataclass
 class _Job:
     request: Request
+    prepared: object
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -94,8 +102,13 @@ class _Job:
 
 
 class Worker:
-    def __init__(self, engine_factory: Callable[[], Engine], *, max_queue: int = 64) -> None:
+    def __init__(
+        self, engine_factory: Callable[[], Engine], *, max_queue: int = 64, prep_threads: int = 4
+    ) -> None:
         self._engine_factory = engine_factory
+        self._engine: Engine | None = None
+        self._prep_pool = ThreadPoolExecutor(prep_threads, thread_name_prefix="inference-prep")
+        self._num_preparing = 0
         self.max_queue = max_queue
         self._pending: deque[_Job] = deque()
         self._wakeup = threading.Condition()
@@ -132,15 +145,23 @@ class Worker:
             job.post(WorkerStopped("the worker is stopping"))
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+        self._prep_pool.shutdown(wait=False)
 
     async def submit(self, request: Request) -> AsyncIterator[Event]:
         """Queue `request` and yield its events until Finished; raises InferenceError."""
-        job = _Job(request, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
         with self._wakeup:
-            if self._stopping or not self.is_alive:
-                raise WorkerStopped("the worker is not running")
-            if len(self._pending) >= self.max_queue:
-                raise QueueFull(f"{len(self._pending)} requests waiting")
+            self._check_can_take()
+            self._num_preparing += 1
+        try:
+            prepared = await loop.run_in_executor(self._prep_pool, self._prepare, request)
+        finally:
+            with self._wakeup:
+                self._num_preparing -= 1
+        job = _Job(request, prepared, loop)
+        with self._wakeup:
+            if self._stopping:
+                raise WorkerStopped("the worker is stopping")
             self._pending.append(job)
             position = len(self._pending)
             self._wakeup.notify()
@@ -156,9 +177,24 @@ class Worker:
         finally:
             job.cancelled.set()  # no-op when finished; stops generation if the caller left
 
+    def _check_can_take(self) -> None:
+        if self._stopping or not self.is_alive or self._engine is None:
+            raise WorkerStopped("the worker is not running")
+        if len(self._pending) + self._num_preparing >= self.max_queue:
+            raise QueueFull(f"{len(self._pending)} requests waiting")
+
+    def _prepare(self, request: Request) -> object:
+        try:
+            return self._engine.prepare(request)
+        except InferenceError:
+            raise
+        except Exception as exc:  # a request the engine cannot take must not stop the worker
+            log.exception("request_rejected", request_id=request.request_id)
+            raise InferenceError(f"request rejected: {type(exc).__name__}") from exc
+
     def _run(self, loop: asyncio.AbstractEventLoop, loaded: asyncio.Future) -> None:
         try:
-            engine = self._engine_factory()
+            self._engine = engine = self._engine_factory()
         except BaseException as exc:
             loop.call_soon_threadsafe(loaded.set_exception, exc)
             return
@@ -193,7 +229,7 @@ class Worker:
     def _add(self, engine: Engine, job: _Job) -> None:
         job.post(Started())
         try:
-            engine.add(job.request, self._emitter(job), job.cancelled.is_set)
+            engine.add(job.prepared, self._emitter(job), job.cancelled.is_set)
         except InferenceError as exc:
             job.post(exc)
         except Exception as exc:  # a request the engine cannot take must not stop the worker

@@ -62,19 +62,28 @@ class BatchEngine:
     def num_active(self) -> int:
         return self.scheduler.num_active
 
-    def add(
-        self, request: Request, emit: Callable[[Event], None], is_cancelled: Callable[[], bool]
-    ) -> None:
-        inputs = self.base.prepare_inputs(request)
-        seq = Sequence(request, emit, is_cancelled, self.base.make_splitter())
+    def prepare(self, request: Request) -> Sequence:
+        """CPU work for a request (image processing, tokenizing); runs in any thread."""
+        inputs = self.base.prepare_inputs(request, on_device=False)
+        num_prompt_tokens = int(inputs["input_ids"].shape[1])
+        if num_prompt_tokens >= self.runtime.max_seq_len:
+            raise InferenceError(f"prompt of {num_prompt_tokens} tokens is too long")
+        seq = Sequence(request, None, None, self.base.make_splitter())
         seq.inputs = inputs
-        seq.num_prompt_tokens = int(inputs["input_ids"].shape[1])
-        if seq.num_prompt_tokens >= self.runtime.max_seq_len:
-            raise InferenceError(f"prompt of {seq.num_prompt_tokens} tokens is too long")
+        seq.num_prompt_tokens = num_prompt_tokens
         seq.max_new_tokens = min(
-            request.max_new_tokens, self.runtime.max_seq_len - seq.num_prompt_tokens
+            request.max_new_tokens, self.runtime.max_seq_len - num_prompt_tokens
         )
-        self.scheduler.add(seq)
+        return seq
+
+    def add(
+        self,
+        prepared: Sequence,
+        emit: Callable[[Event], None],
+        is_cancelled: Callable[[], bool],
+    ) -> None:
+        prepared.emit, prepared.is_cancelled = emit, is_cancelled
+        self.scheduler.add(prepared)
 
     def step(self) -> None:
         for seq in [*self.scheduler.waiting, *self.scheduler.running]:

@@ -79,8 +79,10 @@ class ModelRunner:
         }
         with_images = [i for i in inputs if "pixel_values" in i]
         if with_images:
-            batch["pixel_values"] = torch.cat([i["pixel_values"] for i in with_images])
-            batch["image_position_ids"] = torch.cat([i["image_position_ids"] for i in with_images])
+            pixels = torch.cat([i["pixel_values"] for i in with_images])
+            positions = torch.cat([i["image_position_ids"] for i in with_images])
+            batch["pixel_values"] = pixels.to(self.device, self.model.dtype, non_blocking=True)
+            batch["image_position_ids"] = positions.to(self.device, non_blocking=True)
             batch["mm_token_type_ids"] = self._pad(
                 [i.get("mm_token_type_ids", torch.zeros_like(i["input_ids"]))[0] for i in inputs],
                 width,

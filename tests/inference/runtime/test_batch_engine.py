@@ -51,7 +51,7 @@ def test_greedy_tokens_equal_generate(batch_engine: BatchEngine) -> None:
     while pending or batch_engine.num_active:
         while pending and pending[0][1][0] <= step:
             index, (_, request) = pending.pop(0)
-            batch_engine.add(request, results[index].append, lambda: False)
+            batch_engine.add(batch_engine.prepare(request), results[index].append, lambda: False)
         if batch_engine.num_active:
             batch_engine.step()
         step += 1
@@ -73,7 +73,9 @@ def test_cancelled_request_leaves_and_frees_its_slot(batch_engine: BatchEngine) 
     cancelled = {"flag": False}
     events: list = []
     batch_engine.add(
-        Request(language="en", question="long", max_new_tokens=200, sampling=GREEDY),
+        batch_engine.prepare(
+            Request(language="en", question="long", max_new_tokens=200, sampling=GREEDY)
+        ),
         events.append,
         lambda: cancelled["flag"],
     )
@@ -89,8 +91,8 @@ def test_sampling_is_seeded_and_respects_limits(tiny_engine: GemmaEngine) -> Non
     def run() -> tuple[int, ...]:
         engine = BatchEngine(tiny_engine, RuntimeConfig(max_slots=2, max_seq_len=1024, seed=7))
         events: list = []
-        engine.add(Request(language="en", question="hi", max_new_tokens=16), events.append,
-                   lambda: False)  # fmt: skip
+        prepared = engine.prepare(Request(language="en", question="hi", max_new_tokens=16))
+        engine.add(prepared, events.append, lambda: False)
         while engine.num_active:
             engine.step()
         return events[-1].token_ids
@@ -104,4 +106,4 @@ def test_prompt_longer_than_the_context_is_refused(batch_engine: BatchEngine) ->
     from inference import InferenceError
 
     with pytest.raises(InferenceError, match="too long"):
-        batch_engine.add(Request(language="en", question="word " * 1200), print, lambda: False)
+        batch_engine.prepare(Request(language="en", question="word " * 1200))
