@@ -1,0 +1,120 @@
+"""Where a decode step of the batching engine spends GPU time (full-size random Gemma 4).
+
+    python scripts/profile_decode.py --batches 1,8,64 [--contiguous-experts]
+
+Prints the top kernels per batch size from torch.profiler (eager steps, kernel times are
+those a CUDA graph replays), the graph-replay step time, and a grouped_mm micro-benchmark
+of the expert layout (transposed view as stored vs contiguous).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from inference.bench import full_size_random_engine, make_requests
+from inference.runtime.batch_engine import BatchEngine
+from inference.runtime.config import RuntimeConfig
+
+
+def step_times(engine: BatchEngine, batch: int, steps: int = 20) -> float:
+    runner = engine.runner
+    tokens, positions = [5] * batch, [900 + i for i in range(batch)]
+    for _ in range(3):
+        runner.decode(tokens, positions)
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        runner.decode(tokens, positions)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - started) / steps * 1000
+
+
+def top_kernels(engine: BatchEngine, batch: int, limit: int) -> list[dict]:
+    runner = engine.runner
+    graphs, runner._graphs = runner._graphs, {}
+    tokens, positions = [5] * batch, [900 + i for i in range(batch)]
+    runner.decode(tokens, positions)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            runner.decode(tokens, positions)
+        torch.cuda.synchronize()
+    runner._graphs = graphs
+    rows = []
+    for event in prof.key_averages():
+        cuda_us = getattr(event, "device_time_total", 0) or getattr(event, "cuda_time_total", 0)
+        if cuda_us:
+            rows.append({"name": event.key[:90], "ms_per_step": cuda_us / 3 / 1000,
+                         "calls_per_step": event.count / 3})  # fmt: skip
+    rows.sort(key=lambda r: -r["ms_per_step"])
+    total = sum(r["ms_per_step"] for r in rows)
+    return [{"name": "TOTAL kernel time", "ms_per_step": total, "calls_per_step": 0}, *rows[:limit]]
+
+
+def grouped_mm_bench(tokens: int) -> dict:
+    experts, hidden, inter = 128, 2816, 1408
+    stored = torch.randn(experts, inter, hidden, device="cuda", dtype=torch.bfloat16)
+    contiguous = stored.transpose(1, 2).contiguous()
+    x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
+    ids = torch.randint(0, experts, (tokens,), device="cuda").sort().values
+    offs = torch.cumsum(torch.bincount(ids, minlength=experts), 0).to(torch.int32)
+    out = {}
+    for name, weight in (("transposed view", stored.transpose(1, 2)), ("contiguous", contiguous)):
+        for _ in range(3):
+            torch._grouped_mm(x, weight, offs=offs)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(50):
+            torch._grouped_mm(x, weight, offs=offs)
+        torch.cuda.synchronize()
+        out[name] = round((time.perf_counter() - started) / 50 * 1000, 3)
+    out["experts_touched"] = int((torch.bincount(ids, minlength=experts) > 0).sum())
+    return out
+
+
+def make_experts_contiguous(model) -> None:
+    for module in model.modules():
+        if type(module).__name__ == "Gemma4TextExperts" and not module.is_transposed:
+            module.gate_up_proj.data = module.gate_up_proj.data.transpose(1, 2).contiguous()
+            module.down_proj.data = module.down_proj.data.transpose(1, 2).contiguous()
+            module.is_transposed = True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batches", default="1,8,64")
+    parser.add_argument("--top", type=int, default=18)
+    parser.add_argument("--out", type=Path, default=Path("bench-out/profile.json"))
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    base = full_size_random_engine("cuda", 280)
+    base.model.set_experts_implementation("grouped_mm")
+    make_requests(1, 1)
+    report: dict = {"grouped_mm": {t: grouped_mm_bench(t) for t in (8, 64, 512)}}
+    print(json.dumps(report["grouped_mm"], indent=1), flush=True)
+    for layout in ("as stored", "contiguous"):
+        if layout == "contiguous":
+            make_experts_contiguous(base.model)
+        runtime = RuntimeConfig(max_slots=max(batches), graph_batch_sizes=tuple(batches))
+        engine = BatchEngine(base, runtime)
+        for batch in batches:
+            graph_ms = step_times(engine, batch)
+            kernels = top_kernels(engine, batch, args.top)
+            report[f"{layout} x{batch}"] = {"graph_step_ms": graph_ms, "kernels": kernels}
+            print(f"\n== experts {layout}, batch {batch}: graph step {graph_ms:.2f} ms", flush=True)
+            for k in kernels:
+                print(f"{k['ms_per_step']:8.3f} ms {k['calls_per_step']:6.0f}x  {k['name']}")
+        del engine
+        torch.cuda.empty_cache()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
