@@ -315,6 +315,7 @@ def run(args: argparse.Namespace) -> dict:
         if args.poisson_rate and concurrency > 1:
             arrivals = poisson_arrivals(concurrency, args.poisson_rate)
             record(bench_engine(engine, chosen, arrivals, f"engine, Poisson {args.poisson_rate}/s"))
+    engine.close()
     del engine  # frees the KV cache and graphs for the generate() rows
     reset_peak(device)
     for cache in args.generate_caches:

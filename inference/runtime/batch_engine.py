@@ -10,6 +10,7 @@ import structlog
 import torch
 
 from inference.engine import GemmaEngine
+from inference.runtime import fast_ops
 from inference.runtime.config import RuntimeConfig
 from inference.runtime.model_runner import ModelRunner
 from inference.runtime.sampler import sample
@@ -29,6 +30,12 @@ class BatchEngine:
         if use_graphs is None:
             use_graphs = model.device.type == "cuda"
         started = time.monotonic()
+        self._undo_fast_ops = lambda: None
+        if runtime.fast_attention:
+            fused = runtime.fused_norms
+            if fused is None:
+                fused = model.device.type == "cuda"
+            self._undo_fast_ops = fast_ops.install(model, fused_norms=fused)
         self.runner = ModelRunner(
             model,
             num_slots=runtime.max_slots,
@@ -53,6 +60,11 @@ class BatchEngine:
             cuda_graphs=use_graphs,
             seconds=round(time.monotonic() - started, 2),
         )
+
+    def close(self) -> None:
+        """Give the model back as transformers made it (for benchmarks sharing it)."""
+        self._undo_fast_ops()
+        self._undo_fast_ops = lambda: None
 
     @property
     def max_batch(self) -> int:

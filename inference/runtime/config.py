@@ -15,6 +15,8 @@ class RuntimeConfig:
     graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64)
     seed: int = 0
     ignore_stop: bool = False  # benchmarks only: always generate max_new_tokens
+    fast_attention: bool = True  # decode attention as batched matmuls (fast_ops)
+    fused_norms: bool | None = None  # torch's fused rms_norm; None: on GPUs only
 
     def __post_init__(self) -> None:
         if self.max_slots < 1 or self.max_seq_len < 2 or self.max_prefill_seqs < 1:

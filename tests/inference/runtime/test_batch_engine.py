@@ -21,10 +21,18 @@ def jpeg(image) -> bytes:
     return normalize_image(buffer.getvalue())
 
 
-@pytest.fixture(scope="module")
-def batch_engine(tiny_engine: GemmaEngine) -> BatchEngine:
-    runtime = RuntimeConfig(max_slots=3, max_seq_len=1024, max_prefill_seqs=2, cuda_graphs=False)
-    return BatchEngine(tiny_engine, runtime)
+@pytest.fixture(scope="module", params=["fused norms", "plain norms"])
+def batch_engine(request, tiny_engine: GemmaEngine):
+    runtime = RuntimeConfig(
+        max_slots=3,
+        max_seq_len=1024,
+        max_prefill_seqs=2,
+        cuda_graphs=False,
+        fused_norms=request.param == "fused norms",
+    )
+    engine = BatchEngine(tiny_engine, runtime)
+    yield engine
+    engine.close()
 
 
 def requests() -> list[tuple[int, Request]]:
@@ -95,6 +103,7 @@ def test_sampling_is_seeded_and_respects_limits(tiny_engine: GemmaEngine) -> Non
         engine.add(prepared, events.append, lambda: False)
         while engine.num_active:
             engine.step()
+        engine.close()
         return events[-1].token_ids
 
     first = run()
