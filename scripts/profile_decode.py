@@ -90,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--top", type=int, default=18)
+    parser.add_argument("--contiguous-experts", action="store_true", help="also that layout")
     parser.add_argument("--out", type=Path, default=Path("bench-out/profile.json"))
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -98,7 +99,8 @@ def main() -> None:
     make_requests(1, 1)
     report: dict = {"grouped_mm": {t: grouped_mm_bench(t) for t in (8, 64, 512)}}
     print(json.dumps(report["grouped_mm"], indent=1), flush=True)
-    for layout in ("as stored", "contiguous"):
+    layouts = ("as stored", "contiguous") if args.contiguous_experts else ("as stored",)
+    for layout in layouts:
         if layout == "contiguous":
             make_experts_contiguous(base.model)
         runtime = RuntimeConfig(max_slots=max(batches), graph_batch_sizes=tuple(batches))
@@ -110,6 +112,7 @@ def main() -> None:
             print(f"\n== experts {layout}, batch {batch}: graph step {graph_ms:.2f} ms", flush=True)
             for k in kernels:
                 print(f"{k['ms_per_step']:8.3f} ms {k['calls_per_step']:6.0f}x  {k['name']}")
+        engine.close()
         del engine
         torch.cuda.empty_cache()
     args.out.parent.mkdir(parents=True, exist_ok=True)
