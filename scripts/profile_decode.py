@@ -57,6 +57,36 @@ def top_kernels(engine: BatchEngine, batch: int, limit: int) -> list[dict]:
     return [{"name": "TOTAL kernel time", "ms_per_step": total, "calls_per_step": 0}, *rows[:limit]]
 
 
+def profile_prefill(engine: BatchEngine, num_seqs: int, limit: int) -> dict:
+    """Wall time of one batched prefill against its kernel time, and the top kernels."""
+    runner = engine.runner
+    prepared = [engine.prepare(r) for r in make_requests(num_seqs, 1, seed=5)]
+    inputs = [seq.inputs for seq in prepared]
+    slots = list(range(num_seqs))
+    runner.prefill(inputs, slots)
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    runner.prefill(inputs, slots)
+    torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - started) * 1000
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        runner.prefill(inputs, slots)
+        torch.cuda.synchronize()
+    rows = []
+    for event in prof.key_averages():
+        cuda_us = getattr(event, "device_time_total", 0) or getattr(event, "cuda_time_total", 0)
+        rows.append({"name": event.key[:90], "cuda_ms": cuda_us / 1000, "calls": event.count,
+                     "cpu_ms": event.cpu_time_total / 1000})  # fmt: skip
+    kernels = sorted((r for r in rows if r["cuda_ms"]), key=lambda r: -r["cuda_ms"])
+    ops = sorted(rows, key=lambda r: -r["cpu_ms"])
+    return {
+        "wall_ms": wall_ms,
+        "kernel_ms": sum(r["cuda_ms"] for r in kernels if not r["name"].startswith("aten::")),
+        "top_kernels": kernels[:limit],
+        "top_cpu_ops": ops[:limit],
+    }
+
+
 def grouped_mm_bench(tokens: int) -> dict:
     experts, hidden, inter = 128, 2816, 1408
     stored = torch.randn(experts, inter, hidden, device="cuda", dtype=torch.bfloat16)
@@ -91,6 +121,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--top", type=int, default=18)
     parser.add_argument("--contiguous-experts", action="store_true", help="also that layout")
+    parser.add_argument("--prefill", type=int, default=0, help="also profile a prefill of N")
     parser.add_argument("--out", type=Path, default=Path("bench-out/profile.json"))
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -105,6 +136,15 @@ def main() -> None:
             make_experts_contiguous(base.model)
         runtime = RuntimeConfig(max_slots=max(batches), graph_batch_sizes=tuple(batches))
         engine = BatchEngine(base, runtime)
+        if args.prefill:
+            report["prefill"] = result = profile_prefill(engine, args.prefill, args.top)
+            print(f"\n== prefill of {args.prefill}: wall {result['wall_ms']:.1f} ms, "
+                  f"kernels {result['kernel_ms']:.1f} ms")  # fmt: skip
+            for k in result["top_kernels"]:
+                print(f"{k['cuda_ms']:8.3f} ms {k['calls']:6d}x  {k['name']}")
+            print("-- CPU time by op")
+            for k in result["top_cpu_ops"]:
+                print(f"{k['cpu_ms']:8.3f} ms {k['calls']:6d}x  {k['name']}")
         for batch in batches:
             graph_ms = step_times(engine, batch)
             kernels = top_kernels(engine, batch, args.top)
