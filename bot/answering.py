@@ -1,15 +1,17 @@
-"""Ask the model about a photo or a follow-up and stream the answer into the chat."""
+"""Run one job: ask the model about a photo or a follow-up, stream the answer into the
+chat, store it, deliver it. Used by the handlers and by recovery after a restart."""
 
 from __future__ import annotations
 
 import asyncio
 
 import structlog
-from telegram import Message
+from telegram import Bot
 from telegram.error import TelegramError
 
-from bot.context import BotContext
+from bot.context import Services
 from bot.render import render_messages
+from bot.storage import Job
 from bot.streaming import AnswerStream
 from inference import (
     Delta,
@@ -27,6 +29,7 @@ from inference import (
 
 log = structlog.get_logger()
 
+MAX_ATTEMPTS = 3  # a job that crashed the bot this often is given up
 ERROR_KEYS = {
     "queue_full": "error_busy",
     "worker_stopped": "error_stopping",
@@ -34,71 +37,105 @@ ERROR_KEYS = {
 }
 
 
-async def answer(
-    message: Message,
-    context: BotContext,
+async def run_job(
+    bot: Bot,
+    services: Services,
+    job: Job,
     *,
-    question: str | None,
-    image: bytes | None = None,
-    image_file_id: str | None = None,
+    image: bytes | None,
+    language: str,
+    think: bool,
+    notice: str | None = None,
 ) -> None:
-    """One turn: build the request, stream the answer, store both sides of the turn."""
-    user_id = message.from_user.id
-    think = bool(context.profile and context.profile.think)
-    async with context.services.user_locks.hold(user_id):
-        await context.storage.get_or_create_user(user_id, default_language=context.language)
-        history = await load_history(context, user_id, attach_latest_image=image is None)
-        settings = context.settings
+    """One turn: history → request → streamed answer → stored → delivered."""
+    storage, settings = services.storage, services.settings
+
+    def t(key: str, /, **values: object) -> str:
+        return services.texts.get(language, key, **values)
+
+    async with services.user_locks.hold(job.user_id):
+        if await storage.start_job_attempt(job.id) > MAX_ATTEMPTS:
+            log.error("job_given_up", job_id=job.id)
+            await storage.set_job_status(job.id, "failed")
+            await bot.send_message(job.chat_id, t("error_engine"))
+            return
+        await storage.get_or_create_user(job.user_id, default_language=language)
+        history = await load_history(
+            bot, services, job.user_id, attach_latest_image=image is None, language=language
+        )
         request = Request(
-            language=context.language,
-            question=question,
+            language=language,
+            question=job.question,
             image=image,
             history=history,
             think=think,
             max_new_tokens=settings.max_new_tokens,
             sampling=Sampling(settings.temperature, settings.top_p, settings.top_k),
         )
-        status = context.t(
+        status = t(
             "placeholder_thinking"
             if think
             else "placeholder_photo"
             if image
             else "placeholder_text"
         )
-        stream = AnswerStream(context.bot, message, interval_s=settings.stream_interval_s)
+        if notice:
+            status = f"{notice}\n{status}"
+        stream = AnswerStream(
+            bot,
+            job.chat_id,
+            job.message_id,
+            is_private=job.chat_type == "private",
+            interval_s=settings.stream_interval_s,
+        )
         await stream.start(status)
-        log.info("request_submitted", request_id=request.request_id, has_image=image is not None)
+        log.info("request_submitted", job_id=job.id, request_id=request.request_id)
         try:
-            finished = await _run(context, request, stream, status)
+            finished = await _run(services, request, stream, status, t)
         except InferenceError as exc:
-            log.warning("request_failed", request_id=request.request_id, kind=exc.kind)
-            await stream.fail(context.t(ERROR_KEYS.get(exc.kind, "error_engine")))
+            log.warning("request_failed", job_id=job.id, kind=exc.kind)
+            await storage.set_job_status(job.id, "failed")
+            await stream.fail(t(ERROR_KEYS.get(exc.kind, "error_engine")))
             return
         except BaseException:
-            await stream.fail(context.t("error_engine"))
+            await stream.fail(t("error_engine"))
             raise
-        messages = render_messages(finished.text, thought=finished.thought)
-        if not finished.text.strip():
-            messages.append(context.t("empty_answer"))
-        elif finished.finish_reason == "length":
-            messages.append(f"<i>{context.t('answer_cut')}</i>")
-        await context.storage.add_message(
-            user_id, "user", question or "", image_file_id=image_file_id
+        await storage.complete_job(job, answer=finished.text, thought=finished.thought)
+        await stream.finish(
+            answer_messages(finished.text, finished.thought, t, finished.finish_reason)
         )
-        await context.storage.add_message(user_id, "model", finished.text)
-        await stream.finish(messages)
-        log.info("answer_sent", request_id=request.request_id, num_messages=len(messages))
+        await storage.set_job_status(job.id, "delivered")
+        log.info("answer_delivered", job_id=job.id, num_tokens=finished.num_output_tokens)
+
+
+async def deliver_stored(bot: Bot, services: Services, job: Job, *, language: str) -> None:
+    """Send an answer that was stored but maybe not delivered before a crash."""
+
+    def t(key: str, /, **values: object) -> str:
+        return services.texts.get(language, key, **values)
+
+    stream = AnswerStream(bot, job.chat_id, job.message_id, is_private=False, interval_s=0)
+    await stream.finish(answer_messages(job.answer or "", job.thought or "", t, "stop"))
+    await services.storage.set_job_status(job.id, "delivered")
+    log.info("stored_answer_delivered", job_id=job.id)
+
+
+def answer_messages(answer: str, thought: str, t, finish_reason: str) -> list[str]:
+    messages = render_messages(answer, thought=thought)
+    if not answer.strip():
+        messages.append(t("empty_answer"))
+    elif finish_reason == "length":
+        messages.append(f"<i>{t('answer_cut')}</i>")
+    return messages
 
 
 async def _run(
-    context: BotContext, request: Request, stream: AnswerStream, status: str
+    services: Services, request: Request, stream: AnswerStream, status: str, t
 ) -> Finished:
-    async for event in context.worker.submit(request):
+    async for event in services.worker.submit(request):
         match event:
             case Queued(position=position) if position > 1:
-                await stream.set_status(
-                    f"{status}\n{context.t('queue_position', position=position)}"
-                )
+                await stream.set_status(f"{status}\n{t('queue_position', position=position)}")
             case Started():
                 await stream.set_status(status)
             case Delta(text=text, is_thought=False):
@@ -109,11 +146,11 @@ async def _run(
 
 
 async def load_history(
-    context: BotContext, user_id: int, *, attach_latest_image: bool
+    bot: Bot, services: Services, user_id: int, *, attach_latest_image: bool, language: str
 ) -> tuple[Turn, ...]:
     """Recent turns for the prompt; the latest photo is attached again for follow-ups."""
-    stored = await context.storage.get_history(
-        user_id, max_turns=context.settings.max_history_turns
+    stored = await services.storage.get_history(
+        user_id, max_turns=services.settings.max_history_turns
     )
     latest_image_id = next((m.image_file_id for m in reversed(stored) if m.image_file_id), None)
     turns = []
@@ -122,29 +159,29 @@ async def load_history(
         text = message.text
         if message.image_file_id:
             if attach_latest_image and message.image_file_id == latest_image_id:
-                image = await _fetch_image(context, message.image_file_id)
+                image = await _fetch_image(bot, services, message.image_file_id)
             if image is None:
-                text = f"{context.t('photo_reference')} {text}".strip()
+                reference = services.texts.get(language, "photo_reference")
+                text = f"{reference} {text}".strip()
         turns.append(Turn(role=message.role, text=text, image=image))
     return tuple(turns)
 
 
-async def download(context: BotContext, file_id: str) -> bytes:
-    file = await context.bot.get_file(file_id)
+async def download(bot: Bot, file_id: str) -> bytes:
+    file = await bot.get_file(file_id)
     return bytes(await file.download_as_bytearray())
 
 
-async def prepare_image(context: BotContext, data: bytes) -> bytes:
+async def prepare_image(services: Services, data: bytes) -> bytes:
     """Validate and normalise a photo off the event loop; raises ImageRejected."""
-    limits = ImageLimits(
-        max_bytes=context.settings.max_image_bytes, max_pixels=context.settings.max_image_pixels
-    )
+    settings = services.settings
+    limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     return await asyncio.to_thread(normalize_image, data, limits)
 
 
-async def _fetch_image(context: BotContext, file_id: str) -> bytes | None:
+async def _fetch_image(bot: Bot, services: Services, file_id: str) -> bytes | None:
     try:
-        return await prepare_image(context, await download(context, file_id))
+        return await prepare_image(services, await download(bot, file_id))
     except (TelegramError, ImageRejected) as exc:
         log.warning("history_image_unavailable", error=str(exc))
         return None

@@ -19,6 +19,7 @@ from telegram.ext import (
 
 from bot.context import SERVICES_KEY, BotContext, Services
 from bot.handlers import callbacks, commands, messages, updates
+from bot.recovery import recover_jobs
 
 log = structlog.get_logger()
 
@@ -73,6 +74,7 @@ async def running(services: Services) -> AsyncIterator[Application]:
             allowed_updates=Update.ALL_TYPES, poll_interval=0.0, timeout=10
         )
         log.info("bot_started", username=application.bot.username)
+        application.create_task(recover_jobs(application.bot, services), name="recover_jobs")
         try:
             yield application
         finally:

@@ -35,11 +35,38 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX messages_user_id ON messages (user_id, id)",
     ],
+    [
+        # An accepted photo or question, recorded before it is queued, until it is delivered.
+        """CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            chat_id INTEGER NOT NULL,
+            message_id INTEGER NOT NULL,
+            user_id INTEGER NOT NULL,
+            chat_type TEXT NOT NULL,
+            question TEXT,
+            image_file_id TEXT,
+            status TEXT NOT NULL
+                CHECK (status IN ('pending', 'answered', 'delivered', 'failed')),
+            answer TEXT,
+            thought TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            UNIQUE (chat_id, message_id)
+        )""",
+        "CREATE INDEX jobs_status ON jobs (status, id)",
+        "CREATE INDEX jobs_user_id ON jobs (user_id)",
+    ],
 ]
 
 # Explicit column lists keep queries valid when later migrations add columns.
 _USER_COLS = "user_id, language, think, created_at, updated_at"
 _MESSAGE_COLS = "id, user_id, role, text, image_file_id, created_at"
+_JOB_COLS = (
+    "id, chat_id, message_id, user_id, chat_type, question, image_file_id, status,"
+    " answer, thought, attempts"
+)
+UNFINISHED = ("pending", "answered")
 
 
 @dataclass(frozen=True)
@@ -67,6 +94,23 @@ class UserData:
 
     user: User | None
     messages: list[StoredMessage]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A user's photo or question, from acceptance until the answer is delivered."""
+
+    id: int
+    chat_id: int
+    message_id: int  # the user's message, unique per chat: Telegram redelivery finds it
+    user_id: int
+    chat_type: str
+    question: str | None
+    image_file_id: str | None
+    status: str  # pending → answered (answer stored) → delivered; or failed
+    answer: str | None
+    thought: str | None
+    attempts: int
 
 
 def _now() -> str:
@@ -202,18 +246,22 @@ class Storage:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         async with self._transaction():
-            row = await self._one(
-                f"INSERT INTO messages (user_id, role, text, image_file_id, created_at)"
-                f" VALUES (?, ?, ?, ?, ?) RETURNING {_MESSAGE_COLS}",
-                (user_id, role, text, image_file_id, _now()),
-            )
-            message = _message(row)
-            await self._db.execute(
-                "DELETE FROM messages WHERE user_id = ? AND id <= (SELECT id FROM messages"
-                " WHERE user_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (user_id, user_id, self._max_stored),
-            )
-        return message
+            return await self._insert_message(user_id, role, text, image_file_id)
+
+    async def _insert_message(
+        self, user_id: int, role: str, text: str, image_file_id: str | None
+    ) -> StoredMessage:
+        row = await self._one(
+            f"INSERT INTO messages (user_id, role, text, image_file_id, created_at)"
+            f" VALUES (?, ?, ?, ?, ?) RETURNING {_MESSAGE_COLS}",
+            (user_id, role, text, image_file_id, _now()),
+        )
+        await self._db.execute(
+            "DELETE FROM messages WHERE user_id = ? AND id <= (SELECT id FROM messages"
+            " WHERE user_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (user_id, user_id, self._max_stored),
+        )
+        return _message(row)
 
     async def get_history(self, user_id: int, *, max_turns: int) -> list[StoredMessage]:
         """The last `max_turns` turns, oldest first, always starting with a user message."""
@@ -244,9 +292,76 @@ class Storage:
     async def delete_user_data(self, user_id: int) -> int:
         """Delete the user row and all their messages atomically; return rows deleted."""
         async with self._transaction():
-            users = await self._db.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
-            messages = await self._db.execute("DELETE FROM messages WHERE user_id = ?", (user_id,))
-            return users.rowcount + messages.rowcount
+            count = 0
+            for table in ("users", "messages", "jobs"):
+                cursor = await self._db.execute(
+                    f"DELETE FROM {table} WHERE user_id = ?", (user_id,)
+                )
+                count += cursor.rowcount
+            return count
+
+    # -- jobs ---------------------------------------------------------------------------------
+    async def add_job(
+        self,
+        *,
+        chat_id: int,
+        message_id: int,
+        user_id: int,
+        chat_type: str,
+        question: str | None,
+        image_file_id: str | None,
+    ) -> Job | None:
+        """Record an accepted request; None if that message already has a job (redelivery)."""
+        now = _now()
+        async with self._transaction():
+            row = await self._one(
+                "INSERT INTO jobs (chat_id, message_id, user_id, chat_type, question,"
+                " image_file_id, status, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
+                f" ON CONFLICT (chat_id, message_id) DO NOTHING RETURNING {_JOB_COLS}",
+                (chat_id, message_id, user_id, chat_type, question, image_file_id, now, now),
+            )
+        return Job(*row) if row else None
+
+    async def start_job_attempt(self, job_id: int) -> int:
+        """Count one more run of the job; return the number of runs so far."""
+        async with self._transaction():
+            (attempts,) = await self._one(
+                "UPDATE jobs SET attempts = attempts + 1, updated_at = ? WHERE id = ?"
+                " RETURNING attempts",
+                (_now(), job_id),
+            )
+        return int(attempts)
+
+    async def complete_job(self, job: Job, *, answer: str, thought: str) -> None:
+        """Store the answer and both sides of the turn in the history, atomically."""
+        async with self._transaction():
+            await self._insert_message(job.user_id, "user", job.question or "", job.image_file_id)
+            await self._insert_message(job.user_id, "model", answer, None)
+            await self._db.execute(
+                "UPDATE jobs SET status = 'answered', answer = ?, thought = ?, updated_at = ?"
+                " WHERE id = ?",
+                (answer, thought, _now(), job.id),
+            )
+
+    async def set_job_status(self, job_id: int, status: str) -> None:
+        """'delivered' or 'failed'; the answer text is dropped (the history keeps it)."""
+        async with self._transaction():
+            await self._db.execute(
+                "UPDATE jobs SET status = ?, answer = NULL, thought = NULL, updated_at = ?"
+                " WHERE id = ?",
+                (status, _now(), job_id),
+            )
+
+    async def get_unfinished_jobs(self) -> list[Job]:
+        rows = await self._all(
+            f"SELECT {_JOB_COLS} FROM jobs WHERE status IN {UNFINISHED} ORDER BY id"
+        )
+        return [Job(*row) for row in rows]
+
+    async def get_job(self, job_id: int) -> Job | None:
+        row = await self._one(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job_id,))
+        return Job(*row) if row else None
 
     async def count_users(self) -> int:
         (count,) = await self._one("SELECT COUNT(*) FROM users")

@@ -8,8 +8,8 @@ import contextlib
 import time
 
 import structlog
-from telegram import Bot, Message
-from telegram.constants import ChatAction, ChatType, ParseMode
+from telegram import Bot, Message, ReplyParameters
+from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, TelegramError
 
 from bot.render import preview
@@ -20,11 +20,13 @@ TYPING_REFRESH_S = 4.5  # Telegram shows "typing" for about five seconds
 
 
 class AnswerStream:
-    def __init__(self, bot: Bot, reply_to: Message, *, interval_s: float) -> None:
+    def __init__(
+        self, bot: Bot, chat_id: int, reply_to: int, *, is_private: bool, interval_s: float
+    ) -> None:
         self._bot = bot
-        self._reply_to = reply_to
-        self._chat_id = reply_to.chat_id
-        self._use_drafts = reply_to.chat.type == ChatType.PRIVATE
+        self._chat_id = chat_id
+        self._reply = ReplyParameters(reply_to, allow_sending_without_reply=True)
+        self._use_drafts = is_private
         self._interval_s = interval_s
         self._placeholder: Message | None = None
         self._shown = ""
@@ -33,7 +35,9 @@ class AnswerStream:
         self._typing: asyncio.Task | None = None
 
     async def start(self, status: str) -> None:
-        self._placeholder = await self._reply_to.reply_html(status, do_quote=True)
+        self._placeholder = await self._bot.send_message(
+            self._chat_id, status, parse_mode=ParseMode.HTML, reply_parameters=self._reply
+        )
         self._shown = status
         self._typing = asyncio.create_task(self._keep_typing())
 
@@ -56,8 +60,7 @@ class AnswerStream:
                 self._chat_id,
                 text,
                 parse_mode=ParseMode.HTML,
-                reply_to_message_id=self._reply_to.message_id if index == 0 else None,
-                allow_sending_without_reply=True,
+                reply_parameters=self._reply if index == 0 else None,
             )
         if self._placeholder is not None:
             with contextlib.suppress(TelegramError):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from telegram import Update
 from telegram.error import TelegramError
 
-from bot.answering import answer, download, prepare_image
+from bot.answering import download, prepare_image, run_job
 from bot.context import BotContext
+from bot.storage import Job
 from inference import ImageRejected
 
 MEGABYTE = 1024 * 1024
@@ -22,31 +23,59 @@ async def photo(update: Update, context: BotContext) -> None:
     if attachment.file_size and attachment.file_size > limit:
         await _reject_image(update, context, "too_large", size=attachment.file_size)
         return
+    job = await _accept(update, context, message.caption, attachment.file_id)
+    if job is None:
+        return
     try:
-        data = await download(context, attachment.file_id)
+        data = await download(context.bot, attachment.file_id)
     except TelegramError:
+        await context.storage.set_job_status(job.id, "failed")
         await message.reply_html(context.t("image_download_failed"))
         return
     try:
-        image = await prepare_image(context, data)
+        image = await prepare_image(context.services, data)
     except ImageRejected as exc:
+        await context.storage.set_job_status(job.id, "failed")
         await _reject_image(update, context, exc.reason, size=len(data))
         return
-    await answer(
-        message, context, question=message.caption, image=image, image_file_id=attachment.file_id
-    )
+    await _run(context, job, image)
 
 
 async def follow_up(update: Update, context: BotContext) -> None:
     """A plain text: a question about the last photo, answered with the conversation."""
     message = update.effective_message
-    if await _question_fits(update, context, message.text):
-        await answer(message, context, question=message.text)
+    if not await _question_fits(update, context, message.text):
+        return
+    job = await _accept(update, context, message.text, None)
+    if job is not None:
+        await _run(context, job, None)
 
 
 async def unsupported(update: Update, context: BotContext) -> None:
     """Stickers, voice, video, locations...: say what the bot can read."""
     await update.effective_message.reply_html(context.t("unsupported_message"))
+
+
+async def _accept(
+    update: Update, context: BotContext, question: str | None, image_file_id: str | None
+) -> Job | None:
+    """Record the request before anything else; None if Telegram delivered it before."""
+    message = update.effective_message
+    return await context.storage.add_job(
+        chat_id=message.chat_id,
+        message_id=message.message_id,
+        user_id=update.effective_user.id,
+        chat_type=message.chat.type,
+        question=question,
+        image_file_id=image_file_id,
+    )
+
+
+async def _run(context: BotContext, job: Job, image: bytes | None) -> None:
+    think = bool(context.profile and context.profile.think)
+    await run_job(
+        context.bot, context.services, job, image=image, language=context.language, think=think
+    )
 
 
 async def _question_fits(update: Update, context: BotContext, text: str | None) -> bool:

@@ -60,11 +60,11 @@ async def add_turns(s: Storage, user_id: int, n: int, prefix: str = "") -> None:
 async def test_open_creates_file_schema_and_wal(db_path: Path) -> None:
     async with await Storage.open(db_path) as s:
         assert db_path.is_file()
-        assert s.schema_version == len(MIGRATIONS) == 1
+        assert s.schema_version == len(MIGRATIONS) == 2
         names = {n for (n,) in raw(db_path, "SELECT name FROM sqlite_master")}
-        assert {"users", "messages", "messages_user_id"} <= names
+        assert {"users", "messages", "messages_user_id", "jobs", "jobs_status"} <= names
         assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
-        assert raw(db_path, "PRAGMA user_version") == [(1,)]
+        assert raw(db_path, "PRAGMA user_version") == [(2,)]
         assert await s.count_users() == 0
 
 
@@ -75,7 +75,7 @@ async def test_reopen_is_idempotent_and_keeps_data(db_path: Path) -> None:
     schema_before = raw(db_path, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
 
     async with await Storage.open(db_path) as s:
-        assert s.schema_version == 1
+        assert s.schema_version == len(MIGRATIONS)
         assert (await s.get_user(ALICE)).language == "de"
         [msg] = (await s.get_user_data(ALICE)).messages
         assert (msg.role, msg.text, msg.image_file_id) == ("user", "hallo", "F1")
@@ -100,15 +100,17 @@ async def test_old_database_gets_only_missing_migrations(
     con.close()
 
     # ALTER TABLE fails if applied twice, so reopening also proves idempotence.
-    v2 = ["ALTER TABLE users ADD COLUMN nickname TEXT"]
-    monkeypatch.setattr(storage_mod, "MIGRATIONS", [*MIGRATIONS, v2])
+    extra = ["ALTER TABLE users ADD COLUMN nickname TEXT"]
+    monkeypatch.setattr(storage_mod, "MIGRATIONS", [*MIGRATIONS, extra])
+    latest = len(MIGRATIONS) + 1
     for _ in range(2):
         async with await Storage.open(db_path) as s:
-            assert s.schema_version == 2
+            assert s.schema_version == latest
             user = await s.get_user(ALICE)
             assert (user.language, user.think, user.created_at.year) == ("fr", True, 2024)
-    assert raw(db_path, "PRAGMA user_version") == [(2,)]
+    assert raw(db_path, "PRAGMA user_version") == [(latest,)]
     assert "nickname" in {row[1] for row in raw(db_path, "PRAGMA table_info(users)")}
+    assert raw(db_path, "SELECT name FROM sqlite_master WHERE name = 'jobs'") == [("jobs",)]
 
 
 async def test_failed_migration_is_rolled_back(
@@ -120,7 +122,7 @@ async def test_failed_migration_is_rolled_back(
     monkeypatch.setattr(storage_mod, "MIGRATIONS", [*MIGRATIONS, bad])
     with pytest.raises(sqlite3.OperationalError):
         await Storage.open(db_path)
-    assert raw(db_path, "PRAGMA user_version") == [(1,)]
+    assert raw(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
     assert raw(db_path, "SELECT name FROM sqlite_master WHERE name = 'half_done'") == []
 
 
@@ -299,3 +301,42 @@ async def test_delete_user_data_really_deletes(db_path: Path) -> None:
     # secure_delete: the erased text is not left behind in free pages of the file.
     leftovers = [p.name for p in db_path.parent.iterdir() if secret.encode() in p.read_bytes()]
     assert leftovers == []
+
+
+# --- jobs ------------------------------------------------------------------------------------
+
+
+async def test_job_lifecycle_and_redelivery(store: Storage) -> None:
+    job = await store.add_job(
+        chat_id=ALICE, message_id=7, user_id=ALICE, chat_type="private",
+        question="no pork?", image_file_id="F9",
+    )  # fmt: skip
+    assert job is not None and job.status == "pending" and job.attempts == 0
+    again = await store.add_job(
+        chat_id=ALICE, message_id=7, user_id=ALICE, chat_type="private",
+        question="no pork?", image_file_id="F9",
+    )  # fmt: skip
+    assert again is None  # Telegram redelivered the same message
+    assert [j.id for j in await store.get_unfinished_jobs()] == [job.id]
+    assert await store.start_job_attempt(job.id) == 1
+    await store.complete_job(job, answer="The trout.", thought="menu")
+    answered = await store.get_job(job.id)
+    assert (answered.status, answered.answer, answered.attempts) == ("answered", "The trout.", 1)
+    history = await store.get_history(ALICE, max_turns=5)
+    assert [(m.role, m.text, m.image_file_id) for m in history] == [
+        ("user", "no pork?", "F9"),
+        ("model", "The trout.", None),
+    ]
+    await store.set_job_status(job.id, "delivered")
+    delivered = await store.get_job(job.id)
+    assert (delivered.status, delivered.answer) == ("delivered", None)
+    assert await store.get_unfinished_jobs() == []
+
+
+async def test_forget_deletes_jobs_too(store: Storage, db_path: Path) -> None:
+    await store.add_job(chat_id=ALICE, message_id=1, user_id=ALICE, chat_type="private",
+                        question=None, image_file_id="F1")  # fmt: skip
+    await store.add_job(chat_id=BOB, message_id=1, user_id=BOB, chat_type="private",
+                        question="hi", image_file_id=None)  # fmt: skip
+    assert await store.delete_user_data(ALICE) == 1
+    assert raw(db_path, "SELECT user_id FROM jobs") == [(BOB,)]

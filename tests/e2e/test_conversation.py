@@ -110,7 +110,8 @@ async def test_full_conversation(bot: RunningBot, sign_png: bytes) -> None:
     server.press_button(ann, message, "forget:yes")
     await server.wait_for(lambda c: c.method == "answerCallbackQuery", after=mark)
     done = await server.wait_for(lambda c: c.method == "editMessageText", after=mark)
-    assert done.params["text"] == t.get("de", "forget_done", count=7)
+    # the user row, 6 history messages and 3 delivered jobs
+    assert done.params["text"] == t.get("de", "forget_done", count=10)
     assert await bot.storage.get_user(ann.id) is None
     assert await bot.storage.get_history(ann.id, max_turns=10) == []
     with sqlite3.connect(bot.services.settings.database_path) as db:
