@@ -88,7 +88,7 @@ async def run_job(
             is_private=job.chat_type == "private",
             interval_s=settings.stream_interval_s,
         )
-        await stream.start(status)
+        await storage.set_job_placeholder(job.id, await stream.start(status))
         log.info("request_submitted", job_id=job.id, request_id=request.request_id)
         try:
             finished = await _run(services, request, stream, status, t)

@@ -31,6 +31,11 @@ async def recover_jobs(bot: Bot, services: Services) -> int:
 
 
 async def _recover(bot: Bot, services: Services, job: Job) -> None:
+    if job.placeholder_id is not None:  # the stopped process's "Reading your photo…"
+        try:
+            await bot.delete_message(job.chat_id, job.placeholder_id)
+        except TelegramError as exc:
+            log.warning("stale_placeholder_kept", job_id=job.id, error=str(exc))
     user = await services.storage.get_user(job.user_id)
     language = user.language if user else services.settings.default_language
     if job.status == "answered":

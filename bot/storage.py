@@ -49,6 +49,7 @@ MIGRATIONS: list[list[str]] = [
                 CHECK (status IN ('pending', 'answered', 'delivered', 'failed')),
             answer TEXT,
             thought TEXT,
+            placeholder_id INTEGER,
             attempts INTEGER NOT NULL DEFAULT 0,
             created_at TEXT NOT NULL,
             updated_at TEXT NOT NULL,
@@ -64,7 +65,7 @@ _USER_COLS = "user_id, language, think, created_at, updated_at"
 _MESSAGE_COLS = "id, user_id, role, text, image_file_id, created_at"
 _JOB_COLS = (
     "id, chat_id, message_id, user_id, chat_type, question, image_file_id, status,"
-    " answer, thought, attempts"
+    " answer, thought, placeholder_id, attempts"
 )
 UNFINISHED = ("pending", "answered")
 
@@ -110,6 +111,7 @@ class Job:
     status: str  # pending → answered (answer stored) → delivered; or failed
     answer: str | None
     thought: str | None
+    placeholder_id: int | None  # the bot's "Reading your photo…" message, if sent
     attempts: int
 
 
@@ -332,6 +334,13 @@ class Storage:
                 (_now(), job_id),
             )
         return int(attempts)
+
+    async def set_job_placeholder(self, job_id: int, message_id: int) -> None:
+        async with self._transaction():
+            await self._db.execute(
+                "UPDATE jobs SET placeholder_id = ?, updated_at = ? WHERE id = ?",
+                (message_id, _now(), job_id),
+            )
 
     async def complete_job(self, job: Job, *, answer: str, thought: str) -> None:
         """Store the answer and both sides of the turn in the history, atomically."""

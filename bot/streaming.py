@@ -34,12 +34,14 @@ class AnswerStream:
         self._last_push = 0.0
         self._typing: asyncio.Task | None = None
 
-    async def start(self, status: str) -> None:
+    async def start(self, status: str) -> int:
+        """Send the placeholder; return its message id."""
         self._placeholder = await self._bot.send_message(
             self._chat_id, status, parse_mode=ParseMode.HTML, reply_parameters=self._reply
         )
         self._shown = status
         self._typing = asyncio.create_task(self._keep_typing())
+        return self._placeholder.message_id
 
     async def set_status(self, status: str) -> None:
         if not self._answer:
