@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bot.i18n import Texts
+from bot.settings import ROOT
 from tests.conftest import small_photo
 from tests.e2e.botapi_server import TOKEN, BotApiServer, TgUser
 
@@ -51,8 +53,16 @@ def replies(server: BotApiServer, chat_id: int, user_message_id: int, after: int
     ]
 
 
+TEXTS = Texts.load(ROOT / "locales")
+STATUSES = {
+    TEXTS.get(user.language_code, key)
+    for user in USERS
+    for key in ("placeholder_photo", "placeholder_text", "placeholder_thinking")
+}
+
+
 def is_placeholder(text: str) -> bool:
-    return any(mark in text for mark in ("🔎", "✍️", "💭"))
+    return any(status in text for status in STATUSES)
 
 
 async def test_sigkill_mid_batch_then_restart_answers_each_photo_once(
@@ -101,10 +111,10 @@ async def test_sigkill_mid_batch_then_restart_answers_each_photo_once(
                 assert len(found) == 1, [(m.message_id, m.text[:60]) for m in found]
                 [answer] = found  # exactly one, no stale placeholder
                 assert not is_placeholder(answer.text), server.dump()
+            delayed = tuple(TEXTS.get(user.language_code, "answer_delayed") for user in USERS)
             notices = [
-                c for c in server.calls_to("sendMessage")
-                if c.params["text"].startswith(("Entschuldige", "Désolé", "お待たせ"))
-            ]  # fmt: skip
+                c for c in server.calls_to("sendMessage") if c.params["text"].startswith(delayed)
+            ]
             assert len(notices) == unfinished
             with sqlite3.connect(db) as con:
                 rows = con.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
