@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     max_stored_messages: int = 200  # per user; older ones are deleted
 
     # Limits on what users send
+    max_requests_in_flight: int = 3  # per user: accepted but not yet answered
     max_question_chars: int = 1000
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000

@@ -115,6 +115,10 @@ class Job:
     attempts: int
 
 
+class TooManyJobs(Exception):
+    """The user already waits for as many answers as allowed."""
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -312,10 +316,19 @@ class Storage:
         chat_type: str,
         question: str | None,
         image_file_id: str | None,
+        max_unfinished: int | None = None,
     ) -> Job | None:
-        """Record an accepted request; None if that message already has a job (redelivery)."""
+        """Record an accepted request; None if that message already has a job (redelivery).
+        Raises TooManyJobs when the user already has `max_unfinished` unanswered jobs."""
         now = _now()
         async with self._transaction():
+            if max_unfinished is not None:
+                (count,) = await self._one(
+                    f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN {UNFINISHED}",
+                    (user_id,),
+                )
+                if count >= max_unfinished:
+                    raise TooManyJobs(count)
             row = await self._one(
                 "INSERT INTO jobs (chat_id, message_id, user_id, chat_type, question,"
                 " image_file_id, status, created_at, updated_at)"

@@ -7,7 +7,7 @@ from telegram.error import TelegramError
 
 from bot.answering import download, prepare_image, run_job
 from bot.context import BotContext
-from bot.storage import Job
+from bot.storage import Job, TooManyJobs
 from inference import ImageRejected
 
 MEGABYTE = 1024 * 1024
@@ -59,16 +59,23 @@ async def unsupported(update: Update, context: BotContext) -> None:
 async def _accept(
     update: Update, context: BotContext, question: str | None, image_file_id: str | None
 ) -> Job | None:
-    """Record the request before anything else; None if Telegram delivered it before."""
+    """Record the request before anything else; None if Telegram delivered it before or
+    the user already waits for too many answers (they are told)."""
     message = update.effective_message
-    return await context.storage.add_job(
-        chat_id=message.chat_id,
-        message_id=message.message_id,
-        user_id=update.effective_user.id,
-        chat_type=message.chat.type,
-        question=question,
-        image_file_id=image_file_id,
-    )
+    limit = context.settings.max_requests_in_flight
+    try:
+        return await context.storage.add_job(
+            chat_id=message.chat_id,
+            message_id=message.message_id,
+            user_id=update.effective_user.id,
+            chat_type=message.chat.type,
+            question=question,
+            image_file_id=image_file_id,
+            max_unfinished=limit,
+        )
+    except TooManyJobs:
+        await message.reply_html(context.t("too_many_requests", limit=limit))
+        return None
 
 
 async def _run(context: BotContext, job: Job, image: bytes | None) -> None:

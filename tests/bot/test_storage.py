@@ -340,3 +340,16 @@ async def test_forget_deletes_jobs_too(store: Storage, db_path: Path) -> None:
                         question="hi", image_file_id=None)  # fmt: skip
     assert await store.delete_user_data(ALICE) == 1
     assert raw(db_path, "SELECT user_id FROM jobs") == [(BOB,)]
+
+
+async def test_unfinished_job_limit_is_checked_atomically(store: Storage) -> None:
+    from bot.storage import TooManyJobs
+
+    async def add(message_id: int):
+        return await store.add_job(chat_id=BOB, message_id=message_id, user_id=BOB,
+                                   chat_type="private", question="q", image_file_id=None,
+                                   max_unfinished=2)  # fmt: skip
+
+    results = await asyncio.gather(*(add(i) for i in range(5)), return_exceptions=True)
+    assert sum(isinstance(r, TooManyJobs) for r in results) == 3
+    assert len(await store.get_unfinished_jobs()) == 2
