@@ -42,7 +42,7 @@ async def test_200_users_at_once_each_get_an_answer_or_a_busy_message(bot: Runni
     missing = [user.id for user, result in zip(users, outcomes, strict=True) if result is None]
     assert not missing, f"{len(missing)} users got no reply"
     answered = outcomes.count("answered")
-    assert answered >= 4 + 8  # at least the running batch and the queue were served
+    assert answered >= 8  # at least a full queue was served
     assert outcomes.count("busy") > 0
     histories = [await bot.storage.get_history(u.id, max_turns=2) for u in users]
     assert sum(1 for h in histories if h) == answered  # only answered turns are stored
