@@ -72,13 +72,8 @@ async def run_job(
             max_new_tokens=settings.max_new_tokens,
             sampling=Sampling(settings.temperature, settings.top_p, settings.top_k),
         )
-        status = t(
-            "placeholder_thinking"
-            if think
-            else "placeholder_photo"
-            if image
-            else "placeholder_text"
-        )
+        kind = "thinking" if think else "photo" if image else "text"
+        status = t(f"placeholder_{kind}")
         if notice:
             status = f"{notice}\n{status}"
         stream = AnswerStream(
@@ -88,24 +83,33 @@ async def run_job(
             is_private=job.chat_type == "private",
             interval_s=settings.stream_interval_s,
         )
-        await storage.set_job_placeholder(job.id, await stream.start(status))
-        log.info("request_submitted", job_id=job.id, request_id=request.request_id)
         try:
-            finished = await _run(services, request, stream, status, t)
-        except InferenceError as exc:
-            log.warning("request_failed", job_id=job.id, kind=exc.kind)
-            await storage.set_job_status(job.id, "failed")
-            await stream.fail(t(ERROR_KEYS.get(exc.kind, "error_engine")))
-            return
-        except BaseException:
-            await stream.fail(t("error_engine"))
-            raise
-        await storage.complete_job(job, answer=finished.text, thought=finished.thought)
-        await stream.finish(
-            answer_messages(finished.text, finished.thought, t, finished.finish_reason)
-        )
-        await storage.set_job_status(job.id, "delivered")
-        log.info("answer_delivered", job_id=job.id, num_tokens=finished.num_output_tokens)
+            await storage.set_job_placeholder(job.id, await stream.start(status))
+            log.info("request_submitted", job_id=job.id, request_id=request.request_id)
+            await _answer(services, job, request, stream, status, t)
+        finally:
+            stream.close()
+
+
+async def _answer(
+    services: Services, job: Job, request: Request, stream: AnswerStream, status: str, t
+) -> None:
+    storage = services.storage
+    try:
+        finished = await _run(services, request, stream, status, t)
+    except InferenceError as exc:
+        log.warning("request_failed", job_id=job.id, kind=exc.kind)
+        await storage.set_job_status(job.id, "failed")
+        await stream.fail(t(ERROR_KEYS.get(exc.kind, "error_engine")))
+        return
+    except BaseException:
+        await stream.fail(t("error_engine"))
+        raise
+    await storage.complete_job(job, answer=finished.text, thought=finished.thought)
+    messages = answer_messages(finished.text, finished.thought, t, finished.finish_reason)
+    await stream.finish(messages)
+    await storage.set_job_status(job.id, "delivered")
+    log.info("answer_delivered", job_id=job.id, num_tokens=finished.num_output_tokens)
 
 
 async def deliver_stored(bot: Bot, services: Services, job: Job, *, language: str) -> None:

@@ -56,7 +56,7 @@ class AnswerStream:
 
     async def finish(self, messages: list[str]) -> None:
         """Send the final messages (they notify the user), then remove the placeholder."""
-        self._stop_typing()
+        self.close()
         for index, text in enumerate(messages):
             await self._bot.send_message(
                 self._chat_id,
@@ -69,7 +69,7 @@ class AnswerStream:
                 await self._placeholder.delete()
 
     async def fail(self, text: str) -> None:
-        self._stop_typing()
+        self.close()
         await self._show(text)
 
     async def _push_preview(self) -> None:
@@ -105,7 +105,8 @@ class AnswerStream:
                 await self._bot.send_chat_action(self._chat_id, ChatAction.TYPING)
             await asyncio.sleep(TYPING_REFRESH_S)
 
-    def _stop_typing(self) -> None:
+    def close(self) -> None:
+        """Stop the typing indicator (idempotent)."""
         if self._typing is not None:
             self._typing.cancel()
             self._typing = None
