@@ -7,7 +7,7 @@ import asyncio
 
 import structlog
 from telegram import Bot
-from telegram.error import TelegramError
+from telegram.error import Forbidden, TelegramError
 
 from bot.context import Services
 from bot.render import render_messages
@@ -87,6 +87,9 @@ async def run_job(
             await storage.set_job_placeholder(job.id, await stream.start(status))
             log.info("request_submitted", job_id=job.id, request_id=request.request_id)
             await _answer(services, job, request, stream, status, t)
+        except Forbidden:  # the user blocked the bot: nobody to answer
+            log.info("user_blocked_bot", job_id=job.id)
+            await storage.set_job_status(job.id, "failed")
         finally:
             stream.close()
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import structlog
 from telegram import BotCommand, Update
 from telegram.ext import (
+    AIORateLimiter,
     Application,
     CallbackQueryHandler,
     CommandHandler,
@@ -35,6 +36,13 @@ def build_application(services: Services) -> Application:
         .base_file_url(settings.telegram_base_file_url)
         .context_types(ContextTypes(context=BotContext))
         .concurrent_updates(settings.max_concurrent_updates)
+        .rate_limiter(
+            AIORateLimiter(
+                overall_max_rate=settings.telegram_messages_per_second,
+                group_max_rate=settings.telegram_messages_per_minute_per_group,
+                max_retries=settings.telegram_max_retries,
+            )
+        )
         .build()
     )
     application.bot_data[SERVICES_KEY] = services

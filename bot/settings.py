@@ -20,6 +20,10 @@ class Settings(BaseSettings):
     telegram_base_file_url: str = "https://api.telegram.org/file/bot"
     allowed_user_ids: set[int] = Field(default_factory=set)  # empty: everyone may use the bot
     max_concurrent_updates: int = 256
+    # Flood control: Telegram's limits, and retries after "429 Too Many Requests"
+    telegram_messages_per_second: float = 30  # all chats together; 0: no limit
+    telegram_messages_per_minute_per_group: float = 20  # 0: no limit
+    telegram_max_retries: int = 3
 
     # Model (in-process engine)
     model_path: Path | None = None

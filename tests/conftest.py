@@ -68,6 +68,8 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
         "max_new_tokens": 16,
         "stream_interval_s": 0.0,
         "log_format": "console",
+        "telegram_messages_per_second": 0,  # the local server has no flood limits
+        "telegram_messages_per_minute_per_group": 0,
         "device": "cpu",
         "max_batch_size": 8,
         "max_seq_len": 2048,
