@@ -34,6 +34,7 @@ ERROR_KEYS = {
     "queue_full": "error_busy",
     "worker_stopped": "error_stopping",
     "engine_error": "error_engine",
+    "timeout": "error_timeout",
 }
 
 
@@ -139,17 +140,29 @@ def answer_messages(answer: str, thought: str, t, finish_reason: str) -> list[st
 async def _run(
     services: Services, request: Request, stream: AnswerStream, status: str, t
 ) -> Finished:
-    async for event in services.worker.submit(request):
-        match event:
-            case Queued(position=position) if position > 1:
-                await stream.set_status(f"{status}\n{t('queue_position', position=position)}")
-            case Started():
-                await stream.set_status(status)
-            case Delta(text=text, is_thought=False):
-                await stream.append(text)
-            case Finished():
-                return event
+    events = services.worker.submit(request)
+    try:
+        async with asyncio.timeout(services.settings.request_timeout_s):
+            async for event in events:
+                match event:
+                    case Queued(position=position) if position > 1:
+                        line = t("queue_position", position=position)
+                        await stream.set_status(f"{status}\n{line}")
+                    case Started():
+                        await stream.set_status(status)
+                    case Delta(text=text, is_thought=False):
+                        await stream.append(text)
+                    case Finished():
+                        return event
+    except TimeoutError:
+        raise RequestTimedOut(f"no answer within {services.settings.request_timeout_s} s") from None
+    finally:
+        await events.aclose()  # cancels the request in the engine if it is still running
     raise InferenceError("the worker ended the stream without an answer")
+
+
+class RequestTimedOut(InferenceError):
+    kind = "timeout"
 
 
 async def load_history(

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     max_seq_len: int = 4096  # prompt + answer tokens per sequence (batch engine)
     cuda_graphs: bool | None = None  # None: on when the model runs on a GPU
     max_queue: int = 64  # requests waiting beyond the running batch
+    request_timeout_s: float = 300  # a request still unanswered after this is cancelled
 
     # Storage
     database_path: Path = ROOT / "var" / "travelbot.sqlite3"

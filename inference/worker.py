@@ -121,6 +121,11 @@ class Worker:
         return len(self._pending)
 
     @property
+    def num_running(self) -> int:
+        """Requests inside the engine (prefilling or decoding)."""
+        return self._engine.num_active if self._engine is not None else 0
+
+    @property
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+
+import pytest
 
 from tests.conftest import RunningBot, small_photo
 from tests.e2e.botapi_server import TgUser
@@ -51,3 +54,27 @@ async def test_a_user_who_blocked_the_bot_does_not_hurt_others(bot: RunningBot) 
     )
     jobs = {job.user_id: job for job in await bot.storage.get_unfinished_jobs()}
     assert gone.id not in jobs  # failed, not left to be retried after a restart
+
+
+@pytest.mark.settings(request_timeout_s=0.5, max_new_tokens=2000)
+async def test_a_request_over_its_time_budget_is_cancelled_and_reported(bot: RunningBot) -> None:
+    server, t = bot.server, bot.services.texts
+    user = TgUser(id=40_004, language_code="ko")
+    mark = server.mark()
+    server.send_text(user, "tell me everything")
+    told = await server.wait_for(
+        lambda c: (
+            c.method == "editMessageText" and c.params["text"] == t.get("ko", "error_timeout")
+        ),
+        after=mark,
+        timeout=20,
+    )
+    assert told.params["chat_id"] == user.id
+    assert await bot.storage.get_unfinished_jobs() == []
+    assert bot.services.worker.queue_depth == 0
+    # the engine let go of it at once (it would otherwise decode 2000 tokens)
+    for _ in range(40):
+        if bot.services.worker.num_running == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert bot.services.worker.num_running == 0
