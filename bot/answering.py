@@ -4,6 +4,7 @@ chat, store it, deliver it. Used by the handlers and by recovery after a restart
 from __future__ import annotations
 
 import asyncio
+import time
 
 import structlog
 from telegram import Bot
@@ -99,9 +100,11 @@ async def _answer(
     services: Services, job: Job, request: Request, stream: AnswerStream, status: str, t
 ) -> None:
     storage = services.storage
+    started = time.monotonic()
     try:
         finished = await _run(services, request, stream, status, t)
     except InferenceError as exc:
+        services.stats.record_failure()
         log.warning("request_failed", job_id=job.id, kind=exc.kind)
         await storage.set_job_status(job.id, "failed")
         await stream.fail(t(ERROR_KEYS.get(exc.kind, "error_engine")))
@@ -113,7 +116,15 @@ async def _answer(
     messages = answer_messages(finished.text, finished.thought, t, finished.finish_reason)
     await stream.finish(messages)
     await storage.set_job_status(job.id, "delivered")
-    log.info("answer_delivered", job_id=job.id, num_tokens=finished.num_output_tokens)
+    latency = time.monotonic() - started
+    first = stream.first_text_at - started if stream.first_text_at else None
+    services.stats.record_answer(latency_s=latency, first_token_s=first)
+    log.info(
+        "answer_delivered",
+        job_id=job.id,
+        num_tokens=finished.num_output_tokens,
+        seconds=round(latency, 2),
+    )
 
 
 async def deliver_stored(bot: Bot, services: Services, job: Job, *, language: str) -> None:

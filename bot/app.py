@@ -53,6 +53,7 @@ def build_application(services: Services) -> Application:
     application.add_handler(CommandHandler("think", commands.think))
     application.add_handler(CommandHandler(["mydata", "privacy"], commands.mydata))
     application.add_handler(CommandHandler(["forget", "erase"], commands.forget))
+    application.add_handler(CommandHandler("stats", commands.stats))
     application.add_handler(MessageHandler(filters.COMMAND, commands.unknown_command))
     application.add_handler(CallbackQueryHandler(callbacks.button))
     application.add_handler(MessageHandler(filters.PHOTO | filters.Document.ALL, messages.photo))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from telegram.ext import Application, CallbackContext, ExtBot
 
 from bot.i18n import Texts
 from bot.settings import Settings
+from bot.stats import Stats
 from bot.storage import Storage, User
 from bot.user_locks import UserLocks
 from inference import Worker
@@ -20,6 +21,7 @@ class Services:
     worker: Worker
     texts: Texts
     user_locks: UserLocks
+    stats: Stats = field(default_factory=Stats)
 
 
 SERVICES_KEY = "services"

@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     telegram_base_url: str = "https://api.telegram.org/bot"
     telegram_base_file_url: str = "https://api.telegram.org/file/bot"
     allowed_user_ids: set[int] = Field(default_factory=set)  # empty: everyone may use the bot
+    admin_user_ids: set[int] = Field(default_factory=set)  # may use /stats
     max_concurrent_updates: int = 256
     # Flood control: Telegram's limits, and retries after "429 Too Many Requests"
     telegram_messages_per_second: float = 30  # all chats together; 0: no limit

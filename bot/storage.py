@@ -381,6 +381,10 @@ class Storage:
         )
         return [Job(*row) for row in rows]
 
+    async def count_jobs_by_status(self) -> dict[str, int]:
+        rows = await self._all("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        return {status: int(count) for status, count in rows}
+
     async def get_job(self, job_id: int) -> Job | None:
         row = await self._one(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job_id,))
         return Job(*row) if row else None

@@ -33,6 +33,7 @@ class AnswerStream:
         self._answer = ""
         self._last_push = 0.0
         self._typing: asyncio.Task | None = None
+        self.first_text_at: float | None = None  # monotonic time of the first answer text
 
     async def start(self, status: str) -> int:
         """Send the placeholder; return its message id."""
@@ -50,6 +51,8 @@ class AnswerStream:
     async def append(self, text: str) -> None:
         self._answer += text
         now = time.monotonic()
+        if self.first_text_at is None:
+            self.first_text_at = now
         if now - self._last_push >= self._interval_s:
             self._last_push = now
             await self._push_preview()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import html
+import time
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 
 from bot.context import BotContext
+from bot.stats import percentile
 
 LANGUAGE_BUTTONS_PER_ROW = 3
 RECENT_MESSAGES_SHOWN = 5
@@ -127,6 +129,33 @@ async def forget(update: Update, context: BotContext) -> None:
         ]
     )
     await update.effective_message.reply_html(context.t("forget_confirm"), reply_markup=keyboard)
+
+
+async def stats(update: Update, context: BotContext) -> None:
+    """Admins only: queue, latency percentiles, users and jobs. Others see no such command."""
+    if update.effective_user.id not in context.settings.admin_user_ids:
+        await unknown_command(update, context)
+        return
+    figures = context.services.stats
+    worker = context.worker
+    jobs = await context.storage.count_jobs_by_status()
+
+    def ms(values, q: float) -> str:
+        value = percentile(values, q)
+        return "–" if value is None else f"{value * 1000:.0f} ms"
+
+    lines = [
+        "<b>travelbot</b>",
+        f"uptime: {(time.monotonic() - figures.started_at) / 3600:.1f} h",
+        f"queue: {worker.queue_depth} waiting, {worker.num_running} running",
+        f"answered: {figures.num_answered}, failed: {figures.num_failed}",
+        f"latency p50 / p95: {ms(figures.latencies_s, 0.5)} / {ms(figures.latencies_s, 0.95)}",
+        f"first text p50 / p95: {ms(figures.first_token_s, 0.5)} / "
+        f"{ms(figures.first_token_s, 0.95)}",
+        f"users stored: {await context.storage.count_users()}",
+        "jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(jobs.items())) or "none"),
+    ]
+    await update.effective_message.reply_html("\n".join(lines))
 
 
 async def unknown_command(update: Update, context: BotContext) -> None:

@@ -74,3 +74,25 @@ async def test_several_users_at_once_are_all_answered(bot: RunningBot) -> None:
         and t.get(user.language_code, "queue_position", position=position) in c.params["text"]
     }
     assert len(told) >= 2, told
+
+
+@pytest.mark.settings(admin_user_ids={8101})
+async def test_stats_for_admins_only(bot: RunningBot) -> None:
+    server, t = bot.server, bot.services.texts
+    user = TgUser(id=8102, language_code="tr")
+    mark = server.mark()
+    server.send_photo(user, small_photo("CIKIS"))
+    await server.wait_for(lambda c: c.method == "deleteMessage", after=mark, timeout=60)
+    mark = server.mark()
+    server.send_text(user, "/stats")
+    refused = await server.wait_for(lambda c: c.method == "sendMessage", after=mark)
+    assert refused.params["text"] == t.get("tr", "unknown_command")
+    admin = TgUser(id=8101, language_code="en")
+    mark = server.mark()
+    server.send_text(admin, "/stats")
+    shown = await server.wait_for(lambda c: c.method == "sendMessage", after=mark)
+    text = shown.params["text"]
+    assert "answered: 1, failed: 0" in text
+    assert "queue: 0 waiting, 0 running" in text
+    assert "jobs: delivered 1" in text
+    assert "latency p50 / p95:" in text and "– " not in text.split("latency")[1][:20]
