@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -72,6 +73,18 @@ async def publish_commands(application: Application, services: Services) -> None
         await application.bot.set_my_commands(menu, language_code=code)
 
 
+RETENTION_INTERVAL_S = 3600
+
+
+async def enforce_retention(services: Services) -> None:
+    """Delete what is older than the retention period, at start and then hourly."""
+    while True:
+        deleted = await services.storage.delete_older_than(services.settings.retention_days)
+        if deleted:
+            log.info("retention_deleted", rows=deleted)
+        await asyncio.sleep(RETENTION_INTERVAL_S)
+
+
 @contextlib.asynccontextmanager
 async def running(services: Services) -> AsyncIterator[Application]:
     """The bot polling Telegram until the block exits; then a clean stop."""
@@ -84,9 +97,11 @@ async def running(services: Services) -> AsyncIterator[Application]:
         )
         log.info("bot_started", username=application.bot.username)
         application.create_task(recover_jobs(application.bot, services), name="recover_jobs")
+        retention = asyncio.create_task(enforce_retention(services), name="retention")
         try:
             yield application
         finally:
+            retention.cancel()
             await application.updater.stop()
             await application.stop()
     log.info("bot_stopped")

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     database_path: Path = ROOT / "var" / "travelbot.sqlite3"
     max_history_turns: int = 6  # earlier turns put into the prompt
     max_stored_messages: int = 200  # per user; older ones are deleted
+    retention_days: float = 30  # history and finished jobs older than this are deleted
 
     # Limits on what users send
     max_requests_in_flight: int = 3  # per user: accepted but not yet answered

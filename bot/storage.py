@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -380,6 +380,19 @@ class Storage:
             f"SELECT {_JOB_COLS} FROM jobs WHERE status IN {UNFINISHED} ORDER BY id"
         )
         return [Job(*row) for row in rows]
+
+    async def delete_older_than(self, days: float) -> int:
+        """Retention: drop history and finished jobs older than `days`; return rows deleted."""
+        cutoff = (datetime.now(UTC) - timedelta(days=days)).isoformat()
+        async with self._transaction():
+            messages = await self._db.execute(
+                "DELETE FROM messages WHERE created_at < ?", (cutoff,)
+            )
+            jobs = await self._db.execute(
+                "DELETE FROM jobs WHERE updated_at < ? AND status IN ('delivered', 'failed')",
+                (cutoff,),
+            )
+            return messages.rowcount + jobs.rowcount
 
     async def count_jobs_by_status(self) -> dict[str, int]:
         rows = await self._all("SELECT status, COUNT(*) FROM jobs GROUP BY status")

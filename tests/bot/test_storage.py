@@ -353,3 +353,24 @@ async def test_unfinished_job_limit_is_checked_atomically(store: Storage) -> Non
     results = await asyncio.gather(*(add(i) for i in range(5)), return_exceptions=True)
     assert sum(isinstance(r, TooManyJobs) for r in results) == 3
     assert len(await store.get_unfinished_jobs()) == 2
+
+
+async def test_retention_deletes_only_old_history_and_finished_jobs(
+    store: Storage, db_path: Path
+) -> None:
+    await store.add_message(ALICE, "user", "old")
+    await store.add_message(ALICE, "user", "new")
+    done = await store.add_job(chat_id=ALICE, message_id=1, user_id=ALICE, chat_type="private",
+                               question="q", image_file_id=None)  # fmt: skip
+    await store.set_job_status(done.id, "delivered")
+    await store.add_job(chat_id=ALICE, message_id=2, user_id=ALICE, chat_type="private",
+                        question="q", image_file_id=None)  # fmt: skip
+    long_ago = "2020-01-01T00:00:00+00:00"
+    con = sqlite3.connect(db_path)
+    with con:  # commits
+        con.execute("UPDATE messages SET created_at = ? WHERE text = 'old'", (long_ago,))
+        con.execute("UPDATE jobs SET updated_at = ?", (long_ago,))
+    con.close()
+    assert await store.delete_older_than(30) == 2  # the old message and the delivered job
+    assert [m.text for m in (await store.get_user_data(ALICE)).messages] == ["new"]
+    assert len(await store.get_unfinished_jobs()) == 1  # pending work is never dropped
