@@ -52,6 +52,6 @@ async def on_error(update: object, context: BotContext) -> None:
 
 
 def _transient_profile(user_id: int, language: str) -> User:
-
+    """Settings for a user with no stored row: nothing is written until they need it."""
     now = datetime.now(UTC)
     return User(user_id=user_id, language=language, think=False, created_at=now, updated_at=now)
