@@ -18,7 +18,10 @@ THOUGHT_LABEL = "thought"
 @dataclass
 class _Channel:
     ids: list[int] = field(default_factory=list)
-    emitted: str = ""
+    raw: str = ""  # text of ids[:read_offset], built incrementally
+    prefix_offset: int = 0  # start of the window decoded together with new tokens
+    read_offset: int = 0  # ids already turned into `raw`
+    emitted: str = ""  # visible text handed out as deltas
 
 
 class OutputSplitter:
@@ -75,21 +78,35 @@ class OutputSplitter:
         return self._text(self._thought, is_thought=True, final=True)
 
     def _advance(self, channel: _Channel, *, is_thought: bool) -> Delta | None:
-        text = self._text(channel, is_thought=is_thought, final=False)
+        self._read(channel)
+        text = self._visible(channel.raw, is_thought=is_thought, final=False)
         if len(text) <= len(channel.emitted) or not text.startswith(channel.emitted):
             return None
         delta = text[len(channel.emitted) :]
         channel.emitted = text
         return Delta(delta, is_thought=is_thought)
 
-    def _text(self, channel: _Channel, *, is_thought: bool, final: bool) -> str:
+    def _read(self, channel: _Channel) -> None:
+        """Extend `raw` by decoding only a short window (decoding all ids per token is
+        quadratic; at 64 sequences of 1000 tokens it costs more than the GPU step)."""
         ids = channel.ids
-        if not final:  # hold back trailing bytes until the character they form is complete
-            end = len(ids)
-            while end and ids[end - 1] in self._byte_ids:
-                end -= 1
-            ids = ids[:end]
-        text = self._decode(ids)
+        end = len(ids)
+        while end > channel.read_offset and ids[end - 1] in self._byte_ids:
+            end -= 1  # hold back trailing bytes until the character they form is complete
+        if end <= channel.read_offset:
+            return
+        # Decode the previous piece with the new tokens, so that word joins come out right.
+        before = self._decode(ids[channel.prefix_offset : channel.read_offset])
+        after = self._decode(ids[channel.prefix_offset : end])
+        if len(after) > len(before) and after.startswith(before):
+            channel.raw += after[len(before) :]
+            channel.prefix_offset, channel.read_offset = channel.read_offset, end
+
+    def _text(self, channel: _Channel, *, is_thought: bool, final: bool) -> str:
+        return self._visible(self._decode(channel.ids), is_thought=is_thought, final=final)
+
+    @staticmethod
+    def _visible(text: str, *, is_thought: bool, final: bool) -> str:
         if is_thought and not final and THOUGHT_LABEL.startswith(text):
             return ""  # the label may still be arriving
         if is_thought and text.startswith(THOUGHT_LABEL):

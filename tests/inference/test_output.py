@@ -24,3 +24,13 @@ def test_multibyte_characters_are_never_split(tiny_engine) -> None:
     pieces = [d.text for token in scripted if (d := splitter.push(token)) is not None]
     assert all("\ufffd" not in piece for piece in pieces)
     assert "".join(pieces) == text
+
+
+def test_a_long_stream_equals_the_final_text(tiny_engine) -> None:
+    tok = tiny_engine.tokenizer
+    text = ("Forelle Müllerin — trout 🐟, 出口は右, Выход " * 60).strip()
+    scripted = tok.encode(text, add_special_tokens=False)
+    splitter = tiny_engine.make_splitter()
+    pieces = [d.text for token in scripted if (d := splitter.push(token)) is not None]
+    pieces += [d.text for d in splitter.flush()]
+    assert "".join(pieces) == splitter.answer == text
