@@ -129,10 +129,8 @@ class GemmaEngine:
         inputs = self.prepare_inputs(request)
         num_prompt_tokens = int(inputs["input_ids"].shape[1])
         splitter = self.make_splitter()
-        generated: list[int] = []
 
         def on_token(token_id: int) -> None:
-            generated.append(token_id)
             if (delta := splitter.push(token_id)) is not None:
                 emit(delta)
 
@@ -156,22 +154,17 @@ class GemmaEngine:
                 stopping_criteria=[_CancelCriteria(is_cancelled, self._torch)],
                 **sample_kwargs,
             )
-        for delta in splitter.flush():
-            emit(delta)
+        generated = splitter.token_ids
         if is_cancelled():
             reason = "cancelled"
         elif generated and generated[-1] in self.stop_ids:
             reason = "stop"
         else:
             reason = "length"
-        return Finished(
-            text=splitter.answer,
-            thought=splitter.thought,
-            num_prompt_tokens=num_prompt_tokens,
-            num_output_tokens=splitter.num_tokens,
-            finish_reason=reason,
-            token_ids=tuple(generated),
-        )
+        *deltas, finished = splitter.finish(num_prompt_tokens=num_prompt_tokens, reason=reason)
+        for delta in deltas:
+            emit(delta)
+        return finished
 
     def make_splitter(self) -> OutputSplitter:
         return OutputSplitter(

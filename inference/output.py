@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from inference.types import Delta
+from inference.types import Delta, Finished
 
 THOUGHT_LABEL = "thought"
 
@@ -42,11 +42,15 @@ class OutputSplitter:
         self._answer = _Channel()
         self._thought = _Channel()
         self._in_thought = False
-        self.num_tokens = 0
+        self.token_ids: list[int] = []  # every generated token, the stop token included
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
 
     def push(self, token_id: int) -> Delta | None:
         """Take one generated token; return the text it makes visible, if any."""
-        self.num_tokens += 1
+        self.token_ids.append(token_id)
         if token_id == self._open_id:
             self._in_thought = True
             return None
@@ -68,6 +72,18 @@ class OutputSplitter:
                 deltas.append(Delta(text[len(channel.emitted) :], is_thought=is_thought))
                 channel.emitted = text
         return deltas
+
+    def finish(self, *, num_prompt_tokens: int, reason: str) -> list[Delta | Finished]:
+        """The held-back text as deltas, then the Finished event."""
+        finished = Finished(
+            text=self.answer,
+            thought=self.thought,
+            num_prompt_tokens=num_prompt_tokens,
+            num_output_tokens=self.num_tokens,
+            finish_reason=reason,
+            token_ids=tuple(self.token_ids),
+        )
+        return [*self.flush(), finished]
 
     @property
     def answer(self) -> str:

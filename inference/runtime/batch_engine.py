@@ -16,7 +16,7 @@ from inference.runtime.model_runner import ModelRunner
 from inference.runtime.sampler import sample
 from inference.runtime.scheduler import Plan, Scheduler
 from inference.runtime.sequence import Sequence, Status
-from inference.types import Event, Finished, InferenceError, Request
+from inference.types import Event, InferenceError, Request
 
 log = structlog.get_logger()
 
@@ -133,7 +133,6 @@ class BatchEngine:
             self.generator,
         ).tolist()
         for seq, token in zip(seqs, tokens, strict=True):
-            seq.output_ids.append(token)
             delta = seq.splitter.push(token)
             if delta is not None:
                 seq.emit(delta)
@@ -145,15 +144,5 @@ class BatchEngine:
     def _finish(self, seq: Sequence, reason: str) -> None:
         for from_slot, to_slot in self.scheduler.finish(seq, reason):
             self.runner.cache.move(from_slot, to_slot)
-        for delta in seq.splitter.flush():
-            seq.emit(delta)
-        seq.emit(
-            Finished(
-                text=seq.splitter.answer,
-                thought=seq.splitter.thought,
-                num_prompt_tokens=seq.num_prompt_tokens,
-                num_output_tokens=seq.splitter.num_tokens,
-                finish_reason=reason,
-                token_ids=tuple(seq.output_ids),
-            )
-        )
+        for event in seq.splitter.finish(num_prompt_tokens=seq.num_prompt_tokens, reason=reason):
+            seq.emit(event)

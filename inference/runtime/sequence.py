@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from inference.output import OutputSplitter
 from inference.types import Event, Request
@@ -25,10 +25,14 @@ class Sequence:
     num_prompt_tokens: int = 0
     status: Status = Status.WAITING
     slot: int = -1
-    output_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     max_new_tokens: int = 0
     inputs: dict | None = None  # prepared model inputs until prefilled
+
+    @property
+    def output_ids(self) -> list[int]:
+        """Generated tokens; the splitter keeps the one list."""
+        return self.splitter.token_ids
 
     @property
     def position(self) -> int:
