@@ -61,7 +61,6 @@ async def run_job(
             await storage.set_job_status(job.id, "failed")
             await bot.send_message(job.chat_id, t("error_engine"))
             return
-        await storage.get_or_create_user(job.user_id, default_language=language)
         history = await load_history(
             bot, services, job.user_id, attach_latest_image=image is None, language=language
         )

@@ -317,11 +317,17 @@ class Storage:
         question: str | None,
         image_file_id: str | None,
         max_unfinished: int | None = None,
+        language: str = "en",
     ) -> Job | None:
         """Record an accepted request; None if that message already has a job (redelivery).
-        Raises TooManyJobs when the user already has `max_unfinished` unanswered jobs."""
+        Raises TooManyJobs when the user already has `max_unfinished` unanswered jobs.
+        A user seen for the first time is stored with `language`, for recovery too."""
         now = _now()
         async with self._transaction():
+            await self._db.execute(
+                f"INSERT OR IGNORE INTO users ({_USER_COLS}) VALUES (?, ?, 0, ?, ?)",
+                (user_id, language, now, now),
+            )
             if max_unfinished is not None:
                 (count,) = await self._one(
                     f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN {UNFINISHED}",

@@ -72,6 +72,7 @@ async def _accept(
             question=question,
             image_file_id=image_file_id,
             max_unfinished=limit,
+            language=context.language,
         )
     except TooManyJobs:
         await message.reply_html(context.t("too_many_requests", limit=limit))

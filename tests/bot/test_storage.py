@@ -309,9 +309,10 @@ async def test_delete_user_data_really_deletes(db_path: Path) -> None:
 async def test_job_lifecycle_and_redelivery(store: Storage) -> None:
     job = await store.add_job(
         chat_id=ALICE, message_id=7, user_id=ALICE, chat_type="private",
-        question="no pork?", image_file_id="F9",
+        question="no pork?", image_file_id="F9", language="de",
     )  # fmt: skip
     assert job is not None and job.status == "pending" and job.attempts == 0
+    assert (await store.get_user(ALICE)).language == "de"  # first contact stores the user
     again = await store.add_job(
         chat_id=ALICE, message_id=7, user_id=ALICE, chat_type="private",
         question="no pork?", image_file_id="F9",
@@ -338,7 +339,7 @@ async def test_forget_deletes_jobs_too(store: Storage, db_path: Path) -> None:
                         question=None, image_file_id="F1")  # fmt: skip
     await store.add_job(chat_id=BOB, message_id=1, user_id=BOB, chat_type="private",
                         question="hi", image_file_id=None)  # fmt: skip
-    assert await store.delete_user_data(ALICE) == 1
+    assert await store.delete_user_data(ALICE) == 2  # the job and the user row it created
     assert raw(db_path, "SELECT user_id FROM jobs") == [(BOB,)]
 
 
