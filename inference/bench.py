@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters as dynamo_counters
 
 from inference.engine import EngineConfig, GemmaEngine
 from inference.images import normalize_image
@@ -284,6 +285,7 @@ def run(args: argparse.Namespace) -> dict:
         max_slots=args.max_slots,
         max_seq_len=args.max_seq_len,
         cuda_graphs=None if args.cuda_graphs == "auto" else args.cuda_graphs == "on",
+        compile_layers=None if args.compile_layers == "auto" else args.compile_layers == "on",
         ignore_stop=True,
     )
     result = {
@@ -308,6 +310,7 @@ def run(args: argparse.Namespace) -> dict:
     setup_started = time.perf_counter()
     engine = BatchEngine(base, runtime)
     result["engine_setup_seconds"] = round(time.perf_counter() - setup_started, 1)
+    result["graph_breaks"] = dict(dynamo_counters["graph_break"])
     bench_engine(engine, make_requests(2, 4, seed=99), [0.0, 0.0], "warm-up")
     for concurrency in args.engine_concurrency:
         chosen = requests[:concurrency]

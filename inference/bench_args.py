@@ -34,5 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-slots", type=int, default=64)
     parser.add_argument("--max-seq-len", type=int, default=4096)
     parser.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument(
+        "--compile-layers",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="torch.compile the decoder layers' regions (auto: on a GPU)",
+    )
     parser.add_argument("--experts-implementation", default=None)
     parser.add_argument("--out", type=Path, default=Path("bench-out/bench.json"))

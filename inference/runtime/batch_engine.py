@@ -10,7 +10,7 @@ import structlog
 import torch
 
 from inference.engine import GemmaEngine
-from inference.runtime import fast_ops
+from inference.runtime import fast_ops, layers
 from inference.runtime.config import RuntimeConfig
 from inference.runtime.model_runner import ModelRunner
 from inference.runtime.sampler import sample
@@ -36,6 +36,12 @@ class BatchEngine:
             if fused is None:
                 fused = model.device.type == "cuda"
             self._undo_fast_ops = fast_ops.install(model, fused_norms=fused)
+        self._undo_layers = lambda: None
+        compile_layers = runtime.compile_layers
+        if compile_layers is None:
+            compile_layers = model.device.type == "cuda"
+        if runtime.own_layer_forward:
+            self._undo_layers = layers.install(model, compile=compile_layers)
         self.runner = ModelRunner(
             model,
             num_slots=runtime.max_slots,
@@ -43,6 +49,7 @@ class BatchEngine:
             suppressed_ids=self.base.generation_kwargs["suppress_tokens"],
             pad_token_id=self.base.tokenizer.pad_token_id,
             graph_batch_sizes=runtime.graph_batch_sizes if use_graphs else (),
+            warm_up_prefill=bool(runtime.own_layer_forward and compile_layers),
         )
         self.scheduler = Scheduler(
             max_slots=runtime.max_slots,
@@ -58,13 +65,15 @@ class BatchEngine:
             max_slots=runtime.max_slots,
             max_seq_len=runtime.max_seq_len,
             cuda_graphs=use_graphs,
+            compiled_layers=bool(runtime.own_layer_forward and compile_layers),
             seconds=round(time.monotonic() - started, 2),
         )
 
     def close(self) -> None:
         """Give the model back as transformers made it (for benchmarks sharing it)."""
         self._undo_fast_ops()
-        self._undo_fast_ops = lambda: None
+        self._undo_layers()
+        self._undo_fast_ops = self._undo_layers = lambda: None
 
     @property
     def max_batch(self) -> int:

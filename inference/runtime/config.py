@@ -17,6 +17,8 @@ class RuntimeConfig:
     ignore_stop: bool = False  # benchmarks only: always generate max_new_tokens
     fast_attention: bool = True  # decode attention as batched matmuls (fast_ops)
     fused_norms: bool | None = None  # torch's fused rms_norm; None: on GPUs only
+    own_layer_forward: bool = True  # decoder layers as two regions around attention (layers)
+    compile_layers: bool | str | None = None  # torch.compile them; None: on GPUs; str: backend
 
     def __post_init__(self) -> None:
         if self.max_slots < 1 or self.max_seq_len < 2 or self.max_prefill_seqs < 1:

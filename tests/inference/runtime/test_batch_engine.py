@@ -21,7 +21,10 @@ def jpeg(image) -> bytes:
     return normalize_image(buffer.getvalue())
 
 
-@pytest.fixture(scope="module", params=["fused norms", "plain norms"])
+@pytest.fixture(
+    scope="module",
+    params=["fused norms", "plain norms", "transformers' layers", "compiled layer regions"],
+)
 def batch_engine(request, tiny_engine: GemmaEngine):
     runtime = RuntimeConfig(
         max_slots=3,
@@ -29,6 +32,9 @@ def batch_engine(request, tiny_engine: GemmaEngine):
         max_prefill_seqs=2,
         cuda_graphs=False,
         fused_norms=request.param == "fused norms",
+        own_layer_forward=request.param != "transformers' layers",
+        # dynamo traces the regions as on a GPU; aot_eager needs no C++ compiler
+        compile_layers="aot_eager" if request.param == "compiled layer regions" else False,
     )
     engine = BatchEngine(tiny_engine, runtime)
     yield engine

@@ -1,0 +1,122 @@
+"""Gemma 4 text decoder layers as two compilable regions around the attention.
+
+transformers' layer runs ~80 small kernels per decode step (norms in float32 with casts,
+RoPE, router softmax/top-k, MoE gathers, residual adds). Here the work before the KV
+cache (norm, q/k/v projections and norms, RoPE) and after the attention (o_proj, norms,
+dense MLP, router, experts, residuals) are plain functions of the layer's own modules,
+so `torch.compile` can fuse each into a few kernels; the cache update and the attention
+stay eager, between them. The arithmetic is transformers' own, in the same order.
+One compiled function serves all 30 layers (modules are inputs, not constants).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import structlog
+import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.gemma4.modeling_gemma4 import (
+    apply_rotary_pos_emb,
+    eager_attention_forward,
+)
+
+log = structlog.get_logger()
+
+
+def attention_inputs(layer, hidden_states, cos, sin):
+    """Pre-norm, q/k/v projections, q/k/v norms and RoPE: q, k, v as [B, heads, S, D]."""
+    attention = layer.self_attn
+    normed = layer.input_layernorm(hidden_states)
+    shape = (*normed.shape[:-1], -1, attention.head_dim)
+    query = attention.q_norm(attention.q_proj(normed).view(shape))
+    query = apply_rotary_pos_emb(query, cos, sin, unsqueeze_dim=2).transpose(1, 2)
+    key = attention.k_proj(normed).view(shape)
+    value = attention.v_proj(normed).view(shape) if attention.v_proj is not None else key
+    key = apply_rotary_pos_emb(attention.k_norm(key), cos, sin, unsqueeze_dim=2).transpose(1, 2)
+    value = attention.v_norm(value).transpose(1, 2)
+    return query, key, value
+
+
+def feed_forward(layer, attention_output, residual):
+    """o_proj and everything after the attention: dense MLP and experts side by side."""
+    hidden = layer.post_attention_layernorm(layer.self_attn.o_proj(attention_output))
+    hidden = residual + hidden
+    residual = hidden
+    dense = layer.post_feedforward_layernorm_1(layer.mlp(layer.pre_feedforward_layernorm(hidden)))
+    flat = residual.reshape(-1, residual.shape[-1])
+    _, top_k_weights, top_k_index = layer.router(flat)
+    experts = layer.experts(layer.pre_feedforward_layernorm_2(flat), top_k_index, top_k_weights)
+    experts = layer.post_feedforward_layernorm_2(experts.reshape(residual.shape))
+    hidden = residual + layer.post_feedforward_layernorm(dense + experts)
+    return hidden * layer.layer_scalar
+
+
+def layer_forward(
+    layer,
+    regions: tuple[Callable, Callable],
+    hidden_states,
+    per_layer_input=None,
+    shared_kv_states=None,
+    position_embeddings=None,
+    attention_mask=None,
+    position_ids=None,
+    past_key_values=None,
+    **kwargs,
+):
+    """Same signature and result as Gemma4TextDecoderLayer.forward (for supported layers)."""
+    before, after = regions
+    attention = layer.self_attn
+    query, key, value = before(layer, hidden_states, *position_embeddings)
+    if past_key_values is not None:
+        key, value = past_key_values.update(key, value, attention.layer_idx)
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+        attention.config._attn_implementation, eager_attention_forward
+    )
+    output, _ = interface(
+        attention,
+        query,
+        key,
+        value,
+        attention_mask,
+        dropout=0.0,
+        scaling=attention.scaling,
+        sliding_window=attention.sliding_window,
+        **kwargs,
+    )
+    output = output.reshape(*hidden_states.shape[:-1], -1)
+    return after(layer, output, hidden_states)
+
+
+def is_supported(layer) -> bool:
+    """Layers of the 26B-A4B kind: MoE block, no shared KV, no per-layer inputs."""
+    attention = layer.self_attn
+    return bool(
+        layer.enable_moe_block
+        and not layer.hidden_size_per_layer_input
+        and not attention.is_kv_shared_layer
+        and not attention.store_full_length_kv
+    )
+
+
+def install(model, *, compile: bool | str) -> Callable[[], None]:
+    """Give every decoder layer the two-region forward; returns a function undoing it."""
+    layers = list(model.model.language_model.layers)
+    if not all(is_supported(layer) for layer in layers):
+        log.warning("own_layer_forward_unsupported", reason="layer kind not supported")
+        return lambda: None
+    regions: tuple[Callable, Callable] = (attention_inputs, feed_forward)
+    if compile:
+        # one entry per layer kind and shape class (decode batch 1, batch n, prefill)
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        backend = compile if isinstance(compile, str) else "inductor"
+        regions = tuple(torch.compile(fn, backend=backend) for fn in regions)
+    for layer in layers:
+        layer.forward = partial(layer_forward, layer, regions)
+
+    def undo() -> None:
+        for layer in layers:
+            layer.__dict__.pop("forward", None)
+
+    return undo
