@@ -311,6 +311,7 @@ def run(args: argparse.Namespace) -> dict:
     engine = BatchEngine(base, runtime)
     result["engine_setup_seconds"] = round(time.perf_counter() - setup_started, 1)
     result["graph_breaks"] = dict(dynamo_counters["graph_break"])
+    graphs_after_setup = dynamo_counters["stats"]["unique_graphs"]
     bench_engine(engine, make_requests(2, 4, seed=99), [0.0, 0.0], "warm-up")
     for concurrency in args.engine_concurrency:
         chosen = requests[:concurrency]
@@ -318,6 +319,9 @@ def run(args: argparse.Namespace) -> dict:
         if args.poisson_rate and concurrency > 1:
             arrivals = poisson_arrivals(concurrency, args.poisson_rate)
             record(bench_engine(engine, chosen, arrivals, f"engine, Poisson {args.poisson_rate}/s"))
+    # compiled regions that had to be built while serving (0: the warm-up covered all)
+    graphs_now = dynamo_counters["stats"]["unique_graphs"]
+    result["recompiles_while_serving"] = graphs_now - graphs_after_setup
     engine.close()
     del engine  # frees the KV cache and graphs for the generate() rows
     reset_peak(device)

@@ -3,11 +3,13 @@ as soon as they finish. `step()` reads like the algorithm: schedule → run → 
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 
 import structlog
 import torch
+from PIL import Image
 
 from inference.engine import GemmaEngine
 from inference.runtime import fast_ops, layers
@@ -19,6 +21,12 @@ from inference.runtime.sequence import Sequence, Status
 from inference.types import Event, InferenceError, Request
 
 log = structlog.get_logger()
+
+
+def blank_photo() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (640, 480), "white").save(buffer, format="JPEG")
+    return buffer.getvalue()
 
 
 class BatchEngine:
@@ -49,7 +57,6 @@ class BatchEngine:
             suppressed_ids=self.base.generation_kwargs["suppress_tokens"],
             pad_token_id=self.base.tokenizer.pad_token_id,
             graph_batch_sizes=runtime.graph_batch_sizes if use_graphs else (),
-            warm_up_prefill=bool(runtime.own_layer_forward and compile_layers),
         )
         self.scheduler = Scheduler(
             max_slots=runtime.max_slots,
@@ -60,6 +67,8 @@ class BatchEngine:
         self.stop_ids = set() if runtime.ignore_stop else set(self.base.stop_ids)
         self.last_plan = Plan()
         self.generator = torch.Generator(device=model.device).manual_seed(runtime.seed)
+        if runtime.own_layer_forward and compile_layers:
+            self._warm_up_prefill()
         log.info(
             "batch_engine_ready",
             max_slots=runtime.max_slots,
@@ -68,6 +77,22 @@ class BatchEngine:
             compiled_layers=bool(runtime.own_layer_forward and compile_layers),
             seconds=round(time.monotonic() - started, 2),
         )
+
+    def _warm_up_prefill(self) -> None:
+        """Prefill every shape class once (1, 2 and 3 prompts, with and without a photo),
+        so the compiled regions exist before the first traveller waits for them."""
+        started = time.monotonic()
+        photo = blank_photo()
+        for batch, image in ((1, None), (2, photo), (1, photo), (3, photo)):
+            prompts = [
+                self.base.prepare_inputs(
+                    Request(language="en", question="warm-up " * (row + 1), image=image),
+                    on_device=False,
+                )
+                for row in range(batch)
+            ]
+            self.runner.prefill(prompts, list(range(batch)))
+        log.info("prefill_warmed_up", seconds=round(time.monotonic() - started, 1))
 
     def close(self) -> None:
         """Give the model back as transformers made it (for benchmarks sharing it)."""

@@ -7,6 +7,7 @@ dense MLP, router, experts, residuals) are plain functions of the layer's own mo
 so `torch.compile` can fuse each into a few kernels; the cache update and the attention
 stay eager, between them. The arithmetic is transformers' own, in the same order.
 One compiled function serves all 30 layers (modules are inputs, not constants).
+The vision encoder's layers have no cache, so their whole forward is compiled.
 """
 
 from __future__ import annotations
@@ -25,18 +26,52 @@ from transformers.models.gemma4.modeling_gemma4 import (
 log = structlog.get_logger()
 
 
+def fuse_projections(layer) -> None:
+    """q/k/v as one matmul, and the dense MLP's gate/up as one: one weight read and one
+    kernel instead of three or two. The original weights become views of the fused one,
+    so memory stays the same and transformers' own forward still works."""
+    attention = layer.self_attn
+    projections = [attention.q_proj, attention.k_proj]
+    if attention.v_proj is not None:
+        projections.append(attention.v_proj)
+    attention.register_buffer("qkv_weight", _fuse(projections), persistent=False)
+    mlp = layer.mlp
+    mlp.register_buffer("gate_up_weight", _fuse([mlp.gate_proj, mlp.up_proj]), persistent=False)
+
+
+def _fuse(linears) -> torch.Tensor:
+    if any(linear.bias is not None for linear in linears):
+        raise ValueError("projections with bias are not fused")
+    fused = torch.cat([linear.weight.detach() for linear in linears])
+    start = 0
+    for linear in linears:
+        rows = linear.weight.shape[0]
+        linear.weight.data = fused[start : start + rows]
+        start += rows
+    return fused
+
+
 def attention_inputs(layer, hidden_states, cos, sin):
     """Pre-norm, q/k/v projections, q/k/v norms and RoPE: q, k, v as [B, heads, S, D]."""
     attention = layer.self_attn
     normed = layer.input_layernorm(hidden_states)
     shape = (*normed.shape[:-1], -1, attention.head_dim)
-    query = attention.q_norm(attention.q_proj(normed).view(shape))
+    sizes = [attention.q_proj.out_features, attention.k_proj.out_features]
+    if attention.v_proj is not None:
+        sizes.append(attention.v_proj.out_features)
+    projected = torch.nn.functional.linear(normed, attention.qkv_weight).split(sizes, dim=-1)
+    query = attention.q_norm(projected[0].view(shape))
     query = apply_rotary_pos_emb(query, cos, sin, unsqueeze_dim=2).transpose(1, 2)
-    key = attention.k_proj(normed).view(shape)
-    value = attention.v_proj(normed).view(shape) if attention.v_proj is not None else key
+    key = projected[1].view(shape)
+    value = projected[2].view(shape) if attention.v_proj is not None else key
     key = apply_rotary_pos_emb(attention.k_norm(key), cos, sin, unsqueeze_dim=2).transpose(1, 2)
     value = attention.v_norm(value).transpose(1, 2)
     return query, key, value
+
+
+def dense_mlp(mlp, hidden):
+    gate, up = torch.nn.functional.linear(hidden, mlp.gate_up_weight).chunk(2, dim=-1)
+    return mlp.down_proj(mlp.act_fn(gate) * up)
 
 
 def feed_forward(layer, attention_output, residual):
@@ -44,7 +79,8 @@ def feed_forward(layer, attention_output, residual):
     hidden = layer.post_attention_layernorm(layer.self_attn.o_proj(attention_output))
     hidden = residual + hidden
     residual = hidden
-    dense = layer.post_feedforward_layernorm_1(layer.mlp(layer.pre_feedforward_layernorm(hidden)))
+    dense = dense_mlp(layer.mlp, layer.pre_feedforward_layernorm(hidden))
+    dense = layer.post_feedforward_layernorm_1(dense)
     flat = residual.reshape(-1, residual.shape[-1])
     _, top_k_weights, top_k_index = layer.router(flat)
     experts = layer.experts(layer.pre_feedforward_layernorm_2(flat), top_k_index, top_k_weights)
@@ -107,16 +143,22 @@ def install(model, *, compile: bool | str) -> Callable[[], None]:
         log.warning("own_layer_forward_unsupported", reason="layer kind not supported")
         return lambda: None
     regions: tuple[Callable, Callable] = (attention_inputs, feed_forward)
+    vision_layers = list(model.model.vision_tower.encoder.layers) if compile else []
     if compile:
         # one entry per layer kind and shape class (decode batch 1, batch n, prefill)
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         backend = compile if isinstance(compile, str) else "inductor"
         regions = tuple(torch.compile(fn, backend=backend) for fn in regions)
+        vision_forward = torch.compile(type(vision_layers[0]).forward, backend=backend)
+        for layer in vision_layers:
+            layer.forward = partial(vision_forward, layer)
     for layer in layers:
+        if not hasattr(layer.self_attn, "qkv_weight"):
+            fuse_projections(layer)
         layer.forward = partial(layer_forward, layer, regions)
 
     def undo() -> None:
-        for layer in layers:
+        for layer in layers + vision_layers:
             layer.__dict__.pop("forward", None)
 
     return undo

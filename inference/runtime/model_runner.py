@@ -4,8 +4,6 @@ CUDA graphs captured per batch size."""
 
 from __future__ import annotations
 
-import time
-
 import structlog
 import torch
 from transformers import DynamicCache
@@ -42,7 +40,6 @@ class ModelRunner:
         suppressed_ids: list[int],
         pad_token_id: int,
         graph_batch_sizes: tuple[int, ...] = (),
-        warm_up_prefill: bool = False,
     ) -> None:
         self.model = model
         self.language_model = model.model.language_model
@@ -63,8 +60,6 @@ class ModelRunner:
         self._positions = self.cache.step_positions
         self._rows = self.cache.step_rows
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        if warm_up_prefill:
-            self._warm_up_prefill()
         if graph_batch_sizes:
             try:
                 self._capture(sorted(b for b in graph_batch_sizes if b <= num_slots))
@@ -106,17 +101,6 @@ class ModelRunner:
                 length,
             )
         return self._logits(hidden)
-
-    def _warm_up_prefill(self) -> None:
-        """Prompts of every shape class (batch 1 and n, varying lengths), so compiled layer
-        regions have their prefill graphs before the first traveller waits for them."""
-        started = time.monotonic()
-        for batch, length in ((1, 16), (2, 17), (1, 18)):
-            prompt = {"input_ids": torch.full((1, length), self.pad_token_id, dtype=torch.long)}
-            self.prefill([prompt] * batch, list(range(batch)))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        log.info("prefill_warmed_up", seconds=round(time.monotonic() - started, 1))
 
     def _pad(self, rows: list[torch.Tensor], width: int, value: int) -> torch.Tensor:
         out = torch.full((len(rows), width), value, dtype=torch.long, device=self.device)
