@@ -14,6 +14,7 @@ from inference.engine import (
 from inference.images import ImageLimits, normalize_image
 from inference.runtime.config import RuntimeConfig
 from inference.types import (
+    ChatMessage,
     Delta,
     Event,
     Finished,
@@ -30,6 +31,7 @@ from inference.types import (
 from inference.worker import Worker
 
 __all__ = [
+    "ChatMessage",
     "Delta",
     "EngineConfig",
     "Event",
