@@ -12,6 +12,7 @@ from inference.engine import (
     create_engine,
 )
 from inference.images import ImageLimits, normalize_image
+from inference.remote import RemoteConfig, RemoteWorker
 from inference.runtime.config import RuntimeConfig
 from inference.types import (
     ChatMessage,
@@ -43,6 +44,8 @@ __all__ = [
     "ModelNotFound",
     "QueueFull",
     "Queued",
+    "RemoteConfig",
+    "RemoteWorker",
     "Request",
     "RuntimeConfig",
     "Sampling",
