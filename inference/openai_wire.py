@@ -132,6 +132,8 @@ def read_completion_call(
         raise BadRequest("the last message must come from the user")
     max_tokens = _first_set(body, "max_completion_tokens", "max_tokens", default=default_max_tokens)
     kwargs = body.get("chat_template_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise BadRequest("'chat_template_kwargs' must be an object")
     try:
         sampling = Sampling(
             temperature=float(_first_set(body, "temperature", default=1.0)),
@@ -176,7 +178,8 @@ def _read_message(message: Any, image_limits: ImageLimits) -> ChatMessage:
         if kind == "text":
             texts.append(str(part.get("text", "")))
         elif kind == "image_url" and role == "user":
-            url = (part.get("image_url") or {}).get("url", "")
+            image_url = part.get("image_url") or {}
+            url = image_url if isinstance(image_url, str) else image_url.get("url", "")
             images.append(normalize_image(_decode_data_url(url), image_limits))
         else:
             raise BadRequest(f"unsupported content part: {kind!r} in a {message['role']} message")
