@@ -14,6 +14,7 @@ from inference import (
     ChatMessage,
     Delta,
     Finished,
+    InferenceError,
     Request,
     Sampling,
     Worker,
@@ -143,6 +144,7 @@ class ScriptedEngine:
         self._active: list = []
         self.gate = threading.Event()
         self.gate.set()
+        self.fails_after_first_delta = False
 
     @property
     def num_active(self) -> int:
@@ -158,6 +160,9 @@ class ScriptedEngine:
         self.gate.wait(timeout=10)
         emit = self._active.pop(0)
         emit(Delta("The sign is German.", is_thought=True))
+        if self.fails_after_first_delta:
+            emit(InferenceError("generation failed: RuntimeError"))
+            return
         emit(Delta("Exit"))
         emit(Finished("Exit", "The sign is German.", 7, 4, "stop"))
 
@@ -206,6 +211,26 @@ async def test_thought_is_sent_as_reasoning_content_scripted_engine(scripted_ser
         "The sign is German.",
         4,
     )
+
+
+async def test_failure_after_the_first_token_is_an_error_event_scripted_engine(
+    scripted_server,
+) -> None:
+    server, engine = scripted_server
+    engine.fails_after_first_delta = True
+    stream = await client(server).chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    with pytest.raises(openai.APIError, match="generation failed"):
+        [chunk async for chunk in stream]
+    remote = RemoteWorker(RemoteConfig((server.base_url,), model="scripted"))
+    await remote.start()
+    events = remote.submit(Request(language="en", question="hi"))
+    try:
+        with pytest.raises(InferenceError, match="the engine failed: generation failed"):
+            [event async for event in events]
+    finally:
+        await remote.stop()
 
 
 async def test_full_queue_is_a_429_and_stopped_worker_a_503_scripted_engine(

@@ -11,16 +11,20 @@ import pytest
 from inference import (
     Delta,
     Finished,
+    GemmaEngine,
     InferenceError,
     Queued,
     QueueFull,
     Request,
     Sampling,
     Started,
+    Worker,
     WorkerStopped,
     normalize_image,
 )
+from inference.openai_server import ServerConfig, create_app, start_site
 from inference.remote import RemoteConfig, RemoteWorker
+from inference.worker import SequentialEngine
 from tests.conftest import OpenAIServer
 
 GREEDY = Sampling(temperature=0.0)
@@ -88,6 +92,26 @@ async def test_endpoint_that_is_down_is_skipped(openai_server: OpenAIServer) -> 
     async with remote_worker(openai_server, closed_port_url(), closed_port_url()) as worker:
         with pytest.raises(InferenceError, match="no engine endpoint answered: ConnectError"):
             await collect(worker, question("anyone?"))
+
+
+async def test_endpoint_answering_503_is_skipped(
+    openai_server: OpenAIServer, tiny_engine: GemmaEngine
+) -> None:
+    stopped = Worker(lambda: SequentialEngine(tiny_engine))
+    await stopped.start()
+    await stopped.stop()  # its server answers 503 to every completion
+    config = ServerConfig(openai_server.model_name, api_key=openai_server.api_key)
+    runner, port = await start_site(create_app(stopped, config), "127.0.0.1", 0)
+    stopped_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        async with remote_worker(openai_server, stopped_url, openai_server.base_url) as worker:
+            events = await collect(worker, question("one"))
+            assert isinstance(events[-1], Finished)
+        async with remote_worker(openai_server, stopped_url) as worker:
+            with pytest.raises(InferenceError, match="HTTP 503"):
+                await collect(worker, question("two"))
+    finally:
+        await runner.cleanup()
 
 
 async def test_concurrency_cap_per_endpoint_is_kept(openai_server: OpenAIServer) -> None:
