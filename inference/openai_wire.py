@@ -122,7 +122,7 @@ def read_completion_call(
     ImageRejected. Decodes and normalises images: run it off the event loop."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
-    if body.get("n", 1) != 1:
+    if (body.get("n") or 1) != 1:
         raise BadRequest("only n=1 is supported", "unsupported_parameter")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -150,6 +150,8 @@ def read_completion_call(
     except (TypeError, ValueError) as exc:
         raise BadRequest(str(exc)) from exc
     stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise BadRequest("'stream_options' must be an object")
     return CompletionCall(
         request=request,
         model=str(body.get("model", "")),

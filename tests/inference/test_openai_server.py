@@ -130,6 +130,13 @@ async def test_bad_requests_are_openai_errors(openai_server: OpenAIServer) -> No
         await api.chat.completions.create(
             model="tiny-gemma4", messages=[{"role": "assistant", "content": "hi"}]
         )
+    hi = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError, match="n=1"):
+        await api.chat.completions.create(model="tiny-gemma4", messages=hi, n=2)
+    with pytest.raises(openai.BadRequestError, match="chat_template_kwargs"):
+        await api.chat.completions.create(
+            model="tiny-gemma4", messages=hi, extra_body={"chat_template_kwargs": "yes"}
+        )
 
 
 # A scripted engine behind the real Worker and server: a thought, then an answer.
