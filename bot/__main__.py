@@ -18,6 +18,8 @@ from bot.user_locks import UserLocks
 from inference import (
     EngineConfig,
     ModelNotFound,
+    RemoteConfig,
+    RemoteWorker,
     RuntimeConfig,
     Worker,
     check_model_dir,
@@ -48,8 +50,29 @@ def runtime_config(settings: Settings) -> RuntimeConfig | None:
     )
 
 
-def create_worker(settings: Settings) -> Worker:
+def remote_config(settings: Settings) -> RemoteConfig:
+    """The OpenAI-compatible servers the "openai" engine sends requests to."""
+    if not settings.openai_base_urls:
+        raise SystemExit(
+            "TRAVELBOT_ENGINE=openai needs TRAVELBOT_OPENAI_BASE_URLS, "
+            "e.g. '[\"http://vllm-0:8000/v1\"]'"
+        )
+    api_key = settings.openai_api_key
+    return RemoteConfig(
+        base_urls=tuple(settings.openai_base_urls),
+        model=settings.openai_model,
+        api_key=api_key.get_secret_value() if api_key else None,
+        max_concurrency_per_endpoint=settings.openai_max_concurrency_per_endpoint,
+        max_queue=settings.max_queue,
+        connect_timeout_s=settings.openai_connect_timeout_s,
+        read_timeout_s=settings.openai_read_timeout_s,
+    )
+
+
+def create_worker(settings: Settings) -> Worker | RemoteWorker:
     """The worker with the engine the settings choose (the model loads in worker.start())."""
+    if settings.engine == "openai":
+        return RemoteWorker(remote_config(settings))
     config, runtime = engine_config(settings), runtime_config(settings)
     return Worker(lambda: create_engine(config, runtime), max_queue=settings.max_queue)
 
@@ -79,7 +102,9 @@ async def serve(settings: Settings) -> None:
 def main(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     token = settings.require_token()
-    configure_logging(log_format=settings.log_format, level=settings.log_level, secrets=(token,))
+    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+    secrets = (token, api_key)  # empty ones are ignored
+    configure_logging(log_format=settings.log_format, level=settings.log_level, secrets=secrets)
     try:
         asyncio.run(serve(settings))
     except ModelNotFound as exc:

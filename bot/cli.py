@@ -30,6 +30,14 @@ def main(argv: list[str] | None = None) -> None:
     sample.add_argument("output", type=Path)
     sample.add_argument("--kind", choices=("sign", "menu"), default="sign")
 
+    serve = commands.add_parser("serve", help="serve the engine as an OpenAI-compatible API")
+    serve.add_argument("--model", type=Path, help="model directory (default: TRAVELBOT_MODEL_PATH)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--served-model-name", help="the `model` clients name (default: TRAVELBOT_OPENAI_MODEL)"
+    )
+
     bench = commands.add_parser("bench", help="benchmark generate() and the batching engine")
     from inference.bench_args import add_arguments
 
@@ -53,6 +61,10 @@ def main(argv: list[str] | None = None) -> None:
         from inference.tiny import write_tiny_checkpoint
 
         print(write_tiny_checkpoint(args.directory))
+    elif args.command == "serve":
+        from bot.serve import serve_engine
+
+        sys.exit(serve_engine(settings, args))
     elif args.command == "bench":
         from inference.bench import main as bench_main
 

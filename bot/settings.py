@@ -38,12 +38,23 @@ class Settings(BaseSettings):
     top_k: int = 64
 
     # Engine and worker
-    engine: Literal["batch", "generate"] = "batch"  # continuous batching, or plain generate()
+    engine: Literal["batch", "generate", "openai"] = "batch"  # batching, generate(), or HTTP
     max_batch_size: int = 64  # sequences decoding together (batch engine)
     max_seq_len: int = 4096  # prompt + answer tokens per sequence (batch engine)
     cuda_graphs: bool | None = None  # None: on when the model runs on a GPU
     max_queue: int = 64  # requests waiting beyond the running batch
     request_timeout_s: float = 300  # a request still unanswered after this is cancelled
+
+    # OpenAI-compatible engine (engine="openai"): vLLM, SGLang or `travelbot serve`
+    openai_base_urls: list[str] = Field(default_factory=list)  # e.g. ["http://vllm-0:8000/v1"]
+    openai_model: str = "google/gemma-4-26B-A4B-it"  # the served model name
+    openai_api_key: SecretStr | None = None
+    openai_max_concurrency_per_endpoint: int = 32  # requests in flight per server
+    openai_connect_timeout_s: float = 5.0
+    openai_read_timeout_s: float = 120.0  # the longest wait for the next streamed chunk
+
+    # `travelbot serve`: this engine as an OpenAI-compatible server
+    serve_api_key: SecretStr | None = None  # None: no Authorization needed
 
     # Storage
     database_path: Path = ROOT / "var" / "travelbot.sqlite3"

@@ -12,8 +12,10 @@ from inference.engine import (
     create_engine,
 )
 from inference.images import ImageLimits, normalize_image
+from inference.remote import RemoteConfig, RemoteWorker
 from inference.runtime.config import RuntimeConfig
 from inference.types import (
+    ChatMessage,
     Delta,
     Event,
     Finished,
@@ -30,6 +32,7 @@ from inference.types import (
 from inference.worker import Worker
 
 __all__ = [
+    "ChatMessage",
     "Delta",
     "EngineConfig",
     "Event",
@@ -41,6 +44,8 @@ __all__ = [
     "ModelNotFound",
     "QueueFull",
     "Queued",
+    "RemoteConfig",
+    "RemoteWorker",
     "Request",
     "RuntimeConfig",
     "Sampling",

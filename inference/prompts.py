@@ -6,13 +6,15 @@ Gemma 4 chat format (model card):
     <|turn>model\n{answer}<turn|>\n  ...  <|turn>model\n
 The engine expands each <|image|> into <|image>, N soft tokens, <image|>.
 Earlier thoughts are never put back into the history.
+The travel prompt is built as chat messages (`travel_chat`), then rendered (`render_chat`);
+an OpenAI-compatible server gets the same messages and renders them with its chat template.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from inference.types import Request
+from inference.types import ChatMessage, Request
 
 IMAGE_PLACEHOLDER = "<|image|>"
 THINK_TOKEN = "<|think|>"
@@ -69,20 +71,44 @@ def language_name(code: str) -> str:
 
 def build_prompt(request: Request) -> Prompt:
     """The whole conversation as Gemma 4 chat text, ending with an open model turn."""
+    return render_chat(request.chat or travel_chat(request), think=request.think)
+
+
+def travel_chat(request: Request) -> tuple[ChatMessage, ...]:
+    """The travel assistant's chat for `request`: system prompt, history, then the question
+    in its task template. The same messages go to an OpenAI-compatible server."""
     language = language_name(request.language)
-    system = SYSTEM_PROMPT.format(language=language)
-    parts = [f"<bos><|turn>system\n{THINK_TOKEN if request.think else ''}{system}<turn|>\n"]
-    images: list[bytes] = []
+    messages = [ChatMessage("system", SYSTEM_PROMPT.format(language=language))]
     for turn in request.history:
         text = _sanitize(turn.text)
         if turn.role == "user":
             text = _user_turn_text(text, has_image=turn.image is not None, language=language)
-        parts.append(_turn(turn.role, text, turn.image, images))
+        messages.append(ChatMessage(turn.role, text, _images(turn.image)))
     question = _sanitize(request.question) if request.question else ""
     text = _user_turn_text(question, has_image=request.image is not None, language=language)
-    parts.append(_turn("user", text, request.image, images))
+    messages.append(ChatMessage("user", text, _images(request.image)))
+    return tuple(messages)
+
+
+def render_chat(messages: tuple[ChatMessage, ...], *, think: bool) -> Prompt:
+    """Gemma 4 chat text; all system messages form the system turn, where thinking is
+    switched on. Control tokens inside the texts are neutralised."""
+    system = "\n\n".join(m.text for m in messages if m.role == "system")
+    parts = ["<bos>"]
+    if system or think:
+        thinking = THINK_TOKEN if think else ""
+        parts.append(f"<|turn>system\n{thinking}{_escape(system, _CONTROL_TOKENS)}<turn|>\n")
+    images: list[bytes] = []
+    for message in messages:
+        if message.role != "system":
+            text = _escape(message.text, _CONTROL_TOKENS)
+            parts.append(_turn(message.role, text, message.images, images))
     parts.append("<|turn>model\n")
     return Prompt(text="".join(parts), images=tuple(images))
+
+
+def _images(image: bytes | None) -> tuple[bytes, ...]:
+    return () if image is None else (image,)
 
 
 def _user_turn_text(question: str, *, has_image: bool, language: str) -> str:
@@ -92,20 +118,24 @@ def _user_turn_text(question: str, *, has_image: bool, language: str) -> str:
     return template.format(question=question.strip())
 
 
-def _turn(role: str, text: str, image: bytes | None, images: list[bytes]) -> str:
-    if image is not None:
-        images.append(image)
-        text = f"{IMAGE_PLACEHOLDER}\n{text}"
-    return f"<|turn>{role}\n{text}<turn|>\n"
+def _turn(role: str, text: str, turn_images: tuple[bytes, ...], images: list[bytes]) -> str:
+    images.extend(turn_images)
+    placeholders = "".join(f"{IMAGE_PLACEHOLDER}\n" for _ in turn_images)
+    return f"<|turn>{role}\n{placeholders}{text}<turn|>\n"
 
 
-_CONTROL_MARKERS = ("<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>",
-                    "<|image>", "<image|>", "<|image|>", "<|audio|>", "<|video|>",
-                    "<bos>", "<eos>", "<<<", ">>>")  # fmt: skip
+_CONTROL_TOKENS = ("<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>",
+                   "<|image>", "<image|>", "<|image|>", "<|audio|>", "<|video|>",
+                   "<bos>", "<eos>")  # fmt: skip
+_QUOTE_MARKERS = ("<<<", ">>>")
 
 
 def _sanitize(text: str) -> str:
     """Untrusted text must not open or close turns, images or the quoted block."""
-    for marker in _CONTROL_MARKERS:
+    return _escape(text, _CONTROL_TOKENS + _QUOTE_MARKERS)
+
+
+def _escape(text: str, markers: tuple[str, ...]) -> str:
+    for marker in markers:
         text = text.replace(marker, marker.replace("<", "‹").replace(">", "›"))
     return text

@@ -34,8 +34,21 @@ class Turn:
 
 
 @dataclass(frozen=True)
+class ChatMessage:
+    """One message of a chat given as is (OpenAI clients): no templates are added to it."""
+
+    role: Literal["system", "user", "model"]
+    text: str
+    images: tuple[bytes, ...] = ()  # shown before the text, in order
+
+
+@dataclass(frozen=True)
 class Request:
-    """One question to the model: a photo and/or a text, in a conversation."""
+    """One question to the model: a photo and/or a text, in a conversation.
+
+    With `chat` set the prompt is exactly that chat (language, question, image and
+    history are unused): the OpenAI-compatible server passes its clients' messages so.
+    """
 
     language: str  # reply language, an ISO 639-1 code such as "de"
     question: str | None = None  # the caption or follow-up text; None: explain the photo
@@ -45,9 +58,13 @@ class Request:
     max_new_tokens: int = 1024
     sampling: Sampling = Sampling()
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    chat: tuple[ChatMessage, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.image is None and not (self.question and self.question.strip()):
+        if self.chat:
+            if self.chat[-1].role != "user":
+                raise ValueError("a chat must end with a user message")
+        elif self.image is None and not (self.question and self.question.strip()):
             raise ValueError("a request needs a photo or a question")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be positive")

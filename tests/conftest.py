@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from PIL import Image, ImageDraw
 
 from bot.__main__ import create_worker
@@ -17,7 +18,8 @@ from bot.i18n import Texts
 from bot.settings import Settings
 from bot.storage import Storage
 from bot.user_locks import UserLocks
-from inference import EngineConfig, GemmaEngine
+from inference import EngineConfig, GemmaEngine, RuntimeConfig, Worker, create_engine
+from inference.openai_server import ServerConfig, create_app, start_site
 from inference.samples import draw_menu, draw_sign
 from tests.e2e.botapi_server import TOKEN, BotApiServer
 
@@ -89,12 +91,20 @@ class RunningBot:
 
 
 @pytest.fixture
-async def bot(tmp_path: Path, tiny_model_dir: Path, request) -> AsyncIterator[RunningBot]:
+def engine_overrides() -> dict:
+    """Settings for the `bot` fixture's engine; a test module may override this fixture."""
+    return {}
+
+
+@pytest.fixture
+async def bot(
+    tmp_path: Path, tiny_model_dir: Path, engine_overrides: dict, request
+) -> AsyncIterator[RunningBot]:
     """The whole bot: real PTB Application, real worker with the tiny model, real SQLite,
     polling a local Bot API server. Settings can be overridden with
     `@pytest.mark.settings(name=value)`."""
     marker = request.node.get_closest_marker("settings")
-    overrides = dict(marker.kwargs) if marker else {}
+    overrides = {**engine_overrides, **(marker.kwargs if marker else {})}
     server = BotApiServer()
     await server.start()
     settings = make_settings(
@@ -115,3 +125,46 @@ async def bot(tmp_path: Path, tiny_model_dir: Path, request) -> AsyncIterator[Ru
         await worker.stop()
         await storage.close()
         await server.stop()
+
+
+# OpenAI-compatible server (`travelbot serve`) with the tiny model
+
+
+@dataclass
+class OpenAIServer:
+    base_url: str  # ends with /v1
+    api_key: str
+    model_name: str
+    worker: Worker
+    num_in_flight: int = 0  # chat completions being answered, counted by the server
+    max_in_flight: int = 0  # the most at once since a test reset it
+
+    @web.middleware
+    async def count_in_flight(self, request: web.Request, handler):
+        if request.path != "/v1/chat/completions":
+            return await handler(request)
+        self.num_in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.num_in_flight)
+        try:
+            return await handler(request)
+        finally:
+            self.num_in_flight -= 1
+
+
+@pytest.fixture(scope="session")
+async def openai_server(engine_config: EngineConfig) -> AsyncIterator[OpenAIServer]:
+    """`travelbot serve`'s app on a free port, its own batching worker on the tiny model."""
+    runtime = RuntimeConfig(max_slots=4, max_seq_len=2048)
+    worker = Worker(lambda: create_engine(engine_config, runtime), max_queue=16)
+    await worker.start()
+    config = ServerConfig(model_name="tiny-gemma4", api_key="test-key", default_max_tokens=8)
+    app = create_app(worker, config)
+    server = OpenAIServer("", config.api_key, config.model_name, worker)
+    app.middlewares.append(server.count_in_flight)
+    runner, port = await start_site(app, "127.0.0.1", 0)
+    server.base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
+        await worker.stop()

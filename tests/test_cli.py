@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 TRAVELBOT = Path(sys.executable).with_name("travelbot")
@@ -54,3 +55,41 @@ def test_tiny_checkpoint_command_writes_a_loadable_directory(tmp_path: Path) -> 
     names = {p.name for p in (tmp_path / "tiny").iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
     assert any(name.startswith(("preprocessor_config", "processor_config")) for name in names)
+
+
+def test_serve_answers_openai_clients_until_terminated(tiny_model_dir: Path) -> None:
+    import signal
+    import socket
+
+    import httpx
+    import openai
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAVELBOT_")}
+    env |= {"TRAVELBOT_SERVE_API_KEY": "s3cret", "TRAVELBOT_DEVICE": "cpu"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)  # this checkout's code
+    command = [str(TRAVELBOT), "serve", "--model", str(tiny_model_dir), "--port", str(port),
+               "--served-model-name", "tiny"]  # fmt: skip
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base_url = f"http://127.0.0.1:{port}/v1"
+        for _ in range(600):
+            try:
+                httpx.get(f"{base_url}/models", timeout=1)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, server.stdout.read().decode()
+                time.sleep(0.1)
+        api = openai.OpenAI(base_url=base_url, api_key="s3cret", max_retries=0)
+        assert [m.id for m in api.models.list().data] == ["tiny"]
+        answer = api.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "Exit?"}], max_tokens=3
+        )
+        assert answer.usage.completion_tokens <= 3 and answer.choices[0].finish_reason
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=30)[0].decode()
+    assert server.returncode == 0, output
+    assert "server_started" in output and "s3cret" not in output
