@@ -1,4 +1,4 @@
-"""`python -m bot`: settings → logging → storage → worker → Telegram polling."""
+"""`python -m bot`: settings → logging → storage → worker → Telegram polling or webhook."""
 
 from __future__ import annotations
 
@@ -79,7 +79,8 @@ async def serve(settings: Settings) -> None:
 def main(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     token = settings.require_token()
-    configure_logging(log_format=settings.log_format, level=settings.log_level, secrets=(token,))
+    secrets = (token, settings.webhook_secret_token.get_secret_value())
+    configure_logging(log_format=settings.log_format, level=settings.log_level, secrets=secrets)
     try:
         asyncio.run(serve(settings))
     except ModelNotFound as exc:
