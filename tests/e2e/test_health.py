@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -25,6 +28,16 @@ def sample(metrics: str, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} (\S+)$", metrics, re.MULTILINE)
     assert match, f"{name} not in\n{metrics}"
     return float(match.group(1))
+
+
+async def metrics_when(http_get, predicate: Callable[[str], bool], *, timeout: float = 10.0) -> str:
+    """/metrics once `predicate` holds: an answer is counted just after its last message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, metrics = await http_get("/metrics")
+        if predicate(metrics) or time.monotonic() > deadline:
+            return metrics
+        await asyncio.sleep(0.05)
 
 
 @pytest.mark.settings(http_port=FREE_PORT)
@@ -67,7 +80,9 @@ async def test_metrics_count_an_answered_photo(bot: RunningBot) -> None:
     mark = server.mark()
     server.send_photo(TgUser(id=9601), small_photo("SORTIE"))
     await server.wait_for(lambda c: c.method == "deleteMessage", after=mark, timeout=60)
-    _, after = await get(bot, "/metrics")
+    after = await metrics_when(
+        lambda path: get(bot, path), lambda m: sample(m, "travelbot_answers_total") == 1
+    )
     assert sample(after, "travelbot_answer_seconds_count") == 1
     assert sample(after, "travelbot_first_token_seconds_count") == 1
     assert sample(after, "travelbot_answers_total") == 1
@@ -82,6 +97,7 @@ async def test_metrics_count_errors_by_kind(bot: RunningBot) -> None:
     mark = server.mark()
     server.send_photo(TgUser(id=9602), small_photo())
     await server.wait_for(lambda c: busy in str(c.params.get("text")), after=mark, timeout=60)
-    _, metrics = await get(bot, "/metrics")
-    assert 'travelbot_errors_total{kind="queue_full"} 1.0' in metrics
+    failed = 'travelbot_errors_total{kind="queue_full"} 1.0'
+    metrics = await metrics_when(lambda path: get(bot, path), lambda m: failed in m)
+    assert failed in metrics
     assert sample(metrics, "travelbot_answers_total") == 0
