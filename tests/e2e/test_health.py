@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 import aiohttp
 import pytest
 
+from bot.settings import ROOT
 from tests.conftest import FREE_PORT, RunningBot, small_photo
 from tests.e2e.botapi_server import TgUser
 
@@ -101,3 +105,23 @@ async def test_metrics_count_errors_by_kind(bot: RunningBot) -> None:
     metrics = await metrics_when(lambda path: get(bot, path), lambda m: failed in m)
     assert failed in metrics
     assert sample(metrics, "travelbot_answers_total") == 0
+
+
+async def probe(path: str, **env: str) -> subprocess.CompletedProcess:
+    """`python -m bot.probe PATH`, the container's health check, configured like the bot."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TRAVELBOT_")}
+    command = [sys.executable, "-m", "bot.probe", path]
+    return await asyncio.to_thread(
+        subprocess.run, command, env=environ | env, cwd=ROOT, capture_output=True, text=True
+    )
+
+
+@pytest.mark.settings(http_port=FREE_PORT)
+async def test_probe_command_exits_0_only_when_the_bot_answers_200(bot: RunningBot) -> None:
+    port = str(bot.services.settings.http_port)
+    alive = await probe("/healthz", TRAVELBOT_HTTP_PORT=port, TRAVELBOT_HTTP_LISTEN="0.0.0.0")
+    assert alive.returncode == 0 and '"alive": true' in alive.stdout
+    await bot.services.worker.stop()
+    ready = await probe("/readyz", TRAVELBOT_HTTP_PORT=port)
+    assert ready.returncode == 1 and "worker: not running" in ready.stderr
+    assert (await probe("/healthz")).returncode == 2  # no port configured
