@@ -1,6 +1,6 @@
-"""The bot as deployed: a real `python -m bot` process in webhook mode with its HTTP port,
-configured only by TRAVELBOT_* variables, stopped with SIGTERM. Debug logs must contain
-neither the bot token nor the webhook secret."""
+"""The bot as deployed: a real `travelbot run --webhook URL` process with its HTTP port,
+configured by TRAVELBOT_* variables, stopped with SIGTERM. Debug logs must contain neither
+the bot token nor the webhook secret."""
 
 from __future__ import annotations
 
@@ -15,10 +15,14 @@ from pathlib import Path
 
 import aiohttp
 
+from bot.settings import ROOT
 from tests.conftest import free_port, small_photo
 from tests.e2e.botapi_server import TOKEN, BotApiServer, TgUser
 from tests.e2e.test_health import metrics_when, sample
 from tests.e2e.test_webhook import start_update
+
+# The `travelbot` console script, run with this checkout's code (cwd first on sys.path)
+TRAVELBOT = (sys.executable, "-c", "from bot.cli import main; main()")
 
 
 async def wait_ready(http: aiohttp.ClientSession, base: str, bot: subprocess.Popen) -> None:
@@ -57,20 +61,24 @@ async def test_webhook_process_answers_reports_health_and_keeps_secrets(
             TRAVELBOT_DEVICE="cpu",
             TRAVELBOT_MAX_NEW_TOKENS="8",
             TRAVELBOT_MAX_SEQ_LEN="2048",
-            TRAVELBOT_WEBHOOK_URL=f"http://127.0.0.1:{webhook_port}/hook/telegram",
             TRAVELBOT_WEBHOOK_PORT=str(webhook_port),
             TRAVELBOT_WEBHOOK_SECRET_TOKEN=secret,
             TRAVELBOT_HTTP_PORT=str(http_port),
             TRAVELBOT_LOG_FORMAT="json",
             TRAVELBOT_LOG_LEVEL="DEBUG",
         )
+        webhook = f"http://127.0.0.1:{webhook_port}/hook/telegram"
         bot = subprocess.Popen(
-            [sys.executable, "-m", "bot"], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+            [*TRAVELBOT, "run", "--webhook", webhook],
+            env=env,
+            cwd=ROOT,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
         )
         try:
             base = f"http://127.0.0.1:{http_port}"
             await wait_ready(http, base, bot)
-            assert server.webhook_secret_token == secret
+            assert server.webhook_url == webhook and server.webhook_secret_token == secret
             ann = TgUser(id=9701)
             mark = server.mark()
             server.send_photo(ann, small_photo("EXIT"))
