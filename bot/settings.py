@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import string
 from pathlib import Path
 from typing import Literal
 
@@ -10,11 +11,11 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
-_SECRET_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_SECRET_CHARS = set(string.ascii_letters + string.digits + "_-")  # what Telegram allows
 
 
 def _random_secret() -> SecretStr:
-    return SecretStr(secrets.token_urlsafe(32))  # URL-safe base64: the characters Telegram allows
+    return SecretStr(secrets.token_urlsafe(32))  # URL-safe base64: only those characters
 
 
 class Settings(BaseSettings):
@@ -35,7 +36,7 @@ class Settings(BaseSettings):
     # Webhook: Telegram posts updates to webhook_url instead of being polled. TLS ends at a
     # reverse proxy, which forwards the URL's path to webhook_listen:webhook_port.
     webhook_url: str | None = None  # e.g. https://bot.example.org/telegram; None: polling
-    webhook_secret_token: SecretStr = Field(default_factory=lambda: _random_secret())
+    webhook_secret_token: SecretStr = Field(default_factory=_random_secret)
     webhook_listen: str = "127.0.0.1"  # 0.0.0.0 in a container, where the proxy is outside
     webhook_port: int = 8443
 
