@@ -1,4 +1,4 @@
-"""`python -m bot`: settings → logging → storage → worker → Telegram polling."""
+"""`python -m bot`: settings → logging → storage → worker → Telegram polling or webhook."""
 
 from __future__ import annotations
 
@@ -103,7 +103,8 @@ def main(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     token = settings.require_token()
     api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
-    secrets = (token, api_key)  # empty ones are ignored
+    webhook_secret = settings.webhook_secret_token.get_secret_value()
+    secrets = (token, api_key, webhook_secret)  # empty ones are ignored
     configure_logging(log_format=settings.log_format, level=settings.log_level, secrets=secrets)
     try:
         asyncio.run(serve(settings))

@@ -104,6 +104,7 @@ async def _answer(
         finished = await _run(services, request, stream, status, t)
     except InferenceError as exc:
         services.stats.record_failure()
+        services.metrics.record_failure(exc.kind)
         log.warning("request_failed", job_id=job.id, kind=exc.kind)
         await storage.set_job_status(job.id, "failed")
         await stream.fail(t(ERROR_KEYS.get(exc.kind, "error_engine")))
@@ -118,6 +119,9 @@ async def _answer(
     latency = time.monotonic() - started
     first = stream.first_text_at - started if stream.first_text_at else None
     services.stats.record_answer(latency_s=latency, first_token_s=first)
+    services.metrics.record_answer(
+        latency_s=latency, first_token_s=first, num_output_tokens=finished.num_output_tokens
+    )
     log.info(
         "answer_delivered",
         job_id=job.id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import structlog
 from telegram import BotCommand, Update
@@ -21,6 +22,7 @@ from telegram.ext import (
 
 from bot.context import SERVICES_KEY, BotContext, Services
 from bot.handlers import callbacks, commands, messages, updates
+from bot.health import serving_health
 from bot.recovery import recover_jobs
 
 log = structlog.get_logger()
@@ -85,21 +87,41 @@ async def enforce_retention(services: Services) -> None:
         await asyncio.sleep(RETENTION_INTERVAL_S)
 
 
+async def receive_updates(application: Application, services: Services) -> str:
+    """Start polling, or the webhook server when webhook_url is set; returns the mode."""
+    settings = services.settings
+    if not settings.webhook_url:
+        await application.updater.start_polling(
+            allowed_updates=Update.ALL_TYPES, poll_interval=0.0, timeout=10
+        )
+        return "polling"
+    # Telegram sends the secret in X-Telegram-Bot-Api-Secret-Token; PTB answers 403 without it.
+    await application.updater.start_webhook(
+        listen=settings.webhook_listen,
+        port=settings.webhook_port,
+        url_path=urlsplit(settings.webhook_url).path.strip("/"),
+        webhook_url=settings.webhook_url,
+        secret_token=settings.webhook_secret_token.get_secret_value(),
+        allowed_updates=Update.ALL_TYPES,
+    )
+    return "webhook"
+
+
 @contextlib.asynccontextmanager
 async def running(services: Services) -> AsyncIterator[Application]:
-    """The bot polling Telegram until the block exits; then a clean stop."""
+    """The bot receiving updates (polling or webhook) until the block exits; then a clean
+    stop. The health and metrics server runs alongside when http_port is set."""
     application = build_application(services)
     async with application:
         await publish_commands(application, services)
         await application.start()
-        await application.updater.start_polling(
-            allowed_updates=Update.ALL_TYPES, poll_interval=0.0, timeout=10
-        )
-        log.info("bot_started", username=application.bot.username)
+        mode = await receive_updates(application, services)
+        log.info("bot_started", username=application.bot.username, mode=mode)
         application.create_task(recover_jobs(application.bot, services), name="recover_jobs")
         retention = asyncio.create_task(enforce_retention(services), name="retention")
         try:
-            yield application
+            async with serving_health(services, application):
+                yield application
         finally:
             retention.cancel()
             await application.updater.stop()

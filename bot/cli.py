@@ -11,8 +11,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="travelbot", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the Telegram bot (polling)")
+    run = commands.add_parser("run", help="run the Telegram bot (polling, or a webhook)")
     run.add_argument("--model", type=Path, help="model directory (default: TRAVELBOT_MODEL_PATH)")
+    run.add_argument(
+        "--webhook",
+        metavar="URL",
+        help="receive updates at this public https URL (default: TRAVELBOT_WEBHOOK_URL; "
+        "unset: polling)",
+    )
 
     ask = commands.add_parser("ask", help="ask the model about a photo, print the answer")
     ask.add_argument("image", type=Path)
@@ -49,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     if getattr(args, "model", None):
         settings = settings.model_copy(update={"model_path": args.model})
+    if getattr(args, "webhook", None):
+        settings = settings.model_copy(update={"webhook_url": args.webhook})
     if args.command == "run":
         from bot.__main__ import main as run_bot
 

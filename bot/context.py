@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from telegram.ext import Application, CallbackContext, ExtBot
 
 from bot.i18n import Texts
+from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.stats import Stats
 from bot.storage import Storage, User
@@ -22,6 +23,10 @@ class Services:
     texts: Texts
     user_locks: UserLocks
     stats: Stats = field(default_factory=Stats)
+    metrics: Metrics = field(init=False)  # Prometheus, served by bot/health.py
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(self.worker)
 
 
 SERVICES_KEY = "services"

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import secrets
+import string
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
+_SECRET_CHARS = set(string.ascii_letters + string.digits + "_-")  # what Telegram allows
+
+
+def _random_secret() -> SecretStr:
+    return SecretStr(secrets.token_urlsafe(32))  # URL-safe base64: only those characters
 
 
 class Settings(BaseSettings):
@@ -25,6 +32,17 @@ class Settings(BaseSettings):
     telegram_messages_per_second: float = 30  # all chats together; 0: no limit
     telegram_messages_per_minute_per_group: float = 20  # 0: no limit
     telegram_max_retries: int = 3
+
+    # Webhook: Telegram posts updates to webhook_url instead of being polled. TLS ends at a
+    # reverse proxy, which forwards the URL's path to webhook_listen:webhook_port.
+    webhook_url: str | None = None  # e.g. https://bot.example.org/telegram; None: polling
+    webhook_secret_token: SecretStr = Field(default_factory=_random_secret)
+    webhook_listen: str = "127.0.0.1"  # 0.0.0.0 in a container, where the proxy is outside
+    webhook_port: int = 8443
+
+    # HTTP health and metrics: /healthz, /readyz, /metrics (Prometheus)
+    http_listen: str = "127.0.0.1"
+    http_port: int = 0  # 0: off
 
     # Model (in-process engine)
     model_path: Path | None = None
@@ -76,6 +94,17 @@ class Settings(BaseSettings):
     # Logging
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+
+    @field_validator("webhook_secret_token", mode="before")
+    @classmethod
+    def _secret_or_random(cls, value: object) -> object:
+        """Telegram sends this secret in a header with every update; unset: a random one."""
+        if value is None or value == "":
+            return _random_secret()
+        plain = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if not _SECRET_CHARS.issuperset(plain) or len(plain) > 256:
+            raise ValueError("1-256 characters, only A-Z, a-z, 0-9, _ and -")
+        return value
 
     def require_token(self) -> str:
         if self.telegram_token is None or not self.telegram_token.get_secret_value():

@@ -176,6 +176,19 @@ class Storage:
     def schema_version(self) -> int:
         return self._schema_version
 
+    async def check_writable(self) -> None:
+        """Commit a one-row write (for /readyz): raises if the database cannot be written."""
+        async with self._transaction():
+            await self._db.execute(
+                "CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY CHECK (id = 1), "
+                "checked_at TEXT NOT NULL)"
+            )
+            await self._db.execute(
+                "INSERT INTO health (id, checked_at) VALUES (1, ?) "
+                "ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                (_now(),),
+            )
+
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
         """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error), one writer at a time."""

@@ -7,6 +7,7 @@ Torch runs only in the engine thread; events cross back with call_soon_threadsaf
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -128,6 +129,16 @@ class Worker:
     @property
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def device_memory_bytes(self) -> int | None:
+        """GPU memory this process holds (torch's caching allocator); None without CUDA.
+
+        Reads torch only if the engine already imported it: an HTTP engine or a CPU run
+        must not pay for importing torch, let alone for creating a CUDA context."""
+        torch = sys.modules.get("torch")
+        if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return None
+        return int(torch.cuda.memory_reserved())
 
     async def start(self) -> None:
         """Start the engine thread and wait until the model is loaded (raises if it fails)."""

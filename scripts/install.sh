@@ -8,4 +8,4 @@ PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check "$TORCH_SPEC" -e ".[model,serve,test]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "$TORCH_SPEC" -e ".[model,test]"

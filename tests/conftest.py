@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,26 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
     return Settings(_env_file=None, **values)
 
 
+FREE_PORT = -1  # @pytest.mark.settings(http_port=FREE_PORT): a free local port
+LOCAL_WEBHOOK = "local"  # @pytest.mark.settings(webhook_url=LOCAL_WEBHOOK): webhook mode
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def local_ports(overrides: dict) -> dict:
+    """Replace FREE_PORT and LOCAL_WEBHOOK with free ports on 127.0.0.1."""
+    if overrides.get("http_port") == FREE_PORT:
+        overrides["http_port"] = free_port()
+    if overrides.get("webhook_url") == LOCAL_WEBHOOK:
+        port = free_port()
+        overrides |= {"webhook_port": port, "webhook_url": f"http://127.0.0.1:{port}/telegram"}
+    return overrides
+
+
 @dataclass
 class RunningBot:
     server: BotApiServer
@@ -102,9 +123,9 @@ async def bot(
 ) -> AsyncIterator[RunningBot]:
     """The whole bot: real PTB Application, real worker with the tiny model, real SQLite,
     polling a local Bot API server. Settings can be overridden with
-    `@pytest.mark.settings(name=value)`."""
+    `@pytest.mark.settings(name=value)`; see FREE_PORT and LOCAL_WEBHOOK for HTTP."""
     marker = request.node.get_closest_marker("settings")
-    overrides = {**engine_overrides, **(marker.kwargs if marker else {})}
+    overrides = local_ports({**engine_overrides, **(marker.kwargs if marker else {})})
     server = BotApiServer()
     await server.start()
     settings = make_settings(

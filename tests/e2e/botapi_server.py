@@ -28,9 +28,13 @@ snapshot of an earlier matching state (e.g. an intermediate edit).
 
 Telegram-like validation: texts over 4096 (captions 1024) characters after HTML parsing, malformed
 ``parse_mode="HTML"``, unknown file_ids and "message is not modified" edits answer 400.
-``fail_next`` and ``block_user`` inject 429/403-style errors. Note that PTB turns a description
-like "Bad Request: message is too long" into ``BadRequest("Message is too long")`` (prefix
-stripped, then ``str.capitalize``), so match error texts case-insensitively.
+``fail_next`` and ``block_user`` inject 429/403-style errors. After ``setWebhook`` the server
+behaves like Telegram in webhook mode: each new update is POSTed to the webhook URL with the
+``X-Telegram-Bot-Api-Secret-Token`` header (HTTP statuses in ``webhook_statuses``) instead of
+waiting for getUpdates, which then answers 409; ``deleteWebhook`` switches back to polling.
+Note that PTB turns a description like "Bad Request: message is too long" into
+``BadRequest("Message is too long")`` (prefix stripped, then ``str.capitalize``), so match error
+texts case-insensitively.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 TOKEN = "123456789:TEST-token-not-real"
@@ -75,7 +80,7 @@ _INT_FIELDS = {
 _STR_FIELDS = {  # never decoded, even when they look like JSON
     "text", "caption", "parse_mode", "callback_query_id", "file_id", "description",
     "short_description", "title", "url", "emoji", "action", "language_code",
-    "inline_message_id", "data", "query", "name",
+    "inline_message_id", "data", "query", "name", "secret_token",
 }
 _TAG_TYPES = {
     "b": "bold", "strong": "bold", "i": "italic", "em": "italic", "u": "underline",
@@ -290,6 +295,11 @@ class BotApiServer:
         self._blocked: set[int] = set()
         self._commands: list = []
         self._waiters: set[asyncio.Event] = set()
+        self.webhook_url: str | None = None  # set by setWebhook: updates are pushed there
+        self.webhook_secret_token: str | None = None
+        self.webhook_statuses: list[int] = []  # HTTP status of every webhook delivery
+        self._deliveries: set[asyncio.Task] = set()
+        self._http: aiohttp.ClientSession | None = None
         self._closing = False
         self._runner: web.AppRunner | None = None
         self._port = 0
@@ -307,6 +317,11 @@ class BotApiServer:
     async def stop(self) -> None:
         self._closing = True
         self._notify()
+        for task in list(self._deliveries):
+            task.cancel()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -337,9 +352,30 @@ class BotApiServer:
 
     def push_update(self, update: dict) -> int:
         update_id = next(self._update_ids)
+        if self.webhook_url is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._deliver({**update, "update_id": update_id})
+            )
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+            return update_id
         self._updates.append({**update, "update_id": update_id})
         self._notify()
         return update_id
+
+    async def post_to_webhook(self, update: dict, *, secret_token: str | None) -> int:
+        """POST one update to the webhook URL as Telegram does; returns the HTTP status."""
+        assert self.webhook_url is not None, "no webhook set"
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        headers = {} if secret_token is None else {"X-Telegram-Bot-Api-Secret-Token": secret_token}
+        async with self._http.post(self.webhook_url, json=update, headers=headers) as response:
+            return response.status
+
+    async def _deliver(self, update: dict) -> None:
+        status = await self.post_to_webhook(update, secret_token=self.webhook_secret_token)
+        self.webhook_statuses.append(status)
+        self._notify()
 
     def send_text(
         self, user: TgUser, text: str, *, chat_id: int | None = None, chat_type: str = "private"
@@ -677,11 +713,21 @@ class BotApiServer:
         if method.startswith(_SEND_PREFIXES) and chat_id in self._blocked:
             raise ApiError(403, "Forbidden: bot was blocked by the user")
         if method == "getUpdates":
+            if self.webhook_url is not None:
+                raise ApiError(409, "Conflict: can't use getUpdates method while webhook is active")
             return await self._get_updates(params)
+        if method == "setWebhook":
+            self.webhook_url = str(params["url"]) or None
+            self.webhook_secret_token = params.get("secret_token")
+            return True
+        if method == "deleteWebhook":
+            self.webhook_url = self.webhook_secret_token = None
+            return True
         if method == "getMe":
             return {**self.bot_user, "can_join_groups": True, "supports_inline_queries": False}
         if method == "getWebhookInfo":
-            return {"url": "", "has_custom_certificate": False, "pending_update_count": 0}
+            url = self.webhook_url or ""
+            return {"url": url, "has_custom_certificate": False, "pending_update_count": 0}
         if method == "setMyCommands":
             self._commands = list(params.get("commands") or [])
         if method == "getMyCommands":
@@ -713,7 +759,7 @@ class BotApiServer:
             msg.deleted = True
             self._history.append(dataclasses.replace(msg))
             return True
-        return True  # setWebhook, deleteWebhook, sendChatAction, answerCallbackQuery, ...
+        return True  # sendChatAction, answerCallbackQuery, setChatMenuButton, ...
 
     def _send_media(self, method: str, params: dict) -> dict:
         kind = _MEDIA[method]

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from aiohttp import web
 from PIL import Image
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ChatAction, ParseMode
@@ -277,3 +278,50 @@ async def test_application_polling(server: BotApiServer) -> None:
         await app.updater.stop()
         await app.stop()
         await app.shutdown()
+
+
+async def test_webhook_mode_pushes_updates_with_the_secret(server: BotApiServer) -> None:
+    """After setWebhook updates are POSTed with the secret header and getUpdates answers 409;
+    deleteWebhook brings back polling. A plain aiohttp app plays the bot's webhook server."""
+    received: list[tuple[str | None, dict]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        secret = request.headers.get("X-Telegram-Bot-Api-Secret-Token")
+        received.append((secret, await request.json()))
+        return web.Response(status=200 if len(received) == 1 else 403)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    hook_url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    url = f"{server.base_url}{TOKEN}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            webhook = {"url": hook_url, "secret_token": "123"}  # digits stay a string
+            async with http.post(f"{url}/setWebhook", data=webhook) as resp:
+                assert (await resp.json())["result"] is True
+            async with http.post(f"{url}/getWebhookInfo") as resp:
+                assert (await resp.json())["result"]["url"] == hook_url
+            async with http.post(f"{url}/getUpdates") as resp:
+                assert resp.status == 409
+            server.send_text(ANN, "/start")
+            server.send_text(ANN, "again")
+            for _ in range(100):  # deliveries run as tasks
+                if len(server.webhook_statuses) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert server.webhook_statuses == [200, 403]
+            assert [secret for secret, _ in received] == ["123", "123"]
+            assert received[0][1]["message"]["text"] == "/start"
+            assert received[0][1]["update_id"] < received[1][1]["update_id"]
+            async with http.post(f"{url}/deleteWebhook") as resp:
+                assert (await resp.json())["result"] is True
+            server.send_text(ANN, "polled")
+            async with http.post(f"{url}/getUpdates") as resp:
+                updates = (await resp.json())["result"]
+            assert [u["message"]["text"] for u in updates] == ["polled"]
+            assert len(received) == 2
+    finally:
+        await runner.cleanup()
