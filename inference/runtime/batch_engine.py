@@ -137,18 +137,44 @@ class BatchEngine:
                 self._finish(seq, "cancelled")
         plan = self.last_plan = self.scheduler.schedule()
         if plan.prefill:
-            logits = self.runner.prefill(
-                [seq.inputs for seq in plan.prefill], [seq.slot for seq in plan.prefill]
-            )
-            for seq in plan.prefill:
-                seq.inputs = None  # image tensors are no longer needed
-            self._postprocess(plan.prefill, logits)
+            self._prefill(plan.prefill)
         decode = [seq for seq in plan.decode if seq.status is Status.RUNNING]
         if decode:
             logits = self.runner.decode(
                 [seq.last_token for seq in decode], [seq.position for seq in decode]
             )
             self._postprocess(decode, logits)
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        """Prefill new sequences. If that fails only they fail, and the running batch goes
+        on; out of GPU memory, the group is split in halves and each tried again."""
+        try:
+            logits = self.runner.prefill([seq.inputs for seq in seqs], [seq.slot for seq in seqs])
+        except torch.OutOfMemoryError:
+            if self.runner.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(seqs) > 1:
+                log.warning("prefill_out_of_memory", prompts=len(seqs), retry="halves")
+                half = len(seqs) // 2
+                self._prefill(seqs[:half])
+                self._prefill(seqs[half:])
+                return
+            log.error("prefill_out_of_memory", prompts=1)
+            self._fail(seqs, InferenceError("out of GPU memory for this request"))
+            return
+        except Exception as exc:
+            log.exception("prefill_failed", prompts=len(seqs))
+            self._fail(seqs, InferenceError(f"prefill failed: {type(exc).__name__}"))
+            return
+        for seq in seqs:
+            seq.inputs = None  # image tensors are no longer needed
+        self._postprocess(seqs, logits)
+
+    def _fail(self, seqs: list[Sequence], error: InferenceError) -> None:
+        for seq in seqs:
+            for from_slot, to_slot in self.scheduler.finish(seq, "error"):
+                self.runner.cache.move(from_slot, to_slot)
+            seq.emit(error)
 
     def fail_all(self, error: InferenceError) -> None:
         """After a failed step: every active request ends with `error`."""

@@ -122,3 +122,68 @@ def test_prompt_longer_than_the_context_is_refused(batch_engine: BatchEngine) ->
 
     with pytest.raises(InferenceError, match="too long"):
         batch_engine.prepare(Request(language="en", question="word " * 1200))
+
+
+class FaultyPrefill:
+    """Fault injection: the real prefill, except that it raises `error` when `fails(inputs)`."""
+
+    def __init__(self, engine: BatchEngine, fails, error: Exception) -> None:
+        self.real, self.fails, self.error, self.calls = engine.runner.prefill, fails, error, []
+        engine.runner.prefill = self
+
+    def __call__(self, inputs, slots):
+        self.calls.append(len(inputs))
+        if self.fails(inputs):
+            raise self.error
+        return self.real(inputs, slots)
+
+
+def run_all(engine: BatchEngine, requests: list[Request]) -> list[list]:
+    results: list[list] = [[] for _ in requests]
+    for request, events in zip(requests, results, strict=True):
+        engine.add(engine.prepare(request), events.append, lambda: False)
+    while engine.num_active:
+        engine.step()
+    return results
+
+
+@pytest.fixture
+def plain_engine(tiny_engine: GemmaEngine):
+    engine = BatchEngine(tiny_engine, RuntimeConfig(max_slots=4, max_seq_len=1024))
+    yield engine
+    engine.close()
+
+
+def test_out_of_memory_in_a_prefill_retries_it_in_halves(plain_engine: BatchEngine) -> None:
+    import torch
+
+    faulty = FaultyPrefill(plain_engine, lambda inputs: len(inputs) > 1, torch.OutOfMemoryError())
+    questions = ["menu?", "where is the exit?", "price?"]
+    asked = [
+        Request(language="en", question=q, max_new_tokens=6, sampling=GREEDY) for q in questions
+    ]
+    results = run_all(plain_engine, asked)
+    assert faulty.calls == [3, 1, 2, 1, 1]  # 3 → 1 + 2 → 1 + 1
+    for request, events in zip(asked, results, strict=True):
+        expected = plain_engine.base.generate(request, lambda event: None, lambda: False)
+        assert events[-1] == expected
+
+
+def test_a_failing_prefill_fails_only_its_requests(plain_engine: BatchEngine) -> None:
+    from inference import InferenceError
+
+    def has_image(inputs) -> bool:
+        return any("pixel_values" in item for item in inputs)
+
+    running = Request(language="en", question="long answer", max_new_tokens=12, sampling=GREEDY)
+    events: list = []
+    plain_engine.add(plain_engine.prepare(running), events.append, lambda: False)
+    plain_engine.step()  # the first request is decoding when the bad one arrives
+    FaultyPrefill(plain_engine, has_image, RuntimeError("kernel failed"))
+    bad = Request(language="en", image=jpeg(draw_sign(320, 240)), max_new_tokens=5)
+    [bad_events] = run_all(plain_engine, [bad])
+    assert isinstance(bad_events[-1], InferenceError)
+    assert isinstance(events[-1], Finished)
+    expected = plain_engine.base.generate(running, lambda event: None, lambda: False)
+    assert events[-1] == expected
+    assert plain_engine.scheduler.running == []
