@@ -107,7 +107,7 @@ async def _answer(
         services.metrics.record_failure(exc.kind)
         log.warning("request_failed", job_id=job.id, kind=exc.kind)
         await storage.set_job_status(job.id, "failed")
-        await stream.fail(t(ERROR_KEYS.get(exc.kind, "error_engine")))
+        await stream.fail(error_text(services, exc, t))
         return
     except BaseException:
         await stream.fail(t("error_engine"))
@@ -142,6 +142,23 @@ async def deliver_stored(bot: Bot, services: Services, job: Job, *, language: st
     log.info("stored_answer_delivered", job_id=job.id)
 
 
+def queue_line(services: Services, position: int, t) -> str:
+    batch = services.settings.max_batch_size
+    seconds = services.stats.wait_estimate_s(position, batch)
+    if seconds is None:
+        return t("queue_position", position=position)
+    return t("queue_position_eta", position=position, seconds=seconds)
+
+
+def error_text(services: Services, error: InferenceError, t) -> str:
+    if error.kind == "queue_full":
+        waiting = services.worker.queue_depth + 1
+        seconds = services.stats.wait_estimate_s(waiting, services.settings.max_batch_size)
+        if seconds is not None:
+            return t("error_busy_eta", seconds=seconds)
+    return t(ERROR_KEYS.get(error.kind, "error_engine"))
+
+
 def answer_messages(answer: str, thought: str, t, finish_reason: str) -> list[str]:
     messages = render_messages(answer, thought=thought)
     if not answer.strip():
@@ -160,7 +177,7 @@ async def _run(
             async for event in events:
                 match event:
                     case Queued(position=position) if position > 1:
-                        line = t("queue_position", position=position)
+                        line = queue_line(services, position, t)
                         await stream.set_status(f"{status}\n{line}")
                     case Started():
                         await stream.set_status(status)

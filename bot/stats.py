@@ -24,6 +24,15 @@ class Stats:
     def record_failure(self) -> None:
         self.num_failed += 1
 
+    def wait_estimate_s(self, position: int, batch_size: int) -> int | None:
+        """Rough wait for place `position` in line: one typical answer per full batch ahead,
+        rounded up to 10 s; None before anything was answered."""
+        typical = percentile(self.latencies_s, 0.5)
+        if typical is None:
+            return None
+        batches = -(-max(position, 1) // max(batch_size, 1))
+        return max(10, -(-int(typical * batches) // 10) * 10)
+
 
 def percentile(values, q: float) -> float | None:
     if not values:

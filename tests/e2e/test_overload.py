@@ -26,9 +26,11 @@ async def test_200_users_at_once_each_get_an_answer_or_a_busy_message(bot: Runni
         server.send_photo(user, photo)
 
     def outcome(user: TgUser) -> str | None:
-        busy = texts.get(user.language_code, "error_busy")
         calls = [c for c in server.calls[mark:] if c.params.get("chat_id") == user.id]
-        if any(c.method == "editMessageText" and c.params["text"] == busy for c in calls):
+        if any(
+            c.method == "editMessageText" and is_busy(texts, user.language_code, c.params["text"])
+            for c in calls
+        ):
             return "busy"
         if any(c.method == "deleteMessage" for c in calls):  # placeholder replaced by answer
             return "answered"
@@ -47,6 +49,42 @@ async def test_200_users_at_once_each_get_an_answer_or_a_busy_message(bot: Runni
     histories = [await bot.storage.get_history(u.id, max_turns=2) for u in users]
     assert sum(1 for h in histories if h) == answered  # only answered turns are stored
     assert await bot.storage.get_unfinished_jobs() == []
+
+
+def filled_in(texts, language: str, key: str, text: str) -> bool:
+    """`text` is the template `key` with some number of seconds filled in."""
+    before, _, after = texts.get(language, key, seconds="\0").partition("\0")
+    middle = text[len(before) : len(text) - len(after)]
+    return text.startswith(before) and text.endswith(after) and middle.isdigit()
+
+
+def is_busy(texts, language: str, text: str) -> bool:
+    return text == texts.get(language, "error_busy") or filled_in(
+        texts, language, "error_busy_eta", text
+    )
+
+
+@pytest.mark.settings(max_queue=1, max_batch_size=1, max_new_tokens=8)
+async def test_busy_message_estimates_the_wait(bot: RunningBot) -> None:
+    server, texts = bot.server, bot.services.texts
+    first = TgUser(id=21_000, language_code="de")
+    mark = server.mark()
+    server.send_photo(first, small_photo("EXIT"))  # one answer gives the typical latency
+    await server.wait_for(lambda c: c.method == "deleteMessage", after=mark, timeout=60)
+    users = [TgUser(id=21_001 + i, language_code="es") for i in range(3)]
+    mark = server.mark()
+    for user in users:
+        server.send_photo(user, small_photo(f"MENU {user.id}"))
+    busy = await server.wait_for(
+        lambda c: (
+            c.method == "editMessageText"
+            and filled_in(texts, "es", "error_busy_eta", c.params["text"])
+        ),
+        after=mark,
+        timeout=60,
+    )
+    seconds = int("".join(ch for ch in busy.params["text"] if ch.isdigit()))
+    assert seconds >= 10 and seconds % 10 == 0
 
 
 @pytest.mark.settings(max_requests_in_flight=2, max_new_tokens=200)
