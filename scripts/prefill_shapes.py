@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend
 
 from inference.bench import full_size_random_engine, make_requests
+from inference.runtime import model_runner
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
 
@@ -38,8 +40,10 @@ def main() -> None:
     runner = engine.runner
     requests = make_requests(8, 4)
     result: dict = {}
+    without_cudnn = model_runner.PREFILL_ATTENTION
     for cudnn in (True, False):
-        torch.backends.cuda.enable_cudnn_sdp(cudnn)
+        with_cudnn = [SDPBackend.CUDNN_ATTENTION, *without_cudnn]
+        model_runner.PREFILL_ATTENTION = with_cudnn if cudnn else without_cudnn
         rows = {}
         for extra in range(3):  # a longer question each time: a new prompt length
             asked = [
@@ -56,7 +60,6 @@ def main() -> None:
                 rows[f"x{batch} len {length}"] = {"new shape": first, "seen shape": again}
                 print(f"cudnn={cudnn} x{batch} len {length}: new {first} ms, seen {again} ms")
         result[f"cudnn_sdp={cudnn}"] = rows
-    torch.backends.cuda.enable_cudnn_sdp(True)
     inputs = [base.prepare_inputs(r, on_device=False) for r in requests]
     pixels = torch.cat([i["pixel_values"] for i in inputs]).to("cuda", torch.bfloat16)
     positions = torch.cat([i["image_position_ids"] for i in inputs]).to("cuda")

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import structlog
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import DynamicCache
 
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache
 
 log = structlog.get_logger()
+
+# Prefill attention without cuDNN: it builds an execution plan for every new prompt shape
+# (~1 s on an H100), and prompt lengths change with every photo and question.
+PREFILL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def layer_specs(model) -> list[LayerSpec]:
@@ -89,7 +94,8 @@ class ModelRunner:
                 0,
             )
         cache = DynamicCache()  # full-length K/V for every layer; masks come from the config
-        output = self.model.model(**batch, past_key_values=cache, use_cache=True)
+        with sdpa_kernel(PREFILL_ATTENTION):
+            output = self.model.model(**batch, past_key_values=cache, use_cache=True)
         rows = torch.arange(len(inputs), device=self.device)
         last = torch.tensor([n - 1 for n in lengths], device=self.device)
         hidden = output.last_hidden_state[rows, last]
