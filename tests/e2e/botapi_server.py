@@ -46,6 +46,7 @@ import html
 import io
 import itertools
 import json
+import os
 import re
 import secrets
 import time
@@ -789,3 +790,20 @@ class BotApiServer:
         while not self._updates and await self._wait_change(deadline):
             pass
         return self._updates[: max(1, min(limit, 100))]
+
+
+def bot_process_env(server: BotApiServer, model_dir, database, **settings: str) -> dict[str, str]:
+    """Environment for a bot subprocess talking to `server` with the tiny model on the CPU;
+    `settings` are more TRAVELBOT_* values (without the prefix)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAVELBOT_")}
+    env.update(
+        TRAVELBOT_TELEGRAM_TOKEN=TOKEN,
+        TRAVELBOT_TELEGRAM_BASE_URL=server.base_url,
+        TRAVELBOT_TELEGRAM_BASE_FILE_URL=server.base_file_url,
+        TRAVELBOT_MODEL_PATH=str(model_dir),
+        TRAVELBOT_DATABASE_PATH=str(database),
+        TRAVELBOT_DEVICE="cpu",
+        TRAVELBOT_MAX_SEQ_LEN="2048",
+    )
+    env.update({f"TRAVELBOT_{name.upper()}": value for name, value in settings.items()})
+    return env

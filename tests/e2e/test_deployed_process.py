@@ -5,7 +5,6 @@ the bot token nor the webhook secret."""
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import aiohttp
 
 from bot.settings import ROOT
 from tests.conftest import free_port, small_photo
-from tests.e2e.botapi_server import TOKEN, BotApiServer, TgUser
+from tests.e2e.botapi_server import TOKEN, BotApiServer, TgUser, bot_process_env
 from tests.e2e.test_health import metrics_when, sample
 from tests.e2e.test_webhook import start_update
 
@@ -51,21 +50,16 @@ async def test_webhook_process_answers_reports_health_and_keeps_secrets(
     http_port, webhook_port = free_port(), free_port()
     log = tmp_path / "bot.log"
     async with BotApiServer() as server, aiohttp.ClientSession() as http:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRAVELBOT_")}
-        env.update(
-            TRAVELBOT_TELEGRAM_TOKEN=TOKEN,
-            TRAVELBOT_TELEGRAM_BASE_URL=server.base_url,
-            TRAVELBOT_TELEGRAM_BASE_FILE_URL=server.base_file_url,
-            TRAVELBOT_MODEL_PATH=str(tiny_model_dir),
-            TRAVELBOT_DATABASE_PATH=str(tmp_path / "data" / "bot.sqlite3"),
-            TRAVELBOT_DEVICE="cpu",
-            TRAVELBOT_MAX_NEW_TOKENS="8",
-            TRAVELBOT_MAX_SEQ_LEN="2048",
-            TRAVELBOT_WEBHOOK_PORT=str(webhook_port),
-            TRAVELBOT_WEBHOOK_SECRET_TOKEN=secret,
-            TRAVELBOT_HTTP_PORT=str(http_port),
-            TRAVELBOT_LOG_FORMAT="json",
-            TRAVELBOT_LOG_LEVEL="DEBUG",
+        env = bot_process_env(
+            server,
+            tiny_model_dir,
+            tmp_path / "data" / "bot.sqlite3",
+            max_new_tokens="8",
+            webhook_port=str(webhook_port),
+            webhook_secret_token=secret,
+            http_port=str(http_port),
+            log_format="json",
+            log_level="DEBUG",
         )
         webhook = f"http://127.0.0.1:{webhook_port}/hook/telegram"
         bot = subprocess.Popen(

@@ -5,7 +5,6 @@ The bot runs as a real `python -m bot` process polling the local Bot API server.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
 import subprocess
@@ -15,26 +14,21 @@ from pathlib import Path
 from bot.i18n import Texts
 from bot.settings import ROOT
 from tests.conftest import small_photo
-from tests.e2e.botapi_server import TOKEN, BotApiServer, TgUser
+from tests.e2e.botapi_server import BotApiServer, TgUser, bot_process_env
 
 USERS = [TgUser(id=11_000 + i, first_name=f"U{i}", language_code=code)
          for i, code in enumerate(["de", "fr", "ja"])]  # fmt: skip
 
 
 def start_bot(server: BotApiServer, model_dir: Path, db: Path, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAVELBOT_")}
-    env.update(
-        TRAVELBOT_TELEGRAM_TOKEN=TOKEN,
-        TRAVELBOT_TELEGRAM_BASE_URL=server.base_url,
-        TRAVELBOT_TELEGRAM_BASE_FILE_URL=server.base_file_url,
-        TRAVELBOT_MODEL_PATH=str(model_dir),
-        TRAVELBOT_DATABASE_PATH=str(db),
-        TRAVELBOT_DEVICE="cpu",
-        TRAVELBOT_MAX_NEW_TOKENS="400",  # long enough to be killed mid-answer
-        TRAVELBOT_MAX_BATCH_SIZE="4",
-        TRAVELBOT_MAX_SEQ_LEN="2048",
-        TRAVELBOT_STREAM_INTERVAL_S="0.3",
-        TRAVELBOT_LOG_FORMAT="json",
+    env = bot_process_env(
+        server,
+        model_dir,
+        db,
+        max_new_tokens="400",  # long enough to be killed mid-answer
+        max_batch_size="4",
+        stream_interval_s="0.3",
+        log_format="json",
     )
     return subprocess.Popen(
         [sys.executable, "-m", "bot"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
