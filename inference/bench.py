@@ -132,6 +132,12 @@ def peak_gib(device: torch.device) -> float:
     return round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
 
 
+def alloc_retries(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 0
+    return int(torch.cuda.memory_stats(device).get("num_alloc_retries", 0))
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -222,6 +228,7 @@ def bench_engine(
     index_of = {id(request): index for index, request in enumerate(requests)}
     with ThreadPoolExecutor(PREP_THREADS) as pool:  # as the worker does, before arrival
         prepared = list(pool.map(engine.prepare, requests))
+    retries_before = alloc_retries(device)
     started = time.perf_counter()
 
     def emitter(index: int):
@@ -261,6 +268,9 @@ def bench_engine(
     row.decode_step_ms = round(statistics.median(step_times) * 1000, 2) if step_times else 0.0
     row.peak_memory_gib = peak_gib(device)
     row.extra["full_batch_decode_steps"] = len(step_times)
+    row.extra["first_step_ms"] = round(min(s.first_token for s in tracked) * 1000, 1)
+    # cudaFree + cudaMalloc when the caching allocator ran out: slow, and a sign of pressure
+    row.extra["allocator_retries"] = alloc_retries(device) - retries_before
     return row
 
 
