@@ -47,6 +47,7 @@ def runtime_config(settings: Settings) -> RuntimeConfig | None:
         max_slots=settings.max_batch_size,
         max_seq_len=settings.max_seq_len,
         cuda_graphs=settings.cuda_graphs,
+        compile_layers=settings.compile_layers,
     )
 
 

@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     max_batch_size: int = 64  # sequences decoding together (batch engine)
     max_seq_len: int = 4096  # prompt + answer tokens per sequence (batch engine)
     cuda_graphs: bool | None = None  # None: on when the model runs on a GPU
+    compile_layers: bool | None = None  # torch.compile the decoder layers; None: on a GPU
     max_queue: int = 64  # requests waiting beyond the running batch
     request_timeout_s: float = 300  # a request still unanswered after this is cancelled
 

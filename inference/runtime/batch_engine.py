@@ -48,6 +48,41 @@ class BatchEngine:
         compile_layers = runtime.compile_layers
         if compile_layers is None:
             compile_layers = model.device.type == "cuda"
+        compile_layers = compile_layers if runtime.own_layer_forward else False
+        try:
+            self._start_runner(compile_layers, use_graphs)
+        except Exception:
+            if not compile_layers:
+                raise
+            # e.g. no C compiler for Triton on this host: slower, but serving
+            log.exception("compiled_layers_failed", fallback="layers without torch.compile")
+            self._undo_layers()
+            self.runner = None
+            if model.device.type == "cuda":
+                torch.cuda.empty_cache()
+            compile_layers = False
+            self._start_runner(compile_layers, use_graphs)
+        self.scheduler = Scheduler(
+            max_slots=runtime.max_slots,
+            max_seq_len=runtime.max_seq_len,
+            max_prefill_tokens=runtime.max_prefill_tokens,
+            max_prefill_seqs=runtime.max_prefill_seqs,
+        )
+        self.stop_ids = set() if runtime.ignore_stop else set(self.base.stop_ids)
+        self.last_plan = Plan()
+        self.generator = torch.Generator(device=model.device).manual_seed(runtime.seed)
+        log.info(
+            "batch_engine_ready",
+            max_slots=runtime.max_slots,
+            max_seq_len=runtime.max_seq_len,
+            cuda_graphs=use_graphs,
+            compiled_layers=bool(compile_layers),
+            seconds=round(time.monotonic() - started, 2),
+        )
+
+    def _start_runner(self, compile_layers, use_graphs: bool) -> None:
+        """Layers (compiled or not), the KV cache and CUDA graphs, then the prefill warm-up."""
+        model, runtime = self.base.model, self.runtime
         if runtime.own_layer_forward:
             self._undo_layers = layers.install(model, compile=compile_layers)
         self.runner = ModelRunner(
@@ -58,25 +93,8 @@ class BatchEngine:
             pad_token_id=self.base.tokenizer.pad_token_id,
             graph_batch_sizes=runtime.graph_batch_sizes if use_graphs else (),
         )
-        self.scheduler = Scheduler(
-            max_slots=runtime.max_slots,
-            max_seq_len=runtime.max_seq_len,
-            max_prefill_tokens=runtime.max_prefill_tokens,
-            max_prefill_seqs=runtime.max_prefill_seqs,
-        )
-        self.stop_ids = set() if runtime.ignore_stop else set(self.base.stop_ids)
-        self.last_plan = Plan()
-        self.generator = torch.Generator(device=model.device).manual_seed(runtime.seed)
-        if runtime.own_layer_forward and compile_layers:
+        if compile_layers:
             self._warm_up_prefill()
-        log.info(
-            "batch_engine_ready",
-            max_slots=runtime.max_slots,
-            max_seq_len=runtime.max_seq_len,
-            cuda_graphs=use_graphs,
-            compiled_layers=bool(runtime.own_layer_forward and compile_layers),
-            seconds=round(time.monotonic() - started, 2),
-        )
 
     def _warm_up_prefill(self) -> None:
         """Prefill every shape class once (1, 2 and 3 prompts, with and without a photo),

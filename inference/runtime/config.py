@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -18,7 +19,8 @@ class RuntimeConfig:
     fast_attention: bool = True  # decode attention as batched matmuls (fast_ops)
     fused_norms: bool | None = None  # torch's fused rms_norm; None: on GPUs only
     own_layer_forward: bool = True  # decoder layers as two regions around attention (layers)
-    compile_layers: bool | str | None = None  # torch.compile them; None: on GPUs; str: backend
+    # torch.compile them; None: on GPUs; a str or callable: the dynamo backend (tests)
+    compile_layers: bool | str | Callable | None = None
 
     def __post_init__(self) -> None:
         if self.max_slots < 1 or self.max_seq_len < 2 or self.max_prefill_seqs < 1:

@@ -136,7 +136,7 @@ def is_supported(layer) -> bool:
     )
 
 
-def install(model, *, compile: bool | str) -> Callable[[], None]:
+def install(model, *, compile: bool | str | Callable) -> Callable[[], None]:
     """Give every decoder layer the two-region forward; returns a function undoing it."""
     layers = list(model.model.language_model.layers)
     if not all(is_supported(layer) for layer in layers):
@@ -147,7 +147,7 @@ def install(model, *, compile: bool | str) -> Callable[[], None]:
     if compile:
         # one entry per layer kind and shape class (decode batch 1, batch n, prefill)
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        backend = compile if isinstance(compile, str) else "inductor"
+        backend = "inductor" if compile is True else compile  # or a dynamo backend
         regions = tuple(torch.compile(fn, backend=backend) for fn in regions)
         vision_forward = torch.compile(type(vision_layers[0]).forward, backend=backend)
         for layer in vision_layers:

@@ -187,3 +187,26 @@ def test_a_failing_prefill_fails_only_its_requests(plain_engine: BatchEngine) ->
     expected = plain_engine.base.generate(running, lambda event: None, lambda: False)
     assert events[-1] == expected
     assert plain_engine.scheduler.running == []
+
+
+def test_engine_serves_without_compiled_layers_when_compiling_fails(
+    tiny_engine: GemmaEngine,
+) -> None:
+    """Fault injection: a compiler backend that fails, as Triton does on a host without a C
+    compiler. The engine falls back to the same layers uncompiled and answers exactly."""
+    compiled: list[int] = []
+
+    def broken_backend(graph, example_inputs):
+        compiled.append(len(example_inputs))
+        raise RuntimeError("no C compiler found")
+
+    runtime = RuntimeConfig(max_slots=2, max_seq_len=1024, compile_layers=broken_backend)
+    engine = BatchEngine(tiny_engine, runtime)
+    try:
+        assert compiled, "the backend was never tried"
+        request = Request(language="en", question="exit?", max_new_tokens=6, sampling=GREEDY)
+        [events] = run_all(engine, [request])
+        expected = tiny_engine.generate(request, lambda event: None, lambda: False)
+        assert events[-1] == expected
+    finally:
+        engine.close()
