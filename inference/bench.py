@@ -294,6 +294,7 @@ def run(args: argparse.Namespace) -> dict:
     runtime = RuntimeConfig(
         max_slots=args.max_slots,
         max_seq_len=args.max_seq_len,
+        max_prefill_seqs=args.max_prefill_seqs,
         cuda_graphs=None if args.cuda_graphs == "auto" else args.cuda_graphs == "on",
         compile_layers=None if args.compile_layers == "auto" else args.compile_layers == "on",
         ignore_stop=True,
