@@ -17,6 +17,7 @@ from bot.storage import Storage
 from bot.user_locks import UserLocks
 from inference import (
     EngineConfig,
+    InferenceService,
     ModelNotFound,
     RemoteConfig,
     RemoteWorker,
@@ -70,7 +71,7 @@ def remote_config(settings: Settings) -> RemoteConfig:
     )
 
 
-def create_worker(settings: Settings) -> Worker | RemoteWorker:
+def create_worker(settings: Settings) -> InferenceService:
     """The worker with the engine the settings choose (the model loads in worker.start())."""
     if settings.engine == "openai":
         return RemoteWorker(remote_config(settings))

@@ -12,14 +12,14 @@ from bot.settings import Settings
 from bot.stats import Stats
 from bot.storage import Storage, User
 from bot.user_locks import UserLocks
-from inference import Worker
+from inference import InferenceService
 
 
 @dataclass
 class Services:
     settings: Settings
     storage: Storage
-    worker: Worker
+    worker: InferenceService  # the local Worker or RemoteWorker
     texts: Texts
     user_locks: UserLocks
     stats: Stats = field(default_factory=Stats)
@@ -52,7 +52,7 @@ class BotContext(CallbackContext[ExtBot, dict, dict, dict]):
         return self.services.storage
 
     @property
-    def worker(self) -> Worker:
+    def worker(self) -> InferenceService:
         return self.services.worker
 
     @property

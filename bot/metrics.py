@@ -14,7 +14,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from inference import Worker
+from inference import InferenceService
 
 disable_created_metrics()  # no *_created series: they double the output and nobody reads them
 
@@ -28,7 +28,7 @@ ERROR_KINDS = ("queue_full", "worker_stopped", "engine_error", "timeout")
 class Metrics:
     """One registry per bot (not prometheus_client's global one), so tests can run many bots."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: InferenceService) -> None:
         self.registry = CollectorRegistry()
         self.first_token_seconds = Histogram(
             "travelbot_first_token_seconds",
@@ -77,7 +77,7 @@ class Metrics:
 class WorkerCollector(Collector):
     """Gauges read from the worker at scrape time."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: InferenceService) -> None:
         self.worker = worker
 
     def describe(self) -> list:

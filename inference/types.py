@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,24 @@ class ImageRejected(InferenceError):
 
 class WorkerStopped(InferenceError):
     kind = "worker_stopped"
+
+
+class InferenceService(Protocol):
+    """What the bot uses of a worker: the local `Worker` and `RemoteWorker` both are one."""
+
+    @property
+    def queue_depth(self) -> int: ...
+
+    @property
+    def num_running(self) -> int: ...
+
+    @property
+    def is_alive(self) -> bool: ...
+
+    def device_memory_bytes(self) -> int | None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def submit(self, request: Request) -> AsyncIterator[Event]: ...
