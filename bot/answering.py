@@ -103,8 +103,7 @@ async def _answer(
     try:
         finished = await _run(services, request, stream, status, t)
     except InferenceError as exc:
-        services.stats.record_failure()
-        services.metrics.record_failure(exc.kind)
+        services.record_failure(exc.kind)
         log.warning("request_failed", job_id=job.id, kind=exc.kind)
         await storage.set_job_status(job.id, "failed")
         await stream.fail(error_text(services, exc, t))
@@ -118,8 +117,7 @@ async def _answer(
     await storage.set_job_status(job.id, "delivered")
     latency = time.monotonic() - started
     first = stream.first_text_at - started if stream.first_text_at else None
-    services.stats.record_answer(latency_s=latency, first_token_s=first)
-    services.metrics.record_answer(
+    services.record_answer(
         latency_s=latency, first_token_s=first, num_output_tokens=finished.num_output_tokens
     )
     log.info(

@@ -28,6 +28,19 @@ class Services:
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.worker)
 
+    def record_answer(
+        self, *, latency_s: float, first_token_s: float | None, num_output_tokens: int
+    ) -> None:
+        """One delivered answer, for /stats and for /metrics."""
+        self.stats.record_answer(latency_s=latency_s, first_token_s=first_token_s)
+        self.metrics.record_answer(
+            latency_s=latency_s, first_token_s=first_token_s, num_output_tokens=num_output_tokens
+        )
+
+    def record_failure(self, kind: str) -> None:
+        self.stats.record_failure()
+        self.metrics.record_failure(kind)
+
 
 SERVICES_KEY = "services"
 

@@ -177,17 +177,10 @@ class Storage:
         return self._schema_version
 
     async def check_writable(self) -> None:
-        """Commit a one-row write (for /readyz): raises if the database cannot be written."""
+        """Commit a real write (for /readyz): the schema version written again, unchanged.
+        Raises if the database cannot be written (closed, read-only, disk full)."""
         async with self._transaction():
-            await self._db.execute(
-                "CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY CHECK (id = 1), "
-                "checked_at TEXT NOT NULL)"
-            )
-            await self._db.execute(
-                "INSERT INTO health (id, checked_at) VALUES (1, ?) "
-                "ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
-                (_now(),),
-            )
+            await self._db.execute(f"PRAGMA user_version = {int(self._schema_version)}")
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:

@@ -191,12 +191,10 @@ class _ChunkMaker:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.call.model}
 
     def chunk(self, delta: dict, finished: Finished | None = None) -> dict[str, Any]:
-        choice = {"index": 0, "delta": delta, "finish_reason": None}
-        chunk = {**self._base("chat.completion.chunk"), "choices": [choice]}
-        if finished is not None:
-            choice["finish_reason"] = FINISH_REASONS[finished.finish_reason]
-            chunk["usage"] = _usage(finished)
-        return chunk
+        """A delta; the last one carries the finish reason (usage comes in `usage_chunk`)."""
+        reason = FINISH_REASONS[finished.finish_reason] if finished is not None else None
+        choice = {"index": 0, "delta": delta, "finish_reason": reason}
+        return {**self._base("chat.completion.chunk"), "choices": [choice]}
 
     def usage_chunk(self, finished: Finished) -> dict[str, Any]:
         return {**self._base("chat.completion.chunk"), "choices": [], "usage": _usage(finished)}

@@ -134,11 +134,12 @@ def read_completion_call(
     kwargs = body.get("chat_template_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise BadRequest("'chat_template_kwargs' must be an object")
+    defaults = Sampling()
     try:
         sampling = Sampling(
-            temperature=float(_first_set(body, "temperature", default=1.0)),
-            top_p=float(_first_set(body, "top_p", default=0.95)),
-            top_k=max(int(_first_set(body, "top_k", default=64)), 0),  # -1 (vLLM), 0: off
+            temperature=float(_first_set(body, "temperature", default=defaults.temperature)),
+            top_p=float(_first_set(body, "top_p", default=defaults.top_p)),
+            top_k=max(int(_first_set(body, "top_k", default=defaults.top_k)), 0),  # -1: off
         )
         request = Request(
             language="",

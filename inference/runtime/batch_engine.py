@@ -195,7 +195,8 @@ class BatchEngine:
             seq.emit(error)
 
     def fail_all(self, error: InferenceError) -> None:
-        """After a failed step: every active request ends with `error`."""
+        """After a failed step: every active request ends with `error`. Unlike `_fail`, no KV
+        slots move: every slot is freed, and the GPU state is not to be trusted now."""
         for seq in [*self.scheduler.waiting, *self.scheduler.running]:
             self.scheduler.finish(seq, "error")
             seq.emit(error)
