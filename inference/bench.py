@@ -255,7 +255,7 @@ def bench_engine(
         plan = engine.last_plan
         if not plan.prefill and len(plan.decode) == len(requests):
             step_times.append(step_ended - step_started)
-        for seq in plan.prefill:  # the first token comes out of the prefill
+        for seq in plan.first_tokens:  # read back on the CPU in this step
             tracked[index_of[id(seq.request)]].first_token = step_ended - started
     wall = max(state.done for state in tracked) - min(state.arrival for state in tracked)
     first_tokens = [(state.first_token - state.arrival) * 1000 for state in tracked]

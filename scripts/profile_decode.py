@@ -26,11 +26,11 @@ def step_times(engine: BatchEngine, batch: int, steps: int = 20) -> float:
     runner = engine.runner
     tokens, positions = [5] * batch, [900 + i for i in range(batch)]
     for _ in range(3):
-        runner.decode(tokens, positions)
+        runner.decode(positions, tokens)
     torch.cuda.synchronize()
     started = time.perf_counter()
     for _ in range(steps):
-        runner.decode(tokens, positions)
+        runner.decode(positions, tokens)
     torch.cuda.synchronize()
     return (time.perf_counter() - started) / steps * 1000
 
@@ -39,11 +39,11 @@ def top_kernels(engine: BatchEngine, batch: int, limit: int) -> list[dict]:
     runner = engine.runner
     graphs, runner._graphs = runner._graphs, {}
     tokens, positions = [5] * batch, [900 + i for i in range(batch)]
-    runner.decode(tokens, positions)
+    runner.decode(positions, tokens)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
-            runner.decode(tokens, positions)
+            runner.decode(positions, tokens)
         torch.cuda.synchronize()
     runner._graphs = graphs
     rows = []

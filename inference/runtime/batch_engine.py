@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 import torch
@@ -70,6 +71,7 @@ class BatchEngine:
         )
         self.stop_ids = set() if runtime.ignore_stop else set(self.base.stop_ids)
         self.last_plan = Plan()
+        self._in_flight: list[_InFlight] = []
         self.generator = torch.Generator(device=model.device).manual_seed(runtime.seed)
         log.info(
             "batch_engine_ready",
@@ -124,7 +126,10 @@ class BatchEngine:
 
     @property
     def num_active(self) -> int:
-        return self.scheduler.num_active
+        """Waiting, running, and finished ones whose last tokens are not read back yet."""
+        draining = {id(seq) for batch in self._in_flight for seq in batch.seqs if not seq.ended}
+        holding = {id(seq) for seq in [*self.scheduler.waiting, *self.scheduler.running]}
+        return len(draining | holding)
 
     def prepare(self, request: Request) -> Sequence:
         """CPU work for a request (image processing, tokenizing); runs in any thread."""
@@ -150,20 +155,23 @@ class BatchEngine:
         self.scheduler.add(prepared)
 
     def step(self) -> None:
+        """Launch this step's prefill and decode, then read back the previous step's tokens
+        while the GPU works: the CPU side of a step (text, stop checks, scheduling) hides
+        behind the next one. A sequence that stops decodes one extra row, which is dropped."""
         for seq in [*self.scheduler.waiting, *self.scheduler.running]:
             if seq.is_cancelled():
                 self._finish(seq, "cancelled")
         plan = self.last_plan = self.scheduler.schedule()
-        if plan.prefill:
-            self._prefill(plan.prefill)
+        launched = self._prefill(plan.prefill) if plan.prefill else []
         decode = [seq for seq in plan.decode if seq.status is Status.RUNNING]
         if decode:
-            logits = self.runner.decode(
-                [seq.last_token for seq in decode], [seq.position for seq in decode]
-            )
-            self._postprocess(decode, logits)
+            logits = self.runner.decode([seq.position for seq in decode])
+            launched.append(self._sample(decode, logits))
+        previous, self._in_flight = self._in_flight, launched
+        for batch in previous:
+            self._read_back(batch, plan)
 
-    def _prefill(self, seqs: list[Sequence]) -> None:
+    def _prefill(self, seqs: list[Sequence]) -> list[_InFlight]:
         """Prefill new sequences. If that fails only they fail, and the running batch goes
         on; out of GPU memory, the group is split in halves and each tried again."""
         try:
@@ -174,44 +182,41 @@ class BatchEngine:
             if len(seqs) > 1:
                 log.warning("prefill_out_of_memory", prompts=len(seqs), retry="halves")
                 half = len(seqs) // 2
-                self._prefill(seqs[:half])
-                self._prefill(seqs[half:])
-                return
+                return self._prefill(seqs[:half]) + self._prefill(seqs[half:])
             log.error("prefill_out_of_memory", prompts=1)
             self._fail(seqs, InferenceError("out of GPU memory for this request"))
-            return
+            return []
         except Exception as exc:
             log.exception("prefill_failed", prompts=len(seqs))
             self._fail(seqs, InferenceError(f"prefill failed: {type(exc).__name__}"))
-            return
+            return []
         for seq in seqs:
             seq.inputs = None  # image tensors are no longer needed
-        self._postprocess(seqs, logits)
+        return [self._sample(seqs, logits)]
 
-    def _fail(self, seqs: list[Sequence], error: InferenceError) -> None:
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> _InFlight:
+        """Sample on the device, keep the tokens there as the next inputs, and start copying
+        them to the CPU. A sequence whose last token this is gives its slot back now."""
+        tokens = sample(logits, [seq.request.sampling for seq in seqs], self.generator)
+        self.runner.store_tokens([seq.slot for seq in seqs], tokens)
+        batch = _InFlight(seqs, tokens.to("cpu", non_blocking=True))
+        if tokens.is_cuda:
+            batch.ready = torch.cuda.Event()
+            batch.ready.record()
         for seq in seqs:
-            for from_slot, to_slot in self.scheduler.finish(seq, "error"):
-                self.runner.cache.move(from_slot, to_slot)
-            seq.emit(error)
+            seq.num_scheduled += 1
+            if seq.num_scheduled >= seq.max_new_tokens:
+                self._release(seq, "length")
+        return batch
 
-    def fail_all(self, error: InferenceError) -> None:
-        """After a failed step: every active request ends with `error`. Unlike `_fail`, no KV
-        slots move: every slot is freed, and the GPU state is not to be trusted now."""
-        for seq in [*self.scheduler.waiting, *self.scheduler.running]:
-            self.scheduler.finish(seq, "error")
-            seq.emit(error)
-
-    def _postprocess(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
-        params = [seq.request.sampling for seq in seqs]
-        device = logits.device
-        tokens = sample(
-            logits,
-            torch.tensor([p.temperature for p in params], device=device),
-            torch.tensor([p.top_p for p in params], device=device),
-            torch.tensor([p.top_k for p in params], device=device),
-            self.generator,
-        ).tolist()
-        for seq, token in zip(seqs, tokens, strict=True):
+    def _read_back(self, batch: _InFlight, plan: Plan) -> None:
+        if batch.ready is not None:
+            batch.ready.synchronize()
+        for seq, token in zip(batch.seqs, batch.tokens.tolist(), strict=True):
+            if seq.ended:  # stopped or cancelled meanwhile: this was the dropped extra row
+                continue
+            if not seq.output_ids:
+                plan.first_tokens.append(seq)
             delta = seq.splitter.push(token)
             if delta is not None:
                 seq.emit(delta)
@@ -220,8 +225,43 @@ class BatchEngine:
             elif len(seq.output_ids) >= seq.max_new_tokens:
                 self._finish(seq, "length")
 
-    def _finish(self, seq: Sequence, reason: str) -> None:
+    def _release(self, seq: Sequence, reason: str) -> None:
+        """Give the sequence's slot back (the last running one moves into it)."""
+        if seq.status is Status.FINISHED:
+            return
         for from_slot, to_slot in self.scheduler.finish(seq, reason):
-            self.runner.cache.move(from_slot, to_slot)
+            self.runner.move_slot(from_slot, to_slot)
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self._release(seq, reason)
+        seq.ended = True
         for event in seq.splitter.finish(num_prompt_tokens=seq.num_prompt_tokens, reason=reason):
             seq.emit(event)
+
+    def _fail(self, seqs: list[Sequence], error: InferenceError) -> None:
+        for seq in seqs:
+            self._release(seq, "error")
+            seq.ended = True
+            seq.emit(error)
+
+    def fail_all(self, error: InferenceError) -> None:
+        """After a failed step: every active request ends with `error`. Unlike `_fail`, no KV
+        slots move: every slot is freed, and the GPU state is not to be trusted now."""
+        draining = [seq for batch in self._in_flight for seq in batch.seqs]
+        self._in_flight = []
+        for seq in [*self.scheduler.waiting, *self.scheduler.running, *draining]:
+            if seq.ended:
+                continue
+            if seq.status is not Status.FINISHED:
+                self.scheduler.finish(seq, "error")
+            seq.ended = True
+            seq.emit(error)
+
+
+@dataclass
+class _InFlight:
+    """Tokens sampled for `seqs` in one launch, on their way to the CPU."""
+
+    seqs: list[Sequence]
+    tokens: torch.Tensor
+    ready: torch.cuda.Event | None = None

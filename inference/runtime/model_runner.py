@@ -116,21 +116,40 @@ class ModelRunner:
 
     # -- decode ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def decode(self, token_ids: list[int], positions: list[int]) -> torch.Tensor:
-        """One step for running sequences in slots 0..n-1; logits [n, vocab] (float32)."""
-        n = len(token_ids)
+    def decode(self, positions: list[int], token_ids: list[int] | None = None) -> torch.Tensor:
+        """One step for running sequences in slots 0..n-1; logits [n, vocab] (float32).
+        Each row feeds the token last stored for its slot (`store_tokens`), so a step can
+        be launched before the previous one's tokens are back on the CPU."""
+        n = len(positions)
         bucket = next((b for b in sorted(self._graphs) if b >= n), n)
+        if token_ids is not None:
+            self._ids[:n].copy_(torch.tensor(token_ids), non_blocking=True)
         step = torch.tensor(
-            [token_ids + [self.pad_token_id] * (bucket - n), positions + [0] * (bucket - n),
+            [positions + [0] * (bucket - n),
              list(range(n)) + [self.cache.scratch_slot] * (bucket - n)],
             dtype=torch.long,
         ).to(self.device, non_blocking=True)  # fmt: skip
-        self._ids[:bucket], self._positions[:bucket], self._rows[:bucket] = step
+        self._positions[:bucket], self._rows[:bucket] = step
         if bucket in self._graphs:
             graph, logits = self._graphs[bucket]
             graph.replay()
             return logits[:n]
         return self._decode_forward(bucket)[:n]
+
+    @torch.inference_mode()
+    def store_tokens(self, slots: list[int], tokens: torch.Tensor) -> None:
+        """Sampled tokens [n] become the next decode inputs of their slots (on the device)."""
+        if slots == list(range(len(slots))):
+            self._ids[: len(slots)].copy_(tokens)
+        else:
+            index = torch.tensor(slots, dtype=torch.long).to(self.device, non_blocking=True)
+            self._ids.index_copy_(0, index, tokens)
+
+    @torch.inference_mode()
+    def move_slot(self, from_slot: int, to_slot: int) -> None:
+        """A sequence changes slot: its KV cache and its next input token go with it."""
+        self.cache.move(from_slot, to_slot)
+        self._ids[to_slot] = self._ids[from_slot]
 
     def _decode_forward(self, batch: int) -> torch.Tensor:
         positions = self._positions[:batch]

@@ -17,6 +17,7 @@ from inference.runtime.sequence import Sequence, Status
 class Plan:
     prefill: list[Sequence] = field(default_factory=list)
     decode: list[Sequence] = field(default_factory=list)
+    first_tokens: list[Sequence] = field(default_factory=list)  # read back in this step
 
 
 class Scheduler:

@@ -13,7 +13,7 @@ from inference.types import Event, Request
 class Status(enum.Enum):
     WAITING = "waiting"  # accepted, not prefilled yet
     RUNNING = "running"  # has a KV slot, decodes every step
-    FINISHED = "finished"
+    FINISHED = "finished"  # slot freed; its last sampled tokens may still be on their way
 
 
 @dataclass
@@ -28,21 +28,15 @@ class Sequence:
     finish_reason: str | None = None
     max_new_tokens: int = 0
     inputs: dict | None = None  # prepared model inputs until prefilled
+    num_scheduled: int = 0  # tokens sampled on the device, read back or not
+    ended: bool = False  # the Finished event (or an error) has been emitted
 
     @property
     def output_ids(self) -> list[int]:
-        """Generated tokens; the splitter keeps the one list."""
+        """Generated tokens read back so far; the splitter keeps the one list."""
         return self.splitter.token_ids
 
     @property
     def position(self) -> int:
-        """Position of the next token to feed (prompt plus generated tokens so far, minus one)."""
-        return self.num_prompt_tokens + len(self.output_ids) - 1
-
-    @property
-    def num_tokens(self) -> int:
-        return self.num_prompt_tokens + len(self.output_ids)
-
-    @property
-    def last_token(self) -> int:
-        return self.output_ids[-1]
+        """Position of the next token to feed: prompt plus sampled tokens, minus one."""
+        return self.num_prompt_tokens + self.num_scheduled - 1

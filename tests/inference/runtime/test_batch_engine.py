@@ -210,3 +210,27 @@ def test_engine_serves_without_compiled_layers_when_compiling_fails(
         assert events[-1] == expected
     finally:
         engine.close()
+
+
+def test_a_stop_token_ends_the_answer_and_its_extra_row_is_dropped(
+    plain_engine: BatchEngine,
+) -> None:
+    """Tokens are read back one step late, so a stopping sequence has already decoded one
+    more row; that row must not reach the answer, and the freed slot must serve the next."""
+    asked = [
+        Request(language="en", question=q, max_new_tokens=12, sampling=GREEDY)
+        for q in ("menu?", "where is the exit?", "price?", "is it open?", "tickets?")
+    ]
+    full = [plain_engine.base.generate(r, lambda event: None, lambda: False) for r in asked]
+    stop = full[0].token_ids[4]  # pretend the model ends its turn with this token
+    plain_engine.stop_ids = {stop}
+    results = run_all(plain_engine, asked)
+    for expected, events in zip(full, results, strict=True):
+        tokens = list(expected.token_ids)
+        cut = tokens.index(stop) + 1 if stop in tokens else len(tokens)
+        finished = events[-1]
+        assert isinstance(finished, Finished)
+        assert list(finished.token_ids) == tokens[:cut]
+        assert finished.finish_reason == ("stop" if stop in tokens else expected.finish_reason)
+    assert results[0][-1].finish_reason == "stop" and len(results[0][-1].token_ids) == 5
+    assert plain_engine.num_active == 0 and plain_engine.scheduler.running == []
