@@ -25,6 +25,7 @@ from torch._dynamo.utils import counters as dynamo_counters
 
 from inference.engine import EngineConfig, GemmaEngine
 from inference.images import normalize_image
+from inference.runtime import layers
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
 from inference.samples import draw_menu, draw_sign
@@ -297,6 +298,8 @@ def run(args: argparse.Namespace) -> dict:
         max_prefill_seqs=args.max_prefill_seqs,
         cuda_graphs=None if args.cuda_graphs == "auto" else args.cuda_graphs == "on",
         compile_layers=None if args.compile_layers == "auto" else args.compile_layers == "on",
+        fused_experts_tokens=args.fused_experts_tokens,
+        overlap_steps=not args.no_overlap,
         ignore_stop=True,
     )
     result = {
@@ -321,6 +324,7 @@ def run(args: argparse.Namespace) -> dict:
     setup_started = time.perf_counter()
     engine = BatchEngine(base, runtime)
     result["engine_setup_seconds"] = round(time.perf_counter() - setup_started, 1)
+    result["fused_experts_max_tokens"] = layers.fused_experts_max_tokens  # 0 if it failed
     result["graph_breaks"] = dict(dynamo_counters["graph_break"])
     graphs_after_setup = dynamo_counters["stats"]["unique_graphs"]
     bench_engine(engine, make_requests(2, 4, seed=99), [0.0, 0.0], "warm-up")

@@ -41,5 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="torch.compile the decoder layers' regions (auto: on a GPU)",
     )
+    parser.add_argument(
+        "--fused-experts-tokens",
+        type=int,
+        default=8,
+        help="decode steps of up to N tokens run the experts as Triton kernels (0: grouped_mm)",
+    )
+    parser.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="read each step's tokens back before launching the next (the old engine loop)",
+    )
     parser.add_argument("--experts-implementation", default=None)
     parser.add_argument("--out", type=Path, default=Path("bench-out/bench.json"))

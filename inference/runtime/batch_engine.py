@@ -79,6 +79,7 @@ class BatchEngine:
             max_seq_len=runtime.max_seq_len,
             cuda_graphs=use_graphs,
             compiled_layers=bool(compile_layers),
+            fused_experts_max_tokens=layers.fused_experts_max_tokens,
             seconds=round(time.monotonic() - started, 2),
         )
 
@@ -86,7 +87,9 @@ class BatchEngine:
         """Layers (compiled or not), the KV cache and CUDA graphs, then the prefill warm-up."""
         model, runtime = self.base.model, self.runtime
         if runtime.own_layer_forward:
-            self._undo_layers = layers.install(model, compile=compile_layers)
+            self._undo_layers = layers.install(
+                model, compile=compile_layers, fused_experts_tokens=runtime.fused_experts_tokens
+            )
         self.runner = ModelRunner(
             model,
             num_slots=runtime.max_slots,
@@ -168,6 +171,8 @@ class BatchEngine:
             logits = self.runner.decode([seq.position for seq in decode])
             launched.append(self._sample(decode, logits))
         previous, self._in_flight = self._in_flight, launched
+        if not self.runtime.overlap_steps:
+            previous, self._in_flight = previous + launched, []
         for batch in previous:
             self._read_back(batch, plan)
 

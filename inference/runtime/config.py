@@ -21,6 +21,10 @@ class RuntimeConfig:
     own_layer_forward: bool = True  # decoder layers as two regions around attention (layers)
     # torch.compile them; None: on GPUs; a str or callable: the dynamo backend (tests)
     compile_layers: bool | str | Callable | None = None
+    # launch step n+1 before reading back step n's tokens (False: read back at once)
+    overlap_steps: bool = True
+    # decode steps of up to this many tokens run the experts as Triton kernels (GPU only)
+    fused_experts_tokens: int = 8
 
     def __post_init__(self) -> None:
         if self.max_slots < 1 or self.max_seq_len < 2 or self.max_prefill_seqs < 1:

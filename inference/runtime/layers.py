@@ -25,6 +25,10 @@ from transformers.models.gemma4.modeling_gemma4 import (
 
 log = structlog.get_logger()
 
+# Decode steps of at most this many tokens run the experts as fused Triton kernels
+# (moe_kernel); set by `install`, 0 keeps transformers' experts (grouped_mm) for all.
+fused_experts_max_tokens = 0
+
 
 def fuse_projections(layer) -> None:
     """q/k/v as one matmul, and the dense MLP's gate/up as one: one weight read and one
@@ -83,10 +87,31 @@ def feed_forward(layer, attention_output, residual):
     dense = layer.post_feedforward_layernorm_1(dense)
     flat = residual.reshape(-1, residual.shape[-1])
     _, top_k_weights, top_k_index = layer.router(flat)
-    experts = layer.experts(layer.pre_feedforward_layernorm_2(flat), top_k_index, top_k_weights)
+    experts = run_experts(layer.experts, layer.pre_feedforward_layernorm_2(flat), top_k_index,
+                          top_k_weights)  # fmt: skip
     experts = layer.post_feedforward_layernorm_2(experts.reshape(residual.shape))
     hidden = residual + layer.post_feedforward_layernorm(dense + experts)
     return hidden * layer.layer_scalar
+
+
+def run_experts(experts, hidden, top_k_index, top_k_weights):
+    if hidden.shape[0] <= fused_experts_max_tokens:
+        return torch.ops.travelbot.fused_experts(
+            hidden, top_k_index, top_k_weights, experts.gate_up_proj, experts.down_proj
+        )
+    return experts(hidden, top_k_index, top_k_weights)
+
+
+def _fused_experts_work(device: torch.device) -> bool:
+    try:
+        from inference.runtime import moe_kernel  # registers the op; needs Triton
+
+        if moe_kernel.works_on(device):
+            return True
+        log.error("fused_experts_wrong", fallback="grouped_mm")
+    except Exception:  # e.g. no C compiler for Triton's launcher
+        log.exception("fused_experts_failed", fallback="grouped_mm")
+    return False
 
 
 def layer_forward(
@@ -136,12 +161,20 @@ def is_supported(layer) -> bool:
     )
 
 
-def install(model, *, compile: bool | str | Callable) -> Callable[[], None]:
-    """Give every decoder layer the two-region forward; returns a function undoing it."""
+def install(
+    model, *, compile: bool | str | Callable, fused_experts_tokens: int = 0
+) -> Callable[[], None]:
+    """Give every decoder layer the two-region forward; returns a function undoing it.
+    `fused_experts_tokens`: up to how many tokens a step uses the Triton experts (GPU)."""
+    global fused_experts_max_tokens
     layers = list(model.model.language_model.layers)
     if not all(is_supported(layer) for layer in layers):
         log.warning("own_layer_forward_unsupported", reason="layer kind not supported")
         return lambda: None
+    fused_experts_max_tokens = 0
+    on_gpu = model.device.type == "cuda"
+    if fused_experts_tokens and on_gpu and _fused_experts_work(model.device):
+        fused_experts_max_tokens = fused_experts_tokens
     regions: tuple[Callable, Callable] = (attention_inputs, feed_forward)
     vision_layers = list(model.model.vision_tower.encoder.layers) if compile else []
     if compile:
@@ -158,6 +191,8 @@ def install(model, *, compile: bool | str | Callable) -> Callable[[], None]:
         layer.forward = partial(layer_forward, layer, regions)
 
     def undo() -> None:
+        global fused_experts_max_tokens
+        fused_experts_max_tokens = 0
         for layer in layers + vision_layers:
             layer.__dict__.pop("forward", None)
 
