@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fused-experts-tokens",
         type=int,
-        default=8,
+        default=16,
         help="decode steps of up to N tokens run the experts as Triton kernels (0: grouped_mm)",
     )
     parser.add_argument(

@@ -158,23 +158,36 @@ class BatchEngine:
         self.scheduler.add(prepared)
 
     def step(self) -> None:
-        """Launch this step's prefill and decode, then read back the previous step's tokens
-        while the GPU works: the CPU side of a step (text, stop checks, scheduling) hides
-        behind the next one. A sequence that stops decodes one extra row, which is dropped."""
+        """Launch this step's decode, then read back the previous step's tokens while the
+        GPU works: the CPU side of a step (text, stop checks, scheduling) hides behind the
+        next one. A sequence that stops decodes one extra row, which is dropped. A prefill
+        blocks the CPU, so before one the tokens already sampled are read back first."""
+        first_tokens: list[Sequence] = []
+        if self.scheduler.waiting:
+            self._read_back_all(first_tokens)
         for seq in [*self.scheduler.waiting, *self.scheduler.running]:
             if seq.is_cancelled():
                 self._finish(seq, "cancelled")
         plan = self.last_plan = self.scheduler.schedule()
+        plan.first_tokens = first_tokens
         launched = self._prefill(plan.prefill) if plan.prefill else []
-        decode = [seq for seq in plan.decode if seq.status is Status.RUNNING]
-        if decode:
-            logits = self.runner.decode([seq.position for seq in decode])
-            launched.append(self._sample(decode, logits))
-        previous, self._in_flight = self._in_flight, launched
-        if not self.runtime.overlap_steps:
-            previous, self._in_flight = previous + launched, []
-        for batch in previous:
-            self._read_back(batch, plan)
+        # slot order; the just-prefilled ones too: their first token is already on the GPU
+        plan.decode = list(self.scheduler.running)
+        if plan.decode:
+            logits = self.runner.decode([seq.position for seq in plan.decode])
+            launched.append(self._sample(plan.decode, logits))
+        self._in_flight.extend(launched)
+        if self.runtime.overlap_steps:
+            self._read_back_all(first_tokens, keep=len(launched))
+        else:
+            self._read_back_all(first_tokens)
+
+    def _read_back_all(self, first_tokens: list[Sequence], keep: int = 0) -> None:
+        """Read back the launches in flight, all but the last `keep` (oldest first)."""
+        done = self._in_flight[: len(self._in_flight) - keep]
+        self._in_flight = self._in_flight[len(done) :]
+        for batch in done:
+            self._read_back(batch, first_tokens)
 
     def _prefill(self, seqs: list[Sequence]) -> list[_InFlight]:
         """Prefill new sequences. If that fails only they fail, and the running batch goes
@@ -214,14 +227,14 @@ class BatchEngine:
                 self._release(seq, "length")
         return batch
 
-    def _read_back(self, batch: _InFlight, plan: Plan) -> None:
+    def _read_back(self, batch: _InFlight, first_tokens: list[Sequence]) -> None:
         if batch.ready is not None:
             batch.ready.synchronize()
         for seq, token in zip(batch.seqs, batch.tokens.tolist(), strict=True):
             if seq.ended:  # stopped or cancelled meanwhile: this was the dropped extra row
                 continue
             if not seq.output_ids:
-                plan.first_tokens.append(seq)
+                first_tokens.append(seq)
             delta = seq.splitter.push(token)
             if delta is not None:
                 seq.emit(delta)

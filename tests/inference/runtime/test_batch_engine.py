@@ -23,7 +23,13 @@ def jpeg(image) -> bytes:
 
 @pytest.fixture(
     scope="module",
-    params=["fused norms", "plain norms", "transformers' layers", "compiled layer regions"],
+    params=[
+        "fused norms",
+        "plain norms",
+        "transformers' layers",
+        "compiled layer regions",
+        "each step read back before the next",
+    ],
 )
 def batch_engine(request, tiny_engine: GemmaEngine):
     runtime = RuntimeConfig(
@@ -35,6 +41,7 @@ def batch_engine(request, tiny_engine: GemmaEngine):
         own_layer_forward=request.param != "transformers' layers",
         # dynamo traces the regions as on a GPU; the eager backend needs no C++ compiler
         compile_layers="eager" if request.param == "compiled layer regions" else False,
+        overlap_steps=request.param != "each step read back before the next",
     )
     engine = BatchEngine(tiny_engine, runtime)
     yield engine
