@@ -334,9 +334,16 @@ def run(args: argparse.Namespace) -> dict:
         if args.poisson_rate and concurrency > 1:
             arrivals = poisson_arrivals(concurrency, args.poisson_rate)
             record(bench_engine(engine, chosen, arrivals, f"engine, Poisson {args.poisson_rate}/s"))
+    for prompts in args.sweep_prefill_seqs:  # prompts per prefill, bursts only
+        engine.scheduler.max_prefill_seqs = prompts
+        for concurrency in args.engine_concurrency:
+            if concurrency > 1:
+                chosen, name = requests[:concurrency], f"engine, together, prefill ≤{prompts}"
+                record(bench_engine(engine, chosen, [0.0] * concurrency, name))
     # compiled regions that had to be built while serving (0: the warm-up covered all)
     graphs_now = dynamo_counters["stats"]["unique_graphs"]
     result["recompiles_while_serving"] = graphs_now - graphs_after_setup
+    write(args.out, result)
     engine.close()
     del engine  # frees the KV cache and graphs for the generate() rows
     reset_peak(device)

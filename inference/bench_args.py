@@ -34,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-slots", type=int, default=64)
     parser.add_argument("--max-seq-len", type=int, default=4096)
     parser.add_argument("--max-prefill-seqs", type=int, default=4, help="prompts per prefill")
+    parser.add_argument(
+        "--sweep-prefill-seqs",
+        type=_ints,
+        default=[],
+        help="then the bursts again with each of these prompts-per-prefill limits",
+    )
     parser.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto")
     parser.add_argument(
         "--compile-layers",

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from inference.engine import GemmaEngine
-from inference.runtime import fast_ops, layers
+from inference.runtime import fast_ops, layers, vision
 from inference.runtime.config import RuntimeConfig
 from inference.runtime.model_runner import ModelRunner
 from inference.runtime.sampler import sample
@@ -24,9 +24,9 @@ from inference.types import Event, InferenceError, Request
 log = structlog.get_logger()
 
 
-def blank_photo() -> bytes:
+def blank_photo(width: int = 640, height: int = 480) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (640, 480), "white").save(buffer, format="JPEG")
+    Image.new("RGB", (width, height), "white").save(buffer, format="JPEG")
     return buffer.getvalue()
 
 
@@ -46,6 +46,7 @@ class BatchEngine:
                 fused = model.device.type == "cuda"
             self._undo_fast_ops = fast_ops.install(model, fused_norms=fused)
         self._undo_layers = lambda: None
+        self._undo_vision = vision.install(model) if runtime.vision_per_photo else lambda: None
         compile_layers = runtime.compile_layers
         if compile_layers is None:
             compile_layers = model.device.type == "cuda"
@@ -102,14 +103,19 @@ class BatchEngine:
             self._warm_up_prefill()
 
     def _warm_up_prefill(self) -> None:
-        """Prefill every shape class once (1, 2 and 3 prompts, with and without a photo),
-        so the compiled regions exist before the first traveller waits for them."""
+        """Prefill every shape class once (1, 2 and 3 prompts, with and without a photo,
+        photos of different patch counts), so the compiled regions exist before the first
+        traveller waits for them."""
         started = time.monotonic()
-        photo = blank_photo()
-        for batch, image in ((1, None), (2, photo), (1, photo), (3, photo)):
+        photos = [blank_photo(640, 480), blank_photo(480, 640), blank_photo(900, 300)]
+        for batch, with_photo in ((1, False), (2, True), (1, True), (3, True)):
             prompts = [
                 self.base.prepare_inputs(
-                    Request(language="en", question="warm-up " * (row + 1), image=image),
+                    Request(
+                        language="en",
+                        question="warm-up " * (row + 1),
+                        image=photos[row] if with_photo else None,
+                    ),
                     on_device=False,
                 )
                 for row in range(batch)
@@ -121,7 +127,8 @@ class BatchEngine:
         """Give the model back as transformers made it (for benchmarks sharing it)."""
         self._undo_fast_ops()
         self._undo_layers()
-        self._undo_fast_ops = self._undo_layers = lambda: None
+        self._undo_vision()
+        self._undo_fast_ops = self._undo_layers = self._undo_vision = lambda: None
 
     @property
     def max_batch(self) -> int:

@@ -21,6 +21,8 @@ class RuntimeConfig:
     own_layer_forward: bool = True  # decoder layers as two regions around attention (layers)
     # torch.compile them; None: on GPUs; a str or callable: the dynamo backend (tests)
     compile_layers: bool | str | Callable | None = None
+    # the vision tower one photo at a time without padding, so attention needs no mask
+    vision_per_photo: bool = True
     # launch step n+1 before reading back step n's tokens (False: read back at once)
     overlap_steps: bool = True
     # decode steps of up to this many tokens run the experts as Triton kernels (GPU only)

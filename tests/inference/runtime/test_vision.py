@@ -1,0 +1,73 @@
+"""The vision tower one photo at a time without padding gives the padded batch's features."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from PIL import Image
+
+from inference import GemmaEngine, Request
+from inference.runtime import vision
+from inference.samples import draw_menu, draw_sign
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def photo_batch(engine: GemmaEngine) -> tuple[torch.Tensor, torch.Tensor]:
+    photos = [draw_sign(640, 480), draw_menu(360, 480, seed=2), draw_sign(900, 240)]
+    inputs = [
+        engine.prepare_inputs(Request(language="en", image=png(p)), on_device=False) for p in photos
+    ]
+    pixels = torch.cat([i["pixel_values"] for i in inputs])
+    positions = torch.cat([i["image_position_ids"] for i in inputs])
+    return pixels, positions
+
+
+@torch.inference_mode()
+def features(engine: GemmaEngine, pixels, positions) -> list[torch.Tensor]:
+    return list(engine.model.model.get_image_features(pixels, positions).pooler_output)
+
+
+def run_installed(engine: GemmaEngine, pixels, positions):
+    """Features with `vision.install`, and the (photos, patches) shape of each tower call."""
+    tower = engine.model.model.vision_tower
+    original, shapes = tower.forward, []
+
+    def recording(pixel_values, pixel_position_ids, **kwargs):
+        shapes.append(tuple(pixel_values.shape[:2]))
+        return original(pixel_values, pixel_position_ids, **kwargs)
+
+    tower.forward = recording
+    undo = vision.install(engine.model)
+    try:
+        return features(engine, pixels, positions), shapes
+    finally:
+        undo()
+        assert "forward" not in tower.__dict__
+
+
+def test_photo_by_photo_features_equal_the_padded_batch(tiny_engine: GemmaEngine) -> None:
+    pixels, positions = photo_batch(tiny_engine)
+    counts = (positions != -1).all(-1).sum(-1).tolist()
+    assert len(set(counts)) > 1 and max(counts) < positions.shape[1]  # padded, unequal
+    expected = features(tiny_engine, pixels, positions)
+    got, shapes = run_installed(tiny_engine, pixels, positions)
+    assert shapes == [(1, count) for count in counts]
+    assert [f.shape for f in got] == [f.shape for f in expected]
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_padding_not_at_the_end_keeps_the_masked_batch(tiny_engine: GemmaEngine) -> None:
+    pixels, positions = photo_batch(tiny_engine)
+    pixels, positions = pixels.flip(1), positions.flip(1)  # padding first
+    expected = features(tiny_engine, pixels, positions)
+    got, shapes = run_installed(tiny_engine, pixels, positions)
+    assert shapes == [tuple(pixels.shape[:2])]
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
