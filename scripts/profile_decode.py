@@ -134,7 +134,8 @@ def main() -> None:
     for layout in layouts:
         if layout == "contiguous":
             make_experts_contiguous(base.model)
-        runtime = RuntimeConfig(max_slots=max(batches), graph_batch_sizes=tuple(batches))
+        slots = max(*batches, args.prefill)
+        runtime = RuntimeConfig(max_slots=slots, graph_batch_sizes=tuple(batches))
         engine = BatchEngine(base, runtime)
         if args.prefill:
             report["prefill"] = result = profile_prefill(engine, args.prefill, args.top)

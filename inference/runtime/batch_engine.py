@@ -108,7 +108,8 @@ class BatchEngine:
         traveller waits for them."""
         started = time.monotonic()
         photos = [blank_photo(640, 480), blank_photo(480, 640), blank_photo(900, 300)]
-        for batch, with_photo in ((1, False), (2, True), (1, True), (3, True)):
+        shapes = ((1, False), (2, True), (1, True), (3, True))
+        for batch, with_photo in ((min(b, self.runtime.max_slots), p) for b, p in shapes):
             prompts = [
                 self.base.prepare_inputs(
                     Request(
@@ -241,6 +242,7 @@ class BatchEngine:
             if seq.ended:  # stopped or cancelled meanwhile: this was the dropped extra row
                 continue
             if not seq.output_ids:
+                seq.first_token_at = time.perf_counter()
                 first_tokens.append(seq)
             delta = seq.splitter.push(token)
             if delta is not None:

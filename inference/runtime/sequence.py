@@ -30,6 +30,7 @@ class Sequence:
     inputs: dict | None = None  # prepared model inputs until prefilled
     num_scheduled: int = 0  # tokens sampled on the device, read back or not
     ended: bool = False  # the Finished event (or an error) has been emitted
+    first_token_at: float | None = None  # time.perf_counter() when the first token was read
 
     @property
     def output_ids(self) -> list[int]:

@@ -241,3 +241,16 @@ def test_a_stop_token_ends_the_answer_and_its_extra_row_is_dropped(
         assert finished.finish_reason == ("stop" if stop in tokens else expected.finish_reason)
     assert results[0][-1].finish_reason == "stop" and len(results[0][-1].token_ids) == 5
     assert plain_engine.num_active == 0 and plain_engine.scheduler.running == []
+
+
+def test_a_single_slot_engine_warms_up_its_compiled_regions(tiny_engine: GemmaEngine) -> None:
+    """The prefill warm-up fits its batches to the slots, so it does not fail (and fall
+    back to uncompiled layers) on a small engine."""
+    from structlog.testing import capture_logs
+
+    runtime = RuntimeConfig(max_slots=1, max_seq_len=1024, compile_layers="eager")
+    with capture_logs() as logs:
+        engine = BatchEngine(tiny_engine, runtime)
+    engine.close()
+    events = [entry["event"] for entry in logs]
+    assert "prefill_warmed_up" in events and "compiled_layers_failed" not in events
