@@ -64,20 +64,12 @@ def graph_ms(fn, repeats: int = 20) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", default="1,2,4,8,16,32")
-    parser.add_argument("--kernels", default="experts,projections")
     parser.add_argument("--out", type=Path, default=Path("kernels.json"))
     args = parser.parse_args()
     config = Gemma4TextConfig(**FULL_SIZE_TEXT_CONFIG)
     config._experts_implementation = "grouped_mm"
-    result: dict = {"device": torch.cuda.get_device_name(), "self_check": None, "rows": []}
-    if "experts" in args.kernels:
-        check_experts(config, args, result)
-    if "projections" in args.kernels:
-        check_projections(config, args, result)
-
-
-def check_experts(config, args, result: dict) -> None:
     layers = make_experts(config)
+    result: dict = {"device": torch.cuda.get_device_name(), "self_check": None, "rows": []}
     result["self_check"] = moe_kernel.works_on(torch.device("cuda"))
     print("self check:", result["self_check"])
     for tokens in [int(t) for t in args.tokens.split(",")]:
@@ -87,9 +79,6 @@ def check_experts(config, args, result: dict) -> None:
         for kernel, timings in row.get("sweep", {}).items():
             print(f"  {kernel} best: {timings[:3]}")
         args.out.write_text(json.dumps(result, indent=1))
-
-
-def check_projections(config, args, result: dict) -> None:
     result["projections_self_check"] = gemv_kernel.works_on(torch.device("cuda"))
     print("projections self check:", result["projections_self_check"])
     projections = make_projections(config)
@@ -105,11 +94,10 @@ def check_projections(config, args, result: dict) -> None:
 
 def make_projections(config) -> list[list[torch.Tensor]]:
     """Per layer: q/k/v fused, o_proj, MLP gate/up fused, MLP down ([N, K] each)."""
-    sizes = FULL_SIZE_TEXT_CONFIG  # a sliding layer's (the config object is per layer kind)
-    hidden, heads = sizes["hidden_size"], sizes["num_attention_heads"] * sizes["head_dim"]
-    kv = 2 * sizes["num_key_value_heads"] * sizes["head_dim"]
-    inter = sizes["intermediate_size"]
-    shapes = [(heads + kv, hidden), (hidden, heads), (2 * inter, hidden), (hidden, inter)]
+    hidden, heads = config.hidden_size, config.num_attention_heads * config.head_dim
+    kv = 2 * config.num_key_value_heads * config.head_dim
+    shapes = [(heads + kv, hidden), (hidden, heads), (2 * config.intermediate_size, hidden),
+              (hidden, config.intermediate_size)]  # fmt: skip
     return [
         [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for n, k in shapes]
         for _ in range(LAYERS)
@@ -146,12 +134,10 @@ def measure_projections(projections, config, tokens: int) -> dict:
     row["skinny_tb_per_s"] = round(layer_bytes / row["skinny_ms"] / 1e9, 2)
     if tokens in (1, 8):
         timings = []
-        name = "row_blocks" if tokens == 1 else "blocks"
-        sizes = (8, 16, 32, 64) if tokens == 1 else (16, 32, 64)
-        for blocks in itertools.product(sizes, (64, 128, 256, 512), (4, 8)):
+        for blocks in itertools.product((16, 32, 64), (64, 128, 256, 512), (4, 8)):
             try:
-                ms = graph_ms(run(gemv_kernel.skinny_linear, **{name: blocks}))
-                timings.append((round(ms, 4), blocks))
+                timings.append((round(graph_ms(run(gemv_kernel.skinny_linear, blocks=blocks)), 4),
+                                blocks))  # fmt: skip
             except Exception as exc:  # e.g. out of shared memory for a block shape
                 print(f"  {blocks}: {type(exc).__name__}")
         row["sweep"] = sorted(timings)

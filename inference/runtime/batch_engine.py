@@ -109,20 +109,17 @@ class BatchEngine:
     def _warm_up_prefill(self) -> None:
         """Prefill every shape class once (1, 2 and 3 prompts, with and without a photo,
         photos of different patch counts), so the compiled regions exist before the first
-        traveller waits for them. Lengths vary over 16 consecutive values and photos include
-        a square one, because Triton specializes kernels on whether sizes divide by 16."""
+        traveller waits for them."""
         started = time.monotonic()
         photos = [blank_photo(640, 480), blank_photo(480, 640), blank_photo(900, 300)]
-        shapes = [(1, None, words) for words in range(1, 17)]
-        shapes += [(2, photos, 1), (1, photos, 2), (3, photos, 3), (1, [blank_photo(600, 600)], 4)]
-        for batch, images, words in shapes:
-            batch = min(batch, self.runtime.max_slots)
+        shapes = ((1, False), (2, True), (1, True), (3, True))
+        for batch, with_photo in ((min(b, self.runtime.max_slots), p) for b, p in shapes):
             prompts = [
                 self.base.prepare_inputs(
                     Request(
                         language="en",
-                        question="warm-up " * (words + row),
-                        image=images[row] if images else None,
+                        question="warm-up " * (row + 1),
+                        image=photos[row] if with_photo else None,
                     ),
                     on_device=False,
                 )

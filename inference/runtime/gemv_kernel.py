@@ -1,9 +1,9 @@
-"""Dense projections of a decode step of few tokens, as Triton kernels.
+"""Dense projections of a decode step of few tokens, as one Triton kernel.
 
 For 1-16 rows, cuBLAS reads the weights of Gemma 4's q/k/v, o_proj and MLP projections at
 ~1.4 TB/s on an H100 (~55% of what the GPU copies). Here each program streams one block
-of weight rows once: for one row of x as multiply-adds in registers (as the experts
-kernel does), for more rows through tensor cores with x padded to 16 rows.
+of weight rows once and multiplies it with all rows of x (padded to 16 for tensor cores),
+keeping every SM busy without a split-K reduction.
 """
 
 from __future__ import annotations
@@ -15,26 +15,6 @@ import triton.language as tl
 BLOCK_M = 16  # rows of x per kernel: the most a step may have to use it
 # (BLOCK_N, BLOCK_K, warps); measured on an H100 by scripts/check_kernels.py
 BLOCKS = (16, 256, 4)
-ROW_BLOCKS = (16, 128, 8)  # the one-row kernel's
-
-
-@triton.jit
-def _row_kernel(
-    x_ptr, w_ptr, out_ptr, n, k, stride_wn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
-):  # fmt: skip
-    block = tl.program_id(0)
-    cols = block * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < n
-    depth = tl.arange(0, BLOCK_K)
-    rows = w_ptr + cols[:, None].to(tl.int64) * stride_wn
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for start in range(0, k, BLOCK_K):
-        d = start + depth
-        d_ok = d < k
-        x = tl.load(x_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
-        w = tl.load(rows + d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-        acc += w.to(tl.float32) * x[None, :]
-    tl.store(out_ptr + cols, tl.sum(acc, axis=1).to(out_ptr.dtype.element_ty), mask=col_ok)
 
 
 @triton.jit
@@ -61,9 +41,7 @@ def _skinny_kernel(
     tl.store(out_ptr + m[:, None] * n + cols[None, :], out, mask=mask)
 
 
-def skinny_linear(
-    x: torch.Tensor, weight: torch.Tensor, blocks: tuple = BLOCKS, row_blocks: tuple = ROW_BLOCKS
-) -> torch.Tensor:
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor, blocks: tuple = BLOCKS) -> torch.Tensor:
     """x [..., K] @ weight[N, K]ᵀ for at most BLOCK_M rows of x (weight rows contiguous)."""
     shape = x.shape
     x = x.reshape(-1, shape[-1]).contiguous()
@@ -72,18 +50,11 @@ def skinny_linear(
     if rows > BLOCK_M or weight.stride(1) != 1:
         raise ValueError(f"skinny_linear takes ≤{BLOCK_M} rows and row-major weights")
     out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
-    if rows == 1:
-        block_n, block_k, warps = row_blocks
-        _row_kernel[(triton.cdiv(n, block_n),)](
-            x, weight, out, n, k, weight.stride(0),
-            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-        )  # fmt: skip
-    else:
-        block_n, block_k, warps = blocks
-        _skinny_kernel[(triton.cdiv(n, block_n),)](
-            x, weight, out, rows, n, k, weight.stride(0),
-            BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-        )  # fmt: skip
+    block_n, block_k, warps = blocks
+    _skinny_kernel[(triton.cdiv(n, block_n),)](
+        x, weight, out, rows, n, k, weight.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+    )  # fmt: skip
     return out.reshape(*shape[:-1], n)
 
 
