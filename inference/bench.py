@@ -299,7 +299,6 @@ def run(args: argparse.Namespace) -> dict:
         cuda_graphs=None if args.cuda_graphs == "auto" else args.cuda_graphs == "on",
         compile_layers=None if args.compile_layers == "auto" else args.compile_layers == "on",
         fused_experts_tokens=args.fused_experts_tokens,
-        skinny_linear_rows=args.skinny_linear_rows,
         overlap_steps=not args.no_overlap,
         ignore_stop=True,
     )
@@ -326,7 +325,6 @@ def run(args: argparse.Namespace) -> dict:
     engine = BatchEngine(base, runtime)
     result["engine_setup_seconds"] = round(time.perf_counter() - setup_started, 1)
     result["fused_experts_max_tokens"] = layers.fused_experts_max_tokens  # 0 if it failed
-    result["skinny_linear_max_rows"] = layers.skinny_linear_max_rows
     result["graph_breaks"] = dict(dynamo_counters["graph_break"])
     graphs_after_setup = dynamo_counters["stats"]["unique_graphs"]
     bench_engine(engine, make_requests(2, 4, seed=99), [0.0, 0.0], "warm-up")

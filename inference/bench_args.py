@@ -54,12 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode steps of up to N tokens run the experts as Triton kernels (0: grouped_mm)",
     )
     parser.add_argument(
-        "--skinny-linear-rows",
-        type=int,
-        default=16,
-        help="decode steps of up to N tokens run q/k/v, o_proj and the MLP as a Triton kernel",
-    )
-    parser.add_argument(
         "--no-overlap",
         action="store_true",
         help="read each step's tokens back before launching the next (the old engine loop)",

@@ -81,7 +81,6 @@ class BatchEngine:
             cuda_graphs=use_graphs,
             compiled_layers=bool(compile_layers),
             fused_experts_max_tokens=layers.fused_experts_max_tokens,
-            skinny_linear_max_rows=layers.skinny_linear_max_rows,
             seconds=round(time.monotonic() - started, 2),
         )
 
@@ -90,10 +89,7 @@ class BatchEngine:
         model, runtime = self.base.model, self.runtime
         if runtime.own_layer_forward:
             self._undo_layers = layers.install(
-                model,
-                compile=compile_layers,
-                fused_experts_tokens=runtime.fused_experts_tokens,
-                skinny_linear_rows=runtime.skinny_linear_rows,
+                model, compile=compile_layers, fused_experts_tokens=runtime.fused_experts_tokens
             )
         self.runner = ModelRunner(
             model,

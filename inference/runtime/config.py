@@ -28,8 +28,6 @@ class RuntimeConfig:
     # decode steps of up to this many tokens run the experts as Triton kernels (GPU only)
     # (H100, per layer: 1 token 0.065 vs 0.105 ms, 16 tokens 0.43 vs 0.46, 32 tokens slower)
     fused_experts_tokens: int = 16
-    # and their dense projections as one skinny Triton kernel (at most 16)
-    skinny_linear_rows: int = 16
 
     def __post_init__(self) -> None:
         if self.max_slots < 1 or self.max_seq_len < 2 or self.max_prefill_seqs < 1:

@@ -12,7 +12,6 @@ The vision encoder's layers have no cache, so their whole forward is compiled.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from functools import partial
 
@@ -27,10 +26,8 @@ from transformers.models.gemma4.modeling_gemma4 import (
 log = structlog.get_logger()
 
 # Decode steps of at most this many tokens run the experts as fused Triton kernels
-# (moe_kernel) and the dense projections as skinny ones (gemv_kernel); set by `install`,
-# 0 keeps transformers' experts (grouped_mm) and cuBLAS for all.
+# (moe_kernel); set by `install`, 0 keeps transformers' experts (grouped_mm) for all.
 fused_experts_max_tokens = 0
-skinny_linear_max_rows = 0
 
 
 def fuse_projections(layer) -> None:
@@ -66,7 +63,7 @@ def attention_inputs(layer, hidden_states, cos, sin):
     sizes = [attention.q_proj.out_features, attention.k_proj.out_features]
     if attention.v_proj is not None:
         sizes.append(attention.v_proj.out_features)
-    projected = project(normed, attention.qkv_weight).split(sizes, dim=-1)
+    projected = torch.nn.functional.linear(normed, attention.qkv_weight).split(sizes, dim=-1)
     query = attention.q_norm(projected[0].view(shape))
     query = apply_rotary_pos_emb(query, cos, sin, unsqueeze_dim=2).transpose(1, 2)
     key = projected[1].view(shape)
@@ -76,22 +73,15 @@ def attention_inputs(layer, hidden_states, cos, sin):
     return query, key, value
 
 
-def project(x, weight):
-    """x @ weightᵀ: the skinny Triton kernel for a few rows, cuBLAS otherwise."""
-    if x.numel() // x.shape[-1] <= skinny_linear_max_rows:
-        return torch.ops.travelbot.skinny_linear(x, weight)
-    return torch.nn.functional.linear(x, weight)
-
-
 def dense_mlp(mlp, hidden):
-    gate, up = project(hidden, mlp.gate_up_weight).chunk(2, dim=-1)
-    return project(mlp.act_fn(gate) * up, mlp.down_proj.weight)
+    gate, up = torch.nn.functional.linear(hidden, mlp.gate_up_weight).chunk(2, dim=-1)
+    return mlp.down_proj(mlp.act_fn(gate) * up)
 
 
 def feed_forward(layer, attention_output, residual):
     """o_proj and everything after the attention: dense MLP and experts side by side."""
-    hidden = project(attention_output, layer.self_attn.o_proj.weight)
-    hidden = residual + layer.post_attention_layernorm(hidden)
+    hidden = layer.post_attention_layernorm(layer.self_attn.o_proj(attention_output))
+    hidden = residual + hidden
     residual = hidden
     dense = dense_mlp(layer.mlp, layer.pre_feedforward_layernorm(hidden))
     dense = layer.post_feedforward_layernorm_1(dense)
@@ -112,15 +102,15 @@ def run_experts(experts, hidden, top_k_index, top_k_weights):
     return experts(hidden, top_k_index, top_k_weights)
 
 
-def _kernel_works(name: str, device: torch.device) -> bool:
-    """Import a Triton kernel module (registering its op) and run its self-check."""
+def _fused_experts_work(device: torch.device) -> bool:
     try:
-        module = importlib.import_module(f"inference.runtime.{name}")
-        if module.works_on(device):
+        from inference.runtime import moe_kernel  # registers the op; needs Triton
+
+        if moe_kernel.works_on(device):
             return True
-        log.error("triton_kernel_wrong", kernel=name, fallback="torch")
+        log.error("fused_experts_wrong", fallback="grouped_mm")
     except Exception:  # e.g. no C compiler for Triton's launcher
-        log.exception("triton_kernel_failed", kernel=name, fallback="torch")
+        log.exception("fused_experts_failed", fallback="grouped_mm")
     return False
 
 
@@ -172,26 +162,19 @@ def is_supported(layer) -> bool:
 
 
 def install(
-    model,
-    *,
-    compile: bool | str | Callable,
-    fused_experts_tokens: int = 0,
-    skinny_linear_rows: int = 0,
+    model, *, compile: bool | str | Callable, fused_experts_tokens: int = 0
 ) -> Callable[[], None]:
     """Give every decoder layer the two-region forward; returns a function undoing it.
-    `fused_experts_tokens`, `skinny_linear_rows`: up to how many tokens a step uses the
-    Triton experts and projections (GPU only)."""
-    global fused_experts_max_tokens, skinny_linear_max_rows
+    `fused_experts_tokens`: up to how many tokens a step uses the Triton experts (GPU)."""
+    global fused_experts_max_tokens
     layers = list(model.model.language_model.layers)
     if not all(is_supported(layer) for layer in layers):
         log.warning("own_layer_forward_unsupported", reason="layer kind not supported")
         return lambda: None
-    fused_experts_max_tokens = skinny_linear_max_rows = 0
+    fused_experts_max_tokens = 0
     on_gpu = model.device.type == "cuda"
-    if fused_experts_tokens and on_gpu and _kernel_works("moe_kernel", model.device):
+    if fused_experts_tokens and on_gpu and _fused_experts_work(model.device):
         fused_experts_max_tokens = fused_experts_tokens
-    if skinny_linear_rows and on_gpu and _kernel_works("gemv_kernel", model.device):
-        skinny_linear_max_rows = min(skinny_linear_rows, 16)
     regions: tuple[Callable, Callable] = (attention_inputs, feed_forward)
     vision_layers = list(model.model.vision_tower.encoder.layers) if compile else []
     if compile:
@@ -208,8 +191,8 @@ def install(
         layer.forward = partial(layer_forward, layer, regions)
 
     def undo() -> None:
-        global fused_experts_max_tokens, skinny_linear_max_rows
-        fused_experts_max_tokens = skinny_linear_max_rows = 0
+        global fused_experts_max_tokens
+        fused_experts_max_tokens = 0
         for layer in layers + vision_layers:
             layer.__dict__.pop("forward", None)
 

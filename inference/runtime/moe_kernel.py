@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-# (BLOCK_N, BLOCK_K, warps) per kernel; measured on an H100 by scripts/check_kernels.py
+# (BLOCK_N, BLOCK_K, warps) per kernel; measured on an H100 by scripts/check_moe_kernel.py
 GATE_UP_BLOCKS = (16, 128, 8)
 DOWN_BLOCKS = (8, 128, 8)
 

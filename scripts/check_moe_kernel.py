@@ -3,7 +3,7 @@ float32 reference, then time per layer against transformers' grouped_mm experts,
 decode batches of 1-32 tokens, and a sweep of the kernels' block sizes. Each timing is a
 CUDA graph replaying 8 layers with their own weights (no L2 reuse between layers).
 
-    python scripts/check_kernels.py [--out moe-kernel.json]
+    python scripts/check_moe_kernel.py [--out moe-kernel.json]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from transformers import Gemma4TextConfig
 from transformers.models.gemma4.modeling_gemma4 import Gemma4TextExperts
 
-from inference.runtime import gemv_kernel, moe_kernel
+from inference.runtime import moe_kernel
 from inference.tiny import FULL_SIZE_TEXT_CONFIG
 
 LAYERS = 8
@@ -64,7 +64,7 @@ def graph_ms(fn, repeats: int = 20) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", default="1,2,4,8,16,32")
-    parser.add_argument("--out", type=Path, default=Path("kernels.json"))
+    parser.add_argument("--out", type=Path, default=Path("moe-kernel.json"))
     args = parser.parse_args()
     config = Gemma4TextConfig(**FULL_SIZE_TEXT_CONFIG)
     config._experts_implementation = "grouped_mm"
@@ -79,69 +79,6 @@ def main() -> None:
         for kernel, timings in row.get("sweep", {}).items():
             print(f"  {kernel} best: {timings[:3]}")
         args.out.write_text(json.dumps(result, indent=1))
-    result["projections_self_check"] = gemv_kernel.works_on(torch.device("cuda"))
-    print("projections self check:", result["projections_self_check"])
-    projections = make_projections(config)
-    result["projection_rows"] = []
-    for tokens in [int(t) for t in args.tokens.split(",") if int(t) <= gemv_kernel.BLOCK_M]:
-        row = measure_projections(projections, config, tokens)
-        result["projection_rows"].append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "sweep"}))
-        for timing in row.get("sweep", [])[:3]:
-            print(f"  best: {timing}")
-        args.out.write_text(json.dumps(result, indent=1))
-
-
-def make_projections(config) -> list[list[torch.Tensor]]:
-    """Per layer: q/k/v fused, o_proj, MLP gate/up fused, MLP down ([N, K] each)."""
-    hidden, heads = config.hidden_size, config.num_attention_heads * config.head_dim
-    kv = 2 * config.num_key_value_heads * config.head_dim
-    shapes = [(heads + kv, hidden), (hidden, heads), (2 * config.intermediate_size, hidden),
-              (hidden, config.intermediate_size)]  # fmt: skip
-    return [
-        [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for n, k in shapes]
-        for _ in range(LAYERS)
-    ]
-
-
-def measure_projections(projections, config, tokens: int) -> dict:
-    inputs = [
-        torch.randn(tokens, weight.shape[1], device="cuda", dtype=torch.bfloat16)
-        for weight in projections[0]
-    ]
-
-    def run(linear, **kwargs):
-        def all_layers() -> None:
-            for weights in projections:
-                for x, weight in zip(inputs, weights, strict=True):
-                    linear(x, weight, **kwargs)
-
-        return all_layers
-
-    errors = []
-    for x, weight in zip(inputs, projections[0], strict=True):
-        expected = x.float() @ weight.float().T
-        got = gemv_kernel.skinny_linear(x, weight).float()
-        errors.append(((got - expected).abs().max() / expected.abs().max()).item())
-    layer_bytes = sum(w.numel() * 2 for w in projections[0])
-    row = {
-        "tokens": tokens,
-        "error": round(max(errors), 5),
-        "cublas_ms": graph_ms(run(torch.nn.functional.linear)),
-        "skinny_ms": graph_ms(run(gemv_kernel.skinny_linear)),
-    }
-    row["cublas_tb_per_s"] = round(layer_bytes / row["cublas_ms"] / 1e9, 2)
-    row["skinny_tb_per_s"] = round(layer_bytes / row["skinny_ms"] / 1e9, 2)
-    if tokens in (1, 8):
-        timings = []
-        for blocks in itertools.product((16, 32, 64), (64, 128, 256, 512), (4, 8)):
-            try:
-                timings.append((round(graph_ms(run(gemv_kernel.skinny_linear, blocks=blocks)), 4),
-                                blocks))  # fmt: skip
-            except Exception as exc:  # e.g. out of shared memory for a block shape
-                print(f"  {blocks}: {type(exc).__name__}")
-        row["sweep"] = sorted(timings)
-    return row
 
 
 def measure(layers, config, tokens: int) -> dict:
