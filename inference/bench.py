@@ -296,6 +296,7 @@ def run(args: argparse.Namespace) -> dict:
         max_slots=args.max_slots,
         max_seq_len=args.max_seq_len,
         max_prefill_seqs=args.max_prefill_seqs,
+        deep_queue_prefill_seqs=max(args.max_prefill_seqs, args.deep_queue_prefill_seqs),
         cuda_graphs=None if args.cuda_graphs == "auto" else args.cuda_graphs == "on",
         compile_layers=None if args.compile_layers == "auto" else args.compile_layers == "on",
         fused_experts_tokens=args.fused_experts_tokens,
@@ -335,7 +336,7 @@ def run(args: argparse.Namespace) -> dict:
             arrivals = poisson_arrivals(concurrency, args.poisson_rate)
             record(bench_engine(engine, chosen, arrivals, f"engine, Poisson {args.poisson_rate}/s"))
     for prompts in args.sweep_prefill_seqs:  # prompts per prefill, bursts only
-        engine.scheduler.max_prefill_seqs = prompts
+        engine.scheduler.max_prefill_seqs = engine.scheduler.deep_queue_prefill_seqs = prompts
         for concurrency in args.engine_concurrency:
             if concurrency > 1:
                 chosen, name = requests[:concurrency], f"engine, together, prefill ≤{prompts}"

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-seq-len", type=int, default=4096)
     parser.add_argument("--max-prefill-seqs", type=int, default=4, help="prompts per prefill")
     parser.add_argument(
+        "--deep-queue-prefill-seqs", type=int, default=8, help="... when more than N wait"
+    )
+    parser.add_argument(
         "--sweep-prefill-seqs",
         type=_ints,
         default=[],

@@ -69,6 +69,7 @@ class BatchEngine:
             max_seq_len=runtime.max_seq_len,
             max_prefill_tokens=runtime.max_prefill_tokens,
             max_prefill_seqs=runtime.max_prefill_seqs,
+            deep_queue_prefill_seqs=runtime.deep_queue_prefill_seqs,
         )
         self.stop_ids = set() if runtime.ignore_stop else set(self.base.stop_ids)
         self.last_plan = Plan()

@@ -22,12 +22,21 @@ class Plan:
 
 class Scheduler:
     def __init__(
-        self, *, max_slots: int, max_seq_len: int, max_prefill_tokens: int, max_prefill_seqs: int
+        self,
+        *,
+        max_slots: int,
+        max_seq_len: int,
+        max_prefill_tokens: int,
+        max_prefill_seqs: int,
+        deep_queue_prefill_seqs: int | None = None,
     ) -> None:
         self.max_slots = max_slots
         self.max_seq_len = max_seq_len
         self.max_prefill_tokens = max_prefill_tokens
         self.max_prefill_seqs = max_prefill_seqs
+        # more waiting than this: prefill this many at once (a deep queue waits anyway, and
+        # bigger prefills serve it sooner); None: always max_prefill_seqs
+        self.deep_queue_prefill_seqs = deep_queue_prefill_seqs or max_prefill_seqs
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # index == slot
 
@@ -47,10 +56,13 @@ class Scheduler:
         """Admit waiting sequences into free slots (within the prefill budget); decode the rest."""
         plan = Plan(decode=list(self.running))
         budget = self.max_prefill_tokens
+        limit = self.max_prefill_seqs
+        if len(self.waiting) > self.deep_queue_prefill_seqs:
+            limit = self.deep_queue_prefill_seqs
         while (
             self.waiting
             and len(self.running) < self.max_slots
-            and len(plan.prefill) < self.max_prefill_seqs
+            and len(plan.prefill) < limit
             and (not plan.prefill or self.waiting[0].num_prompt_tokens <= budget)
         ):
             seq = self.waiting.popleft()
