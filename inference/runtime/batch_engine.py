@@ -109,8 +109,8 @@ class BatchEngine:
         traveller waits for them."""
         started = time.monotonic()
         photos = [blank_photo(640, 480), blank_photo(480, 640), blank_photo(900, 300)]
-        shapes = ((1, False), (2, True), (1, True), (3, True))
-        for batch, with_photo in ((min(b, self.runtime.max_slots), p) for b, p in shapes):
+        for batch, with_photo in ((1, False), (2, True), (1, True), (3, True)):
+            batch = min(batch, self.runtime.max_slots)
             prompts = [
                 self.base.prepare_inputs(
                     Request(
@@ -139,9 +139,13 @@ class BatchEngine:
     @property
     def num_active(self) -> int:
         """Waiting, running, and finished ones whose last tokens are not read back yet."""
-        draining = {id(seq) for batch in self._in_flight for seq in batch.seqs if not seq.ended}
-        holding = {id(seq) for seq in [*self.scheduler.waiting, *self.scheduler.running]}
-        return len(draining | holding)
+        draining = {
+            id(seq)
+            for batch in self._in_flight
+            for seq in batch.seqs
+            if seq.status is Status.FINISHED and not seq.ended
+        }
+        return self.scheduler.num_active + len(draining)
 
     def prepare(self, request: Request) -> Sequence:
         """CPU work for a request (image processing, tokenizing); runs in any thread."""
@@ -186,10 +190,7 @@ class BatchEngine:
             logits = self.runner.decode([seq.position for seq in plan.decode])
             launched.append(self._sample(plan.decode, logits))
         self._in_flight.extend(launched)
-        if self.runtime.overlap_steps:
-            self._read_back_all(first_tokens, keep=len(launched))
-        else:
-            self._read_back_all(first_tokens)
+        self._read_back_all(first_tokens, keep=len(launched) if self.runtime.overlap_steps else 0)
 
     def _read_back_all(self, first_tokens: list[Sequence], keep: int = 0) -> None:
         """Read back the launches in flight, all but the last `keep` (oldest first)."""

@@ -29,7 +29,7 @@ for index in (0, 1):
         hidden = torch.randn(tokens, experts.hidden_dim, dtype=torch.bfloat16)
         _, weights, chosen = layer.router(hidden)
         expected = experts(hidden, chosen, weights).float()
-        for blocks in (((16, 32), (16, 16)), ((16, 256), (16, 128))):
+        for blocks in (((16, 32, 4), (16, 16, 4)), ((16, 256, 4), (16, 128, 4))):
             got = fused_experts(hidden, chosen, weights, experts.gate_up_proj,
                                 experts.down_proj, *blocks).float()
             error = ((got - expected).abs().max() / expected.abs().max()).item()
