@@ -8,7 +8,9 @@ the stored weights:
   2. down: one program per (token, block of hidden rows), looping over the token's top-k
      experts, weighting by the router and summing in registers (no scatter, no atomics).
 Programs of neighbouring pairs read the same rows when tokens share an expert, so the
-second read mostly hits L2.
+second read mostly hits L2. The two kernels' loops look alike but are kept apart: gate_up
+streams gate and up rows against one load of x, which a shared row-dot helper would load
+twice (H100, 1 token: 0.041 → 0.045 ms per layer).
 """
 
 from __future__ import annotations
@@ -23,22 +25,6 @@ DOWN_BLOCKS = (8, 128, 8)
 
 
 @triton.jit
-def _dot_rows(rows, row_ok, vector, length, stride_k, BLOCK_N: tl.constexpr,
-              BLOCK_K: tl.constexpr):  # fmt: skip
-    """[BLOCK_N] float32: each weight row (pointers `rows` [BLOCK_N, 1]) · `vector`."""
-    cols = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for start in range(0, length, BLOCK_K):
-        col = start + cols
-        col_ok = col < length
-        x = tl.load(vector + col, mask=col_ok, other=0.0).to(tl.float32)
-        w = tl.load(rows + col[None, :] * stride_k, mask=row_ok[:, None] & col_ok[None, :],
-                    other=0.0)  # fmt: skip
-        acc += w.to(tl.float32) * x[None, :]
-    return tl.sum(acc, axis=1)
-
-
-@triton.jit
 def _gate_up_kernel(
     x_ptr, w_ptr, index_ptr, out_ptr,
     hidden, inter, stride_e, stride_n, stride_k,
@@ -46,13 +32,26 @@ def _gate_up_kernel(
 ):  # fmt: skip
     pair = tl.program_id(0)
     block = tl.program_id(1)
-    x = x_ptr + (pair // TOP_K) * hidden
+    token = pair // TOP_K
     expert = tl.load(index_ptr + pair).to(tl.int64)
     rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < inter
+    cols = tl.arange(0, BLOCK_K)
     gate_rows = w_ptr + expert * stride_e + rows[:, None].to(tl.int64) * stride_n
-    gate = _dot_rows(gate_rows, row_ok, x, hidden, stride_k, BLOCK_N, BLOCK_K)
-    up = _dot_rows(gate_rows + inter * stride_n, row_ok, x, hidden, stride_k, BLOCK_N, BLOCK_K)
+    up_rows = gate_rows + inter * stride_n
+    acc_gate = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for start in range(0, hidden, BLOCK_K):
+        col = start + cols
+        col_ok = col < hidden
+        x = tl.load(x_ptr + token * hidden + col, mask=col_ok, other=0.0).to(tl.float32)
+        mask = row_ok[:, None] & col_ok[None, :]
+        gate = tl.load(gate_rows + col[None, :] * stride_k, mask=mask, other=0.0)
+        up = tl.load(up_rows + col[None, :] * stride_k, mask=mask, other=0.0)
+        acc_gate += gate.to(tl.float32) * x[None, :]
+        acc_up += up.to(tl.float32) * x[None, :]
+    gate = tl.sum(acc_gate, axis=1)
+    up = tl.sum(acc_up, axis=1)
     # gelu_pytorch_tanh: 0.5·g·(1 + tanh(y)) == g·sigmoid(2y)
     inner = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
     out = gate * tl.sigmoid(2.0 * inner) * up
@@ -69,14 +68,22 @@ def _down_kernel(
     block = tl.program_id(1)
     rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < hidden
+    cols = tl.arange(0, BLOCK_K)
     total = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for k in tl.static_range(TOP_K):
         pair = token * TOP_K + k
         expert = tl.load(index_ptr + pair).to(tl.int64)
         routing = tl.load(weight_ptr + pair).to(tl.float32)
         expert_rows = w_ptr + expert * stride_e + rows[:, None].to(tl.int64) * stride_n
-        act = act_ptr + pair * inter
-        total += routing * _dot_rows(expert_rows, row_ok, act, inter, stride_k, BLOCK_N, BLOCK_K)
+        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        for start in range(0, inter, BLOCK_K):
+            col = start + cols
+            col_ok = col < inter
+            act = tl.load(act_ptr + pair * inter + col, mask=col_ok, other=0.0).to(tl.float32)
+            mask = row_ok[:, None] & col_ok[None, :]
+            down = tl.load(expert_rows + col[None, :] * stride_k, mask=mask, other=0.0)
+            acc += down.to(tl.float32) * act[None, :]
+        total += routing * tl.sum(acc, axis=1)
     tl.store(out_ptr + token * hidden + rows, total.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
