@@ -210,54 +210,74 @@ def bench_generate(
 # -- the batching engine -----------------------------------------------------------------------
 @dataclass
 class _Tracked:
-    arrival: float
+    arrival: float | None = None  # None: not sent yet
     first_token: float | None = None
     done: float | None = None
     tokens: int = 0
 
 
 def bench_engine(
-    engine: BatchEngine, requests: list[Request], arrivals: list[float], name: str
+    engine: BatchEngine,
+    requests: list[Request],
+    arrivals: list[float | None],
+    name: str,
+    *,
+    concurrency: int | None = None,
+    follow_up: dict[int, int] | None = None,
 ) -> Row:
-    """Feed requests at their arrival offsets (seconds), step until all finish."""
-    row = Row(name=name, concurrency=len(requests))
+    """Feed requests at their arrival offsets (seconds), step until all finish. A request
+    whose arrival is None is sent when the one naming it in `follow_up` finishes (a closed
+    loop: each client sends its next photo as soon as its answer is complete)."""
+    concurrency = concurrency or len(requests)
+    follow_up = follow_up or {}
+    row = Row(name=name, concurrency=concurrency)
     device = engine.base.device
-    reset_peak(device)
-    tracked = [_Tracked(arrival=offset) for offset in arrivals]
+    if device.type == "cuda":  # the allocator keeps its cache, as it does while serving
+        torch.cuda.reset_peak_memory_stats(device)
+    tracked = [_Tracked() for _ in requests]
     step_times: list[float] = []
-    order = sorted(range(len(requests)), key=lambda i: arrivals[i])
-    index_of = {id(request): index for index, request in enumerate(requests)}
+    prefill_times: list[float] = []
+    order = sorted((i for i, t in enumerate(arrivals) if t is not None), key=lambda i: arrivals[i])
+    released: list[int] = []  # follow-ups due now
     with ThreadPoolExecutor(PREP_THREADS) as pool:  # as the worker does, before arrival
         prepared = list(pool.map(engine.prepare, requests))
+    seq_index = {id(seq): index for index, seq in enumerate(prepared)}
     retries_before = alloc_retries(device)
     started = time.perf_counter()
 
     def emitter(index: int):
         def emit(event) -> None:
-            now = time.perf_counter() - started
-            state = tracked[index]
             if isinstance(event, Finished):
-                state.done, state.tokens = now, event.num_output_tokens
+                state = tracked[index]
+                state.done, state.tokens = time.perf_counter() - started, event.num_output_tokens
+                if index in follow_up:
+                    released.append(follow_up[index])
 
         return emit
 
-    while order or engine.num_active:
+    def send(index: int, now: float) -> None:
+        tracked[index].arrival = now
+        engine.add(prepared[index], emitter(index), lambda: False)
+
+    while order or released or engine.num_active:
         now = time.perf_counter() - started
         while order and arrivals[order[0]] <= now:
-            index = order.pop(0)
-            tracked[index].arrival = now
-            engine.add(prepared[index], emitter(index), lambda: False)
+            send(order.pop(0), now)
+        while released:
+            send(released.pop(0), now)
         if not engine.num_active:
             time.sleep(max(0.0, arrivals[order[0]] - now))
             continue
         step_started = time.perf_counter()
         engine.step()
-        step_ended = time.perf_counter()
+        step_seconds = time.perf_counter() - step_started
         plan = engine.last_plan
-        if not plan.prefill and len(plan.decode) == len(requests):
-            step_times.append(step_ended - step_started)
+        if plan.prefill:
+            prefill_times.append(step_seconds)
+        elif len(plan.decode) == concurrency:
+            step_times.append(step_seconds)
         for seq in plan.first_tokens:  # read back on the CPU (and emitted) in this step
-            tracked[index_of[id(seq.request)]].first_token = seq.first_token_at - started
+            tracked[seq_index[id(seq)]].first_token = seq.first_token_at - started
     wall = max(state.done for state in tracked) - min(state.arrival for state in tracked)
     first_tokens = [(state.first_token - state.arrival) * 1000 for state in tracked]
     row.output_tokens = sum(state.tokens for state in tracked)
@@ -268,11 +288,29 @@ def bench_engine(
     row.ttft_p95_ms = round(percentile(first_tokens, 0.95), 1)
     row.decode_step_ms = round(statistics.median(step_times) * 1000, 2) if step_times else 0.0
     row.peak_memory_gib = peak_gib(device)
+    row.extra["requests"] = len(requests)
     row.extra["full_batch_decode_steps"] = len(step_times)
     row.extra["first_step_ms"] = round(min(s.first_token for s in tracked) * 1000, 1)
+    row.extra["prefill_steps"] = len(prefill_times)
+    row.extra["prefill_step_ms_first_median"] = [
+        round(prefill_times[0] * 1000, 1),
+        round(statistics.median(prefill_times) * 1000, 1),
+    ]
     # cudaFree + cudaMalloc when the caching allocator ran out: slow, and a sign of pressure
     row.extra["allocator_retries"] = alloc_retries(device) - retries_before
     return row
+
+
+def bench_closed_loop(engine: BatchEngine, requests: list[Request], rounds: int) -> Row:
+    """len(requests) clients, each sending `rounds` photos one after another (the next as
+    soon as the previous answer is complete): the engine under a steady load."""
+    clients = len(requests)
+    arrivals: list[float | None] = [0.0] * clients + [None] * (clients * (rounds - 1))
+    follow_up = {index: index + clients for index in range(clients * (rounds - 1))}
+    name = f"engine, closed loop x{rounds}"
+    return bench_engine(
+        engine, requests * rounds, arrivals, name, concurrency=clients, follow_up=follow_up
+    )
 
 
 def poisson_arrivals(count: int, rate: float, seed: int = 0) -> list[float]:
@@ -335,6 +373,12 @@ def run(args: argparse.Namespace) -> dict:
         if args.poisson_rate and concurrency > 1:
             arrivals = poisson_arrivals(concurrency, args.poisson_rate)
             record(bench_engine(engine, chosen, arrivals, f"engine, Poisson {args.poisson_rate}/s"))
+        if args.closed_loop_rounds and concurrency > 1:
+            record(bench_closed_loop(engine, chosen, args.closed_loop_rounds))
+        if args.cold_allocator_rows:  # the old bench emptied the allocator before each row
+            reset_peak(device)
+            name = "engine, together, allocator emptied"
+            record(bench_engine(engine, chosen, [0.0] * concurrency, name))
     for prompts in args.sweep_prefill_seqs:  # prompts per prefill, bursts only
         engine.scheduler.max_prefill_seqs = engine.scheduler.deep_queue_prefill_seqs = prompts
         for concurrency in args.engine_concurrency:

@@ -31,6 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--static-max-batch", type=int, default=8)
     parser.add_argument("--engine-concurrency", type=_ints, default=[1, 8, 64])
     parser.add_argument("--poisson-rate", type=float, default=16.0)
+    parser.add_argument(
+        "--closed-loop-rounds",
+        type=int,
+        default=3,
+        help="then N photos per client, each sent when the previous answer is done (0: off)",
+    )
+    parser.add_argument(
+        "--cold-allocator-rows",
+        action="store_true",
+        help="also each burst right after torch.cuda.empty_cache() (as the bench did before)",
+    )
     parser.add_argument("--max-slots", type=int, default=64)
     parser.add_argument("--max-seq-len", type=int, default=4096)
     parser.add_argument("--max-prefill-seqs", type=int, default=4, help="prompts per prefill")

@@ -1,10 +1,12 @@
 """Where a decode step of the batching engine spends GPU time (full-size random Gemma 4).
 
-    python scripts/profile_decode.py --batches 1,8,64 [--contiguous-experts]
+    python scripts/profile_decode.py --batches 1,8,64 [--prefill 4,8] [--contiguous-experts]
 
 Prints the top kernels per batch size from torch.profiler (eager steps, kernel times are
-those a CUDA graph replays), the graph-replay step time, and a grouped_mm micro-benchmark
-of the expert layout (transposed view as stored vs contiguous).
+those a CUDA graph replays), the graph-replay step time, optionally where a prefill's GPU
+time goes (vision tower, text layers, attention, KV store), and with --grouped-mm a
+micro-benchmark of the expert layout (transposed view as stored vs contiguous).
+Decode rows feed random tokens, so the routers spread them over the experts as real text does.
 """
 
 from __future__ import annotations
@@ -16,15 +18,24 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from transformers import AttentionInterface
 
 from inference.bench import full_size_random_engine, make_requests
+from inference.runtime import fast_ops
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
 
 
+def step_inputs(batch: int) -> tuple[list[int], list[int]]:
+    """Random tokens at positions ~1,000 (a photo prompt plus some answer)."""
+    generator = torch.Generator().manual_seed(batch)
+    tokens = torch.randint(1000, 200_000, (batch,), generator=generator).tolist()
+    return tokens, [1000 + i for i in range(batch)]
+
+
 def step_times(engine: BatchEngine, batch: int, steps: int = 20) -> float:
     runner = engine.runner
-    tokens, positions = [5] * batch, [900 + i for i in range(batch)]
+    tokens, positions = step_inputs(batch)
     for _ in range(3):
         runner.decode(positions, tokens)
     torch.cuda.synchronize()
@@ -38,7 +49,7 @@ def step_times(engine: BatchEngine, batch: int, steps: int = 20) -> float:
 def top_kernels(engine: BatchEngine, batch: int, limit: int) -> list[dict]:
     runner = engine.runner
     graphs, runner._graphs = runner._graphs, {}
-    tokens, positions = [5] * batch, [900 + i for i in range(batch)]
+    tokens, positions = step_inputs(batch)
     runner.decode(positions, tokens)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -87,6 +98,65 @@ def profile_prefill(engine: BatchEngine, num_seqs: int, limit: int) -> dict:
     }
 
 
+class RegionTimer:
+    """GPU time of wrapped calls, from CUDA events (no sync until the report)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+
+    def wrap(self, name: str, fn):
+        def timed(*args, **kwargs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            result = fn(*args, **kwargs)
+            end.record()
+            self.events.append((name, start, end))
+            return result
+
+        return timed
+
+    def report(self) -> dict[str, float]:
+        torch.cuda.synchronize()
+        totals: dict[str, float] = {}
+        for name, start, end in self.events:
+            totals[name] = totals.get(name, 0.0) + start.elapsed_time(end)
+        self.events.clear()
+        return {name: round(ms, 2) for name, ms in totals.items()}
+
+
+def profile_prefill_regions(engine: BatchEngine, num_seqs: int) -> dict[str, float]:
+    """One prefill of `num_seqs` photo prompts: GPU ms in the vision tower, the text layers
+    (without their attention), text attention, the KV copy into slots, and in all."""
+    runner, model = engine.runner, engine.base.model
+    prepared = [engine.prepare(r) for r in make_requests(num_seqs, 1, seed=7)]
+    inputs, slots = [seq.inputs for seq in prepared], list(range(num_seqs))
+    runner.prefill(inputs, slots)  # warm
+    timer = RegionTimer()
+    tower = model.model.vision_tower
+    layers = list(model.model.language_model.layers)
+    saved = (tower.forward, [layer.forward for layer in layers], runner.cache.store_prompt)
+    tower.forward = timer.wrap("vision tower", tower.forward)
+    for layer in layers:
+        kind = "global" if layer.self_attn.sliding_window is None else "sliding"
+        layer.forward = timer.wrap(f"text layers ({kind}), with attention", layer.forward)
+    runner.cache.store_prompt = timer.wrap("KV copy into slots", runner.cache.store_prompt)
+    attention = timer.wrap("text attention", fast_ops.decode_attention)
+    AttentionInterface.register(fast_ops.ATTENTION_NAME, attention)
+    try:
+        torch.cuda.synchronize()
+        whole = timer.wrap("whole prefill", runner.prefill)
+        started = time.perf_counter()
+        whole(inputs, slots)
+        torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - started) * 1000
+    finally:
+        AttentionInterface.register(fast_ops.ATTENTION_NAME, fast_ops.decode_attention)
+        tower.forward, forwards, runner.cache.store_prompt = saved
+        for layer, forward in zip(layers, forwards, strict=True):
+            layer.forward = forward
+    return {"wall_ms": round(wall_ms, 2), **timer.report()}
+
+
 def grouped_mm_bench(tokens: int) -> dict:
     experts, hidden, inter = 128, 2816, 1408
     stored = torch.randn(experts, inter, hidden, device="cuda", dtype=torch.bfloat16)
@@ -121,25 +191,35 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--top", type=int, default=18)
     parser.add_argument("--contiguous-experts", action="store_true", help="also that layout")
-    parser.add_argument("--prefill", type=int, default=0, help="also profile a prefill of N")
+    parser.add_argument("--prefill", default="", help="also profile prefills of N,M prompts")
+    parser.add_argument("--grouped-mm", action="store_true", help="grouped_mm layout bench")
     parser.add_argument("--out", type=Path, default=Path("bench-out/profile.json"))
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     base = full_size_random_engine("cuda", 280)
     base.model.set_experts_implementation("grouped_mm")
     make_requests(1, 1)
-    report: dict = {"grouped_mm": {t: grouped_mm_bench(t) for t in (8, 64, 512)}}
-    print(json.dumps(report["grouped_mm"], indent=1), flush=True)
+    prefills = [int(n) for n in args.prefill.split(",") if n]
+    report: dict = {}
+    if args.grouped_mm:
+        report["grouped_mm"] = {t: grouped_mm_bench(t) for t in (8, 64, 512)}
+        print(json.dumps(report["grouped_mm"], indent=1), flush=True)
     layouts = ("as stored", "contiguous") if args.contiguous_experts else ("as stored",)
     for layout in layouts:
         if layout == "contiguous":
             make_experts_contiguous(base.model)
-        slots = max(*batches, args.prefill)
+        slots = max(*batches, *prefills)
         runtime = RuntimeConfig(max_slots=slots, graph_batch_sizes=tuple(batches))
         engine = BatchEngine(base, runtime)
-        if args.prefill:
-            report["prefill"] = result = profile_prefill(engine, args.prefill, args.top)
-            print(f"\n== prefill of {args.prefill}: wall {result['wall_ms']:.1f} ms, "
+        for num in prefills:
+            report[f"prefill regions x{num}"] = regions = profile_prefill_regions(engine, num)
+            print(f"\n== prefill of {num}, GPU ms by region")
+            for name, ms in regions.items():
+                print(f"{ms:9.2f}  {name}")
+        if prefills:
+            num = prefills[-1]
+            report["prefill"] = result = profile_prefill(engine, num, args.top)
+            print(f"\n== prefill of {num}: wall {result['wall_ms']:.1f} ms, "
                   f"kernels {result['kernel_ms']:.1f} ms")  # fmt: skip
             for k in result["top_kernels"]:
                 print(f"{k['cuda_ms']:8.3f} ms {k['calls']:6d}x  {k['name']}")

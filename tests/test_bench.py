@@ -15,18 +15,20 @@ def test_bench_smoke_writes_every_row(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(TRAVELBOT), "bench", "--tiny", "--new-tokens", "4", "--image-soft-tokens", "70",
          "--generate-batches", "1,2", "--generate-caches", "default", "--engine-concurrency",
-         "1,3", "--poisson-rate", "50", "--max-slots", "4", "--max-seq-len", "1536",
-         "--out", str(out)],
+         "1,3", "--poisson-rate", "50", "--closed-loop-rounds", "2", "--max-slots", "4",
+         "--max-seq-len", "1536", "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(out.read_text())
     names = [(row["name"], row["concurrency"]) for row in data["rows"]]
     assert ("engine, together", 3) in names and ("engine, Poisson 50.0/s", 3) in names
+    assert ("engine, closed loop x2", 3) in names
     assert ("generate() default cache", 2) in names
     for row in data["rows"]:
         assert row["error"] is None
-        assert row["output_tokens"] == 4 * row["concurrency"]  # decode length is forced
+        requests = row["extra"].get("requests", row["concurrency"])
+        assert row["output_tokens"] == 4 * requests  # decode length is forced
         assert row["tok_per_s"] > 0 and row["ttft_p50_ms"] > 0
     assert "engine, together x3" in data["ratios"]
     assert "tok/s" in result.stdout  # the printed table
