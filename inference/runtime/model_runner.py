@@ -9,6 +9,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import DynamicCache
 
+from inference.runtime import fast_ops
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache
 
 log = structlog.get_logger()
@@ -45,8 +46,10 @@ class ModelRunner:
         suppressed_ids: list[int],
         pad_token_id: int,
         graph_batch_sizes: tuple[int, ...] = (),
+        flash_prompts: bool = True,
     ) -> None:
         self.model = model
+        self.flash_prompts = flash_prompts  # sliding layers' prompt attention unmasked
         self.language_model = model.model.language_model
         text_config = model.config.get_text_config()
         self.softcap = text_config.final_logit_softcapping
@@ -94,7 +97,11 @@ class ModelRunner:
                 0,
             )
         cache = DynamicCache()  # full-length K/V for every layer; masks come from the config
-        with sdpa_kernel(PREFILL_ATTENTION):
+        spans = None
+        if self.flash_prompts:
+            types = [i.get("mm_token_type_ids") for i in inputs]
+            spans = [fast_ops.vision_spans(t[0].tolist()) if t is not None else [] for t in types]
+        with sdpa_kernel(PREFILL_ATTENTION), fast_ops.image_spans(spans):
             output = self.model.model(**batch, past_key_values=cache, use_cache=True)
         rows = torch.arange(len(inputs), device=self.device)
         last = torch.tensor([n - 1 for n in lengths], device=self.device)

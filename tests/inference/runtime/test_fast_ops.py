@@ -1,0 +1,83 @@
+"""Prompt attention of sliding layers without a mask equals Gemma 4's masked attention."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from inference import EngineConfig, GemmaEngine, Request
+from inference.runtime import fast_ops
+from inference.runtime.batch_engine import BatchEngine
+from inference.runtime.config import RuntimeConfig
+from inference.samples import draw_menu, draw_sign
+
+
+def test_vision_spans_are_the_runs_of_image_or_audio_tokens() -> None:
+    assert fast_ops.vision_spans([0, 0, 1, 1, 1, 0, 2, 2]) == [(2, 5), (6, 8)]
+    assert fast_ops.vision_spans([1, 0, 0]) == [(0, 1)]
+    assert fast_ops.vision_spans([0, 0]) == []
+
+
+def test_prompt_attention_equals_causal_or_same_image_mask() -> None:
+    torch.manual_seed(0)
+    batch, heads, kv_heads, length, dim = 2, 4, 2, 12, 8
+    query = torch.randn(batch, heads, length, dim)
+    key, value = torch.randn(2, batch, kv_heads, length, dim)
+    spans = [[(2, 6)], [(1, 3), (5, 9)]]
+    mask = torch.ones(length, length).tril().bool().repeat(batch, 1, 1)
+    for row, row_spans in enumerate(spans):
+        for start, end in row_spans:
+            mask[row, start:end, start:end] = True
+    expected = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask[:, None], scale=0.5, enable_gqa=True
+    ).transpose(1, 2)
+    got = fast_ops.prompt_attention(query, key, value, spans, 0.5)
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.fixture(scope="module")
+def wide_window_engine(engine_config: EngineConfig):
+    """The tiny model with a sliding window wider than its prompts (as the full-size
+    model's 1,024 is for a photo prompt), so the sliding layers' mask is causal+images."""
+    base = GemmaEngine.load(engine_config)
+    base.model.config.get_text_config().sliding_window = 2048
+    for layer in base.model.model.language_model.layers:
+        if layer.self_attn.sliding_window:
+            layer.self_attn.sliding_window = 2048
+    engine = BatchEngine(base, RuntimeConfig(max_slots=2, max_seq_len=1024, cuda_graphs=False))
+    yield engine
+    engine.close()
+
+
+def png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_prefill_without_masks_equals_the_masked_prefill(wide_window_engine, monkeypatch) -> None:
+    engine, runner = wide_window_engine, wide_window_engine.runner
+    requests = [
+        Request(language="de", image=png(draw_sign(640, 480)), question="Was steht da?"),
+        Request(language="en", image=png(draw_menu(360, 480, seed=2))),
+    ]
+    inputs = [engine.prepare(request).inputs for request in requests]
+    calls = []
+    monkeypatch.setattr(fast_ops, "prompt_attention",
+                        lambda *args: calls.append(args[3]) or PROMPT_ATTENTION(*args))  # fmt: skip
+    runner.flash_prompts = False
+    masked = runner.prefill(inputs, [0, 1])
+    masked_keys = [keys[:2].clone() for keys in runner.cache.keys]
+    assert not calls
+    runner.flash_prompts = True
+    unmasked = runner.prefill(inputs, [0, 1])
+    assert calls and all(len(spans[0]) == len(spans[1]) == 1 for spans in calls)
+    torch.testing.assert_close(unmasked, masked, rtol=1e-4, atol=1e-4)
+    for got, expected in zip(runner.cache.keys, masked_keys, strict=True):
+        torch.testing.assert_close(got[:2], expected, rtol=1e-4, atol=1e-4)
+
+
+PROMPT_ATTENTION = fast_ops.prompt_attention
