@@ -134,12 +134,12 @@ def profile_prefill_regions(engine: BatchEngine, num_seqs: int) -> dict[str, flo
     timer = RegionTimer()
     tower = model.model.vision_tower
     layers = list(model.model.language_model.layers)
-    saved = (tower.forward, [layer.forward for layer in layers], runner.cache.store_prompt)
+    saved = (tower.forward, [layer.forward for layer in layers], runner.cache.store_prompts)
     tower.forward = timer.wrap("vision tower", tower.forward)
     for layer in layers:
         kind = "global" if layer.self_attn.sliding_window is None else "sliding"
         layer.forward = timer.wrap(f"text layers ({kind}), with attention", layer.forward)
-    runner.cache.store_prompt = timer.wrap("KV copy into slots", runner.cache.store_prompt)
+    runner.cache.store_prompts = timer.wrap("KV copy into slots", runner.cache.store_prompts)
     attention = timer.wrap("text attention", fast_ops.decode_attention)
     AttentionInterface.register(fast_ops.ATTENTION_NAME, attention)
     try:
@@ -151,7 +151,7 @@ def profile_prefill_regions(engine: BatchEngine, num_seqs: int) -> dict[str, flo
         wall_ms = (time.perf_counter() - started) * 1000
     finally:
         AttentionInterface.register(fast_ops.ATTENTION_NAME, fast_ops.decode_attention)
-        tower.forward, forwards, runner.cache.store_prompt = saved
+        tower.forward, forwards, runner.cache.store_prompts = saved
         for layer, forward in zip(layers, forwards, strict=True):
             layer.forward = forward
     return {"wall_ms": round(wall_ms, 2), **timer.report()}

@@ -73,8 +73,27 @@ class SlotKVCache:
         return False
 
     # -- prefill and slot management -------------------------------------------------------
+    def store_prompts(
+        self, slots: list[int], layer_keys: list, layer_values: list, lengths: list[int]
+    ) -> None:
+        """Copy prefilled prompts' keys/values ([rows, H, width, D] per layer, right-padded)
+        into their slots. Prompts within the window going to consecutive slots (the usual
+        case) take one copy per layer: the padding copied past a prompt's end is never
+        attended (decode masks it, and writes there before it attends)."""
+        width = layer_keys[0].shape[2]
+        if slots == list(range(slots[0], slots[0] + len(slots))) and width <= self.window:
+            rows = slice(slots[0], slots[0] + len(slots))
+            for cache, new in ((self.keys, layer_keys), (self.values, layer_values)):
+                for stored, layer in zip(cache, new, strict=True):
+                    stored[rows, :, :width].copy_(layer)
+            return
+        for row, (slot, length) in enumerate(zip(slots, lengths, strict=True)):
+            self.store_prompt(
+                slot, [k[row] for k in layer_keys], [v[row] for v in layer_values], length
+            )
+
     def store_prompt(self, slot: int, layer_keys: list, layer_values: list, length: int) -> None:
-        """Copy a prefilled prompt's keys/values ([H, L, D] per layer) into a slot."""
+        """Copy one prefilled prompt's keys/values ([H, L, D] per layer) into a slot."""
         for layer_idx, spec in enumerate(self.layers):
             key = layer_keys[layer_idx][:, :length]
             value = layer_values[layer_idx][:, :length]

@@ -106,13 +106,12 @@ class ModelRunner:
         rows = torch.arange(len(inputs), device=self.device)
         last = torch.tensor([n - 1 for n in lengths], device=self.device)
         hidden = output.last_hidden_state[rows, last]
-        for row, (slot, length) in enumerate(zip(slots, lengths, strict=True)):
-            self.cache.store_prompt(
-                slot,
-                [layer.keys[row] for layer in cache.layers],
-                [layer.values[row] for layer in cache.layers],
-                length,
-            )
+        self.cache.store_prompts(
+            slots,
+            [layer.keys for layer in cache.layers],
+            [layer.values for layer in cache.layers],
+            lengths,
+        )
         return self._logits(hidden)
 
     def _pad(self, rows: list[torch.Tensor], width: int, value: int) -> torch.Tensor:
