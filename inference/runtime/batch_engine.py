@@ -99,6 +99,7 @@ class BatchEngine:
             suppressed_ids=self.base.generation_kwargs["suppress_tokens"],
             pad_token_id=self.base.tokenizer.pad_token_id,
             graph_batch_sizes=runtime.graph_batch_sizes if use_graphs else (),
+            attend_lengths=runtime.attend_lengths,
             flash_prompts=runtime.fast_attention and runtime.flash_prompt_attention,
         )
         if compile_layers:

@@ -17,6 +17,9 @@ class RuntimeConfig:
     deep_queue_prefill_seqs: int = 8
     cuda_graphs: bool | None = None  # None: on when the model is on a GPU
     graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+    # a decode step attends to the shortest of these lengths that holds all its rows (one
+    # graph per batch size and length); None: 512, 1024, ... and max_seq_len
+    attend_lengths: tuple[int, ...] | None = None
     seed: int = 0
     ignore_stop: bool = False  # benchmarks only: always generate max_new_tokens
     fast_attention: bool = True  # decode attention as batched matmuls (fast_ops)

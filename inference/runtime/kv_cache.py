@@ -47,6 +47,8 @@ class SlotKVCache:
         # Filled before each decode step (static tensors, so CUDA graphs can replay it).
         self.step_rows = torch.zeros(num_slots, dtype=torch.long, device=device)  # slot of row
         self.step_positions = torch.zeros(num_slots, dtype=torch.long, device=device)
+        # positions a decode step attends to (a graph is captured per value)
+        self.attend_len = max_seq_len
 
     @staticmethod
     def bytes_needed(
@@ -67,7 +69,8 @@ class SlotKVCache:
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         keys[rows, :, index] = key[:, :, 0]
         values[rows, :, index] = value[:, :, 0]
-        return keys[:batch], values[:batch]
+        length = min(self.attend_len, keys.shape[2])
+        return keys[:batch, :, :length], values[:batch, :, :length]
 
     def is_compileable(self) -> bool:  # pragma: no cover - asked by some transformers paths
         return False
@@ -112,13 +115,14 @@ class SlotKVCache:
             values[to_slot].copy_(values[from_slot])
 
     def decode_masks(self, positions: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Boolean attention masks [B, 1, 1, L] for one decode step at `positions` [B]."""
+        """Boolean attention masks [B, 1, 1, L] for one decode step at `positions` [B] (all
+        below `attend_len`)."""
         device = positions.device
         pos = positions[:, None]
-        ring = torch.arange(self.window, device=device)[None, :]
+        ring = torch.arange(min(self.window, self.attend_len), device=device)[None, :]
         held = pos - torch.remainder(pos - ring, self.window)  # position stored at each ring index
         sliding = held >= 0
-        full = torch.arange(self.max_seq_len, device=device)[None, :] <= pos
+        full = torch.arange(self.attend_len, device=device)[None, :] <= pos
         return {
             "sliding_attention": sliding[:, None, None, :],
             "full_attention": full[:, None, None, :],

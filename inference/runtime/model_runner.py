@@ -36,6 +36,15 @@ def layer_specs(model) -> list[LayerSpec]:
     return specs
 
 
+def attend_length_buckets(max_seq_len: int, lengths: tuple[int, ...] | None) -> list[int]:
+    """Lengths a decode step may attend to (each step takes the shortest that holds all its
+    rows): a step of short sequences does not read the full-length global KV slots.
+    None: powers of two from 512, and max_seq_len."""
+    if lengths is None:
+        lengths = tuple(2**k for k in range(9, 20) if 2**k < max_seq_len)
+    return sorted({length for length in lengths if length < max_seq_len} | {max_seq_len})
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -46,6 +55,7 @@ class ModelRunner:
         suppressed_ids: list[int],
         pad_token_id: int,
         graph_batch_sizes: tuple[int, ...] = (),
+        attend_lengths: tuple[int, ...] | None = None,
         flash_prompts: bool = True,
     ) -> None:
         self.model = model
@@ -67,10 +77,13 @@ class ModelRunner:
         self._ids = torch.full((num_slots,), pad_token_id, dtype=torch.long, device=self.device)
         self._positions = self.cache.step_positions
         self._rows = self.cache.step_rows
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        if graph_batch_sizes:
+        self.attend_lengths = attend_length_buckets(max_seq_len, attend_lengths)
+        self._graph_batches = sorted(b for b in graph_batch_sizes if b <= num_slots)
+        # (batch size, attended length) → graph and its logits
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        if self._graph_batches:
             try:
-                self._capture(sorted(b for b in graph_batch_sizes if b <= num_slots))
+                self._capture()
             except Exception:  # eager decode still works, only slower
                 log.exception("cuda_graph_capture_failed")
                 self._graphs.clear()
@@ -127,7 +140,8 @@ class ModelRunner:
         Each row feeds the token last stored for its slot (`store_tokens`), so a step can
         be launched before the previous one's tokens are back on the CPU."""
         n = len(positions)
-        bucket = next((b for b in sorted(self._graphs) if b >= n), n)
+        bucket = next((b for b in self._graph_batches if b >= n), n)
+        length = next(length for length in self.attend_lengths if length > max(positions))
         if token_ids is not None:
             self._ids[:n].copy_(torch.tensor(token_ids), non_blocking=True)
         step = torch.tensor(
@@ -136,11 +150,11 @@ class ModelRunner:
             dtype=torch.long,
         ).to(self.device, non_blocking=True)  # fmt: skip
         self._positions[:bucket], self._rows[:bucket] = step
-        if bucket in self._graphs:
-            graph, logits = self._graphs[bucket]
+        if (bucket, length) in self._graphs:
+            graph, logits = self._graphs[bucket, length]
             graph.replay()
             return logits[:n]
-        return self._decode_forward(bucket)[:n]
+        return self._decode_forward(bucket, length)[:n]
 
     @torch.inference_mode()
     def store_tokens(self, slots: list[int], tokens: torch.Tensor) -> None:
@@ -157,7 +171,9 @@ class ModelRunner:
         self.cache.move(from_slot, to_slot)
         self._ids[to_slot] = self._ids[from_slot]
 
-    def _decode_forward(self, batch: int) -> torch.Tensor:
+    def _decode_forward(self, batch: int, length: int) -> torch.Tensor:
+        """Rows 0..batch-1 attend to the first `length` positions of their slots."""
+        self.cache.attend_len = length
         positions = self._positions[:batch]
         output = self.language_model(
             input_ids=self._ids[:batch, None],
@@ -175,19 +191,22 @@ class ModelRunner:
         return logits.index_fill_(1, self.suppressed, float("-inf"))
 
     @torch.inference_mode()
-    def _capture(self, batch_sizes: list[int]) -> None:
+    def _capture(self) -> None:
         pool = None
-        for batch in reversed(batch_sizes):  # largest first, so smaller ones reuse its pool
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._decode_forward(batch)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                logits = self._decode_forward(batch)
-            pool = graph.pool()
-            self._graphs[batch] = (graph, logits)
+        # largest first, so the smaller ones reuse its memory pool
+        for batch in reversed(self._graph_batches):
+            for length in reversed(self.attend_lengths):
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    for _ in range(2):
+                        self._decode_forward(batch, length)
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    logits = self._decode_forward(batch, length)
+                pool = graph.pool()
+                self._graphs[batch, length] = (graph, logits)
         torch.cuda.synchronize()
-        log.info("cuda_graphs_captured", batch_sizes=batch_sizes)
+        log.info("cuda_graphs_captured", batch_sizes=self._graph_batches,
+                 attend_lengths=self.attend_lengths)  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import pytest
+import torch
 
 from inference import Finished, GemmaEngine, Request, Sampling, Turn, normalize_image
 from inference.runtime.batch_engine import BatchEngine
@@ -29,6 +30,7 @@ def jpeg(image) -> bytes:
         "transformers' layers",
         "compiled layer regions",
         "each step read back before the next",
+        "attended length in steps of 32",
     ],
 )
 def batch_engine(request, tiny_engine: GemmaEngine):
@@ -42,6 +44,8 @@ def batch_engine(request, tiny_engine: GemmaEngine):
         # dynamo traces the regions as on a GPU; the eager backend needs no C++ compiler
         compile_layers="eager" if request.param == "compiled layer regions" else False,
         overlap_steps=request.param != "each step read back before the next",
+        # sequences cross from one attended length to the next while they decode
+        attend_lengths=tuple(range(32, 1024, 32)) if "32" in request.param else None,
     )
     engine = BatchEngine(tiny_engine, runtime)
     yield engine
@@ -254,3 +258,22 @@ def test_a_single_slot_engine_warms_up_its_compiled_regions(tiny_engine: GemmaEn
     engine.close()
     events = [entry["event"] for entry in logs]
     assert "prefill_warmed_up" in events and "compiled_layers_failed" not in events
+
+
+def test_a_step_attending_to_a_shorter_length_gives_the_same_logits(
+    tiny_engine: GemmaEngine,
+) -> None:
+    engine = BatchEngine(tiny_engine, RuntimeConfig(max_slots=2, max_seq_len=1024,
+                                                    cuda_graphs=False))  # fmt: skip
+    runner = engine.runner
+    prepared = [engine.prepare(request) for _, request in requests()[1:3]]
+    runner.prefill([seq.inputs for seq in prepared], [0, 1])
+    runner.store_tokens([0, 1], torch.tensor([5, 7]))
+    positions = [seq.num_prompt_tokens for seq in prepared]
+    runner.attend_lengths = [1024]
+    full = runner.decode(positions)
+    runner.attend_lengths = list(range(32, 1025, 32))
+    short = runner.decode(positions)  # the same step again: it writes the same KV
+    assert runner.cache.attend_len == next(n for n in range(32, 1025, 32) if n > max(positions))
+    torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-5)
+    engine.close()
