@@ -157,6 +157,28 @@ def profile_prefill_regions(engine: BatchEngine, num_seqs: int) -> dict[str, flo
     return {"wall_ms": round(wall_ms, 2), **timer.report()}
 
 
+@torch.inference_mode()
+def check_vision(engine: BatchEngine) -> float:
+    """Largest difference of packed-photo features from the padded batch's, relative to
+    the largest feature (bf16 on the GPU: ~1e-2 is rounding)."""
+    model = engine.base.model
+    inputs = [engine.prepare(r).inputs for r in make_requests(3, 1, seed=11)]
+    pixels = torch.cat([i["pixel_values"] for i in inputs]).to(model.device, model.dtype)
+    positions = torch.cat([i["image_position_ids"] for i in inputs]).to(model.device)
+    packed = model.model.get_image_features(pixels, positions).pooler_output
+    tower = model.model.vision_tower
+    saved = tower.__dict__.pop("forward"), tower.config._attn_implementation
+    tower.config._attn_implementation = "sdpa"
+    try:
+        padded = model.model.get_image_features(pixels, positions).pooler_output
+    finally:
+        tower.forward, tower.config._attn_implementation = saved
+    diffs = [
+        (a.float() - b.float()).abs().max() / b.float().abs().max() for a, b in zip(packed, padded, strict=True)
+    ]
+    return float(max(diffs))
+
+
 def grouped_mm_bench(tokens: int) -> dict:
     experts, hidden, inter = 128, 2816, 1408
     stored = torch.randn(experts, inter, hidden, device="cuda", dtype=torch.bfloat16)
@@ -211,6 +233,9 @@ def main() -> None:
         slots = max(*batches, *prefills)
         runtime = RuntimeConfig(max_slots=slots, graph_batch_sizes=tuple(batches))
         engine = BatchEngine(base, runtime)
+        if prefills:
+            report["vision packed vs padded"] = diff = check_vision(engine)
+            print(f"\n== vision: packed photos vs the padded batch, max relative diff {diff:.4f}")
         for num in prefills:
             report[f"prefill regions x{num}"] = regions = profile_prefill_regions(engine, num)
             print(f"\n== prefill of {num}, GPU ms by region")
