@@ -173,9 +173,8 @@ def check_vision(engine: BatchEngine) -> float:
         padded = model.model.get_image_features(pixels, positions).pooler_output
     finally:
         tower.forward, tower.config._attn_implementation = saved
-    diffs = [
-        (a.float() - b.float()).abs().max() / b.float().abs().max() for a, b in zip(packed, padded, strict=True)
-    ]
+    pairs = zip(packed, padded, strict=True)
+    diffs = [(a.float() - b.float()).abs().max() / b.float().abs().max() for a, b in pairs]
     return float(max(diffs))
 
 
