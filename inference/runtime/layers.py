@@ -99,6 +99,10 @@ def run_experts(experts, hidden, top_k_index, top_k_weights):
         return torch.ops.travelbot.fused_experts(
             hidden, top_k_index, top_k_weights, experts.gate_up_proj, experts.down_proj
         )
+    if fused_experts_max_tokens:  # the Triton kernels work here: grouped GEMMs + Triton sum
+        from inference.runtime.moe_kernel import grouped_experts
+
+        return grouped_experts(experts, hidden, top_k_index, top_k_weights)
     return experts(hidden, top_k_index, top_k_weights)
 
 

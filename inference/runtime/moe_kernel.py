@@ -1,4 +1,5 @@
-"""Gemma 4's experts for a decode step of few tokens, as two Triton kernels.
+"""Gemma 4's experts as Triton kernels: whole for a decode step of few tokens, and the
+last step (un-permute and weighted sum) of the grouped GEMMs for more.
 
 grouped_mm needs the (token, expert) pairs sorted, gathered and described to CUTLASS
 before it multiplies: ~15 small kernels a layer, and at 1-8 tokens its GEMMs read the
@@ -11,6 +12,11 @@ Programs of neighbouring pairs read the same rows when tokens share an expert, s
 second read mostly hits L2. The two kernels' loops look alike but are kept apart: gate_up
 streams gate and up rows against one load of x, which a shared row-dot helper would load
 twice (H100, 1 token: 0.041 → 0.045 ms per layer).
+
+For prompts, `grouped_experts` sorts the pairs by expert for two grouped GEMMs as
+transformers does, then `_unpermute_sum_kernel` gathers each token's k output rows, weights
+and sums them in float32 in one pass (inductor's fused gather-multiply-sum read them at
+~0.7 TB/s: 16 of the 281 ms an H100 spent prefilling 8 photos).
 """
 
 from __future__ import annotations
@@ -85,6 +91,60 @@ def _down_kernel(
             acc += down.to(tl.float32) * act[None, :]
         total += routing * tl.sum(acc, axis=1)
     tl.store(out_ptr + token * hidden + rows, total.to(out_ptr.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
+def _unpermute_sum_kernel(
+    rows_ptr, position_ptr, weight_ptr, out_ptr, hidden,
+    TOP_K: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    token = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < hidden
+    total = tl.zeros((BLOCK,), dtype=tl.float32)
+    for k in tl.static_range(TOP_K):
+        pair = token * TOP_K + k
+        row = tl.load(position_ptr + pair).to(tl.int64)
+        routing = tl.load(weight_ptr + pair).to(tl.float32)
+        total += routing * tl.load(rows_ptr + row * hidden + cols, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + token * hidden + cols, total.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@torch.library.custom_op("travelbot::unpermute_sum", mutates_args=())
+def unpermute_sum(rows: torch.Tensor, position: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """out[t] = Σ_k weights[t,k] · rows[position[t·K+k]]: rows [T·K, H] in expert order,
+    position [T·K] where each (token, k) pair's row went, weights [T, K] → [T, H]."""
+    tokens, top_k = weights.shape
+    hidden = rows.shape[1]
+    out = rows.new_empty(tokens, hidden)
+    block = 1024
+    _unpermute_sum_kernel[(tokens, triton.cdiv(hidden, block))](
+        rows.contiguous(), position.contiguous(), weights.contiguous(), out, hidden,
+        TOP_K=top_k, BLOCK=block, num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+@unpermute_sum.register_fake
+def _(rows, position, weights):
+    return rows.new_empty(weights.shape[0], rows.shape[1])
+
+
+def grouped_experts(experts, hidden, top_k_index, top_k_weights) -> torch.Tensor:
+    """Gemma4TextExperts.forward for many tokens (grouped GEMMs) with the Triton sum."""
+    tokens, top_k = top_k_index.shape
+    expert_ids, order = torch.sort(top_k_index.reshape(-1))
+    counts_of = expert_ids.int() if expert_ids.is_cuda else expert_ids.float()  # histc: CPU float
+    counts = torch.histc(counts_of, bins=experts.num_experts, min=0, max=experts.num_experts - 1)
+    offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
+    x = hidden[order // top_k]
+    gate_up = torch._grouped_mm(x, experts.gate_up_proj.transpose(1, 2), offs=offsets)
+    gate, up = gate_up.chunk(2, dim=-1)
+    rows = torch._grouped_mm(experts.act_fn(gate) * up, experts.down_proj.transpose(1, 2),
+                             offs=offsets)  # fmt: skip
+    position = torch.empty_like(order)
+    position[order] = torch.arange(order.shape[0], device=order.device)
+    return torch.ops.travelbot.unpermute_sum(rows, position, top_k_weights)
 
 
 def fused_experts(

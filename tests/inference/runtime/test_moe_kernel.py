@@ -1,6 +1,7 @@
-"""The Triton experts kernels (used for small decode batches on GPUs), run by Triton's
-interpreter on the CPU against transformers' Gemma4TextExperts with the tiny checkpoint's
-weights and router. A subprocess, because the interpreter is chosen when Triton loads."""
+"""The Triton experts kernels (small decode batches, and the sum after grouped GEMMs for
+prompts, on GPUs), run by Triton's interpreter on the CPU against transformers'
+Gemma4TextExperts with the tiny checkpoint's weights and router. A subprocess, because
+the interpreter is chosen when Triton loads."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ pytest.importorskip("triton")
 SCRIPT = """
 import json, sys, torch
 from transformers import AutoModelForImageTextToText
-from inference.runtime.moe_kernel import fused_experts, works_on
+from inference.runtime.moe_kernel import fused_experts, grouped_experts, works_on
 
 model = AutoModelForImageTextToText.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
 errors = {"self_check": works_on(torch.device("cpu"))}
@@ -34,6 +35,13 @@ for index in (0, 1):
                                 experts.down_proj, *blocks).float()
             error = ((got - expected).abs().max() / expected.abs().max()).item()
             errors[f"layer {index}, {tokens} tokens, blocks {blocks}"] = error
+    for tokens in (23, 64):  # prompts: grouped GEMMs, then the Triton un-permute and sum
+        hidden = torch.randn(tokens, experts.hidden_dim, dtype=torch.bfloat16)
+        _, weights, chosen = layer.router(hidden)
+        expected = experts(hidden, chosen, weights).float()
+        got = grouped_experts(experts, hidden, chosen, weights).float()
+        error = ((got - expected).abs().max() / expected.abs().max()).item()
+        errors[f"layer {index}, {tokens} tokens, grouped"] = error
 print(json.dumps(errors))
 """
 
@@ -47,6 +55,6 @@ def test_fused_experts_equal_transformers_experts(tiny_model_dir: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(done.stdout.strip().splitlines()[-1])
     assert errors.pop("self_check") is True
-    assert len(errors) == 8
+    assert len(errors) == 12
     for case, error in errors.items():
         assert error < 0.02, f"{case}: relative error {error:.4f}"
