@@ -106,12 +106,15 @@ def _unpermute_sum_kernel(
         pair = token * TOP_K + k
         row = tl.load(position_ptr + pair).to(tl.int64)
         routing = tl.load(weight_ptr + pair).to(tl.float32)
-        total += routing * tl.load(rows_ptr + row * hidden + cols, mask=ok, other=0.0).to(tl.float32)
+        values = tl.load(rows_ptr + row * hidden + cols, mask=ok, other=0.0)
+        total += routing * values.to(tl.float32)
     tl.store(out_ptr + token * hidden + cols, total.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @torch.library.custom_op("travelbot::unpermute_sum", mutates_args=())
-def unpermute_sum(rows: torch.Tensor, position: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def unpermute_sum(
+    rows: torch.Tensor, position: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """out[t] = Σ_k weights[t,k] · rows[position[t·K+k]]: rows [T·K, H] in expert order,
     position [T·K] where each (token, k) pair's row went, weights [T, K] → [T, H]."""
     tokens, top_k = weights.shape
@@ -132,7 +135,7 @@ def _(rows, position, weights):
 
 def grouped_experts(experts, hidden, top_k_index, top_k_weights) -> torch.Tensor:
     """Gemma4TextExperts.forward for many tokens (grouped GEMMs) with the Triton sum."""
-    tokens, top_k = top_k_index.shape
+    top_k = top_k_index.shape[1]
     expert_ids, order = torch.sort(top_k_index.reshape(-1))
     counts_of = expert_ids.int() if expert_ids.is_cuda else expert_ids.float()  # histc: CPU float
     counts = torch.histc(counts_of, bins=experts.num_experts, min=0, max=experts.num_experts - 1)
