@@ -9,6 +9,7 @@ and the engine's ratios against every generate() row.
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import math
@@ -243,6 +244,7 @@ def bench_engine(
         prepared = list(pool.map(engine.prepare, requests))
     seq_index = {id(seq): index for index, seq in enumerate(prepared)}
     retries_before = alloc_retries(device)
+    pauses = GcPauses()
     started = time.perf_counter()
 
     def emitter(index: int):
@@ -278,6 +280,7 @@ def bench_engine(
             step_times.append(step_seconds)
         for seq in plan.first_tokens:  # read back on the CPU (and emitted) in this step
             tracked[seq_index[id(seq)]].first_token = seq.first_token_at - started
+    pauses.stop()
     wall = max(state.done for state in tracked) - min(state.arrival for state in tracked)
     first_tokens = [(state.first_token - state.arrival) * 1000 for state in tracked]
     row.output_tokens = sum(state.tokens for state in tracked)
@@ -298,7 +301,35 @@ def bench_engine(
     ]
     # cudaFree + cudaMalloc when the caching allocator ran out: slow, and a sign of pressure
     row.extra["allocator_retries"] = alloc_retries(device) - retries_before
+    row.extra["gc_pauses"] = pauses.summary()
     return row
+
+
+class GcPauses:
+    """Python's garbage collections while a row runs: they stop the engine thread."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []  # (generation, seconds)
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self._started))
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def summary(self) -> dict:
+        full = [seconds for generation, seconds in self.pauses if generation == 2]
+        return {
+            "collections": len(self.pauses),
+            "total_ms": round(sum(seconds for _, seconds in self.pauses) * 1000, 1),
+            "full_collections": len(full),
+            "longest_ms": round(max((s for _, s in self.pauses), default=0.0) * 1000, 1),
+        }
 
 
 def bench_closed_loop(engine: BatchEngine, requests: list[Request], rounds: int) -> Row:
@@ -339,6 +370,7 @@ def run(args: argparse.Namespace) -> dict:
         compile_layers=None if args.compile_layers == "auto" else args.compile_layers == "on",
         fused_experts_tokens=args.fused_experts_tokens,
         overlap_steps=not args.no_overlap,
+        freeze_gc=False if args.no_gc_freeze else None,
         ignore_stop=True,
     )
     result = {
@@ -375,10 +407,6 @@ def run(args: argparse.Namespace) -> dict:
             record(bench_engine(engine, chosen, arrivals, f"engine, Poisson {args.poisson_rate}/s"))
         if args.closed_loop_rounds and concurrency > 1:
             record(bench_closed_loop(engine, chosen, args.closed_loop_rounds))
-        if args.cold_allocator_rows:  # the old bench emptied the allocator before each row
-            reset_peak(device)
-            name = "engine, together, allocator emptied"
-            record(bench_engine(engine, chosen, [0.0] * concurrency, name))
     for prompts in args.sweep_prefill_seqs:  # prompts per prefill, bursts only
         engine.scheduler.max_prefill_seqs = engine.scheduler.deep_queue_prefill_seqs = prompts
         for concurrency in args.engine_concurrency:

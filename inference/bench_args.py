@@ -37,11 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=3,
         help="then N photos per client, each sent when the previous answer is done (0: off)",
     )
-    parser.add_argument(
-        "--cold-allocator-rows",
-        action="store_true",
-        help="also each burst right after torch.cuda.empty_cache() (as the bench did before)",
-    )
     parser.add_argument("--max-slots", type=int, default=64)
     parser.add_argument("--max-seq-len", type=int, default=4096)
     parser.add_argument("--max-prefill-seqs", type=int, default=4, help="prompts per prefill")
@@ -71,6 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-overlap",
         action="store_true",
         help="read each step's tokens back before launching the next (the old engine loop)",
+    )
+    parser.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave start-up objects to Python's GC (full collections walk them while serving)",
     )
     parser.add_argument("--experts-implementation", default=None)
     parser.add_argument("--out", type=Path, default=Path("bench-out/bench.json"))
