@@ -370,7 +370,6 @@ def run(args: argparse.Namespace) -> dict:
         compile_layers=None if args.compile_layers == "auto" else args.compile_layers == "on",
         fused_experts_tokens=args.fused_experts_tokens,
         overlap_steps=not args.no_overlap,
-        freeze_gc=False if args.no_gc_freeze else None,
         ignore_stop=True,
     )
     result = {

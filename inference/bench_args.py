@@ -67,10 +67,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read each step's tokens back before launching the next (the old engine loop)",
     )
-    parser.add_argument(
-        "--no-gc-freeze",
-        action="store_true",
-        help="leave start-up objects to Python's GC (full collections walk them while serving)",
-    )
     parser.add_argument("--experts-implementation", default=None)
     parser.add_argument("--out", type=Path, default=Path("bench-out/bench.json"))

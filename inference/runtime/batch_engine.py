@@ -3,7 +3,6 @@ as soon as they finish. `step()` reads like the algorithm: schedule → run → 
 
 from __future__ import annotations
 
-import gc
 import io
 import time
 from collections.abc import Callable
@@ -76,13 +75,8 @@ class BatchEngine:
         self.last_plan = Plan()
         self._in_flight: list[_InFlight] = []
         self.generator = torch.Generator(device=model.device).manual_seed(runtime.seed)
-        freeze = runtime.freeze_gc
-        if freeze if freeze is not None else model.device.type == "cuda":
-            gc.collect()
-            gc.freeze()
         log.info(
             "batch_engine_ready",
-            gc_frozen_objects=gc.get_freeze_count(),
             max_slots=runtime.max_slots,
             max_seq_len=runtime.max_seq_len,
             cuda_graphs=use_graphs,

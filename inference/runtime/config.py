@@ -36,9 +36,6 @@ class RuntimeConfig:
     # decode steps of up to this many tokens run the experts as Triton kernels (GPU only)
     # (H100, per layer: 1 token 0.041 vs 0.105 ms, 16 tokens 0.37 vs 0.46, 32 tokens slower)
     fused_experts_tokens: int = 16
-    # after start-up, move every object to the GC's permanent generation, so full
-    # collections while serving do not walk the model, graphs and compiled code; None: on GPUs
-    freeze_gc: bool | None = None
 
     def __post_init__(self) -> None:
         if (

@@ -277,18 +277,3 @@ def test_a_step_attending_to_a_shorter_length_gives_the_same_logits(
     assert runner.cache.attend_len == next(n for n in range(32, 1025, 32) if n > max(positions))
     torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-5)
     engine.close()
-
-
-def test_start_up_objects_are_frozen_out_of_the_gc(tiny_engine: GemmaEngine) -> None:
-    import gc
-
-    gc.unfreeze()
-    try:
-        engine = BatchEngine(tiny_engine, RuntimeConfig(max_slots=1, max_seq_len=512,
-                                                        freeze_gc=True))  # fmt: skip
-        assert gc.get_freeze_count() > 0  # full collections will not walk the model
-        engine.close()
-    finally:
-        gc.unfreeze()
-    BatchEngine(tiny_engine, RuntimeConfig(max_slots=1, max_seq_len=512)).close()
-    assert gc.get_freeze_count() == 0  # on a CPU, by default, the GC is left alone
