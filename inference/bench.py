@@ -369,6 +369,7 @@ def run(args: argparse.Namespace) -> dict:
         cuda_graphs=None if args.cuda_graphs == "auto" else args.cuda_graphs == "on",
         compile_layers=None if args.compile_layers == "auto" else args.compile_layers == "on",
         fused_experts_tokens=args.fused_experts_tokens,
+        expert_major_tokens=args.expert_major_tokens,
         overlap_steps=not args.no_overlap,
         ignore_stop=True,
     )
@@ -395,6 +396,7 @@ def run(args: argparse.Namespace) -> dict:
     engine = BatchEngine(base, runtime)
     result["engine_setup_seconds"] = round(time.perf_counter() - setup_started, 1)
     result["fused_experts_max_tokens"] = layers.fused_experts_max_tokens  # 0 if it failed
+    result["expert_major_max_tokens"] = layers.expert_major_max_tokens
     result["graph_breaks"] = dict(dynamo_counters["graph_break"])
     graphs_after_setup = dynamo_counters["stats"]["unique_graphs"]
     bench_engine(engine, make_requests(2, 4, seed=99), [0.0, 0.0], "warm-up")

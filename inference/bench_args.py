@@ -63,6 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode steps of up to N tokens run the experts as Triton kernels (0: grouped_mm)",
     )
     parser.add_argument(
+        "--expert-major-tokens",
+        type=int,
+        default=64,
+        help="... and up to N as the expert-major Triton kernels (0: off)",
+    )
+    parser.add_argument(
         "--no-overlap",
         action="store_true",
         help="read each step's tokens back before launching the next (the old engine loop)",

@@ -1,6 +1,7 @@
 """The Triton experts kernels on the GPU, at Gemma 4 26B-A4B's sizes: error against a
 float32 reference, then time per layer against transformers' grouped_mm experts, for
-decode batches of 1-32 tokens, and a sweep of the kernels' block sizes. Each timing is a
+decode batches of 1-128 tokens (the per-pair kernels, and the expert-major ones that read
+each expert once), and sweeps of the expert-major kernels' block sizes. Each timing is a
 CUDA graph replaying 8 layers with their own weights (no L2 reuse between layers).
 
     python scripts/check_moe_kernel.py [--out moe-kernel.json]
@@ -63,7 +64,8 @@ def graph_ms(fn, repeats: int = 20) -> float:
 @torch.inference_mode()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tokens", default="1,2,4,8,16,32")
+    parser.add_argument("--tokens", default="1,8,16,24,32,48,64,96,128")
+    parser.add_argument("--sweep-tokens", default="8,64", help="block sweeps at these sizes")
     parser.add_argument("--out", type=Path, default=Path("moe-kernel.json"))
     args = parser.parse_args()
     config = Gemma4TextConfig(**FULL_SIZE_TEXT_CONFIG)
@@ -71,9 +73,10 @@ def main() -> None:
     layers = make_experts(config)
     result: dict = {"device": torch.cuda.get_device_name(), "self_check": None, "rows": []}
     result["self_check"] = moe_kernel.works_on(torch.device("cuda"))
+    sweep_at = {int(t) for t in args.sweep_tokens.split(",") if t}
     print("self check:", result["self_check"])
     for tokens in [int(t) for t in args.tokens.split(",")]:
-        row = measure(layers, config, tokens)
+        row = measure(layers, config, tokens, tokens in sweep_at)
         result["rows"].append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "sweep"}))
         for kernel, timings in row.get("sweep", {}).items():
@@ -81,7 +84,7 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=1))
 
 
-def measure(layers, config, tokens: int) -> dict:
+def measure(layers, config, tokens: int, with_sweep: bool) -> dict:
     hidden = torch.randn(tokens, config.hidden_size, device="cuda", dtype=torch.bfloat16)
     weights, index = routing(tokens, config)
     first = layers[0]
@@ -89,12 +92,19 @@ def measure(layers, config, tokens: int) -> dict:
         hidden, index, weights, first.gate_up_proj, first.down_proj
     )
     fused = moe_kernel.fused_experts(hidden, index, weights, first.gate_up_proj, first.down_proj)
+    major = moe_kernel.expert_major_experts(
+        hidden, index, weights, first.gate_up_proj, first.down_proj
+    )
     grouped = first(hidden, index, weights)
     scale = expected.abs().max()
 
     def fused_all() -> None:
         for e in layers:
             moe_kernel.fused_experts(hidden, index, weights, e.gate_up_proj, e.down_proj)
+
+    def major_all() -> None:
+        for e in layers:
+            moe_kernel.expert_major_experts(hidden, index, weights, e.gate_up_proj, e.down_proj)
 
     row = {
         "tokens": tokens,
@@ -103,31 +113,32 @@ def measure(layers, config, tokens: int) -> dict:
         "grouped_mm_error": round(((grouped.float() - expected).abs().max() / scale).item(), 5),
         "grouped_mm_ms": graph_ms(lambda: [e(hidden, index, weights) for e in layers]),
         "fused_ms": graph_ms(fused_all),
+        "expert_major_error": round(((major.float() - expected).abs().max() / scale).item(), 5),
+        "expert_major_ms": graph_ms(major_all),
     }
     touched_bytes = row["experts_touched"] * 3 * config.hidden_size * 704 * 2
     row["fused_tb_per_s"] = round(touched_bytes / row["fused_ms"] / 1e9, 2)
     row["grouped_mm_tb_per_s"] = round(touched_bytes / row["grouped_mm_ms"] / 1e9, 2)
-    if tokens in (1, 8):
+    row["expert_major_tb_per_s"] = round(touched_bytes / row["expert_major_ms"] / 1e9, 2)
+    if with_sweep:
         row["sweep"] = sweep(layers, hidden, index, weights)
     return row
 
 
 def sweep(layers, hidden, index, weights) -> dict:
-    """Block sizes of one kernel, the other at its default: [(ms per layer, blocks)], best
-    first."""
+    """Block sizes (BLOCK_M, BLOCK_N, BLOCK_K, warps) of the expert-major kernels, the
+    other kernel at its default: [(ms per layer, blocks)], best first. (The per-pair
+    kernels' sweep is in docs/benchmarks/2026-11-25-h100-moe-kernel.json.)"""
     out = {}
-    shapes = {
-        "gate_up": itertools.product((8, 16, 32), (128, 256, 512), (4, 8)),
-        "down": itertools.product((8, 16, 32), (64, 128, 256), (4, 8)),
-    }
-    for kernel, candidates in shapes.items():
+    candidates = list(itertools.product((16,), (32, 64, 128), (64, 128, 256), (4, 8)))
+    for kernel in ("gate_up", "down"):
         timings = []
         for blocks in candidates:
             chosen = {f"{kernel}_blocks": blocks}
 
             def run(chosen=chosen):
                 for e in layers:
-                    moe_kernel.fused_experts(
+                    moe_kernel.expert_major_experts(
                         hidden, index, weights, e.gate_up_proj, e.down_proj, **chosen
                     )
 

@@ -90,7 +90,10 @@ class BatchEngine:
         model, runtime = self.base.model, self.runtime
         if runtime.own_layer_forward:
             self._undo_layers = layers.install(
-                model, compile=compile_layers, fused_experts_tokens=runtime.fused_experts_tokens
+                model,
+                compile=compile_layers,
+                fused_experts_tokens=runtime.fused_experts_tokens,
+                expert_major_tokens=runtime.expert_major_tokens,
             )
         self.runner = ModelRunner(
             model,

@@ -28,6 +28,8 @@ log = structlog.get_logger()
 # Decode steps of at most this many tokens run the experts as fused Triton kernels
 # (moe_kernel); set by `install`, 0 keeps transformers' experts (grouped_mm) for all.
 fused_experts_max_tokens = 0
+# ... and up to this many as the expert-major Triton kernels (each expert read once)
+expert_major_max_tokens = 0
 
 
 def fuse_projections(layer) -> None:
@@ -95,8 +97,13 @@ def feed_forward(layer, attention_output, residual):
 
 
 def run_experts(experts, hidden, top_k_index, top_k_weights):
-    if hidden.shape[0] <= fused_experts_max_tokens:
+    tokens = hidden.shape[0]
+    if tokens <= fused_experts_max_tokens:
         return torch.ops.travelbot.fused_experts(
+            hidden, top_k_index, top_k_weights, experts.gate_up_proj, experts.down_proj
+        )
+    if tokens <= expert_major_max_tokens:
+        return torch.ops.travelbot.expert_major_experts(
             hidden, top_k_index, top_k_weights, experts.gate_up_proj, experts.down_proj
         )
     if fused_experts_max_tokens:  # the Triton kernels work here: grouped GEMMs + Triton sum
@@ -166,19 +173,29 @@ def is_supported(layer) -> bool:
 
 
 def install(
-    model, *, compile: bool | str | Callable, fused_experts_tokens: int = 0
+    model,
+    *,
+    compile: bool | str | Callable,
+    fused_experts_tokens: int = 0,
+    expert_major_tokens: int = 0,
 ) -> Callable[[], None]:
     """Give every decoder layer the two-region forward; returns a function undoing it.
-    `fused_experts_tokens`: up to how many tokens a step uses the Triton experts (GPU)."""
-    global fused_experts_max_tokens
+    `fused_experts_tokens`, `expert_major_tokens`: up to how many tokens a step uses each
+    kind of Triton experts kernel (GPU)."""
+    global fused_experts_max_tokens, expert_major_max_tokens
     layers = list(model.model.language_model.layers)
     if not all(is_supported(layer) for layer in layers):
         log.warning("own_layer_forward_unsupported", reason="layer kind not supported")
         return lambda: None
-    fused_experts_max_tokens = 0
+    fused_experts_max_tokens = expert_major_max_tokens = 0
     on_gpu = model.device.type == "cuda"
-    if fused_experts_tokens and on_gpu and _fused_experts_work(model.device):
+    if (
+        (fused_experts_tokens or expert_major_tokens)
+        and on_gpu
+        and _fused_experts_work(model.device)
+    ):
         fused_experts_max_tokens = fused_experts_tokens
+        expert_major_max_tokens = expert_major_tokens
     regions: tuple[Callable, Callable] = (attention_inputs, feed_forward)
     vision_layers = list(model.model.vision_tower.encoder.layers) if compile else []
     if compile:
@@ -195,8 +212,8 @@ def install(
         layer.forward = partial(layer_forward, layer, regions)
 
     def undo() -> None:
-        global fused_experts_max_tokens
-        fused_experts_max_tokens = 0
+        global fused_experts_max_tokens, expert_major_max_tokens
+        fused_experts_max_tokens = expert_major_max_tokens = 0
         for layer in layers + vision_layers:
             layer.__dict__.pop("forward", None)
 

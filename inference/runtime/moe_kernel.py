@@ -28,6 +28,9 @@ import triton.language as tl
 # (BLOCK_N, BLOCK_K, warps) per kernel; measured on an H100 by scripts/check_moe_kernel.py
 GATE_UP_BLOCKS = (16, 128, 8)
 DOWN_BLOCKS = (8, 128, 8)
+# (BLOCK_M tokens, BLOCK_N, BLOCK_K, warps) of the expert-major kernels; not tuned yet
+EXPERT_GATE_UP_BLOCKS = (16, 64, 128, 4)
+EXPERT_DOWN_BLOCKS = (16, 64, 128, 4)
 
 
 @triton.jit
@@ -150,6 +153,113 @@ def grouped_experts(experts, hidden, top_k_index, top_k_weights) -> torch.Tensor
     return torch.ops.travelbot.unpermute_sum(rows, position, top_k_weights)
 
 
+@triton.jit
+def _expert_gate_up_kernel(
+    x_ptr, w_ptr, order_ptr, starts_ptr, counts_ptr, out_ptr,
+    hidden, inter, stride_e, stride_n, stride_k,
+    TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    expert = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < inter
+    count = tl.load(counts_ptr + expert)
+    start = tl.load(starts_ptr + expert)
+    cols = tl.arange(0, BLOCK_K)
+    gate_rows = w_ptr + expert.to(tl.int64) * stride_e + rows[:, None].to(tl.int64) * stride_n
+    up_rows = gate_rows + inter * stride_n
+    for first in range(0, count, BLOCK_M):  # the expert's tokens, BLOCK_M at a time
+        m = first + tl.arange(0, BLOCK_M)
+        m_ok = m < count
+        token = tl.load(order_ptr + start + m, mask=m_ok, other=0) // TOP_K
+        acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, hidden, BLOCK_K):
+            col = k + cols
+            col_ok = col < hidden
+            x = tl.load(x_ptr + token[:, None].to(tl.int64) * hidden + col[None, :],
+                        mask=m_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)  # fmt: skip
+            mask = row_ok[:, None] & col_ok[None, :]
+            gate = tl.load(gate_rows + col[None, :] * stride_k, mask=mask, other=0.0)
+            up = tl.load(up_rows + col[None, :] * stride_k, mask=mask, other=0.0)
+            # bf16 values are exact in tf32: the products are, the sums are float32
+            acc_gate += tl.dot(x, tl.trans(gate.to(tl.float32)), input_precision="tf32")
+            acc_up += tl.dot(x, tl.trans(up.to(tl.float32)), input_precision="tf32")
+        inner = 0.7978845608028654 * (acc_gate + 0.044715 * acc_gate * acc_gate * acc_gate)
+        out = acc_gate * tl.sigmoid(2.0 * inner) * acc_up
+        pair_rows = (start + m)[:, None].to(tl.int64)
+        out_mask = m_ok[:, None] & row_ok[None, :]
+        tl.store(out_ptr + pair_rows * inter + rows[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=out_mask)  # fmt: skip
+
+
+@triton.jit
+def _expert_down_kernel(
+    act_ptr, w_ptr, starts_ptr, counts_ptr, out_ptr,
+    hidden, inter, stride_e, stride_n, stride_k,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    expert = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < hidden
+    count = tl.load(counts_ptr + expert)
+    start = tl.load(starts_ptr + expert)
+    cols = tl.arange(0, BLOCK_K)
+    expert_rows = w_ptr + expert.to(tl.int64) * stride_e + rows[:, None].to(tl.int64) * stride_n
+    for first in range(0, count, BLOCK_M):
+        m = first + tl.arange(0, BLOCK_M)
+        m_ok = m < count
+        pair_rows = (start + m)[:, None].to(tl.int64)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, inter, BLOCK_K):
+            col = k + cols
+            col_ok = col < inter
+            act_mask = m_ok[:, None] & col_ok[None, :]
+            act = tl.load(act_ptr + pair_rows * inter + col[None, :], mask=act_mask, other=0.0)
+            act = act.to(tl.float32)
+            down = tl.load(expert_rows + col[None, :] * stride_k,
+                           mask=row_ok[:, None] & col_ok[None, :], other=0.0)  # fmt: skip
+            acc += tl.dot(act, tl.trans(down.to(tl.float32)), input_precision="tf32")
+        tl.store(out_ptr + pair_rows * hidden + rows[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & row_ok[None, :])  # fmt: skip
+
+
+def expert_major_experts(
+    hidden: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    gate_up_blocks: tuple[int, int, int, int] = EXPERT_GATE_UP_BLOCKS,
+    down_blocks: tuple[int, int, int, int] = EXPERT_DOWN_BLOCKS,
+) -> torch.Tensor:
+    """The same sum as `fused_experts`, each program one expert and all its tokens: every
+    touched expert's weights are read once, however many tokens chose it. The pairs are
+    sorted by expert first; `unpermute_sum` weights and sums each token's k rows."""
+    tokens, top_k = top_k_index.shape
+    num_experts, hidden_size, inter = down_proj.shape
+    expert_ids, order = torch.sort(top_k_index.reshape(-1))
+    counts_of = expert_ids.int() if expert_ids.is_cuda else expert_ids.float()  # histc: CPU float
+    counts = torch.histc(counts_of, bins=num_experts, min=0, max=num_experts - 1).int()
+    starts = torch.cumsum(counts, dim=0, dtype=torch.int32) - counts
+    act = hidden.new_empty(tokens * top_k, inter)
+    block_m, block_n, block_k, warps = gate_up_blocks
+    _expert_gate_up_kernel[(num_experts, triton.cdiv(inter, block_n))](
+        hidden.contiguous(), gate_up_proj, order, starts, counts, act,
+        hidden_size, inter, *gate_up_proj.stride(),
+        TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+    )  # fmt: skip
+    rows = hidden.new_empty(tokens * top_k, hidden_size)
+    block_m, block_n, block_k, warps = down_blocks
+    _expert_down_kernel[(num_experts, triton.cdiv(hidden_size, block_n))](
+        act, down_proj, starts, counts, rows,
+        hidden_size, inter, *down_proj.stride(),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+    )  # fmt: skip
+    position = torch.empty_like(order)
+    position[order] = torch.arange(order.shape[0], device=order.device)
+    return unpermute_sum(rows, position, top_k_weights)
+
+
 def fused_experts(
     hidden: torch.Tensor,
     top_k_index: torch.Tensor,
@@ -197,6 +307,22 @@ def fused_experts_op(
     return fused_experts(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj)
 
 
+@torch.library.custom_op("travelbot::expert_major_experts", mutates_args=())
+def expert_major_experts_op(
+    hidden: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+) -> torch.Tensor:
+    return expert_major_experts(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj)
+
+
+@expert_major_experts_op.register_fake
+def _(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj):
+    return torch.empty_like(hidden)
+
+
 @fused_experts_op.register_fake
 def _(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj):
     return torch.empty_like(hidden)
@@ -228,6 +354,9 @@ def works_on(device: torch.device) -> bool:
         [torch.randperm(experts, device=device, generator=generator)[:top_k] for _ in range(tokens)]
     )
     weights = torch.rand(tokens, top_k, device=device, generator=generator)
-    got = fused_experts(x, index, weights, gate_up, down).float()
     expected = reference_experts(x, index, weights, gate_up, down)
-    return bool((got - expected).abs().max() <= 0.02 * expected.abs().max())
+    for kernels in (fused_experts, expert_major_experts):
+        got = kernels(x, index, weights, gate_up, down).float()
+        if not (got - expected).abs().max() <= 0.02 * expected.abs().max():
+            return False
+    return True

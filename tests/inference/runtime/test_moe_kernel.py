@@ -18,7 +18,8 @@ pytest.importorskip("triton")
 SCRIPT = """
 import json, sys, torch
 from transformers import AutoModelForImageTextToText
-from inference.runtime.moe_kernel import fused_experts, grouped_experts, works_on
+from inference.runtime.moe_kernel import (
+    expert_major_experts, fused_experts, grouped_experts, works_on)
 
 model = AutoModelForImageTextToText.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
 errors = {"self_check": works_on(torch.device("cpu"))}
@@ -42,6 +43,11 @@ for index in (0, 1):
         got = grouped_experts(experts, hidden, chosen, weights).float()
         error = ((got - expected).abs().max() / expected.abs().max()).item()
         errors[f"layer {index}, {tokens} tokens, grouped"] = error
+        # each expert once for its tokens, 16 at a time (64 tokens: ~16 per expert here)
+        got = expert_major_experts(hidden, chosen, weights, experts.gate_up_proj,
+                                   experts.down_proj, (16, 16, 32, 4), (16, 16, 16, 4)).float()
+        error = ((got - expected).abs().max() / expected.abs().max()).item()
+        errors[f"layer {index}, {tokens} tokens, expert-major"] = error
 print(json.dumps(errors))
 """
 
@@ -55,6 +61,6 @@ def test_fused_experts_equal_transformers_experts(tiny_model_dir: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(done.stdout.strip().splitlines()[-1])
     assert errors.pop("self_check") is True
-    assert len(errors) == 12
+    assert len(errors) == 16
     for case, error in errors.items():
         assert error < 0.02, f"{case}: relative error {error:.4f}"
