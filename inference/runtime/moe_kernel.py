@@ -28,9 +28,10 @@ import triton.language as tl
 # (BLOCK_N, BLOCK_K, warps) per kernel; measured on an H100 by scripts/check_moe_kernel.py
 GATE_UP_BLOCKS = (16, 128, 8)
 DOWN_BLOCKS = (8, 128, 8)
-# (BLOCK_M tokens, BLOCK_N, BLOCK_K, warps) of the expert-major kernels; not tuned yet
-EXPERT_GATE_UP_BLOCKS = (16, 64, 128, 4)
-EXPERT_DOWN_BLOCKS = (16, 64, 128, 4)
+# (BLOCK_M tokens, BLOCK_N, BLOCK_K, warps) of the expert-major kernels; H100, 64 tokens,
+# per layer: 0.565 ms gate_up + down (sweep within ±1%), grouped_mm 0.682 ms
+EXPERT_GATE_UP_BLOCKS = (16, 32, 128, 4)
+EXPERT_DOWN_BLOCKS = (16, 32, 128, 4)
 
 
 @triton.jit
