@@ -137,21 +137,39 @@ def _(rows, position, weights):
     return rows.new_empty(weights.shape[0], rows.shape[1])
 
 
-def grouped_experts(experts, hidden, top_k_index, top_k_weights) -> torch.Tensor:
-    """Gemma4TextExperts.forward for many tokens (grouped GEMMs) with the Triton sum."""
-    top_k = top_k_index.shape[1]
+def sort_by_expert(top_k_index: torch.Tensor, num_experts: int):
+    """(token, k) pairs in expert order: `order` (pair of each sorted row), `counts` [E]
+    (int32, pairs per expert) and `position` (sorted row of each pair). No host sync."""
     expert_ids, order = torch.sort(top_k_index.reshape(-1))
     counts_of = expert_ids.int() if expert_ids.is_cuda else expert_ids.float()  # histc: CPU float
-    counts = torch.histc(counts_of, bins=experts.num_experts, min=0, max=experts.num_experts - 1)
+    counts = torch.histc(counts_of, bins=num_experts, min=0, max=num_experts - 1).int()
+    position = torch.empty_like(order)
+    position[order] = torch.arange(order.shape[0], device=order.device)
+    return order, counts, position
+
+
+def grouped_experts(experts, hidden, top_k_index, top_k_weights) -> torch.Tensor:
+    """Gemma4TextExperts.forward for many tokens (grouped GEMMs) with the Triton sum."""
+    order, counts, position = sort_by_expert(top_k_index, experts.num_experts)
     offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
-    x = hidden[order // top_k]
+    x = hidden[order // top_k_index.shape[1]]
     gate_up = torch._grouped_mm(x, experts.gate_up_proj.transpose(1, 2), offs=offsets)
     gate, up = gate_up.chunk(2, dim=-1)
     rows = torch._grouped_mm(experts.act_fn(gate) * up, experts.down_proj.transpose(1, 2),
                              offs=offsets)  # fmt: skip
-    position = torch.empty_like(order)
-    position[order] = torch.arange(order.shape[0], device=order.device)
     return torch.ops.travelbot.unpermute_sum(rows, position, top_k_weights)
+
+
+@triton.jit
+def _expert_block(w_ptr, starts_ptr, counts_ptr, num_rows, stride_e, stride_n, BLOCK_N):
+    """This program's expert and block of weight rows: (rows, rows in range, the expert's
+    first sorted pair and its number of pairs, pointers to the rows)."""
+    expert = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    weight_rows = w_ptr + expert.to(tl.int64) * stride_e + rows[:, None].to(tl.int64) * stride_n
+    start = tl.load(starts_ptr + expert)
+    count = tl.load(counts_ptr + expert)
+    return rows, rows < num_rows, start, count, weight_rows
 
 
 @triton.jit
@@ -160,14 +178,11 @@ def _expert_gate_up_kernel(
     hidden, inter, stride_e, stride_n, stride_k,
     TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    expert = tl.program_id(0)
-    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < inter
-    count = tl.load(counts_ptr + expert)
-    start = tl.load(starts_ptr + expert)
-    cols = tl.arange(0, BLOCK_K)
-    gate_rows = w_ptr + expert.to(tl.int64) * stride_e + rows[:, None].to(tl.int64) * stride_n
+    rows, row_ok, start, count, gate_rows = _expert_block(
+        w_ptr, starts_ptr, counts_ptr, inter, stride_e, stride_n, BLOCK_N
+    )
     up_rows = gate_rows + inter * stride_n
+    cols = tl.arange(0, BLOCK_K)
     for first in range(0, count, BLOCK_M):  # the expert's tokens, BLOCK_M at a time
         m = first + tl.arange(0, BLOCK_M)
         m_ok = m < count
@@ -199,13 +214,10 @@ def _expert_down_kernel(
     hidden, inter, stride_e, stride_n, stride_k,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    expert = tl.program_id(0)
-    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < hidden
-    count = tl.load(counts_ptr + expert)
-    start = tl.load(starts_ptr + expert)
+    rows, row_ok, start, count, expert_rows = _expert_block(
+        w_ptr, starts_ptr, counts_ptr, hidden, stride_e, stride_n, BLOCK_N
+    )
     cols = tl.arange(0, BLOCK_K)
-    expert_rows = w_ptr + expert.to(tl.int64) * stride_e + rows[:, None].to(tl.int64) * stride_n
     for first in range(0, count, BLOCK_M):
         m = first + tl.arange(0, BLOCK_M)
         m_ok = m < count
@@ -238,9 +250,7 @@ def expert_major_experts(
     sorted by expert first; `unpermute_sum` weights and sums each token's k rows."""
     tokens, top_k = top_k_index.shape
     num_experts, hidden_size, inter = down_proj.shape
-    expert_ids, order = torch.sort(top_k_index.reshape(-1))
-    counts_of = expert_ids.int() if expert_ids.is_cuda else expert_ids.float()  # histc: CPU float
-    counts = torch.histc(counts_of, bins=num_experts, min=0, max=num_experts - 1).int()
+    order, counts, position = sort_by_expert(top_k_index, num_experts)
     starts = torch.cumsum(counts, dim=0, dtype=torch.int32) - counts
     act = hidden.new_empty(tokens * top_k, inter)
     block_m, block_n, block_k, warps = gate_up_blocks
@@ -256,8 +266,6 @@ def expert_major_experts(
         hidden_size, inter, *down_proj.stride(),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
     )  # fmt: skip
-    position = torch.empty_like(order)
-    position[order] = torch.arange(order.shape[0], device=order.device)
     return unpermute_sum(rows, position, top_k_weights)
 
 
