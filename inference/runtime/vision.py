@@ -33,9 +33,9 @@ def photo_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lengths: torch.Tensor, scale: float
 ) -> torch.Tensor:
     """q/k/v [1, heads, patches, D] of packed photos; `lengths` (CPU): patches per photo.
-    Each photo attends only to itself → [1, patches, heads, D]. On a GPU one variable-length
-    flash attention call serves all photos; elsewhere SDPA runs once per photo."""
-    if query.is_cuda:
+    Each photo attends only to itself → [1, patches, heads, D]. Where flash attention runs,
+    one variable-length call serves all photos; elsewhere SDPA runs once per photo."""
+    if _varlen_flash_works(query):
         bounds = torch.tensor([0, *lengths.cumsum(0).tolist()], dtype=torch.int32)
         longest = int(lengths.max())
         q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [T, H, D]
@@ -53,6 +53,18 @@ def photo_attention(
         ).transpose(1, 2)
         start += length
     return output
+
+
+def _varlen_flash_works(query: torch.Tensor) -> bool:
+    """Flash attention's kernels: Ampere or newer, half precision, head_dim ≤ 256 in 8s."""
+    head_dim = query.shape[-1]
+    return (
+        query.is_cuda
+        and torch.cuda.get_device_capability(query.device) >= (8, 0)
+        and query.dtype in (torch.float16, torch.bfloat16)
+        and head_dim % 8 == 0
+        and head_dim <= 256
+    )
 
 
 @photo_attention.register_fake
