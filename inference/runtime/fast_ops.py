@@ -84,13 +84,22 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     batch, num_heads, _, head_dim = query.shape
     num_kv_heads = key.shape[1]
     grouped = query.view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    scores = torch.matmul(grouped, key.transpose(-1, -2)).float()
-    if scaling is not None and scaling != 1.0:
-        scores = scores * scaling
-    scores = scores.masked_fill(~attention_mask, float("-inf"))
-    probs = scores.softmax(dim=-1).to(value.dtype)
+    scores = torch.matmul(grouped, key.transpose(-1, -2))
+    probs = decode_probs(scores, attention_mask, 1.0 if scaling is None else scaling)
     output = torch.matmul(probs, value)  # [B, Hkv, G, D]
     return output.reshape(batch, 1, num_heads, head_dim), None
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, scaling: float) -> torch.Tensor:
+    """softmax(scores · scaling) over the attended positions, in float32, back in the
+    scores' dtype."""
+    logits = scores.float() * scaling
+    return logits.masked_fill(~mask, float("-inf")).softmax(dim=-1).to(scores.dtype)
+
+
+# layers.install swaps in a compiled one: one kernel instead of five (cast, scale, mask
+# inversion, fill, softmax) per layer and step
+decode_probs = masked_softmax
 
 
 def install(model, *, fused_norms: bool):

@@ -23,6 +23,8 @@ from transformers.models.gemma4.modeling_gemma4 import (
     eager_attention_forward,
 )
 
+from inference.runtime import fast_ops
+
 log = structlog.get_logger()
 
 # Decode steps of at most this many tokens run the experts as fused Triton kernels
@@ -206,6 +208,7 @@ def install(
         vision_forward = torch.compile(type(vision_layers[0]).forward, backend=backend)
         for layer in vision_layers:
             layer.forward = partial(vision_forward, layer)
+        fast_ops.decode_probs = torch.compile(fast_ops.masked_softmax, backend=backend)
     for layer in layers:
         if not hasattr(layer.self_attn, "qkv_weight"):
             fuse_projections(layer)
@@ -214,6 +217,7 @@ def install(
     def undo() -> None:
         global fused_experts_max_tokens, expert_major_max_tokens
         fused_experts_max_tokens = expert_major_max_tokens = 0
+        fast_ops.decode_probs = fast_ops.masked_softmax
         for layer in layers + vision_layers:
             layer.__dict__.pop("forward", None)
 
