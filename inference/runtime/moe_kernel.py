@@ -35,6 +35,13 @@ EXPERT_DOWN_BLOCKS = (16, 32, 128, 4)
 
 
 @triton.jit
+def _gelu_times(gate, up):
+    """gelu_pytorch_tanh(gate) · up; 0.5·g·(1 + tanh(y)) == g·sigmoid(2y)."""
+    inner = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
+    return gate * tl.sigmoid(2.0 * inner) * up
+
+
+@triton.jit
 def _gate_up_kernel(
     x_ptr, w_ptr, index_ptr, out_ptr,
     hidden, inter, stride_e, stride_n, stride_k,
@@ -62,9 +69,7 @@ def _gate_up_kernel(
         acc_up += up.to(tl.float32) * x[None, :]
     gate = tl.sum(acc_gate, axis=1)
     up = tl.sum(acc_up, axis=1)
-    # gelu_pytorch_tanh: 0.5·g·(1 + tanh(y)) == g·sigmoid(2y)
-    inner = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
-    out = gate * tl.sigmoid(2.0 * inner) * up
+    out = _gelu_times(gate, up)
     tl.store(out_ptr + pair * inter + rows, out.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
@@ -200,8 +205,7 @@ def _expert_gate_up_kernel(
             # bf16 values are exact in tf32: the products are, the sums are float32
             acc_gate += tl.dot(x, tl.trans(gate.to(tl.float32)), input_precision="tf32")
             acc_up += tl.dot(x, tl.trans(up.to(tl.float32)), input_precision="tf32")
-        inner = 0.7978845608028654 * (acc_gate + 0.044715 * acc_gate * acc_gate * acc_gate)
-        out = acc_gate * tl.sigmoid(2.0 * inner) * acc_up
+        out = _gelu_times(acc_gate, acc_up)
         pair_rows = (start + m)[:, None].to(tl.int64)
         out_mask = m_ok[:, None] & row_ok[None, :]
         tl.store(out_ptr + pair_rows * inter + rows[None, :], out.to(out_ptr.dtype.element_ty),
