@@ -245,7 +245,9 @@ def bench_engine(
     seq_index = {id(seq): index for index, seq in enumerate(prepared)}
     retries_before = alloc_retries(device)
     pauses = GcPauses()
-    prefill_gpu = PrefillGpuTimes(engine)
+    prefill_gpu = GpuTimer()  # tells a prefill's GPU work from its step's CPU side
+    if device.type == "cuda":
+        engine.runner.prefill = prefill_gpu.wrap("prefill", engine.runner.prefill)
     started = time.perf_counter()
 
     def emitter(index: int):
@@ -282,7 +284,7 @@ def bench_engine(
         for seq in plan.first_tokens:  # read back on the CPU (and emitted) in this step
             tracked[seq_index[id(seq)]].first_token = seq.first_token_at - started
     pauses.stop()
-    prefill_gpu.stop()
+    engine.runner.__dict__.pop("prefill", None)
     wall = max(state.done for state in tracked) - min(state.arrival for state in tracked)
     first_tokens = [(state.first_token - state.arrival) * 1000 for state in tracked]
     row.output_tokens = sum(state.tokens for state in tracked)
@@ -304,37 +306,39 @@ def bench_engine(
     # cudaFree + cudaMalloc when the caching allocator ran out: slow, and a sign of pressure
     row.extra["allocator_retries"] = alloc_retries(device) - retries_before
     row.extra["gc_pauses"] = pauses.summary()
-    row.extra["prefill_gpu_ms"] = prefill_gpu.milliseconds()[:8]  # first ones, in order
+    row.extra["prefill_gpu_ms"] = prefill_gpu.each()[:8]  # first ones, in order
     return row
 
 
-class PrefillGpuTimes:
-    """GPU time of each prefill (CUDA events around ModelRunner.prefill), to tell GPU work
-    from the CPU side of a slow step."""
+class GpuTimer:
+    """GPU time of wrapped calls, from CUDA events (no sync until read)."""
 
-    def __init__(self, engine: BatchEngine) -> None:
-        self.runner, self.events = engine.runner, []
-        if engine.base.device.type != "cuda":
-            return
-        prefill = self.runner.prefill
+    def __init__(self) -> None:
+        self.events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
 
+    def wrap(self, name: str, fn):
         def timed(*args, **kwargs):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            result = prefill(*args, **kwargs)
+            result = fn(*args, **kwargs)
             end.record()
-            self.events.append((start, end))
+            self.events.append((name, start, end))
             return result
 
-        self.runner.prefill = timed
+        return timed
 
-    def stop(self) -> None:
-        self.runner.__dict__.pop("prefill", None)
-
-    def milliseconds(self) -> list[float]:
+    def each(self) -> list[float]:
+        """Milliseconds of every call, in order."""
         if self.events:
             torch.cuda.synchronize()
-        return [round(start.elapsed_time(end), 1) for start, end in self.events]
+        return [round(start.elapsed_time(end), 1) for _, start, end in self.events]
+
+    def totals(self) -> dict[str, float]:
+        """Milliseconds per name, summed."""
+        out: dict[str, float] = {}
+        for (name, _, _), ms in zip(self.events, self.each(), strict=True):
+            out[name] = round(out.get(name, 0.0) + ms, 2)
+        return out
 
 
 class GcPauses:

@@ -20,7 +20,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import AttentionInterface
 
-from inference.bench import full_size_random_engine, make_requests
+from inference.bench import GpuTimer, full_size_random_engine, make_requests
 from inference.runtime import fast_ops
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
@@ -98,32 +98,6 @@ def profile_prefill(engine: BatchEngine, num_seqs: int, limit: int) -> dict:
     }
 
 
-class RegionTimer:
-    """GPU time of wrapped calls, from CUDA events (no sync until the report)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
-
-    def wrap(self, name: str, fn):
-        def timed(*args, **kwargs):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            result = fn(*args, **kwargs)
-            end.record()
-            self.events.append((name, start, end))
-            return result
-
-        return timed
-
-    def report(self) -> dict[str, float]:
-        torch.cuda.synchronize()
-        totals: dict[str, float] = {}
-        for name, start, end in self.events:
-            totals[name] = totals.get(name, 0.0) + start.elapsed_time(end)
-        self.events.clear()
-        return {name: round(ms, 2) for name, ms in totals.items()}
-
-
 def profile_prefill_regions(engine: BatchEngine, num_seqs: int) -> dict[str, float]:
     """One prefill of `num_seqs` photo prompts: GPU ms in the vision tower, the text layers
     (without their attention), text attention, the KV copy into slots, and in all."""
@@ -131,7 +105,7 @@ def profile_prefill_regions(engine: BatchEngine, num_seqs: int) -> dict[str, flo
     prepared = [engine.prepare(r) for r in make_requests(num_seqs, 1, seed=7)]
     inputs, slots = [seq.inputs for seq in prepared], list(range(num_seqs))
     runner.prefill(inputs, slots)  # warm
-    timer = RegionTimer()
+    timer = GpuTimer()
     tower = model.model.vision_tower
     layers = list(model.model.language_model.layers)
     saved = (tower.forward, [layer.forward for layer in layers], runner.cache.store_prompts)
@@ -154,7 +128,7 @@ def profile_prefill_regions(engine: BatchEngine, num_seqs: int) -> dict[str, flo
         tower.forward, forwards, runner.cache.store_prompts = saved
         for layer, forward in zip(layers, forwards, strict=True):
             layer.forward = forward
-    return {"wall_ms": round(wall_ms, 2), **timer.report()}
+    return {"wall_ms": round(wall_ms, 2), **timer.totals()}
 
 
 @torch.inference_mode()

@@ -32,6 +32,8 @@ log = structlog.get_logger()
 fused_experts_max_tokens = 0
 # ... and up to this many as the expert-major Triton kernels (each expert read once)
 expert_major_max_tokens = 0
+# where the Triton kernels work: more tokens (prompts) run moe_kernel.grouped_experts
+prompt_experts: Callable | None = None
 
 
 def fuse_projections(layer) -> None:
@@ -108,10 +110,8 @@ def run_experts(experts, hidden, top_k_index, top_k_weights):
         return torch.ops.travelbot.expert_major_experts(
             hidden, top_k_index, top_k_weights, experts.gate_up_proj, experts.down_proj
         )
-    if fused_experts_max_tokens:  # the Triton kernels work here: grouped GEMMs + Triton sum
-        from inference.runtime.moe_kernel import grouped_experts
-
-        return grouped_experts(experts, hidden, top_k_index, top_k_weights)
+    if prompt_experts is not None:
+        return prompt_experts(experts, hidden, top_k_index, top_k_weights)
     return experts(hidden, top_k_index, top_k_weights)
 
 
@@ -184,20 +184,24 @@ def install(
     """Give every decoder layer the two-region forward; returns a function undoing it.
     `fused_experts_tokens`, `expert_major_tokens`: up to how many tokens a step uses each
     kind of Triton experts kernel (GPU)."""
-    global fused_experts_max_tokens, expert_major_max_tokens
+    global fused_experts_max_tokens, expert_major_max_tokens, prompt_experts
     layers = list(model.model.language_model.layers)
     if not all(is_supported(layer) for layer in layers):
         log.warning("own_layer_forward_unsupported", reason="layer kind not supported")
         return lambda: None
     fused_experts_max_tokens = expert_major_max_tokens = 0
+    prompt_experts = None
     on_gpu = model.device.type == "cuda"
     if (
         (fused_experts_tokens or expert_major_tokens)
         and on_gpu
         and _fused_experts_work(model.device)
     ):
+        from inference.runtime.moe_kernel import grouped_experts  # needs Triton
+
         fused_experts_max_tokens = fused_experts_tokens
         expert_major_max_tokens = expert_major_tokens
+        prompt_experts = grouped_experts
     regions: tuple[Callable, Callable] = (attention_inputs, feed_forward)
     vision_layers = list(model.model.vision_tower.encoder.layers) if compile else []
     if compile:
@@ -215,8 +219,9 @@ def install(
         layer.forward = partial(layer_forward, layer, regions)
 
     def undo() -> None:
-        global fused_experts_max_tokens, expert_major_max_tokens
+        global fused_experts_max_tokens, expert_major_max_tokens, prompt_experts
         fused_experts_max_tokens = expert_major_max_tokens = 0
+        prompt_experts = None
         fast_ops.decode_probs = fast_ops.masked_softmax
         for layer in layers + vision_layers:
             layer.__dict__.pop("forward", None)

@@ -37,12 +37,12 @@ def photo_attention(
     one variable-length call serves all photos; elsewhere SDPA runs once per photo."""
     if _varlen_flash_works(query):
         bounds = torch.tensor([0, *lengths.cumsum(0).tolist()], dtype=torch.int32)
+        bounds = bounds.to(query.device, non_blocking=True)  # the same for queries and keys
         longest = int(lengths.max())
         q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [T, H, D]
         output = torch.ops.aten._flash_attention_forward(
-            q, k, v, bounds.to(q.device, non_blocking=True), bounds.to(q.device, non_blocking=True),
-            longest, longest, 0.0, False, False, scale=scale,
-        )[0]  # fmt: skip
+            q, k, v, bounds, bounds, longest, longest, 0.0, False, False, scale=scale
+        )[0]
         return output[None]
     output = query.new_empty(1, query.shape[2], query.shape[1], query.shape[3])
     start = 0

@@ -65,9 +65,13 @@ def test_prefill_without_masks_equals_the_masked_prefill(wide_window_engine, mon
         Request(language="en", image=png(draw_menu(360, 480, seed=2))),
     ]
     inputs = [engine.prepare(request).inputs for request in requests]
-    calls = []
-    monkeypatch.setattr(fast_ops, "prompt_attention",
-                        lambda *args: calls.append(args[3]) or PROMPT_ATTENTION(*args))  # fmt: skip
+    calls, unmasked_attention = [], fast_ops.prompt_attention
+
+    def recording(query, key, value, spans, scaling):
+        calls.append(spans)
+        return unmasked_attention(query, key, value, spans, scaling)
+
+    monkeypatch.setattr(fast_ops, "prompt_attention", recording)
     runner.flash_prompts = False
     masked = runner.prefill(inputs, [0, 1])
     masked_keys = [keys[:2].clone() for keys in runner.cache.keys]
@@ -78,6 +82,3 @@ def test_prefill_without_masks_equals_the_masked_prefill(wide_window_engine, mon
     torch.testing.assert_close(unmasked, masked, rtol=1e-4, atol=1e-4)
     for got, expected in zip(runner.cache.keys, masked_keys, strict=True):
         torch.testing.assert_close(got[:2], expected, rtol=1e-4, atol=1e-4)
-
-
-PROMPT_ATTENTION = fast_ops.prompt_attention
