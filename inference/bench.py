@@ -395,7 +395,9 @@ def run(args: argparse.Namespace) -> dict:
     is rewritten after every row, so a run cut short still leaves its numbers."""
     base = load_engine(args)
     device = base.device
-    count = max([*args.generate_batches, *args.engine_concurrency])
+    if args.without_prefix_cache is None:
+        args.without_prefix_cache = [c for c in args.engine_concurrency if c > 1]
+    count = max([*args.generate_batches, *args.engine_concurrency, *args.without_prefix_cache])
     requests = make_requests(count, args.new_tokens)
     runtime = RuntimeConfig(
         max_slots=args.max_slots,
@@ -406,6 +408,7 @@ def run(args: argparse.Namespace) -> dict:
         compile_layers=None if args.compile_layers == "auto" else args.compile_layers == "on",
         fused_experts_tokens=args.fused_experts_tokens,
         expert_major_tokens=args.expert_major_tokens,
+        prefix_cache_tokens=args.prefix_cache_tokens,
         overlap_steps=not args.no_overlap,
         ignore_stop=True,
     )
@@ -416,6 +419,7 @@ def run(args: argparse.Namespace) -> dict:
         "new_tokens": args.new_tokens,
         "image_soft_tokens": base.image_soft_tokens,
         "prompt_tokens": int(base.prepare_inputs(requests[0])["input_ids"].shape[1]),
+        "shared_prefix_tokens": len(base.prepare_with_prefix(requests[0])[1]),
         "runtime": asdict(runtime),
         "rows": [],
     }
@@ -450,6 +454,12 @@ def run(args: argparse.Namespace) -> dict:
             if concurrency > 1:
                 chosen, name = requests[:concurrency], f"engine, together, prefill ≤{prompts}"
                 record(bench_engine(engine, chosen, [0.0] * concurrency, name))
+    result["prefix_cache"] = engine.runner.prefixes.stats()
+    if args.prefix_cache_tokens:
+        engine.runner.prefixes.max_tokens = 0  # every prompt prefilled whole again
+        for concurrency in args.without_prefix_cache:
+            chosen, name = requests[:concurrency], "engine, no prefix cache"
+            record(bench_engine(engine, chosen, [0.0] * concurrency, name))
     # compiled regions that had to be built while serving (0: the warm-up covered all)
     graphs_now = dynamo_counters["stats"]["unique_graphs"]
     result["recompiles_while_serving"] = graphs_now - graphs_after_setup

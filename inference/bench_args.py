@@ -49,6 +49,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="then the bursts again with each of these prompts-per-prefill limits",
     )
+    parser.add_argument(
+        "--prefix-cache-tokens",
+        type=int,
+        default=4096,
+        help="KV of shared prompt prefixes kept, in positions (0: off)",
+    )
+    parser.add_argument(
+        "--without-prefix-cache",
+        type=_ints,
+        default=None,
+        help="then these bursts again with the prefix cache off, as the same run's baseline "
+        "(default: the engine concurrencies above 1)",
+    )
     parser.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto")
     parser.add_argument(
         "--compile-layers",

@@ -16,12 +16,13 @@ import structlog
 
 from inference.images import decode_image
 from inference.output import OutputSplitter
-from inference.prompts import IMAGE_PLACEHOLDER, build_prompt
+from inference.prompts import IMAGE_PLACEHOLDER, Prompt, build_prompt
 from inference.types import Event, Finished, Request
 
 log = structlog.get_logger()
 
 SUPPORTED_SOFT_TOKENS = (70, 140, 280, 560, 1120)
+MIN_SHARED_PREFIX_TOKENS = 32  # shorter shared prefixes are not worth a cache entry
 
 
 class ModelNotFound(Exception):
@@ -83,6 +84,7 @@ class GemmaEngine:
                               "<|video|>", tok.bos_token, tok.pad_token)} - {tok.unk_token_id}
         )  # fmt: skip
         self._torch = torch
+        self._prefix_ids: dict[str, list[int]] = {}  # shared prefix text → its token ids
 
     @classmethod
     def load(cls, config: EngineConfig) -> GemmaEngine:
@@ -187,7 +189,29 @@ class GemmaEngine:
     def prepare_inputs(self, request: Request, *, on_device: bool = True) -> dict:
         """Token ids and image tensors for `request` (CPU work, safe to run in any thread);
         on the model's device unless `on_device` is False."""
+        return self._inputs(build_prompt(request), on_device=on_device)
+
+    def prepare_with_prefix(self, request: Request) -> tuple[dict, tuple[int, ...]]:
+        """Inputs on the CPU, and the token ids the prompt shares with other travellers'
+        prompts (its start; () when too short to be worth caching)."""
         prompt = build_prompt(request)
+        inputs = self._inputs(prompt, on_device=False)
+        if not prompt.shared_prefix:
+            return inputs, ()
+        if (expected := self._prefix_ids.get(prompt.shared_prefix)) is None:
+            if len(self._prefix_ids) >= 64:
+                self._prefix_ids.clear()
+            expected = self.tokenizer(prompt.shared_prefix, add_special_tokens=False).input_ids
+            self._prefix_ids[prompt.shared_prefix] = expected
+        ids = inputs["input_ids"][0, : len(expected)].tolist()
+        # the prompt's own tokens decide: a merge across the border only shortens it
+        pairs = enumerate(zip(ids, expected, strict=False))
+        common = next((i for i, (a, b) in pairs if a != b), len(ids))
+        if common < MIN_SHARED_PREFIX_TOKENS or common >= inputs["input_ids"].shape[1]:
+            return inputs, ()
+        return inputs, tuple(ids[:common])
+
+    def _inputs(self, prompt: Prompt, *, on_device: bool) -> dict:
         text = prompt.text
         tensors: dict = {}
         if prompt.images:

@@ -41,7 +41,9 @@ def chat_payload(request: Request, *, model: str) -> dict[str, Any]:
     sampling = request.sampling
     return {
         "model": model,
-        "messages": [_wire_message(m) for m in request.chat or travel_chat(request)],
+        "messages": [
+            _wire_message(m) for m in _one_system_message(request.chat or travel_chat(request))
+        ],
         "max_tokens": request.max_new_tokens,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
@@ -50,6 +52,14 @@ def chat_payload(request: Request, *, model: str) -> dict[str, Any]:
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+
+
+def _one_system_message(messages: tuple[ChatMessage, ...]) -> list[ChatMessage]:
+    """Chat templates often take one system message, first: the system messages joined as
+    `prompts.render_chat` joins them."""
+    systems = [m.text for m in messages if m.role == "system"]
+    rest = [m for m in messages if m.role != "system"]
+    return [ChatMessage("system", "\n\n".join(systems)), *rest] if systems else rest
 
 
 def _wire_message(message: ChatMessage) -> dict[str, Any]:

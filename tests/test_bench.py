@@ -24,6 +24,8 @@ def test_bench_smoke_writes_every_row(tmp_path: Path) -> None:
     names = [(row["name"], row["concurrency"]) for row in data["rows"]]
     assert ("engine, together", 3) in names and ("engine, Poisson 50.0/s", 3) in names
     assert ("engine, closed loop x2", 3) in names
+    assert ("engine, no prefix cache", 3) in names  # the same run's baseline for the cache
+    assert data["shared_prefix_tokens"] >= 32 and data["prefix_cache"]["hits"] > 0
     assert ("generate() default cache", 2) in names
     for row in data["rows"]:
         assert row["error"] is None

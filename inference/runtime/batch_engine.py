@@ -104,30 +104,34 @@ class BatchEngine:
             graph_batch_sizes=runtime.graph_batch_sizes if use_graphs else (),
             attend_lengths=runtime.attend_lengths,
             flash_prompts=runtime.fast_attention and runtime.flash_prompt_attention,
+            prefix_cache_tokens=runtime.prefix_cache_tokens,
         )
         if compile_layers:
             self._warm_up_prefill()
 
     def _warm_up_prefill(self) -> None:
         """Prefill every shape class once (1, 2 and 3 prompts, with and without a photo,
-        photos of different patch counts), so the compiled regions exist before the first
-        traveller waits for them."""
+        photos of different patch counts; whole prompts and after the system prompt's
+        cached KV), so the compiled regions and the system prompt's KV exist before the
+        first traveller waits for them."""
         started = time.monotonic()
         photos = [blank_photo(640, 480), blank_photo(480, 640), blank_photo(900, 300)]
-        for batch, with_photo in ((1, False), (2, True), (1, True), (3, True)):
+        shapes = ((1, False, False), (2, True, False), (1, True, False), (3, True, False),
+                  (1, False, True), (2, True, True))  # fmt: skip
+        for batch, with_photo, after_prefix in shapes:
             batch = min(batch, self.runtime.max_slots)
-            prompts = [
-                self.base.prepare_inputs(
+            prepared = [
+                self.base.prepare_with_prefix(
                     Request(
                         language="en",
                         question="warm-up " * (row + 1),
                         image=photos[row] if with_photo else None,
-                    ),
-                    on_device=False,
+                    )
                 )
                 for row in range(batch)
             ]
-            self.runner.prefill(prompts, list(range(batch)))
+            prefix = prepared[0][1] if after_prefix and self.runtime.prefix_cache_tokens else ()
+            self.runner.prefill([inputs for inputs, _ in prepared], list(range(batch)), prefix)
         log.info("prefill_warmed_up", seconds=round(time.monotonic() - started, 1))
 
     def close(self) -> None:
@@ -154,12 +158,13 @@ class BatchEngine:
 
     def prepare(self, request: Request) -> Sequence:
         """CPU work for a request (image processing, tokenizing); runs in any thread."""
-        inputs = self.base.prepare_inputs(request, on_device=False)
+        inputs, prefix = self.base.prepare_with_prefix(request)
         num_prompt_tokens = int(inputs["input_ids"].shape[1])
         if num_prompt_tokens >= self.runtime.max_seq_len:
             raise InferenceError(f"prompt of {num_prompt_tokens} tokens is too long")
         seq = Sequence(request, None, None, self.base.make_splitter())
         seq.inputs = inputs
+        seq.prefix = prefix if self.runtime.prefix_cache_tokens else ()
         seq.num_prompt_tokens = num_prompt_tokens
         seq.max_new_tokens = min(
             request.max_new_tokens, self.runtime.max_seq_len - num_prompt_tokens
@@ -208,7 +213,9 @@ class BatchEngine:
         """Prefill new sequences. If that fails only they fail, and the running batch goes
         on; out of GPU memory, the group is split in halves and each tried again."""
         try:
-            logits = self.runner.prefill([seq.inputs for seq in seqs], [seq.slot for seq in seqs])
+            logits = self.runner.prefill(
+                [seq.inputs for seq in seqs], [seq.slot for seq in seqs], seqs[0].prefix
+            )
         except torch.OutOfMemoryError:
             if self.runner.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -20,6 +20,7 @@ from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -54,17 +55,23 @@ def vision_spans(token_types: list[int]) -> list[tuple[int, int]]:
 
 
 def prompt_attention(query, key, value, spans: list[list[tuple[int, int]]], scaling):
-    """query [B, Hq, L, D], key/value [B, Hkv, L, D] of right-padded prompts; each token
-    sees the ones before it, and an image's tokens see the whole image → [B, L, Hq, D]."""
+    """query [B, Hq, L, D], key/value [B, Hkv, P + L, D] of right-padded prompts after a
+    shared prefix of P positions (P may be 0); each token sees the prefix and the tokens
+    before it, and an image's tokens see the whole image → [B, L, Hq, D]. `spans` count
+    from the first query."""
+    prefix = key.shape[2] - query.shape[2]
+    causal = {"is_causal": True}
+    if prefix:  # flash attention's causal mask is the lower-right one
+        causal = {"attn_mask": causal_lower_right(query.shape[2], key.shape[2])}
     output = F.scaled_dot_product_attention(
-        query, key, value, is_causal=True, scale=scaling, enable_gqa=True
+        query, key, value, scale=scaling, enable_gqa=True, **causal
     )
     for row, row_spans in enumerate(spans):
         for start, end in row_spans:
             output[row, :, start:end] = F.scaled_dot_product_attention(
                 query[row : row + 1, :, start:end],
-                key[row : row + 1, :, :end],
-                value[row : row + 1, :, :end],
+                key[row : row + 1, :, : prefix + end],
+                value[row : row + 1, :, : prefix + end],
                 scale=scaling,
                 enable_gqa=True,
             )[0]
@@ -75,7 +82,7 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     """query [B, Hq, 1, D], key/value [B, Hkv, L, D], bool mask [B, 1, 1, L] → [B, 1, Hq, D]."""
     spans = _image_spans.get()
     window = getattr(module, "sliding_window", None)
-    if spans is not None and window and query.shape[2] <= window and query.shape[2] > 1:
+    if spans is not None and window and key.shape[2] <= window and query.shape[2] > 1:
         return prompt_attention(query, key, value, spans, scaling), None
     if query.shape[2] != 1 or not isinstance(attention_mask, torch.Tensor):
         return sdpa_attention_forward(

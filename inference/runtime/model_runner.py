@@ -11,6 +11,7 @@ from transformers import DynamicCache
 
 from inference.runtime import fast_ops
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache
+from inference.runtime.prefix_cache import PrefixCache, PrefixKV
 
 log = structlog.get_logger()
 
@@ -57,6 +58,7 @@ class ModelRunner:
         graph_batch_sizes: tuple[int, ...] = (),
         attend_lengths: tuple[int, ...] | None = None,
         flash_prompts: bool = True,
+        prefix_cache_tokens: int = 0,
     ) -> None:
         self.model = model
         self.flash_prompts = flash_prompts  # sliding layers' prompt attention unmasked
@@ -73,6 +75,7 @@ class ModelRunner:
             dtype=model.dtype,
             device=self.device,
         )
+        self.prefixes = PrefixCache(prefix_cache_tokens)
         self.suppressed = torch.tensor(suppressed_ids, dtype=torch.long, device=self.device)
         self._ids = torch.full((num_slots,), pad_token_id, dtype=torch.long, device=self.device)
         self._positions = self.cache.step_positions
@@ -90,34 +93,48 @@ class ModelRunner:
 
     # -- prefill ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, inputs: list[dict], slots: list[int]) -> torch.Tensor:
-        """Prefill prompts right-padded into one batch, store their KV; last-token logits."""
+    def prefill(
+        self, inputs: list[dict], slots: list[int], prefix: tuple[int, ...] = ()
+    ) -> torch.Tensor:
+        """Prefill prompts right-padded into one batch, store their KV; last-token logits.
+        `prefix`: token ids all the prompts start with; its KV comes from the prefix cache
+        (computed once), and only the rest of each prompt runs through the model."""
         lengths = [int(item["input_ids"].shape[1]) for item in inputs]
-        width = max(lengths)
+        shared = self._prefix_kv(prefix) if prefix else None
+        skip = len(prefix) if shared is not None else 0
+        width = max(lengths) - skip
+        positions = torch.arange(skip, skip + width, device=self.device)
+        suffixes = [i["input_ids"][0, skip:] for i in inputs]
         batch = {
-            "input_ids": self._pad([i["input_ids"][0] for i in inputs], width, self.pad_token_id),
-            "position_ids": torch.arange(width, device=self.device)[None].expand(len(inputs), -1),
+            "input_ids": self._pad(suffixes, width, self.pad_token_id),
+            "position_ids": positions[None].expand(len(inputs), -1),
         }
+        types = [i.get("mm_token_type_ids") for i in inputs]
         with_images = [i for i in inputs if "pixel_values" in i]
         if with_images:
             pixels = torch.cat([i["pixel_values"] for i in with_images])
             positions = torch.cat([i["image_position_ids"] for i in with_images])
             batch["pixel_values"] = pixels.to(self.device, self.model.dtype, non_blocking=True)
             batch["image_position_ids"] = positions.to(self.device, non_blocking=True)
+            # transformers' masks read them by position from the sequence's start
             batch["mm_token_type_ids"] = self._pad(
-                [i.get("mm_token_type_ids", torch.zeros_like(i["input_ids"]))[0] for i in inputs],
-                width,
+                [t[0] if t is not None else torch.zeros(n, dtype=torch.long)
+                 for t, n in zip(types, lengths, strict=True)],
+                skip + width,
                 0,
-            )
+            )  # fmt: skip
         cache = DynamicCache()  # full-length K/V for every layer; masks come from the config
+        for layer_idx, (keys, values) in enumerate(shared or ()):
+            rows = (len(inputs), -1, -1, -1)
+            cache.update(keys.expand(rows), values.expand(rows), layer_idx)
         spans = None
         if self.flash_prompts:
-            types = [i.get("mm_token_type_ids") for i in inputs]
-            spans = [fast_ops.vision_spans(t[0].tolist()) if t is not None else [] for t in types]
+            spans = [fast_ops.vision_spans(t[0, skip:].tolist()) if t is not None else []
+                     for t in types]  # fmt: skip
         with sdpa_kernel(PREFILL_ATTENTION), fast_ops.image_spans(spans):
             output = self.model.model(**batch, past_key_values=cache, use_cache=True)
         rows = torch.arange(len(inputs), device=self.device)
-        last = torch.tensor([n - 1 for n in lengths], device=self.device)
+        last = torch.tensor([n - skip - 1 for n in lengths], device=self.device)
         hidden = output.last_hidden_state[rows, last]
         self.cache.store_prompts(
             slots,
@@ -126,6 +143,22 @@ class ModelRunner:
             lengths,
         )
         return self._logits(hidden)
+
+    def _prefix_kv(self, prefix: tuple[int, ...]) -> PrefixKV | None:
+        """The prefix's KV from the cache, or computed and kept now; None: not cacheable."""
+        if not self.prefixes.fits(prefix):
+            return None
+        entry = self.prefixes.get(prefix)
+        if entry is None:
+            ids = torch.tensor(prefix, dtype=torch.long, device=self.device)[None]
+            cache = DynamicCache()
+            spans = [[]] if self.flash_prompts else None
+            with sdpa_kernel(PREFILL_ATTENTION), fast_ops.image_spans(spans):
+                self.language_model(input_ids=ids, past_key_values=cache, use_cache=True)
+            entry = [(layer.keys, layer.values) for layer in cache.layers]
+            self.prefixes.put(prefix, entry)
+            log.info("prefix_cached", prefix_tokens=len(prefix), **self.prefixes.stats())
+        return entry
 
     def _pad(self, rows: list[torch.Tensor], width: int, value: int) -> torch.Tensor:
         out = torch.full((len(rows), width), value, dtype=torch.long, device=self.device)

@@ -53,7 +53,8 @@ class Scheduler:
         return len(self.running) + len(self.waiting) < self.max_slots
 
     def schedule(self) -> Plan:
-        """Admit waiting sequences into free slots (within the prefill budget); decode the rest."""
+        """Admit waiting sequences into free slots (within the prefill budget); decode the rest.
+        One prefill's prompts share their prefix (all of them its KV from the cache)."""
         plan = Plan(decode=list(self.running))
         budget = self.max_prefill_tokens
         limit = self.max_prefill_seqs
@@ -63,7 +64,13 @@ class Scheduler:
             self.waiting
             and len(self.running) < self.max_slots
             and len(plan.prefill) < limit
-            and (not plan.prefill or self.waiting[0].num_prompt_tokens <= budget)
+            and (
+                not plan.prefill
+                or (
+                    self.waiting[0].num_prompt_tokens <= budget
+                    and self.waiting[0].prefix == plan.prefill[0].prefix
+                )
+            )
         ):
             seq = self.waiting.popleft()
             budget -= seq.num_prompt_tokens

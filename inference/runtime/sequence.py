@@ -28,6 +28,7 @@ class Sequence:
     finish_reason: str | None = None
     max_new_tokens: int = 0
     inputs: dict | None = None  # prepared model inputs until prefilled
+    prefix: tuple[int, ...] = ()  # the prompt's start shared with others (prefix cache key)
     num_scheduled: int = 0  # tokens sampled on the device, read back or not
     ended: bool = False  # the Finished event (or an error) has been emitted
     first_token_at: float | None = None  # time.perf_counter() when the first token was read

@@ -31,6 +31,7 @@ def jpeg(image) -> bytes:
         "compiled layer regions",
         "each step read back before the next",
         "attended length in steps of 32",
+        "no prefix cache",
     ],
 )
 def batch_engine(request, tiny_engine: GemmaEngine):
@@ -46,6 +47,7 @@ def batch_engine(request, tiny_engine: GemmaEngine):
         overlap_steps=request.param != "each step read back before the next",
         # sequences cross from one attended length to the next while they decode
         attend_lengths=tuple(range(32, 1024, 32)) if "32" in request.param else None,
+        prefix_cache_tokens=0 if request.param == "no prefix cache" else 4096,
     )
     engine = BatchEngine(tiny_engine, runtime)
     yield engine
@@ -92,6 +94,12 @@ def test_greedy_tokens_equal_generate(batch_engine: BatchEngine) -> None:
         assert text.strip() == finished.text
     assert batch_engine.num_active == 0
     assert batch_engine.scheduler.running == []
+    # all five share the system prompt's rules: one prefill of it, then four after its KV
+    prefixes = batch_engine.runner.prefixes.stats()
+    if batch_engine.runtime.prefix_cache_tokens:
+        assert prefixes["entries"] == 1 and prefixes["hits"] >= 3
+    else:
+        assert prefixes["entries"] == prefixes["hits"] == 0
 
 
 def test_cancelled_request_leaves_and_frees_its_slot(batch_engine: BatchEngine) -> None:
@@ -142,11 +150,11 @@ class FaultyPrefill:
         self.real, self.fails, self.error, self.calls = engine.runner.prefill, fails, error, []
         engine.runner.prefill = self
 
-    def __call__(self, inputs, slots):
+    def __call__(self, inputs, slots, prefix=()):
         self.calls.append(len(inputs))
         if self.fails(inputs):
             raise self.error
-        return self.real(inputs, slots)
+        return self.real(inputs, slots, prefix)
 
 
 def run_all(engine: BatchEngine, requests: list[Request]) -> list[list]:

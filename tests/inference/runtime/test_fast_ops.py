@@ -38,6 +38,24 @@ def test_prompt_attention_equals_causal_or_same_image_mask() -> None:
     torch.testing.assert_close(got, expected)
 
 
+def test_prompt_attention_after_a_cached_prefix_sees_all_of_it() -> None:
+    torch.manual_seed(1)
+    batch, heads, kv_heads, prefix, length, dim = 2, 4, 2, 5, 9, 8
+    query = torch.randn(batch, heads, length, dim)
+    key, value = torch.randn(2, batch, kv_heads, prefix + length, dim)
+    spans = [[(2, 6)], [(0, 3)]]
+    total = prefix + length
+    mask = torch.ones(total, total).tril().bool()[prefix:].repeat(batch, 1, 1)
+    for row, row_spans in enumerate(spans):
+        for start, end in row_spans:
+            mask[row, start:end, prefix + start : prefix + end] = True
+    expected = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask[:, None], scale=0.5, enable_gqa=True
+    ).transpose(1, 2)
+    got = fast_ops.prompt_attention(query, key, value, spans, 0.5)
+    torch.testing.assert_close(got, expected)
+
+
 @pytest.fixture(scope="module")
 def wide_window_engine(engine_config: EngineConfig):
     """The tiny model with a sliding window wider than its prompts (as the full-size
@@ -82,3 +100,33 @@ def test_prefill_without_masks_equals_the_masked_prefill(wide_window_engine, mon
     torch.testing.assert_close(unmasked, masked, rtol=1e-4, atol=1e-4)
     for got, expected in zip(runner.cache.keys, masked_keys, strict=True):
         torch.testing.assert_close(got[:2], expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("flash_prompts", [True, False], ids=["unmasked", "masked"])
+def test_prefill_after_a_cached_prefix_equals_the_whole_prefill(
+    wide_window_engine, flash_prompts: bool
+) -> None:
+    engine, runner = wide_window_engine, wide_window_engine.runner
+    seqs = [
+        engine.prepare(Request(language="de", image=png(draw_sign(640, 480)), question="Wo?")),
+        engine.prepare(Request(language="th", image=png(draw_menu(360, 480, seed=2)))),
+    ]
+    prefix = seqs[0].prefix
+    assert len(prefix) >= 32 and seqs[1].prefix == prefix  # the system prompt's rules
+    inputs = [seq.inputs for seq in seqs]
+    lengths = [seq.num_prompt_tokens for seq in seqs]
+    runner.flash_prompts = flash_prompts
+    runner.prefixes.clear()
+    whole = runner.prefill(inputs, [0, 1])
+    whole_keys = [keys[:2].clone() for keys in runner.cache.keys]
+    hits = runner.prefixes.hits
+    for _ in range(2):  # the prefix computed, then from the cache
+        after_prefix = runner.prefill(inputs, [0, 1], prefix)
+        torch.testing.assert_close(after_prefix, whole, rtol=1e-4, atol=1e-4)
+        for got, expected in zip(runner.cache.keys, whole_keys, strict=True):
+            for row, length in enumerate(lengths):
+                torch.testing.assert_close(
+                    got[row, :, :length], expected[row, :, :length], rtol=1e-4, atol=1e-4
+                )
+    assert runner.prefixes.hits == hits + 1 and runner.prefixes.stats()["entries"] == 1
+    runner.flash_prompts = True

@@ -37,3 +37,16 @@ def test_slots_and_the_token_budget_bound_a_prefill() -> None:
     waiting(scheduler, 30, tokens=900)
     assert [len(scheduler.schedule().prefill) for _ in range(4)] == [4, 4, 2, 0]
     assert len(scheduler.running) == 10 and len(scheduler.waiting) == 20
+
+
+def test_one_prefill_holds_prompts_of_one_shared_prefix_in_arrival_order() -> None:
+    scheduler = Scheduler(max_slots=64, max_seq_len=4096, max_prefill_tokens=8192,
+                          max_prefill_seqs=4, deep_queue_prefill_seqs=8)  # fmt: skip
+    for prefix in [(1, 2), (1, 2), (3,), (3,), (1, 2), ()]:
+        seq = Sequence(Request(language="en", question="?"), None, None, None)
+        seq.num_prompt_tokens, seq.prefix = 900, prefix
+        scheduler.add(seq)
+    groups = []
+    while scheduler.waiting:
+        groups.append([seq.prefix for seq in scheduler.schedule().prefill])
+    assert groups == [[(1, 2), (1, 2)], [(3,), (3,)], [(1, 2)], [()]]

@@ -1,0 +1,60 @@
+"""Keys and values of prompt prefixes that many requests share (the system prompt), kept
+on the device so that a prefill computes only what follows them.
+
+The key is the prefix's token ids: a causal model's KV for those positions depends on
+nothing else, so a hit is exact whatever text produced the tokens.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+# per layer: (keys, values), each [1, kv heads, prefix length, head dim]
+PrefixKV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class PrefixCache:
+    """Least recently used prefixes, within a budget of `max_tokens` positions in all."""
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self._entries: OrderedDict[tuple[int, ...], PrefixKV] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(prefix) for prefix in self._entries)
+
+    def fits(self, prefix: tuple[int, ...]) -> bool:
+        return 0 < len(prefix) <= self.max_tokens
+
+    def get(self, prefix: tuple[int, ...]) -> PrefixKV | None:
+        entry = self._entries.get(prefix)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(prefix)
+        return entry
+
+    def put(self, prefix: tuple[int, ...], entry: PrefixKV) -> None:
+        if not self.fits(prefix):
+            return
+        self._entries.pop(prefix, None)
+        while self._entries and self.num_tokens + len(prefix) > self.max_tokens:
+            self._entries.popitem(last=False)
+        self._entries[prefix] = entry
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def stats(self) -> dict:
+        return {
+            "entries": len(self._entries),
+            "tokens": self.num_tokens,
+            "hits": self.hits,
+            "misses": self.misses,
+        }
