@@ -98,13 +98,17 @@ def profile_prefill(engine: BatchEngine, num_seqs: int, limit: int) -> dict:
     }
 
 
-def profile_prefill_regions(engine: BatchEngine, num_seqs: int) -> dict[str, float]:
+def profile_prefill_regions(
+    engine: BatchEngine, num_seqs: int, prefix: bool = False
+) -> dict[str, float]:
     """One prefill of `num_seqs` photo prompts: GPU ms in the vision tower, the text layers
-    (without their attention), text attention, the KV copy into slots, and in all."""
+    (without their attention), text attention, the KV copy into slots, and in all.
+    `prefix`: after the system prompt's cached KV."""
     runner, model = engine.runner, engine.base.model
     prepared = [engine.prepare(r) for r in make_requests(num_seqs, 1, seed=7)]
     inputs, slots = [seq.inputs for seq in prepared], list(range(num_seqs))
-    runner.prefill(inputs, slots)  # warm
+    shared = prepared[0].prefix if prefix else ()
+    runner.prefill(inputs, slots, shared)  # warm
     timer = GpuTimer()
     tower = model.model.vision_tower
     layers = list(model.model.language_model.layers)
@@ -120,7 +124,7 @@ def profile_prefill_regions(engine: BatchEngine, num_seqs: int) -> dict[str, flo
         torch.cuda.synchronize()
         whole = timer.wrap("whole prefill", runner.prefill)
         started = time.perf_counter()
-        whole(inputs, slots)
+        whole(inputs, slots, shared)
         torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - started) * 1000
     finally:
@@ -150,6 +154,31 @@ def check_vision(engine: BatchEngine) -> float:
     pairs = zip(packed, padded, strict=True)
     diffs = [(a.float() - b.float()).abs().max() / b.float().abs().max() for a, b in pairs]
     return float(max(diffs))
+
+
+@torch.inference_mode()
+def check_prefix(engine: BatchEngine) -> dict[str, float]:
+    """Largest differences, relative to the largest value, between a prefill of whole
+    prompts and one after the system prompt's cached KV: last-token logits and the KV
+    stored in the slots (bf16 on the GPU: ~1e-2 is rounding)."""
+    runner = engine.runner
+    prepared = [engine.prepare(r) for r in make_requests(3, 1, seed=13)]
+    inputs, slots = [seq.inputs for seq in prepared], [0, 1, 2]
+    whole = runner.prefill(inputs, slots)
+    whole_keys = [keys[:3].clone() for keys in runner.cache.keys]
+    after = runner.prefill(inputs, slots, prepared[0].prefix)
+
+    def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+    window = runner.cache.window
+    key_diffs = [
+        relative(got[row, :, : min(seq.num_prompt_tokens, window)],
+                 expected[row, :, : min(seq.num_prompt_tokens, window)])
+        for got, expected in zip(runner.cache.keys, whole_keys, strict=True)
+        for row, seq in enumerate(prepared)
+    ]  # fmt: skip
+    return {"logits": relative(after, whole), "keys": max(key_diffs)}
 
 
 def grouped_mm_bench(tokens: int) -> dict:
@@ -209,11 +238,14 @@ def main() -> None:
         if prefills:
             report["vision packed vs padded"] = diff = check_vision(engine)
             print(f"\n== vision: packed photos vs the padded batch, max relative diff {diff:.4f}")
-        for num in prefills:
-            report[f"prefill regions x{num}"] = regions = profile_prefill_regions(engine, num)
-            print(f"\n== prefill of {num}, GPU ms by region")
-            for name, ms in regions.items():
-                print(f"{ms:9.2f}  {name}")
+            report["after the cached prefix vs whole"] = diffs = check_prefix(engine)
+            print(f"== prefill after the cached prefix vs whole prompts, max relative diff {diffs}")
+        for num, prefix in [(num, prefix) for num in prefills for prefix in (False, True)]:
+            name = f"prefill regions x{num}" + (" after the cached prefix" if prefix else "")
+            report[name] = regions = profile_prefill_regions(engine, num, prefix)
+            print(f"\n== {name}, GPU ms by region")
+            for region, ms in regions.items():
+                print(f"{ms:9.2f}  {region}")
         if prefills:
             num = prefills[-1]
             report["prefill"] = result = profile_prefill(engine, num, args.top)
