@@ -20,7 +20,6 @@ from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -60,12 +59,12 @@ def prompt_attention(query, key, value, spans: list[list[tuple[int, int]]], scal
     before it, and an image's tokens see the whole image → [B, L, Hq, D]. `spans` count
     from the first query."""
     prefix = key.shape[2] - query.shape[2]
-    causal = {"is_causal": True}
-    if prefix:  # flash attention's causal mask is the lower-right one
-        causal = {"attn_mask": causal_lower_right(query.shape[2], key.shape[2])}
-    output = F.scaled_dot_product_attention(
-        query, key, value, scale=scaling, enable_gqa=True, **causal
-    )
+    if prefix:
+        output = causal_after_prefix(query, key, value, scaling)
+    else:
+        output = F.scaled_dot_product_attention(
+            query, key, value, is_causal=True, scale=scaling, enable_gqa=True
+        )
     for row, row_spans in enumerate(spans):
         for start, end in row_spans:
             output[row, :, start:end] = F.scaled_dot_product_attention(
@@ -76,6 +75,41 @@ def prompt_attention(query, key, value, spans: list[list[tuple[int, int]]], scal
                 enable_gqa=True,
             )[0]
     return output.transpose(1, 2).contiguous()
+
+
+def causal_after_prefix(query, key, value, scaling):
+    """query [B, Hq, L, D] at the last L of the key/value positions [B, Hkv, S, D]: each
+    sees the keys up to its own position → [B, Hq, L, D]. On GPUs one variable-length flash
+    attention call (its causal mask is aligned to the keys' end, and it groups KV heads)."""
+    batch, heads, length, head_dim = query.shape
+    total = key.shape[2]
+    if not varlen_flash_works(query):
+        mask = torch.ones(length, total, dtype=torch.bool, device=query.device)
+        return F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask.tril(total - length), scale=scaling,
+            enable_gqa=True,
+        )  # fmt: skip
+    q = query.transpose(1, 2).reshape(batch * length, heads, head_dim)
+    k, v = (t.transpose(1, 2).reshape(batch * total, -1, head_dim) for t in (key, value))
+    starts_q = torch.arange(0, (batch + 1) * length, length, dtype=torch.int32)
+    starts_k = torch.arange(0, (batch + 1) * total, total, dtype=torch.int32)
+    output = torch.ops.aten._flash_attention_forward(
+        q, k, v, starts_q.to(q.device), starts_k.to(q.device), length, total, 0.0, True, False,
+        scale=scaling,
+    )[0]  # fmt: skip
+    return output.view(batch, length, heads, head_dim).transpose(1, 2)
+
+
+def varlen_flash_works(query: torch.Tensor) -> bool:
+    """Flash attention's kernels: Ampere or newer, half precision, head_dim ≤ 256 in 8s."""
+    head_dim = query.shape[-1]
+    return (
+        query.is_cuda
+        and torch.cuda.get_device_capability(query.device) >= (8, 0)
+        and query.dtype in (torch.float16, torch.bfloat16)
+        and head_dim % 8 == 0
+        and head_dim <= 256
+    )
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):

@@ -25,6 +25,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from inference.runtime.fast_ops import varlen_flash_works
+
 ATTENTION_NAME = "travelbot_photos"
 
 
@@ -35,7 +37,7 @@ def photo_attention(
     """q/k/v [1, heads, patches, D] of packed photos; `lengths` (CPU): patches per photo.
     Each photo attends only to itself → [1, patches, heads, D]. Where flash attention runs,
     one variable-length call serves all photos; elsewhere SDPA runs once per photo."""
-    if _varlen_flash_works(query):
+    if varlen_flash_works(query):
         bounds = torch.tensor([0, *lengths.cumsum(0).tolist()], dtype=torch.int32)
         bounds = bounds.to(query.device, non_blocking=True)  # the same for queries and keys
         longest = int(lengths.max())
@@ -53,18 +55,6 @@ def photo_attention(
         ).transpose(1, 2)
         start += length
     return output
-
-
-def _varlen_flash_works(query: torch.Tensor) -> bool:
-    """Flash attention's kernels: Ampere or newer, half precision, head_dim ≤ 256 in 8s."""
-    head_dim = query.shape[-1]
-    return (
-        query.is_cuda
-        and torch.cuda.get_device_capability(query.device) >= (8, 0)
-        and query.dtype in (torch.float16, torch.bfloat16)
-        and head_dim % 8 == 0
-        and head_dim <= 256
-    )
 
 
 @photo_attention.register_fake
