@@ -91,12 +91,12 @@ def causal_after_prefix(query, key, value, scaling):
         )  # fmt: skip
     q = query.transpose(1, 2).reshape(batch * length, heads, head_dim)
     k, v = (t.transpose(1, 2).reshape(batch * total, -1, head_dim) for t in (key, value))
-    starts_q = torch.arange(0, (batch + 1) * length, length, dtype=torch.int32)
-    starts_k = torch.arange(0, (batch + 1) * total, total, dtype=torch.int32)
+    # made on the device: a copy from the CPU would make the CPU wait for the GPU
+    starts_q = torch.arange(0, (batch + 1) * length, length, dtype=torch.int32, device=q.device)
+    starts_k = torch.arange(0, (batch + 1) * total, total, dtype=torch.int32, device=q.device)
     output = torch.ops.aten._flash_attention_forward(
-        q, k, v, starts_q.to(q.device), starts_k.to(q.device), length, total, 0.0, True, False,
-        scale=scaling,
-    )[0]  # fmt: skip
+        q, k, v, starts_q, starts_k, length, total, 0.0, True, False, scale=scaling
+    )[0]
     return output.view(batch, length, heads, head_dim).transpose(1, 2)
 
 

@@ -114,8 +114,8 @@ class ModelRunner:
         if with_images:
             pixels = torch.cat([i["pixel_values"] for i in with_images])
             positions = torch.cat([i["image_position_ids"] for i in with_images])
-            batch["pixel_values"] = pixels.to(self.device, self.model.dtype, non_blocking=True)
-            batch["image_position_ids"] = positions.to(self.device, non_blocking=True)
+            batch["pixel_values"] = self._to_device(pixels).to(self.model.dtype)
+            batch["image_position_ids"] = self._to_device(positions)
             # transformers' masks read them by position from the sequence's start
             batch["mm_token_type_ids"] = self._pad(
                 [t[0] if t is not None else torch.zeros(n, dtype=torch.long)
@@ -134,7 +134,7 @@ class ModelRunner:
         with sdpa_kernel(PREFILL_ATTENTION), fast_ops.image_spans(spans):
             output = self.model.model(**batch, past_key_values=cache, use_cache=True)
         rows = torch.arange(len(inputs), device=self.device)
-        last = torch.tensor([n - skip - 1 for n in lengths], device=self.device)
+        last = self._to_device(torch.tensor([n - skip - 1 for n in lengths]))
         hidden = output.last_hidden_state[rows, last]
         self.cache.store_prompts(
             slots,
@@ -150,7 +150,7 @@ class ModelRunner:
             return None
         entry = self.prefixes.get(prefix)
         if entry is None:
-            ids = torch.tensor(prefix, dtype=torch.long, device=self.device)[None]
+            ids = self._to_device(torch.tensor(prefix, dtype=torch.long)[None])
             cache = DynamicCache()
             spans = [[]] if self.flash_prompts else None
             with sdpa_kernel(PREFILL_ATTENTION), fast_ops.image_spans(spans):
@@ -161,10 +161,17 @@ class ModelRunner:
         return entry
 
     def _pad(self, rows: list[torch.Tensor], width: int, value: int) -> torch.Tensor:
-        out = torch.full((len(rows), width), value, dtype=torch.long, device=self.device)
+        """CPU rows, right-padded into one tensor on the device."""
+        out = torch.full((len(rows), width), value, dtype=torch.long)
         for index, row in enumerate(rows):
-            out[index, : row.shape[0]] = row.to(self.device)
-        return out
+            out[index, : row.shape[0]] = row
+        return self._to_device(out)
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Copy without making the CPU wait for the GPU's queue (from pinned memory)."""
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
 
     # -- decode ----------------------------------------------------------------------------
     @torch.inference_mode()

@@ -111,13 +111,15 @@ def packed(tower, batched, pixel_values, pixel_position_ids, **kwargs):
     pooled, start = [], 0
     for count in counts:
         part = slice(start, start + count)
-        features, mask = tower.pooler(
+        features, _ = tower.pooler(
             hidden_states=hidden[:, part],
             pixel_position_ids=positions[:, part],
             padding_positions=no_padding[:, part],
             output_length=count // tower.config.pooling_kernel_size**2,
         )
-        pooled.append(features[mask])
+        # the processor makes photos whole pooling cells, so every output position is
+        # valid: no mask to apply (indexing by one would make the CPU wait for the GPU)
+        pooled.append(features[0])
         start += count
     features = torch.cat(pooled)
     if tower.config.standardize:
