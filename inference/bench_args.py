@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-slots", type=int, default=64)
     parser.add_argument("--max-seq-len", type=int, default=4096)
-    parser.add_argument("--max-prefill-seqs", type=int, default=4, help="prompts per prefill")
+    parser.add_argument("--max-prefill-seqs", type=int, default=8, help="prompts per prefill")
     parser.add_argument(
         "--deep-queue-prefill-seqs", type=int, default=8, help="... when more than N wait"
     )

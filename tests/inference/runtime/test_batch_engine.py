@@ -102,6 +102,28 @@ def test_greedy_tokens_equal_generate(batch_engine: BatchEngine) -> None:
         assert prefixes["entries"] == prefixes["hits"] == 0
 
 
+def test_a_slot_freed_in_the_step_that_admits_a_prompt_goes_to_it(
+    batch_engine: BatchEngine,
+) -> None:
+    """The running decode is launched before the prefill: the first sequence's last token
+    frees slot 0 in the very step that admits the second, which then moves into slot 0."""
+    first = Request(language="de", question="Bahnhof?", max_new_tokens=3, sampling=GREEDY)
+    second = Request(language="en", image=jpeg(draw_sign(640, 480)), max_new_tokens=8,
+                     sampling=GREEDY)  # fmt: skip
+    results: list[list] = [[], []]
+    batch_engine.add(batch_engine.prepare(first), results[0].append, lambda: False)
+    batch_engine.step()  # prefill: token 1
+    batch_engine.step()  # decode: token 2
+    batch_engine.add(batch_engine.prepare(second), results[1].append, lambda: False)
+    batch_engine.step()  # decode: token 3, the first one's last; then the second's prefill
+    assert batch_engine.last_plan.prefill[0].slot == 0
+    while batch_engine.num_active:
+        batch_engine.step()
+    for request, events in zip((first, second), results, strict=True):
+        expected = batch_engine.base.generate(request, lambda event: None, lambda: False)
+        assert events[-1].token_ids == expected.token_ids
+
+
 def test_cancelled_request_leaves_and_frees_its_slot(batch_engine: BatchEngine) -> None:
     cancelled = {"flag": False}
     events: list = []
