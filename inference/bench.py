@@ -448,18 +448,22 @@ def run(args: argparse.Namespace) -> dict:
             record(bench_engine(engine, chosen, arrivals, f"engine, Poisson {args.poisson_rate}/s"))
         if args.closed_loop_rounds and concurrency > 1:
             record(bench_closed_loop(engine, chosen, args.closed_loop_rounds))
-    for prompts in args.sweep_prefill_seqs:  # prompts per prefill, bursts only
-        engine.scheduler.max_prefill_seqs = engine.scheduler.deep_queue_prefill_seqs = prompts
-        for concurrency in args.engine_concurrency:
-            if concurrency > 1:
-                chosen, name = requests[:concurrency], f"engine, together, prefill ≤{prompts}"
-                record(bench_engine(engine, chosen, [0.0] * concurrency, name))
     result["prefix_cache"] = engine.runner.prefixes.stats()
     if args.prefix_cache_tokens:
         engine.runner.prefixes.max_tokens = 0  # every prompt prefilled whole again
         for concurrency in args.without_prefix_cache:
             chosen, name = requests[:concurrency], "engine, no prefix cache"
             record(bench_engine(engine, chosen, [0.0] * concurrency, name))
+        engine.runner.prefixes.max_tokens = args.prefix_cache_tokens
+    scheduler = engine.scheduler
+    for prompts in args.sweep_prefill_seqs:  # prompts per prefill, bursts only
+        scheduler.max_prefill_seqs = scheduler.deep_queue_prefill_seqs = prompts
+        for concurrency in args.engine_concurrency:
+            if concurrency > 1:
+                chosen, name = requests[:concurrency], f"engine, together, prefill ≤{prompts}"
+                record(bench_engine(engine, chosen, [0.0] * concurrency, name))
+    scheduler.max_prefill_seqs = runtime.max_prefill_seqs
+    scheduler.deep_queue_prefill_seqs = runtime.deep_queue_prefill_seqs
     # compiled regions that had to be built while serving (0: the warm-up covered all)
     graphs_now = dynamo_counters["stats"]["unique_graphs"]
     result["recompiles_while_serving"] = graphs_now - graphs_after_setup
