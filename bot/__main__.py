@@ -49,6 +49,7 @@ def runtime_config(settings: Settings) -> RuntimeConfig | None:
         max_seq_len=settings.max_seq_len,
         cuda_graphs=settings.cuda_graphs,
         compile_layers=settings.compile_layers,
+        prefix_cache_tokens=settings.prefix_cache_tokens,
     )
 
 
