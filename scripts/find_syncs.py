@@ -15,10 +15,7 @@ import warnings
 from pathlib import Path
 
 import torch
-
-from inference.bench import full_size_random_engine, make_requests
-from inference.runtime.batch_engine import BatchEngine
-from inference.runtime.config import RuntimeConfig
+from gpu_prefill import engine_and_photo_prompts
 
 
 def call_site() -> str:
@@ -35,10 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("bench-out/prefill-syncs.json"))
     args = parser.parse_args()
-    base = full_size_random_engine("cuda", 280)
-    engine = BatchEngine(base, RuntimeConfig(max_slots=8, graph_batch_sizes=(1, 8)))
-    prepared = [engine.prepare(r) for r in make_requests(4, 1, seed=5)]
-    inputs, prefix = [seq.inputs for seq in prepared], prepared[0].prefix
+    engine, inputs, prefix = engine_and_photo_prompts(4)
     engine.runner.prefill(inputs, [0, 1, 2, 3], prefix)
     sites: collections.Counter[str] = collections.Counter()
 

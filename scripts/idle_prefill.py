@@ -16,10 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-
-from inference.bench import full_size_random_engine, make_requests
-from inference.runtime.batch_engine import BatchEngine
-from inference.runtime.config import RuntimeConfig
+from gpu_prefill import engine_and_photo_prompts
 
 
 def matmuls_ms(a: torch.Tensor, count: int = 20) -> float:
@@ -53,10 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("bench-out/idle-prefill.json"))
     args = parser.parse_args()
-    base = full_size_random_engine("cuda", 280)
-    engine = BatchEngine(base, RuntimeConfig(max_slots=8, graph_batch_sizes=(1, 8)))
-    prepared = [engine.prepare(r) for r in make_requests(4, 1, seed=5)]
-    inputs, prefix = [seq.inputs for seq in prepared], prepared[0].prefix
+    engine, inputs, prefix = engine_and_photo_prompts(4)
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     rows = []
     for gap in (0, 0, 0.5, 0.5, 2, 2, 5, 5, 10, 10, 0, 0):

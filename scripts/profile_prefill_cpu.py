@@ -15,10 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-
-from inference.bench import full_size_random_engine, make_requests
-from inference.runtime.batch_engine import BatchEngine
-from inference.runtime.config import RuntimeConfig
+from gpu_prefill import engine_and_photo_prompts
 
 
 @torch.inference_mode()
@@ -29,10 +26,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=45)
     parser.add_argument("--out", type=Path, default=Path("bench-out/prefill-cpu.txt"))
     args = parser.parse_args()
-    base = full_size_random_engine("cuda", 280)
-    engine = BatchEngine(base, RuntimeConfig(max_slots=8, graph_batch_sizes=(1, 8)))
-    prepared = [engine.prepare(r) for r in make_requests(args.photos, 1, seed=5)]
-    inputs, prefix = [seq.inputs for seq in prepared], prepared[0].prefix
+    engine, inputs, prefix = engine_and_photo_prompts(args.photos)
     slots = list(range(args.photos))
     engine.runner.prefill(inputs, slots, prefix)
     torch.cuda.synchronize()
