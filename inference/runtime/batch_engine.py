@@ -294,9 +294,11 @@ class BatchEngine:
 
     def fail_all(self, error: InferenceError) -> None:
         """After a failed step: every active request ends with `error`. Unlike `_fail`, no KV
-        slots move: every slot is freed, and the GPU state is not to be trusted now."""
+        slots move: every slot is freed, and the GPU state is not to be trusted now (the
+        cached prefixes' KV neither: computed again when next needed)."""
         draining = [seq for batch in self._in_flight for seq in batch.seqs]
         self._in_flight = []
+        self.runner.prefixes.clear()
         for seq in [*self.scheduler.waiting, *self.scheduler.running, *draining]:
             if seq.ended:
                 continue

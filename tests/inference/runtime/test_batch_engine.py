@@ -230,6 +230,23 @@ def test_a_failing_prefill_fails_only_its_requests(plain_engine: BatchEngine) ->
     assert plain_engine.scheduler.running == []
 
 
+def test_after_a_failed_step_the_engine_forgets_cached_prefixes_and_serves_again(
+    plain_engine: BatchEngine,
+) -> None:
+    from inference import InferenceError
+
+    request = Request(language="en", question="exit?", max_new_tokens=5, sampling=GREEDY)
+    events: list = []
+    plain_engine.add(plain_engine.prepare(request), events.append, lambda: False)
+    plain_engine.step()
+    assert plain_engine.runner.prefixes.stats()["entries"] == 1
+    plain_engine.fail_all(InferenceError("generation failed: RuntimeError"))
+    assert isinstance(events[-1], InferenceError)
+    assert plain_engine.runner.prefixes.stats()["entries"] == 0 and plain_engine.num_active == 0
+    [again] = run_all(plain_engine, [request])
+    assert again[-1] == plain_engine.base.generate(request, lambda event: None, lambda: False)
+
+
 def test_engine_serves_without_compiled_layers_when_compiling_fails(
     tiny_engine: GemmaEngine,
 ) -> None:
