@@ -103,11 +103,12 @@ class ModelRunner:
         shared = self._prefix_kv(prefix) if prefix else None
         skip = len(prefix) if shared is not None else 0
         width = max(lengths) - skip
-        positions = torch.arange(skip, skip + width, device=self.device)
         suffixes = [i["input_ids"][0, skip:] for i in inputs]
         batch = {
             "input_ids": self._pad(suffixes, width, self.pad_token_id),
-            "position_ids": positions[None].expand(len(inputs), -1),
+            "position_ids": torch.arange(skip, skip + width, device=self.device)[None].expand(
+                len(inputs), -1
+            ),
         }
         types = [i.get("mm_token_type_ids") for i in inputs]
         with_images = [i for i in inputs if "pixel_values" in i]
