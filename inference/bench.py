@@ -395,9 +395,10 @@ def run(args: argparse.Namespace) -> dict:
     is rewritten after every row, so a run cut short still leaves its numbers."""
     base = load_engine(args)
     device = base.device
-    if args.without_prefix_cache is None:
-        args.without_prefix_cache = [c for c in args.engine_concurrency if c > 1]
-    count = max([*args.generate_batches, *args.engine_concurrency, *args.without_prefix_cache])
+    without_cache = args.without_prefix_cache
+    if without_cache is None:
+        without_cache = [c for c in args.engine_concurrency if c > 1]
+    count = max([*args.generate_batches, *args.engine_concurrency, *without_cache])
     requests = make_requests(count, args.new_tokens)
     runtime = RuntimeConfig(
         max_slots=args.max_slots,
@@ -451,7 +452,7 @@ def run(args: argparse.Namespace) -> dict:
     result["prefix_cache"] = engine.runner.prefixes.stats()
     if args.prefix_cache_tokens:
         engine.runner.prefixes.max_tokens = 0  # every prompt prefilled whole again
-        for concurrency in args.without_prefix_cache:
+        for concurrency in without_cache:
             chosen, name = requests[:concurrency], "engine, no prefix cache"
             record(bench_engine(engine, chosen, [0.0] * concurrency, name))
         engine.runner.prefixes.max_tokens = args.prefix_cache_tokens

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from inference.runtime.config import RuntimeConfig
+
+DEFAULTS = RuntimeConfig()  # the engine's own defaults (no torch import)
+
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
@@ -37,11 +41,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=3,
         help="then N photos per client, each sent when the previous answer is done (0: off)",
     )
-    parser.add_argument("--max-slots", type=int, default=64)
-    parser.add_argument("--max-seq-len", type=int, default=4096)
-    parser.add_argument("--max-prefill-seqs", type=int, default=8, help="prompts per prefill")
+    parser.add_argument("--max-slots", type=int, default=DEFAULTS.max_slots)
+    parser.add_argument("--max-seq-len", type=int, default=DEFAULTS.max_seq_len)
     parser.add_argument(
-        "--deep-queue-prefill-seqs", type=int, default=8, help="... when more than N wait"
+        "--max-prefill-seqs",
+        type=int,
+        default=DEFAULTS.max_prefill_seqs,
+        help="prompts per prefill",
+    )
+    parser.add_argument(
+        "--deep-queue-prefill-seqs",
+        type=int,
+        default=DEFAULTS.deep_queue_prefill_seqs,
+        help="... when more than N wait",
     )
     parser.add_argument(
         "--sweep-prefill-seqs",
@@ -52,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prefix-cache-tokens",
         type=int,
-        default=4096,
+        default=DEFAULTS.prefix_cache_tokens,
         help="KV of shared prompt prefixes kept, in positions (0: off)",
     )
     parser.add_argument(
@@ -72,13 +84,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fused-experts-tokens",
         type=int,
-        default=16,
+        default=DEFAULTS.fused_experts_tokens,
         help="decode steps of up to N tokens run the experts as Triton kernels (0: grouped_mm)",
     )
     parser.add_argument(
         "--expert-major-tokens",
         type=int,
-        default=64,
+        default=DEFAULTS.expert_major_tokens,
         help="... and up to N as the expert-major Triton kernels (0: off)",
     )
     parser.add_argument(

@@ -7,6 +7,7 @@ Continuous batching replaces `generate()` in a later step; the interface stays:
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,7 +85,8 @@ class GemmaEngine:
                               "<|video|>", tok.bos_token, tok.pad_token)} - {tok.unk_token_id}
         )  # fmt: skip
         self._torch = torch
-        self._prefix_ids: dict[str, list[int]] = {}  # shared prefix text → its token ids
+        # a shared prefix's text → its token ids (the same few texts again and again)
+        self._prefix_ids = functools.lru_cache(maxsize=64)(self._token_ids)
 
     @classmethod
     def load(cls, config: EngineConfig) -> GemmaEngine:
@@ -198,11 +200,7 @@ class GemmaEngine:
         inputs = self._inputs(prompt, on_device=False)
         if not prompt.shared_prefix:
             return inputs, ()
-        if (expected := self._prefix_ids.get(prompt.shared_prefix)) is None:
-            if len(self._prefix_ids) >= 64:
-                self._prefix_ids.clear()
-            expected = self.tokenizer(prompt.shared_prefix, add_special_tokens=False).input_ids
-            self._prefix_ids[prompt.shared_prefix] = expected
+        expected = self._prefix_ids(prompt.shared_prefix)
         ids = inputs["input_ids"][0, : len(expected)].tolist()
         # the prompt's own tokens decide: a merge across the border only shortens it
         pairs = enumerate(zip(ids, expected, strict=False))
@@ -210,6 +208,9 @@ class GemmaEngine:
         if common < MIN_SHARED_PREFIX_TOKENS or common >= inputs["input_ids"].shape[1]:
             return inputs, ()
         return inputs, tuple(ids[:common])
+
+    def _token_ids(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def _inputs(self, prompt: Prompt, *, on_device: bool) -> dict:
         text = prompt.text

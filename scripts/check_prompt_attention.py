@@ -1,7 +1,8 @@
 """Prompt attention of sliding layers after a cached prefix, on the GPU, against a float32
-reference with the explicit mask (causal after the prefix, or within the same image):
-Gemma 4 26B-A4B's sliding-layer shapes. Prints and writes the largest differences
-relative to the reference's largest value (bf16: ~1e-2 is rounding).
+reference with the explicit mask (causal after the prefix, or within the same image), at
+Gemma 4 26B-A4B's sliding-layer shapes; and the vision tower's attention over packed
+photos (`vision.photo_attention`) against SDPA photo by photo. Prints and writes the
+largest differences relative to the reference's largest value (bf16: ~1e-2 is rounding).
 
     python3 scripts/check_prompt_attention.py --out bench-out/prompt-attention.json
 """
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
-from inference.runtime import fast_ops
+from inference.runtime import fast_ops, vision
 
 
 def reference(query, key, value, spans, scaling):
@@ -33,6 +34,23 @@ def reference(query, key, value, spans, scaling):
         enable_gqa=True,
     )  # fmt: skip
     return output.transpose(1, 2)
+
+
+def photo_attention_difference(device: str, dtype: torch.dtype) -> float:
+    """Three packed photos (vision heads and head_dim) against SDPA on each in float32."""
+    heads, head_dim, lengths = 16, 72, [2520, 1764, 2088]
+    query, key, value = torch.randn(3, 1, heads, sum(lengths), head_dim, device=device,
+                                    dtype=dtype)  # fmt: skip
+    bounds = torch.tensor([0, 2520, 4284, 6372], dtype=torch.int32, device=device)
+    got = vision.photo_attention(query, key, value, bounds, torch.tensor(lengths), 0.1)
+    parts, start = [], 0
+    for length in lengths:
+        part = slice(start, start + length)
+        parts.append(F.scaled_dot_product_attention(
+            query[:, :, part].float(), key[:, :, part].float(), value[:, :, part].float(),
+            scale=0.1).transpose(1, 2))  # fmt: skip
+        start += length
+    return relative(got, torch.cat(parts, dim=1))
 
 
 def relative(got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -57,6 +75,7 @@ def main() -> None:
             fast_ops.prompt_attention(query, key, value, spans, 1.0 / head_dim**0.5), expected
         )
     }
+    report["photo_attention (vision, packed)"] = photo_attention_difference(device, dtype)
     no_images = reference(query, key, value, [[]] * batch, 1.0 / head_dim**0.5)
     causal = causal_lower_right(length, prefix + length)
     for name, attention in (

@@ -7,6 +7,7 @@ those a CUDA graph replays), the graph-replay step time, optionally where a pref
 time goes (vision tower, text layers, attention, KV store), and with --grouped-mm a
 micro-benchmark of the expert layout (transposed view as stored vs contiguous).
 Decode rows feed random tokens, so the routers spread them over the experts as real text does.
+Prefills after the cached prefix against whole prompts, numerically: scripts/check_prefill.py.
 """
 
 from __future__ import annotations
@@ -156,33 +157,6 @@ def check_vision(engine: BatchEngine) -> float:
     return float(max(diffs))
 
 
-@torch.inference_mode()
-def check_prefix(engine: BatchEngine) -> dict[str, float]:
-    """Largest differences, relative to the largest value, between a prefill of whole
-    prompts and one after the system prompt's cached KV: last-token logits and the KV
-    stored in the slots (bf16 on the GPU: ~1e-2 is rounding)."""
-    runner = engine.runner
-    prepared = [engine.prepare(r) for r in make_requests(3, 1, seed=13)]
-    inputs, slots = [seq.inputs for seq in prepared], [0, 1, 2]
-    whole = runner.prefill(inputs, slots)
-    whole_keys = [keys[:3].clone() for keys in runner.cache.keys]
-    after = runner.prefill(inputs, slots, prepared[0].prefix)
-
-    def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-        finite = b.isfinite()  # logits are -inf where tokens are suppressed
-        a, b = a.float()[finite], b.float()[finite]
-        return float((a - b).abs().max() / b.abs().max())
-
-    window = runner.cache.window
-    key_diffs = [
-        max(relative(got[row, :, : min(seq.num_prompt_tokens, window)],
-                     expected[row, :, : min(seq.num_prompt_tokens, window)])
-            for row, seq in enumerate(prepared))
-        for got, expected in zip(runner.cache.keys, whole_keys, strict=True)
-    ]  # fmt: skip
-    return {"logits": relative(after, whole), "keys": max(key_diffs), "keys by layer": key_diffs}
-
-
 def grouped_mm_bench(tokens: int) -> dict:
     experts, hidden, inter = 128, 2816, 1408
     stored = torch.randn(experts, inter, hidden, device="cuda", dtype=torch.bfloat16)
@@ -240,8 +214,6 @@ def main() -> None:
         if prefills:
             report["vision packed vs padded"] = diff = check_vision(engine)
             print(f"\n== vision: packed photos vs the padded batch, max relative diff {diff:.4f}")
-            report["after the cached prefix vs whole"] = diffs = check_prefix(engine)
-            print(f"== prefill after the cached prefix vs whole prompts, max relative diff {diffs}")
         for num, prefix in [(num, prefix) for num in prefills for prefix in (False, True)]:
             name = f"prefill regions x{num}" + (" after the cached prefix" if prefix else "")
             report[name] = regions = profile_prefill_regions(engine, num, prefix)

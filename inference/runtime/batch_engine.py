@@ -120,8 +120,8 @@ class BatchEngine:
                   (1, False, True), (2, True, True))  # fmt: skip
         for batch, with_photo, after_prefix in shapes:
             batch = min(batch, self.runtime.max_slots)
-            prepared = [
-                self.base.prepare_with_prefix(
+            seqs = [
+                self.prepare(
                     Request(
                         language="en",
                         question="warm-up " * (row + 1),
@@ -130,8 +130,8 @@ class BatchEngine:
                 )
                 for row in range(batch)
             ]
-            prefix = prepared[0][1] if after_prefix and self.runtime.prefix_cache_tokens else ()
-            self.runner.prefill([inputs for inputs, _ in prepared], list(range(batch)), prefix)
+            prefix = seqs[0].prefix if after_prefix else ()
+            self.runner.prefill([seq.inputs for seq in seqs], list(range(batch)), prefix)
         log.info("prefill_warmed_up", seconds=round(time.monotonic() - started, 1))
 
     def close(self) -> None:

@@ -94,10 +94,17 @@ def causal_after_prefix(query, key, value, scaling):
     # made on the device: a copy from the CPU would make the CPU wait for the GPU
     starts_q = torch.arange(0, (batch + 1) * length, length, dtype=torch.int32, device=q.device)
     starts_k = torch.arange(0, (batch + 1) * total, total, dtype=torch.int32, device=q.device)
-    output = torch.ops.aten._flash_attention_forward(
-        q, k, v, starts_q, starts_k, length, total, 0.0, True, False, scale=scaling
-    )[0]
+    output = flash_varlen(q, k, v, starts_q, starts_k, length, total, causal=True, scale=scaling)
     return output.view(batch, length, heads, head_dim).transpose(1, 2)
+
+
+def flash_varlen(q, k, v, starts_q, starts_k, longest_q, longest_k, *, causal, scale):
+    """One variable-length flash attention call over packed sequences: q [Tq, Hq, D], k/v
+    [Tk, Hkv, D]; sequence i is rows starts[i]:starts[i + 1] (int32, on the device). A
+    causal mask is aligned to the end of each key sequence → [Tq, Hq, D]."""
+    return torch.ops.aten._flash_attention_forward(
+        q, k, v, starts_q, starts_k, longest_q, longest_k, 0.0, causal, False, scale=scale
+    )[0]
 
 
 def varlen_flash_works(query: torch.Tensor) -> bool:
@@ -113,7 +120,10 @@ def varlen_flash_works(query: torch.Tensor) -> bool:
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
-    """query [B, Hq, 1, D], key/value [B, Hkv, L, D], bool mask [B, 1, 1, L] → [B, 1, Hq, D]."""
+    """The language model's attention: a decode step (query [B, Hq, 1, D], key/value
+    [B, Hkv, L, D], bool mask [B, 1, 1, L] → [B, 1, Hq, D]) as two batched matmuls; a prompt
+    of a sliding layer within the window as `prompt_attention` when the runner passed image
+    spans; any other prompt as transformers' SDPA."""
     spans = _image_spans.get()
     window = getattr(module, "sliding_window", None)
     if spans is not None and window and key.shape[2] <= window and query.shape[2] > 1:

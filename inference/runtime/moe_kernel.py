@@ -42,6 +42,14 @@ def _gelu_times(gate, up):
 
 
 @triton.jit
+def _routed_pair(index_ptr, weight_ptr, token, k, TOP_K: tl.constexpr):
+    """The token's k-th (token, expert) pair: its number, the int64 value stored for it at
+    `index_ptr` (expert, or sorted row) and its router weight in float32."""
+    pair = token * TOP_K + k
+    return pair, tl.load(index_ptr + pair).to(tl.int64), tl.load(weight_ptr + pair).to(tl.float32)
+
+
+@triton.jit
 def _gate_up_kernel(
     x_ptr, w_ptr, index_ptr, out_ptr,
     hidden, inter, stride_e, stride_n, stride_k,
@@ -86,9 +94,7 @@ def _down_kernel(
     cols = tl.arange(0, BLOCK_K)
     total = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for k in tl.static_range(TOP_K):
-        pair = token * TOP_K + k
-        expert = tl.load(index_ptr + pair).to(tl.int64)
-        routing = tl.load(weight_ptr + pair).to(tl.float32)
+        pair, expert, routing = _routed_pair(index_ptr, weight_ptr, token, k, TOP_K)
         expert_rows = w_ptr + expert * stride_e + rows[:, None].to(tl.int64) * stride_n
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         for start in range(0, inter, BLOCK_K):
@@ -112,9 +118,7 @@ def _unpermute_sum_kernel(
     ok = cols < hidden
     total = tl.zeros((BLOCK,), dtype=tl.float32)
     for k in tl.static_range(TOP_K):
-        pair = token * TOP_K + k
-        row = tl.load(position_ptr + pair).to(tl.int64)
-        routing = tl.load(weight_ptr + pair).to(tl.float32)
+        _, row, routing = _routed_pair(position_ptr, weight_ptr, token, k, TOP_K)
         values = tl.load(rows_ptr + row * hidden + cols, mask=ok, other=0.0)
         total += routing * values.to(tl.float32)
     tl.store(out_ptr + token * hidden + cols, total.to(out_ptr.dtype.element_ty), mask=ok)
@@ -162,7 +166,7 @@ def grouped_experts(experts, hidden, top_k_index, top_k_weights) -> torch.Tensor
     gate, up = gate_up.chunk(2, dim=-1)
     rows = torch._grouped_mm(experts.act_fn(gate) * up, experts.down_proj.transpose(1, 2),
                              offs=offsets)  # fmt: skip
-    return torch.ops.travelbot.unpermute_sum(rows, position, top_k_weights)
+    return unpermute_sum(rows, position, top_k_weights)
 
 
 @triton.jit

@@ -16,6 +16,7 @@ and dropped by the pooler.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -25,27 +26,29 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from inference.runtime.fast_ops import varlen_flash_works
+from inference.runtime.fast_ops import flash_varlen, varlen_flash_works
 
 ATTENTION_NAME = "travelbot_photos"
 
 
 @torch.library.custom_op("travelbot::photo_attention", mutates_args=())
 def photo_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lengths: torch.Tensor, scale: float
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    bounds: torch.Tensor,
+    lengths: torch.Tensor,
+    scale: float,
 ) -> torch.Tensor:
-    """q/k/v [1, heads, patches, D] of packed photos; `lengths` (CPU): patches per photo.
-    Each photo attends only to itself → [1, patches, heads, D]. Where flash attention runs,
-    one variable-length call serves all photos; elsewhere SDPA runs once per photo."""
+    """q/k/v [1, heads, patches, D] of packed photos; `lengths` (CPU): patches per photo,
+    `bounds` (int32, on the device): where each photo starts, and the end. Each photo
+    attends only to itself → [1, patches, heads, D]. Where flash attention runs, one
+    variable-length call serves all photos; elsewhere SDPA runs once per photo."""
     if varlen_flash_works(query):
-        bounds = torch.tensor([0, *lengths.cumsum(0).tolist()], dtype=torch.int32)
-        bounds = bounds.to(query.device, non_blocking=True)  # the same for queries and keys
         longest = int(lengths.max())
         q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [T, H, D]
-        output = torch.ops.aten._flash_attention_forward(
-            q, k, v, bounds, bounds, longest, longest, 0.0, False, False, scale=scale
-        )[0]
-        return output[None]
+        return flash_varlen(q, k, v, bounds, bounds, longest, longest, causal=False,
+                            scale=scale)[None]  # fmt: skip
     output = query.new_empty(1, query.shape[2], query.shape[1], query.shape[3])
     start = 0
     for length in lengths.tolist():
@@ -58,17 +61,19 @@ def photo_attention(
 
 
 @photo_attention.register_fake
-def _(query, key, value, lengths, scale):
+def _(query, key, value, bounds, lengths, scale):
     return query.new_empty(1, query.shape[2], query.shape[1], query.shape[3])
 
 
 def packed_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
     """transformers' attention interface: per photo when `photo_lengths` is passed."""
     lengths = kwargs.pop("photo_lengths", None)
+    bounds = kwargs.pop("photo_bounds", None)
     if lengths is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                       **kwargs)  # fmt: skip
-    return torch.ops.travelbot.photo_attention(query, key, value, lengths, scaling or 1.0), None
+    output = torch.ops.travelbot.photo_attention(query, key, value, bounds, lengths, scaling or 1.0)
+    return output, None
 
 
 def install(model) -> Callable[[], None]:
@@ -102,11 +107,14 @@ def packed(tower, batched, pixel_values, pixel_position_ids, **kwargs):
     positions = torch.cat([pixel_position_ids[i, :count] for i, count in enumerate(counts)])[None]
     no_padding = torch.zeros(positions.shape[:2], dtype=torch.bool, device=positions.device)
     embeds = tower.patch_embedder(pixels, positions, no_padding)
+    # once for all layers: where each photo starts, on the device (its attention's bounds)
+    bounds = torch.tensor([0, *itertools.accumulate(counts)], dtype=torch.int32)
     hidden = tower.encoder(
         inputs_embeds=embeds,
         attention_mask=None,
         pixel_position_ids=positions,
         photo_lengths=torch.tensor(counts),
+        photo_bounds=bounds.to(positions.device, non_blocking=True),
     ).last_hidden_state
     pooled, start = [], 0
     for count in counts:
