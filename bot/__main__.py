@@ -50,6 +50,7 @@ def runtime_config(settings: Settings) -> RuntimeConfig | None:
         cuda_graphs=settings.cuda_graphs,
         compile_layers=settings.compile_layers,
         prefix_cache_tokens=settings.prefix_cache_tokens,
+        fp8_experts=settings.fp8_experts,
     )
 
 

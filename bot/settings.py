@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     cuda_graphs: bool | None = None  # None: on when the model runs on a GPU
     compile_layers: bool | None = None  # torch.compile the decoder layers; None: on a GPU
     prefix_cache_tokens: int = 4096  # the system prompt's KV kept on the device; 0: off
+    fp8_experts: bool = False  # expert weights in FP8 (batch engine; check answers first)
     max_queue: int = 64  # requests waiting beyond the running batch
     request_timeout_s: float = 300  # a request still unanswered after this is cancelled
 

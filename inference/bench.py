@@ -18,7 +18,7 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -398,7 +398,9 @@ def run(args: argparse.Namespace) -> dict:
     without_cache = args.without_prefix_cache
     if without_cache is None:
         without_cache = [c for c in args.engine_concurrency if c > 1]
-    count = max([*args.generate_batches, *args.engine_concurrency, *without_cache])
+    count = max(
+        [*args.generate_batches, *args.engine_concurrency, *without_cache, *args.fp8_experts]
+    )
     requests = make_requests(count, args.new_tokens)
     runtime = RuntimeConfig(
         max_slots=args.max_slots,
@@ -477,6 +479,15 @@ def run(args: argparse.Namespace) -> dict:
             if cache == "static" and batch > args.static_max_batch:
                 continue
             record(bench_generate(base, requests[:batch], cache, args.new_tokens))
+    if args.fp8_experts:
+        setup_started = time.perf_counter()
+        engine = BatchEngine(base, replace(runtime, fp8_experts=True))  # quantizes in place
+        result["fp8_engine_setup_seconds"] = round(time.perf_counter() - setup_started, 1)
+        bench_engine(engine, make_requests(2, 4, seed=99), [0.0, 0.0], "warm-up")
+        for concurrency in args.fp8_experts:
+            chosen, name = requests[:concurrency], "engine, fp8 experts"
+            record(bench_engine(engine, chosen, [0.0] * concurrency, name))
+        engine.close()
     return result
 
 

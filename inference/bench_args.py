@@ -74,6 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="then these bursts again with the prefix cache off, as the same run's baseline "
         "(default: the engine concurrencies above 1)",
     )
+    parser.add_argument(
+        "--fp8-experts",
+        type=_ints,
+        default=[],
+        help="last, these bursts with the expert weights quantized to FP8 in place (after "
+        "the generate() rows, which need the bf16 weights)",
+    )
     parser.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto")
     parser.add_argument(
         "--compile-layers",

@@ -1,8 +1,11 @@
 """The Triton experts kernels on the GPU, at Gemma 4 26B-A4B's sizes: error against a
 float32 reference, then time per layer against transformers' grouped_mm experts, for
 decode batches of 1-128 tokens (the per-pair kernels, and the expert-major ones that read
-each expert once), and sweeps of the expert-major kernels' block sizes. Each timing is a
-CUDA graph replaying 8 layers with their own weights (no L2 reuse between layers).
+each expert once), and sweeps of the expert-major kernels' block sizes; the same kernels
+with the weights in FP8 (fp8_experts): error against the reference on the dequantized
+weights, difference to the bf16 result, time, and the time to dequantize a layer for a
+prompt's grouped GEMMs. Each timing is a CUDA graph replaying 8 layers with their own
+weights (no L2 reuse between layers).
 
     python scripts/check_moe_kernel.py [--out moe-kernel.json]
 """
@@ -18,7 +21,7 @@ import torch
 from transformers import Gemma4TextConfig
 from transformers.models.gemma4.modeling_gemma4 import Gemma4TextExperts
 
-from inference.runtime import moe_kernel
+from inference.runtime import fp8_experts, moe_kernel
 from inference.tiny import FULL_SIZE_TEXT_CONFIG
 
 LAYERS = 8
@@ -31,6 +34,17 @@ def make_experts(config) -> list[Gemma4TextExperts]:
         torch.nn.init.normal_(experts.gate_up_proj, std=0.02)
         torch.nn.init.normal_(experts.down_proj, std=0.02)
         out.append(experts)
+    return out
+
+
+def quantized(layers: list[Gemma4TextExperts]) -> list[tuple[torch.Tensor, ...]]:
+    """(gate_up FP8, down FP8, gate_up scales, down scales) of each layer."""
+    out = []
+    for e in layers:
+        (gate_up, gate_up_scale), (down, down_scale) = map(
+            fp8_experts.quantize, (e.gate_up_proj, e.down_proj)
+        )
+        out.append((gate_up, down, gate_up_scale, down_scale))
     return out
 
 
@@ -71,20 +85,22 @@ def main() -> None:
     config = Gemma4TextConfig(**FULL_SIZE_TEXT_CONFIG)
     config._experts_implementation = "grouped_mm"
     layers = make_experts(config)
+    fp8_layers = quantized(layers)
     result: dict = {"device": torch.cuda.get_device_name(), "self_check": None, "rows": []}
     result["self_check"] = moe_kernel.works_on(torch.device("cuda"))
     sweep_at = {int(t) for t in args.sweep_tokens.split(",") if t}
     print("self check:", result["self_check"])
     for tokens in [int(t) for t in args.tokens.split(",")]:
-        row = measure(layers, config, tokens, tokens in sweep_at)
+        row = measure(layers, fp8_layers, config, tokens, tokens in sweep_at)
         result["rows"].append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "sweep"}))
-        for kernel, timings in row.get("sweep", {}).items():
-            print(f"  {kernel} best: {timings[:3]}")
+        print(json.dumps({k: v for k, v in row.items() if not k.startswith("sweep")}))
+        for kind in ("sweep", "sweep_fp8"):
+            for kernel, timings in row.get(kind, {}).items():
+                print(f"  {kind} {kernel} best: {timings[:3]}")
         args.out.write_text(json.dumps(result, indent=1))
 
 
-def measure(layers, config, tokens: int, with_sweep: bool) -> dict:
+def measure(layers, fp8_layers, config, tokens: int, with_sweep: bool) -> dict:
     hidden = torch.randn(tokens, config.hidden_size, device="cuda", dtype=torch.bfloat16)
     weights, index = routing(tokens, config)
     first = layers[0]
@@ -120,8 +136,44 @@ def measure(layers, config, tokens: int, with_sweep: bool) -> dict:
     row["fused_tb_per_s"] = round(touched_bytes / row["fused_ms"] / 1e9, 2)
     row["grouped_mm_tb_per_s"] = round(touched_bytes / row["grouped_mm_ms"] / 1e9, 2)
     row["expert_major_tb_per_s"] = round(touched_bytes / row["expert_major_ms"] / 1e9, 2)
+    row.update(measure_fp8(fp8_layers, hidden, index, weights, expected, touched_bytes))
     if with_sweep:
         row["sweep"] = sweep(layers, hidden, index, weights)
+        row["sweep_fp8"] = sweep(fp8_layers, hidden, index, weights)
+    return row
+
+
+def measure_fp8(fp8_layers, hidden, index, weights, bf16_expected, touched_bytes) -> dict:
+    """The kernels on FP8 weights: error against the float32 reference on the dequantized
+    weights (the kernels' own error) and against the bf16 weights' result (what FP8 costs)."""
+    gate_up, down, gate_up_scale, down_scale = fp8_layers[0]
+    expected = moe_kernel.reference_experts(
+        hidden, index, weights, fp8_experts.dequantize(gate_up, gate_up_scale, hidden.dtype),
+        fp8_experts.dequantize(down, down_scale, hidden.dtype),
+    )  # fmt: skip
+    scale = expected.abs().max()
+    row = {}
+    for name, kernels in (("fused", moe_kernel.fused_experts),
+                          ("expert_major", moe_kernel.expert_major_experts)):  # fmt: skip
+        got = kernels(hidden, index, weights, *fp8_layers[0]).float()
+        row[f"fp8_{name}_error"] = round(((got - expected).abs().max() / scale).item(), 5)
+        row[f"fp8_{name}_vs_bf16_mean"] = round(
+            ((got - bf16_expected).abs().mean() / bf16_expected.abs().mean()).item(), 5
+        )
+
+        def run(kernels=kernels) -> None:
+            for stored in fp8_layers:
+                kernels(hidden, index, weights, *stored)
+
+        row[f"fp8_{name}_ms"] = graph_ms(run)
+        row[f"fp8_{name}_tb_per_s"] = round(touched_bytes / 2 / row[f"fp8_{name}_ms"] / 1e9, 2)
+
+    def dequantize_all() -> None:
+        for gate_up, down, gate_up_scale, down_scale in fp8_layers:
+            fp8_experts.dequantize(gate_up, gate_up_scale, hidden.dtype)
+            fp8_experts.dequantize(down, down_scale, hidden.dtype)
+
+    row["fp8_dequantize_layer_ms"] = graph_ms(dequantize_all, repeats=5)
     return row
 
 
@@ -138,9 +190,8 @@ def sweep(layers, hidden, index, weights) -> dict:
 
             def run(chosen=chosen):
                 for e in layers:
-                    moe_kernel.expert_major_experts(
-                        hidden, index, weights, e.gate_up_proj, e.down_proj, **chosen
-                    )
+                    stored = (e.gate_up_proj, e.down_proj) if hasattr(e, "down_proj") else e
+                    moe_kernel.expert_major_experts(hidden, index, weights, *stored, **chosen)
 
             try:
                 timings.append((round(graph_ms(run), 4), blocks))

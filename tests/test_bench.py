@@ -15,7 +15,8 @@ def test_bench_smoke_writes_every_row(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(TRAVELBOT), "bench", "--tiny", "--new-tokens", "4", "--image-soft-tokens", "70",
          "--generate-batches", "1,2", "--generate-caches", "default", "--engine-concurrency",
-         "1,3", "--poisson-rate", "50", "--closed-loop-rounds", "2", "--max-slots", "4",
+         "1,3", "--poisson-rate", "50", "--closed-loop-rounds", "2", "--fp8-experts", "3",
+         "--max-slots", "4",
          "--max-seq-len", "1536", "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -27,6 +28,7 @@ def test_bench_smoke_writes_every_row(tmp_path: Path) -> None:
     assert ("engine, no prefix cache", 3) in names  # the same run's baseline for the cache
     assert data["shared_prefix_tokens"] >= 32 and data["prefix_cache"]["hits"] > 0
     assert ("generate() default cache", 2) in names
+    assert names[-1] == ("engine, fp8 experts", 3)  # last: it quantizes the model in place
     for row in data["rows"]:
         assert row["error"] is None
         requests = row["extra"].get("requests", row["concurrency"])

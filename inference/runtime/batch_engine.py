@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from inference.engine import GemmaEngine
-from inference.runtime import fast_ops, layers, vision
+from inference.runtime import fast_ops, fp8_experts, layers, vision
 from inference.runtime.config import RuntimeConfig
 from inference.runtime.model_runner import ModelRunner
 from inference.runtime.sampler import sample
@@ -47,6 +47,8 @@ class BatchEngine:
             self._undo_fast_ops = fast_ops.install(model, fused_norms=fused)
         self._undo_layers = lambda: None
         self._undo_vision = vision.install(model) if runtime.vision_per_photo else lambda: None
+        if runtime.fp8_experts:
+            self._quantize_experts()
         compile_layers = runtime.compile_layers
         if compile_layers is None:
             compile_layers = model.device.type == "cuda"
@@ -82,8 +84,20 @@ class BatchEngine:
             cuda_graphs=use_graphs,
             compiled_layers=bool(compile_layers),
             fused_experts_max_tokens=layers.fused_experts_max_tokens,
+            fp8_experts=fp8_experts.is_quantized(model.model.language_model.layers[0].experts),
             seconds=round(time.monotonic() - started, 2),
         )
+
+    def _quantize_experts(self) -> None:
+        """FP8 experts, in place: the model then serves only through this engine's layers."""
+        model = self.base.model
+        text_layers = model.model.language_model.layers
+        if not fp8_experts.supported(model.device):
+            log.warning("fp8_experts_unavailable", reason="device", device=str(model.device))
+        elif not all(layers.is_supported(layer) for layer in text_layers):
+            log.warning("fp8_experts_unavailable", reason="layer kind not supported")
+        else:
+            fp8_experts.quantize_experts(model)
 
     def _start_runner(self, compile_layers, use_graphs: bool) -> None:
         """Layers (compiled or not), the KV cache and CUDA graphs, then the prefill warm-up."""

@@ -43,6 +43,10 @@ class RuntimeConfig:
     # KV of shared prompt prefixes (the system prompt) kept on the device, in positions
     # (~225 KB each on the full-size model); 0: every prefill computes its whole prompt
     prefix_cache_tokens: int = 4096
+    # expert weights as FP8 with per-row scales (fp8_experts), quantized in place at start:
+    # half the bytes of a many-sequence decode step. Opt-in until the real checkpoint's
+    # answers are checked with it; needs own_layer_forward and an Ada/Hopper GPU or the CPU
+    fp8_experts: bool = False
 
     def __post_init__(self) -> None:
         if (
@@ -50,5 +54,6 @@ class RuntimeConfig:
             or self.max_seq_len < 2
             or self.max_prefill_seqs < 1
             or self.deep_queue_prefill_seqs < self.max_prefill_seqs
+            or (self.fp8_experts and not self.own_layer_forward)
         ):
             raise ValueError(f"invalid runtime config: {self}")

@@ -23,7 +23,7 @@ from transformers.models.gemma4.modeling_gemma4 import (
     eager_attention_forward,
 )
 
-from inference.runtime import fast_ops
+from inference.runtime import fast_ops, fp8_experts
 
 log = structlog.get_logger()
 
@@ -102,17 +102,19 @@ def feed_forward(layer, attention_output, residual):
 
 def run_experts(experts, hidden, top_k_index, top_k_weights):
     tokens = hidden.shape[0]
+    stored = (experts.gate_up_proj, experts.down_proj, *fp8_experts.scales(experts))
     if tokens <= fused_experts_max_tokens:
-        return torch.ops.travelbot.fused_experts(
-            hidden, top_k_index, top_k_weights, experts.gate_up_proj, experts.down_proj
-        )
+        return torch.ops.travelbot.fused_experts(hidden, top_k_index, top_k_weights, *stored)
     if tokens <= expert_major_max_tokens:
-        return torch.ops.travelbot.expert_major_experts(
-            hidden, top_k_index, top_k_weights, experts.gate_up_proj, experts.down_proj
-        )
+        return torch.ops.travelbot.expert_major_experts(hidden, top_k_index, top_k_weights, *stored)
+    if not fp8_experts.is_quantized(experts):
+        if prompt_experts is not None:
+            return prompt_experts(experts, hidden, top_k_index, top_k_weights)
+        return experts(hidden, top_k_index, top_k_weights)
+    weights = fp8_experts.dequantized(experts)  # this layer's, for this prompt only
     if prompt_experts is not None:
-        return prompt_experts(experts, hidden, top_k_index, top_k_weights)
-    return experts(hidden, top_k_index, top_k_weights)
+        return prompt_experts(experts, hidden, top_k_index, top_k_weights, *weights.values())
+    return torch.func.functional_call(experts, weights, (hidden, top_k_index, top_k_weights))
 
 
 def _fused_experts_work(device: torch.device) -> bool:

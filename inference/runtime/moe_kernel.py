@@ -17,6 +17,9 @@ For prompts, `grouped_experts` sorts the pairs by expert for two grouped GEMMs a
 transformers does, then `_unpermute_sum_kernel` gathers each token's k output rows, weights
 and sums them in float32 in one pass (inductor's fused gather-multiply-sum read them at
 ~0.7 TB/s: 16 of the 281 ms an H100 spent prefilling 8 photos).
+
+Weights stored as FP8 (fp8_experts) come with one float32 scale per weight row: the
+decode kernels load the FP8 values, and scale each row's sum once (SCALED).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from inference.runtime import fp8_experts
 
 # (BLOCK_N, BLOCK_K, warps) per kernel; measured on an H100 by scripts/check_moe_kernel.py
 GATE_UP_BLOCKS = (16, 128, 8)
@@ -50,10 +55,16 @@ def _routed_pair(index_ptr, weight_ptr, token, k, TOP_K: tl.constexpr):
 
 
 @triton.jit
+def _row_scale(scale_ptr, expert, rows, row_ok, num_rows):
+    """The FP8 scales of an expert's weight rows (scales stored [experts, num_rows])."""
+    return tl.load(scale_ptr + expert.to(tl.int64) * num_rows + rows, mask=row_ok, other=0.0)
+
+
+@triton.jit
 def _gate_up_kernel(
-    x_ptr, w_ptr, index_ptr, out_ptr,
+    x_ptr, w_ptr, scale_ptr, index_ptr, out_ptr,
     hidden, inter, stride_e, stride_n, stride_k,
-    TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALED: tl.constexpr,
 ):  # fmt: skip
     pair = tl.program_id(0)
     block = tl.program_id(1)
@@ -77,15 +88,18 @@ def _gate_up_kernel(
         acc_up += up.to(tl.float32) * x[None, :]
     gate = tl.sum(acc_gate, axis=1)
     up = tl.sum(acc_up, axis=1)
+    if SCALED:
+        gate *= _row_scale(scale_ptr, expert, rows, row_ok, 2 * inter)
+        up *= _row_scale(scale_ptr, expert, rows + inter, row_ok, 2 * inter)
     out = _gelu_times(gate, up)
     tl.store(out_ptr + pair * inter + rows, out.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
 @triton.jit
 def _down_kernel(
-    act_ptr, w_ptr, index_ptr, weight_ptr, out_ptr,
+    act_ptr, w_ptr, scale_ptr, index_ptr, weight_ptr, out_ptr,
     hidden, inter, stride_e, stride_n, stride_k,
-    TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALED: tl.constexpr,
 ):  # fmt: skip
     token = tl.program_id(0)
     block = tl.program_id(1)
@@ -104,7 +118,10 @@ def _down_kernel(
             mask = row_ok[:, None] & col_ok[None, :]
             down = tl.load(expert_rows + col[None, :] * stride_k, mask=mask, other=0.0)
             acc += down.to(tl.float32) * act[None, :]
-        total += routing * tl.sum(acc, axis=1)
+        part = tl.sum(acc, axis=1)
+        if SCALED:
+            part *= _row_scale(scale_ptr, expert, rows, row_ok, hidden)
+        total += routing * part
     tl.store(out_ptr + token * hidden + rows, total.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
@@ -157,14 +174,19 @@ def sort_by_expert(top_k_index: torch.Tensor, num_experts: int):
     return order, counts, position
 
 
-def grouped_experts(experts, hidden, top_k_index, top_k_weights) -> torch.Tensor:
-    """Gemma4TextExperts.forward for many tokens (grouped GEMMs) with the Triton sum."""
+def grouped_experts(
+    experts, hidden, top_k_index, top_k_weights, gate_up_proj=None, down_proj=None
+) -> torch.Tensor:
+    """Gemma4TextExperts.forward for many tokens (grouped GEMMs) with the Triton sum; with
+    the experts' own weights, or the given ones (FP8 experts dequantized)."""
+    gate_up_proj = experts.gate_up_proj if gate_up_proj is None else gate_up_proj
+    down_proj = experts.down_proj if down_proj is None else down_proj
     order, counts, position = sort_by_expert(top_k_index, experts.num_experts)
     offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
     x = hidden[order // top_k_index.shape[1]]
-    gate_up = torch._grouped_mm(x, experts.gate_up_proj.transpose(1, 2), offs=offsets)
+    gate_up = torch._grouped_mm(x, gate_up_proj.transpose(1, 2), offs=offsets)
     gate, up = gate_up.chunk(2, dim=-1)
-    rows = torch._grouped_mm(experts.act_fn(gate) * up, experts.down_proj.transpose(1, 2),
+    rows = torch._grouped_mm(experts.act_fn(gate) * up, down_proj.transpose(1, 2),
                              offs=offsets)  # fmt: skip
     return unpermute_sum(rows, position, top_k_weights)
 
@@ -183,14 +205,19 @@ def _expert_block(w_ptr, starts_ptr, counts_ptr, num_rows, stride_e, stride_n, B
 
 @triton.jit
 def _expert_gate_up_kernel(
-    x_ptr, w_ptr, order_ptr, starts_ptr, counts_ptr, out_ptr,
+    x_ptr, w_ptr, scale_ptr, order_ptr, starts_ptr, counts_ptr, out_ptr,
     hidden, inter, stride_e, stride_n, stride_k,
     TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SCALED: tl.constexpr,
 ):  # fmt: skip
     rows, row_ok, start, count, gate_rows = _expert_block(
         w_ptr, starts_ptr, counts_ptr, inter, stride_e, stride_n, BLOCK_N
     )
     up_rows = gate_rows + inter * stride_n
+    if SCALED:
+        expert = tl.program_id(0)
+        gate_scale = _row_scale(scale_ptr, expert, rows, row_ok, 2 * inter)
+        up_scale = _row_scale(scale_ptr, expert, rows + inter, row_ok, 2 * inter)
     cols = tl.arange(0, BLOCK_K)
     for first in range(0, count, BLOCK_M):  # the expert's tokens, BLOCK_M at a time
         m = first + tl.arange(0, BLOCK_M)
@@ -209,6 +236,9 @@ def _expert_gate_up_kernel(
             # bf16 values are exact in tf32: the products are, the sums are float32
             acc_gate += tl.dot(x, tl.trans(gate.to(tl.float32)), input_precision="tf32")
             acc_up += tl.dot(x, tl.trans(up.to(tl.float32)), input_precision="tf32")
+        if SCALED:
+            acc_gate *= gate_scale[None, :]
+            acc_up *= up_scale[None, :]
         out = _gelu_times(acc_gate, acc_up)
         pair_rows = (start + m)[:, None].to(tl.int64)
         out_mask = m_ok[:, None] & row_ok[None, :]
@@ -218,13 +248,15 @@ def _expert_gate_up_kernel(
 
 @triton.jit
 def _expert_down_kernel(
-    act_ptr, w_ptr, starts_ptr, counts_ptr, out_ptr,
+    act_ptr, w_ptr, scale_ptr, starts_ptr, counts_ptr, out_ptr,
     hidden, inter, stride_e, stride_n, stride_k,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALED: tl.constexpr,
 ):  # fmt: skip
     rows, row_ok, start, count, expert_rows = _expert_block(
         w_ptr, starts_ptr, counts_ptr, hidden, stride_e, stride_n, BLOCK_N
     )
+    if SCALED:
+        row_scale = _row_scale(scale_ptr, tl.program_id(0), rows, row_ok, hidden)
     cols = tl.arange(0, BLOCK_K)
     for first in range(0, count, BLOCK_M):
         m = first + tl.arange(0, BLOCK_M)
@@ -240,8 +272,18 @@ def _expert_down_kernel(
             down = tl.load(expert_rows + col[None, :] * stride_k,
                            mask=row_ok[:, None] & col_ok[None, :], other=0.0)  # fmt: skip
             acc += tl.dot(act, tl.trans(down.to(tl.float32)), input_precision="tf32")
+        if SCALED:
+            acc *= row_scale[None, :]
         tl.store(out_ptr + pair_rows * hidden + rows[None, :], acc.to(out_ptr.dtype.element_ty),
                  mask=m_ok[:, None] & row_ok[None, :])  # fmt: skip
+
+
+def _scale_args(weight: torch.Tensor, scale: torch.Tensor | None) -> dict:
+    """The kernels' scale pointer and SCALED flag (unscaled: the weights stand in, unread)."""
+    return {
+        "scale_ptr": weight if scale is None else scale.contiguous(),
+        "SCALED": scale is not None,
+    }
 
 
 def expert_major_experts(
@@ -250,6 +292,8 @@ def expert_major_experts(
     top_k_weights: torch.Tensor,
     gate_up_proj: torch.Tensor,
     down_proj: torch.Tensor,
+    gate_up_scale: torch.Tensor | None = None,
+    down_scale: torch.Tensor | None = None,
     gate_up_blocks: tuple[int, int, int, int] = EXPERT_GATE_UP_BLOCKS,
     down_blocks: tuple[int, int, int, int] = EXPERT_DOWN_BLOCKS,
 ) -> torch.Tensor:
@@ -263,16 +307,20 @@ def expert_major_experts(
     act = hidden.new_empty(tokens * top_k, inter)
     block_m, block_n, block_k, warps = gate_up_blocks
     _expert_gate_up_kernel[(num_experts, triton.cdiv(inter, block_n))](
-        hidden.contiguous(), gate_up_proj, order, starts, counts, act,
-        hidden_size, inter, *gate_up_proj.stride(),
+        hidden.contiguous(), gate_up_proj, order_ptr=order, starts_ptr=starts, counts_ptr=counts,
+        out_ptr=act, hidden=hidden_size, inter=inter, stride_e=gate_up_proj.stride(0),
+        stride_n=gate_up_proj.stride(1), stride_k=gate_up_proj.stride(2),
         TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        **_scale_args(gate_up_proj, gate_up_scale),
     )  # fmt: skip
     rows = hidden.new_empty(tokens * top_k, hidden_size)
     block_m, block_n, block_k, warps = down_blocks
     _expert_down_kernel[(num_experts, triton.cdiv(hidden_size, block_n))](
-        act, down_proj, starts, counts, rows,
-        hidden_size, inter, *down_proj.stride(),
+        act, down_proj, starts_ptr=starts, counts_ptr=counts, out_ptr=rows,
+        hidden=hidden_size, inter=inter, stride_e=down_proj.stride(0),
+        stride_n=down_proj.stride(1), stride_k=down_proj.stride(2),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        **_scale_args(down_proj, down_scale),
     )  # fmt: skip
     return unpermute_sum(rows, position, top_k_weights)
 
@@ -283,12 +331,14 @@ def fused_experts(
     top_k_weights: torch.Tensor,
     gate_up_proj: torch.Tensor,
     down_proj: torch.Tensor,
+    gate_up_scale: torch.Tensor | None = None,
+    down_scale: torch.Tensor | None = None,
     gate_up_blocks: tuple[int, int, int] = GATE_UP_BLOCKS,
     down_blocks: tuple[int, int, int] = DOWN_BLOCKS,
 ) -> torch.Tensor:
     """Σ_k w[t,k] · down[e] · (gelu(gate[e] x) · up[e] x) for tokens `hidden` [T, H], experts
     e = top_k_index[t,k]; gate_up_proj [E, 2I, H], down_proj [E, H, I] as transformers keeps
-    them (Gemma4TextExperts)."""
+    them (Gemma4TextExperts), or as FP8 with per-row scales [E, 2I] and [E, H]."""
     tokens, hidden_size = hidden.shape
     top_k = top_k_index.shape[1]
     inter = down_proj.shape[2]
@@ -298,16 +348,20 @@ def fused_experts(
     act = torch.empty(tokens * top_k, inter, dtype=hidden.dtype, device=hidden.device)
     block_n, block_k, warps = gate_up_blocks
     _gate_up_kernel[(tokens * top_k, triton.cdiv(inter, block_n))](
-        hidden, gate_up_proj, index, act,
-        hidden_size, inter, *gate_up_proj.stride(),
+        hidden, gate_up_proj, index_ptr=index, out_ptr=act,
+        hidden=hidden_size, inter=inter, stride_e=gate_up_proj.stride(0),
+        stride_n=gate_up_proj.stride(1), stride_k=gate_up_proj.stride(2),
         TOP_K=top_k, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        **_scale_args(gate_up_proj, gate_up_scale),
     )  # fmt: skip
     out = torch.empty_like(hidden)
     block_n, block_k, warps = down_blocks
     _down_kernel[(tokens, triton.cdiv(hidden_size, block_n))](
-        act, down_proj, index, weights, out,
-        hidden_size, inter, *down_proj.stride(),
+        act, down_proj, index_ptr=index, weight_ptr=weights, out_ptr=out,
+        hidden=hidden_size, inter=inter, stride_e=down_proj.stride(0),
+        stride_n=down_proj.stride(1), stride_k=down_proj.stride(2),
         TOP_K=top_k, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        **_scale_args(down_proj, down_scale),
     )  # fmt: skip
     return out
 
@@ -319,9 +373,12 @@ def fused_experts_op(
     top_k_weights: torch.Tensor,
     gate_up_proj: torch.Tensor,
     down_proj: torch.Tensor,
+    gate_up_scale: torch.Tensor | None = None,
+    down_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`fused_experts` as an op torch.compile keeps whole (its graph calls the kernels)."""
-    return fused_experts(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj)
+    return fused_experts(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj,
+                         gate_up_scale, down_scale)  # fmt: skip
 
 
 @torch.library.custom_op("travelbot::expert_major_experts", mutates_args=())
@@ -331,17 +388,22 @@ def expert_major_experts_op(
     top_k_weights: torch.Tensor,
     gate_up_proj: torch.Tensor,
     down_proj: torch.Tensor,
+    gate_up_scale: torch.Tensor | None = None,
+    down_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    return expert_major_experts(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj)
+    return expert_major_experts(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj,
+                                gate_up_scale, down_scale)  # fmt: skip
 
 
 @expert_major_experts_op.register_fake
-def _(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj):
+def _(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj, gate_up_scale=None,
+      down_scale=None):  # fmt: skip
     return torch.empty_like(hidden)
 
 
 @fused_experts_op.register_fake
-def _(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj):
+def _(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj, gate_up_scale=None,
+      down_scale=None):  # fmt: skip
     return torch.empty_like(hidden)
 
 
@@ -371,9 +433,19 @@ def works_on(device: torch.device) -> bool:
         [torch.randperm(experts, device=device, generator=generator)[:top_k] for _ in range(tokens)]
     )
     weights = torch.rand(tokens, top_k, device=device, generator=generator)
-    expected = reference_experts(x, index, weights, gate_up, down)
-    for kernels in (fused_experts, expert_major_experts):
-        got = kernels(x, index, weights, gate_up, down).float()
-        if not (got - expected).abs().max() <= 0.02 * expected.abs().max():
-            return False
+    stored = [(gate_up, down, None, None)]
+    if fp8_experts.supported(device):  # and as FP8 values with row scales
+        (gate_up_fp8, gate_up_scale), (down_fp8, down_scale) = map(
+            fp8_experts.quantize, (gate_up, down)
+        )
+        stored.append((gate_up_fp8, down_fp8, gate_up_scale, down_scale))
+    for gate_up, down, gate_up_scale, down_scale in stored:
+        expected = reference_experts(
+            x, index, weights, *(w if s is None else fp8_experts.dequantize(w, s, x.dtype)
+                                 for w, s in ((gate_up, gate_up_scale), (down, down_scale)))
+        )  # fmt: skip
+        for kernels in (fused_experts, expert_major_experts):
+            got = kernels(x, index, weights, gate_up, down, gate_up_scale, down_scale).float()
+            if not (got - expected).abs().max() <= 0.02 * expected.abs().max():
+                return False
     return True

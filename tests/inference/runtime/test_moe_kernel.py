@@ -1,6 +1,7 @@
 """The Triton experts kernels (small decode batches, and the sum after grouped GEMMs for
 prompts, on GPUs), run by Triton's interpreter on the CPU against transformers'
-Gemma4TextExperts with the tiny checkpoint's weights and router. A subprocess, because
+Gemma4TextExperts with the tiny checkpoint's weights and router; with the weights stored
+as FP8, against transformers' experts on the dequantized weights. A subprocess, because
 the interpreter is chosen when Triton loads."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ pytest.importorskip("triton")
 SCRIPT = """
 import json, sys, torch
 from transformers import AutoModelForImageTextToText
+from inference.runtime import fp8_experts
 from inference.runtime.moe_kernel import (
     expert_major_experts, fused_experts, grouped_experts, works_on)
 
@@ -33,7 +35,8 @@ for index in (0, 1):
         expected = experts(hidden, chosen, weights).float()
         for blocks in (((16, 32, 4), (16, 16, 4)), ((16, 256, 4), (16, 128, 4))):
             got = fused_experts(hidden, chosen, weights, experts.gate_up_proj,
-                                experts.down_proj, *blocks).float()
+                                experts.down_proj, gate_up_blocks=blocks[0],
+                                down_blocks=blocks[1]).float()
             error = ((got - expected).abs().max() / expected.abs().max()).item()
             errors[f"layer {index}, {tokens} tokens, blocks {blocks}"] = error
     for tokens in (23, 64):  # prompts: grouped GEMMs, then the Triton un-permute and sum
@@ -45,9 +48,32 @@ for index in (0, 1):
         errors[f"layer {index}, {tokens} tokens, grouped"] = error
         # each expert once for its tokens, 16 at a time (64 tokens: ~16 per expert here)
         got = expert_major_experts(hidden, chosen, weights, experts.gate_up_proj,
-                                   experts.down_proj, (16, 16, 32, 4), (16, 16, 16, 4)).float()
+                                   experts.down_proj, gate_up_blocks=(16, 16, 32, 4),
+                                   down_blocks=(16, 16, 16, 4)).float()
         error = ((got - expected).abs().max() / expected.abs().max()).item()
         errors[f"layer {index}, {tokens} tokens, expert-major"] = error
+    # FP8 values with row scales: the kernels against transformers' experts on the
+    # dequantized weights (decode sizes per pair and expert-major; a prompt's grouped path)
+    (gate_up, gate_up_scale), (down, down_scale) = map(
+        fp8_experts.quantize, (experts.gate_up_proj, experts.down_proj))
+    dequantized = {"gate_up_proj": fp8_experts.dequantize(gate_up, gate_up_scale, torch.bfloat16),
+                   "down_proj": fp8_experts.dequantize(down, down_scale, torch.bfloat16)}
+    for tokens in (3, 40):
+        hidden = torch.randn(tokens, experts.hidden_dim, dtype=torch.bfloat16)
+        _, weights, chosen = layer.router(hidden)
+        expected = torch.func.functional_call(experts, dequantized, (hidden, chosen, weights))
+        expected = expected.float()
+        stored = (gate_up, down, gate_up_scale, down_scale)
+        for name, got in (
+            ("fused", fused_experts(hidden, chosen, weights, *stored)),
+            ("expert-major", expert_major_experts(
+                hidden, chosen, weights, *stored, gate_up_blocks=(16, 16, 32, 4),
+                down_blocks=(16, 16, 16, 4))),
+            ("grouped", grouped_experts(experts, hidden, chosen, weights,
+                                        *dequantized.values())),
+        ):
+            error = ((got.float() - expected).abs().max() / expected.abs().max()).item()
+            errors[f"layer {index}, {tokens} tokens, fp8 {name}"] = error
 print(json.dumps(errors))
 """
 
@@ -61,6 +87,6 @@ def test_fused_experts_equal_transformers_experts(tiny_model_dir: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(done.stdout.strip().splitlines()[-1])
     assert errors.pop("self_check") is True
-    assert len(errors) == 16
+    assert len(errors) == 28
     for case, error in errors.items():
         assert error < 0.02, f"{case}: relative error {error:.4f}"
