@@ -1,7 +1,7 @@
 """The Triton experts kernels on the GPU, at Gemma 4 26B-A4B's sizes: error against a
 float32 reference, then time per layer against transformers' grouped_mm experts, for
 decode batches of 1-128 tokens (the per-pair kernels, and the expert-major ones that read
-each expert once), and sweeps of the expert-major kernels' block sizes; the same kernels
+each expert once), and sweeps of the kernels' block sizes; the same kernels
 with the weights in FP8 (fp8_experts): error against the reference on the dequantized
 weights, difference to the bf16 result, time, and the time to dequantize a layer for a
 prompt's grouped GEMMs. Each timing is a CUDA graph replaying 8 layers with their own
@@ -80,6 +80,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", default="1,8,16,24,32,48,64,96,128")
     parser.add_argument("--sweep-tokens", default="8,64", help="block sweeps at these sizes")
+    parser.add_argument(
+        "--fused-sweep-tokens", default="", help="per-pair kernels' block sweeps at these sizes"
+    )
     parser.add_argument("--out", type=Path, default=Path("moe-kernel.json"))
     args = parser.parse_args()
     config = Gemma4TextConfig(**FULL_SIZE_TEXT_CONFIG)
@@ -89,18 +92,22 @@ def main() -> None:
     result: dict = {"device": torch.cuda.get_device_name(), "self_check": None, "rows": []}
     result["self_check"] = moe_kernel.works_on(torch.device("cuda"))
     sweep_at = {int(t) for t in args.sweep_tokens.split(",") if t}
+    fused_sweep_at = {int(t) for t in args.fused_sweep_tokens.split(",") if t}
     print("self check:", result["self_check"])
     for tokens in [int(t) for t in args.tokens.split(",")]:
-        row = measure(layers, fp8_layers, config, tokens, tokens in sweep_at)
+        sweeps = (tokens in sweep_at, tokens in fused_sweep_at)
+        row = measure(layers, fp8_layers, config, tokens, *sweeps)
         result["rows"].append(row)
         print(json.dumps({k: v for k, v in row.items() if not k.startswith("sweep")}))
-        for kind in ("sweep", "sweep_fp8"):
+        for kind in ("sweep", "sweep_fp8", "sweep_fused", "sweep_fused_fp8"):
             for kernel, timings in row.get(kind, {}).items():
                 print(f"  {kind} {kernel} best: {timings[:3]}")
         args.out.write_text(json.dumps(result, indent=1))
 
 
-def measure(layers, fp8_layers, config, tokens: int, with_sweep: bool) -> dict:
+def measure(
+    layers, fp8_layers, config, tokens: int, with_sweep: bool, with_fused_sweep: bool
+) -> dict:
     hidden = torch.randn(tokens, config.hidden_size, device="cuda", dtype=torch.bfloat16)
     weights, index = routing(tokens, config)
     first = layers[0]
@@ -140,6 +147,9 @@ def measure(layers, fp8_layers, config, tokens: int, with_sweep: bool) -> dict:
     if with_sweep:
         row["sweep"] = sweep(layers, hidden, index, weights)
         row["sweep_fp8"] = sweep(fp8_layers, hidden, index, weights)
+    if with_fused_sweep:
+        row["sweep_fused"] = sweep(layers, hidden, index, weights, fused=True)
+        row["sweep_fused_fp8"] = sweep(fp8_layers, hidden, index, weights, fused=True)
     return row
 
 
@@ -177,12 +187,17 @@ def measure_fp8(fp8_layers, hidden, index, weights, bf16_expected, touched_bytes
     return row
 
 
-def sweep(layers, hidden, index, weights) -> dict:
-    """Block sizes (BLOCK_M, BLOCK_N, BLOCK_K, warps) of the expert-major kernels, the
-    other kernel at its default: [(ms per layer, blocks)], best first. (The per-pair
-    kernels' sweep is in docs/benchmarks/2026-11-25-h100-moe-kernel.json.)"""
+def sweep(layers, hidden, index, weights, fused: bool = False) -> dict:
+    """Block sizes of the expert-major kernels (BLOCK_M, BLOCK_N, BLOCK_K, warps) or, with
+    `fused`, of the per-pair kernels (BLOCK_N, BLOCK_K, warps), the other kernel at its
+    default: [(ms per layer, blocks)], best first."""
     out = {}
-    candidates = list(itertools.product((16,), (32, 64, 128), (64, 128, 256), (4, 8)))
+    if fused:
+        kernels = moe_kernel.fused_experts
+        candidates = list(itertools.product((8, 16, 32), (128, 256, 512), (4, 8)))
+    else:
+        kernels = moe_kernel.expert_major_experts
+        candidates = list(itertools.product((16,), (32, 64, 128), (64, 128, 256), (4, 8)))
     for kernel in ("gate_up", "down"):
         timings = []
         for blocks in candidates:
@@ -191,7 +206,7 @@ def sweep(layers, hidden, index, weights) -> dict:
             def run(chosen=chosen):
                 for e in layers:
                     stored = (e.gate_up_proj, e.down_proj) if hasattr(e, "down_proj") else e
-                    moe_kernel.expert_major_experts(hidden, index, weights, *stored, **chosen)
+                    kernels(hidden, index, weights, *stored, **chosen)
 
             try:
                 timings.append((round(graph_ms(run), 4), blocks))

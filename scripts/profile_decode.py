@@ -79,6 +79,7 @@ def profile_prefill(engine: BatchEngine, num_seqs: int, limit: int) -> dict:
     torch.cuda.synchronize()
     started = time.perf_counter()
     runner.prefill(inputs, slots)
+    launch_ms = (time.perf_counter() - started) * 1000  # the CPU's part: until it returns
     torch.cuda.synchronize()
     wall_ms = (time.perf_counter() - started) * 1000
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
@@ -93,6 +94,7 @@ def profile_prefill(engine: BatchEngine, num_seqs: int, limit: int) -> dict:
     ops = sorted(rows, key=lambda r: -r["cpu_ms"])
     return {
         "wall_ms": wall_ms,
+        "launch_cpu_ms": launch_ms,
         "kernel_ms": sum(r["cuda_ms"] for r in kernels if not r["name"].startswith("aten::")),
         "top_kernels": kernels[:limit],
         "top_cpu_ops": ops[:limit],
@@ -193,6 +195,7 @@ def main() -> None:
     parser.add_argument("--contiguous-experts", action="store_true", help="also that layout")
     parser.add_argument("--prefill", default="", help="also profile prefills of N,M prompts")
     parser.add_argument("--grouped-mm", action="store_true", help="grouped_mm layout bench")
+    parser.add_argument("--fp8-experts", action="store_true", help="then with FP8 experts")
     parser.add_argument("--out", type=Path, default=Path("bench-out/profile.json"))
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -204,27 +207,35 @@ def main() -> None:
     if args.grouped_mm:
         report["grouped_mm"] = {t: grouped_mm_bench(t) for t in (8, 64, 512)}
         print(json.dumps(report["grouped_mm"], indent=1), flush=True)
-    layouts = ("as stored", "contiguous") if args.contiguous_experts else ("as stored",)
+    layouts = ["as stored", "contiguous"] if args.contiguous_experts else ["as stored"]
+    if args.fp8_experts:
+        layouts.append("fp8")  # last: quantized in place
     for layout in layouts:
         if layout == "contiguous":
             make_experts_contiguous(base.model)
         slots = max(*batches, *prefills)
-        runtime = RuntimeConfig(max_slots=slots, graph_batch_sizes=tuple(batches))
+        runtime = RuntimeConfig(
+            max_slots=slots, graph_batch_sizes=tuple(batches), fp8_experts=layout == "fp8"
+        )
         engine = BatchEngine(base, runtime)
         if prefills:
-            report["vision packed vs padded"] = diff = check_vision(engine)
+            report[f"{layout}: vision packed vs padded"] = diff = check_vision(engine)
             print(f"\n== vision: packed photos vs the padded batch, max relative diff {diff:.4f}")
         for num, prefix in [(num, prefix) for num in prefills for prefix in (False, True)]:
-            name = f"prefill regions x{num}" + (" after the cached prefix" if prefix else "")
+            name = f"{layout}: prefill regions x{num}" + (
+                " after the cached prefix" if prefix else ""
+            )
             report[name] = regions = profile_prefill_regions(engine, num, prefix)
             print(f"\n== {name}, GPU ms by region")
             for region, ms in regions.items():
                 print(f"{ms:9.2f}  {region}")
         if prefills:
             num = prefills[-1]
-            report["prefill"] = result = profile_prefill(engine, num, args.top)
-            print(f"\n== prefill of {num}: wall {result['wall_ms']:.1f} ms, "
-                  f"kernels {result['kernel_ms']:.1f} ms")  # fmt: skip
+            report[f"{layout}: prefill"] = result = profile_prefill(engine, num, args.top)
+            print(
+                f"\n== {layout}: prefill of {num}: wall {result['wall_ms']:.1f} ms, CPU launch "
+                f"{result['launch_cpu_ms']:.1f} ms, kernels {result['kernel_ms']:.1f} ms"
+            )
             for k in result["top_kernels"]:
                 print(f"{k['cuda_ms']:8.3f} ms {k['calls']:6d}x  {k['name']}")
             print("-- CPU time by op")
