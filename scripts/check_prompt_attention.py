@@ -10,6 +10,7 @@ largest differences relative to the reference's largest value (bf16: ~1e-2 is ro
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -36,12 +37,14 @@ def reference(query, key, value, spans, scaling):
     return output.transpose(1, 2)
 
 
-def photo_attention_difference(device: str, dtype: torch.dtype) -> float:
+def photo_attention_difference(
+    device: str, dtype: torch.dtype, lengths: tuple[int, ...] = (2520, 1764, 2088)
+) -> float:
     """Three packed photos (vision heads and head_dim) against SDPA on each in float32."""
-    heads, head_dim, lengths = 16, 72, [2520, 1764, 2088]
+    heads, head_dim = 16, 72
     query, key, value = torch.randn(3, 1, heads, sum(lengths), head_dim, device=device,
                                     dtype=dtype)  # fmt: skip
-    bounds = torch.tensor([0, 2520, 4284, 6372], dtype=torch.int32, device=device)
+    bounds = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=device)
     got = vision.photo_attention(query, key, value, bounds, torch.tensor(lengths), 0.1)
     parts, start = [], 0
     for length in lengths:
@@ -76,6 +79,9 @@ def main() -> None:
         )
     }
     report["photo_attention (vision, packed)"] = photo_attention_difference(device, dtype)
+    report["photo_attention (vision, same size)"] = photo_attention_difference(
+        device, dtype, (2520, 2520, 2520)
+    )
     no_images = reference(query, key, value, [[]] * batch, 1.0 / head_dim**0.5)
     causal = causal_lower_right(length, prefix + length)
     for name, attention in (

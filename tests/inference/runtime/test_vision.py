@@ -64,6 +64,28 @@ def test_packed_photos_features_equal_the_padded_batch(tiny_engine: GemmaEngine)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_photos_of_one_size_attend_as_a_batch(tiny_engine: GemmaEngine, monkeypatch) -> None:
+    photos = [draw_menu(360, 480, seed=seed) for seed in (1, 2, 3)]
+    inputs = [tiny_engine.prepare_inputs(Request(language="en", image=png(p)), on_device=False)
+              for p in photos]  # fmt: skip
+    pixels = torch.cat([i["pixel_values"] for i in inputs])
+    positions = torch.cat([i["image_position_ids"] for i in inputs])
+    assert len(set((positions != -1).all(-1).sum(-1).tolist())) == 1
+    batches = []
+    batched = vision.same_size_photos
+
+    def recording(query, key, value, photos, scale):
+        batches.append(photos)
+        return batched(query, key, value, photos, scale)
+
+    monkeypatch.setattr(vision, "same_size_photos", recording)
+    expected = features(tiny_engine, pixels, positions)
+    got, shapes = run_installed(tiny_engine, pixels, positions)
+    assert shapes == [] and batches and set(batches) == {3}  # every layer: one batch of 3
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_padding_not_at_the_end_keeps_the_masked_batch(tiny_engine: GemmaEngine) -> None:
     pixels, positions = photo_batch(tiny_engine)
     pixels, positions = pixels.flip(1), positions.flip(1)  # padding first
