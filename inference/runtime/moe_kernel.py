@@ -174,7 +174,7 @@ def sort_by_expert(top_k_index: torch.Tensor, num_experts: int):
     """(token, k) pairs in expert order: `order` (pair of each sorted row), `counts` [E]
     (int32, pairs per expert) and `position` (sorted row of each pair). No host sync."""
     ids = top_k_index.reshape(-1)
-    # one byte per key: a radix sort of two passes, not sixteen (H200, 512 pairs: 27 µs)
+    # one-byte keys: a radix sort over 8 bits, not 64 (H200, 512 pairs as int64: 27 µs)
     expert_ids, order = torch.sort(ids.to(torch.uint8) if num_experts <= 256 else ids)
     counts_of = expert_ids.int() if expert_ids.is_cuda else expert_ids.float()  # histc: CPU float
     counts = torch.histc(counts_of, bins=num_experts, min=0, max=num_experts - 1).int()
