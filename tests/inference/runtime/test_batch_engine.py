@@ -70,19 +70,25 @@ def requests() -> list[tuple[int, Request]]:
     ]  # fmt: skip
 
 
-def test_greedy_tokens_equal_generate(batch_engine: BatchEngine) -> None:
-    arrivals = requests()
+def serve(engine: BatchEngine, arrivals: list[tuple[int, Request]]) -> dict[int, list]:
+    """Each request joins at its step; steps run until all are done → events by request."""
     results: dict[int, list] = {i: [] for i in range(len(arrivals))}
     step = 0
     pending = list(enumerate(arrivals))
-    while pending or batch_engine.num_active:
+    while pending or engine.num_active:
         while pending and pending[0][1][0] <= step:
             index, (_, request) = pending.pop(0)
-            batch_engine.add(batch_engine.prepare(request), results[index].append, lambda: False)
-        if batch_engine.num_active:
-            batch_engine.step()
+            engine.add(engine.prepare(request), results[index].append, lambda: False)
+        if engine.num_active:
+            engine.step()
         step += 1
         assert step < 500
+    return results
+
+
+def test_greedy_tokens_equal_generate(batch_engine: BatchEngine) -> None:
+    arrivals = requests()
+    results = serve(batch_engine, arrivals)
     reference = batch_engine.base
     for index, (_, request) in enumerate(arrivals):
         finished = results[index][-1]

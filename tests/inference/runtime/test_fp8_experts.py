@@ -11,7 +11,7 @@ from inference import Finished, GemmaEngine
 from inference.runtime import fp8_experts
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
-from tests.inference.runtime.test_batch_engine import requests
+from tests.inference.runtime.test_batch_engine import requests, serve
 
 
 def test_quantize_keeps_each_value_within_fp8_rounding() -> None:
@@ -66,17 +66,7 @@ def test_engine_with_fp8_experts_equals_generate_on_the_dequantized_weights(
     experts = engine.base.model.model.language_model.layers[0].experts
     assert experts.gate_up_proj.dtype == experts.down_proj.dtype == fp8_experts.FP8
     arrivals = requests()
-    results: dict[int, list] = {i: [] for i in range(len(arrivals))}
-    step = 0
-    pending = list(enumerate(arrivals))
-    while pending or engine.num_active:
-        while pending and pending[0][1][0] <= step:
-            index, (_, request) = pending.pop(0)
-            engine.add(engine.prepare(request), results[index].append, lambda: False)
-        if engine.num_active:
-            engine.step()
-        step += 1
-        assert step < 500
+    results = serve(engine, arrivals)
     for index, (_, request) in enumerate(arrivals):
         finished = results[index][-1]
         assert isinstance(finished, Finished)
