@@ -54,6 +54,57 @@ def _gelu_times(gate, up):
 
 
 @triton.jit
+def _route_kernel(scores_ptr, scale_ptr, weights_ptr, index_ptr, num_experts,
+                  BLOCK_E: tl.constexpr, TOP_K: tl.constexpr):  # fmt: skip
+    """One token: softmax over its expert scores (float32), the TOP_K largest in descending
+    order (the lowest expert first among equals), their probabilities over their sum,
+    times each chosen expert's scale."""
+    token = tl.program_id(0)
+    experts = tl.arange(0, BLOCK_E)
+    valid = experts < num_experts
+    scores = tl.load(scores_ptr + token * num_experts + experts, mask=valid,
+                     other=-float("inf")).to(tl.float32)  # fmt: skip
+    exps = tl.exp(scores - tl.max(scores, 0))
+    probs = tl.where(valid, exps / tl.sum(exps, 0), -1.0)
+    slots = tl.arange(0, TOP_K)
+    chosen_probs = tl.zeros((TOP_K,), dtype=tl.float32)
+    chosen = tl.zeros((TOP_K,), dtype=tl.int64)
+    for k in tl.static_range(TOP_K):
+        best = tl.max(probs, 0)
+        expert = tl.min(tl.where(probs == best, experts, BLOCK_E), 0)
+        chosen_probs = tl.where(slots == k, best, chosen_probs)
+        chosen = tl.where(slots == k, expert.to(tl.int64), chosen)
+        probs = tl.where(experts == expert, -1.0, probs)
+    scale = tl.load(scale_ptr + chosen).to(tl.float32)
+    weights = chosen_probs / tl.sum(chosen_probs, 0) * scale
+    tl.store(weights_ptr + token * TOP_K + slots, weights)
+    tl.store(index_ptr + token * TOP_K + slots, chosen)
+
+
+@torch.library.custom_op("travelbot::route", mutates_args=())
+def route(
+    scores: torch.Tensor, per_expert_scale: torch.Tensor, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gemma4TextRouter's choice from its expert scores [T, E]: (weights float32 [T, k],
+    experts int64 [T, k]), as one kernel instead of softmax, top-k, sort, sum and gather."""
+    tokens, num_experts = scores.shape
+    weights = torch.empty(tokens, top_k, dtype=torch.float32, device=scores.device)
+    index = torch.empty(tokens, top_k, dtype=torch.int64, device=scores.device)
+    _route_kernel[(tokens,)](
+        scores.contiguous(), per_expert_scale, weights, index, num_experts,
+        BLOCK_E=triton.next_power_of_2(num_experts), TOP_K=top_k,
+    )  # fmt: skip
+    return weights, index
+
+
+@route.register_fake
+def _(scores, per_expert_scale, top_k):
+    tokens = scores.shape[0]
+    return (scores.new_empty(tokens, top_k, dtype=torch.float32),
+            scores.new_empty(tokens, top_k, dtype=torch.int64))  # fmt: skip
+
+
+@triton.jit
 def _routed_pair(index_ptr, weight_ptr, token, k, TOP_K: tl.constexpr):
     """The token's k-th (token, expert) pair: its number, the int64 value stored for it at
     `index_ptr` (expert, or sorted row) and its router weight in float32."""
@@ -469,4 +520,8 @@ def works_on(device: torch.device) -> bool:
             got = kernels(x, index, weights, gate_up, down, gate_up_scale, down_scale).float()
             if not (got - expected).abs().max() <= 0.02 * expected.abs().max():
                 return False
-    return True
+    scores, scale = randn(tokens, experts), torch.rand(experts, device=device) + 0.5
+    probs, chosen = torch.topk(scores.float().softmax(-1), top_k)
+    got_weights, got_chosen = route(scores, scale, top_k)
+    expected = probs / probs.sum(-1, keepdim=True) * scale[chosen]
+    return torch.equal(got_chosen, chosen) and torch.allclose(got_weights, expected, rtol=1e-5)

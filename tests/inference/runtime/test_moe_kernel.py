@@ -1,6 +1,7 @@
 """The Triton experts kernels (small decode batches, and the sum after grouped GEMMs for
 prompts, on GPUs), run by Triton's interpreter on the CPU against transformers'
-Gemma4TextExperts with the tiny checkpoint's weights and router; with the weights stored
+Gemma4TextExperts with the tiny checkpoint's weights and router (and the router's choice
+as one kernel against the router); with the weights stored
 as FP8, against transformers' experts on the dequantized weights. A subprocess, because
 the interpreter is chosen when Triton loads."""
 
@@ -21,7 +22,7 @@ import json, sys, torch
 from transformers import AutoModelForImageTextToText
 from inference.runtime import fp8_experts
 from inference.runtime.moe_kernel import (
-    expert_major_experts, fused_experts, grouped_experts, works_on)
+    expert_major_experts, fused_experts, grouped_experts, route, works_on)
 
 model = AutoModelForImageTextToText.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
 errors = {"self_check": works_on(torch.device("cpu"))}
@@ -29,6 +30,17 @@ torch.manual_seed(0)
 for index in (0, 1):
     layer = model.model.language_model.layers[index]
     experts = layer.experts
+    router = layer.router
+    # the router's choice as one kernel: the same experts in the same order, same weights
+    for tokens in (1, 9):
+        hidden = torch.randn(tokens, experts.hidden_dim, dtype=torch.bfloat16)
+        _, weights, chosen = router(hidden)
+        scores = router.proj(router.norm(hidden) * router.scale * router.scalar_root_size)
+        got_weights, got_chosen = route(scores, router.per_expert_scale, chosen.shape[1])
+        errors[f"layer {index}, {tokens} tokens, route: other experts"] = float(
+            (got_chosen != chosen).sum())
+        errors[f"layer {index}, {tokens} tokens, route weights"] = (
+            (got_weights - weights).abs().max() / weights.abs().max()).item()
     for tokens in (1, 5):
         hidden = torch.randn(tokens, experts.hidden_dim, dtype=torch.bfloat16)
         _, weights, chosen = layer.router(hidden)
@@ -87,6 +99,6 @@ def test_fused_experts_equal_transformers_experts(tiny_model_dir: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(done.stdout.strip().splitlines()[-1])
     assert errors.pop("self_check") is True
-    assert len(errors) == 28
+    assert len(errors) == 36
     for case, error in errors.items():
-        assert error < 0.02, f"{case}: relative error {error:.4f}"
+        assert error < (1e-5 if "route" in case else 0.02), f"{case}: error {error:.6f}"
