@@ -7,9 +7,10 @@ took). One photo at a time needs no mask, but launches every layer's kernels onc
 photo (H100: 70 ms for 4 photos, 132 ms for 8).
 
 Here the photos' own patches are packed into one sequence: every projection, norm and MLP
-runs once for all of them (54 and 98 ms), and only the attention is split: on a GPU one
-variable-length flash attention over all photos (`photo_attention`, a custom op so the
-compiled layers do not see the photo sizes). Then each photo is pooled on its own patch
+runs once for all of them (54 and 98 ms), and only the attention is split
+(`photo_attention`, a custom op so the compiled layers do not see the photo sizes): photos
+of one size (every 4:3 or 3:4 phone photo) as one SDPA batch, cuDNN first; mixed sizes on
+a GPU as one variable-length flash attention. Then each photo is pooled on its own patch
 positions, as the tower does. Same features: padding patches are masked out of attention
 and dropped by the pooler.
 """
