@@ -3,9 +3,10 @@ float32 reference, then time per layer against transformers' grouped_mm experts,
 decode batches of 1-128 tokens (the per-pair kernels, and the expert-major ones that read
 each expert once), and sweeps of the kernels' block sizes; the same kernels
 with the weights in FP8 (fp8_experts): error against the reference on the dequantized
-weights, difference to the bf16 result, time, and the time to dequantize a layer for a
-prompt's grouped GEMMs. Each timing is a CUDA graph replaying 8 layers with their own
-weights (no L2 reuse between layers).
+weights, difference to the bf16 result, time, and the time to dequantize a layer eagerly
+(the engine's prompts dequantize inside the compiled layers, where inductor fuses it into one
+pass: `scripts/profile_decode.py --prefill 8 --fp8-experts` times that). Each timing is a
+CUDA graph replaying 8 layers with their own weights (no L2 reuse between layers).
 
     python scripts/check_moe_kernel.py [--out moe-kernel.json]
 """

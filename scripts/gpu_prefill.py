@@ -1,11 +1,25 @@
 """Shared set-up of the prefill scripts (run as `python3 scripts/NAME.py`, so this folder
-is on the import path): the full-size random engine on the GPU and photo prompts."""
+is on the import path): the full-size random engine on the GPU and photo prompts, and the
+wall time of one synchronized call."""
 
 from __future__ import annotations
+
+import time
+
+import torch
 
 from inference.bench import full_size_random_engine, make_requests
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
+
+
+def timed_ms(fn) -> float:
+    """Milliseconds of one call of fn(), the GPU's work included."""
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return round((time.perf_counter() - started) * 1000, 1)
 
 
 def engine_and_photo_prompts(count: int, seed: int = 5):

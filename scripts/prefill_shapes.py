@@ -11,24 +11,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import torch
+from gpu_prefill import timed_ms
 from torch.nn.attention import SDPBackend
 
 from inference.bench import full_size_random_engine, make_requests
 from inference.runtime import model_runner
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
-
-
-def timed_ms(fn) -> float:
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return round((time.perf_counter() - started) * 1000, 1)
 
 
 def main() -> None:

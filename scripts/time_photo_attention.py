@@ -11,23 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from gpu_prefill import timed_ms as first_call_ms  # a shape's first call: plans included
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from inference.runtime.fast_ops import flash_varlen
-
-
-def first_call_ms(fn) -> float:
-    """The first call of a shape, with whatever plan its backend builds for it."""
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return round((time.perf_counter() - started) * 1000, 2)
 
 
 def timed_ms(fn, repeats: int = 20) -> float:

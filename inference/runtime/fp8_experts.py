@@ -45,7 +45,9 @@ def scales(experts) -> tuple[torch.Tensor | None, torch.Tensor | None]:
 
 
 def dequantized(experts) -> dict[str, torch.Tensor]:
-    """The experts' weights in their compute dtype, by parameter name."""
+    """FP8 experts' weights in their compute dtype, by parameter name ({} when not FP8)."""
+    if not is_quantized(experts):
+        return {}
     return {
         name: dequantize(
             getattr(experts, name), getattr(experts, f"{name}_scale"), experts.compute_dtype

@@ -103,13 +103,11 @@ def feed_forward(layer, attention_output, residual):
 def choose_experts(router, flat):
     """Gemma4TextRouter's (weights, experts); for decode steps on GPUs its softmax, top-k
     and weighting as one Triton kernel (H200, 8 tokens: 4 kernels, ~20 µs a layer)."""
-    top_k = router.config.top_k_experts
-    triton_tokens = max(fused_experts_max_tokens, expert_major_max_tokens)  # 0: no Triton
-    if flat.shape[0] > triton_tokens or top_k & (top_k - 1):  # the kernel: k a power of 2
+    if flat.shape[0] > max(fused_experts_max_tokens, expert_major_max_tokens):  # 0: no Triton
         _, weights, index = router(flat)
         return weights, index
     scores = router.proj(router.norm(flat) * router.scale * router.scalar_root_size)
-    return torch.ops.travelbot.route(scores, router.per_expert_scale, top_k)
+    return torch.ops.travelbot.route(scores, router.per_expert_scale, router.config.top_k_experts)
 
 
 def run_experts(experts, hidden, top_k_index, top_k_weights):
@@ -119,13 +117,11 @@ def run_experts(experts, hidden, top_k_index, top_k_weights):
         return torch.ops.travelbot.fused_experts(hidden, top_k_index, top_k_weights, *stored)
     if tokens <= expert_major_max_tokens:
         return torch.ops.travelbot.expert_major_experts(hidden, top_k_index, top_k_weights, *stored)
-    if not fp8_experts.is_quantized(experts):
-        if prompt_experts is not None:
-            return prompt_experts(experts, hidden, top_k_index, top_k_weights)
-        return experts(hidden, top_k_index, top_k_weights)
-    weights = fp8_experts.dequantized(experts)  # this layer's, for this prompt only
+    weights = fp8_experts.dequantized(experts)  # FP8: this layer's, for this prompt only
     if prompt_experts is not None:
         return prompt_experts(experts, hidden, top_k_index, top_k_weights, *weights.values())
+    if not weights:
+        return experts(hidden, top_k_index, top_k_weights)
     return torch.func.functional_call(experts, weights, (hidden, top_k_index, top_k_weights))
 
 

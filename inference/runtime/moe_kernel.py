@@ -55,10 +55,10 @@ def _gelu_times(gate, up):
 
 @triton.jit
 def _route_kernel(scores_ptr, scale_ptr, weights_ptr, index_ptr, num_experts,
-                  BLOCK_E: tl.constexpr, TOP_K: tl.constexpr):  # fmt: skip
+                  BLOCK_E: tl.constexpr, TOP_K: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
     """One token: softmax over its expert scores (float32), the TOP_K largest in descending
     order (the lowest expert first among equals), their probabilities over their sum,
-    times each chosen expert's scale."""
+    times each chosen expert's scale. BLOCK_K: TOP_K rounded up to a power of 2."""
     token = tl.program_id(0)
     experts = tl.arange(0, BLOCK_E)
     valid = experts < num_experts
@@ -66,19 +66,20 @@ def _route_kernel(scores_ptr, scale_ptr, weights_ptr, index_ptr, num_experts,
                      other=-float("inf")).to(tl.float32)  # fmt: skip
     exps = tl.exp(scores - tl.max(scores, 0))
     probs = tl.where(valid, exps / tl.sum(exps, 0), -1.0)
-    slots = tl.arange(0, TOP_K)
-    chosen_probs = tl.zeros((TOP_K,), dtype=tl.float32)
-    chosen = tl.zeros((TOP_K,), dtype=tl.int64)
+    slots = tl.arange(0, BLOCK_K)
+    chosen_probs = tl.zeros((BLOCK_K,), dtype=tl.float32)  # 0 beyond TOP_K: not summed
+    chosen = tl.zeros((BLOCK_K,), dtype=tl.int64)
     for k in tl.static_range(TOP_K):
         best = tl.max(probs, 0)
         expert = tl.min(tl.where(probs == best, experts, BLOCK_E), 0)
         chosen_probs = tl.where(slots == k, best, chosen_probs)
         chosen = tl.where(slots == k, expert.to(tl.int64), chosen)
         probs = tl.where(experts == expert, -1.0, probs)
-    scale = tl.load(scale_ptr + chosen).to(tl.float32)
+    in_k = slots < TOP_K
+    scale = tl.load(scale_ptr + chosen, mask=in_k, other=0.0).to(tl.float32)
     weights = chosen_probs / tl.sum(chosen_probs, 0) * scale
-    tl.store(weights_ptr + token * TOP_K + slots, weights)
-    tl.store(index_ptr + token * TOP_K + slots, chosen)
+    tl.store(weights_ptr + token * TOP_K + slots, weights, mask=in_k)
+    tl.store(index_ptr + token * TOP_K + slots, chosen, mask=in_k)
 
 
 @torch.library.custom_op("travelbot::route", mutates_args=())
@@ -93,6 +94,7 @@ def route(
     _route_kernel[(tokens,)](
         scores.contiguous(), per_expert_scale, weights, index, num_experts,
         BLOCK_E=triton.next_power_of_2(num_experts), TOP_K=top_k,
+        BLOCK_K=triton.next_power_of_2(top_k),
     )  # fmt: skip
     return weights, index
 
@@ -521,7 +523,8 @@ def works_on(device: torch.device) -> bool:
             if not (got - expected).abs().max() <= 0.02 * expected.abs().max():
                 return False
     scores, scale = randn(tokens, experts), torch.rand(experts, device=device) + 0.5
-    probs, chosen = torch.topk(scores.float().softmax(-1), top_k)
-    got_weights, got_chosen = route(scores, scale, top_k)
+    route_k = top_k - 1  # not a power of 2: the kernel's padded slots
+    probs, chosen = torch.topk(scores.float().softmax(-1), route_k)
+    got_weights, got_chosen = route(scores, scale, route_k)
     expected = probs / probs.sum(-1, keepdim=True) * scale[chosen]
     return torch.equal(got_chosen, chosen) and torch.allclose(got_weights, expected, rtol=1e-5)

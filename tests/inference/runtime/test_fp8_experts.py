@@ -74,7 +74,7 @@ def test_engine_with_fp8_experts_equals_generate_on_the_dequantized_weights(
         assert finished.token_ids == expected.token_ids, f"request {index} differs"
 
 
-def test_quantizing_saves_half_of_the_experts_memory(engine_config) -> None:
+def test_quantizing_in_place_saves_the_experts_memory(engine_config) -> None:
     model = GemmaEngine.load(engine_config).model
     experts = [layer.experts for layer in model.model.language_model.layers]
     before = sum(e.gate_up_proj.nbytes + e.down_proj.nbytes for e in experts)
