@@ -411,6 +411,7 @@ def run(args: argparse.Namespace) -> dict:
         compile_layers=None if args.compile_layers == "auto" else args.compile_layers == "on",
         fused_experts_tokens=args.fused_experts_tokens,
         expert_major_tokens=args.expert_major_tokens,
+        triton_prompt_experts=not args.grouped_mm_prompts,
         prefix_cache_tokens=args.prefix_cache_tokens,
         overlap_steps=not args.no_overlap,
         ignore_stop=True,
@@ -440,6 +441,7 @@ def run(args: argparse.Namespace) -> dict:
     result["engine_setup_seconds"] = round(time.perf_counter() - setup_started, 1)
     result["fused_experts_max_tokens"] = layers.fused_experts_max_tokens  # 0 if it failed
     result["expert_major_max_tokens"] = layers.expert_major_max_tokens
+    result["triton_prompt_experts"] = layers.triton_prompt_experts
     result["graph_breaks"] = dict(dynamo_counters["graph_break"])
     graphs_after_setup = dynamo_counters["stats"]["unique_graphs"]
     bench_engine(engine, make_requests(2, 4, seed=99), [0.0, 0.0], "warm-up")

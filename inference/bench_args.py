@@ -101,6 +101,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="... and up to N as the expert-major Triton kernels (0: off)",
     )
     parser.add_argument(
+        "--grouped-mm-prompts",
+        action="store_true",
+        help="prompts' experts as torch's grouped_mm, not the Triton grouped GEMMs",
+    )
+    parser.add_argument(
         "--no-overlap",
         action="store_true",
         help="read each step's tokens back before launching the next (the old engine loop)",

@@ -108,6 +108,7 @@ class BatchEngine:
                 compile=compile_layers,
                 fused_experts_tokens=runtime.fused_experts_tokens,
                 expert_major_tokens=runtime.expert_major_tokens,
+                triton_prompts=runtime.triton_prompt_experts,
             )
         self.runner = ModelRunner(
             model,

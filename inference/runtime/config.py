@@ -40,6 +40,9 @@ class RuntimeConfig:
     fused_experts_tokens: int = 16
     # ... and up to this many as the expert-major Triton kernels (each expert read once)
     expert_major_tokens: int = 64
+    # prompts' experts as Triton grouped GEMMs (moe_prompt_kernel, GPU only; FP8 experts
+    # without dequantizing); False: torch's grouped_mm
+    triton_prompt_experts: bool = True
     # KV of shared prompt prefixes (the system prompt) kept on the device, in positions
     # (~225 KB each on the full-size model); 0: every prefill computes its whole prompt
     prefix_cache_tokens: int = 4096

@@ -32,8 +32,10 @@ log = structlog.get_logger()
 fused_experts_max_tokens = 0
 # ... and up to this many as the expert-major Triton kernels (each expert read once)
 expert_major_max_tokens = 0
-# where the Triton kernels work: more tokens (prompts) run moe_kernel.grouped_experts
+# where the Triton kernels work, more tokens (prompts) run this: moe_prompt_kernel's
+# grouped GEMMs (stored weights, FP8 too), or moe_kernel.grouped_experts (bf16 weights)
 prompt_experts: Callable | None = None
+triton_prompt_experts = False  # prompt_experts are the Triton GEMMs
 
 
 def fuse_projections(layer) -> None:
@@ -117,6 +119,8 @@ def run_experts(experts, hidden, top_k_index, top_k_weights):
         return torch.ops.travelbot.fused_experts(hidden, top_k_index, top_k_weights, *stored)
     if tokens <= expert_major_max_tokens:
         return torch.ops.travelbot.expert_major_experts(hidden, top_k_index, top_k_weights, *stored)
+    if triton_prompt_experts:
+        return prompt_experts(hidden, top_k_index, top_k_weights, *stored)
     weights = fp8_experts.dequantized(experts)  # FP8: this layer's, for this prompt only
     if prompt_experts is not None:
         return prompt_experts(experts, hidden, top_k_index, top_k_weights, *weights.values())
@@ -134,6 +138,18 @@ def _fused_experts_work(device: torch.device) -> bool:
         log.error("fused_experts_wrong", fallback="grouped_mm")
     except Exception:  # e.g. no C compiler for Triton's launcher
         log.exception("fused_experts_failed", fallback="grouped_mm")
+    return False
+
+
+def _prompt_kernels_work(device: torch.device) -> bool:
+    from inference.runtime import moe_prompt_kernel
+
+    try:
+        if moe_prompt_kernel.works_on(device):
+            return True
+        log.error("prompt_experts_wrong", fallback="grouped_mm")
+    except Exception:
+        log.exception("prompt_experts_failed", fallback="grouped_mm")
     return False
 
 
@@ -190,17 +206,20 @@ def install(
     compile: bool | str | Callable,
     fused_experts_tokens: int = 0,
     expert_major_tokens: int = 0,
+    triton_prompts: bool = True,
 ) -> Callable[[], None]:
     """Give every decoder layer the two-region forward; returns a function undoing it.
     `fused_experts_tokens`, `expert_major_tokens`: up to how many tokens a step uses each
-    kind of Triton experts kernel (GPU)."""
+    kind of Triton experts kernel (GPU); `triton_prompts`: longer ones the Triton grouped
+    GEMMs (else torch's grouped_mm)."""
     global fused_experts_max_tokens, expert_major_max_tokens, prompt_experts
+    global triton_prompt_experts
     layers = list(model.model.language_model.layers)
     if not all(is_supported(layer) for layer in layers):
         log.warning("own_layer_forward_unsupported", reason="layer kind not supported")
         return lambda: None
     fused_experts_max_tokens = expert_major_max_tokens = 0
-    prompt_experts = None
+    prompt_experts, triton_prompt_experts = None, False
     on_gpu = model.device.type == "cuda"
     if (
         (fused_experts_tokens or expert_major_tokens)
@@ -208,10 +227,12 @@ def install(
         and _fused_experts_work(model.device)
     ):
         from inference.runtime.moe_kernel import grouped_experts  # needs Triton
+        from inference.runtime.moe_prompt_kernel import prompt_experts_op
 
         fused_experts_max_tokens = fused_experts_tokens
         expert_major_max_tokens = expert_major_tokens
-        prompt_experts = grouped_experts
+        triton_prompt_experts = triton_prompts and _prompt_kernels_work(model.device)
+        prompt_experts = prompt_experts_op if triton_prompt_experts else grouped_experts
     regions: tuple[Callable, Callable] = (attention_inputs, feed_forward)
     vision_layers = list(model.model.vision_tower.encoder.layers) if compile else []
     if compile:
@@ -230,8 +251,9 @@ def install(
 
     def undo() -> None:
         global fused_experts_max_tokens, expert_major_max_tokens, prompt_experts
+        global triton_prompt_experts
         fused_experts_max_tokens = expert_major_max_tokens = 0
-        prompt_experts = None
+        prompt_experts, triton_prompt_experts = None, False
         fast_ops.decode_probs = fast_ops.masked_softmax
         for layer in layers + vision_layers:
             layer.__dict__.pop("forward", None)

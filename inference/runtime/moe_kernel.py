@@ -47,7 +47,7 @@ FP8_EXPERT_DOWN_BLOCKS = (16, 64, 256, 4)
 
 
 @triton.jit
-def _gelu_times(gate, up):
+def gelu_times(gate, up):
     """gelu_pytorch_tanh(gate) · up; 0.5·g·(1 + tanh(y)) == g·sigmoid(2y)."""
     inner = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
     return gate * tl.sigmoid(2.0 * inner) * up
@@ -151,7 +151,7 @@ def _gate_up_kernel(
     if SCALED:
         gate *= _row_scale(scale_ptr, expert, rows, row_ok, 2 * inter)
         up *= _row_scale(scale_ptr, expert, rows + inter, row_ok, 2 * inter)
-    out = _gelu_times(gate, up)
+    out = gelu_times(gate, up)
     tl.store(out_ptr + pair * inter + rows, out.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
@@ -301,7 +301,7 @@ def _expert_gate_up_kernel(
         if SCALED:
             acc_gate *= gate_scale[None, :]
             acc_up *= up_scale[None, :]
-        out = _gelu_times(acc_gate, acc_up)
+        out = gelu_times(acc_gate, acc_up)
         pair_rows = (start + m)[:, None].to(tl.int64)
         out_mask = m_ok[:, None] & row_ok[None, :]
         tl.store(out_ptr + pair_rows * inter + rows[None, :], out.to(out_ptr.dtype.element_ty),
@@ -340,14 +340,14 @@ def _expert_down_kernel(
                  mask=m_ok[:, None] & row_ok[None, :])  # fmt: skip
 
 
-def _blocks(chosen, weight: torch.Tensor, plain, fp8):
+def chosen_blocks(chosen, weight: torch.Tensor, plain, fp8):
     """The block sizes asked for, else the tuned ones for the weights' dtype."""
     if chosen is not None:
         return chosen
     return fp8 if weight.dtype == fp8_experts.FP8 else plain
 
 
-def _scale_args(weight: torch.Tensor, scale: torch.Tensor | None) -> dict:
+def scale_args(weight: torch.Tensor, scale: torch.Tensor | None) -> dict:
     """The kernels' scale pointer and SCALED flag (unscaled: the weights stand in, unread)."""
     return {
         "scale_ptr": weight if scale is None else scale.contiguous(),
@@ -374,7 +374,7 @@ def expert_major_experts(
     order, counts, position = sort_by_expert(top_k_index, num_experts)
     starts = torch.cumsum(counts, dim=0, dtype=torch.int32) - counts
     act = hidden.new_empty(tokens * top_k, inter)
-    gate_up_blocks = _blocks(
+    gate_up_blocks = chosen_blocks(
         gate_up_blocks, gate_up_proj, EXPERT_GATE_UP_BLOCKS, FP8_EXPERT_GATE_UP_BLOCKS
     )
     block_m, block_n, block_k, warps = gate_up_blocks
@@ -383,17 +383,17 @@ def expert_major_experts(
         out_ptr=act, hidden=hidden_size, inter=inter, stride_e=gate_up_proj.stride(0),
         stride_n=gate_up_proj.stride(1), stride_k=gate_up_proj.stride(2),
         TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-        **_scale_args(gate_up_proj, gate_up_scale),
+        **scale_args(gate_up_proj, gate_up_scale),
     )  # fmt: skip
     rows = hidden.new_empty(tokens * top_k, hidden_size)
-    down_blocks = _blocks(down_blocks, down_proj, EXPERT_DOWN_BLOCKS, FP8_EXPERT_DOWN_BLOCKS)
+    down_blocks = chosen_blocks(down_blocks, down_proj, EXPERT_DOWN_BLOCKS, FP8_EXPERT_DOWN_BLOCKS)
     block_m, block_n, block_k, warps = down_blocks
     _expert_down_kernel[(num_experts, triton.cdiv(hidden_size, block_n))](
         act, down_proj, starts_ptr=starts, counts_ptr=counts, out_ptr=rows,
         hidden=hidden_size, inter=inter, stride_e=down_proj.stride(0),
         stride_n=down_proj.stride(1), stride_k=down_proj.stride(2),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-        **_scale_args(down_proj, down_scale),
+        **scale_args(down_proj, down_scale),
     )  # fmt: skip
     return unpermute_sum(rows, position, top_k_weights)
 
@@ -419,23 +419,23 @@ def fused_experts(
     index = top_k_index.contiguous()
     weights = top_k_weights.contiguous()
     act = torch.empty(tokens * top_k, inter, dtype=hidden.dtype, device=hidden.device)
-    block_n, block_k, warps = _blocks(gate_up_blocks, gate_up_proj, GATE_UP_BLOCKS,
+    block_n, block_k, warps = chosen_blocks(gate_up_blocks, gate_up_proj, GATE_UP_BLOCKS,
                                       FP8_GATE_UP_BLOCKS)  # fmt: skip
     _gate_up_kernel[(tokens * top_k, triton.cdiv(inter, block_n))](
         hidden, gate_up_proj, index_ptr=index, out_ptr=act,
         hidden=hidden_size, inter=inter, stride_e=gate_up_proj.stride(0),
         stride_n=gate_up_proj.stride(1), stride_k=gate_up_proj.stride(2),
         TOP_K=top_k, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-        **_scale_args(gate_up_proj, gate_up_scale),
+        **scale_args(gate_up_proj, gate_up_scale),
     )  # fmt: skip
     out = torch.empty_like(hidden)
-    block_n, block_k, warps = _blocks(down_blocks, down_proj, DOWN_BLOCKS, FP8_DOWN_BLOCKS)
+    block_n, block_k, warps = chosen_blocks(down_blocks, down_proj, DOWN_BLOCKS, FP8_DOWN_BLOCKS)
     _down_kernel[(tokens, triton.cdiv(hidden_size, block_n))](
         act, down_proj, index_ptr=index, weight_ptr=weights, out_ptr=out,
         hidden=hidden_size, inter=inter, stride_e=down_proj.stride(0),
         stride_n=down_proj.stride(1), stride_k=down_proj.stride(2),
         TOP_K=top_k, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-        **_scale_args(down_proj, down_scale),
+        **scale_args(down_proj, down_scale),
     )  # fmt: skip
     return out
 
@@ -493,10 +493,12 @@ def reference_experts(hidden, top_k_index, top_k_weights, gate_up_proj, down_pro
     return out
 
 
-def works_on(device: torch.device) -> bool:
-    """Compile and run the kernels once on small random experts, against the reference."""
+def check_cases(device: torch.device, tokens: int):
+    """Small random experts for a self-check: (x, index, weights, stored, expected) for the
+    bf16 weights and, where the device has FP8, the FP8 ones; stored is (gate_up, down,
+    gate_up_scale, down_scale), expected the float32 reference on the weights used."""
     generator = torch.Generator(device=device).manual_seed(0)
-    experts, hidden, inter, top_k, tokens = 8, 256, 96, 4, 3
+    experts, hidden, inter, top_k = 8, 256, 96, 4
 
     def randn(*shape):
         return torch.randn(*shape, generator=generator, device=device, dtype=torch.bfloat16)
@@ -518,12 +520,24 @@ def works_on(device: torch.device) -> bool:
             x, index, weights, *(w if s is None else fp8_experts.dequantize(w, s, x.dtype)
                                  for w, s in ((gate_up, gate_up_scale), (down, down_scale)))
         )  # fmt: skip
+        yield x, index, weights, (gate_up, down, gate_up_scale, down_scale), expected
+
+
+def close_enough(got: torch.Tensor, expected: torch.Tensor) -> bool:
+    return bool((got.float() - expected).abs().max() <= 0.02 * expected.abs().max())
+
+
+def works_on(device: torch.device) -> bool:
+    """Compile and run the kernels once on small random experts, against the reference;
+    the router's kernel against torch."""
+    for x, index, weights, stored, expected in check_cases(device, tokens=3):
         for kernels in (fused_experts, expert_major_experts):
-            got = kernels(x, index, weights, gate_up, down, gate_up_scale, down_scale).float()
-            if not (got - expected).abs().max() <= 0.02 * expected.abs().max():
+            if not close_enough(kernels(x, index, weights, *stored), expected):
                 return False
-    scores, scale = randn(tokens, experts), torch.rand(experts, device=device) + 0.5
-    route_k = top_k - 1  # not a power of 2: the kernel's padded slots
+    generator = torch.Generator(device=device).manual_seed(1)
+    scores = torch.randn(3, 8, generator=generator, device=device, dtype=torch.bfloat16)
+    scale = torch.rand(8, device=device, generator=generator) + 0.5
+    route_k = 3  # not a power of 2: the kernel's padded slots
     probs, chosen = torch.topk(scores.float().softmax(-1), route_k)
     got_weights, got_chosen = route(scores, scale, route_k)
     expected = probs / probs.sum(-1, keepdim=True) * scale[chosen]

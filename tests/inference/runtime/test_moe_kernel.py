@@ -1,5 +1,5 @@
-"""The Triton experts kernels (small decode batches, and the sum after grouped GEMMs for
-prompts, on GPUs), run by Triton's interpreter on the CPU against transformers'
+"""The Triton experts kernels (small decode batches; prompts' grouped GEMMs, and the sum
+after torch's grouped GEMMs, on GPUs), run by Triton's interpreter on the CPU against transformers'
 Gemma4TextExperts with the tiny checkpoint's weights and router (and the router's choice
 as one kernel against the router); with the weights stored
 as FP8, against transformers' experts on the dequantized weights. A subprocess, because
@@ -21,11 +21,18 @@ SCRIPT = """
 import json, sys, torch
 from transformers import AutoModelForImageTextToText
 from inference.runtime import fp8_experts
+from inference.runtime import moe_prompt_kernel
 from inference.runtime.moe_kernel import (
     expert_major_experts, fused_experts, grouped_experts, route, works_on)
+from inference.runtime.moe_prompt_kernel import prompt_experts
+
+# tiles of 16 and 32 pairs (some experts need two); K a multiple of the blocks or not (masks)
+PROMPT_BLOCKS = {"gate_up_blocks": (16, 16, 32, 4, 2), "down_blocks": (32, 16, 16, 4, 2)}
+UNEVEN_PROMPT_BLOCKS = {"gate_up_blocks": (32, 16, 128, 4, 2), "down_blocks": (16, 16, 64, 4, 2)}
 
 model = AutoModelForImageTextToText.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
-errors = {"self_check": works_on(torch.device("cpu"))}
+errors = {"self_check": works_on(torch.device("cpu")),
+          "prompt_self_check": moe_prompt_kernel.works_on(torch.device("cpu"))}
 torch.manual_seed(0)
 for index in (0, 1):
     layer = model.model.language_model.layers[index]
@@ -64,6 +71,12 @@ for index in (0, 1):
                                    down_blocks=(16, 16, 16, 4)).float()
         error = ((got - expected).abs().max() / expected.abs().max()).item()
         errors[f"layer {index}, {tokens} tokens, expert-major"] = error
+        # prompts' Triton grouped GEMMs
+        for name, blocks in (("even", PROMPT_BLOCKS), ("uneven", UNEVEN_PROMPT_BLOCKS)):
+            got = prompt_experts(hidden, chosen, weights, experts.gate_up_proj,
+                                 experts.down_proj, **blocks).float()
+            error = ((got - expected).abs().max() / expected.abs().max()).item()
+            errors[f"layer {index}, {tokens} tokens, prompt kernels, {name} K"] = error
     # FP8 values with row scales: the kernels against transformers' experts on the
     # dequantized weights (decode sizes per pair and expert-major; a prompt's grouped path)
     (gate_up, gate_up_scale), (down, down_scale) = map(
@@ -83,6 +96,8 @@ for index in (0, 1):
                 down_blocks=(16, 16, 16, 4))),
             ("grouped", grouped_experts(experts, hidden, chosen, weights,
                                         *dequantized.values())),
+            ("prompt kernels", prompt_experts(hidden, chosen, weights, *stored,
+                                              **PROMPT_BLOCKS)),
         ):
             error = ((got.float() - expected).abs().max() / expected.abs().max()).item()
             errors[f"layer {index}, {tokens} tokens, fp8 {name}"] = error
@@ -99,6 +114,7 @@ def test_fused_experts_equal_transformers_experts(tiny_model_dir: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(done.stdout.strip().splitlines()[-1])
     assert errors.pop("self_check") is True
-    assert len(errors) == 36
+    assert errors.pop("prompt_self_check") is True
+    assert len(errors) == 48
     for case, error in errors.items():
         assert error < (1e-5 if "route" in case else 0.02), f"{case}: error {error:.6f}"

@@ -1,0 +1,242 @@
+"""Gemma 4's experts for prompts as two Triton grouped GEMMs on bf16 tensor cores.
+
+A prompt of thousands of tokens gives each expert hundreds of (token, expert) pairs, so
+the experts are a matter of arithmetic, not of reading weights. After the pairs are
+sorted by expert, a table of tiles (BLOCK_M pairs of one expert each) is made on the
+device, without a host sync; each program multiplies one tile by one block of its
+expert's weight rows:
+  1. gate_up: the tile's hidden rows, gathered by token as they are loaded, against the
+     gate and the up rows → GELU(tanh)(gate)·up, stored in sorted pair order;
+  2. down: those rows against the down rows → one output row per pair;
+then `moe_kernel.unpermute_sum` weights and sums each token's k rows. Against
+`grouped_experts` (torch's grouped_mm) this saves the gather of the hidden rows into
+expert order, the [pairs, 2I] gate_up output, and for FP8 experts (`fp8_experts`) the
+dequantizing of every layer's weights: FP8 values are exact in bf16, so the kernels
+convert them as they load them and scale each output column once.
+The grid holds as many tiles as the pairs could ever need; the programs past the table's
+end return at once. Triton's CPU interpreter multiplies bf16 wrongly, so under it (tests)
+the operands go to float32 first: the same exact products, summed in float32.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from inference.runtime.moe_kernel import (
+    check_cases,
+    chosen_blocks,
+    close_enough,
+    gelu_times,
+    scale_args,
+    sort_by_expert,
+    unpermute_sum,
+)
+
+# (BLOCK_M pairs, BLOCK_N weight rows, BLOCK_K, warps, stages) by weight dtype; H200 sweep
+# at 3,904 tokens (scripts/check_prompt_experts.py), best of 11-12 each, all within 25%
+GATE_UP_BLOCKS = (128, 64, 64, 4, 3)
+DOWN_BLOCKS = (128, 256, 64, 8, 3)
+FP8_GATE_UP_BLOCKS = (128, 64, 64, 8, 4)
+FP8_DOWN_BLOCKS = (128, 128, 64, 8, 3)
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _dot(a, b, acc, F32: tl.constexpr):
+    if F32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _load_k(ptrs, k_ok, EVEN_K: tl.constexpr):
+    """A block of K columns; masked only when K is not a multiple of the block."""
+    if EVEN_K:
+        return tl.load(ptrs)
+    return tl.load(ptrs, mask=k_ok, other=0.0)
+
+
+@triton.jit
+def _tile(tile_expert_ptr, first_tile_ptr, starts_ptr, counts_ptr, num_experts,
+          BLOCK_M: tl.constexpr):  # fmt: skip
+    """This program's tile: (expert, its first sorted pair, the tile's pair numbers within
+    the expert, which of them exist). expert == num_experts: past the table's end."""
+    tile = tl.program_id(1)
+    expert = tl.load(tile_expert_ptr + tile)
+    safe = tl.minimum(expert, num_experts - 1)
+    start = tl.load(starts_ptr + safe)
+    count = tl.load(counts_ptr + safe)
+    m = (tile - tl.load(first_tile_ptr + safe)) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return expert, start, m, m < count
+
+
+@triton.jit
+def _prompt_gate_up_kernel(
+    x_ptr, w_ptr, scale_ptr, order_ptr, tile_expert_ptr, first_tile_ptr, starts_ptr,
+    counts_ptr, out_ptr, num_experts, hidden, inter, stride_e, stride_n, stride_k,
+    TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SCALED: tl.constexpr, F32: tl.constexpr, EVEN_K: tl.constexpr,
+):  # fmt: skip
+    expert, start, m, m_ok = _tile(tile_expert_ptr, first_tile_ptr, starts_ptr, counts_ptr,
+                                   num_experts, BLOCK_M)  # fmt: skip
+    if expert >= num_experts:
+        return
+    # rows past the tile's pairs or the weights' end load row 0 / the last row: no masks in
+    # the loop (their results are not stored)
+    token = tl.load(order_ptr + start + m, mask=m_ok, other=0) // TOP_K
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < inter
+    k = tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptr + token[:, None].to(tl.int64) * hidden + k[None, :]
+    gate_ptrs = (w_ptr + expert.to(tl.int64) * stride_e
+                 + tl.minimum(rows, inter - 1)[None, :].to(tl.int64) * stride_n
+                 + k[:, None] * stride_k)  # fmt: skip
+    up_offset = inter * stride_n
+    acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for first in range(0, hidden, BLOCK_K):
+        x = _load_k(x_ptrs, first + k[None, :] < hidden, EVEN_K)
+        k_ok = first + k[:, None] < hidden
+        gate = _load_k(gate_ptrs, k_ok, EVEN_K).to(x.dtype)
+        up = _load_k(gate_ptrs + up_offset, k_ok, EVEN_K).to(x.dtype)
+        acc_gate = _dot(x, gate, acc_gate, F32)
+        acc_up = _dot(x, up, acc_up, F32)
+        x_ptrs += BLOCK_K
+        gate_ptrs += BLOCK_K * stride_k
+    if SCALED:
+        row_scales = scale_ptr + expert.to(tl.int64) * 2 * inter + rows
+        acc_gate *= tl.load(row_scales, mask=row_ok, other=0.0)[None, :]
+        acc_up *= tl.load(row_scales + inter, mask=row_ok, other=0.0)[None, :]
+    out = gelu_times(acc_gate, acc_up)
+    pair_rows = (start + m)[:, None].to(tl.int64)
+    tl.store(out_ptr + pair_rows * inter + rows[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & row_ok[None, :])  # fmt: skip
+
+
+@triton.jit
+def _prompt_down_kernel(
+    act_ptr, w_ptr, scale_ptr, tile_expert_ptr, first_tile_ptr, starts_ptr, counts_ptr,
+    out_ptr, num_experts, hidden, inter, stride_e, stride_n, stride_k,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALED: tl.constexpr,
+    F32: tl.constexpr, EVEN_K: tl.constexpr,
+):  # fmt: skip
+    expert, start, m, m_ok = _tile(tile_expert_ptr, first_tile_ptr, starts_ptr, counts_ptr,
+                                   num_experts, BLOCK_M)  # fmt: skip
+    if expert >= num_experts:
+        return
+    pair_rows = (start + m)[:, None].to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < hidden
+    k = tl.arange(0, BLOCK_K)
+    # as in gate_up: past the pairs the tile's first row, past the weights the last row
+    act_ptrs = act_ptr + tl.where(m_ok, start + m, start)[:, None].to(tl.int64) * inter + k[None, :]
+    w_ptrs = (w_ptr + expert.to(tl.int64) * stride_e
+              + tl.minimum(rows, hidden - 1)[None, :].to(tl.int64) * stride_n
+              + k[:, None] * stride_k)  # fmt: skip
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for first in range(0, inter, BLOCK_K):
+        act = _load_k(act_ptrs, first + k[None, :] < inter, EVEN_K)
+        w = _load_k(w_ptrs, first + k[:, None] < inter, EVEN_K).to(act.dtype)
+        acc = _dot(act, w, acc, F32)
+        act_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K * stride_k
+    if SCALED:
+        row_scales = scale_ptr + expert.to(tl.int64) * hidden + rows
+        acc *= tl.load(row_scales, mask=row_ok, other=0.0)[None, :]
+    tl.store(out_ptr + pair_rows * hidden + rows[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & row_ok[None, :])  # fmt: skip
+
+
+def tile_table(counts: torch.Tensor, block_m: int, pairs: int):
+    """Tiles of BLOCK_M sorted pairs, each of one expert: (expert of each tile, the past-end
+    value num_experts beyond the last; first tile of each expert). Sized for any routing."""
+    num_experts = counts.shape[0]
+    tiles = (counts + block_m - 1) // block_m
+    ends = torch.cumsum(tiles, dim=0)
+    slots = torch.arange(triton.cdiv(pairs, block_m) + num_experts, device=counts.device)
+    tile_expert = torch.searchsorted(ends, slots, right=True).to(torch.int32)
+    return tile_expert, (ends - tiles).to(torch.int32)
+
+
+def prompt_experts(
+    hidden: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    gate_up_scale: torch.Tensor | None = None,
+    down_scale: torch.Tensor | None = None,
+    gate_up_blocks: tuple[int, int, int, int, int] | None = None,
+    down_blocks: tuple[int, int, int, int, int] | None = None,
+) -> torch.Tensor:
+    """Σ_k w[t,k] · down[e] · (gelu(gate[e] x) · up[e] x), as `moe_kernel.fused_experts`,
+    for prompts: hidden [T, H]; weights as Gemma4TextExperts keeps them, or FP8 with row
+    scales."""
+    tokens, top_k = top_k_index.shape
+    num_experts, hidden_size, inter = down_proj.shape
+    pairs = tokens * top_k
+    order, counts, position = sort_by_expert(top_k_index, num_experts)
+    starts = torch.cumsum(counts, dim=0, dtype=torch.int32) - counts
+    act = hidden.new_empty(pairs, inter)
+    gate_up_blocks = chosen_blocks(gate_up_blocks, gate_up_proj, GATE_UP_BLOCKS,
+                                   FP8_GATE_UP_BLOCKS)  # fmt: skip
+    down_blocks = chosen_blocks(down_blocks, down_proj, DOWN_BLOCKS, FP8_DOWN_BLOCKS)
+    block_m, block_n, block_k, warps, stages = gate_up_blocks
+    tile_expert, first_tile = tile_table(counts, block_m, pairs)
+    _prompt_gate_up_kernel[(triton.cdiv(inter, block_n), tile_expert.shape[0])](
+        hidden.contiguous(), gate_up_proj, order_ptr=order, tile_expert_ptr=tile_expert,
+        first_tile_ptr=first_tile, starts_ptr=starts, counts_ptr=counts, out_ptr=act,
+        num_experts=num_experts, hidden=hidden_size, inter=inter,
+        stride_e=gate_up_proj.stride(0), stride_n=gate_up_proj.stride(1),
+        stride_k=gate_up_proj.stride(2), TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+        F32=INTERPRETED, EVEN_K=hidden_size % block_k == 0,
+        **scale_args(gate_up_proj, gate_up_scale),
+    )  # fmt: skip
+    rows = hidden.new_empty(pairs, hidden_size)
+    block_m, block_n, block_k, warps, stages = down_blocks
+    if block_m != gate_up_blocks[0]:
+        tile_expert, first_tile = tile_table(counts, block_m, pairs)
+    _prompt_down_kernel[(triton.cdiv(hidden_size, block_n), tile_expert.shape[0])](
+        act, down_proj, tile_expert_ptr=tile_expert, first_tile_ptr=first_tile,
+        starts_ptr=starts, counts_ptr=counts, out_ptr=rows, num_experts=num_experts,
+        hidden=hidden_size, inter=inter, stride_e=down_proj.stride(0),
+        stride_n=down_proj.stride(1), stride_k=down_proj.stride(2), BLOCK_M=block_m,
+        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+        F32=INTERPRETED, EVEN_K=inter % block_k == 0, **scale_args(down_proj, down_scale),
+    )  # fmt: skip
+    return unpermute_sum(rows, position, top_k_weights)
+
+
+@torch.library.custom_op("travelbot::prompt_experts", mutates_args=())
+def prompt_experts_op(
+    hidden: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    gate_up_scale: torch.Tensor | None = None,
+    down_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`prompt_experts` as an op torch.compile keeps whole."""
+    return prompt_experts(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj,
+                          gate_up_scale, down_scale)  # fmt: skip
+
+
+@prompt_experts_op.register_fake
+def _(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj, gate_up_scale=None,
+      down_scale=None):  # fmt: skip
+    return torch.empty_like(hidden)
+
+
+def works_on(device: torch.device) -> bool:
+    """Compile and run the kernels once on small random experts (bf16, and FP8 where the
+    device has it), against moe_kernel's float32 reference."""
+    return all(
+        close_enough(prompt_experts(x, index, weights, *stored), expected)
+        for x, index, weights, stored, expected in check_cases(device, tokens=67)
+    )
