@@ -23,6 +23,10 @@ from inference.types import Event, InferenceError, Request
 
 log = structlog.get_logger()
 
+# a photo's tensors, pinned while the request is prepared: an 8-photo prefill spent ~10 ms
+# of its CPU time joining and pinning 29 MB of pixels while the GPU waited (H200 trace)
+PINNED_INPUTS = ("pixel_values", "image_position_ids")
+
 
 def blank_photo(width: int = 640, height: int = 480) -> bytes:
     buffer = io.BytesIO()
@@ -193,6 +197,10 @@ class BatchEngine:
         num_prompt_tokens = int(inputs["input_ids"].shape[1])
         if num_prompt_tokens >= self.runtime.max_seq_len:
             raise InferenceError(f"prompt of {num_prompt_tokens} tokens is too long")
+        if self.base.device.type == "cuda":  # here, not in the prefill's CPU time
+            for name in PINNED_INPUTS:
+                if name in inputs:
+                    inputs[name] = inputs[name].pin_memory()
         seq = Sequence(request, None, None, self.base.make_splitter())
         seq.inputs = inputs
         seq.prefix = prefix if self.runtime.prefix_cache_tokens else ()

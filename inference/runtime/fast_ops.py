@@ -65,16 +65,29 @@ def prompt_attention(query, key, value, spans: list[list[tuple[int, int]]], scal
         output = F.scaled_dot_product_attention(
             query, key, value, is_causal=True, scale=scaling, enable_gqa=True
         )
-    for row, row_spans in enumerate(spans):
-        for start, end in row_spans:
-            output[row, :, start:end] = F.scaled_dot_product_attention(
-                query[row : row + 1, :, start:end],
-                key[row : row + 1, :, : prefix + end],
-                value[row : row + 1, :, : prefix + end],
-                scale=scaling,
-                enable_gqa=True,
-            )[0]
+    for rows, (start, end) in span_runs(spans):
+        output[rows, :, start:end] = F.scaled_dot_product_attention(
+            query[rows, :, start:end],
+            key[rows, :, : prefix + end],
+            value[rows, :, : prefix + end],
+            scale=scaling,
+            enable_gqa=True,
+        )
     return output.transpose(1, 2).contiguous()
+
+
+def span_runs(spans: list[list[tuple[int, int]]]) -> list[tuple[slice, tuple[int, int]]]:
+    """Each image span with the run of consecutive rows that have it too: prompts built
+    from one template put their photo at the same place, so a batch of them attends in one
+    call instead of one per photo (8 photos: 25 calls a prefill instead of 200)."""
+    runs: list[tuple[slice, tuple[int, int]]] = []
+    open_runs: dict[tuple[int, int], int] = {}  # span → first row of its run so far
+    for row, row_spans in enumerate([*spans, []]):
+        for span in [s for s in open_runs if s not in row_spans]:
+            runs.append((slice(open_runs.pop(span), row), span))
+        for span in row_spans:
+            open_runs.setdefault(span, row)
+    return runs
 
 
 def causal_after_prefix(query, key, value, scaling):

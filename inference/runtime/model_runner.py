@@ -112,11 +112,11 @@ class ModelRunner:
         }
         types = [i.get("mm_token_type_ids") for i in inputs]
         with_images = [i for i in inputs if "pixel_values" in i]
-        if with_images:
-            pixels = torch.cat([i["pixel_values"] for i in with_images])
-            positions = torch.cat([i["image_position_ids"] for i in with_images])
-            batch["pixel_values"] = self._to_device(pixels).to(self.model.dtype)
-            batch["image_position_ids"] = self._to_device(positions)
+        if with_images:  # copied photo by photo (pinned when prepared), joined on the device
+            pixels = torch.cat([self._to_device(i["pixel_values"]) for i in with_images])
+            positions = [self._to_device(i["image_position_ids"]) for i in with_images]
+            batch["pixel_values"] = pixels.to(self.model.dtype)
+            batch["image_position_ids"] = torch.cat(positions)
             # transformers' masks read them by position from the sequence's start
             batch["mm_token_type_ids"] = self._pad(
                 [t[0] if t is not None else torch.zeros(n, dtype=torch.long)
@@ -169,7 +169,8 @@ class ModelRunner:
         return self._to_device(out)
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Copy without making the CPU wait for the GPU's queue (from pinned memory)."""
+        """Copy without making the CPU wait for the GPU's queue (from pinned memory; a
+        tensor pinned already is not copied on the CPU again)."""
         if self.device.type == "cuda":
             tensor = tensor.pin_memory()
         return tensor.to(self.device, non_blocking=True)

@@ -53,14 +53,6 @@ def _dot(a, b, acc, F32: tl.constexpr):
 
 
 @triton.jit
-def _load_k(ptrs, k_ok, EVEN_K: tl.constexpr):
-    """A block of K columns; masked only when K is not a multiple of the block."""
-    if EVEN_K:
-        return tl.load(ptrs)
-    return tl.load(ptrs, mask=k_ok, other=0.0)
-
-
-@triton.jit
 def _tile(tile_expert_ptr, first_tile_ptr, starts_ptr, counts_ptr, num_experts,
           BLOCK_M: tl.constexpr):  # fmt: skip
     """This program's tile: (expert, its first sorted pair, the tile's pair numbers within
@@ -79,30 +71,28 @@ def _prompt_gate_up_kernel(
     x_ptr, w_ptr, scale_ptr, order_ptr, tile_expert_ptr, first_tile_ptr, starts_ptr,
     counts_ptr, out_ptr, num_experts, hidden, inter, stride_e, stride_n, stride_k,
     TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SCALED: tl.constexpr, F32: tl.constexpr, EVEN_K: tl.constexpr,
+    SCALED: tl.constexpr, F32: tl.constexpr,
 ):  # fmt: skip
     expert, start, m, m_ok = _tile(tile_expert_ptr, first_tile_ptr, starts_ptr, counts_ptr,
                                    num_experts, BLOCK_M)  # fmt: skip
     if expert >= num_experts:
         return
-    # rows past the tile's pairs or the weights' end load row 0 / the last row: no masks in
-    # the loop (their results are not stored)
     token = tl.load(order_ptr + start + m, mask=m_ok, other=0) // TOP_K
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < inter
     k = tl.arange(0, BLOCK_K)
     x_ptrs = x_ptr + token[:, None].to(tl.int64) * hidden + k[None, :]
-    gate_ptrs = (w_ptr + expert.to(tl.int64) * stride_e
-                 + tl.minimum(rows, inter - 1)[None, :].to(tl.int64) * stride_n
+    gate_ptrs = (w_ptr + expert.to(tl.int64) * stride_e + rows[None, :].to(tl.int64) * stride_n
                  + k[:, None] * stride_k)  # fmt: skip
     up_offset = inter * stride_n
     acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for first in range(0, hidden, BLOCK_K):
-        x = _load_k(x_ptrs, first + k[None, :] < hidden, EVEN_K)
-        k_ok = first + k[:, None] < hidden
-        gate = _load_k(gate_ptrs, k_ok, EVEN_K).to(x.dtype)
-        up = _load_k(gate_ptrs + up_offset, k_ok, EVEN_K).to(x.dtype)
+        k_ok = first + k < hidden
+        x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w_mask = k_ok[:, None] & row_ok[None, :]
+        gate = tl.load(gate_ptrs, mask=w_mask, other=0.0).to(x.dtype)
+        up = tl.load(gate_ptrs + up_offset, mask=w_mask, other=0.0).to(x.dtype)
         acc_gate = _dot(x, gate, acc_gate, F32)
         acc_up = _dot(x, up, acc_up, F32)
         x_ptrs += BLOCK_K
@@ -122,7 +112,7 @@ def _prompt_down_kernel(
     act_ptr, w_ptr, scale_ptr, tile_expert_ptr, first_tile_ptr, starts_ptr, counts_ptr,
     out_ptr, num_experts, hidden, inter, stride_e, stride_n, stride_k,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALED: tl.constexpr,
-    F32: tl.constexpr, EVEN_K: tl.constexpr,
+    F32: tl.constexpr,
 ):  # fmt: skip
     expert, start, m, m_ok = _tile(tile_expert_ptr, first_tile_ptr, starts_ptr, counts_ptr,
                                    num_experts, BLOCK_M)  # fmt: skip
@@ -132,15 +122,14 @@ def _prompt_down_kernel(
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < hidden
     k = tl.arange(0, BLOCK_K)
-    # as in gate_up: past the pairs the tile's first row, past the weights the last row
-    act_ptrs = act_ptr + tl.where(m_ok, start + m, start)[:, None].to(tl.int64) * inter + k[None, :]
-    w_ptrs = (w_ptr + expert.to(tl.int64) * stride_e
-              + tl.minimum(rows, hidden - 1)[None, :].to(tl.int64) * stride_n
+    act_ptrs = act_ptr + pair_rows * inter + k[None, :]
+    w_ptrs = (w_ptr + expert.to(tl.int64) * stride_e + rows[None, :].to(tl.int64) * stride_n
               + k[:, None] * stride_k)  # fmt: skip
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for first in range(0, inter, BLOCK_K):
-        act = _load_k(act_ptrs, first + k[None, :] < inter, EVEN_K)
-        w = _load_k(w_ptrs, first + k[:, None] < inter, EVEN_K).to(act.dtype)
+        k_ok = first + k < inter
+        act = tl.load(act_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=k_ok[:, None] & row_ok[None, :], other=0.0).to(act.dtype)
         acc = _dot(act, w, acc, F32)
         act_ptrs += BLOCK_K
         w_ptrs += BLOCK_K * stride_k
@@ -194,8 +183,7 @@ def prompt_experts(
         stride_e=gate_up_proj.stride(0), stride_n=gate_up_proj.stride(1),
         stride_k=gate_up_proj.stride(2), TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=block_n,
         BLOCK_K=block_k, num_warps=warps, num_stages=stages,
-        F32=INTERPRETED, EVEN_K=hidden_size % block_k == 0,
-        **scale_args(gate_up_proj, gate_up_scale),
+        F32=INTERPRETED, **scale_args(gate_up_proj, gate_up_scale),
     )  # fmt: skip
     rows = hidden.new_empty(pairs, hidden_size)
     block_m, block_n, block_k, warps, stages = down_blocks
@@ -207,7 +195,7 @@ def prompt_experts(
         hidden=hidden_size, inter=inter, stride_e=down_proj.stride(0),
         stride_n=down_proj.stride(1), stride_k=down_proj.stride(2), BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
-        F32=INTERPRETED, EVEN_K=inter % block_k == 0, **scale_args(down_proj, down_scale),
+        F32=INTERPRETED, **scale_args(down_proj, down_scale),
     )  # fmt: skip
     return unpermute_sum(rows, position, top_k_weights)
 

@@ -21,12 +21,23 @@ def test_vision_spans_are_the_runs_of_image_or_audio_tokens() -> None:
     assert fast_ops.vision_spans([0, 0]) == []
 
 
+def test_span_runs_group_consecutive_rows_with_the_same_image_span() -> None:
+    spans = [[(2, 6)], [(2, 6), (8, 10)], [(1, 3), (8, 10)], [(8, 10)], [], [(2, 6)]]
+    assert sorted(fast_ops.span_runs(spans), key=lambda run: run[0].start) == [
+        (slice(0, 2), (2, 6)),
+        (slice(1, 4), (8, 10)),
+        (slice(2, 3), (1, 3)),
+        (slice(5, 6), (2, 6)),
+    ]
+
+
 def test_prompt_attention_equals_causal_or_same_image_mask() -> None:
     torch.manual_seed(0)
-    batch, heads, kv_heads, length, dim = 2, 4, 2, 12, 8
+    batch, heads, kv_heads, length, dim = 5, 4, 2, 12, 8
     query = torch.randn(batch, heads, length, dim)
     key, value = torch.randn(2, batch, kv_heads, length, dim)
-    spans = [[(2, 6)], [(1, 3), (5, 9)]]
+    # rows 0-1 and 2-3 share an image's place (attended together), row 4 has two
+    spans = [[(2, 6)], [(2, 6)], [(8, 11)], [(8, 11)], [(1, 3), (5, 9)]]
     mask = torch.ones(length, length).tril().bool().repeat(batch, 1, 1)
     for row, row_spans in enumerate(spans):
         for start, end in row_spans:
