@@ -124,6 +124,7 @@ class BatchEngine:
             attend_lengths=runtime.attend_lengths,
             flash_prompts=runtime.fast_attention and runtime.flash_prompt_attention,
             prefix_cache_tokens=runtime.prefix_cache_tokens,
+            packed_photos=runtime.vision_per_photo,
         )
         if compile_layers:
             self._warm_up_prefill()

@@ -9,7 +9,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import DynamicCache
 
-from inference.runtime import fast_ops
+from inference.runtime import fast_ops, vision
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache
 from inference.runtime.prefix_cache import PrefixCache, PrefixKV
 
@@ -59,9 +59,12 @@ class ModelRunner:
         attend_lengths: tuple[int, ...] | None = None,
         flash_prompts: bool = True,
         prefix_cache_tokens: int = 0,
+        packed_photos: bool = False,
     ) -> None:
         self.model = model
         self.flash_prompts = flash_prompts  # sliding layers' prompt attention unmasked
+        # photos through vision.photo_embeddings, their soft tokens put in place here
+        self.packed_photos = packed_photos
         self.language_model = model.model.language_model
         text_config = model.config.get_text_config()
         self.softcap = text_config.final_logit_softcapping
@@ -103,27 +106,29 @@ class ModelRunner:
         shared = self._prefix_kv(prefix) if prefix else None
         skip = len(prefix) if shared is not None else 0
         width = max(lengths) - skip
-        suffixes = [i["input_ids"][0, skip:] for i in inputs]
+        ids = self._pad([i["input_ids"][0, skip:] for i in inputs], width, self.pad_token_id)
         batch = {
-            "input_ids": self._pad(suffixes, width, self.pad_token_id),
             "position_ids": torch.arange(skip, skip + width, device=self.device)[None].expand(
                 len(inputs), -1
             ),
         }
         types = [i.get("mm_token_type_ids") for i in inputs]
         with_images = [i for i in inputs if "pixel_values" in i]
-        if with_images:  # copied photo by photo (pinned when prepared), joined on the device
-            pixels = torch.cat([self._to_device(i["pixel_values"]) for i in with_images])
-            positions = [self._to_device(i["image_position_ids"]) for i in with_images]
-            batch["pixel_values"] = pixels.to(self.model.dtype)
-            batch["image_position_ids"] = torch.cat(positions)
+        embeds = self._embeds_with_photos(ids, with_images) if with_images else None
+        if embeds is not None:
+            batch["inputs_embeds"] = embeds
+        else:
+            batch["input_ids"] = self._to_device(ids)
+        if with_images and embeds is None:
+            batch["pixel_values"], batch["image_position_ids"] = self._photos(with_images)
+        if with_images:
             # transformers' masks read them by position from the sequence's start
-            batch["mm_token_type_ids"] = self._pad(
+            batch["mm_token_type_ids"] = self._to_device(self._pad(
                 [t[0] if t is not None else torch.zeros(n, dtype=torch.long)
                  for t, n in zip(types, lengths, strict=True)],
                 skip + width,
                 0,
-            )  # fmt: skip
+            ))  # fmt: skip
         cache = DynamicCache()  # full-length K/V for every layer; masks come from the config
         for layer_idx, (keys, values) in enumerate(shared or ()):
             rows = (len(inputs), -1, -1, -1)
@@ -161,12 +166,39 @@ class ModelRunner:
             log.info("prefix_cached", prefix_tokens=len(prefix), **self.prefixes.stats())
         return entry
 
+    def _photos(self, with_images: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels and patch positions of all photos, copied photo by photo (pinned when
+        prepared) and joined on the device."""
+        pixels = torch.cat([self._to_device(i["pixel_values"]) for i in with_images])
+        positions = torch.cat([self._to_device(i["image_position_ids"]) for i in with_images])
+        return pixels.to(self.model.dtype), positions
+
+    def _embeds_with_photos(self, ids: torch.Tensor, with_images: list[dict]):
+        """Token embeddings of the padded prompt ids [B, W] (CPU) with the photos' soft
+        tokens in the image tokens' places, as transformers merges them, without its host
+        syncs (the placeholders are found on the CPU); None: transformers merges them."""
+        if not self.packed_photos:
+            return None
+        counts = vision.patch_counts(torch.cat([i["image_position_ids"] for i in with_images]))
+        if counts is None:
+            return None
+        is_image = ids == self.model.config.image_token_id
+        cells = self.model.config.vision_config.pooling_kernel_size**2
+        if int(is_image.sum()) != sum(count // cells for count in counts):
+            raise ValueError("image tokens and photos do not match")
+        features = vision.photo_embeddings(self.model, *self._photos(with_images), counts)
+        text_ids = ids.masked_fill(is_image, self.model.config.get_text_config().pad_token_id)
+        embeds = self.model.model.get_input_embeddings()(self._to_device(text_ids))
+        places = self._to_device(is_image.flatten().nonzero().flatten())
+        flat = embeds.flatten(0, 1).index_copy(0, places, features.to(embeds.dtype))
+        return flat.view_as(embeds)
+
     def _pad(self, rows: list[torch.Tensor], width: int, value: int) -> torch.Tensor:
-        """CPU rows, right-padded into one tensor on the device."""
+        """CPU rows, right-padded into one tensor (on the CPU)."""
         out = torch.full((len(rows), width), value, dtype=torch.long)
         for index, row in enumerate(rows):
             out[index, : row.shape[0]] = row
-        return self._to_device(out)
+        return out
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """Copy without making the CPU wait for the GPU's queue (from pinned memory; a

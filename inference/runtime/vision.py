@@ -118,12 +118,33 @@ def install(model) -> Callable[[], None]:
     return undo
 
 
-def packed(tower, batched, pixel_values, pixel_position_ids, **kwargs):
-    """Gemma4VisionModel.forward for photos whose padding patches all come last."""
+def patch_counts(pixel_position_ids: torch.Tensor) -> list[int] | None:
+    """Each photo's own patches, from the processor's positions [photos, patches, 2] (padding
+    is -1); None when padding is not only at the end. From CPU tensors: no host sync."""
     valid = (pixel_position_ids != -1).all(dim=-1)  # [photos, patches]
     counts, prefix = torch.stack([valid.sum(-1), valid.long().cumprod(-1).sum(-1)]).tolist()
-    if counts != prefix or kwargs:  # padding not only at the end: keep the masked batch
+    return counts if counts == prefix else None
+
+
+def packed(tower, batched, pixel_values, pixel_position_ids, **kwargs):
+    """Gemma4VisionModel.forward for photos whose padding patches all come last."""
+    counts = patch_counts(pixel_position_ids)
+    if counts is None or kwargs:  # padding not only at the end: keep the masked batch
         return batched(pixel_values, pixel_position_ids, **kwargs)
+    return packed_photos(tower, pixel_values, pixel_position_ids, counts)
+
+
+def photo_embeddings(model, pixel_values, pixel_position_ids, counts: list[int]) -> torch.Tensor:
+    """The photos' soft tokens as the language model takes them [Σ soft tokens, hidden], in
+    photo order, as get_image_features gives them, but with the patch counts from the CPU:
+    the CPU need not wait for the GPU before it launches the text layers."""
+    tower = model.model.vision_tower
+    features = packed_photos(tower, pixel_values, pixel_position_ids, counts).last_hidden_state
+    return model.model.embed_vision(inputs_embeds=features)
+
+
+def packed_photos(tower, pixel_values, pixel_position_ids, counts: list[int]):
+    """The tower on photos packed without their padding (`counts` patches each)."""
     pixels = torch.cat([pixel_values[i, :count] for i, count in enumerate(counts)])[None]
     positions = torch.cat([pixel_position_ids[i, :count] for i, count in enumerate(counts)])[None]
     no_padding = torch.zeros(positions.shape[:2], dtype=torch.bool, device=positions.device)

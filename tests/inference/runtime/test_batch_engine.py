@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from inference import Finished, GemmaEngine, Request, Sampling, Turn, normalize_image
+from inference.runtime import vision
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
 from inference.samples import draw_menu, draw_sign
@@ -86,9 +87,18 @@ def serve(engine: BatchEngine, arrivals: list[tuple[int, Request]]) -> dict[int,
     return results
 
 
-def test_greedy_tokens_equal_generate(batch_engine: BatchEngine) -> None:
+def test_greedy_tokens_equal_generate(batch_engine: BatchEngine, monkeypatch) -> None:
+    photo_prefills, embeddings = [], vision.photo_embeddings
+
+    def recording(*args):
+        photo_prefills.append(args[3])
+        return embeddings(*args)
+
+    monkeypatch.setattr(vision, "photo_embeddings", recording)
     arrivals = requests()
     results = serve(batch_engine, arrivals)
+    # the photos' soft tokens were merged by the runner (patch counts from the CPU)
+    assert len(photo_prefills) >= 2
     reference = batch_engine.base
     for index, (_, request) in enumerate(arrivals):
         finished = results[index][-1]
