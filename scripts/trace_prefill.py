@@ -20,6 +20,8 @@ import torch
 from gpu_prefill import engine_and_photo_prompts
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from inference.runtime import vision
+
 GPU_KINDS = ("kernel", "gpu_memcpy", "gpu_memset")
 OUTSIDE = "outside the marks"
 
@@ -36,7 +38,8 @@ def marked(name: str, fn):
 def mark_regions(engine) -> None:
     model = engine.base.model
     tower = model.model.vision_tower
-    tower.forward = marked("vision tower", tower.forward)
+    tower.forward = marked("vision tower", tower.forward)  # when transformers merges photos
+    vision.photo_embeddings = marked("vision tower", vision.photo_embeddings)  # when we do
     for layer in model.model.language_model.layers:
         kind = "global" if layer.self_attn.sliding_window is None else "sliding"
         layer.forward = marked(f"text layer ({kind})", layer.forward)

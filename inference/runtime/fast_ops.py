@@ -7,7 +7,8 @@
   or both tokens in the same image, within the window. A mask makes SDPA fall back to its
   memory-efficient kernel (an H100 spent 40 ms of an 8-photo prefill in it); instead, one
   causal flash attention for all tokens, then each image's tokens again against everything
-  up to the image's end. The runner passes the images' spans (`image_spans`).
+  up to the image's end (consecutive prompts with an image at the same place in one
+  call). The runner passes the images' spans (`image_spans`).
 - RMSNorm: torch's fused rms_norm in the activations' dtype (one kernel instead of five
   plus two casts) on GPUs; its bf16 rounding differs slightly from transformers'.
 """
