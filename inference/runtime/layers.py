@@ -103,9 +103,10 @@ def feed_forward(layer, attention_output, residual):
 
 
 def choose_experts(router, flat):
-    """Gemma4TextRouter's (weights, experts); for decode steps on GPUs its softmax, top-k
-    and weighting as one Triton kernel (H200, 8 tokens: 4 kernels, ~20 µs a layer)."""
-    if flat.shape[0] > max(fused_experts_max_tokens, expert_major_max_tokens):  # 0: no Triton
+    """Gemma4TextRouter's (weights, experts); where the Triton kernels run, its softmax,
+    top-k and weighting as one kernel (H200, a decode step of 8 tokens: 4 kernels, ~20 µs a
+    layer; in a prompt also fewer ops for the CPU to launch)."""
+    if prompt_experts is None:  # no Triton kernels
         _, weights, index = router(flat)
         return weights, index
     scores = router.proj(router.norm(flat) * router.scale * router.scalar_root_size)

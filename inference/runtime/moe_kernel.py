@@ -24,6 +24,8 @@ decode kernels load the FP8 values, and scale each row's sum once (SCALED).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -440,45 +442,34 @@ def fused_experts(
     return out
 
 
-@torch.library.custom_op("travelbot::fused_experts", mutates_args=())
-def fused_experts_op(
-    hidden: torch.Tensor,
-    top_k_index: torch.Tensor,
-    top_k_weights: torch.Tensor,
-    gate_up_proj: torch.Tensor,
-    down_proj: torch.Tensor,
-    gate_up_scale: torch.Tensor | None = None,
-    down_scale: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """`fused_experts` as an op torch.compile keeps whole (its graph calls the kernels)."""
-    return fused_experts(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj,
-                         gate_up_scale, down_scale)  # fmt: skip
+def experts_op(name: str, kernels: Callable[..., torch.Tensor]):
+    """`kernels` (the experts' signature) as the op travelbot::`name`, which torch.compile
+    keeps whole (its graph calls the kernels)."""
+
+    def op(
+        hidden: torch.Tensor,
+        top_k_index: torch.Tensor,
+        top_k_weights: torch.Tensor,
+        gate_up_proj: torch.Tensor,
+        down_proj: torch.Tensor,
+        gate_up_scale: torch.Tensor | None = None,
+        down_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return kernels(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj,
+                       gate_up_scale, down_scale)  # fmt: skip
+
+    op.__name__ = name
+    registered = torch.library.custom_op(f"travelbot::{name}", op, mutates_args=())
+
+    @registered.register_fake
+    def _(hidden, *args):
+        return torch.empty_like(hidden)
+
+    return registered
 
 
-@torch.library.custom_op("travelbot::expert_major_experts", mutates_args=())
-def expert_major_experts_op(
-    hidden: torch.Tensor,
-    top_k_index: torch.Tensor,
-    top_k_weights: torch.Tensor,
-    gate_up_proj: torch.Tensor,
-    down_proj: torch.Tensor,
-    gate_up_scale: torch.Tensor | None = None,
-    down_scale: torch.Tensor | None = None,
-) -> torch.Tensor:
-    return expert_major_experts(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj,
-                                gate_up_scale, down_scale)  # fmt: skip
-
-
-@expert_major_experts_op.register_fake
-def _(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj, gate_up_scale=None,
-      down_scale=None):  # fmt: skip
-    return torch.empty_like(hidden)
-
-
-@fused_experts_op.register_fake
-def _(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj, gate_up_scale=None,
-      down_scale=None):  # fmt: skip
-    return torch.empty_like(hidden)
+fused_experts_op = experts_op("fused_experts", fused_experts)
+expert_major_experts_op = experts_op("expert_major_experts", expert_major_experts)
 
 
 def reference_experts(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj):

@@ -3,8 +3,8 @@
 A prompt of thousands of tokens gives each expert hundreds of (token, expert) pairs, so
 the experts are a matter of arithmetic, not of reading weights. After the pairs are
 sorted by expert, a table of tiles (BLOCK_M pairs of one expert each) is made on the
-device, without a host sync; each program multiplies one tile by one block of its
-expert's weight rows:
+device by one small kernel, without a host sync; each program multiplies one tile by one
+block of its expert's weight rows:
   1. gate_up: the tile's hidden rows, gathered by token as they are loaded, against the
      gate and the up rows → GELU(tanh)(gate)·up, stored in sorted pair order;
   2. down: those rows against the down rows → one output row per pair;
@@ -30,6 +30,7 @@ from inference.runtime.moe_kernel import (
     check_cases,
     chosen_blocks,
     close_enough,
+    experts_op,
     gelu_times,
     scale_args,
     sort_by_expert,
@@ -140,15 +141,38 @@ def _prompt_down_kernel(
              mask=m_ok[:, None] & row_ok[None, :])  # fmt: skip
 
 
+@triton.jit
+def _tile_table_kernel(counts_ptr, starts_ptr, first_tile_ptr, tile_expert_ptr, num_experts,
+                       num_slots, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr,
+                       BLOCK_T: tl.constexpr):  # fmt: skip
+    """One program: each expert's first sorted pair and first tile, and each tile slot's
+    expert (num_experts past the last tile)."""
+    experts = tl.arange(0, BLOCK_E)
+    valid = experts < num_experts
+    counts = tl.load(counts_ptr + experts, mask=valid, other=0)
+    tiles = (counts + BLOCK_M - 1) // BLOCK_M
+    ends = tl.cumsum(tiles, 0)
+    tl.store(starts_ptr + experts, tl.cumsum(counts, 0) - counts, mask=valid)
+    tl.store(first_tile_ptr + experts, ends - tiles, mask=valid)
+    for first in range(0, num_slots, BLOCK_T):
+        slots = first + tl.arange(0, BLOCK_T)
+        done = (ends[None, :] <= slots[:, None]) & valid[None, :]  # experts before the slot's
+        tl.store(tile_expert_ptr + slots, tl.sum(done.to(tl.int32), 1), mask=slots < num_slots)
+
+
 def tile_table(counts: torch.Tensor, block_m: int, pairs: int):
-    """Tiles of BLOCK_M sorted pairs, each of one expert: (expert of each tile, the past-end
-    value num_experts beyond the last; first tile of each expert). Sized for any routing."""
+    """Tiles of BLOCK_M sorted pairs, each of one expert: (each expert's first sorted pair,
+    the expert of each tile slot, num_experts beyond the last tile; each expert's first
+    tile). As many slots as any routing could need; one kernel (the CPU launches a prompt's
+    layers: ten small torch ops cost it more than the GPU)."""
     num_experts = counts.shape[0]
-    tiles = (counts + block_m - 1) // block_m
-    ends = torch.cumsum(tiles, dim=0)
-    slots = torch.arange(triton.cdiv(pairs, block_m) + num_experts, device=counts.device)
-    tile_expert = torch.searchsorted(ends, slots, right=True).to(torch.int32)
-    return tile_expert, (ends - tiles).to(torch.int32)
+    starts, first_tile = torch.empty_like(counts), torch.empty_like(counts)
+    tile_expert = counts.new_empty(triton.cdiv(pairs, block_m) + num_experts)
+    _tile_table_kernel[(1,)](
+        counts, starts, first_tile, tile_expert, num_experts, tile_expert.shape[0],
+        BLOCK_M=block_m, BLOCK_E=triton.next_power_of_2(num_experts), BLOCK_T=128,
+    )  # fmt: skip
+    return starts, tile_expert, first_tile
 
 
 def prompt_experts(
@@ -169,13 +193,12 @@ def prompt_experts(
     num_experts, hidden_size, inter = down_proj.shape
     pairs = tokens * top_k
     order, counts, position = sort_by_expert(top_k_index, num_experts)
-    starts = torch.cumsum(counts, dim=0, dtype=torch.int32) - counts
     act = hidden.new_empty(pairs, inter)
     gate_up_blocks = chosen_blocks(gate_up_blocks, gate_up_proj, GATE_UP_BLOCKS,
                                    FP8_GATE_UP_BLOCKS)  # fmt: skip
     down_blocks = chosen_blocks(down_blocks, down_proj, DOWN_BLOCKS, FP8_DOWN_BLOCKS)
     block_m, block_n, block_k, warps, stages = gate_up_blocks
-    tile_expert, first_tile = tile_table(counts, block_m, pairs)
+    starts, tile_expert, first_tile = tile_table(counts, block_m, pairs)
     _prompt_gate_up_kernel[(triton.cdiv(inter, block_n), tile_expert.shape[0])](
         hidden.contiguous(), gate_up_proj, order_ptr=order, tile_expert_ptr=tile_expert,
         first_tile_ptr=first_tile, starts_ptr=starts, counts_ptr=counts, out_ptr=act,
@@ -188,7 +211,7 @@ def prompt_experts(
     rows = hidden.new_empty(pairs, hidden_size)
     block_m, block_n, block_k, warps, stages = down_blocks
     if block_m != gate_up_blocks[0]:
-        tile_expert, first_tile = tile_table(counts, block_m, pairs)
+        _, tile_expert, first_tile = tile_table(counts, block_m, pairs)
     _prompt_down_kernel[(triton.cdiv(hidden_size, block_n), tile_expert.shape[0])](
         act, down_proj, tile_expert_ptr=tile_expert, first_tile_ptr=first_tile,
         starts_ptr=starts, counts_ptr=counts, out_ptr=rows, num_experts=num_experts,
@@ -200,25 +223,7 @@ def prompt_experts(
     return unpermute_sum(rows, position, top_k_weights)
 
 
-@torch.library.custom_op("travelbot::prompt_experts", mutates_args=())
-def prompt_experts_op(
-    hidden: torch.Tensor,
-    top_k_index: torch.Tensor,
-    top_k_weights: torch.Tensor,
-    gate_up_proj: torch.Tensor,
-    down_proj: torch.Tensor,
-    gate_up_scale: torch.Tensor | None = None,
-    down_scale: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """`prompt_experts` as an op torch.compile keeps whole."""
-    return prompt_experts(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj,
-                          gate_up_scale, down_scale)  # fmt: skip
-
-
-@prompt_experts_op.register_fake
-def _(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj, gate_up_scale=None,
-      down_scale=None):  # fmt: skip
-    return torch.empty_like(hidden)
+prompt_experts_op = experts_op("prompt_experts", prompt_experts)
 
 
 def works_on(device: torch.device) -> bool:

@@ -38,8 +38,9 @@ for index in (0, 1):
     layer = model.model.language_model.layers[index]
     experts = layer.experts
     router = layer.router
-    # the router's choice as one kernel: the same experts in the same order, same weights
-    for tokens in (1, 9):
+    # the router's choice as one kernel (decode steps and prompts): the same experts in the
+    # same order, the same weights
+    for tokens in (1, 9, 40):
         hidden = torch.randn(tokens, experts.hidden_dim, dtype=torch.bfloat16)
         _, weights, chosen = router(hidden)
         scores = router.proj(router.norm(hidden) * router.scale * router.scalar_root_size)
@@ -101,6 +102,15 @@ for index in (0, 1):
         ):
             error = ((got.float() - expected).abs().max() / expected.abs().max()).item()
             errors[f"layer {index}, {tokens} tokens, fp8 {name}"] = error
+# the prompt kernels' tile table against torch, experts without pairs included
+counts = torch.tensor([17, 0, 33, 0, 1, 16, 0, 64], dtype=torch.int32)
+starts, tile_expert, first_tile = moe_prompt_kernel.tile_table(counts, 16, int(counts.sum()))
+tiles = (counts + 15) // 16
+ends = torch.cumsum(tiles, 0)
+expected = torch.searchsorted(ends, torch.arange(tile_expert.shape[0]), right=True)
+errors["tile table: wrong entries"] = float(
+    (starts != torch.cumsum(counts, 0) - counts).sum() + (first_tile != ends - tiles).sum()
+    + (tile_expert != expected).sum())
 print(json.dumps(errors))
 """
 
@@ -115,6 +125,6 @@ def test_fused_experts_equal_transformers_experts(tiny_model_dir: Path) -> None:
     errors = json.loads(done.stdout.strip().splitlines()[-1])
     assert errors.pop("self_check") is True
     assert errors.pop("prompt_self_check") is True
-    assert len(errors) == 48
+    assert len(errors) == 53
     for case, error in errors.items():
         assert error < (1e-5 if "route" in case else 0.02), f"{case}: error {error:.6f}"
