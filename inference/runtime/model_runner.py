@@ -119,8 +119,8 @@ class ModelRunner:
             batch["inputs_embeds"] = embeds
         else:
             batch["input_ids"] = self._to_device(ids)
-        if with_images and embeds is None:
-            batch["pixel_values"], batch["image_position_ids"] = self._photos(with_images)
+            if with_images:  # transformers runs the tower and merges the photos
+                batch["pixel_values"], batch["image_position_ids"] = self._photos(with_images)
         if with_images:
             # transformers' masks read them by position from the sequence's start
             batch["mm_token_type_ids"] = self._to_device(self._pad(

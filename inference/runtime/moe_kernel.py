@@ -13,10 +13,11 @@ second read mostly hits L2. The two kernels' loops look alike but are kept apart
 streams gate and up rows against one load of x, which a shared row-dot helper would load
 twice (H100, 1 token: 0.041 → 0.045 ms per layer).
 
-For prompts, `grouped_experts` sorts the pairs by expert for two grouped GEMMs as
-transformers does, then `_unpermute_sum_kernel` gathers each token's k output rows, weights
-and sums them in float32 in one pass (inductor's fused gather-multiply-sum read them at
-~0.7 TB/s: 16 of the 281 ms an H100 spent prefilling 8 photos).
+For prompts (moe_prompt_kernel's Triton GEMMs by default; this where they fail, and as
+the benchmarks' baseline), `grouped_experts` sorts the pairs by expert for two grouped
+GEMMs as transformers does, then `_unpermute_sum_kernel` gathers each token's k output
+rows, weights and sums them in float32 in one pass (inductor's fused gather-multiply-sum
+read them at ~0.7 TB/s: 16 of the 281 ms an H100 spent prefilling 8 photos).
 
 Weights stored as FP8 (fp8_experts) come with one float32 scale per weight row: the
 decode kernels load the FP8 values, and scale each row's sum once (SCALED).
