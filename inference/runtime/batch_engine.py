@@ -28,6 +28,15 @@ log = structlog.get_logger()
 PINNED_INPUTS = ("pixel_values", "image_position_ids")
 
 
+def pinned(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor in page-locked memory, or itself where pinning is refused (no GPU, a
+    locked-memory limit): the prefill then copies it, a little slower, but the request runs."""
+    try:
+        return tensor.pin_memory()
+    except RuntimeError:
+        return tensor
+
+
 def blank_photo(width: int = 640, height: int = 480) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), "white").save(buffer, format="JPEG")
@@ -201,7 +210,7 @@ class BatchEngine:
         if self.base.device.type == "cuda":  # here, not in the prefill's CPU time
             for name in PINNED_INPUTS:
                 if name in inputs:
-                    inputs[name] = inputs[name].pin_memory()
+                    inputs[name] = pinned(inputs[name])
         seq = Sequence(request, None, None, self.base.make_splitter())
         seq.inputs = inputs
         seq.prefix = prefix if self.runtime.prefix_cache_tokens else ()
