@@ -11,7 +11,7 @@ from transformers import DynamicCache
 
 from inference.runtime import fast_ops, vision
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache
-from inference.runtime.prefix_cache import PrefixCache, PrefixKV
+from inference.runtime.prefix_cache import PrefixCache, PrefixKV, prompt_cache
 
 log = structlog.get_logger()
 
@@ -129,10 +129,8 @@ class ModelRunner:
                 skip + width,
                 0,
             ))  # fmt: skip
-        cache = DynamicCache()  # full-length K/V for every layer; masks come from the config
-        for layer_idx, (keys, values) in enumerate(shared or ()):
-            rows = (len(inputs), -1, -1, -1)
-            cache.update(keys.expand(rows), values.expand(rows), layer_idx)
+        # full-length K/V for every layer (masks come from the config), the prefix's first
+        cache = prompt_cache(shared or [], len(inputs))
         spans = None
         if self.flash_prompts:
             spans = [fast_ops.vision_spans(t[0, skip:].tolist()) if t is not None else []

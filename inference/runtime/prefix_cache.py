@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 # per layer: (keys, values), each [1, kv heads, prefix length, head dim]
 PrefixKV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -58,3 +60,16 @@ class PrefixCache:
             "hits": self.hits,
             "misses": self.misses,
         }
+
+
+def prompt_cache(prefix_kv: PrefixKV, rows: int) -> DynamicCache:
+    """A prefill's cache holding a shared prefix's K/V for `rows` prompts as broadcast views:
+    each layer's update joins them to its prompts' K/V in one copy (DynamicCache.update
+    would copy them first: 60 copies before an 8-photo prefill's first kernel)."""
+    cache = DynamicCache()
+    for keys, values in prefix_kv:
+        layer = DynamicLayer()
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = (t.expand(rows, -1, -1, -1) for t in (keys, values))
+        cache.layers.append(layer)
+    return cache
