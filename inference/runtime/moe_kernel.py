@@ -443,24 +443,22 @@ def fused_experts(
     return out
 
 
+EXPERTS_SCHEMA = (
+    "(Tensor hidden, Tensor top_k_index, Tensor top_k_weights, Tensor gate_up_proj, "
+    "Tensor down_proj, Tensor? gate_up_scale=None, Tensor? down_scale=None) -> Tensor"
+)
+
+
 def experts_op(name: str, kernels: Callable[..., torch.Tensor]):
-    """`kernels` (the experts' signature) as the op travelbot::`name`, which torch.compile
-    keeps whole (its graph calls the kernels)."""
+    """`kernels` (the experts' arguments, EXPERTS_SCHEMA) as the op travelbot::`name`, which
+    torch.compile keeps whole (its graph calls the kernels)."""
 
-    def op(
-        hidden: torch.Tensor,
-        top_k_index: torch.Tensor,
-        top_k_weights: torch.Tensor,
-        gate_up_proj: torch.Tensor,
-        down_proj: torch.Tensor,
-        gate_up_scale: torch.Tensor | None = None,
-        down_scale: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return kernels(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj,
-                       gate_up_scale, down_scale)  # fmt: skip
+    def op(*args):
+        return kernels(*args)
 
-    op.__name__ = name
-    registered = torch.library.custom_op(f"travelbot::{name}", op, mutates_args=())
+    registered = torch.library.custom_op(
+        f"travelbot::{name}", op, mutates_args=(), schema=EXPERTS_SCHEMA
+    )
 
     @registered.register_fake
     def _(hidden, *args):
