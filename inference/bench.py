@@ -399,7 +399,13 @@ def run(args: argparse.Namespace) -> dict:
     if without_cache is None:
         without_cache = [c for c in args.engine_concurrency if c > 1]
     count = max(
-        [*args.generate_batches, *args.engine_concurrency, *without_cache, *args.fp8_experts]
+        [
+            *args.generate_batches,
+            *args.engine_concurrency,
+            *without_cache,
+            *args.fp8_experts,
+            *args.fp8_kv_cache,
+        ]
     )
     requests = make_requests(count, args.new_tokens)
     runtime = RuntimeConfig(
@@ -476,20 +482,30 @@ def run(args: argparse.Namespace) -> dict:
     engine.close()
     del engine  # frees the KV cache and graphs for the generate() rows
     reset_peak(device)
+
+    def variant_rows(name: str, concurrencies: list[int], **changes) -> None:
+        """These bursts on an engine with other settings (built now, closed after)."""
+        setup_started = time.perf_counter()
+        engine = BatchEngine(base, replace(runtime, **changes))
+        result[f"{name} setup_seconds"] = round(time.perf_counter() - setup_started, 1)
+        bench_engine(engine, make_requests(2, 4, seed=99), [0.0, 0.0], "warm-up")
+        for concurrency in concurrencies:
+            chosen = requests[:concurrency]
+            record(bench_engine(engine, chosen, [0.0] * concurrency, f"engine, {name}"))
+        engine.close()
+
+    if args.fp8_kv_cache:
+        variant_rows("fp8 kv cache", args.fp8_kv_cache, fp8_kv_cache=True)
     for cache in args.generate_caches:
         for batch in args.generate_batches:
             if cache == "static" and batch > args.static_max_batch:
                 continue
             record(bench_generate(base, requests[:batch], cache, args.new_tokens))
-    if args.fp8_experts:
-        setup_started = time.perf_counter()
-        engine = BatchEngine(base, replace(runtime, fp8_experts=True))  # quantizes in place
-        result["fp8_engine_setup_seconds"] = round(time.perf_counter() - setup_started, 1)
-        bench_engine(engine, make_requests(2, 4, seed=99), [0.0, 0.0], "warm-up")
-        for concurrency in args.fp8_experts:
-            chosen, name = requests[:concurrency], "engine, fp8 experts"
-            record(bench_engine(engine, chosen, [0.0] * concurrency, name))
-        engine.close()
+    if args.fp8_experts:  # quantizes the experts in place: last
+        variant_rows("fp8 experts", args.fp8_experts, fp8_experts=True)
+        if args.fp8_kv_cache:
+            variant_rows("fp8 experts and kv cache", args.fp8_experts, fp8_experts=True,
+                         fp8_kv_cache=True)  # fmt: skip
     return result
 
 

@@ -81,6 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="last, these bursts with the expert weights quantized to FP8 in place (after "
         "the generate() rows, which need the bf16 weights)",
     )
+    parser.add_argument(
+        "--fp8-kv-cache",
+        type=_ints,
+        default=[],
+        help="then these bursts with the sliding layers' keys and values in FP8 (and, with "
+        "--fp8-experts, its bursts again with both)",
+    )
     parser.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto")
     parser.add_argument(
         "--compile-layers",

@@ -98,6 +98,7 @@ class BatchEngine:
             compiled_layers=bool(compile_layers),
             fused_experts_max_tokens=layers.fused_experts_max_tokens,
             fp8_experts=fp8_experts.is_quantized(model.model.language_model.layers[0].experts),
+            fp8_kv_cache=runtime.fp8_kv_cache,
             seconds=round(time.monotonic() - started, 2),
         )
 
@@ -134,6 +135,7 @@ class BatchEngine:
             flash_prompts=runtime.fast_attention and runtime.flash_prompt_attention,
             prefix_cache_tokens=runtime.prefix_cache_tokens,
             packed_photos=runtime.vision_per_photo,
+            fp8_sliding_kv=runtime.fp8_kv_cache,
         )
         if compile_layers:
             self._warm_up_prefill()

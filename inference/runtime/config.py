@@ -50,6 +50,10 @@ class RuntimeConfig:
     # half the bytes of a many-sequence decode step. Opt-in until the real checkpoint's
     # answers are checked with it; needs own_layer_forward and an Ada/Hopper GPU or the CPU
     fp8_experts: bool = False
+    # the sliding layers' keys and values as FP8 e4m3 (attention_kernel): half of what a
+    # many-sequence decode step reads for them (13.4 GB at 64 sequences in bf16). Opt-in
+    # like fp8_experts; needs fast_attention, and Triton on GPUs
+    fp8_kv_cache: bool = False
 
     def __post_init__(self) -> None:
         if (
@@ -58,5 +62,6 @@ class RuntimeConfig:
             or self.max_prefill_seqs < 1
             or self.deep_queue_prefill_seqs < self.max_prefill_seqs
             or (self.fp8_experts and not self.own_layer_forward)
+            or (self.fp8_kv_cache and not self.fast_attention)
         ):
             raise ValueError(f"invalid runtime config: {self}")

@@ -135,7 +135,8 @@ def varlen_flash_works(query: torch.Tensor) -> bool:
 
 def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
     """The language model's attention: a decode step (query [B, Hq, 1, D], key/value
-    [B, Hkv, L, D], bool mask [B, 1, 1, L] → [B, 1, Hq, D]) as two batched matmuls; a prompt
+    [B, Hkv, L, D], bool mask [B, 1, 1, L] → [B, 1, Hq, D]) as two batched matmuls (over FP8
+    keys and values: attention_kernel on GPUs); a prompt
     of a sliding layer within the window as `prompt_attention` when the runner passed image
     spans; any other prompt as transformers' SDPA."""
     spans = _image_spans.get()
@@ -146,6 +147,13 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kw
         )
+    if key.dtype != query.dtype:  # FP8 keys and values (RuntimeConfig.fp8_kv_cache)
+        if key.is_cuda:
+            from inference.runtime import attention_kernel  # needs Triton
+
+            scale = 1.0 if scaling is None else scaling
+            return attention_kernel.decode_attention(query, key, value, attention_mask, scale), None
+        key, value = key.to(query.dtype), value.to(query.dtype)  # exact: FP8 ⊂ bf16
     batch, num_heads, _, head_dim = query.shape
     num_kv_heads = key.shape[1]
     grouped = query.view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)

@@ -4,7 +4,8 @@ Sliding layers keep a ring of `window` positions (position p lives at p % window
 global layers keep the full `max_seq_len`. Keys are stored after RoPE, so the
 order inside the ring does not matter to attention. The object also plays
 transformers' Cache role during a decode step: `update()` writes the step's
-keys/values and returns the cache rows the batch attends to.
+keys/values and returns the cache rows the batch attends to. The sliding layers may keep
+theirs as FP8 (`sliding_dtype`; read by attention_kernel).
 """
 
 from __future__ import annotations
@@ -12,6 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from inference.runtime.fp8_experts import FP8, FP8_MAX
+
+
+def fit(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`tensor` as `dtype`; into FP8 clamped to its range first (a cast would make NaN of
+    values beyond it)."""
+    if dtype == FP8:
+        tensor = tensor.clamp(-FP8_MAX, FP8_MAX)
+    return tensor.to(dtype)
 
 
 @dataclass(frozen=True)
@@ -31,6 +42,7 @@ class SlotKVCache:
         window: int,
         dtype: torch.dtype,
         device: torch.device,
+        sliding_dtype: torch.dtype | None = None,
     ) -> None:
         self.layers = layers
         self.num_slots = num_slots
@@ -42,8 +54,9 @@ class SlotKVCache:
         for spec in layers:
             length = window if spec.is_sliding else max_seq_len
             shape = (num_slots + 1, spec.num_kv_heads, length, spec.head_dim)
-            self.keys.append(torch.zeros(shape, dtype=dtype, device=device))
-            self.values.append(torch.zeros(shape, dtype=dtype, device=device))
+            stored = (sliding_dtype or dtype) if spec.is_sliding else dtype
+            self.keys.append(torch.zeros(shape, dtype=stored, device=device))
+            self.values.append(torch.zeros(shape, dtype=stored, device=device))
         # Filled before each decode step (static tensors, so CUDA graphs can replay it).
         self.step_rows = torch.zeros(num_slots, dtype=torch.long, device=device)  # slot of row
         self.step_positions = torch.zeros(num_slots, dtype=torch.long, device=device)
@@ -67,8 +80,8 @@ class SlotKVCache:
         rows, positions = self.step_rows[:batch], self.step_positions[:batch]
         index = positions % self.window if self.layers[layer_idx].is_sliding else positions
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        keys[rows, :, index] = key[:, :, 0]
-        values[rows, :, index] = value[:, :, 0]
+        keys[rows, :, index] = fit(key[:, :, 0], keys.dtype)
+        values[rows, :, index] = fit(value[:, :, 0], values.dtype)
         length = min(self.attend_len, keys.shape[2])
         return keys[:batch, :, :length], values[:batch, :, :length]
 
@@ -88,7 +101,7 @@ class SlotKVCache:
             rows = slice(slots[0], slots[0] + len(slots))
             for cache, new in ((self.keys, layer_keys), (self.values, layer_values)):
                 for stored, layer in zip(cache, new, strict=True):
-                    stored[rows, :, :width].copy_(layer)
+                    stored[rows, :, :width].copy_(fit(layer, stored.dtype))
             return
         for row, (slot, length) in enumerate(zip(slots, lengths, strict=True)):
             self.store_prompt(
@@ -98,8 +111,8 @@ class SlotKVCache:
     def store_prompt(self, slot: int, layer_keys: list, layer_values: list, length: int) -> None:
         """Copy one prefilled prompt's keys/values ([H, L, D] per layer) into a slot."""
         for layer_idx, spec in enumerate(self.layers):
-            key = layer_keys[layer_idx][:, :length]
-            value = layer_values[layer_idx][:, :length]
+            key = fit(layer_keys[layer_idx][:, :length], self.keys[layer_idx].dtype)
+            value = fit(layer_values[layer_idx][:, :length], self.values[layer_idx].dtype)
             if spec.is_sliding:
                 start = max(0, length - self.window)
                 positions = torch.arange(start, length, device=key.device) % self.window

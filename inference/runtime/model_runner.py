@@ -10,6 +10,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import DynamicCache
 
 from inference.runtime import fast_ops, vision
+from inference.runtime.fp8_experts import FP8
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache
 from inference.runtime.prefix_cache import PrefixCache, PrefixKV, prompt_cache
 
@@ -60,6 +61,7 @@ class ModelRunner:
         flash_prompts: bool = True,
         prefix_cache_tokens: int = 0,
         packed_photos: bool = False,
+        fp8_sliding_kv: bool = False,
     ) -> None:
         self.model = model
         self.flash_prompts = flash_prompts  # sliding layers' prompt attention unmasked
@@ -77,6 +79,7 @@ class ModelRunner:
             window=text_config.sliding_window,
             dtype=model.dtype,
             device=self.device,
+            sliding_dtype=FP8 if fp8_sliding_kv else None,
         )
         self.prefixes = PrefixCache(prefix_cache_tokens)
         self.suppressed = torch.tensor(suppressed_ids, dtype=torch.long, device=self.device)

@@ -352,3 +352,36 @@ def test_a_tensor_that_cannot_be_pinned_is_used_as_it_is() -> None:
     tensor = torch.arange(6.0)
     out = pinned(tensor)  # here (no GPU) pinning is refused; on a GPU host it is pinned
     assert out is tensor or (out.is_pinned() and torch.equal(out, tensor))
+
+
+def test_fp8_sliding_kv_serves_and_keeps_logits_near_the_full_precision_ones(
+    tiny_engine: GemmaEngine,
+) -> None:
+    steps, fed = {}, []  # both runs are fed the full-precision run's tokens
+    for fp8 in (False, True):
+        runtime = RuntimeConfig(max_slots=3, max_seq_len=1024, max_prefill_seqs=2,
+                                cuda_graphs=False, fp8_kv_cache=fp8)  # fmt: skip
+        engine = BatchEngine(tiny_engine, runtime)
+        runner = engine.runner
+        seq = engine.prepare(requests()[0][1])  # a photo
+        logits = [runner.prefill([seq.inputs], [0], seq.prefix)]
+        for step in range(5):
+            if not fp8:
+                fed.append(logits[-1].argmax(-1))
+            runner.store_tokens([0], fed[step])
+            logits.append(runner.decode([seq.num_prompt_tokens + step]))
+        steps[fp8] = torch.cat(logits)
+        sliding = [spec.is_sliding for spec in runner.cache.layers]
+        kinds = {(s, k.dtype) for s, k in zip(sliding, runner.cache.keys, strict=True)}
+        expected = torch.float8_e4m3fn if fp8 else tiny_engine.model.dtype
+        assert kinds == {(True, expected), (False, tiny_engine.model.dtype)}
+        if fp8:  # and it serves the mixed arrivals to the end
+            results = serve(engine, requests())
+            assert all(isinstance(events[-1], Finished) for events in results.values())
+        engine.close()
+    full, fp8 = steps[False], steps[True]
+    finite = full.isfinite()
+    assert torch.equal(finite, fp8.isfinite())
+    # random tiny weights: FP8 keys and values move its logits by ~5% on average
+    change = (fp8 - full)[finite].abs().mean() / full[finite].abs().mean()
+    assert change < 0.15

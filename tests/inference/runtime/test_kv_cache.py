@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from inference.runtime.kv_cache import LayerSpec, SlotKVCache
+from inference.runtime.fp8_experts import FP8
+from inference.runtime.kv_cache import LayerSpec, SlotKVCache, fit
 
 
-def make_cache(window: int) -> SlotKVCache:
+def make_cache(window: int, sliding_dtype: torch.dtype | None = None) -> SlotKVCache:
     layers = [LayerSpec(True, 2, 4), LayerSpec(False, 1, 8)]
     return SlotKVCache(layers, num_slots=5, max_seq_len=40, window=window,
-                       dtype=torch.float32, device=torch.device("cpu"))  # fmt: skip
+                       dtype=torch.float32, device=torch.device("cpu"),
+                       sliding_dtype=sliding_dtype)  # fmt: skip
 
 
 def prefilled(lengths: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -54,3 +56,24 @@ def test_prompts_longer_than_the_window_wrap_around_the_ring() -> None:
     torch.testing.assert_close(cache.keys[0][0][:, ring], keys[0][0][:, 3:11])
     torch.testing.assert_close(cache.keys[0][2][:, :6], keys[0][1][:, :6])
     torch.testing.assert_close(cache.values[1][0][:, :11], values[1][0][:, :11])
+
+
+def test_fp8_sliding_layers_store_clamped_fp8_and_the_global_ones_keep_their_dtype() -> None:
+    torch.manual_seed(2)
+    lengths = [5, 9]
+    keys, values = prefilled(lengths)
+    keys[0][0, 0, 0, 0] = 1000.0  # beyond FP8's range: clamped to 448, not NaN
+    cache = make_cache(window=16, sliding_dtype=FP8)
+    assert cache.keys[0].dtype == FP8 and cache.keys[1].dtype == torch.float32
+    cache.store_prompts([0, 1], keys, values, lengths)
+    assert cache.keys[0][0, 0, 0, 0].float() == 448.0
+    torch.testing.assert_close(cache.values[0][1][:, :9], fit(values[0][1][:, :9], FP8))
+    torch.testing.assert_close(cache.keys[1][1][:, :9], keys[1][1][:, :9])
+    # a decode step writes its key/value as FP8 too, at the ring position
+    cache.step_rows[:2] = torch.tensor([0, 1])
+    cache.step_positions[:2] = torch.tensor([5, 9])
+    step_key, step_value = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    attended_keys, _ = cache.update(step_key, step_value, 0)
+    assert attended_keys.dtype == FP8
+    torch.testing.assert_close(cache.keys[0][1][:, 9], fit(step_key[1, :, 0], FP8))
+    torch.testing.assert_close(cache.values[0][0][:, 5], fit(step_value[0, :, 0], FP8))

@@ -1,0 +1,130 @@
+"""Decode attention over keys and values stored as FP8 (e4m3), as Triton kernels (opt-in:
+`RuntimeConfig.fp8_kv_cache`, for the sliding layers).
+
+A decode step of 64 sequences reads the sliding layers' whole 1,024-position rings: 13.4
+of the ~19 GB it reads besides the experts in bf16, half of that in FP8. Torch cannot
+multiply FP8 by bf16, and converting the ring first would read it twice, so the kernels
+convert as they load (flash decoding):
+  1. one program per (sequence, KV head, part of the positions): the KV head's queries
+     against its keys, the mask applied, an online softmax, the values weighted and summed,
+     all in float32; each part keeps its running max, sum and output;
+  2. one program per (sequence, query head) merges the parts.
+The values are stored as they are (one scale, 1: Gemma 4's keys and values come out of
+RMS norms, so they are small); `kv_cache.fit` clamps them to FP8's range first.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_L = 32  # positions per loop step
+MIN_PROGRAMS = 512  # parts per step at least (an H200 has 132 SMs), when the ring allows
+
+
+@triton.jit
+def _parts_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, max_ptr, sum_ptr,
+    length, part_len, num_parts, scale,
+    stride_qb, stride_qh, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
+    stride_mb,
+    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):  # fmt: skip
+    row, kv_head, part = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    g = tl.arange(0, BLOCK_G)
+    g_ok = g < GROUP
+    heads = kv_head * GROUP + g
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    q = tl.load(q_ptr + row * stride_qb + heads[:, None] * stride_qh + d[None, :],
+                mask=g_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32) * scale  # fmt: skip
+    k_base = k_ptr + row.to(tl.int64) * stride_kb + kv_head * stride_kh
+    v_base = v_ptr + row.to(tl.int64) * stride_vb + kv_head * stride_vh
+    best = tl.full((BLOCK_G,), -float("inf"), dtype=tl.float32)
+    total = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+    start = part * part_len
+    end = tl.minimum(start + part_len, length)
+    for first in range(start, end, BLOCK_L):
+        pos = first + tl.arange(0, BLOCK_L)
+        ok = pos < end
+        attend = tl.load(mask_ptr + row * stride_mb + pos, mask=ok, other=0) != 0
+        k = tl.load(k_base + pos[:, None] * stride_kl + d[None, :],
+                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # fmt: skip
+        scores = tl.sum(q[:, None, :] * k[None, :, :], axis=2)  # [G, L]
+        scores = tl.where(attend[None, :], scores, -float("inf"))
+        new_best = tl.maximum(best, tl.max(scores, axis=1))
+        safe = tl.where(new_best == -float("inf"), 0.0, new_best)  # all masked so far
+        keep = tl.exp(best - safe)
+        p = tl.exp(scores - safe[:, None])
+        v = tl.load(v_base + pos[:, None] * stride_vl + d[None, :],
+                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # fmt: skip
+        total = total * keep + tl.sum(p, axis=1)
+        acc = acc * keep[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+        best = new_best
+    slot = (row * (GROUP * tl.num_programs(1)) + heads) * num_parts + part
+    tl.store(out_ptr + slot[:, None] * HEAD_DIM + d[None, :], acc,
+             mask=g_ok[:, None] & d_ok[None, :])  # fmt: skip
+    tl.store(max_ptr + slot, best, mask=g_ok)
+    tl.store(sum_ptr + slot, total, mask=g_ok)
+
+
+@triton.jit
+def _merge_kernel(parts_ptr, max_ptr, sum_ptr, out_ptr, num_parts, HEAD_DIM: tl.constexpr,
+                  BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    head = tl.program_id(0)  # over sequences × query heads
+    p = tl.arange(0, BLOCK_P)
+    p_ok = p < num_parts
+    best = tl.load(max_ptr + head * num_parts + p, mask=p_ok, other=-float("inf"))
+    top = tl.max(best, axis=0)
+    weight = tl.where(best == -float("inf"), 0.0, tl.exp(best - top))
+    total = tl.sum(weight * tl.load(sum_ptr + head * num_parts + p, mask=p_ok, other=0.0), 0)
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    parts = tl.load(parts_ptr + (head * num_parts + p)[:, None] * HEAD_DIM + d[None, :],
+                    mask=p_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
+    out = tl.sum(weight[:, None] * parts, axis=0) / total
+    tl.store(out_ptr + head * HEAD_DIM + d, out.to(out_ptr.dtype.element_ty), mask=d_ok)
+
+
+def num_parts(batch: int, kv_heads: int, length: int) -> int:
+    """How many parts the positions split into: enough programs for the GPU, BLOCK_L
+    positions each at least."""
+    wanted = triton.cdiv(MIN_PROGRAMS, batch * kv_heads)
+    return max(1, min(wanted, triton.cdiv(length, BLOCK_L)))
+
+
+def decode_attention(query, key, value, mask, scaling: float) -> torch.Tensor:
+    """One query per sequence: query [B, Hq, 1, D] (bf16), key/value [B, Hkv, L, D] (FP8,
+    or any dtype), mask [B, 1, 1, L] (bool: attended) → [B, 1, Hq, D] in the query's dtype.
+    Query heads h·G … h·G+G-1 share KV head h (G = Hq / Hkv)."""
+    batch, heads, _, head_dim = query.shape
+    kv_heads, length = key.shape[1], key.shape[2]
+    group = heads // kv_heads
+    if key.stride(-1) != 1 or value.stride(-1) != 1 or query.stride(-1) != 1:
+        raise ValueError("head_dim must be the innermost dimension")
+    parts = num_parts(batch, kv_heads, length)
+    part_len = triton.cdiv(triton.cdiv(length, parts), BLOCK_L) * BLOCK_L
+    parts = triton.cdiv(length, part_len)
+    q = query[:, :, 0]
+    attend = mask.reshape(batch, -1)
+    partial = torch.empty(batch, heads, parts, head_dim, device=query.device,
+                          dtype=torch.float32)  # fmt: skip
+    best = torch.empty(batch, heads, parts, device=query.device, dtype=torch.float32)
+    total = torch.empty_like(best)
+    _parts_kernel[(batch, kv_heads, parts)](
+        q, key, value, attend, partial, best, total, length, part_len, parts, scaling,
+        q.stride(0), q.stride(1), key.stride(0), key.stride(1), key.stride(2),
+        value.stride(0), value.stride(1), value.stride(2), attend.stride(0),
+        GROUP=group, BLOCK_G=triton.next_power_of_2(group), HEAD_DIM=head_dim,
+        BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_L=BLOCK_L, num_warps=4,
+    )  # fmt: skip
+    out = query.new_empty(batch, 1, heads, head_dim)
+    _merge_kernel[(batch * heads,)](
+        partial, best, total, out, parts, HEAD_DIM=head_dim,
+        BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_P=triton.next_power_of_2(parts),
+        num_warps=4,
+    )  # fmt: skip
+    return out
