@@ -1,0 +1,83 @@
+"""The sliding layers' decode attention on the GPU at Gemma 4 26B-A4B's sizes (16 query
+heads, 8 KV heads of 256, a ring of 1,024 positions): the engine's bf16 path (two batched
+matmuls around the compiled masked softmax, fast_ops) against the FP8 kernels
+(attention_kernel), per layer, with the error against float32 attention and the bytes of
+keys and values read per second. Each timing is a CUDA graph replaying 8 layers with their
+own caches.
+
+    python scripts/check_decode_attention.py [--batches 1,8,64] [--out decode-attention.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from check_moe_kernel import LAYERS, graph_ms
+
+from inference.runtime import attention_kernel, fast_ops
+from inference.runtime.fp8_experts import FP8
+from inference.runtime.kv_cache import fit
+
+HEADS, KV_HEADS, HEAD_DIM, WINDOW = 16, 8, 256, 1024
+
+
+class SlidingLayer(torch.nn.Module):
+    sliding_window = WINDOW  # what fast_ops.decode_attention asks the module
+
+
+def reference(query, key, value, mask, scale) -> torch.Tensor:
+    batch = query.shape[0]
+    grouped = query.float().view(batch, KV_HEADS, HEADS // KV_HEADS, HEAD_DIM)
+    scores = grouped @ key.float().transpose(-1, -2) * scale
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    return (probs @ value.float()).reshape(batch, 1, HEADS, HEAD_DIM)
+
+
+@torch.inference_mode()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batches", default="1,8,64")
+    parser.add_argument("--out", type=Path, default=Path("decode-attention.json"))
+    args = parser.parse_args()
+    fast_ops.decode_probs = torch.compile(fast_ops.masked_softmax)  # as the engine does
+    result: dict = {"device": torch.cuda.get_device_name(), "rows": []}
+    for batch in [int(b) for b in args.batches.split(",")]:
+        row = measure(batch)
+        result["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        args.out.write_text(json.dumps(result, indent=1))
+
+
+def measure(batch: int) -> dict:
+    module, scale = SlidingLayer(), HEAD_DIM**-0.5
+    shape = (batch + 1, KV_HEADS, WINDOW, HEAD_DIM)  # slots, as the cache keeps them
+    caches = [(torch.randn(shape, device="cuda", dtype=torch.bfloat16),
+               torch.randn(shape, device="cuda", dtype=torch.bfloat16))
+              for _ in range(LAYERS)]  # fmt: skip
+    fp8_caches = [(fit(k, FP8), fit(v, FP8)) for k, v in caches]
+    query = torch.randn(batch, HEADS, 1, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    mask = torch.ones(batch, 1, 1, WINDOW, dtype=torch.bool, device="cuda")
+
+    def run(stored) -> None:
+        for key, value in stored:
+            fast_ops.decode_attention(module, query, key[:batch], value[:batch], mask, scale)
+
+    row: dict = {"batch": batch, "parts": attention_kernel.num_parts(batch, KV_HEADS, WINDOW)}
+    for name, stored in (("bf16", caches), ("fp8", fp8_caches)):
+        key, value = stored[0][0][:batch], stored[0][1][:batch]
+        got, _ = fast_ops.decode_attention(module, query, key, value, mask, scale)
+        expected = reference(query, key, value, mask, scale)
+        row[f"{name}_error"] = round(
+            ((got.float() - expected).abs().max() / expected.abs().max()).item(), 5
+        )
+        ms = graph_ms(lambda stored=stored: run(stored))
+        row[f"{name}_ms"] = round(ms, 4)
+        row[f"{name}_tb_per_s"] = round(2 * key.numel() * key.element_size() / ms / 1e9, 2)
+    return row
+
+
+if __name__ == "__main__":
+    main()
