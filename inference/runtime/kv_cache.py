@@ -25,6 +25,15 @@ def fit(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor.to(dtype)
 
 
+def put(stored: torch.Tensor, where: tuple, values: torch.Tensor) -> None:
+    """stored[where] = values, in stored's dtype; FP8 through byte views (indexing kernels
+    for FP8 do not exist on every device, byte ones do)."""
+    values = fit(values, stored.dtype)
+    if stored.dtype == FP8:
+        stored, values = stored.view(torch.uint8), values.view(torch.uint8)
+    stored[where] = values
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     is_sliding: bool
@@ -55,8 +64,11 @@ class SlotKVCache:
             length = window if spec.is_sliding else max_seq_len
             shape = (num_slots + 1, spec.num_kv_heads, length, spec.head_dim)
             stored = (sliding_dtype or dtype) if spec.is_sliding else dtype
-            self.keys.append(torch.zeros(shape, dtype=stored, device=device))
-            self.values.append(torch.zeros(shape, dtype=stored, device=device))
+            for cache in (self.keys, self.values):  # FP8 zeros made as bytes: 0 is +0.0
+                if stored == FP8:
+                    cache.append(torch.zeros(shape, dtype=torch.uint8, device=device).view(FP8))
+                else:
+                    cache.append(torch.zeros(shape, dtype=stored, device=device))
         # Filled before each decode step (static tensors, so CUDA graphs can replay it).
         self.step_rows = torch.zeros(num_slots, dtype=torch.long, device=device)  # slot of row
         self.step_positions = torch.zeros(num_slots, dtype=torch.long, device=device)
@@ -80,8 +92,8 @@ class SlotKVCache:
         rows, positions = self.step_rows[:batch], self.step_positions[:batch]
         index = positions % self.window if self.layers[layer_idx].is_sliding else positions
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        keys[rows, :, index] = fit(key[:, :, 0], keys.dtype)
-        values[rows, :, index] = fit(value[:, :, 0], values.dtype)
+        put(keys, (rows, slice(None), index), key[:, :, 0])
+        put(values, (rows, slice(None), index), value[:, :, 0])
         length = min(self.attend_len, keys.shape[2])
         return keys[:batch, :, :length], values[:batch, :, :length]
 
@@ -111,16 +123,16 @@ class SlotKVCache:
     def store_prompt(self, slot: int, layer_keys: list, layer_values: list, length: int) -> None:
         """Copy one prefilled prompt's keys/values ([H, L, D] per layer) into a slot."""
         for layer_idx, spec in enumerate(self.layers):
-            key = fit(layer_keys[layer_idx][:, :length], self.keys[layer_idx].dtype)
-            value = fit(layer_values[layer_idx][:, :length], self.values[layer_idx].dtype)
+            key = layer_keys[layer_idx][:, :length]
+            value = layer_values[layer_idx][:, :length]
             if spec.is_sliding:
                 start = max(0, length - self.window)
                 positions = torch.arange(start, length, device=key.device) % self.window
-                self.keys[layer_idx][slot, :, positions] = key[:, start:]
-                self.values[layer_idx][slot, :, positions] = value[:, start:]
+                put(self.keys[layer_idx], (slot, slice(None), positions), key[:, start:])
+                put(self.values[layer_idx], (slot, slice(None), positions), value[:, start:])
             else:
-                self.keys[layer_idx][slot, :, :length] = key
-                self.values[layer_idx][slot, :, :length] = value
+                put(self.keys[layer_idx], (slot, slice(None), slice(0, length)), key)
+                put(self.values[layer_idx], (slot, slice(None), slice(0, length)), value)
 
     def move(self, from_slot: int, to_slot: int) -> None:
         for keys, values in zip(self.keys, self.values, strict=True):
