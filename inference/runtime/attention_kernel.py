@@ -19,8 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
+# guesses until measured (scripts/check_decode_attention.py sweeps both)
 BLOCK_L = 32  # positions per loop step
-MIN_PROGRAMS = 512  # parts per step at least (an H200 has 132 SMs), when the ring allows
+MIN_PROGRAMS = 512  # programs per call at least (an H200 has 132 SMs), where the ring allows
 
 
 @triton.jit
