@@ -110,7 +110,7 @@ def decode_attention(query, key, value, mask, scaling: float) -> torch.Tensor:
     part_len = triton.cdiv(triton.cdiv(length, parts), BLOCK_L) * BLOCK_L
     parts = triton.cdiv(length, part_len)
     q = query[:, :, 0]
-    attend = mask.reshape(batch, -1)
+    attend = mask.reshape(batch, -1).view(torch.uint8)  # bytes: 1 where attended
     partial = torch.empty(batch, heads, parts, head_dim, device=query.device,
                           dtype=torch.float32)  # fmt: skip
     best = torch.empty(batch, heads, parts, device=query.device, dtype=torch.float32)
