@@ -12,7 +12,9 @@ then `moe_kernel.unpermute_sum` weights and sums each token's k rows. Against
 `grouped_experts` (torch's grouped_mm) this saves the gather of the hidden rows into
 expert order, the [pairs, 2I] gate_up output, and for FP8 experts (`fp8_experts`) the
 dequantizing of every layer's weights: FP8 values are exact in bf16, so the kernels
-convert them as they load them and scale each output column once.
+convert them as they load them and scale each output column once. H200, a layer at 3,904
+tokens: bf16 1.05 ms against grouped_mm's 1.08 (~350 TFLOP/s both), FP8 1.27 against
+~1.65 dequantized.
 The grid holds as many tiles as the pairs could ever need; the programs past the table's
 end return at once. Triton's CPU interpreter multiplies bf16 wrongly, so under it (tests)
 the operands go to float32 first: the same exact products, summed in float32.
