@@ -70,6 +70,9 @@ def requests() -> list[tuple[int, Request]]:
                     history=(Turn("user", "what is this?", image=sign),
                              Turn("model", "An exit sign.")))),
         (6, Request(language="ar", question="?", max_new_tokens=12, sampling=GREEDY)),
+        (7, Request(language="en", question="and this one?", image=menu, max_new_tokens=10,
+                    sampling=GREEDY, history=(Turn("user", "what is this?", image=sign),
+                                              Turn("model", "An exit sign.")))),  # 2 photos
     ]  # fmt: skip
 
 
@@ -116,7 +119,7 @@ def test_greedy_tokens_equal_generate(batch_engine: BatchEngine, monkeypatch) ->
         assert text.strip() == finished.text
     assert batch_engine.num_active == 0
     assert batch_engine.scheduler.running == []
-    # all five share the system prompt's rules: one prefill of it, then four after its KV
+    # all six share the system prompt's rules: one prefill of it, then the rest after its KV
     prefixes = batch_engine.runner.prefixes.stats()
     if batch_engine.runtime.prefix_cache_tokens:
         assert prefixes["entries"] == 1 and prefixes["hits"] >= 3
