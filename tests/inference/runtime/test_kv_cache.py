@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from inference.runtime.config import RuntimeConfig
 from inference.runtime.fp8_experts import FP8
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache, fit
 
@@ -77,3 +79,9 @@ def test_fp8_sliding_layers_store_clamped_fp8_and_the_global_ones_keep_their_dty
     assert attended_keys.dtype == FP8
     torch.testing.assert_close(cache.keys[0][1][:, 9], fit(step_key[1, :, 0], FP8))
     torch.testing.assert_close(cache.values[0][0][:, 5], fit(step_value[0, :, 0], FP8))
+
+
+def test_an_fp8_kv_cache_needs_the_engines_own_decode_attention() -> None:
+    with pytest.raises(ValueError):
+        RuntimeConfig(fp8_kv_cache=True, fast_attention=False)
+    assert RuntimeConfig(fp8_kv_cache=True).fp8_kv_cache
