@@ -298,6 +298,11 @@ def bench_engine(
     row.extra["requests"] = len(requests)
     row.extra["full_batch_decode_steps"] = len(step_times)
     row.extra["first_step_ms"] = round(min(s.first_token for s in tracked) * 1000, 1)
+    # a burst's two phases: until every request has its first token (prefills, with decode
+    # steps between them), then the decode steps after the last prefill
+    start, last_first = min(s.arrival for s in tracked), max(s.first_token for s in tracked)
+    row.extra["until_last_first_token_s"] = round(last_first - start, 3)
+    row.extra["after_last_first_token_s"] = round(wall - (last_first - start), 3)
     row.extra["prefill_steps"] = len(prefill_times)
     row.extra["prefill_step_ms_first_median"] = [
         round(prefill_times[0] * 1000, 1),
