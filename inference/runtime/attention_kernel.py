@@ -129,3 +129,36 @@ def decode_attention(query, key, value, mask, scaling: float) -> torch.Tensor:
         num_warps=4,
     )  # fmt: skip
     return out
+
+
+def reference_attention(query, key, value, mask, scaling: float) -> torch.Tensor:
+    """The same attention in float32 torch (query heads grouped over KV heads)."""
+    batch, heads, _, head_dim = query.shape
+    kv_heads, length = key.shape[1], key.shape[2]
+    grouped = query.float().view(batch, kv_heads, heads // kv_heads, head_dim)
+    scores = grouped @ key.float().transpose(-1, -2) * scaling
+    probs = scores.masked_fill(~mask.view(batch, 1, 1, length), float("-inf")).softmax(-1)
+    return (probs @ value.float()).reshape(batch, 1, heads, head_dim)
+
+
+def works_on(device: torch.device) -> bool:
+    """Where the kernels serve (GPUs; the CPU dequantizes instead): compile and run them
+    once on small random FP8 keys and values, against float32 attention."""
+    if device.type != "cuda":
+        return True
+    from inference.runtime.fp8_experts import FP8
+    from inference.runtime.kv_cache import fit
+
+    generator = torch.Generator(device=device).manual_seed(0)
+    rows, heads, kv_heads, length, dim = 2, 4, 2, 96, 64
+    query, key, value = (
+        torch.randn(*shape, generator=generator, device=device)
+        for shape in ((rows, heads, 1, dim), (rows, kv_heads, length, dim),
+                      (rows, kv_heads, length, dim))
+    )  # fmt: skip
+    query, key, value = query.to(torch.bfloat16), fit(key, FP8), fit(value, FP8)
+    mask = torch.rand(rows, 1, 1, length, generator=generator, device=device) < 0.7
+    mask[..., 0] = True
+    got = decode_attention(query, key, value, mask, 0.125).float()
+    expected = reference_attention(query, key, value, mask, 0.125)
+    return bool((got - expected).abs().max() <= 0.02 * expected.abs().max())

@@ -98,7 +98,7 @@ class BatchEngine:
             compiled_layers=bool(compile_layers),
             fused_experts_max_tokens=layers.fused_experts_max_tokens,
             fp8_experts=fp8_experts.is_quantized(model.model.language_model.layers[0].experts),
-            fp8_kv_cache=runtime.fp8_kv_cache,
+            fp8_kv_cache=any(k.dtype == fp8_experts.FP8 for k in self.runner.cache.keys),
             seconds=round(time.monotonic() - started, 2),
         )
 
@@ -112,6 +112,19 @@ class BatchEngine:
             log.warning("fp8_experts_unavailable", reason="layer kind not supported")
         else:
             fp8_experts.quantize_experts(model)
+
+    def _fp8_kv_works(self) -> bool:
+        """The FP8 decode attention kernels compile and compute right on this device."""
+        device = self.base.model.device
+        try:
+            from inference.runtime import attention_kernel  # needs Triton
+
+            if attention_kernel.works_on(device):
+                return True
+            log.error("fp8_kv_cache_wrong", fallback="bf16 keys and values")
+        except Exception:  # e.g. no C compiler for Triton's launcher
+            log.exception("fp8_kv_cache_failed", fallback="bf16 keys and values")
+        return False
 
     def _start_runner(self, compile_layers, use_graphs: bool) -> None:
         """Layers (compiled or not), the KV cache and CUDA graphs, then the prefill warm-up."""
@@ -135,7 +148,7 @@ class BatchEngine:
             flash_prompts=runtime.fast_attention and runtime.flash_prompt_attention,
             prefix_cache_tokens=runtime.prefix_cache_tokens,
             packed_photos=runtime.vision_per_photo,
-            fp8_sliding_kv=runtime.fp8_kv_cache,
+            fp8_sliding_kv=runtime.fp8_kv_cache and self._fp8_kv_works(),
         )
         if compile_layers:
             self._warm_up_prefill()

@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 
 SCRIPT = """
 import json, torch
-from inference.runtime.attention_kernel import decode_attention
+from inference.runtime.attention_kernel import decode_attention, reference_attention
 from inference.runtime.fp8_experts import FP8
 from inference.runtime.kv_cache import fit
 
@@ -34,10 +34,7 @@ for rows, heads, kv_heads, length, dim, stored in [
     mask[..., 32:64] = False  # a whole part masked
     mask[..., 0] = True
     got = decode_attention(query, key, value, mask, 0.25).float()
-    grouped = query.float().view(rows, kv_heads, heads // kv_heads, dim)
-    scores = grouped @ key.float().transpose(-1, -2) * 0.25
-    probs = scores.masked_fill(~mask.view(rows, 1, 1, length), float("-inf")).softmax(-1)
-    expected = (probs @ value.float()).reshape(rows, 1, heads, dim)
+    expected = reference_attention(query, key, value, mask, 0.25)
     name = f"{rows}x{heads}/{kv_heads} heads, {length} positions, dim {dim}, {stored}"
     errors[name] = ((got - expected).abs().max() / expected.abs().max()).item()
 print(json.dumps(errors))
