@@ -113,19 +113,6 @@ class BatchEngine:
         else:
             fp8_experts.quantize_experts(model)
 
-    def _fp8_kv_works(self) -> bool:
-        """The FP8 decode attention kernels compile and compute right on this device."""
-        device = self.base.model.device
-        try:
-            from inference.runtime import attention_kernel  # needs Triton
-
-            if attention_kernel.works_on(device):
-                return True
-            log.error("fp8_kv_cache_wrong", fallback="bf16 keys and values")
-        except Exception:  # e.g. no C compiler for Triton's launcher
-            log.exception("fp8_kv_cache_failed", fallback="bf16 keys and values")
-        return False
-
     def _start_runner(self, compile_layers, use_graphs: bool) -> None:
         """Layers (compiled or not), the KV cache and CUDA graphs, then the prefill warm-up."""
         model, runtime = self.base.model, self.runtime
@@ -137,6 +124,9 @@ class BatchEngine:
                 expert_major_tokens=runtime.expert_major_tokens,
                 triton_prompts=runtime.triton_prompt_experts,
             )
+        fp8_kv = runtime.fp8_kv_cache and layers.kernels_work(
+            "attention_kernel", model.device, "fp8_kv_cache", "bf16 keys and values"
+        )
         self.runner = ModelRunner(
             model,
             num_slots=runtime.max_slots,
@@ -148,7 +138,7 @@ class BatchEngine:
             flash_prompts=runtime.fast_attention and runtime.flash_prompt_attention,
             prefix_cache_tokens=runtime.prefix_cache_tokens,
             packed_photos=runtime.vision_per_photo,
-            fp8_sliding_kv=runtime.fp8_kv_cache and self._fp8_kv_works(),
+            fp8_sliding_kv=fp8_kv,
         )
         if compile_layers:
             self._warm_up_prefill()

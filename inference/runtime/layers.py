@@ -12,6 +12,7 @@ The vision encoder's layers have no cache, so their whole forward is compiled.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from functools import partial
 
@@ -130,27 +131,15 @@ def run_experts(experts, hidden, top_k_index, top_k_weights):
     return torch.func.functional_call(experts, weights, (hidden, top_k_index, top_k_weights))
 
 
-def _fused_experts_work(device: torch.device) -> bool:
+def kernels_work(module: str, device: torch.device, name: str, fallback: str) -> bool:
+    """inference.runtime.`module`.works_on(device) (importing it registers its ops; it needs
+    Triton); a failure to import or run counts as no. Logged as `name`_wrong / _failed."""
     try:
-        from inference.runtime import moe_kernel  # registers the op; needs Triton
-
-        if moe_kernel.works_on(device):
+        if importlib.import_module(f"inference.runtime.{module}").works_on(device):
             return True
-        log.error("fused_experts_wrong", fallback="grouped_mm")
+        log.error(f"{name}_wrong", fallback=fallback)
     except Exception:  # e.g. no C compiler for Triton's launcher
-        log.exception("fused_experts_failed", fallback="grouped_mm")
-    return False
-
-
-def _prompt_kernels_work(device: torch.device) -> bool:
-    from inference.runtime import moe_prompt_kernel
-
-    try:
-        if moe_prompt_kernel.works_on(device):
-            return True
-        log.error("prompt_experts_wrong", fallback="grouped_mm")
-    except Exception:
-        log.exception("prompt_experts_failed", fallback="grouped_mm")
+        log.exception(f"{name}_failed", fallback=fallback)
     return False
 
 
@@ -225,14 +214,16 @@ def install(
     if (
         (fused_experts_tokens or expert_major_tokens)
         and on_gpu
-        and _fused_experts_work(model.device)
+        and kernels_work("moe_kernel", model.device, "fused_experts", "grouped_mm")
     ):
         from inference.runtime.moe_kernel import grouped_experts  # needs Triton
         from inference.runtime.moe_prompt_kernel import prompt_experts_op
 
         fused_experts_max_tokens = fused_experts_tokens
         expert_major_max_tokens = expert_major_tokens
-        triton_prompt_experts = triton_prompts and _prompt_kernels_work(model.device)
+        triton_prompt_experts = triton_prompts and kernels_work(
+            "moe_prompt_kernel", model.device, "prompt_experts", "grouped_mm"
+        )
         prompt_experts = prompt_experts_op if triton_prompt_experts else grouped_experts
     regions: tuple[Callable, Callable] = (attention_inputs, feed_forward)
     vision_layers = list(model.model.vision_tower.encoder.layers) if compile else []
