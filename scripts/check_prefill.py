@@ -57,7 +57,9 @@ def check_experts(model) -> dict[str, float]:
         shape = (tokens, layer.experts.hidden_dim)
         hidden = torch.randn(shape, device=model.device, dtype=model.dtype)
         _, weights, index = layer.router(hidden)
-        got = moe_kernel.grouped_experts(layer.experts, hidden, index, weights)
+        experts = layer.experts
+        got = moe_kernel.grouped_experts(hidden, index, weights, experts.gate_up_proj,
+                                         experts.down_proj)  # fmt: skip
         report[f"{tokens} tokens"] = relative(got, experts_reference(layer.experts, hidden,
                                                                       index, weights))  # fmt: skip
     return report

@@ -94,7 +94,7 @@ def measure(layers, bf16_layers, fp8_layers, config, tokens: int):
     expected_fp8 = reference(hidden, index, weights, *dequantized.values())
     row: dict = {"tokens": tokens, "tflop_per_layer": round(tflop, 4)}
     row["grouped_mm_error"] = relative(
-        moe_kernel.grouped_experts(first, hidden, index, weights), expected
+        moe_kernel.grouped_experts(hidden, index, weights, *bf16_layers[0]), expected
     )
     row["triton_error"] = relative(
         moe_prompt_kernel.prompt_experts(hidden, index, weights, *bf16_layers[0]), expected
@@ -105,27 +105,16 @@ def measure(layers, bf16_layers, fp8_layers, config, tokens: int):
         ((triton_fp8.float() - expected).abs().mean() / expected.abs().mean()).item(), 5
     )
 
-    def grouped_all() -> None:
-        for e in layers:
-            moe_kernel.grouped_experts(e, hidden, index, weights)
-
-    def grouped_fp8_all() -> None:
-        for e, (gate_up, down, gate_up_scale, down_scale) in zip(layers, fp8_layers, strict=True):
-            moe_kernel.grouped_experts(
-                e, hidden, index, weights,
-                fp8_experts.dequantize(gate_up, gate_up_scale, hidden.dtype),
-                fp8_experts.dequantize(down, down_scale, hidden.dtype),
-            )  # fmt: skip
-
-    def triton_all(stored_layers) -> None:
+    def run_all(experts, stored_layers) -> None:
         for stored in stored_layers:
-            moe_prompt_kernel.prompt_experts(hidden, index, weights, *stored)
+            experts(hidden, index, weights, *stored)
 
+    grouped, triton_ = moe_kernel.grouped_experts, moe_prompt_kernel.prompt_experts
     timings = {
-        "grouped_mm_ms": graph_ms(grouped_all),
-        "triton_ms": graph_ms(lambda: triton_all(bf16_layers)),
-        "grouped_mm_fp8_eager_dequantize_ms": graph_ms(grouped_fp8_all),
-        "triton_fp8_ms": graph_ms(lambda: triton_all(fp8_layers)),
+        "grouped_mm_ms": graph_ms(lambda: run_all(grouped, bf16_layers)),
+        "triton_ms": graph_ms(lambda: run_all(triton_, bf16_layers)),
+        "grouped_mm_fp8_eager_dequantize_ms": graph_ms(lambda: run_all(grouped, fp8_layers)),
+        "triton_fp8_ms": graph_ms(lambda: run_all(triton_, fp8_layers)),
     }
     for name, ms in timings.items():
         row[name] = round(ms, 4)

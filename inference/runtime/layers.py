@@ -33,10 +33,10 @@ log = structlog.get_logger()
 fused_experts_max_tokens = 0
 # ... and up to this many as the expert-major Triton kernels (each expert read once)
 expert_major_max_tokens = 0
-# where the Triton kernels work, more tokens (prompts) run this: moe_prompt_kernel's
-# grouped GEMMs (stored weights, FP8 too), or moe_kernel.grouped_experts (bf16 weights)
+# where the Triton kernels work, more tokens (prompts) run this, with the kernels'
+# arguments: moe_prompt_kernel's grouped GEMMs, or moe_kernel.grouped_experts (grouped_mm)
 prompt_experts: Callable | None = None
-triton_prompt_experts = False  # prompt_experts are the Triton GEMMs
+triton_prompt_experts = False  # (reported) prompt_experts are the Triton GEMMs
 
 
 def fuse_projections(layer) -> None:
@@ -121,11 +121,9 @@ def run_experts(experts, hidden, top_k_index, top_k_weights):
         return torch.ops.travelbot.fused_experts(hidden, top_k_index, top_k_weights, *stored)
     if tokens <= expert_major_max_tokens:
         return torch.ops.travelbot.expert_major_experts(hidden, top_k_index, top_k_weights, *stored)
-    if triton_prompt_experts:
+    if prompt_experts is not None:
         return prompt_experts(hidden, top_k_index, top_k_weights, *stored)
     weights = fp8_experts.dequantized(experts)  # FP8: this layer's, for this prompt only
-    if prompt_experts is not None:
-        return prompt_experts(experts, hidden, top_k_index, top_k_weights, *weights.values())
     if not weights:
         return experts(hidden, top_k_index, top_k_weights)
     return torch.func.functional_call(experts, weights, (hidden, top_k_index, top_k_weights))

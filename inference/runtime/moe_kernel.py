@@ -240,19 +240,27 @@ def sort_by_expert(top_k_index: torch.Tensor, num_experts: int):
 
 
 def grouped_experts(
-    experts, hidden, top_k_index, top_k_weights, gate_up_proj=None, down_proj=None
+    hidden: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    gate_up_scale: torch.Tensor | None = None,
+    down_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Gemma4TextExperts.forward for many tokens (grouped GEMMs) with the Triton sum; with
-    the experts' own weights, or the given ones (FP8 experts dequantized)."""
-    gate_up_proj = experts.gate_up_proj if gate_up_proj is None else gate_up_proj
-    down_proj = experts.down_proj if down_proj is None else down_proj
-    order, counts, position = sort_by_expert(top_k_index, experts.num_experts)
+    """The same sum for many tokens as torch's grouped GEMMs with the Triton sum (the
+    kernels' arguments); FP8 weights are dequantized first, for this call only."""
+    if gate_up_scale is not None:
+        gate_up_proj = fp8_experts.dequantize(gate_up_proj, gate_up_scale, hidden.dtype)
+    if down_scale is not None:
+        down_proj = fp8_experts.dequantize(down_proj, down_scale, hidden.dtype)
+    order, counts, position = sort_by_expert(top_k_index, down_proj.shape[0])
     offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
     x = hidden[order // top_k_index.shape[1]]
     gate_up = torch._grouped_mm(x, gate_up_proj.transpose(1, 2), offs=offsets)
     gate, up = gate_up.chunk(2, dim=-1)
-    rows = torch._grouped_mm(experts.act_fn(gate) * up, down_proj.transpose(1, 2),
-                             offs=offsets)  # fmt: skip
+    act = torch.nn.functional.gelu(gate, approximate="tanh") * up  # as gelu_times
+    rows = torch._grouped_mm(act, down_proj.transpose(1, 2), offs=offsets)
     return unpermute_sum(rows, position, top_k_weights)
 
 

@@ -63,7 +63,8 @@ for index in (0, 1):
         hidden = torch.randn(tokens, experts.hidden_dim, dtype=torch.bfloat16)
         _, weights, chosen = layer.router(hidden)
         expected = experts(hidden, chosen, weights).float()
-        got = grouped_experts(experts, hidden, chosen, weights).float()
+        got = grouped_experts(hidden, chosen, weights, experts.gate_up_proj,
+                              experts.down_proj).float()
         error = ((got - expected).abs().max() / expected.abs().max()).item()
         errors[f"layer {index}, {tokens} tokens, grouped"] = error
         # each expert once for its tokens, 16 at a time (64 tokens: ~16 per expert here)
@@ -95,8 +96,7 @@ for index in (0, 1):
             ("expert-major", expert_major_experts(
                 hidden, chosen, weights, *stored, gate_up_blocks=(16, 16, 32, 4),
                 down_blocks=(16, 16, 16, 4))),
-            ("grouped", grouped_experts(experts, hidden, chosen, weights,
-                                        *dequantized.values())),
+            ("grouped", grouped_experts(hidden, chosen, weights, *stored)),
             ("prompt kernels", prompt_experts(hidden, chosen, weights, *stored,
                                               **PROMPT_BLOCKS)),
         ):
