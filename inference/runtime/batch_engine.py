@@ -166,22 +166,28 @@ class BatchEngine:
             ]
             prefix = seqs[0].prefix if after_prefix else ()
             self.runner.prefill([seq.inputs for seq in seqs], list(range(batch)), prefix)
-        self._warm_up_photo_batches(photos[0])
+        if self.runtime.vision_per_photo:
+            self._warm_up_photo_batches(photos[0])
         log.info("prefill_warmed_up", seconds=round(time.monotonic() - started, 1))
 
     @torch.inference_mode()
     def _warm_up_photo_batches(self, photo: bytes) -> None:
         """Photos of one size attend as a batch (vision.same_size_photos), and cuDNN builds
         a plan for each batch shape on first use (~50 ms): build them for 1 to a full
-        prefill of 4:3 photos (any phone photo, upright or not)."""
+        prefill of 4:3 photos (any phone photo, upright or not), as the runner runs them."""
         inputs = self.prepare(Request(language="en", image=photo)).inputs
         model = self.base.model
+        counts = vision.patch_counts(inputs["image_position_ids"])
+        if counts is None:  # not packed: the runner lets transformers run the tower
+            return
         pixels = inputs["pixel_values"].to(model.device, model.dtype)
         positions = inputs["image_position_ids"].to(model.device)
-        for count in range(1, self.runtime.deep_queue_prefill_seqs + 1):
-            model.model.get_image_features(
-                pixels.expand(count, *pixels.shape[1:]),
-                positions.expand(count, *positions.shape[1:]),
+        for photos in range(1, self.runtime.deep_queue_prefill_seqs + 1):
+            vision.photo_embeddings(
+                model,
+                pixels.expand(photos, *pixels.shape[1:]),
+                positions.expand(photos, *positions.shape[1:]),
+                counts * photos,
             )
 
     def close(self) -> None:
