@@ -64,11 +64,9 @@ class SlotKVCache:
             length = window if spec.is_sliding else max_seq_len
             shape = (num_slots + 1, spec.num_kv_heads, length, spec.head_dim)
             stored = (sliding_dtype or dtype) if spec.is_sliding else dtype
-            for cache in (self.keys, self.values):  # FP8 zeros made as bytes: 0 is +0.0
-                if stored == FP8:
-                    cache.append(torch.zeros(shape, dtype=torch.uint8, device=device).view(FP8))
-                else:
-                    cache.append(torch.zeros(shape, dtype=stored, device=device))
+            made_as = torch.uint8 if stored == FP8 else stored  # FP8 zeros as bytes: +0.0
+            for cache in (self.keys, self.values):
+                cache.append(torch.zeros(shape, dtype=made_as, device=device).view(stored))
         # Filled before each decode step (static tensors, so CUDA graphs can replay it).
         self.step_rows = torch.zeros(num_slots, dtype=torch.long, device=device)  # slot of row
         self.step_positions = torch.zeros(num_slots, dtype=torch.long, device=device)
