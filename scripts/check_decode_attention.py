@@ -3,8 +3,8 @@ heads, 8 KV heads of 256, a ring of 1,024 positions): the engine's bf16 path (tw
 matmuls around the compiled masked softmax, fast_ops) against the FP8 kernels
 (attention_kernel), per layer, with the error against float32 attention and the bytes of
 keys and values read per second. Each timing is a CUDA graph replaying 8 layers with their
-own caches. Then the FP8 kernels' sweep: programs per call (parts of the ring) and
-positions per loop step.
+own caches. Then the FP8 kernels' sweep: programs per call (parts of the ring),
+positions per loop step, warps and pipeline stages.
 
     python scripts/check_decode_attention.py [--batches 1,8,64] [--out decode-attention.json]
 """
@@ -70,13 +70,20 @@ def measure(batch: int) -> dict:
         ms = graph_ms(lambda stored=stored: run(stored))
         row[f"{name}_ms"] = round(ms, 4)
         row[f"{name}_tb_per_s"] = round(2 * key.numel() * key.element_size() / ms / 1e9, 2)
-    defaults = attention_kernel.MIN_PROGRAMS, attention_kernel.BLOCK_L
+    names = ("MIN_PROGRAMS", "BLOCK_L", "WARPS", "STAGES")
+    defaults = [getattr(attention_kernel, name) for name in names]
     sweep = []
-    for programs, block in itertools.product((256, 512, 1024, 2048, 4096), (16, 32, 64)):
-        attention_kernel.MIN_PROGRAMS, attention_kernel.BLOCK_L = programs, block
-        sweep.append((round(graph_ms(lambda: run(fp8_caches)), 4), programs, block))
-    attention_kernel.MIN_PROGRAMS, attention_kernel.BLOCK_L = defaults
-    row["fp8_sweep_ms_programs_block"] = sorted(sweep)[:6]
+    for setting in itertools.product((256, 512, 1024, 2048), (32, 64, 128),
+                                     ((4, 2), (4, 3), (4, 4), (8, 3))):  # fmt: skip
+        programs, block, (warps, stages) = setting
+        for name, value in zip(names, (programs, block, warps, stages), strict=True):
+            setattr(attention_kernel, name, value)
+        if batch == 1 and block > 32:
+            continue  # one row is bound by latency: small blocks
+        sweep.append((round(graph_ms(lambda: run(fp8_caches)), 4), programs, block, warps, stages))
+    for name, value in zip(names, defaults, strict=True):
+        setattr(attention_kernel, name, value)
+    row["fp8_sweep_ms_programs_block_warps_stages"] = sorted(sweep)[:8]
     return row
 
 

@@ -6,9 +6,11 @@ of the ~19 GB it reads besides the experts in bf16, half of that in FP8. Torch c
 multiply FP8 by bf16, and converting the ring first would read it twice, so the kernels
 convert as they load (flash decoding):
   1. one program per (sequence, KV head, part of the positions): the KV head's queries
-     against its keys, the mask applied, an online softmax, the values weighted and summed,
-     all in float32; each part keeps its running max, sum and output;
-  2. one program per (sequence, query head) merges the parts.
+     (padded to 16 rows) against its keys on bf16 tensor cores, the mask applied, an online
+     softmax in float32, the values weighted and summed; each part keeps its running max,
+     sum and output;
+  2. one program per (sequence, query head) merges the parts (where there is more than
+     one: at 64 sequences the 512 (sequence, KV head) programs are enough on their own).
 The values are stored as they are (one scale, 1: Gemma 4's keys and values come out of
 RMS norms, so they are small); `kv_cache.fit` clamps them to FP8's range first.
 """
@@ -19,9 +21,12 @@ import torch
 import triton
 import triton.language as tl
 
-# guesses until measured (scripts/check_decode_attention.py sweeps both)
-BLOCK_L = 32  # positions per loop step
+from inference.runtime.triton_dot import INTERPRETED, dot
+
+# guesses until measured (scripts/check_decode_attention.py sweeps them)
+BLOCK_L = 64  # positions per loop step
 MIN_PROGRAMS = 512  # programs per call at least (an H200 has 132 SMs), where the ring allows
+WARPS, STAGES = 4, 3
 
 
 @triton.jit
@@ -31,16 +36,16 @@ def _parts_kernel(
     stride_qb, stride_qh, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
     stride_mb,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_L: tl.constexpr,
+    BLOCK_L: tl.constexpr, ONE_PART: tl.constexpr, F32: tl.constexpr,
 ):  # fmt: skip
     row, kv_head, part = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    g = tl.arange(0, BLOCK_G)
+    g = tl.arange(0, BLOCK_G)  # the KV head's query heads, padded to a tensor-core tile
     g_ok = g < GROUP
     heads = kv_head * GROUP + g
     d = tl.arange(0, BLOCK_D)
     d_ok = d < HEAD_DIM
     q = tl.load(q_ptr + row * stride_qb + heads[:, None] * stride_qh + d[None, :],
-                mask=g_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32) * scale  # fmt: skip
+                mask=g_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
     k_base = k_ptr + row.to(tl.int64) * stride_kb + kv_head * stride_kh
     v_base = v_ptr + row.to(tl.int64) * stride_vb + kv_head * stride_vh
     best = tl.full((BLOCK_G,), -float("inf"), dtype=tl.float32)
@@ -53,23 +58,28 @@ def _parts_kernel(
         ok = pos < end
         attend = tl.load(mask_ptr + row * stride_mb + pos, mask=ok, other=0) != 0
         k = tl.load(k_base + pos[:, None] * stride_kl + d[None, :],
-                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # fmt: skip
-        scores = tl.sum(q[:, None, :] * k[None, :, :], axis=2)  # [G, L]
+                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(q.dtype)  # fmt: skip
+        scores = dot(q, tl.trans(k), tl.zeros((BLOCK_G, BLOCK_L), tl.float32), F32) * scale
         scores = tl.where(attend[None, :], scores, -float("inf"))
         new_best = tl.maximum(best, tl.max(scores, axis=1))
         safe = tl.where(new_best == -float("inf"), 0.0, new_best)  # all masked so far
         keep = tl.exp(best - safe)
         p = tl.exp(scores - safe[:, None])
         v = tl.load(v_base + pos[:, None] * stride_vl + d[None, :],
-                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)  # fmt: skip
+                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(q.dtype)  # fmt: skip
         total = total * keep + tl.sum(p, axis=1)
-        acc = acc * keep[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+        acc = dot(p.to(q.dtype), v, acc * keep[:, None], F32)
         best = new_best
     slot = (row * (GROUP * tl.num_programs(1)) + heads) * num_parts + part
-    tl.store(out_ptr + slot[:, None] * HEAD_DIM + d[None, :], acc,
-             mask=g_ok[:, None] & d_ok[None, :])  # fmt: skip
-    tl.store(max_ptr + slot, best, mask=g_ok)
-    tl.store(sum_ptr + slot, total, mask=g_ok)
+    if ONE_PART:  # the answer itself: no merge
+        out = acc / total[:, None]
+        tl.store(out_ptr + slot[:, None] * HEAD_DIM + d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=g_ok[:, None] & d_ok[None, :])  # fmt: skip
+    else:
+        tl.store(out_ptr + slot[:, None] * HEAD_DIM + d[None, :], acc,
+                 mask=g_ok[:, None] & d_ok[None, :])  # fmt: skip
+        tl.store(max_ptr + slot, best, mask=g_ok)
+        tl.store(sum_ptr + slot, total, mask=g_ok)
 
 
 @triton.jit
@@ -111,23 +121,28 @@ def decode_attention(query, key, value, mask, scaling: float) -> torch.Tensor:
     parts = triton.cdiv(length, part_len)
     q = query[:, :, 0]
     attend = mask.reshape(batch, -1).view(torch.uint8)  # bytes: 1 where attended
-    partial = torch.empty(batch, heads, parts, head_dim, device=query.device,
-                          dtype=torch.float32)  # fmt: skip
-    best = torch.empty(batch, heads, parts, device=query.device, dtype=torch.float32)
-    total = torch.empty_like(best)
+    out = query.new_empty(batch, 1, heads, head_dim)
+    if parts == 1:
+        partial = best = total = out
+    else:
+        partial = torch.empty(batch, heads, parts, head_dim, device=query.device,
+                              dtype=torch.float32)  # fmt: skip
+        best = torch.empty(batch, heads, parts, device=query.device, dtype=torch.float32)
+        total = torch.empty_like(best)
     _parts_kernel[(batch, kv_heads, parts)](
         q, key, value, attend, partial, best, total, length, part_len, parts, scaling,
         q.stride(0), q.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), attend.stride(0),
-        GROUP=group, BLOCK_G=triton.next_power_of_2(group), HEAD_DIM=head_dim,
-        BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_L=BLOCK_L, num_warps=4,
+        GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_L=BLOCK_L,
+        ONE_PART=parts == 1, F32=INTERPRETED, num_warps=WARPS, num_stages=STAGES,
     )  # fmt: skip
-    out = query.new_empty(batch, 1, heads, head_dim)
-    _merge_kernel[(batch * heads,)](
-        partial, best, total, out, parts, HEAD_DIM=head_dim,
-        BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_P=triton.next_power_of_2(parts),
-        num_warps=4,
-    )  # fmt: skip
+    if parts > 1:
+        _merge_kernel[(batch * heads,)](
+            partial, best, total, out, parts, HEAD_DIM=head_dim,
+            BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_P=triton.next_power_of_2(parts),
+            num_warps=4,
+        )  # fmt: skip
     return out
 
 

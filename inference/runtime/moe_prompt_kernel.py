@@ -16,13 +16,10 @@ convert them as they load them and scale each output column once. H200, a layer 
 tokens: bf16 1.05 ms against grouped_mm's 1.08 (~350 TFLOP/s both), FP8 1.27 against
 ~1.65 dequantized.
 The grid holds as many tiles as the pairs could ever need; the programs past the table's
-end return at once. Triton's CPU interpreter multiplies bf16 wrongly, so under it (tests)
-the operands go to float32 first: the same exact products, summed in float32.
+end return at once.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -38,6 +35,7 @@ from inference.runtime.moe_kernel import (
     sort_by_expert,
     unpermute_sum,
 )
+from inference.runtime.triton_dot import INTERPRETED, dot
 
 # (BLOCK_M pairs, BLOCK_N weight rows, BLOCK_K, warps, stages) by weight dtype; H200 sweep
 # at 3,904 tokens (scripts/check_prompt_experts.py), best of 11-12 each, all within 25%
@@ -45,14 +43,6 @@ GATE_UP_BLOCKS = (128, 64, 64, 4, 3)
 DOWN_BLOCKS = (128, 256, 64, 8, 3)
 FP8_GATE_UP_BLOCKS = (128, 64, 64, 8, 4)
 FP8_DOWN_BLOCKS = (128, 128, 64, 8, 3)
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@triton.jit
-def _dot(a, b, acc, F32: tl.constexpr):
-    if F32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
-    return tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -96,8 +86,8 @@ def _prompt_gate_up_kernel(
         w_mask = k_ok[:, None] & row_ok[None, :]
         gate = tl.load(gate_ptrs, mask=w_mask, other=0.0).to(x.dtype)
         up = tl.load(gate_ptrs + up_offset, mask=w_mask, other=0.0).to(x.dtype)
-        acc_gate = _dot(x, gate, acc_gate, F32)
-        acc_up = _dot(x, up, acc_up, F32)
+        acc_gate = dot(x, gate, acc_gate, F32)
+        acc_up = dot(x, up, acc_up, F32)
         x_ptrs += BLOCK_K
         gate_ptrs += BLOCK_K * stride_k
     if SCALED:
@@ -133,7 +123,7 @@ def _prompt_down_kernel(
         k_ok = first + k < inter
         act = tl.load(act_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptrs, mask=k_ok[:, None] & row_ok[None, :], other=0.0).to(act.dtype)
-        acc = _dot(act, w, acc, F32)
+        acc = dot(act, w, acc, F32)
         act_ptrs += BLOCK_K
         w_ptrs += BLOCK_K * stride_k
     if SCALED:
