@@ -27,6 +27,8 @@ from inference.runtime.triton_dot import INTERPRETED, dot
 BLOCK_L = 64  # positions per loop step
 MIN_PROGRAMS = 512  # programs per call at least (an H200 has 132 SMs), where the ring allows
 WARPS, STAGES = 4, 3
+SWAP = False  # positions as the products' rows (M), the query heads as columns
+HALF = True  # float16 operands (one conversion from e4m3; finer than bf16), else bf16
 
 
 @triton.jit
@@ -36,7 +38,8 @@ def _parts_kernel(
     stride_qb, stride_qh, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
     stride_mb,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_L: tl.constexpr, ONE_PART: tl.constexpr, F32: tl.constexpr,
+    BLOCK_L: tl.constexpr, ONE_PART: tl.constexpr, SWAP: tl.constexpr, OPERAND: tl.constexpr,
+    F32: tl.constexpr,
 ):  # fmt: skip
     row, kv_head, part = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = tl.arange(0, BLOCK_G)  # the KV head's query heads, padded to a tensor-core tile
@@ -45,12 +48,16 @@ def _parts_kernel(
     d = tl.arange(0, BLOCK_D)
     d_ok = d < HEAD_DIM
     q = tl.load(q_ptr + row * stride_qb + heads[:, None] * stride_qh + d[None, :],
-                mask=g_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
+                mask=g_ok[:, None] & d_ok[None, :], other=0.0).to(OPERAND)  # fmt: skip
     k_base = k_ptr + row.to(tl.int64) * stride_kb + kv_head * stride_kh
     v_base = v_ptr + row.to(tl.int64) * stride_vb + kv_head * stride_vh
     best = tl.full((BLOCK_G,), -float("inf"), dtype=tl.float32)
     total = tl.zeros((BLOCK_G,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+    if SWAP:  # positions as the tiles' rows: [L, G] scores, [D, G] sums
+        q = tl.trans(q)
+        acc = tl.zeros((BLOCK_D, BLOCK_G), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
     start = part * part_len
     end = tl.minimum(start + part_len, length)
     for first in range(start, end, BLOCK_L):
@@ -58,18 +65,30 @@ def _parts_kernel(
         ok = pos < end
         attend = tl.load(mask_ptr + row * stride_mb + pos, mask=ok, other=0) != 0
         k = tl.load(k_base + pos[:, None] * stride_kl + d[None, :],
-                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(q.dtype)  # fmt: skip
-        scores = dot(q, tl.trans(k), tl.zeros((BLOCK_G, BLOCK_L), tl.float32), F32) * scale
-        scores = tl.where(attend[None, :], scores, -float("inf"))
-        new_best = tl.maximum(best, tl.max(scores, axis=1))
-        safe = tl.where(new_best == -float("inf"), 0.0, new_best)  # all masked so far
-        keep = tl.exp(best - safe)
-        p = tl.exp(scores - safe[:, None])
+                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(OPERAND)  # fmt: skip
         v = tl.load(v_base + pos[:, None] * stride_vl + d[None, :],
-                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(q.dtype)  # fmt: skip
-        total = total * keep + tl.sum(p, axis=1)
-        acc = dot(p.to(q.dtype), v, acc * keep[:, None], F32)
+                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(OPERAND)  # fmt: skip
+        if SWAP:
+            scores = dot(k, q, tl.zeros((BLOCK_L, BLOCK_G), tl.float32), F32) * scale
+            scores = tl.where(attend[:, None], scores, -float("inf"))
+            new_best = tl.maximum(best, tl.max(scores, axis=0))
+            safe = tl.where(new_best == -float("inf"), 0.0, new_best)  # all masked so far
+            keep = tl.exp(best - safe)
+            p = tl.exp(scores - safe[None, :])
+            total = total * keep + tl.sum(p, axis=0)
+            acc = dot(tl.trans(v), p.to(OPERAND), acc * keep[None, :], F32)
+        else:
+            scores = dot(q, tl.trans(k), tl.zeros((BLOCK_G, BLOCK_L), tl.float32), F32) * scale
+            scores = tl.where(attend[None, :], scores, -float("inf"))
+            new_best = tl.maximum(best, tl.max(scores, axis=1))
+            safe = tl.where(new_best == -float("inf"), 0.0, new_best)
+            keep = tl.exp(best - safe)
+            p = tl.exp(scores - safe[:, None])
+            total = total * keep + tl.sum(p, axis=1)
+            acc = dot(p.to(OPERAND), v, acc * keep[:, None], F32)
         best = new_best
+    if SWAP:
+        acc = tl.trans(acc)
     slot = (row * (GROUP * tl.num_programs(1)) + heads) * num_parts + part
     if ONE_PART:  # the answer itself: no merge
         out = acc / total[:, None]
@@ -135,7 +154,8 @@ def decode_attention(query, key, value, mask, scaling: float) -> torch.Tensor:
         value.stride(0), value.stride(1), value.stride(2), attend.stride(0),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_L=BLOCK_L,
-        ONE_PART=parts == 1, F32=INTERPRETED, num_warps=WARPS, num_stages=STAGES,
+        ONE_PART=parts == 1, SWAP=SWAP, OPERAND=tl.float16 if HALF else tl.bfloat16,
+        F32=INTERPRETED, num_warps=WARPS, num_stages=STAGES,
     )  # fmt: skip
     if parts > 1:
         _merge_kernel[(batch * heads,)](
