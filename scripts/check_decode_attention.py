@@ -4,7 +4,7 @@ matmuls around the compiled masked softmax, fast_ops) against the FP8 kernels
 (attention_kernel), per layer, with the error against float32 attention and the bytes of
 keys and values read per second. Each timing is a CUDA graph replaying 8 layers with their
 own caches. Then the FP8 kernels' sweep: programs per call (parts of the ring),
-positions per loop step, warps, pipeline stages, tile layout and operand type.
+positions per loop step, warps and pipeline stages.
 
     python scripts/check_decode_attention.py [--batches 1,8,64] [--out decode-attention.json]
 """
@@ -70,15 +70,15 @@ def measure(batch: int) -> dict:
         ms = graph_ms(lambda stored=stored: run(stored))
         row[f"{name}_ms"] = round(ms, 4)
         row[f"{name}_tb_per_s"] = round(2 * key.numel() * key.element_size() / ms / 1e9, 2)
-    names = ("MIN_PROGRAMS", "BLOCK_L", "WARPS", "STAGES", "SWAP", "HALF")
+    names = ("MIN_PROGRAMS", "BLOCK_L", "WARPS", "STAGES")
     defaults = [getattr(attention_kernel, name) for name in names]
     sweep = []
-    for programs, block, (warps, stages), swap, half in itertools.product(
-        (256, 512, 1024), (32, 64, 128), ((4, 2), (4, 3), (8, 3)), (False, True), (True, False)
+    for programs, block, (warps, stages) in itertools.product(
+        (256, 512, 1024), (32, 64, 128), ((4, 2), (4, 3), (8, 3))
     ):
         if batch == 1 and block > 32:
             continue  # one row is bound by latency: small blocks
-        setting = (programs, block, warps, stages, swap, half)
+        setting = (programs, block, warps, stages)
         for name, value in zip(names, setting, strict=True):
             setattr(attention_kernel, name, value)
         sweep.append((round(graph_ms(lambda: run(fp8_caches)), 4), *setting))

@@ -6,13 +6,16 @@ of the ~19 GB it reads besides the experts in bf16, half of that in FP8. Torch c
 multiply FP8 by bf16, and converting the ring first would read it twice, so the kernels
 convert as they load (flash decoding):
   1. one program per (sequence, KV head, part of the positions): the KV head's queries
-     (padded to 16 rows) against its keys on bf16 tensor cores, the mask applied, an online
-     softmax in float32, the values weighted and summed; each part keeps its running max,
-     sum and output;
+     (padded to 16 rows) against its keys on float16 tensor cores (e4m3 converts to float16
+     in one instruction, and float16 keeps more of the query than bf16), the mask applied,
+     an online softmax in float32, the values weighted and summed; each part keeps its
+     running max, sum and output;
   2. one program per (sequence, query head) merges the parts (where there is more than
      one: at 64 sequences the 512 (sequence, KV head) programs are enough on their own).
-The values are stored as they are (one scale, 1: Gemma 4's keys and values come out of
-RMS norms, so they are small); `kv_cache.fit` clamps them to FP8's range first.
+H200, one sliding layer: 0.089 / 0.019 / 0.0066 ms at 64 / 8 / 1 sequences against the bf16
+path's 0.139 / 0.026 / 0.0104. The values are stored as they are (one scale, 1: Gemma 4's
+keys and values come out of RMS norms, so they are small); `kv_cache.fit` clamps them to
+FP8's range first.
 """
 
 from __future__ import annotations
@@ -23,12 +26,10 @@ import triton.language as tl
 
 from inference.runtime.triton_dot import INTERPRETED, dot
 
-# guesses until measured (scripts/check_decode_attention.py sweeps them)
+# H200 sweep (scripts/check_decode_attention.py): best or within 2% at 1, 8 and 64 rows
 BLOCK_L = 64  # positions per loop step
 MIN_PROGRAMS = 512  # programs per call at least (an H200 has 132 SMs), where the ring allows
 WARPS, STAGES = 4, 3
-SWAP = False  # positions as the products' rows (M), the query heads as columns
-HALF = True  # float16 operands (one conversion from e4m3; finer than bf16), else bf16
 
 
 @triton.jit
@@ -38,8 +39,7 @@ def _parts_kernel(
     stride_qb, stride_qh, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
     stride_mb,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_L: tl.constexpr, ONE_PART: tl.constexpr, SWAP: tl.constexpr, OPERAND: tl.constexpr,
-    F32: tl.constexpr,
+    BLOCK_L: tl.constexpr, ONE_PART: tl.constexpr, F32: tl.constexpr,
 ):  # fmt: skip
     row, kv_head, part = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = tl.arange(0, BLOCK_G)  # the KV head's query heads, padded to a tensor-core tile
@@ -48,16 +48,12 @@ def _parts_kernel(
     d = tl.arange(0, BLOCK_D)
     d_ok = d < HEAD_DIM
     q = tl.load(q_ptr + row * stride_qb + heads[:, None] * stride_qh + d[None, :],
-                mask=g_ok[:, None] & d_ok[None, :], other=0.0).to(OPERAND)  # fmt: skip
+                mask=g_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float16)  # fmt: skip
     k_base = k_ptr + row.to(tl.int64) * stride_kb + kv_head * stride_kh
     v_base = v_ptr + row.to(tl.int64) * stride_vb + kv_head * stride_vh
     best = tl.full((BLOCK_G,), -float("inf"), dtype=tl.float32)
     total = tl.zeros((BLOCK_G,), dtype=tl.float32)
-    if SWAP:  # positions as the tiles' rows: [L, G] scores, [D, G] sums
-        q = tl.trans(q)
-        acc = tl.zeros((BLOCK_D, BLOCK_G), dtype=tl.float32)
-    else:
-        acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
     start = part * part_len
     end = tl.minimum(start + part_len, length)
     for first in range(start, end, BLOCK_L):
@@ -65,30 +61,18 @@ def _parts_kernel(
         ok = pos < end
         attend = tl.load(mask_ptr + row * stride_mb + pos, mask=ok, other=0) != 0
         k = tl.load(k_base + pos[:, None] * stride_kl + d[None, :],
-                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(OPERAND)  # fmt: skip
+                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float16)  # fmt: skip
         v = tl.load(v_base + pos[:, None] * stride_vl + d[None, :],
-                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(OPERAND)  # fmt: skip
-        if SWAP:
-            scores = dot(k, q, tl.zeros((BLOCK_L, BLOCK_G), tl.float32), F32) * scale
-            scores = tl.where(attend[:, None], scores, -float("inf"))
-            new_best = tl.maximum(best, tl.max(scores, axis=0))
-            safe = tl.where(new_best == -float("inf"), 0.0, new_best)  # all masked so far
-            keep = tl.exp(best - safe)
-            p = tl.exp(scores - safe[None, :])
-            total = total * keep + tl.sum(p, axis=0)
-            acc = dot(tl.trans(v), p.to(OPERAND), acc * keep[None, :], F32)
-        else:
-            scores = dot(q, tl.trans(k), tl.zeros((BLOCK_G, BLOCK_L), tl.float32), F32) * scale
-            scores = tl.where(attend[None, :], scores, -float("inf"))
-            new_best = tl.maximum(best, tl.max(scores, axis=1))
-            safe = tl.where(new_best == -float("inf"), 0.0, new_best)
-            keep = tl.exp(best - safe)
-            p = tl.exp(scores - safe[:, None])
-            total = total * keep + tl.sum(p, axis=1)
-            acc = dot(p.to(OPERAND), v, acc * keep[:, None], F32)
+                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float16)  # fmt: skip
+        scores = dot(q, tl.trans(k), tl.zeros((BLOCK_G, BLOCK_L), tl.float32), F32) * scale
+        scores = tl.where(attend[None, :], scores, -float("inf"))
+        new_best = tl.maximum(best, tl.max(scores, axis=1))
+        safe = tl.where(new_best == -float("inf"), 0.0, new_best)  # all masked so far
+        keep = tl.exp(best - safe)
+        p = tl.exp(scores - safe[:, None])
+        total = total * keep + tl.sum(p, axis=1)
+        acc = dot(p.to(tl.float16), v, acc * keep[:, None], F32)
         best = new_best
-    if SWAP:
-        acc = tl.trans(acc)
     slot = (row * (GROUP * tl.num_programs(1)) + heads) * num_parts + part
     if ONE_PART:  # the answer itself: no merge
         out = acc / total[:, None]
@@ -154,8 +138,7 @@ def decode_attention(query, key, value, mask, scaling: float) -> torch.Tensor:
         value.stride(0), value.stride(1), value.stride(2), attend.stride(0),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_L=BLOCK_L,
-        ONE_PART=parts == 1, SWAP=SWAP, OPERAND=tl.float16 if HALF else tl.bfloat16,
-        F32=INTERPRETED, num_warps=WARPS, num_stages=STAGES,
+        ONE_PART=parts == 1, F32=INTERPRETED, num_warps=WARPS, num_stages=STAGES,
     )  # fmt: skip
     if parts > 1:
         _merge_kernel[(batch * heads,)](

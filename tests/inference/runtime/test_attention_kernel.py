@@ -16,7 +16,6 @@ pytest.importorskip("triton")
 
 SCRIPT = """
 import json, torch
-from inference.runtime import attention_kernel
 from inference.runtime.attention_kernel import decode_attention, reference_attention
 from inference.runtime.fp8_experts import FP8
 from inference.runtime.kv_cache import fit
@@ -34,12 +33,10 @@ for rows, heads, kv_heads, length, dim, stored in [
     mask = torch.rand(rows, 1, 1, length) < 0.6
     mask[..., 32:64] = False  # a whole part masked
     mask[..., 0] = True
+    got = decode_attention(query, key, value, mask, 0.25).float()
     expected = reference_attention(query, key, value, mask, 0.25)
-    for swap, half in [(False, True), (True, False)]:  # the kernel's two tile layouts
-        attention_kernel.SWAP, attention_kernel.HALF = swap, half
-        got = decode_attention(query, key, value, mask, 0.25).float()
-        name = f"{rows}x{heads}/{kv_heads} heads, {length} positions, dim {dim}, {stored}"
-        errors[f"{name}, swap {swap}"] = ((got - expected).abs().max() / expected.abs().max()).item()
+    name = f"{rows}x{heads}/{kv_heads} heads, {length} positions, dim {dim}, {stored}"
+    errors[name] = ((got - expected).abs().max() / expected.abs().max()).item()
 print(json.dumps(errors))
 """
 
@@ -52,6 +49,6 @@ def test_fp8_decode_attention_equals_float32_attention() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(errors) == 8
+    assert len(errors) == 4
     for case, error in errors.items():
         assert error < 0.01, f"{case}: error {error:.5f}"
