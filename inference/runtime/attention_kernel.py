@@ -34,12 +34,12 @@ WARPS, STAGES = 4, 3
 
 @triton.jit
 def _parts_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, max_ptr, sum_ptr,
+    q_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, mask_ptr, out_ptr, max_ptr, sum_ptr,
     length, part_len, num_parts, scale,
     stride_qb, stride_qh, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
-    stride_mb,
+    stride_skh, stride_skl, stride_svh, stride_svl, stride_mb,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_L: tl.constexpr, ONE_PART: tl.constexpr, F32: tl.constexpr,
+    BLOCK_L: tl.constexpr, ONE_PART: tl.constexpr, SHARED: tl.constexpr, F32: tl.constexpr,
 ):  # fmt: skip
     row, kv_head, part = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = tl.arange(0, BLOCK_G)  # the KV head's query heads, padded to a tensor-core tile
@@ -59,11 +59,21 @@ def _parts_kernel(
     for first in range(start, end, BLOCK_L):
         pos = first + tl.arange(0, BLOCK_L)
         ok = pos < end
-        attend = tl.load(mask_ptr + row * stride_mb + pos, mask=ok, other=0) != 0
+        code = tl.load(mask_ptr + row * stride_mb + pos, mask=ok, other=0)
+        attend = code != 0
+        own = (attend & (code != 2)) if SHARED else ok  # 2: from the shared prefix's copy
         k = tl.load(k_base + pos[:, None] * stride_kl + d[None, :],
-                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float16)  # fmt: skip
+                    mask=own[:, None] & d_ok[None, :], other=0.0).to(tl.float16)  # fmt: skip
         v = tl.load(v_base + pos[:, None] * stride_vl + d[None, :],
-                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float16)  # fmt: skip
+                    mask=own[:, None] & d_ok[None, :], other=0.0).to(tl.float16)  # fmt: skip
+        if SHARED:
+            common = (code == 2)[:, None] & d_ok[None, :]
+            sk = tl.load(sk_ptr + kv_head * stride_skh + pos[:, None] * stride_skl + d[None, :],
+                         mask=common, other=0.0).to(tl.float16)  # fmt: skip
+            sv = tl.load(sv_ptr + kv_head * stride_svh + pos[:, None] * stride_svl + d[None, :],
+                         mask=common, other=0.0).to(tl.float16)  # fmt: skip
+            k = tl.where(common, sk, k)
+            v = tl.where(common, sv, v)
         scores = dot(q, tl.trans(k), tl.zeros((BLOCK_G, BLOCK_L), tl.float32), F32) * scale
         scores = tl.where(attend[None, :], scores, -float("inf"))
         new_best = tl.maximum(best, tl.max(scores, axis=1))
@@ -110,10 +120,12 @@ def num_parts(batch: int, kv_heads: int, length: int) -> int:
     return max(1, min(wanted, triton.cdiv(length, BLOCK_L)))
 
 
-def decode_attention(query, key, value, mask, scaling: float) -> torch.Tensor:
+def decode_attention(query, key, value, mask, scaling: float, shared=None) -> torch.Tensor:
     """One query per sequence: query [B, Hq, 1, D] (bf16), key/value [B, Hkv, L, D] (FP8,
     or any dtype), mask [B, 1, 1, L] (bool: attended) → [B, 1, Hq, D] in the query's dtype.
-    Query heads h·G … h·G+G-1 share KV head h (G = Hq / Hkv)."""
+    Query heads h·G … h·G+G-1 share KV head h (G = Hq / Hkv). With `shared` (the shared
+    prefix's keys and values, each [Hkv, ≥L, D]) the mask is bytes: 0 not attended, 1 from
+    the row's own cache, 2 from `shared` at the same index (read once for all rows)."""
     batch, heads, _, head_dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     group = heads // kv_heads
@@ -123,7 +135,8 @@ def decode_attention(query, key, value, mask, scaling: float) -> torch.Tensor:
     part_len = triton.cdiv(triton.cdiv(length, parts), BLOCK_L) * BLOCK_L
     parts = triton.cdiv(length, part_len)
     q = query[:, :, 0]
-    attend = mask.reshape(batch, -1).view(torch.uint8)  # bytes: 1 where attended
+    attend = mask.reshape(batch, -1).view(torch.uint8)  # bytes: 0 where not attended
+    shared_key, shared_value = shared if shared is not None else (key[0], value[0])
     out = query.new_empty(batch, 1, heads, head_dim)
     if parts == 1:
         partial = best = total = out
@@ -133,12 +146,14 @@ def decode_attention(query, key, value, mask, scaling: float) -> torch.Tensor:
         best = torch.empty(batch, heads, parts, device=query.device, dtype=torch.float32)
         total = torch.empty_like(best)
     _parts_kernel[(batch, kv_heads, parts)](
-        q, key, value, attend, partial, best, total, length, part_len, parts, scaling,
-        q.stride(0), q.stride(1), key.stride(0), key.stride(1), key.stride(2),
-        value.stride(0), value.stride(1), value.stride(2), attend.stride(0),
+        q, key, value, shared_key, shared_value, attend, partial, best, total, length,
+        part_len, parts, scaling, q.stride(0), q.stride(1), key.stride(0), key.stride(1),
+        key.stride(2), value.stride(0), value.stride(1), value.stride(2), shared_key.stride(0),
+        shared_key.stride(1), shared_value.stride(0), shared_value.stride(1), attend.stride(0),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_L=BLOCK_L,
-        ONE_PART=parts == 1, F32=INTERPRETED, num_warps=WARPS, num_stages=STAGES,
+        ONE_PART=parts == 1, SHARED=shared is not None, F32=INTERPRETED, num_warps=WARPS,
+        num_stages=STAGES,
     )  # fmt: skip
     if parts > 1:
         _merge_kernel[(batch * heads,)](
@@ -161,22 +176,37 @@ def reference_attention(query, key, value, mask, scaling: float) -> torch.Tensor
 
 def works_on(device: torch.device) -> bool:
     """Where the kernels serve (GPUs; the CPU dequantizes instead): compile and run them
-    once on small random FP8 keys and values, against float32 attention."""
+    once on small random keys and values (FP8 and bf16; each with and without a shared
+    prefix), against float32 attention."""
     if device.type != "cuda":
         return True
     from inference.runtime.fp8_experts import FP8
     from inference.runtime.kv_cache import fit
 
     generator = torch.Generator(device=device).manual_seed(0)
-    rows, heads, kv_heads, length, dim = 2, 4, 2, 96, 64
-    query, key, value = (
-        torch.randn(*shape, generator=generator, device=device)
-        for shape in ((rows, heads, 1, dim), (rows, kv_heads, length, dim),
-                      (rows, kv_heads, length, dim))
-    )  # fmt: skip
-    query, key, value = query.to(torch.bfloat16), fit(key, FP8), fit(value, FP8)
+    rows, heads, kv_heads, length, dim, common = 2, 4, 2, 96, 64, 40
+    query = torch.randn(rows, heads, 1, dim, generator=generator, device=device)
+    query = query.to(torch.bfloat16)
     mask = torch.rand(rows, 1, 1, length, generator=generator, device=device) < 0.7
     mask[..., 0] = True
-    got = decode_attention(query, key, value, mask, 0.125).float()
-    expected = reference_attention(query, key, value, mask, 0.125)
-    return bool((got - expected).abs().max() <= 0.02 * expected.abs().max())
+    codes = mask.to(torch.uint8)
+    codes[..., :common] *= 2  # attended positions before `common`: from the shared copy
+    for stored in (FP8, torch.bfloat16):
+        key, value = (
+            fit(torch.randn(rows, kv_heads, length, dim, generator=generator, device=device),
+                stored)
+            for _ in range(2)
+        )  # fmt: skip
+        shared = key[0].clone(), value[0].clone()
+        seen_key, seen_value = key.float(), value.float()  # what rows see with the copy
+        seen_key[:, :, :common] = shared[0][:, :common].float()
+        seen_value[:, :, :common] = shared[1][:, :common].float()
+        for got, expected in (
+            (decode_attention(query, key, value, mask, 0.125),
+             reference_attention(query, key, value, mask, 0.125)),
+            (decode_attention(query, key, value, codes, 0.125, shared),
+             reference_attention(query, seen_key, seen_value, mask, 0.125)),
+        ):  # fmt: skip
+            if not (got.float() - expected).abs().max() <= 0.02 * expected.abs().max():
+                return False
+    return True
