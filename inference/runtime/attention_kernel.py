@@ -27,7 +27,7 @@ import triton.language as tl
 from inference.runtime.triton_dot import INTERPRETED, dot
 
 # H200 sweep (scripts/check_decode_attention.py): best or within 2% at 1, 8 and 64 rows
-BLOCK_L = 64  # positions per loop step
+BLOCK_L = 64  # positions per loop step (FP8; halved for 2-byte values: the same bytes)
 MIN_PROGRAMS = 512  # programs per call at least (an H200 has 132 SMs), where the ring allows
 WARPS, STAGES = 4, 3
 
@@ -51,6 +51,8 @@ def _parts_kernel(
                 mask=g_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float16)  # fmt: skip
     k_base = k_ptr + row.to(tl.int64) * stride_kb + kv_head * stride_kh
     v_base = v_ptr + row.to(tl.int64) * stride_vb + kv_head * stride_vh
+    sk_base = sk_ptr + kv_head * stride_skh
+    sv_base = sv_ptr + kv_head * stride_svh
     best = tl.full((BLOCK_G,), -float("inf"), dtype=tl.float32)
     total = tl.zeros((BLOCK_G,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
@@ -61,19 +63,14 @@ def _parts_kernel(
         ok = pos < end
         code = tl.load(mask_ptr + row * stride_mb + pos, mask=ok, other=0)
         attend = code != 0
-        own = (attend & (code != 2)) if SHARED else ok  # 2: from the shared prefix's copy
-        k = tl.load(k_base + pos[:, None] * stride_kl + d[None, :],
-                    mask=own[:, None] & d_ok[None, :], other=0.0).to(tl.float16)  # fmt: skip
-        v = tl.load(v_base + pos[:, None] * stride_vl + d[None, :],
-                    mask=own[:, None] & d_ok[None, :], other=0.0).to(tl.float16)  # fmt: skip
-        if SHARED:
-            common = (code == 2)[:, None] & d_ok[None, :]
-            sk = tl.load(sk_ptr + kv_head * stride_skh + pos[:, None] * stride_skl + d[None, :],
-                         mask=common, other=0.0).to(tl.float16)  # fmt: skip
-            sv = tl.load(sv_ptr + kv_head * stride_svh + pos[:, None] * stride_svl + d[None, :],
-                         mask=common, other=0.0).to(tl.float16)  # fmt: skip
-            k = tl.where(common, sk, k)
-            v = tl.where(common, sv, v)
+        k_at = k_base + pos[:, None] * stride_kl + d[None, :]
+        v_at = v_base + pos[:, None] * stride_vl + d[None, :]
+        if SHARED:  # 2: from the shared prefix's copy, one load either way
+            common = (code == 2)[:, None]
+            k_at = tl.where(common, sk_base + pos[:, None] * stride_skl + d[None, :], k_at)
+            v_at = tl.where(common, sv_base + pos[:, None] * stride_svl + d[None, :], v_at)
+        k = tl.load(k_at, mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float16)
+        v = tl.load(v_at, mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float16)
         scores = dot(q, tl.trans(k), tl.zeros((BLOCK_G, BLOCK_L), tl.float32), F32) * scale
         scores = tl.where(attend[None, :], scores, -float("inf"))
         new_best = tl.maximum(best, tl.max(scores, axis=1))
@@ -113,11 +110,11 @@ def _merge_kernel(parts_ptr, max_ptr, sum_ptr, out_ptr, num_parts, HEAD_DIM: tl.
     tl.store(out_ptr + head * HEAD_DIM + d, out.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
-def num_parts(batch: int, kv_heads: int, length: int) -> int:
-    """How many parts the positions split into: enough programs for the GPU, BLOCK_L
+def num_parts(batch: int, kv_heads: int, length: int, block: int = BLOCK_L) -> int:
+    """How many parts the positions split into: enough programs for the GPU, `block`
     positions each at least."""
     wanted = triton.cdiv(MIN_PROGRAMS, batch * kv_heads)
-    return max(1, min(wanted, triton.cdiv(length, BLOCK_L)))
+    return max(1, min(wanted, triton.cdiv(length, block)))
 
 
 def decode_attention(query, key, value, mask, scaling: float, shared=None) -> torch.Tensor:
@@ -131,8 +128,9 @@ def decode_attention(query, key, value, mask, scaling: float, shared=None) -> to
     group = heads // kv_heads
     if key.stride(-1) != 1 or value.stride(-1) != 1 or query.stride(-1) != 1:
         raise ValueError("head_dim must be the innermost dimension")
-    parts = num_parts(batch, kv_heads, length)
-    part_len = triton.cdiv(triton.cdiv(length, parts), BLOCK_L) * BLOCK_L
+    block = max(16, BLOCK_L // key.element_size())
+    parts = num_parts(batch, kv_heads, length, block)
+    part_len = triton.cdiv(triton.cdiv(length, parts), block) * block
     parts = triton.cdiv(length, part_len)
     q = query[:, :, 0]
     attend = mask.reshape(batch, -1).view(torch.uint8)  # bytes: 0 where not attended
@@ -151,7 +149,7 @@ def decode_attention(query, key, value, mask, scaling: float, shared=None) -> to
         key.stride(2), value.stride(0), value.stride(1), value.stride(2), shared_key.stride(0),
         shared_key.stride(1), shared_value.stride(0), shared_value.stride(1), attend.stride(0),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_L=BLOCK_L,
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_L=block,
         ONE_PART=parts == 1, SHARED=shared is not None, F32=INTERPRETED, num_warps=WARPS,
         num_stages=STAGES,
     )  # fmt: skip
@@ -176,15 +174,15 @@ def reference_attention(query, key, value, mask, scaling: float) -> torch.Tensor
 
 def works_on(device: torch.device) -> bool:
     """Where the kernels serve (GPUs; the CPU dequantizes instead): compile and run them
-    once on small random keys and values (FP8 and bf16; each with and without a shared
-    prefix), against float32 attention."""
+    once on random keys and values at Gemma 4's sliding-layer sizes (FP8 and bf16; each
+    with and without a shared prefix), against float32 attention."""
     if device.type != "cuda":
         return True
     from inference.runtime.fp8_experts import FP8
     from inference.runtime.kv_cache import fit
 
     generator = torch.Generator(device=device).manual_seed(0)
-    rows, heads, kv_heads, length, dim, common = 2, 4, 2, 96, 64, 40
+    rows, heads, kv_heads, length, dim, common = 2, 16, 8, 160, 256, 40
     query = torch.randn(rows, heads, 1, dim, generator=generator, device=device)
     query = query.to(torch.bfloat16)
     mask = torch.rand(rows, 1, 1, length, generator=generator, device=device) < 0.7
