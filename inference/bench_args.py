@@ -88,6 +88,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="then these bursts with the sliding layers' keys and values in FP8 (and, with "
         "--fp8-experts, its bursts again with both)",
     )
+    parser.add_argument(
+        "--without-shared-prefix",
+        type=_ints,
+        default=[],
+        help="then these bursts with each slot's own copy of the system prompt's K/V read "
+        "in decode steps (the shared copy off), as the same run's baseline",
+    )
     parser.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto")
     parser.add_argument(
         "--compile-layers",

@@ -27,7 +27,7 @@ import triton.language as tl
 from inference.runtime.triton_dot import INTERPRETED, dot
 
 # H200 sweep (scripts/check_decode_attention.py): best or within 2% at 1, 8 and 64 rows
-BLOCK_L = 64  # positions per loop step
+BLOCK_L = 64  # positions per loop step (FP8; halved for 2-byte values: the same bytes)
 MIN_PROGRAMS = 512  # programs per call at least (an H200 has 132 SMs), where the ring allows
 WARPS, STAGES = 4, 3
 
@@ -35,11 +35,11 @@ WARPS, STAGES = 4, 3
 @triton.jit
 def _parts_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, max_ptr, sum_ptr,
-    length, part_len, num_parts, scale,
+    length, part_len, num_parts, scale, shared_row,
     stride_qb, stride_qh, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
     stride_mb,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_L: tl.constexpr, ONE_PART: tl.constexpr, F32: tl.constexpr,
+    BLOCK_L: tl.constexpr, ONE_PART: tl.constexpr, SHARED: tl.constexpr, F32: tl.constexpr,
 ):  # fmt: skip
     row, kv_head, part = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = tl.arange(0, BLOCK_G)  # the KV head's query heads, padded to a tensor-core tile
@@ -59,11 +59,18 @@ def _parts_kernel(
     for first in range(start, end, BLOCK_L):
         pos = first + tl.arange(0, BLOCK_L)
         ok = pos < end
-        attend = tl.load(mask_ptr + row * stride_mb + pos, mask=ok, other=0) != 0
-        k = tl.load(k_base + pos[:, None] * stride_kl + d[None, :],
-                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float16)  # fmt: skip
-        v = tl.load(v_base + pos[:, None] * stride_vl + d[None, :],
-                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float16)  # fmt: skip
+        code = tl.load(mask_ptr + row * stride_mb + pos, mask=ok, other=0)
+        attend = code != 0
+        if SHARED:  # 2: from the shared prefix's row; offsets, so loads stay vectorized
+            rows = tl.where(code == 2, shared_row, row).to(tl.int64)[:, None]
+            k_at = k_ptr + rows * stride_kb + kv_head * stride_kh + pos[:, None] * stride_kl
+            v_at = v_ptr + rows * stride_vb + kv_head * stride_vh + pos[:, None] * stride_vl
+            k_at, v_at = k_at + d[None, :], v_at + d[None, :]
+        else:
+            k_at = k_base + pos[:, None] * stride_kl + d[None, :]
+            v_at = v_base + pos[:, None] * stride_vl + d[None, :]
+        k = tl.load(k_at, mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float16)
+        v = tl.load(v_at, mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float16)
         scores = dot(q, tl.trans(k), tl.zeros((BLOCK_G, BLOCK_L), tl.float32), F32) * scale
         scores = tl.where(attend[None, :], scores, -float("inf"))
         new_best = tl.maximum(best, tl.max(scores, axis=1))
@@ -103,27 +110,32 @@ def _merge_kernel(parts_ptr, max_ptr, sum_ptr, out_ptr, num_parts, HEAD_DIM: tl.
     tl.store(out_ptr + head * HEAD_DIM + d, out.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
-def num_parts(batch: int, kv_heads: int, length: int) -> int:
-    """How many parts the positions split into: enough programs for the GPU, BLOCK_L
+def num_parts(batch: int, kv_heads: int, length: int, block: int = BLOCK_L) -> int:
+    """How many parts the positions split into: enough programs for the GPU, `block`
     positions each at least."""
     wanted = triton.cdiv(MIN_PROGRAMS, batch * kv_heads)
-    return max(1, min(wanted, triton.cdiv(length, BLOCK_L)))
+    return max(1, min(wanted, triton.cdiv(length, block)))
 
 
-def decode_attention(query, key, value, mask, scaling: float) -> torch.Tensor:
+def decode_attention(query, key, value, mask, scaling: float, shared_row=None) -> torch.Tensor:
     """One query per sequence: query [B, Hq, 1, D] (bf16), key/value [B, Hkv, L, D] (FP8,
     or any dtype), mask [B, 1, 1, L] (bool: attended) → [B, 1, Hq, D] in the query's dtype.
-    Query heads h·G … h·G+G-1 share KV head h (G = Hq / Hkv)."""
+    Query heads h·G … h·G+G-1 share KV head h (G = Hq / Hkv). With `shared_row` (where the
+    cache that key and value view from its row 0 keeps a shared prefix) the mask is bytes:
+    0 not attended, 1 from the row's own slot, 2 from the shared row (one copy for all)."""
     batch, heads, _, head_dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     group = heads // kv_heads
     if key.stride(-1) != 1 or value.stride(-1) != 1 or query.stride(-1) != 1:
         raise ValueError("head_dim must be the innermost dimension")
-    parts = num_parts(batch, kv_heads, length)
-    part_len = triton.cdiv(triton.cdiv(length, parts), BLOCK_L) * BLOCK_L
+    block = max(16, BLOCK_L // key.element_size())
+    parts = num_parts(batch, kv_heads, length, block)
+    part_len = triton.cdiv(triton.cdiv(length, parts), block) * block
     parts = triton.cdiv(length, part_len)
     q = query[:, :, 0]
-    attend = mask.reshape(batch, -1).view(torch.uint8)  # bytes: 1 where attended
+    attend = mask.reshape(batch, -1).view(torch.uint8)  # bytes: 0 where not attended
+    if shared_row is not None and (key.storage_offset() or value.storage_offset()):
+        raise ValueError("with a shared row, keys and values must view their cache from row 0")
     out = query.new_empty(batch, 1, heads, head_dim)
     if parts == 1:
         partial = best = total = out
@@ -134,11 +146,12 @@ def decode_attention(query, key, value, mask, scaling: float) -> torch.Tensor:
         total = torch.empty_like(best)
     _parts_kernel[(batch, kv_heads, parts)](
         q, key, value, attend, partial, best, total, length, part_len, parts, scaling,
-        q.stride(0), q.stride(1), key.stride(0), key.stride(1), key.stride(2),
+        shared_row or 0, q.stride(0), q.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), attend.stride(0),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
-        BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_L=BLOCK_L,
-        ONE_PART=parts == 1, F32=INTERPRETED, num_warps=WARPS, num_stages=STAGES,
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_L=block,
+        ONE_PART=parts == 1, SHARED=shared_row is not None, F32=INTERPRETED, num_warps=WARPS,
+        num_stages=STAGES,
     )  # fmt: skip
     if parts > 1:
         _merge_kernel[(batch * heads,)](
@@ -161,23 +174,37 @@ def reference_attention(query, key, value, mask, scaling: float) -> torch.Tensor
 
 def works_on(device: torch.device) -> bool:
     """Where the kernels serve (GPUs; the CPU dequantizes instead): compile and run them
-    once on random FP8 keys and values at Gemma 4's sliding-layer sizes (a tile that does
-    not fit the GPU fails here, not in a decode step), against float32 attention."""
+    once on random keys and values at Gemma 4's sliding-layer sizes (FP8 and bf16; each
+    with and without a shared prefix), against float32 attention."""
     if device.type != "cuda":
         return True
     from inference.runtime.fp8_experts import FP8
     from inference.runtime.kv_cache import fit
 
     generator = torch.Generator(device=device).manual_seed(0)
-    rows, heads, kv_heads, length, dim = 2, 16, 8, 160, 256
-    query, key, value = (
-        torch.randn(*shape, generator=generator, device=device)
-        for shape in ((rows, heads, 1, dim), (rows, kv_heads, length, dim),
-                      (rows, kv_heads, length, dim))
-    )  # fmt: skip
-    query, key, value = query.to(torch.bfloat16), fit(key, FP8), fit(value, FP8)
+    rows, heads, kv_heads, length, dim, common = 2, 16, 8, 160, 256, 40
+    query = torch.randn(rows, heads, 1, dim, generator=generator, device=device)
+    query = query.to(torch.bfloat16)
     mask = torch.rand(rows, 1, 1, length, generator=generator, device=device) < 0.7
     mask[..., 0] = True
-    got = decode_attention(query, key, value, mask, 0.125).float()
-    expected = reference_attention(query, key, value, mask, 0.125)
-    return bool((got - expected).abs().max() <= 0.02 * expected.abs().max())
+    codes = mask.to(torch.uint8)
+    codes[..., :common] *= 2  # attended positions before `common`: from the shared row
+    for stored in (FP8, torch.bfloat16):
+        key, value = (  # rows' slots, then the shared row
+            fit(torch.randn(rows + 1, kv_heads, length, dim, generator=generator, device=device),
+                stored)
+            for _ in range(2)
+        )  # fmt: skip
+        seen_key, seen_value = key[:rows].float(), value[:rows].float()  # with the shared row
+        seen_key[:, :, :common] = key[rows, :, :common].float()
+        seen_value[:, :, :common] = value[rows, :, :common].float()
+        key, value = key[:rows], value[:rows]
+        for got, expected in (
+            (decode_attention(query, key, value, mask, 0.125),
+             reference_attention(query, key, value, mask, 0.125)),
+            (decode_attention(query, key, value, codes, 0.125, shared_row=rows),
+             reference_attention(query, seen_key, seen_value, mask, 0.125)),
+        ):  # fmt: skip
+            if not (got.float() - expected).abs().max() <= 0.02 * expected.abs().max():
+                return False
+    return True

@@ -54,6 +54,10 @@ class RuntimeConfig:
     # many-sequence decode step reads for them (13.4 GB at 64 sequences in bf16). Opt-in
     # like fp8_experts; needs fast_attention, and Triton on GPUs
     fp8_kv_cache: bool = False
+    # decode attention of the sliding layers reads a shared prompt prefix (the system
+    # prompt, from the prefix cache) once for all rows instead of from each slot
+    # (kv_cache, attention_kernel); needs fast_attention, and Triton on GPUs
+    shared_prefix_attention: bool = True
 
     def __post_init__(self) -> None:
         if (
