@@ -410,7 +410,7 @@ def run(args: argparse.Namespace) -> dict:
             *without_cache,
             *args.fp8_experts,
             *args.fp8_kv_cache,
-            *args.without_shared_prefix,
+            *args.shared_prefix,
         ]
     )
     requests = make_requests(count, args.new_tokens)
@@ -501,9 +501,8 @@ def run(args: argparse.Namespace) -> dict:
             record(bench_engine(engine, chosen, [0.0] * concurrency, f"engine, {name}"))
         engine.close()
 
-    if args.without_shared_prefix:
-        variant_rows("no shared prefix", args.without_shared_prefix,
-                     shared_prefix_attention=False)  # fmt: skip
+    if args.shared_prefix:
+        variant_rows("shared prefix", args.shared_prefix, shared_prefix_attention=True)
     if args.fp8_kv_cache:
         variant_rows("fp8 kv cache", args.fp8_kv_cache, fp8_kv_cache=True)
     for cache in args.generate_caches:

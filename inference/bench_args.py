@@ -89,11 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fp8-experts, its bursts again with both)",
     )
     parser.add_argument(
-        "--without-shared-prefix",
+        "--shared-prefix",
         type=_ints,
         default=[],
-        help="then these bursts with each slot's own copy of the system prompt's K/V read "
-        "in decode steps (the shared copy off), as the same run's baseline",
+        help="then these bursts with the system prompt's K/V read once from a shared row in "
+        "decode steps (opt-in: RuntimeConfig.shared_prefix_attention)",
     )
     parser.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto")
     parser.add_argument(

@@ -56,8 +56,9 @@ class RuntimeConfig:
     fp8_kv_cache: bool = False
     # decode attention of the sliding layers reads a shared prompt prefix (the system
     # prompt, from the prefix cache) once for all rows instead of from each slot
-    # (kv_cache, attention_kernel); needs fast_attention, and Triton on GPUs
-    shared_prefix_attention: bool = True
+    # (kv_cache, attention_kernel). Opt-in: its first version measured slower on an H200,
+    # this one (loads kept contiguous) is not measured yet; needs fast_attention and Triton
+    shared_prefix_attention: bool = False
 
     def __post_init__(self) -> None:
         if (

@@ -34,6 +34,7 @@ def jpeg(image) -> bytes:
         "attended length in steps of 32",
         "no prefix cache",
         "transformers' vision tower and photo merge",
+        "shared prefix attention",
     ],
 )
 def batch_engine(request, tiny_engine: GemmaEngine):
@@ -51,6 +52,7 @@ def batch_engine(request, tiny_engine: GemmaEngine):
         attend_lengths=tuple(range(32, 1024, 32)) if "32" in request.param else None,
         prefix_cache_tokens=0 if request.param == "no prefix cache" else 4096,
         vision_per_photo="vision tower" not in request.param,
+        shared_prefix_attention=request.param == "shared prefix attention",
     )
     engine = BatchEngine(tiny_engine, runtime)
     yield engine
