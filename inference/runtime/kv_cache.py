@@ -150,10 +150,12 @@ class SlotKVCache:
         """The prompts just stored in `slots` begin with `prefix` (its K/V per layer, each
         [1, Hkv, len, D]; () and None: no shared prefix). Their decode attention reads it
         from the shared copy if that holds it; the copy changes to a new prefix only while
-        no other slot in `busy` reads the old one."""
+        no other slot in `busy` reads the old one. Nothing to do without a shared row."""
+        if not self.shares:
+            return
         for slot in slots:
             self.slot_prefix[slot] = prefix
-        length = len(prefix) if self.shares and 0 < len(prefix) <= self.window else 0
+        length = len(prefix) if 0 < len(prefix) <= self.window else 0
         if length and prefix != self.shared_prefix:
             others = [slot for slot in busy if slot not in slots]
             if self.shared_prefix and any(
@@ -176,8 +178,9 @@ class SlotKVCache:
         for keys, values in zip(self.keys, self.values, strict=True):
             keys[to_slot].copy_(keys[from_slot])
             values[to_slot].copy_(values[from_slot])
-        self.shared_len[to_slot] = self.shared_len[from_slot]
-        self.slot_prefix[to_slot] = self.slot_prefix[from_slot]
+        if self.shares:
+            self.shared_len[to_slot] = self.shared_len[from_slot]
+            self.slot_prefix[to_slot] = self.slot_prefix[from_slot]
 
     def decode_masks(self, positions: torch.Tensor) -> dict[str, torch.Tensor]:
         """Attention masks [B, 1, 1, L] for one decode step at `positions` [B] (all below
