@@ -172,12 +172,15 @@ def reference_attention(query, key, value, mask, scaling: float) -> torch.Tensor
     return (probs @ value.float()).reshape(batch, 1, heads, head_dim)
 
 
-def works_on(device: torch.device) -> bool:
+def works_on(device: torch.device, stored: torch.dtype | None = None, shared: bool = False) -> bool:
     """Where the kernels serve (GPUs; the CPU dequantizes instead): compile and run them
-    once on random keys and values at Gemma 4's sliding-layer sizes (FP8 and bf16; each
-    with and without a shared prefix), against float32 attention."""
-    if device.type != "cuda":
-        return True
+    once as the engine will (`matches_reference`)."""
+    return device.type != "cuda" or matches_reference(device, stored, shared)
+
+
+def matches_reference(device: torch.device, stored: torch.dtype | None, shared: bool) -> bool:
+    """The kernels on random keys and values at Gemma 4's sliding-layer sizes (stored as
+    `stored`, FP8 by default; with a shared prefix row or not) against float32 attention."""
     from inference.runtime.fp8_experts import FP8
     from inference.runtime.kv_cache import fit
 
@@ -187,24 +190,18 @@ def works_on(device: torch.device) -> bool:
     query = query.to(torch.bfloat16)
     mask = torch.rand(rows, 1, 1, length, generator=generator, device=device) < 0.7
     mask[..., 0] = True
-    codes = mask.to(torch.uint8)
-    codes[..., :common] *= 2  # attended positions before `common`: from the shared row
-    for stored in (FP8, torch.bfloat16):
-        key, value = (  # rows' slots, then the shared row
-            fit(torch.randn(rows + 1, kv_heads, length, dim, generator=generator, device=device),
-                stored)
-            for _ in range(2)
-        )  # fmt: skip
-        seen_key, seen_value = key[:rows].float(), value[:rows].float()  # with the shared row
+    key, value = (  # rows' slots, then the shared row
+        fit(torch.randn(rows + 1, kv_heads, length, dim, generator=generator, device=device),
+            stored or FP8)
+        for _ in range(2)
+    )  # fmt: skip
+    seen_key, seen_value = key[:rows].float(), value[:rows].float()  # what the rows attend to
+    codes, shared_row = mask, None
+    if shared:  # attended positions before `common`: from the shared row
+        codes, shared_row = mask.to(torch.uint8), rows
+        codes[..., :common] *= 2
         seen_key[:, :, :common] = key[rows, :, :common].float()
         seen_value[:, :, :common] = value[rows, :, :common].float()
-        key, value = key[:rows], value[:rows]
-        for got, expected in (
-            (decode_attention(query, key, value, mask, 0.125),
-             reference_attention(query, key, value, mask, 0.125)),
-            (decode_attention(query, key, value, codes, 0.125, shared_row=rows),
-             reference_attention(query, seen_key, seen_value, mask, 0.125)),
-        ):  # fmt: skip
-            if not (got.float() - expected).abs().max() <= 0.02 * expected.abs().max():
-                return False
-    return True
+    got = decode_attention(query, key[:rows], value[:rows], codes, 0.125, shared_row)
+    expected = reference_attention(query, seen_key, seen_value, mask, 0.125)
+    return bool((got.float() - expected).abs().max() <= 0.02 * expected.abs().max())

@@ -130,6 +130,8 @@ class BatchEngine:
             and layers.kernels_work(
                 "attention_kernel", model.device, "decode_attention_kernel",
                 "bf16 keys and values read from each slot",
+                stored=fp8_experts.FP8 if runtime.fp8_kv_cache else model.dtype,
+                shared=runtime.shared_prefix_attention,
             )
         )  # fmt: skip
         self.runner = ModelRunner(

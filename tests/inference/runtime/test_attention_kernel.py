@@ -56,6 +56,12 @@ for stored in (FP8, torch.bfloat16):
     expected = reference_attention(query, seen_key, seen_value, mask, 0.25)
     error = (got - expected).abs().max() / expected.abs().max()
     errors[f"shared prefix, {stored}"] = error.item()
+# the engine's start-up check, as a GPU runs it, for each configuration it checks
+from inference.runtime.attention_kernel import matches_reference
+for stored in (FP8, torch.bfloat16):
+    for shared in (False, True):
+        errors[f"start-up check, {stored}, shared {shared}"] = 0.0 if matches_reference(
+            torch.device("cpu"), stored, shared) else 1.0
 print(json.dumps(errors))
 """
 
@@ -68,6 +74,6 @@ def test_fp8_decode_attention_equals_float32_attention() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(errors) == 6
+    assert len(errors) == 10
     for case, error in errors.items():
         assert error < 0.01, f"{case}: error {error:.5f}"
