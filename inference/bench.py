@@ -410,7 +410,6 @@ def run(args: argparse.Namespace) -> dict:
             *without_cache,
             *args.fp8_experts,
             *args.fp8_kv_cache,
-            *args.shared_prefix,
         ]
     )
     requests = make_requests(count, args.new_tokens)
@@ -454,7 +453,6 @@ def run(args: argparse.Namespace) -> dict:
     result["fused_experts_max_tokens"] = layers.fused_experts_max_tokens  # 0 if it failed
     result["expert_major_max_tokens"] = layers.expert_major_max_tokens
     result["triton_prompt_experts"] = layers.triton_prompt_experts
-    result["shared_prefix_attention"] = engine.runner.cache.shares
     result["graph_breaks"] = dict(dynamo_counters["graph_break"])
     graphs_after_setup = dynamo_counters["stats"]["unique_graphs"]
     bench_engine(engine, make_requests(2, 4, seed=99), [0.0, 0.0], "warm-up")
@@ -501,8 +499,6 @@ def run(args: argparse.Namespace) -> dict:
             record(bench_engine(engine, chosen, [0.0] * concurrency, f"engine, {name}"))
         engine.close()
 
-    if args.shared_prefix:
-        variant_rows("shared prefix", args.shared_prefix, shared_prefix_attention=True)
     if args.fp8_kv_cache:
         variant_rows("fp8 kv cache", args.fp8_kv_cache, fp8_kv_cache=True)
     for cache in args.generate_caches:

@@ -88,13 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="then these bursts with the sliding layers' keys and values in FP8 (and, with "
         "--fp8-experts, its bursts again with both)",
     )
-    parser.add_argument(
-        "--shared-prefix",
-        type=_ints,
-        default=[],
-        help="then these bursts with the system prompt's K/V read once from a shared row in "
-        "decode steps (opt-in: RuntimeConfig.shared_prefix_attention)",
-    )
     parser.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto")
     parser.add_argument(
         "--compile-layers",

@@ -99,7 +99,6 @@ class BatchEngine:
             fused_experts_max_tokens=layers.fused_experts_max_tokens,
             fp8_experts=fp8_experts.is_quantized(model.model.language_model.layers[0].experts),
             fp8_kv_cache=any(k.dtype == fp8_experts.FP8 for k in self.runner.cache.keys),
-            shared_prefix_attention=self.runner.cache.shares,
             seconds=round(time.monotonic() - started, 2),
         )
 
@@ -125,15 +124,9 @@ class BatchEngine:
                 expert_major_tokens=runtime.expert_major_tokens,
                 triton_prompts=runtime.triton_prompt_experts,
             )
-        attention_kernel_works = (runtime.fp8_kv_cache or runtime.shared_prefix_attention) and (
-            runtime.fast_attention
-            and layers.kernels_work(
-                "attention_kernel", model.device, "decode_attention_kernel",
-                "bf16 keys and values read from each slot",
-                stored=fp8_experts.FP8 if runtime.fp8_kv_cache else model.dtype,
-                shared=runtime.shared_prefix_attention,
-            )
-        )  # fmt: skip
+        fp8_kv = runtime.fp8_kv_cache and layers.kernels_work(
+            "attention_kernel", model.device, "fp8_kv_cache", "bf16 keys and values"
+        )
         self.runner = ModelRunner(
             model,
             num_slots=runtime.max_slots,
@@ -145,8 +138,7 @@ class BatchEngine:
             flash_prompts=runtime.fast_attention and runtime.flash_prompt_attention,
             prefix_cache_tokens=runtime.prefix_cache_tokens,
             packed_photos=runtime.vision_per_photo,
-            fp8_sliding_kv=runtime.fp8_kv_cache and attention_kernel_works,
-            share_prefix=runtime.shared_prefix_attention and attention_kernel_works,
+            fp8_sliding_kv=fp8_kv,
         )
         if compile_layers:
             self._warm_up_prefill()
@@ -366,7 +358,7 @@ class BatchEngine:
         cached prefixes' KV neither: computed again when next needed)."""
         draining = [seq for batch in self._in_flight for seq in batch.seqs]
         self._in_flight = []
-        self.runner.forget_prefixes()
+        self.runner.prefixes.clear()
         for seq in [*self.scheduler.waiting, *self.scheduler.running, *draining]:
             if seq.ended:
                 continue

@@ -54,11 +54,6 @@ class RuntimeConfig:
     # many-sequence decode step reads for them (13.4 GB at 64 sequences in bf16). Opt-in
     # like fp8_experts; needs fast_attention, and Triton on GPUs
     fp8_kv_cache: bool = False
-    # decode attention of the sliding layers reads a shared prompt prefix (the system
-    # prompt, from the prefix cache) once for all rows instead of from each slot
-    # (kv_cache, attention_kernel). Opt-in: its first version measured slower on an H200,
-    # this one (loads kept contiguous) is not measured yet; needs fast_attention and Triton
-    shared_prefix_attention: bool = False
 
     def __post_init__(self) -> None:
         if (

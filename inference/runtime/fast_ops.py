@@ -31,21 +31,6 @@ ATTENTION_NAME = "travelbot_decode"
 _image_spans: ContextVar[list[list[tuple[int, int]]] | None] = ContextVar("spans", default=None)
 
 
-# during a decode step with a shared prefix: the cache row that holds it (kv_cache)
-_shared_row: ContextVar[int | None] = ContextVar("shared_row", default=None)
-
-
-@contextmanager
-def shared_prefix(row: int) -> Iterator[None]:
-    """Decode attention in this block reads the positions its masks mark 2 from this row
-    of the sliding layers' caches."""
-    token = _shared_row.set(row)
-    try:
-        yield
-    finally:
-        _shared_row.reset(token)
-
-
 @contextmanager
 def image_spans(spans: list[list[tuple[int, int]]] | None) -> Iterator[None]:
     """Prompt attention in this block may use `prompt_attention` with these image spans
@@ -162,18 +147,13 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kw
         )
-    codes = attention_mask.dtype == torch.uint8  # 2: read from the shared prefix's copy
-    if key.dtype != query.dtype or codes:  # FP8 keys and values, or a shared prefix
+    if key.dtype != query.dtype:  # FP8 keys and values (RuntimeConfig.fp8_kv_cache)
         if key.is_cuda:
             from inference.runtime import attention_kernel  # needs Triton
 
             scale = 1.0 if scaling is None else scaling
-            shared_row = _shared_row.get() if codes else None
-            return attention_kernel.decode_attention(
-                query, key, value, attention_mask, scale, shared_row
-            ), None
+            return attention_kernel.decode_attention(query, key, value, attention_mask, scale), None
         key, value = key.to(query.dtype), value.to(query.dtype)  # exact: FP8 ⊂ bf16
-        attention_mask = attention_mask != 0  # the slots' own copies hold the same values
     batch, num_heads, _, head_dim = query.shape
     num_kv_heads = key.shape[1]
     grouped = query.view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)

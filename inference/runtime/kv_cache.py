@@ -6,13 +6,6 @@ order inside the ring does not matter to attention. The object also plays
 transformers' Cache role during a decode step: `update()` writes the step's
 keys/values and returns the cache rows the batch attends to. The sliding layers may keep
 theirs as FP8 (`sliding_dtype`; read by attention_kernel).
-
-Shared prefix (`share_prefix`): most prompts begin with the same system prompt, whose keys
-and values every slot holds a copy of. The sliding layers also keep one copy of one such
-prefix, in a row after the slots (`shared_row`), and decode masks mark the ring positions
-where a row's slot still holds it (code 2), so attention_kernel reads those positions once
-for all rows (from L2) instead of from each slot: ~40-48% of a sliding layer's bytes at
-973-token prompts. The slots keep their own copies too, so any row can fall back to them.
 """
 
 from __future__ import annotations
@@ -59,7 +52,6 @@ class SlotKVCache:
         dtype: torch.dtype,
         device: torch.device,
         sliding_dtype: torch.dtype | None = None,
-        share_prefix: bool = False,
     ) -> None:
         self.layers = layers
         self.num_slots = num_slots
@@ -68,19 +60,13 @@ class SlotKVCache:
         self.scratch_slot = num_slots  # padding rows of a decode batch write here
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
-        self.shares = share_prefix
-        self.shared_row = num_slots + 1  # sliding layers' copy of the shared prefix
         for spec in layers:
             length = window if spec.is_sliding else max_seq_len
-            rows = num_slots + 1 + (share_prefix and spec.is_sliding)
-            shape = (rows, spec.num_kv_heads, length, spec.head_dim)
+            shape = (num_slots + 1, spec.num_kv_heads, length, spec.head_dim)
             stored = (sliding_dtype or dtype) if spec.is_sliding else dtype
             made_as = torch.uint8 if stored == FP8 else stored  # FP8 zeros as bytes: +0.0
             for cache in (self.keys, self.values):
                 cache.append(torch.zeros(shape, dtype=made_as, device=device).view(stored))
-        self.shared_prefix: tuple[int, ...] = ()  # the token ids whose K/V the copy holds
-        self.slot_prefix: list[tuple[int, ...]] = [()] * (num_slots + 1)
-        self.shared_len = torch.zeros(num_slots + 1, dtype=torch.long, device=device)
         # Filled before each decode step (static tensors, so CUDA graphs can replay it).
         self.step_rows = torch.zeros(num_slots, dtype=torch.long, device=device)  # slot of row
         self.step_positions = torch.zeros(num_slots, dtype=torch.long, device=device)
@@ -146,54 +132,19 @@ class SlotKVCache:
                 put(self.keys[layer_idx], (slot, slice(None), slice(0, length)), key)
                 put(self.values[layer_idx], (slot, slice(None), slice(0, length)), value)
 
-    def share(self, slots: list[int], prefix: tuple[int, ...], prefix_kv, busy: range) -> None:
-        """The prompts just stored in `slots` begin with `prefix` (its K/V per layer, each
-        [1, Hkv, len, D]; () and None: no shared prefix). Their decode attention reads it
-        from the shared copy if that holds it; the copy changes to a new prefix only while
-        no other slot in `busy` reads the old one. Nothing to do without a shared row."""
-        if not self.shares:
-            return
-        for slot in slots:
-            self.slot_prefix[slot] = prefix
-        length = len(prefix) if 0 < len(prefix) <= self.window else 0
-        if length and prefix != self.shared_prefix:
-            others = [slot for slot in busy if slot not in slots]
-            if self.shared_prefix and any(
-                self.slot_prefix[slot] == self.shared_prefix for slot in others
-            ):
-                length = 0  # rows still read the old prefix: these use their own copies
-            else:
-                self.shared_prefix = prefix
-                where = (self.shared_row, slice(None), slice(0, length))
-                for layer, (keys, values) in enumerate(prefix_kv):
-                    if self.layers[layer].is_sliding:
-                        put(self.keys[layer], where, keys[0])
-                        put(self.values[layer], where, values[0])
-                self.shared_len.zero_()
-                slots = slots + [slot for slot in others if self.slot_prefix[slot] == prefix]
-        index = torch.tensor(slots, dtype=torch.long).to(self.shared_len.device, non_blocking=True)
-        self.shared_len.index_fill_(0, index, length)
-
     def move(self, from_slot: int, to_slot: int) -> None:
         for keys, values in zip(self.keys, self.values, strict=True):
             keys[to_slot].copy_(keys[from_slot])
             values[to_slot].copy_(values[from_slot])
-        if self.shares:
-            self.shared_len[to_slot] = self.shared_len[from_slot]
-            self.slot_prefix[to_slot] = self.slot_prefix[from_slot]
 
     def decode_masks(self, positions: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Attention masks [B, 1, 1, L] for one decode step at `positions` [B] (all below
-        `attend_len`; rows in `step_rows`' order): boolean, but the sliding layers' as bytes
-        where the cache shares a prefix (0 not attended, 1 own copy, 2 the shared copy)."""
+        """Boolean attention masks [B, 1, 1, L] for one decode step at `positions` [B] (all
+        below `attend_len`)."""
         device = positions.device
         pos = positions[:, None]
         ring = torch.arange(min(self.window, self.attend_len), device=device)[None, :]
         held = pos - torch.remainder(pos - ring, self.window)  # position stored at each ring index
         sliding = held >= 0
-        if self.shares:
-            shared = self.shared_len[self.step_rows[: positions.shape[0]]][:, None]
-            sliding = sliding.to(torch.uint8) + ((held == ring) & (ring < shared)).to(torch.uint8)
         full = torch.arange(self.attend_len, device=device)[None, :] <= pos
         return {
             "sliding_attention": sliding[:, None, None, :],

@@ -4,8 +4,6 @@ CUDA graphs captured per batch size."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import structlog
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -64,7 +62,6 @@ class ModelRunner:
         prefix_cache_tokens: int = 0,
         packed_photos: bool = False,
         fp8_sliding_kv: bool = False,
-        share_prefix: bool = False,
     ) -> None:
         self.model = model
         self.flash_prompts = flash_prompts  # sliding layers' prompt attention unmasked
@@ -83,9 +80,7 @@ class ModelRunner:
             dtype=model.dtype,
             device=self.device,
             sliding_dtype=FP8 if fp8_sliding_kv else None,
-            share_prefix=share_prefix,
         )
-        self._running = 0  # rows of the last decode step (slots 0..n-1)
         self.prefixes = PrefixCache(prefix_cache_tokens)
         self.suppressed = torch.tensor(suppressed_ids, dtype=torch.long, device=self.device)
         self._ids = torch.full((num_slots,), pad_token_id, dtype=torch.long, device=self.device)
@@ -154,15 +149,7 @@ class ModelRunner:
             [layer.values for layer in cache.layers],
             lengths,
         )
-        busy = range(max(self._running, max(slots) + 1))
-        self.cache.share(slots, prefix if shared is not None else (), shared, busy)
         return self._logits(hidden)
-
-    def forget_prefixes(self) -> None:
-        """The cached prefixes' K/V (and the cache's shared copy) are computed again when
-        next needed: after a failed step, the GPU's state is not to be trusted."""
-        self.prefixes.clear()
-        self.cache.shared_prefix = ()
 
     def _prefix_kv(self, prefix: tuple[int, ...]) -> PrefixKV | None:
         """The prefix's KV from the cache, or computed and kept now; None: not cacheable."""
@@ -227,7 +214,7 @@ class ModelRunner:
         """One step for running sequences in slots 0..n-1; logits [n, vocab] (float32).
         Each row feeds the token last stored for its slot (`store_tokens`), so a step can
         be launched before the previous one's tokens are back on the CPU."""
-        n = self._running = len(positions)
+        n = len(positions)
         bucket = next((b for b in self._graph_batches if b >= n), n)
         length = next(length for length in self.attend_lengths if length > max(positions))
         if token_ids is not None:
@@ -263,15 +250,13 @@ class ModelRunner:
         """Rows 0..batch-1 attend to the first `length` positions of their slots."""
         self.cache.attend_len = length
         positions = self._positions[:batch]
-        shared = self.cache.shared_row
-        with fast_ops.shared_prefix(shared) if self.cache.shares else nullcontext():
-            output = self.language_model(
-                input_ids=self._ids[:batch, None],
-                attention_mask=self.cache.decode_masks(positions),
-                position_ids=positions[:, None],
-                past_key_values=self.cache,
-                use_cache=True,
-            )
+        output = self.language_model(
+            input_ids=self._ids[:batch, None],
+            attention_mask=self.cache.decode_masks(positions),
+            position_ids=positions[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
         return self._logits(output.last_hidden_state[:, -1])
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,7 @@
 """The FP8 decode attention kernels (attention_kernel), run by Triton's interpreter on the
 CPU against float32 attention over the same stored keys and values: grouped query heads,
-a mask with whole parts masked, several parts per row, head sizes not a power of 2, a
-prefix shared by some rows read from one copy. A subprocess, because the interpreter is
-chosen when Triton loads."""
+a mask with whole parts masked, several parts per row, head sizes not a power of 2. A
+subprocess, because the interpreter is chosen when Triton loads."""
 
 from __future__ import annotations
 
@@ -38,30 +37,9 @@ for rows, heads, kv_heads, length, dim, stored in [
     expected = reference_attention(query, key, value, mask, 0.25)
     name = f"{rows}x{heads}/{kv_heads} heads, {length} positions, dim {dim}, {stored}"
     errors[name] = ((got - expected).abs().max() / expected.abs().max()).item()
-# a shared prefix: positions marked 2 come from one row for all rows (the cache's row 4,
-# past a spare one); the rows' own slots hold something else there, so reading them shows
-for stored in (FP8, torch.bfloat16):
-    rows, heads, kv_heads, length, dim, common, shared = 3, 4, 2, 100, 16, 40, 4
-    query = torch.randn(rows, heads, 1, dim, dtype=torch.bfloat16)
-    key = fit(torch.randn(shared + 1, kv_heads, length, dim), stored)
-    value = fit(torch.randn(shared + 1, kv_heads, length, dim), stored)
-    mask = torch.rand(rows, 1, 1, length) < 0.8
-    mask[..., 0] = True
-    codes = mask.to(torch.uint8)
-    codes[:2, ..., :common] *= 2  # the third row has no shared prefix
-    seen_key, seen_value = key[:rows].float(), value[:rows].float()
-    seen_key[:2, :, :common] = key[shared, :, :common].float()
-    seen_value[:2, :, :common] = value[shared, :, :common].float()
-    got = decode_attention(query, key[:rows], value[:rows], codes, 0.25, shared).float()
-    expected = reference_attention(query, seen_key, seen_value, mask, 0.25)
-    error = (got - expected).abs().max() / expected.abs().max()
-    errors[f"shared prefix, {stored}"] = error.item()
-# the engine's start-up check, as a GPU runs it, for each configuration it checks
+# the engine's start-up check, as a GPU runs it
 from inference.runtime.attention_kernel import matches_reference
-for stored in (FP8, torch.bfloat16):
-    for shared in (False, True):
-        errors[f"start-up check, {stored}, shared {shared}"] = 0.0 if matches_reference(
-            torch.device("cpu"), stored, shared) else 1.0
+errors["start-up check"] = 0.0 if matches_reference(torch.device("cpu")) else 1.0
 print(json.dumps(errors))
 """
 
@@ -74,6 +52,6 @@ def test_fp8_decode_attention_equals_float32_attention() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(errors) == 10
+    assert len(errors) == 5
     for case, error in errors.items():
         assert error < 0.01, f"{case}: error {error:.5f}"

@@ -34,7 +34,6 @@ def jpeg(image) -> bytes:
         "attended length in steps of 32",
         "no prefix cache",
         "transformers' vision tower and photo merge",
-        "shared prefix attention",
     ],
 )
 def batch_engine(request, tiny_engine: GemmaEngine):
@@ -52,7 +51,6 @@ def batch_engine(request, tiny_engine: GemmaEngine):
         attend_lengths=tuple(range(32, 1024, 32)) if "32" in request.param else None,
         prefix_cache_tokens=0 if request.param == "no prefix cache" else 4096,
         vision_per_photo="vision tower" not in request.param,
-        shared_prefix_attention=request.param == "shared prefix attention",
     )
     engine = BatchEngine(tiny_engine, runtime)
     yield engine
@@ -390,34 +388,3 @@ def test_fp8_sliding_kv_serves_and_keeps_logits_near_the_full_precision_ones(
     # random tiny weights: FP8 keys and values move its logits by ~5% on average
     change = (fp8 - full)[finite].abs().mean() / full[finite].abs().mean()
     assert change < 0.15
-
-
-def test_decode_with_a_shared_prefix_row_attends_to_what_it_attends_without(
-    tiny_engine: GemmaEngine,
-) -> None:
-    """The tiny model's window (32) is shorter than its system prompt, so the engine never
-    shares that one; two short prompts with a 12-token prefix do: while they decode within
-    the window the prefix's positions are marked for the shared row (code 2), and the CPU
-    reads them from each slot, so any position marked wrongly shows in the logits."""
-    prefix = tuple(range(100, 112))
-    prompts = [{"input_ids": torch.tensor([[*prefix, *range(200, 200 + n)]])} for n in (9, 14)]
-    positions = [21, 26]
-    steps = {}
-    for share in (False, True):
-        runtime = RuntimeConfig(max_slots=2, max_seq_len=1024, cuda_graphs=False,
-                                shared_prefix_attention=share)  # fmt: skip
-        engine = BatchEngine(tiny_engine, runtime)
-        runner = engine.runner
-        logits = [runner.prefill(prompts, [0, 1], prefix)]
-        for step in range(8):  # the last steps pass the window: the prefix is overwritten
-            runner.store_tokens([0, 1], torch.tensor([5 + step, 7 + step]))
-            logits.append(runner.decode([p + step for p in positions]))
-        if share:
-            assert runner.cache.shared_len[:2].tolist() == [12, 12]
-            codes = runner.cache.decode_masks(torch.tensor(positions))["sliding_attention"]
-            assert codes[:, 0, 0, :12].eq(2).all() and codes[:, 0, 0, 12:].le(1).all()
-            late = runner.cache.decode_masks(torch.tensor([32, 33]))["sliding_attention"]
-            assert late[:, 0, 0, :12].tolist() == [[1] + [2] * 11, [1, 1] + [2] * 10]
-        steps[share] = torch.cat(logits)
-        engine.close()
-    torch.testing.assert_close(steps[True], steps[False], rtol=0, atol=0)

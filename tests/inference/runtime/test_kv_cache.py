@@ -10,13 +10,11 @@ from inference.runtime.fp8_experts import FP8
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache, fit
 
 
-def make_cache(
-    window: int, sliding_dtype: torch.dtype | None = None, share_prefix: bool = False
-) -> SlotKVCache:
+def make_cache(window: int, sliding_dtype: torch.dtype | None = None) -> SlotKVCache:
     layers = [LayerSpec(True, 2, 4), LayerSpec(False, 1, 8)]
     return SlotKVCache(layers, num_slots=5, max_seq_len=40, window=window,
                        dtype=torch.float32, device=torch.device("cpu"),
-                       sliding_dtype=sliding_dtype, share_prefix=share_prefix)  # fmt: skip
+                       sliding_dtype=sliding_dtype)  # fmt: skip
 
 
 def prefilled(lengths: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -87,41 +85,3 @@ def test_an_fp8_kv_cache_needs_the_engines_own_decode_attention() -> None:
     with pytest.raises(ValueError):
         RuntimeConfig(fp8_kv_cache=True, fast_attention=False)
     assert RuntimeConfig(fp8_kv_cache=True).fp8_kv_cache
-
-
-def prefix_kv(length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(torch.randn(1, 2, length, 4), torch.randn(1, 2, length, 4)),
-            (torch.randn(1, 1, length, 8), torch.randn(1, 1, length, 8))]  # fmt: skip
-
-
-def test_decode_masks_mark_the_ring_positions_that_still_hold_the_shared_prefix() -> None:
-    cache = make_cache(window=8, share_prefix=True)
-    first = prefix_kv(3)
-    cache.share([0, 1], (5, 6, 7), first, busy=range(2))
-    shared = cache.shared_row
-    torch.testing.assert_close(cache.keys[0][shared][:, :3], first[0][0][0])
-    assert cache.keys[1].shape[0] == shared  # global layers read their slots: no such row
-    cache.step_rows[:3] = torch.tensor([1, 0, 2])  # slot 2 holds a prompt without it
-    cache.attend_len = 16
-    masks = cache.decode_masks(torch.tensor([4, 9, 6]))
-    sliding = masks["sliding_attention"][:, 0, 0].tolist()
-    # ring index i holds position p ≡ i (mod 8), p ≤ row's position; 2: the shared copy's
-    assert sliding[0] == [2, 2, 2, 1, 1, 0, 0, 0]  # position 4: prefix 0-2, then 3-4
-    assert sliding[1] == [1, 1, 2, 1, 1, 1, 1, 1]  # 9: positions 8, 9 overwrote 0, 1
-    assert sliding[2] == [1, 1, 1, 1, 1, 1, 1, 0]  # no shared prefix
-    assert masks["full_attention"].dtype == torch.bool
-
-
-def test_the_shared_copy_changes_prefix_only_when_no_busy_slot_reads_the_old_one() -> None:
-    cache = make_cache(window=8, share_prefix=True)
-    old, new = prefix_kv(3), prefix_kv(2)
-    cache.share([0], (1, 2, 3), old, busy=range(1))
-    cache.share([1], (4, 5), new, busy=range(2))  # slot 0 still reads the old prefix
-    assert cache.shared_len.tolist() == [3, 0, 0, 0, 0, 0]
-    torch.testing.assert_close(cache.keys[0][cache.shared_row][:, :3], old[0][0][0])
-    cache.move(1, 0)  # slot 0's sequence ended; slot 1's moved into it
-    cache.share([1], (4, 5), new, busy=range(2))
-    assert cache.shared_len.tolist() == [2, 2, 0, 0, 0, 0]  # slot 0 reads it now too
-    torch.testing.assert_close(cache.keys[0][cache.shared_row][:, :2], new[0][0][0])
-    cache.share([2], (), None, busy=range(3))  # no prefix: its own copy
-    assert cache.shared_len.tolist() == [2, 2, 0, 0, 0, 0]
