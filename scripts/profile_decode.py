@@ -213,7 +213,7 @@ def main() -> None:
     for layout in layouts:
         if layout == "contiguous":
             make_experts_contiguous(base.model)
-        slots = max(*batches, *prefills)
+        slots = max([*batches, *prefills])
         runtime = RuntimeConfig(
             max_slots=slots, graph_batch_sizes=tuple(batches), fp8_experts=layout == "fp8"
         )
