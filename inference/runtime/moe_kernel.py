@@ -239,6 +239,53 @@ def sort_by_expert(top_k_index: torch.Tensor, num_experts: int):
     return order, counts, position
 
 
+@triton.jit
+def _group_pairs_kernel(
+    index_ptr, counts_ptr, starts_ptr, cursor_ptr, order_ptr, position_ptr, num_pairs,
+    num_experts, BLOCK_P: tl.constexpr, BLOCK_E: tl.constexpr,
+):  # fmt: skip
+    """All (token, expert) pairs in one program: pairs per expert, where each expert's rows
+    start, then each pair takes its expert's next row (one atomic counter per expert)."""
+    pairs = tl.arange(0, BLOCK_P)
+    ok = pairs < num_pairs
+    experts = tl.load(index_ptr + pairs, mask=ok, other=0).to(tl.int32)
+    counts = tl.histogram(experts, BLOCK_E, mask=ok)
+    starts = tl.cumsum(counts, 0) - counts
+    bins = tl.arange(0, BLOCK_E)
+    in_range = bins < num_experts
+    tl.store(counts_ptr + bins, counts, mask=in_range)
+    tl.store(starts_ptr + bins, starts, mask=in_range)
+    tl.store(cursor_ptr + bins, starts, mask=in_range)
+    tl.debug_barrier()
+    position = tl.atomic_add(cursor_ptr + experts, 1, mask=ok)
+    tl.store(position_ptr + pairs, position, mask=ok)
+    tl.store(order_ptr + position, pairs, mask=ok)
+
+
+MAX_GROUPED_PAIRS = 4096  # one program holds them all
+
+
+def group_by_expert(top_k_index: torch.Tensor, num_experts: int):
+    """`sort_by_expert` plus where each expert's rows start, as one kernel for up to
+    MAX_GROUPED_PAIRS pairs instead of ~10 (sort, histogram, scatter, cumsum: ~0.7 ms of an
+    H200 decode step at 64 sequences). One expert's pairs come in any order: each row is
+    computed on its own. Returns (order, counts, starts, position), int32."""
+    ids = top_k_index.reshape(-1).contiguous()
+    num_pairs = ids.shape[0]
+    if num_pairs > MAX_GROUPED_PAIRS:
+        order, counts, position = sort_by_expert(top_k_index, num_experts)
+        starts = torch.cumsum(counts, dim=0, dtype=torch.int32) - counts
+        return order, counts, starts, position
+    counts, starts, cursor = ids.new_empty(3, num_experts, dtype=torch.int32)
+    order, position = ids.new_empty(2, num_pairs, dtype=torch.int32)
+    _group_pairs_kernel[(1,)](
+        ids, counts, starts, cursor, order, position, num_pairs, num_experts,
+        BLOCK_P=max(triton.next_power_of_2(num_pairs), 16),
+        BLOCK_E=triton.next_power_of_2(num_experts), num_warps=4,
+    )  # fmt: skip
+    return order, counts, starts, position
+
+
 def grouped_experts(
     hidden: torch.Tensor,
     top_k_index: torch.Tensor,
@@ -382,8 +429,7 @@ def expert_major_experts(
     sorted by expert first; `unpermute_sum` weights and sums each token's k rows."""
     tokens, top_k = top_k_index.shape
     num_experts, hidden_size, inter = down_proj.shape
-    order, counts, position = sort_by_expert(top_k_index, num_experts)
-    starts = torch.cumsum(counts, dim=0, dtype=torch.int32) - counts
+    order, counts, starts, position = group_by_expert(top_k_index, num_experts)
     act = hidden.new_empty(tokens * top_k, inter)
     gate_up_blocks = chosen_blocks(
         gate_up_blocks, gate_up_proj, EXPERT_GATE_UP_BLOCKS, FP8_EXPERT_GATE_UP_BLOCKS

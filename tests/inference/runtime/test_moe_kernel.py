@@ -23,7 +23,7 @@ from transformers import AutoModelForImageTextToText
 from inference.runtime import fp8_experts
 from inference.runtime import moe_prompt_kernel
 from inference.runtime.moe_kernel import (
-    expert_major_experts, fused_experts, grouped_experts, route, works_on)
+    expert_major_experts, fused_experts, group_by_expert, grouped_experts, route, works_on)
 from inference.runtime.moe_prompt_kernel import prompt_experts
 
 # tiles of 16 and 32 pairs (some experts need two); K a multiple of the blocks or not (masks)
@@ -102,6 +102,17 @@ for index in (0, 1):
         ):
             error = ((got.float() - expected).abs().max() / expected.abs().max()).item()
             errors[f"layer {index}, {tokens} tokens, fp8 {name}"] = error
+# pairs grouped by expert in one kernel: counts and starts as torch's, every pair once,
+# each expert's pairs together in expert order
+for tokens, num_experts, k in ((1, 8, 4), (37, 128, 8), (64, 128, 8)):
+    ids = torch.stack([torch.randperm(num_experts)[:k] for _ in range(tokens)])
+    order, counts, starts, position = group_by_expert(ids, num_experts)
+    flat, expected = ids.reshape(-1), torch.bincount(ids.reshape(-1), minlength=num_experts)
+    wrong = (counts.long() != expected).sum()
+    wrong += (starts.long() != expected.cumsum(0) - expected).sum()
+    wrong += (order.long()[position.long()] != torch.arange(flat.numel())).sum()
+    wrong += (flat[order.long()].diff() < 0).sum()
+    errors[f"group by expert, {tokens}x{k} pairs of {num_experts}: wrong entries"] = float(wrong)
 # the prompt kernels' tile table against torch, experts without pairs included
 counts = torch.tensor([17, 0, 33, 0, 1, 16, 0, 64], dtype=torch.int32)
 starts, tile_expert, first_tile = moe_prompt_kernel.tile_table(counts, 16, int(counts.sum()))
@@ -125,6 +136,6 @@ def test_fused_experts_equal_transformers_experts(tiny_model_dir: Path) -> None:
     errors = json.loads(done.stdout.strip().splitlines()[-1])
     assert errors.pop("self_check") is True
     assert errors.pop("prompt_self_check") is True
-    assert len(errors) == 53
+    assert len(errors) == 56
     for case, error in errors.items():
         assert error < (1e-5 if "route" in case else 0.02), f"{case}: error {error:.6f}"
