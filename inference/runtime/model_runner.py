@@ -41,9 +41,14 @@ def layer_specs(model) -> list[LayerSpec]:
 def attend_length_buckets(max_seq_len: int, lengths: tuple[int, ...] | None) -> list[int]:
     """Lengths a decode step may attend to (each step takes the shortest that holds all its
     rows): a step of short sequences does not read the full-length global KV slots.
-    None: powers of two from 512, and max_seq_len."""
+    None: from 512, each ~1.25x the last (rounded up to 256), and max_seq_len. With powers
+    of two a photo prompt's answer (~1,000-1,100 positions) read 2,048 positions of every
+    global layer: 0.13 ms of each such layer in an H200 step at 64 sequences."""
     if lengths is None:
-        lengths = tuple(2**k for k in range(9, 20) if 2**k < max_seq_len)
+        lengths, length = [], 512
+        while length < max_seq_len:
+            lengths.append(length)
+            length = -(-length * 5 // 4 // 256) * 256
     return sorted({length for length in lengths if length < max_seq_len} | {max_seq_len})
 
 

@@ -12,6 +12,7 @@ from inference import Finished, GemmaEngine, Request, Sampling, Turn, normalize_
 from inference.runtime import vision
 from inference.runtime.batch_engine import BatchEngine, pinned
 from inference.runtime.config import RuntimeConfig
+from inference.runtime.model_runner import attend_length_buckets
 from inference.samples import draw_menu, draw_sign
 
 GREEDY = Sampling(temperature=0.0)
@@ -349,6 +350,12 @@ def test_a_step_attending_to_a_shorter_length_gives_the_same_logits(
     assert runner.cache.attend_len == next(n for n in range(32, 1025, 32) if n > max(positions))
     torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-5)
     engine.close()
+
+
+def test_attended_lengths_grow_by_a_quarter_so_a_photo_answer_reads_little_padding() -> None:
+    assert attend_length_buckets(4096, None) == [512, 768, 1024, 1280, 1792, 2304, 3072,
+                                                 3840, 4096]  # fmt: skip
+    assert attend_length_buckets(4096, (100, 5000)) == [100, 4096]  # and the longest
 
 
 def test_a_tensor_that_cannot_be_pinned_is_used_as_it_is() -> None:
