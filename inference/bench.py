@@ -455,6 +455,7 @@ def run(args: argparse.Namespace) -> dict:
     result["triton_prompt_experts"] = layers.triton_prompt_experts
     result["graph_breaks"] = dict(dynamo_counters["graph_break"])
     graphs_after_setup = dynamo_counters["stats"]["unique_graphs"]
+    triton_after_setup = triton_kernels_compiled()
     bench_engine(engine, make_requests(2, 4, seed=99), [0.0, 0.0], "warm-up")
     for concurrency in args.engine_concurrency:
         chosen = requests[:concurrency]
@@ -483,6 +484,10 @@ def run(args: argparse.Namespace) -> dict:
     # compiled regions that had to be built while serving (0: the warm-up covered all)
     graphs_now = dynamo_counters["stats"]["unique_graphs"]
     result["recompiles_while_serving"] = graphs_now - graphs_after_setup
+    # the same for the project's Triton kernels (a new pattern of int arguments compiles)
+    triton_now = triton_kernels_compiled()
+    if triton_now is not None and triton_after_setup is not None:
+        result["triton_compiles_while_serving"] = triton_now - triton_after_setup
     write(args.out, result)
     engine.close()
     del engine  # frees the KV cache and graphs for the generate() rows
@@ -512,6 +517,26 @@ def run(args: argparse.Namespace) -> dict:
             variant_rows("fp8 experts and kv cache", args.fp8_experts, fp8_experts=True,
                          fp8_kv_cache=True)  # fmt: skip
     return result
+
+
+def triton_kernels_compiled() -> int | None:
+    """Compiled variants the project's Triton kernels hold; None where Triton (or its cache
+    layout, `JITFunction.device_caches`) is not there."""
+    try:
+        from triton.runtime.jit import JITFunction
+
+        from inference.runtime import attention_kernel, moe_kernel, moe_prompt_kernel
+    except ImportError:
+        return None
+    total = 0
+    for module in (attention_kernel, moe_kernel, moe_prompt_kernel):
+        for kernel in vars(module).values():
+            if isinstance(kernel, JITFunction):
+                caches = getattr(kernel, "device_caches", None)
+                if caches is None:
+                    return None
+                total += sum(len(entry[0]) for entry in caches.values())
+    return total
 
 
 def write(path: Path, result: dict) -> None:

@@ -239,7 +239,7 @@ def sort_by_expert(top_k_index: torch.Tensor, num_experts: int):
     return order, counts, position
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_pairs"])  # any batch size: no compile while serving
 def _group_pairs_kernel(
     index_ptr, counts_ptr, starts_ptr, cursor_ptr, order_ptr, position_ptr, num_pairs,
     num_experts, BLOCK_P: tl.constexpr, BLOCK_E: tl.constexpr,
