@@ -178,6 +178,39 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, scaling: float) -> 
 decode_probs = masked_softmax
 
 
+def cascade_attention(query, key, value, mask, prefix_key, prefix_value, prefix_mask, scaling):
+    """A decode step over one copy of a shared prefix and each row's own positions (the
+    cascade of FlashInfer): query [B, Hq, 1, D]; the rows' own keys and values [B, Hkv, L, D]
+    with mask [B, 1, 1, L]; the prefix's [Hkv, P, D], read once for all rows (one matmul per
+    KV head over every row's queries), with prefix_mask [B, 1, 1, P] (the prefix positions
+    each row's window still holds). One softmax over both parts → [B, 1, Hq, D].
+    Not used by the engine yet: scripts/check_decode_attention.py measures it first."""
+    batch, num_heads, _, head_dim = query.shape
+    num_kv_heads = key.shape[1]
+    group = num_heads // num_kv_heads
+    grouped = query.view(batch, num_kv_heads, group, head_dim)
+    scores = torch.matmul(grouped, key.transpose(-1, -2))  # [B, Hkv, G, L]
+    by_head = grouped.transpose(0, 1).reshape(num_kv_heads, batch * group, head_dim)
+    prefix_scores = torch.matmul(by_head, prefix_key.transpose(-1, -2))  # [Hkv, B·G, P]
+    prefix_scores = prefix_scores.view(num_kv_heads, batch, group, -1).transpose(0, 1)
+    probs, prefix_probs = cascade_probs(scores, mask, prefix_scores, prefix_mask, scaling)
+    output = torch.matmul(probs, value)  # [B, Hkv, G, D]
+    prefix_probs = prefix_probs.transpose(0, 1).reshape(num_kv_heads, batch * group, -1)
+    prefix_output = torch.matmul(prefix_probs, prefix_value)  # [Hkv, B·G, D]
+    prefix_output = prefix_output.view(num_kv_heads, batch, group, head_dim).transpose(0, 1)
+    return (output + prefix_output).reshape(batch, 1, num_heads, head_dim)
+
+
+def cascade_probs(scores, mask, prefix_scores, prefix_mask, scaling):
+    """One softmax (float32) over two parts' masked scores → each part's probabilities."""
+    own = (scores.float() * scaling).masked_fill(~mask, float("-inf"))
+    shared = (prefix_scores.float() * scaling).masked_fill(~prefix_mask, float("-inf"))
+    top = torch.maximum(own.amax(-1, keepdim=True), shared.amax(-1, keepdim=True))
+    own, shared = (own - top).exp(), (shared - top).exp()
+    total = own.sum(-1, keepdim=True) + shared.sum(-1, keepdim=True)
+    return (own / total).to(scores.dtype), (shared / total).to(scores.dtype)
+
+
 def install(model, *, fused_norms: bool):
     """Switch the language model to the fast paths; returns a function that undoes it."""
     AttentionInterface.register(ATTENTION_NAME, decode_attention)

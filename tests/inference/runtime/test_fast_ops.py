@@ -31,6 +31,30 @@ def test_span_runs_group_consecutive_rows_with_the_same_image_span() -> None:
     ]
 
 
+def test_cascade_attention_equals_attention_over_the_prefix_and_own_positions() -> None:
+    torch.manual_seed(0)
+    batch, heads, kv_heads, own, prefix, dim = 3, 4, 2, 10, 6, 8
+    query = torch.randn(batch, heads, 1, dim)
+    key, value = torch.randn(2, batch, kv_heads, own, dim)
+    prefix_key, prefix_value = torch.randn(2, kv_heads, prefix, dim)
+    mask = torch.rand(batch, 1, 1, own) < 0.7
+    mask[..., 0] = True
+    prefix_mask = torch.ones(batch, 1, 1, prefix, dtype=torch.bool)
+    prefix_mask[1, ..., :2] = False  # its window has moved past the prefix's first positions
+    prefix_mask[2] = False  # no shared prefix
+    got = fast_ops.cascade_attention(
+        query, key, value, mask, prefix_key, prefix_value, prefix_mask, dim**-0.5
+    )
+    for row in range(batch):
+        keys = torch.cat([prefix_key, key[row]], dim=1)  # [Hkv, P + L, D]
+        values = torch.cat([prefix_value, value[row]], dim=1)
+        seen = torch.cat([prefix_mask[row], mask[row]], dim=-1)
+        expected = F.scaled_dot_product_attention(
+            query[row : row + 1], keys[None], values[None], attn_mask=seen, enable_gqa=True
+        )  # [1, Hq, 1, D]
+        torch.testing.assert_close(got[row, 0], expected[0, :, 0], rtol=1e-5, atol=1e-5)
+
+
 def test_prompt_attention_equals_causal_or_same_image_mask() -> None:
     torch.manual_seed(0)
     batch, heads, kv_heads, length, dim = 5, 4, 2, 12, 8
