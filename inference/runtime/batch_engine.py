@@ -15,7 +15,7 @@ from PIL import Image
 from inference.engine import GemmaEngine
 from inference.runtime import fast_ops, fp8_experts, layers, vision
 from inference.runtime.config import RuntimeConfig
-from inference.runtime.model_runner import ModelRunner
+from inference.runtime.model_runner import ModelRunner, pinned
 from inference.runtime.sampler import sample
 from inference.runtime.scheduler import Plan, Scheduler
 from inference.runtime.sequence import Sequence, Status
@@ -26,15 +26,6 @@ log = structlog.get_logger()
 # a photo's tensors, pinned while the request is prepared: an 8-photo prefill spent ~10 ms
 # of its CPU time joining and pinning 29 MB of pixels while the GPU waited (H200 trace)
 PINNED_INPUTS = ("pixel_values", "image_position_ids")
-
-
-def pinned(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor in page-locked memory, or itself where pinning is refused (no GPU, a
-    locked-memory limit): the prefill then copies it, a little slower, but the request runs."""
-    try:
-        return tensor.pin_memory()
-    except RuntimeError:
-        return tensor
 
 
 def blank_photo(width: int = 640, height: int = 480) -> bytes:

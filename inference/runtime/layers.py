@@ -129,12 +129,11 @@ def run_experts(experts, hidden, top_k_index, top_k_weights):
     return torch.func.functional_call(experts, weights, (hidden, top_k_index, top_k_weights))
 
 
-def kernels_work(module: str, device: torch.device, name: str, fallback: str, **check) -> bool:
-    """inference.runtime.`module`.works_on(device, **check) (importing it registers its ops;
-    it needs Triton); a failure to import or run counts as no. Logged as `name`_wrong /
-    _failed."""
+def kernels_work(module: str, device: torch.device, name: str, fallback: str) -> bool:
+    """inference.runtime.`module`.works_on(device) (importing it registers its ops; it needs
+    Triton); a failure to import or run counts as no. Logged as `name`_wrong / _failed."""
     try:
-        if importlib.import_module(f"inference.runtime.{module}").works_on(device, **check):
+        if importlib.import_module(f"inference.runtime.{module}").works_on(device):
             return True
         log.error(f"{name}_wrong", fallback=fallback)
     except Exception:  # e.g. no C compiler for Triton's launcher

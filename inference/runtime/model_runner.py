@@ -4,6 +4,8 @@ CUDA graphs captured per batch size."""
 
 from __future__ import annotations
 
+import math
+
 import structlog
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -38,6 +40,16 @@ def layer_specs(model) -> list[LayerSpec]:
     return specs
 
 
+def pinned(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor in page-locked memory (itself if it is already), or itself where pinning
+    is refused (no GPU, a locked-memory limit): its copy to the GPU then waits for the
+    GPU's queue, a little slower, but the request runs."""
+    try:
+        return tensor.pin_memory()
+    except RuntimeError:
+        return tensor
+
+
 def attend_length_buckets(max_seq_len: int, lengths: tuple[int, ...] | None) -> list[int]:
     """Lengths a decode step may attend to (each step takes the shortest that holds all its
     rows): a step of short sequences does not read the full-length global KV slots.
@@ -48,7 +60,7 @@ def attend_length_buckets(max_seq_len: int, lengths: tuple[int, ...] | None) -> 
         lengths, length = [], 512
         while length < max_seq_len:
             lengths.append(length)
-            length = -(-length * 5 // 4 // 256) * 256
+            length = math.ceil(length * 1.25 / 256) * 256
     return sorted({length for length in lengths if length < max_seq_len} | {max_seq_len})
 
 
@@ -210,7 +222,7 @@ class ModelRunner:
         """Copy without making the CPU wait for the GPU's queue (from pinned memory; a
         tensor pinned already is not copied on the CPU again)."""
         if self.device.type == "cuda":
-            tensor = tensor.pin_memory()
+            tensor = pinned(tensor)
         return tensor.to(self.device, non_blocking=True)
 
     # -- decode ----------------------------------------------------------------------------

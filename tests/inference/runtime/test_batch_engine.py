@@ -10,9 +10,9 @@ import torch
 
 from inference import Finished, GemmaEngine, Request, Sampling, Turn, normalize_image
 from inference.runtime import vision
-from inference.runtime.batch_engine import BatchEngine, pinned
+from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
-from inference.runtime.model_runner import attend_length_buckets
+from inference.runtime.model_runner import attend_length_buckets, pinned
 from inference.samples import draw_menu, draw_sign
 
 GREEDY = Sampling(temperature=0.0)
