@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
 import torch
-from check_moe_kernel import LAYERS, graph_ms
+from check_moe_kernel import LAYERS, graph_ms, write_rows
 
 from inference.runtime import attention_kernel, fast_ops
 from inference.runtime.fp8_experts import FP8
@@ -42,12 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     fast_ops.decode_probs = torch.compile(fast_ops.masked_softmax)  # as the engine does
     fast_ops.cascade_probs = torch.compile(fast_ops.cascade_probs)
-    result: dict = {"device": torch.cuda.get_device_name(), "rows": []}
-    for batch in [int(b) for b in args.batches.split(",")]:
-        row = measure(batch, args.sweep)
-        result["rows"].append(row)
-        print(json.dumps(row), flush=True)
-        args.out.write_text(json.dumps(result, indent=1))
+    write_rows(args.out, args.batches, lambda batch: measure(batch, args.sweep))
 
 
 def measure(batch: int, sweep_kernel: bool) -> dict:

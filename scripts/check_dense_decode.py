@@ -12,12 +12,11 @@ the o projection (4,096 → 2,816) read its weights at 1.6 TB/s and the MLP's do
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from check_moe_kernel import LAYERS, graph_ms
+from check_moe_kernel import LAYERS, graph_ms, write_rows
 
 SHAPES = {  # name: (outputs, inputs), as the engine's weights are [out, in]
     "sliding q/k/v": (8192, 2816),
@@ -70,12 +69,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("dense-decode.json"))
     args = parser.parse_args()
     parts = [int(p) for p in args.parts.split(",") if p]
-    result: dict = {"device": torch.cuda.get_device_name(), "rows": []}
-    for batch in [int(b) for b in args.batches.split(",")]:
-        row = measure(batch, parts)
-        result["rows"].append(row)
-        print(json.dumps(row), flush=True)
-        args.out.write_text(json.dumps(result, indent=1))
+    write_rows(args.out, args.batches, lambda batch: measure(batch, parts))
 
 
 if __name__ == "__main__":

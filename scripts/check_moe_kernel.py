@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -53,6 +54,17 @@ def routing(tokens: int, config) -> tuple[torch.Tensor, torch.Tensor]:
     scores = torch.randn(tokens, config.num_experts, device="cuda").softmax(-1)
     weights, index = scores.topk(config.top_k_experts, dim=-1)
     return weights / weights.sum(-1, keepdim=True), index
+
+
+def write_rows(out: Path, sizes: str, measure: Callable[[int], dict]) -> None:
+    """measure(size) for each of the comma-separated sizes: printed, and the JSON (device,
+    rows) rewritten after each, so a run cut short keeps its rows."""
+    result: dict = {"device": torch.cuda.get_device_name(), "rows": []}
+    for size in [int(s) for s in sizes.split(",") if s]:
+        row = measure(size)
+        result["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        out.write_text(json.dumps(result, indent=1))
 
 
 def graph_ms(fn, repeats: int = 20) -> float:
