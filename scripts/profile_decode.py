@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import AttentionInterface
 
 from inference.bench import GpuTimer, full_size_random_engine, make_requests
-from inference.runtime import fast_ops
+from inference.runtime import fast_ops, vision
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
 
@@ -69,21 +70,48 @@ def top_kernels(engine: BatchEngine, batch: int, limit: int) -> list[dict]:
     return [{"name": "TOTAL kernel time", "ms_per_step": total, "calls_per_step": 0}, *rows[:limit]]
 
 
-def profile_prefill(engine: BatchEngine, num_seqs: int, limit: int) -> dict:
-    """Wall time of one batched prefill against its kernel time, and the top kernels."""
+NOT_KERNELS = ("aten::", "travelbot::", "Torch-Compiled", "## Call")  # ops and regions
+
+
+def kernel_table(run: Callable[[], object], limit: int) -> list[dict]:
+    """GPU kernels of one call of `run`, by total time (no CPU ops)."""
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    rows = []
+    for event in prof.key_averages():
+        cuda_us = getattr(event, "device_time_total", 0) or getattr(event, "cuda_time_total", 0)
+        if cuda_us and not event.key.startswith(NOT_KERNELS):
+            rows.append({"name": event.key[:90], "cuda_ms": cuda_us / 1000, "calls": event.count})
+    rows.sort(key=lambda r: -r["cuda_ms"])
+    total = sum(r["cuda_ms"] for r in rows)
+    return [{"name": "TOTAL kernel time", "cuda_ms": total, "calls": 0}, *rows[:limit]]
+
+
+def profile_prefill(engine: BatchEngine, num_seqs: int, limit: int, prefix: bool) -> dict:
+    """Wall time of one batched prefill against its kernel time, the top kernels, and the
+    vision tower's kernels on their own. `prefix`: after the cached system prompt."""
     runner = engine.runner
     prepared = [engine.prepare(r) for r in make_requests(num_seqs, 1, seed=5)]
     inputs = [seq.inputs for seq in prepared]
     slots = list(range(num_seqs))
-    runner.prefill(inputs, slots)
+    shared = prepared[0].prefix if prefix else ()
+    photo_embeddings, photo_args = vision.photo_embeddings, []
+    vision.photo_embeddings = lambda *a: photo_args.append(a) or photo_embeddings(*a)
+    try:
+        runner.prefill(inputs, slots, shared)
+    finally:
+        vision.photo_embeddings = photo_embeddings
     torch.cuda.synchronize()
     started = time.perf_counter()
-    runner.prefill(inputs, slots)
+    runner.prefill(inputs, slots, shared)
     launch_ms = (time.perf_counter() - started) * 1000  # the CPU's part: until it returns
     torch.cuda.synchronize()
     wall_ms = (time.perf_counter() - started) * 1000
+    with torch.inference_mode():
+        tower = kernel_table(lambda: photo_embeddings(*photo_args[0]), limit + 40)
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-        runner.prefill(inputs, slots)
+        runner.prefill(inputs, slots, shared)
         torch.cuda.synchronize()
     rows = []
     for event in prof.key_averages():
@@ -98,7 +126,22 @@ def profile_prefill(engine: BatchEngine, num_seqs: int, limit: int) -> dict:
         "kernel_ms": sum(r["cuda_ms"] for r in kernels if not r["name"].startswith("aten::")),
         "top_kernels": kernels[:limit],
         "top_cpu_ops": ops[:limit],
+        "vision_tower_kernels": tower[: limit + 1],
+        "text_kernels": without(kernels, tower)[:limit],
     }
+
+
+def without(kernels: list[dict], part: list[dict]) -> list[dict]:
+    """Kernel rows less a part's rows of the same names (GPU ms and calls)."""
+    taken = {row["name"]: row for row in part}
+    rows = []
+    for row in kernels:
+        if row["name"].startswith(NOT_KERNELS):
+            continue
+        other = taken.get(row["name"], {"cuda_ms": 0.0, "calls": 0})
+        rows.append({"name": row["name"], "cuda_ms": row["cuda_ms"] - other["cuda_ms"],
+                     "calls": row["calls"] - other["calls"]})  # fmt: skip
+    return sorted((r for r in rows if r["cuda_ms"] > 0.01), key=lambda r: -r["cuda_ms"])
 
 
 def profile_prefill_regions(
@@ -113,10 +156,13 @@ def profile_prefill_regions(
     shared = prepared[0].prefix if prefix else ()
     runner.prefill(inputs, slots, shared)  # warm
     timer = GpuTimer()
-    tower = model.model.vision_tower
     layers = list(model.model.language_model.layers)
-    saved = (tower.forward, [layer.forward for layer in layers], runner.cache.store_prompts)
-    tower.forward = timer.wrap("vision tower", tower.forward)
+    saved = (
+        vision.photo_embeddings,
+        [layer.forward for layer in layers],
+        runner.cache.store_prompts,
+    )
+    vision.photo_embeddings = timer.wrap("vision tower", vision.photo_embeddings)
     for layer in layers:
         kind = "global" if layer.self_attn.sliding_window is None else "sliding"
         layer.forward = timer.wrap(f"text layers ({kind}), with attention", layer.forward)
@@ -132,7 +178,7 @@ def profile_prefill_regions(
         wall_ms = (time.perf_counter() - started) * 1000
     finally:
         AttentionInterface.register(fast_ops.ATTENTION_NAME, fast_ops.decode_attention)
-        tower.forward, forwards, runner.cache.store_prompts = saved
+        vision.photo_embeddings, forwards, runner.cache.store_prompts = saved
         for layer, forward in zip(layers, forwards, strict=True):
             layer.forward = forward
     return {"wall_ms": round(wall_ms, 2), **timer.totals()}
@@ -198,7 +244,7 @@ def main() -> None:
     parser.add_argument("--fp8-experts", action="store_true", help="then with FP8 experts")
     parser.add_argument("--out", type=Path, default=Path("bench-out/profile.json"))
     args = parser.parse_args()
-    batches = [int(b) for b in args.batches.split(",")]
+    batches = [int(b) for b in args.batches.split(",") if b]
     base = full_size_random_engine("cuda", 280)
     base.model.set_experts_implementation("grouped_mm")
     make_requests(1, 1)
@@ -231,16 +277,24 @@ def main() -> None:
                 print(f"{ms:9.2f}  {region}")
         if prefills:
             num = prefills[-1]
-            report[f"{layout}: prefill"] = result = profile_prefill(engine, num, args.top)
+            result = profile_prefill(engine, num, args.top, prefix=True)
+            report[f"{layout}: prefill after the cached prefix"] = result
             print(
-                f"\n== {layout}: prefill of {num}: wall {result['wall_ms']:.1f} ms, CPU launch "
-                f"{result['launch_cpu_ms']:.1f} ms, kernels {result['kernel_ms']:.1f} ms"
+                f"\n== {layout}: prefill of {num} after the cached prefix: wall "
+                f"{result['wall_ms']:.1f} ms, CPU launch {result['launch_cpu_ms']:.1f} ms, "
+                f"kernels {result['kernel_ms']:.1f} ms"
             )
             for k in result["top_kernels"]:
                 print(f"{k['cuda_ms']:8.3f} ms {k['calls']:6d}x  {k['name']}")
             print("-- CPU time by op")
             for k in result["top_cpu_ops"]:
                 print(f"{k['cpu_ms']:8.3f} ms {k['calls']:6d}x  {k['name']}")
+            print("-- the vision tower's kernels alone")
+            for k in result["vision_tower_kernels"]:
+                print(f"{k['cuda_ms']:8.3f} ms {k['calls']:6d}x  {k['name']}")
+            print("-- the rest (text layers, KV store), all kernels less the vision tower's")
+            for k in result["text_kernels"]:
+                print(f"{k['cuda_ms']:8.3f} ms {k['calls']:6d}x  {k['name']}")
         for batch in batches:
             graph_ms = step_times(engine, batch)
             kernels = top_kernels(engine, batch, args.top)

@@ -48,7 +48,9 @@ class BatchEngine:
             fused = runtime.fused_norms
             if fused is None:
                 fused = model.device.type == "cuda"
-            self._undo_fast_ops = fast_ops.install(model, fused_norms=fused)
+            self._undo_fast_ops = fast_ops.install(
+                model, fused_norms=fused, masked=runtime.masked_prompt_attention
+            )
         self._undo_layers = lambda: None
         self._undo_vision = vision.install(model) if runtime.vision_per_photo else lambda: None
         if runtime.fp8_experts:

@@ -27,6 +27,10 @@ class RuntimeConfig:
     fast_attention: bool = True  # decode attention as batched matmuls (fast_ops)
     # prompts of sliding layers: causal flash attention plus a pass per image, no mask
     flash_prompt_attention: bool = True
+    # prompts under a mask (photo prompts; after the cached system prompt) as matmuls with
+    # float32 scores and the compiled masked softmax where the scores fit (fast_ops.
+    # masked_attention), before flash_prompt_attention and SDPA's memory-efficient kernel
+    masked_prompt_attention: bool = True
     fused_norms: bool | None = None  # torch's fused rms_norm; None: on GPUs only
     own_layer_forward: bool = True  # decoder layers as two regions around attention (layers)
     # torch.compile them; None: on GPUs; a str or callable: the dynamo backend (tests)

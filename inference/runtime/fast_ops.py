@@ -29,6 +29,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTENTION_NAME = "travelbot_decode"
+# prompts under a bool mask that fits go to masked_attention (set by install)
+masked_prompts = False
 
 # per prompt row, the (start, end) token spans of its images, during a prefill
 _image_spans: ContextVar[list[list[tuple[int, int]]] | None] = ContextVar("spans", default=None)
@@ -142,6 +144,9 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     keys and values: attention_kernel on GPUs); a prompt
     of a sliding layer within the window as `prompt_attention` when the runner passed image
     spans; any other prompt as transformers' SDPA."""
+    if masked_prompts and query.shape[2] > 1 and masked_attention_fits(query, key, attention_mask):
+        scale = 1.0 if scaling is None else scaling
+        return masked_attention(query, key, value, attention_mask, scale), None
     spans = _image_spans.get()
     window = getattr(module, "sliding_window", None)
     if spans is not None and window and key.shape[2] <= window and query.shape[2] > 1:
@@ -166,53 +171,61 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     return output.reshape(batch, 1, num_heads, head_dim), None
 
 
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, scaling: float) -> torch.Tensor:
-    """softmax(scores · scaling) over the attended positions, in float32, back in the
-    scores' dtype."""
+def masked_softmax(
+    scores: torch.Tensor, mask: torch.Tensor, scaling: float, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """softmax(scores · scaling) over the attended positions, in float32, back in `dtype`
+    (None: the scores')."""
     logits = scores.float() * scaling
-    return logits.masked_fill(~mask, float("-inf")).softmax(dim=-1).to(scores.dtype)
+    return logits.masked_fill(~mask, float("-inf")).softmax(dim=-1).to(dtype or scores.dtype)
 
 
-# layers.install swaps in a compiled one: one kernel instead of five (cast, scale, mask
-# inversion, fill, softmax) per layer and step
+# layers.install swaps in compiled ones: one kernel instead of five (cast, scale, mask
+# inversion, fill, softmax) per layer and step; prompts' with dynamic shapes
 decode_probs = masked_softmax
+prompt_probs = masked_softmax
+
+# masked_attention's float32 scores up to this many elements (8 photo prompts after the
+# system prompt: 8 x 16 heads x 485 x 973 = 60M, 242 MB); larger prompts take SDPA's paths
+MASKED_ATTENTION_MAX_SCORES = 1 << 27
 
 
-def cascade_attention(query, key, value, mask, prefix_key, prefix_value, prefix_mask, scaling):
-    """A decode step over one copy of a shared prefix and each row's own positions (the
-    cascade of FlashInfer): query [B, Hq, 1, D]; the rows' own keys and values [B, Hkv, L, D]
-    with mask [B, 1, 1, L]; the prefix's [Hkv, P, D], read once for all rows (one matmul per
-    KV head over every row's queries), with prefix_mask [B, 1, 1, P] (the prefix positions
-    each row's window still holds). One softmax over both parts → [B, 1, Hq, D].
-    Not used by the engine yet: scripts/check_decode_attention.py measures it first."""
-    batch, num_heads, _, head_dim = query.shape
-    num_kv_heads = key.shape[1]
-    group = num_heads // num_kv_heads
-    grouped = query.view(batch, num_kv_heads, group, head_dim)
-    scores = torch.matmul(grouped, key.transpose(-1, -2))  # [B, Hkv, G, L]
-    by_head = grouped.transpose(0, 1).reshape(num_kv_heads, batch * group, head_dim)
-    prefix_scores = torch.matmul(by_head, prefix_key.transpose(-1, -2))  # [Hkv, B·G, P]
-    prefix_scores = prefix_scores.view(num_kv_heads, batch, group, -1).transpose(0, 1)
-    probs, prefix_probs = cascade_probs(scores, mask, prefix_scores, prefix_mask, scaling)
-    output = torch.matmul(probs, value)  # [B, Hkv, G, D]
-    prefix_probs = prefix_probs.transpose(0, 1).reshape(num_kv_heads, batch * group, -1)
-    prefix_output = torch.matmul(prefix_probs, prefix_value)  # [Hkv, B·G, D]
-    prefix_output = prefix_output.view(num_kv_heads, batch, group, head_dim).transpose(0, 1)
-    return (output + prefix_output).reshape(batch, 1, num_heads, head_dim)
+def masked_attention(query, key, value, mask, scaling):
+    """A prompt's attention under a bool mask [B, 1, L, S] (query [B, Hq, L, D], key/value
+    [B, Hkv, S, D]) → [B, L, Hq, D]: float32 scores as one batched matmul over each KV
+    head's query group, the compiled masked softmax, bf16 probabilities times the values.
+    Any mask (causal, sliding, an image's tokens seeing each other) at cuBLAS's speed."""
+    batch, heads, length, head_dim = query.shape
+    kv_heads, total = key.shape[1], key.shape[2]
+    group = heads // kv_heads
+    q = query.reshape(batch * kv_heads, group * length, head_dim)
+    k = key.reshape(batch * kv_heads, total, head_dim).transpose(1, 2)
+    if q.is_cuda:
+        scores = torch.bmm(q, k, out_dtype=torch.float32)
+    else:  # the CPU's bmm has no float32 output for bf16 inputs
+        scores = torch.bmm(q.float(), k.float())
+    scores = scores.view(batch, kv_heads, group, length, total)
+    probs = prompt_probs(scores, mask[:, :, None], scaling, query.dtype)
+    output = torch.bmm(probs.view(batch * kv_heads, group * length, total),
+                       value.reshape(batch * kv_heads, total, -1))  # fmt: skip
+    output = output.view(batch, kv_heads, group, length, -1).permute(0, 3, 1, 2, 4)
+    return output.reshape(batch, length, heads, -1)
 
 
-def cascade_probs(scores, mask, prefix_scores, prefix_mask, scaling):
-    """One softmax (float32) over two parts' masked scores → each part's probabilities."""
-    own = (scores.float() * scaling).masked_fill(~mask, float("-inf"))
-    shared = (prefix_scores.float() * scaling).masked_fill(~prefix_mask, float("-inf"))
-    top = torch.maximum(own.amax(-1, keepdim=True), shared.amax(-1, keepdim=True))
-    own, shared = (own - top).exp(), (shared - top).exp()
-    total = own.sum(-1, keepdim=True) + shared.sum(-1, keepdim=True)
-    return (own / total).to(scores.dtype), (shared / total).to(scores.dtype)
+def masked_attention_fits(query, key, mask) -> bool:
+    return (
+        isinstance(mask, torch.Tensor)
+        and mask.dtype == torch.bool
+        and query.shape[0] * query.shape[1] * query.shape[2] * key.shape[2]
+        <= MASKED_ATTENTION_MAX_SCORES
+    )
 
 
-def install(model, *, fused_norms: bool):
-    """Switch the language model to the fast paths; returns a function that undoes it."""
+def install(model, *, fused_norms: bool, masked: bool = True):
+    """Switch the language model to the fast paths; returns a function that undoes it.
+    `masked`: prompts under a mask as masked_attention where its scores fit."""
+    global masked_prompts
+    masked_prompts = masked
     AttentionInterface.register(ATTENTION_NAME, decode_attention)
     AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)  # prompts keep SDPA's masks
     text_config = model.config.get_text_config()
@@ -227,6 +240,8 @@ def install(model, *, fused_norms: bool):
                 norms.append(module)
 
     def undo() -> None:
+        global masked_prompts
+        masked_prompts = False
         text_config._attn_implementation = previous
         for module in norms:
             del module.forward
