@@ -4,7 +4,7 @@ Gemma 4 26B-A4B's sliding-layer shapes; and the vision tower's attention over pa
 photos (`vision.photo_attention`) against SDPA photo by photo. Prints and writes the
 largest differences relative to the reference's largest value (bf16: ~1e-2 is rounding),
 and, for one sliding and one global layer of an 8-photo prefill, the GPU ms of each way
-to attend (fast_ops' flash path and masked_attention, SDPA with the mask).
+to attend (fast_ops' flash path, SDPA with the mask: its kernels, and cuDNN's).
 
     python3 scripts/check_prompt_attention.py --out bench-out/prompt-attention.json
 """
@@ -66,8 +66,6 @@ def timings(kv_heads: int, head_dim: int) -> dict:
     mask = prompt_mask(batch, length, prefix + length, spans, "cuda")
     expected = reference(query, key, value, spans, scaling)
     ways = {
-        "masked_attention (matmuls, float32 scores)": lambda: fast_ops.masked_attention(
-            query, key, value, mask, scaling),
         "SDPA with the mask (flash, efficient, math)": lambda: sdpa(
             PREFILL_BACKENDS, query, key, value, mask, scaling),
         "SDPA with the mask, cuDNN": lambda: sdpa(
@@ -154,7 +152,6 @@ def main() -> None:
             report[name] = relative(got, no_images)
         except Exception as exc:  # a kernel that refuses these shapes
             report[name] = f"{type(exc).__name__}: {exc}"[:300]
-    fast_ops.prompt_probs = torch.compile(fast_ops.masked_softmax, dynamic=True)  # as the engine
     report["sliding layer, 8 photos after the prefix"] = timings(8, 256)
     report["global layer, 8 photos after the prefix"] = timings(2, 512)
     print(json.dumps(report, indent=1))

@@ -48,9 +48,7 @@ class BatchEngine:
             fused = runtime.fused_norms
             if fused is None:
                 fused = model.device.type == "cuda"
-            self._undo_fast_ops = fast_ops.install(
-                model, fused_norms=fused, masked=runtime.masked_prompt_attention
-            )
+            self._undo_fast_ops = fast_ops.install(model, fused_norms=fused)
         self._undo_layers = lambda: None
         self._undo_vision = vision.install(model) if runtime.vision_per_photo else lambda: None
         if runtime.fp8_experts:
@@ -78,6 +76,7 @@ class BatchEngine:
             max_prefill_tokens=runtime.max_prefill_tokens,
             max_prefill_seqs=runtime.max_prefill_seqs,
             deep_queue_prefill_seqs=runtime.deep_queue_prefill_seqs,
+            cached_tokens=self.runner.cached_prefix_tokens,
         )
         self.stop_ids = set() if runtime.ignore_stop else set(self.base.stop_ids)
         self.last_plan = Plan()

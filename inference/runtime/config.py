@@ -10,7 +10,8 @@ from dataclasses import dataclass
 class RuntimeConfig:
     max_slots: int = 64  # sequences decoding together; each holds one KV slot
     max_seq_len: int = 4096  # prompt + answer, per sequence
-    max_prefill_tokens: int = 8192  # prompt tokens prefilled in one step
+    # prompt tokens prefilled in one step (a cached prefix's not counted: computed once)
+    max_prefill_tokens: int = 8192
     # H100: a prefill of 4 photos is bound by the CPU launching it (~145 ms), one of 8 by
     # the GPU (~210 ms), so 8 at once give the same TTFT p50 as 4 + 4 and a lower p95
     max_prefill_seqs: int = 8
@@ -27,10 +28,6 @@ class RuntimeConfig:
     fast_attention: bool = True  # decode attention as batched matmuls (fast_ops)
     # prompts of sliding layers: causal flash attention plus a pass per image, no mask
     flash_prompt_attention: bool = True
-    # prompts under a mask (photo prompts; after the cached system prompt) as matmuls with
-    # float32 scores and the compiled masked softmax where the scores fit (fast_ops.
-    # masked_attention), before flash_prompt_attention and SDPA's memory-efficient kernel
-    masked_prompt_attention: bool = True
     fused_norms: bool | None = None  # torch's fused rms_norm; None: on GPUs only
     own_layer_forward: bool = True  # decoder layers as two regions around attention (layers)
     # torch.compile them; None: on GPUs; a str or callable: the dynamo backend (tests)

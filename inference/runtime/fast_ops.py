@@ -29,8 +29,6 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTENTION_NAME = "travelbot_decode"
-# prompts under a bool mask that fits go to masked_attention (set by install)
-masked_prompts = False
 
 # per prompt row, the (start, end) token spans of its images, during a prefill
 _image_spans: ContextVar[list[list[tuple[int, int]]] | None] = ContextVar("spans", default=None)
@@ -144,9 +142,6 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     keys and values: attention_kernel on GPUs); a prompt
     of a sliding layer within the window as `prompt_attention` when the runner passed image
     spans; any other prompt as transformers' SDPA."""
-    if masked_prompts and query.shape[2] > 1 and masked_attention_fits(query, key, attention_mask):
-        scale = 1.0 if scaling is None else scaling
-        return masked_attention(query, key, value, attention_mask, scale), None
     spans = _image_spans.get()
     window = getattr(module, "sliding_window", None)
     if spans is not None and window and key.shape[2] <= window and query.shape[2] > 1:
@@ -171,61 +166,20 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     return output.reshape(batch, 1, num_heads, head_dim), None
 
 
-def masked_softmax(
-    scores: torch.Tensor, mask: torch.Tensor, scaling: float, dtype: torch.dtype | None = None
-) -> torch.Tensor:
-    """softmax(scores · scaling) over the attended positions, in float32, back in `dtype`
-    (None: the scores')."""
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, scaling: float) -> torch.Tensor:
+    """softmax(scores · scaling) over the attended positions, in float32, back in the
+    scores' dtype."""
     logits = scores.float() * scaling
-    return logits.masked_fill(~mask, float("-inf")).softmax(dim=-1).to(dtype or scores.dtype)
+    return logits.masked_fill(~mask, float("-inf")).softmax(dim=-1).to(scores.dtype)
 
 
-# layers.install swaps in compiled ones: one kernel instead of five (cast, scale, mask
-# inversion, fill, softmax) per layer and step; prompts' with dynamic shapes
+# layers.install swaps in a compiled one: one kernel instead of five (cast, scale, mask
+# inversion, fill, softmax) per layer and step
 decode_probs = masked_softmax
-prompt_probs = masked_softmax
-
-# masked_attention's float32 scores up to this many elements (8 photo prompts after the
-# system prompt: 8 x 16 heads x 485 x 973 = 60M, 242 MB); larger prompts take SDPA's paths
-MASKED_ATTENTION_MAX_SCORES = 1 << 27
 
 
-def masked_attention(query, key, value, mask, scaling):
-    """A prompt's attention under a bool mask [B, 1, L, S] (query [B, Hq, L, D], key/value
-    [B, Hkv, S, D]) → [B, L, Hq, D]: float32 scores as one batched matmul over each KV
-    head's query group, the compiled masked softmax, bf16 probabilities times the values.
-    Any mask (causal, sliding, an image's tokens seeing each other) at cuBLAS's speed."""
-    batch, heads, length, head_dim = query.shape
-    kv_heads, total = key.shape[1], key.shape[2]
-    group = heads // kv_heads
-    q = query.reshape(batch * kv_heads, group * length, head_dim)
-    k = key.reshape(batch * kv_heads, total, head_dim).transpose(1, 2)
-    if q.is_cuda:
-        scores = torch.bmm(q, k, out_dtype=torch.float32)
-    else:  # the CPU's bmm has no float32 output for bf16 inputs
-        scores = torch.bmm(q.float(), k.float())
-    scores = scores.view(batch, kv_heads, group, length, total)
-    probs = prompt_probs(scores, mask[:, :, None], scaling, query.dtype)
-    output = torch.bmm(probs.view(batch * kv_heads, group * length, total),
-                       value.reshape(batch * kv_heads, total, -1))  # fmt: skip
-    output = output.view(batch, kv_heads, group, length, -1).permute(0, 3, 1, 2, 4)
-    return output.reshape(batch, length, heads, -1)
-
-
-def masked_attention_fits(query, key, mask) -> bool:
-    return (
-        isinstance(mask, torch.Tensor)
-        and mask.dtype == torch.bool
-        and query.shape[0] * query.shape[1] * query.shape[2] * key.shape[2]
-        <= MASKED_ATTENTION_MAX_SCORES
-    )
-
-
-def install(model, *, fused_norms: bool, masked: bool = True):
-    """Switch the language model to the fast paths; returns a function that undoes it.
-    `masked`: prompts under a mask as masked_attention where its scores fit."""
-    global masked_prompts
-    masked_prompts = masked
+def install(model, *, fused_norms: bool):
+    """Switch the language model to the fast paths; returns a function that undoes it."""
     AttentionInterface.register(ATTENTION_NAME, decode_attention)
     AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)  # prompts keep SDPA's masks
     text_config = model.config.get_text_config()
@@ -240,8 +194,6 @@ def install(model, *, fused_norms: bool, masked: bool = True):
                 norms.append(module)
 
     def undo() -> None:
-        global masked_prompts
-        masked_prompts = False
         text_config._attn_implementation = previous
         for module in norms:
             del module.forward

@@ -234,8 +234,6 @@ def install(
         for layer in vision_layers:
             layer.forward = partial(vision_forward, layer)
         fast_ops.decode_probs = torch.compile(fast_ops.masked_softmax, backend=backend)
-        fast_ops.prompt_probs = torch.compile(fast_ops.masked_softmax, backend=backend,
-                                              dynamic=True)  # fmt: skip
     for layer in layers:
         if not hasattr(layer.self_attn, "qkv_weight"):
             fuse_projections(layer)
@@ -246,7 +244,7 @@ def install(
         global triton_prompt_experts
         fused_experts_max_tokens = expert_major_max_tokens = 0
         prompt_experts, triton_prompt_experts = None, False
-        fast_ops.decode_probs = fast_ops.prompt_probs = fast_ops.masked_softmax
+        fast_ops.decode_probs = fast_ops.masked_softmax
         for layer in layers + vision_layers:
             layer.__dict__.pop("forward", None)
 

@@ -168,6 +168,11 @@ class ModelRunner:
         )
         return self._logits(hidden)
 
+    def cached_prefix_tokens(self, prefix: tuple[int, ...]) -> int:
+        """Of a prompt starting with `prefix`, the tokens a prefill takes from the prefix
+        cache instead of computing them (kept now, or computed once and kept)."""
+        return len(prefix) if self.prefixes.fits(prefix) else 0
+
     def _prefix_kv(self, prefix: tuple[int, ...]) -> PrefixKV | None:
         """The prefix's KV from the cache, or computed and kept now; None: not cacheable."""
         if not self.prefixes.fits(prefix):

@@ -8,6 +8,7 @@ in the middle leaves, the last one moves into its slot (`moves` tells the cache)
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from inference.runtime.sequence import Sequence, Status
@@ -29,6 +30,7 @@ class Scheduler:
         max_prefill_tokens: int,
         max_prefill_seqs: int,
         deep_queue_prefill_seqs: int | None = None,
+        cached_tokens: Callable[[tuple[int, ...]], int] | None = None,
     ) -> None:
         self.max_slots = max_slots
         self.max_seq_len = max_seq_len
@@ -37,6 +39,9 @@ class Scheduler:
         # more waiting than this: prefill this many at once (a deep queue waits anyway, and
         # bigger prefills serve it sooner); None: always max_prefill_seqs
         self.deep_queue_prefill_seqs = deep_queue_prefill_seqs or max_prefill_seqs
+        # of a prompt's shared prefix, the tokens a prefill takes from the prefix cache
+        # (not computed, so not in the token budget); None: none
+        self.cached_tokens = cached_tokens or (lambda prefix: 0)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # index == slot
 
@@ -67,18 +72,22 @@ class Scheduler:
             and (
                 not plan.prefill
                 or (
-                    self.waiting[0].num_prompt_tokens <= budget
+                    self.computed_tokens(self.waiting[0]) <= budget
                     and self.waiting[0].prefix == plan.prefill[0].prefix
                 )
             )
         ):
             seq = self.waiting.popleft()
-            budget -= seq.num_prompt_tokens
+            budget -= self.computed_tokens(seq)
             seq.slot = len(self.running)
             seq.status = Status.RUNNING
             self.running.append(seq)
             plan.prefill.append(seq)
         return plan
+
+    def computed_tokens(self, seq: Sequence) -> int:
+        """The prompt tokens a prefill computes for `seq` (its cached prefix's are not)."""
+        return seq.num_prompt_tokens - self.cached_tokens(seq.prefix)
 
     def finish(self, seq: Sequence, reason: str) -> list[tuple[int, int]]:
         """Free the sequence's slot; return (from_slot, to_slot) moves to apply to the cache."""

@@ -31,24 +31,6 @@ def test_span_runs_group_consecutive_rows_with_the_same_image_span() -> None:
     ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_masked_attention_equals_sdpa_under_the_same_mask(dtype: torch.dtype) -> None:
-    torch.manual_seed(0)
-    batch, heads, kv_heads, length, total, dim = 3, 4, 2, 7, 11, 8
-    # as the layers give them: [B, H, L, D] views of [B, L, H, D]
-    query = torch.randn(batch, length, heads, dim, dtype=dtype).transpose(1, 2)
-    key, value = torch.randn(2, batch, total, kv_heads, dim, dtype=dtype).transpose(2, 3)
-    mask = torch.rand(batch, 1, length, total) < 0.6
-    mask[..., 0] = True  # every query sees something
-    expected = F.scaled_dot_product_attention(
-        query.float(), key.float(), value.float(), attn_mask=mask, scale=0.5, enable_gqa=True
-    ).transpose(1, 2)
-    got = fast_ops.masked_attention(query, key, value, mask, 0.5)
-    assert got.shape == (batch, length, heads, dim) and got.dtype == dtype
-    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(got.float(), expected, rtol=tolerance, atol=tolerance)
-
-
 def test_prompt_attention_equals_causal_or_same_image_mask() -> None:
     torch.manual_seed(0)
     batch, heads, kv_heads, length, dim = 5, 4, 2, 12, 8
@@ -105,43 +87,28 @@ def png(image) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("fast_path", ["prompt_attention", "masked_attention"])
-def test_prefill_fast_attention_equals_sdpa_under_the_mask(
-    wide_window_engine, monkeypatch, fast_path: str
-) -> None:
-    """The flash path (no mask, a pass per image) and masked_attention (matmuls under
-    transformers' mask) give the prefill SDPA gives with the mask."""
+def test_prefill_without_masks_equals_the_masked_prefill(wide_window_engine, monkeypatch) -> None:
     engine, runner = wide_window_engine, wide_window_engine.runner
     requests = [
         Request(language="de", image=png(draw_sign(640, 480)), question="Was steht da?"),
         Request(language="en", image=png(draw_menu(360, 480, seed=2))),
     ]
     inputs = [engine.prepare(request).inputs for request in requests]
-    calls, attention = [], getattr(fast_ops, fast_path)
+    calls, unmasked_attention = [], fast_ops.prompt_attention
 
-    def recording(*args):
-        calls.append(args)
-        return attention(*args)
+    def recording(query, key, value, spans, scaling):
+        calls.append(spans)
+        return unmasked_attention(query, key, value, spans, scaling)
 
-    monkeypatch.setattr(fast_ops, fast_path, recording)
-    monkeypatch.setattr(fast_ops, "masked_prompts", False)
+    monkeypatch.setattr(fast_ops, "prompt_attention", recording)
     runner.flash_prompts = False
     masked = runner.prefill(inputs, [0, 1])
     masked_keys = [keys[:2].clone() for keys in runner.cache.keys]
     assert not calls
-    if fast_path == "prompt_attention":
-        runner.flash_prompts = True
-    else:
-        monkeypatch.setattr(fast_ops, "masked_prompts", True)
-    fast = runner.prefill(inputs, [0, 1])
     runner.flash_prompts = True
-    if fast_path == "prompt_attention":  # spans: each row's one photo
-        assert calls and all(len(call[3][0]) == len(call[3][1]) == 1 for call in calls)
-    else:  # sliding layers, under the photos' mask (global ones: causal, no mask: SDPA)
-        layers = engine.base.model.model.language_model.layers
-        sliding = [layer for layer in layers if layer.self_attn.sliding_window]
-        assert len(calls) == len(sliding) and all(call[3].dtype == torch.bool for call in calls)
-    torch.testing.assert_close(fast, masked, rtol=1e-4, atol=1e-4)
+    unmasked = runner.prefill(inputs, [0, 1])
+    assert calls and all(len(spans[0]) == len(spans[1]) == 1 for spans in calls)
+    torch.testing.assert_close(unmasked, masked, rtol=1e-4, atol=1e-4)
     for got, expected in zip(runner.cache.keys, masked_keys, strict=True):
         torch.testing.assert_close(got[:2], expected, rtol=1e-4, atol=1e-4)
 

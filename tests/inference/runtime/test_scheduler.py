@@ -50,3 +50,22 @@ def test_one_prefill_holds_prompts_of_one_shared_prefix_in_arrival_order() -> No
     while scheduler.waiting:
         groups.append([seq.prefix for seq in scheduler.schedule().prefill])
     assert groups == [[(1, 2), (1, 2)], [(3,), (3,)], [(1, 2)], [()]]
+
+
+def test_the_token_budget_counts_the_tokens_a_prefill_computes_not_a_cached_prefix() -> None:
+    def make(cached: bool) -> Scheduler:
+        scheduler = Scheduler(
+            max_slots=64,
+            max_seq_len=4096,
+            max_prefill_tokens=4000,
+            max_prefill_seqs=16,
+            cached_tokens=lambda prefix: len(prefix) if cached else 0,
+        )
+        for _ in range(16):
+            seq = Sequence(Request(language="en", question="?"), None, None, None)
+            seq.num_prompt_tokens, seq.prefix = 900, tuple(range(500))
+            scheduler.add(seq)
+        return scheduler
+
+    assert prefill_sizes(make(cached=False)) == [4, 4, 4, 4]  # 900 tokens each
+    assert prefill_sizes(make(cached=True)) == [10, 6]  # 400 each after the cached 500

@@ -1,0 +1,83 @@
+"""The `travelbot` command: run the bot, ask the model from a shell, make test assets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="travelbot", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the Telegram bot (polling, or a webhook)")
+    run.add_argument("--model", type=Path, help="model directory (default: TRAVELBOT_MODEL_PATH)")
+    run.add_argument(
+        "--webhook",
+        metavar="URL",
+        help="receive updates at this public https URL (default: TRAVELBOT_WEBHOOK_URL; "
+        "unset: polling)",
+    )
+
+    ask = commands.add_parser("ask", help="ask the model about a photo, print the answer")
+    ask.add_argument("image", type=Path)
+    ask.add_argument("--lang", default="en", help="reply language code (default: en)")
+    ask.add_argument("--question", help="a question about the photo (default: explain it)")
+    ask.add_argument("--think", action="store_true", help="let the model think first")
+    ask.add_argument("--model", type=Path, help="model directory (default: TRAVELBOT_MODEL_PATH)")
+    ask.add_argument("--max-new-tokens", type=int, default=None)
+    ask.add_argument("--greedy", action="store_true", help="no sampling (repeatable output)")
+
+    tiny = commands.add_parser("tiny-checkpoint", help="write the tiny random Gemma 4 checkpoint")
+    tiny.add_argument("directory", type=Path)
+
+    sample = commands.add_parser("sample-image", help="draw a sign or menu photo to test with")
+    sample.add_argument("output", type=Path)
+    sample.add_argument("--kind", choices=("sign", "menu"), default="sign")
+
+    serve = commands.add_parser("serve", help="serve the engine as an OpenAI-compatible API")
+    serve.add_argument("--model", type=Path, help="model directory (default: TRAVELBOT_MODEL_PATH)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--served-model-name", help="the `model` clients name (default: TRAVELBOT_OPENAI_MODEL)"
+    )
+
+    bench = commands.add_parser("bench", help="benchmark generate() and the batching engine")
+    from inference.bench_args import add_arguments
+
+    add_arguments(bench)
+
+    args = parser.parse_args(argv)
+    from bot.settings import Settings
+
+    settings = Settings()
+    if getattr(args, "model", None):
+        settings = settings.model_copy(update={"model_path": args.model})
+    if getattr(args, "webhook", None):
+        settings = settings.model_copy(update={"webhook_url": args.webhook})
+    if args.command == "run":
+        from bot.__main__ import main as run_bot
+
+        run_bot(settings)
+    elif args.command == "ask":
+        from bot.ask import ask as ask_model
+
+        sys.exit(ask_model(settings, args))
+    elif args.command == "tiny-checkpoint":
+        from inference.tiny import write_tiny_checkpoint
+
+        print(write_tiny_checkpoint(args.directory))
+    elif args.command == "serve":
+        from bot.serve import serve_engine
+
+        sys.exit(serve_engine(settings, args))
+    elif args.command == "bench":
+        from inference.bench import main as bench_main
+
+        sys.exit(bench_main(args))
+    elif args.command == "sample-image":
+        from inference.samples import write_sample
+
+        print(write_sample(args.output, kind=args.kind))

@@ -1,0 +1,77 @@
+"""The typed context every handler gets: shared services and the current user's profile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from telegram.ext import Application, CallbackContext, ExtBot
+
+from bot.i18n import Texts
+from bot.metrics import Metrics
+from bot.settings import Settings
+from bot.stats import Stats
+from bot.storage import Storage, User
+from bot.user_locks import UserLocks
+from inference import InferenceService
+
+
+@dataclass
+class Services:
+    settings: Settings
+    storage: Storage
+    worker: InferenceService  # the local Worker or RemoteWorker
+    texts: Texts
+    user_locks: UserLocks
+    stats: Stats = field(default_factory=Stats)
+    metrics: Metrics = field(init=False)  # Prometheus, served by bot/health.py
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(self.worker)
+
+    def record_answer(
+        self, *, latency_s: float, first_token_s: float | None, num_output_tokens: int
+    ) -> None:
+        """One delivered answer, for /stats and for /metrics."""
+        self.stats.record_answer(latency_s=latency_s, first_token_s=first_token_s)
+        self.metrics.record_answer(
+            latency_s=latency_s, first_token_s=first_token_s, num_output_tokens=num_output_tokens
+        )
+
+    def record_failure(self, kind: str) -> None:
+        self.stats.record_failure()
+        self.metrics.record_failure(kind)
+
+
+SERVICES_KEY = "services"
+
+
+class BotContext(CallbackContext[ExtBot, dict, dict, dict]):
+    """Shared services behind typed properties; `profile` is loaded for each update (group -1)."""
+
+    def __init__(self, application: Application, chat_id=None, user_id=None) -> None:
+        super().__init__(application, chat_id=chat_id, user_id=user_id)
+        self.profile: User | None = None
+
+    @property
+    def services(self) -> Services:
+        return self.bot_data[SERVICES_KEY]
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def storage(self) -> Storage:
+        return self.services.storage
+
+    @property
+    def worker(self) -> InferenceService:
+        return self.services.worker
+
+    @property
+    def language(self) -> str:
+        return self.profile.language if self.profile else self.settings.default_language
+
+    def t(self, key: str, /, **values: object) -> str:
+        """A UI string in the current user's language."""
+        return self.services.texts.get(self.language, key, **values)

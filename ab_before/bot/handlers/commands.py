@@ -1,0 +1,175 @@
+"""/start, /help, /lang, /think, /mydata, /forget and unknown commands."""
+
+from __future__ import annotations
+
+import html
+import time
+
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
+
+from bot.context import BotContext
+from bot.stats import percentile
+
+LANGUAGE_BUTTONS_PER_ROW = 3
+RECENT_MESSAGES_SHOWN = 5
+
+
+async def start(update: Update, context: BotContext) -> None:
+    """Greet the user in their language and say what to send."""
+    user = update.effective_user
+    context.profile, _ = await context.storage.get_or_create_user(
+        user.id, default_language=context.language
+    )
+    name = html.escape(user.first_name or "")
+    await update.effective_message.reply_html(
+        context.t("start", name=name, language=_language_name(context))
+    )
+
+
+async def help_command(update: Update, context: BotContext) -> None:
+    """What the bot does and every command."""
+    await update.effective_message.reply_html(
+        context.t("help", language=_language_name(context), think=_think_word(context))
+    )
+
+
+async def lang(update: Update, context: BotContext) -> None:
+    """Show the reply language with a keyboard, or set it from `/lang de` / `/lang Deutsch`."""
+    texts = context.services.texts
+    if context.args:
+        query = " ".join(context.args)
+        language = texts.match_language(query)
+        if language is None:
+            options = ", ".join(f"{code} ({texts.language_name(code)})" for code in texts.languages)
+            await update.effective_message.reply_html(
+                context.t("lang_unknown", query=html.escape(query[:50]), options=options)
+            )
+            return
+        await set_language(update, context, language)
+        return
+    buttons = [
+        InlineKeyboardButton(texts.language_name(code), callback_data=f"lang:{code}")
+        for code in texts.languages
+    ]
+    rows = [
+        buttons[i : i + LANGUAGE_BUTTONS_PER_ROW]
+        for i in range(0, len(buttons), LANGUAGE_BUTTONS_PER_ROW)
+    ]
+    await update.effective_message.reply_html(
+        context.t("lang_current", language=_language_name(context)),
+        reply_markup=InlineKeyboardMarkup(rows),
+    )
+
+
+async def set_language(update: Update, context: BotContext, language: str) -> None:
+    context.profile = await context.storage.set_language(update.effective_user.id, language)
+    await update.effective_message.reply_html(
+        context.t("lang_set", language=_language_name(context))
+    )
+
+
+async def think(update: Update, context: BotContext) -> None:
+    """Toggle thinking mode, or set it with `/think on|off`."""
+    argument = (context.args[0].lower() if context.args else "").strip()
+    if argument in ("on", "1", "yes"):
+        enabled = True
+    elif argument in ("off", "0", "no"):
+        enabled = False
+    elif not argument:
+        enabled = not (context.profile and context.profile.think)
+    else:
+        await update.effective_message.reply_html(context.t("think_usage"))
+        return
+    user_id = update.effective_user.id
+    await context.storage.get_or_create_user(user_id, default_language=context.language)
+    context.profile = await context.storage.set_think(user_id, enabled)
+    await update.effective_message.reply_html(
+        context.t("think_now_on" if enabled else "think_now_off")
+    )
+
+
+async def mydata(update: Update, context: BotContext) -> None:
+    """Show everything the bot keeps about the user."""
+    data = await context.storage.get_user_data(update.effective_user.id)
+    if data.user is None and not data.messages:
+        await update.effective_message.reply_html(
+            context.t("mydata_empty", language=_language_name(context))
+        )
+        return
+    lines = [
+        context.t(
+            "mydata_summary",
+            language=_language_name(context),
+            think=_think_word(context),
+            count=len(data.messages),
+            first=_when(data.messages[0].created_at) if data.messages else "–",
+            last=_when(data.messages[-1].created_at) if data.messages else "–",
+        )
+    ]
+    if data.messages:
+        lines.append("\n" + context.t("mydata_recent"))
+        for message in data.messages[-RECENT_MESSAGES_SHOWN:]:
+            who = context.t("role_user" if message.role == "user" else "role_model")
+            text = message.text or ""
+            if message.image_file_id:
+                text = f"{context.t('photo_reference')} {text}"
+            snippet = text if len(text) <= 200 else text[:200] + "…"
+            lines.append(f"<b>{who}:</b> {html.escape(snippet)}")
+    await update.effective_message.reply_html("\n".join(lines))
+
+
+async def forget(update: Update, context: BotContext) -> None:
+    """Ask for confirmation before erasing the user's data."""
+    keyboard = InlineKeyboardMarkup(
+        [
+            [
+                InlineKeyboardButton(context.t("forget_yes"), callback_data="forget:yes"),
+                InlineKeyboardButton(context.t("forget_no"), callback_data="forget:no"),
+            ]
+        ]
+    )
+    await update.effective_message.reply_html(context.t("forget_confirm"), reply_markup=keyboard)
+
+
+async def stats(update: Update, context: BotContext) -> None:
+    """Admins only: queue, latency percentiles, users and jobs. Others see no such command."""
+    if update.effective_user.id not in context.settings.admin_user_ids:
+        await unknown_command(update, context)
+        return
+    figures = context.services.stats
+    worker = context.worker
+    jobs = await context.storage.count_jobs_by_status()
+
+    def ms(values, q: float) -> str:
+        value = percentile(values, q)
+        return "–" if value is None else f"{value * 1000:.0f} ms"
+
+    lines = [
+        "<b>travelbot</b>",
+        f"uptime: {(time.monotonic() - figures.started_at) / 3600:.1f} h",
+        f"queue: {worker.queue_depth} waiting, {worker.num_running} running",
+        f"answered: {figures.num_answered}, failed: {figures.num_failed}",
+        f"latency p50 / p95: {ms(figures.latencies_s, 0.5)} / {ms(figures.latencies_s, 0.95)}",
+        f"first text p50 / p95: {ms(figures.first_token_s, 0.5)} / "
+        f"{ms(figures.first_token_s, 0.95)}",
+        f"users stored: {await context.storage.count_users()}",
+        "jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(jobs.items())) or "none"),
+    ]
+    await update.effective_message.reply_html("\n".join(lines))
+
+
+async def unknown_command(update: Update, context: BotContext) -> None:
+    """Any command the bot does not have."""
+    await update.effective_message.reply_html(context.t("unknown_command"))
+
+
+def _language_name(context: BotContext) -> str:
+    return context.services.texts.language_name(context.language)
+
+
+def _think_word(context: BotContext) -> str:
+    return context.t("think_on" if context.profile and context.profile.think else "think_off")
+
+
+def _when(moment) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")

@@ -1,0 +1,119 @@
+"""All settings of the bot, from TRAVELBOT_* environment variables or a .env file."""
+
+from __future__ import annotations
+
+import secrets
+import string
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+_SECRET_CHARS = set(string.ascii_letters + string.digits + "_-")  # what Telegram allows
+
+
+def _random_secret() -> SecretStr:
+    return SecretStr(secrets.token_urlsafe(32))  # URL-safe base64: only those characters
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAVELBOT_", env_file=".env", extra="ignore")
+
+    # Telegram
+    telegram_token: SecretStr | None = None
+    telegram_base_url: str = "https://api.telegram.org/bot"
+    telegram_base_file_url: str = "https://api.telegram.org/file/bot"
+    allowed_user_ids: set[int] = Field(default_factory=set)  # empty: everyone may use the bot
+    admin_user_ids: set[int] = Field(default_factory=set)  # may use /stats
+    max_concurrent_updates: int = 256
+    # Flood control: Telegram's limits, and retries after "429 Too Many Requests"
+    telegram_messages_per_second: float = 30  # all chats together; 0: no limit
+    telegram_messages_per_minute_per_group: float = 20  # 0: no limit
+    telegram_max_retries: int = 3
+
+    # Webhook: Telegram posts updates to webhook_url instead of being polled. TLS ends at a
+    # reverse proxy, which forwards the URL's path to webhook_listen:webhook_port.
+    webhook_url: str | None = None  # e.g. https://bot.example.org/telegram; None: polling
+    webhook_secret_token: SecretStr = Field(default_factory=_random_secret)
+    webhook_listen: str = "127.0.0.1"  # 0.0.0.0 in a container, where the proxy is outside
+    webhook_port: int = 8443
+
+    # HTTP health and metrics: /healthz, /readyz, /metrics (Prometheus)
+    http_listen: str = "127.0.0.1"
+    http_port: int = 0  # 0: off
+
+    # Model (in-process engine)
+    model_path: Path | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    image_soft_tokens: int | None = None  # 70, 140, 280, 560 or 1120; None: checkpoint default
+    experts_implementation: str | None = None
+    max_new_tokens: int = 1024
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 64
+
+    # Engine and worker
+    engine: Literal["batch", "generate", "openai"] = "batch"  # batching, generate(), or HTTP
+    max_batch_size: int = 64  # sequences decoding together (batch engine)
+    max_seq_len: int = 4096  # prompt + answer tokens per sequence (batch engine)
+    cuda_graphs: bool | None = None  # None: on when the model runs on a GPU
+    compile_layers: bool | None = None  # torch.compile the decoder layers; None: on a GPU
+    prefix_cache_tokens: int = 4096  # the system prompt's KV kept on the device; 0: off
+    fp8_experts: bool = False  # expert weights in FP8 (batch engine; check answers first)
+    fp8_kv_cache: bool = False  # sliding layers' keys/values in FP8 (the same)
+    max_queue: int = 64  # requests waiting beyond the running batch
+    request_timeout_s: float = 300  # a request still unanswered after this is cancelled
+
+    # OpenAI-compatible engine (engine="openai"): vLLM, SGLang or `travelbot serve`
+    openai_base_urls: list[str] = Field(default_factory=list)  # e.g. ["http://vllm-0:8000/v1"]
+    openai_model: str = "google/gemma-4-26B-A4B-it"  # the served model name
+    openai_api_key: SecretStr | None = None
+    openai_max_concurrency_per_endpoint: int = 32  # requests in flight per server
+    openai_connect_timeout_s: float = 5.0
+    openai_read_timeout_s: float = 120.0  # the longest wait for the next streamed chunk
+
+    # `travelbot serve`: this engine as an OpenAI-compatible server
+    serve_api_key: SecretStr | None = None  # None: no Authorization needed
+
+    # Storage
+    database_path: Path = ROOT / "var" / "travelbot.sqlite3"
+    max_history_turns: int = 6  # earlier turns put into the prompt
+    max_stored_messages: int = 200  # per user; older ones are deleted
+    retention_days: float = 30  # history and finished jobs older than this are deleted
+
+    # Limits on what users send
+    max_requests_in_flight: int = 3  # per user: accepted but not yet answered
+    max_question_chars: int = 1000
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+
+    # Chat behaviour
+    default_language: str = "en"
+    locales_dir: Path = ROOT / "locales"
+    stream_interval_s: float = 1.0  # least time between two streamed updates of one answer
+
+    # Logging
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    @field_validator("webhook_secret_token", mode="before")
+    @classmethod
+    def _secret_or_random(cls, value: object) -> object:
+        """Telegram sends this secret in a header with every update; unset: a random one."""
+        if value is None or value == "":
+            return _random_secret()
+        plain = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if not _SECRET_CHARS.issuperset(plain) or len(plain) > 256:
+            raise ValueError("1-256 characters, only A-Z, a-z, 0-9, _ and -")
+        return value
+
+    def require_token(self) -> str:
+        if self.telegram_token is None or not self.telegram_token.get_secret_value():
+            raise SystemExit(
+                "TRAVELBOT_TELEGRAM_TOKEN is not set: create a bot with @BotFather and "
+                "put its token in the environment or in .env."
+            )
+        return self.telegram_token.get_secret_value()

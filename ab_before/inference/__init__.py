@@ -1,0 +1,61 @@
+"""Inference for the travel bot: requests in, streamed answers out. No telegram here.
+
+The bot uses only what is exported here; torch and transformers load lazily
+inside the engine thread.
+"""
+
+from inference.engine import (
+    EngineConfig,
+    GemmaEngine,
+    ModelNotFound,
+    check_model_dir,
+    create_engine,
+)
+from inference.images import ImageLimits, normalize_image
+from inference.remote import RemoteConfig, RemoteWorker
+from inference.runtime.config import RuntimeConfig
+from inference.types import (
+    ChatMessage,
+    Delta,
+    Event,
+    Finished,
+    ImageRejected,
+    InferenceError,
+    InferenceService,
+    Queued,
+    QueueFull,
+    Request,
+    Sampling,
+    Started,
+    Turn,
+    WorkerStopped,
+)
+from inference.worker import Worker
+
+__all__ = [
+    "ChatMessage",
+    "Delta",
+    "EngineConfig",
+    "Event",
+    "Finished",
+    "GemmaEngine",
+    "ImageLimits",
+    "ImageRejected",
+    "InferenceError",
+    "InferenceService",
+    "ModelNotFound",
+    "QueueFull",
+    "Queued",
+    "RemoteConfig",
+    "RemoteWorker",
+    "Request",
+    "RuntimeConfig",
+    "Sampling",
+    "Started",
+    "Turn",
+    "Worker",
+    "WorkerStopped",
+    "check_model_dir",
+    "create_engine",
+    "normalize_image",
+]

@@ -1,0 +1,87 @@
+"""Check and normalise user photos before they reach the model (Pillow only)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from inference.types import ImageRejected
+
+ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
+REJECT_REASONS = (
+    "too_large",  # more bytes than allowed
+    "not_an_image",  # Pillow cannot identify it
+    "unsupported_format",  # an image, but not one we accept (e.g. PDF, ICO, EPS)
+    "too_many_pixels",  # decompression-bomb guard
+    "too_small",  # nothing legible fits in it
+    "corrupt",  # header fine, pixel data broken or truncated
+)
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    min_side: int = 16
+    max_side: int = 2048  # larger photos are downscaled; the model sees at most ~1.9k px a side
+
+
+def normalize_image(data: bytes, limits: ImageLimits = ImageLimits()) -> bytes:
+    """Validate `data` and return it as an upright RGB JPEG no larger than `max_side`.
+
+    Raises ImageRejected with one of REJECT_REASONS.
+    """
+    if len(data) > limits.max_bytes:
+        raise ImageRejected("too_large", f"{len(data)} bytes")
+    image = _open(data, limits)
+    try:
+        image.seek(0)  # first frame of an animation
+        image = ImageOps.exif_transpose(image)
+        image.thumbnail((limits.max_side, limits.max_side), Image.Resampling.LANCZOS)
+        rgb = _to_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageRejected("corrupt", type(exc).__name__) from exc
+    out = io.BytesIO()
+    rgb.save(out, format="JPEG", quality=92)
+    return out.getvalue()
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode bytes produced by normalize_image (trusted) into an RGB image."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
+def _open(data: bytes, limits: ImageLimits) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageRejected("too_many_pixels", str(exc)) from exc
+        except UnidentifiedImageError as exc:
+            raise ImageRejected("not_an_image") from exc
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageRejected("corrupt", type(exc).__name__) from exc
+    if image.format not in ACCEPTED_FORMATS:
+        raise ImageRejected("unsupported_format", str(image.format))
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise ImageRejected("too_many_pixels", f"{width}x{height}")
+    if min(width, height) < limits.min_side:
+        raise ImageRejected("too_small", f"{width}x{height}")
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Load pixels and flatten transparency onto white (signs photographed as PNG stickers)."""
+    image.load()
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, "white")
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")

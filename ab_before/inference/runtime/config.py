@@ -1,0 +1,67 @@
+"""Settings of the batching engine (no torch here, so settings code can import it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    max_slots: int = 64  # sequences decoding together; each holds one KV slot
+    max_seq_len: int = 4096  # prompt + answer, per sequence
+    max_prefill_tokens: int = 8192  # prompt tokens prefilled in one step
+    # H100: a prefill of 4 photos is bound by the CPU launching it (~145 ms), one of 8 by
+    # the GPU (~210 ms), so 8 at once give the same TTFT p50 as 4 + 4 and a lower p95
+    max_prefill_seqs: int = 8
+    # more than this waiting: prefill this many at once (H100, 64 photos at once: 1,095 →
+    # 1,232 tok/s, TTFT p50 1,963 → 1,550 ms against 4 at a time)
+    deep_queue_prefill_seqs: int = 8
+    cuda_graphs: bool | None = None  # None: on when the model is on a GPU
+    graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+    # a decode step attends to the shortest of these lengths that holds all its rows (one
+    # graph per batch size and length); None: 512, 1024, ... and max_seq_len
+    attend_lengths: tuple[int, ...] | None = None
+    seed: int = 0
+    ignore_stop: bool = False  # benchmarks only: always generate max_new_tokens
+    fast_attention: bool = True  # decode attention as batched matmuls (fast_ops)
+    # prompts of sliding layers: causal flash attention plus a pass per image, no mask
+    flash_prompt_attention: bool = True
+    fused_norms: bool | None = None  # torch's fused rms_norm; None: on GPUs only
+    own_layer_forward: bool = True  # decoder layers as two regions around attention (layers)
+    # torch.compile them; None: on GPUs; a str or callable: the dynamo backend (tests)
+    compile_layers: bool | str | Callable | None = None
+    # the vision tower one photo at a time without padding, so attention needs no mask
+    vision_per_photo: bool = True
+    # launch step n+1 before reading back step n's tokens (False: read back at once)
+    overlap_steps: bool = True
+    # decode steps of up to this many tokens run the experts as Triton kernels (GPU only)
+    # (H100, per layer: 1 token 0.041 vs 0.105 ms, 16 tokens 0.37 vs 0.46, 32 tokens slower)
+    fused_experts_tokens: int = 16
+    # ... and up to this many as the expert-major Triton kernels (each expert read once)
+    expert_major_tokens: int = 64
+    # prompts' experts as Triton grouped GEMMs (moe_prompt_kernel, GPU only; FP8 experts
+    # without dequantizing); False: torch's grouped_mm
+    triton_prompt_experts: bool = True
+    # KV of shared prompt prefixes (the system prompt) kept on the device, in positions
+    # (~225 KB each on the full-size model); 0: every prefill computes its whole prompt
+    prefix_cache_tokens: int = 4096
+    # expert weights as FP8 with per-row scales (fp8_experts), quantized in place at start:
+    # half the bytes of a many-sequence decode step. Opt-in until the real checkpoint's
+    # answers are checked with it; needs own_layer_forward and an Ada/Hopper GPU or the CPU
+    fp8_experts: bool = False
+    # the sliding layers' keys and values as FP8 e4m3 (attention_kernel): half of what a
+    # many-sequence decode step reads for them (13.4 GB at 64 sequences in bf16). Opt-in
+    # like fp8_experts; needs fast_attention, and Triton on GPUs
+    fp8_kv_cache: bool = False
+
+    def __post_init__(self) -> None:
+        if (
+            self.max_slots < 1
+            or self.max_seq_len < 2
+            or self.max_prefill_seqs < 1
+            or self.deep_queue_prefill_seqs < self.max_prefill_seqs
+            or (self.fp8_experts and not self.own_layer_forward)
+            or (self.fp8_kv_cache and not self.fast_attention)
+        ):
+            raise ValueError(f"invalid runtime config: {self}")

@@ -1,0 +1,240 @@
+"""Faster stand-ins the batching engine installs into transformers' Gemma 4 modules.
+
+- Decode attention: one query per sequence against the slot cache, as two batched
+  matmuls with grouped KV heads (SDPA's kernels are slow for q_len 1 with a mask and
+  head_dim 512). Prompts (q_len > 1) still go to SDPA.
+- Prompt attention of sliding layers (`prompt_attention`): Gemma 4's mask there is causal,
+  or both tokens in the same image, within the window. A mask makes SDPA fall back to its
+  memory-efficient kernel (an H100 spent 40 ms of an 8-photo prefill in it); instead, one
+  causal flash attention for all tokens, then each image's tokens again against everything
+  up to the image's end (consecutive prompts with an image at the same place in one
+  call). The runner passes the images' spans (`image_spans`).
+- RMSNorm, in the text layers and the vision tower: torch's fused rms_norm in the
+  activations' dtype (one kernel instead of five plus two casts) on GPUs; its bf16 rounding
+  differs slightly from transformers'. In the vision tower's compiled layers transformers'
+  norm became a pointwise kernel that sums each head's 72 values again for every element
+  (q/k norm and 2D RoPE: 7.9 ms of an 8-photo prefill on an H200).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+ATTENTION_NAME = "travelbot_decode"
+
+# per prompt row, the (start, end) token spans of its images, during a prefill
+_image_spans: ContextVar[list[list[tuple[int, int]]] | None] = ContextVar("spans", default=None)
+
+
+@contextmanager
+def image_spans(spans: list[list[tuple[int, int]]] | None) -> Iterator[None]:
+    """Prompt attention in this block may use `prompt_attention` with these image spans
+    (None: it may not)."""
+    token = _image_spans.set(spans)
+    try:
+        yield
+    finally:
+        _image_spans.reset(token)
+
+
+def vision_spans(token_types: list[int]) -> list[tuple[int, int]]:
+    """Runs of image (1) or audio (2) tokens: transformers' bidirectional blocks."""
+    spans, start = [], None
+    for index, kind in enumerate([*token_types, 0]):
+        if kind in (1, 2) and start is None:
+            start = index
+        elif kind not in (1, 2) and start is not None:
+            spans.append((start, index))
+            start = None
+    return spans
+
+
+def prompt_attention(query, key, value, spans: list[list[tuple[int, int]]], scaling):
+    """query [B, Hq, L, D], key/value [B, Hkv, P + L, D] of right-padded prompts after a
+    shared prefix of P positions (P may be 0); each token sees the prefix and the tokens
+    before it, and an image's tokens see the whole image → [B, L, Hq, D]. `spans` count
+    from the first query."""
+    prefix = key.shape[2] - query.shape[2]
+    if prefix:
+        output = causal_after_prefix(query, key, value, scaling)
+    else:
+        output = F.scaled_dot_product_attention(
+            query, key, value, is_causal=True, scale=scaling, enable_gqa=True
+        )
+    for rows, (start, end) in span_runs(spans):
+        output[rows, :, start:end] = F.scaled_dot_product_attention(
+            query[rows, :, start:end],
+            key[rows, :, : prefix + end],
+            value[rows, :, : prefix + end],
+            scale=scaling,
+            enable_gqa=True,
+        )
+    return output.transpose(1, 2).contiguous()
+
+
+def span_runs(spans: list[list[tuple[int, int]]]) -> list[tuple[slice, tuple[int, int]]]:
+    """Each image span with the run of consecutive rows that have it too: prompts built
+    from one template put their photo at the same place, so a batch of them attends in one
+    call instead of one per photo (8 photos: 25 calls a prefill instead of 200)."""
+    runs: list[tuple[slice, tuple[int, int]]] = []
+    open_runs: dict[tuple[int, int], int] = {}  # span → first row of its run so far
+    for row, row_spans in enumerate([*spans, []]):
+        for span in [s for s in open_runs if s not in row_spans]:
+            runs.append((slice(open_runs.pop(span), row), span))
+        for span in row_spans:
+            open_runs.setdefault(span, row)
+    return runs
+
+
+def causal_after_prefix(query, key, value, scaling):
+    """query [B, Hq, L, D] at the last L of the key/value positions [B, Hkv, S, D]: each
+    sees the keys up to its own position → [B, Hq, L, D]. On GPUs one variable-length flash
+    attention call (its causal mask is aligned to the keys' end, and it groups KV heads)."""
+    batch, heads, length, head_dim = query.shape
+    total = key.shape[2]
+    if not varlen_flash_works(query):
+        mask = torch.ones(length, total, dtype=torch.bool, device=query.device)
+        return F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask.tril(total - length), scale=scaling,
+            enable_gqa=True,
+        )  # fmt: skip
+    q = query.transpose(1, 2).reshape(batch * length, heads, head_dim)
+    k, v = (t.transpose(1, 2).reshape(batch * total, -1, head_dim) for t in (key, value))
+    # made on the device: a copy from the CPU would make the CPU wait for the GPU
+    starts_q = torch.arange(0, (batch + 1) * length, length, dtype=torch.int32, device=q.device)
+    starts_k = torch.arange(0, (batch + 1) * total, total, dtype=torch.int32, device=q.device)
+    output = flash_varlen(q, k, v, starts_q, starts_k, length, total, causal=True, scale=scaling)
+    return output.view(batch, length, heads, head_dim).transpose(1, 2)
+
+
+def flash_varlen(q, k, v, starts_q, starts_k, longest_q, longest_k, *, causal, scale):
+    """One variable-length flash attention call over packed sequences: q [Tq, Hq, D], k/v
+    [Tk, Hkv, D]; sequence i is rows starts[i]:starts[i + 1] (int32, on the device). A
+    causal mask is aligned to the end of each key sequence → [Tq, Hq, D]."""
+    return torch.ops.aten._flash_attention_forward(
+        q, k, v, starts_q, starts_k, longest_q, longest_k, 0.0, causal, False, scale=scale
+    )[0]
+
+
+def varlen_flash_works(query: torch.Tensor) -> bool:
+    """Flash attention's kernels: Ampere or newer, half precision, head_dim ≤ 256 in 8s."""
+    head_dim = query.shape[-1]
+    return (
+        query.is_cuda
+        and torch.cuda.get_device_capability(query.device) >= (8, 0)
+        and query.dtype in (torch.float16, torch.bfloat16)
+        and head_dim % 8 == 0
+        and head_dim <= 256
+    )
+
+
+def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+    """The language model's attention: a decode step (query [B, Hq, 1, D], key/value
+    [B, Hkv, L, D], bool mask [B, 1, 1, L] → [B, 1, Hq, D]) as two batched matmuls (over FP8
+    keys and values: attention_kernel on GPUs); a prompt
+    of a sliding layer within the window as `prompt_attention` when the runner passed image
+    spans; any other prompt as transformers' SDPA."""
+    spans = _image_spans.get()
+    window = getattr(module, "sliding_window", None)
+    if spans is not None and window and key.shape[2] <= window and query.shape[2] > 1:
+        return prompt_attention(query, key, value, spans, scaling), None
+    if query.shape[2] != 1 or not isinstance(attention_mask, torch.Tensor):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kw
+        )
+    if key.dtype != query.dtype:  # FP8 keys and values (RuntimeConfig.fp8_kv_cache)
+        if key.is_cuda:
+            from inference.runtime import attention_kernel  # needs Triton
+
+            scale = 1.0 if scaling is None else scaling
+            return attention_kernel.decode_attention(query, key, value, attention_mask, scale), None
+        key, value = key.to(query.dtype), value.to(query.dtype)  # exact: FP8 ⊂ bf16
+    batch, num_heads, _, head_dim = query.shape
+    num_kv_heads = key.shape[1]
+    grouped = query.view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    scores = torch.matmul(grouped, key.transpose(-1, -2))
+    probs = decode_probs(scores, attention_mask, 1.0 if scaling is None else scaling)
+    output = torch.matmul(probs, value)  # [B, Hkv, G, D]
+    return output.reshape(batch, 1, num_heads, head_dim), None
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, scaling: float) -> torch.Tensor:
+    """softmax(scores · scaling) over the attended positions, in float32, back in the
+    scores' dtype."""
+    logits = scores.float() * scaling
+    return logits.masked_fill(~mask, float("-inf")).softmax(dim=-1).to(scores.dtype)
+
+
+# layers.install swaps in a compiled one: one kernel instead of five (cast, scale, mask
+# inversion, fill, softmax) per layer and step
+decode_probs = masked_softmax
+
+
+def cascade_attention(query, key, value, mask, prefix_key, prefix_value, prefix_mask, scaling):
+    """A decode step over one copy of a shared prefix and each row's own positions (the
+    cascade of FlashInfer): query [B, Hq, 1, D]; the rows' own keys and values [B, Hkv, L, D]
+    with mask [B, 1, 1, L]; the prefix's [Hkv, P, D], read once for all rows (one matmul per
+    KV head over every row's queries), with prefix_mask [B, 1, 1, P] (the prefix positions
+    each row's window still holds). One softmax over both parts → [B, 1, Hq, D].
+    Not used by the engine yet: scripts/check_decode_attention.py measures it first."""
+    batch, num_heads, _, head_dim = query.shape
+    num_kv_heads = key.shape[1]
+    group = num_heads // num_kv_heads
+    grouped = query.view(batch, num_kv_heads, group, head_dim)
+    scores = torch.matmul(grouped, key.transpose(-1, -2))  # [B, Hkv, G, L]
+    by_head = grouped.transpose(0, 1).reshape(num_kv_heads, batch * group, head_dim)
+    prefix_scores = torch.matmul(by_head, prefix_key.transpose(-1, -2))  # [Hkv, B·G, P]
+    prefix_scores = prefix_scores.view(num_kv_heads, batch, group, -1).transpose(0, 1)
+    probs, prefix_probs = cascade_probs(scores, mask, prefix_scores, prefix_mask, scaling)
+    output = torch.matmul(probs, value)  # [B, Hkv, G, D]
+    prefix_probs = prefix_probs.transpose(0, 1).reshape(num_kv_heads, batch * group, -1)
+    prefix_output = torch.matmul(prefix_probs, prefix_value)  # [Hkv, B·G, D]
+    prefix_output = prefix_output.view(num_kv_heads, batch, group, head_dim).transpose(0, 1)
+    return (output + prefix_output).reshape(batch, 1, num_heads, head_dim)
+
+
+def cascade_probs(scores, mask, prefix_scores, prefix_mask, scaling):
+    """One softmax (float32) over two parts' masked scores → each part's probabilities."""
+    own = (scores.float() * scaling).masked_fill(~mask, float("-inf"))
+    shared = (prefix_scores.float() * scaling).masked_fill(~prefix_mask, float("-inf"))
+    top = torch.maximum(own.amax(-1, keepdim=True), shared.amax(-1, keepdim=True))
+    own, shared = (own - top).exp(), (shared - top).exp()
+    total = own.sum(-1, keepdim=True) + shared.sum(-1, keepdim=True)
+    return (own / total).to(scores.dtype), (shared / total).to(scores.dtype)
+
+
+def install(model, *, fused_norms: bool):
+    """Switch the language model to the fast paths; returns a function that undoes it."""
+    AttentionInterface.register(ATTENTION_NAME, decode_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)  # prompts keep SDPA's masks
+    text_config = model.config.get_text_config()
+    previous = text_config._attn_implementation
+    text_config._attn_implementation = ATTENTION_NAME
+    norms = []
+    if fused_norms:
+        towers = [model.model.language_model, getattr(model.model, "vision_tower", None)]
+        for module in (m for tower in towers if tower is not None for m in tower.modules()):
+            if type(module).__name__ == "Gemma4RMSNorm":
+                module.forward = _fused_rms_norm_forward.__get__(module)
+                norms.append(module)
+
+    def undo() -> None:
+        text_config._attn_implementation = previous
+        for module in norms:
+            del module.forward
+
+    return undo
+
+
+def _fused_rms_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    """One kernel in the input's dtype (it accumulates in float32), no casts around it."""
+    weight = self.weight.to(hidden_states.dtype) if self.with_scale else None
+    return torch.nn.functional.rms_norm(hidden_states, (hidden_states.shape[-1],), weight, self.eps)

@@ -1,0 +1,251 @@
+"""Gemma 4 text decoder layers as two compilable regions around the attention.
+
+transformers' layer runs ~80 small kernels per decode step (norms in float32 with casts,
+RoPE, router softmax/top-k, MoE gathers, residual adds). Here the work before the KV
+cache (norm, q/k/v projections and norms, RoPE) and after the attention (o_proj, norms,
+dense MLP, router, experts, residuals) are plain functions of the layer's own modules,
+so `torch.compile` can fuse each into a few kernels; the cache update and the attention
+stay eager, between them. The arithmetic is transformers' own, in the same order.
+One compiled function serves all 30 layers (modules are inputs, not constants).
+The vision encoder's layers have no cache, so their whole forward is compiled.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from functools import partial
+
+import structlog
+import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.gemma4.modeling_gemma4 import (
+    apply_rotary_pos_emb,
+    eager_attention_forward,
+)
+
+from inference.runtime import fast_ops, fp8_experts
+
+log = structlog.get_logger()
+
+# Decode steps of at most this many tokens run the experts as fused Triton kernels
+# (moe_kernel); set by `install`, 0 keeps transformers' experts (grouped_mm) for all.
+fused_experts_max_tokens = 0
+# ... and up to this many as the expert-major Triton kernels (each expert read once)
+expert_major_max_tokens = 0
+# where the Triton kernels work, more tokens (prompts) run this, with the kernels'
+# arguments: moe_prompt_kernel's grouped GEMMs, or moe_kernel.grouped_experts (grouped_mm)
+prompt_experts: Callable | None = None
+triton_prompt_experts = False  # (reported) prompt_experts are the Triton GEMMs
+
+
+def fuse_projections(layer) -> None:
+    """q/k/v as one matmul, and the dense MLP's gate/up as one: one weight read and one
+    kernel instead of three or two. The original weights become views of the fused one,
+    so memory stays the same and transformers' own forward still works."""
+    attention = layer.self_attn
+    projections = [attention.q_proj, attention.k_proj]
+    if attention.v_proj is not None:
+        projections.append(attention.v_proj)
+    attention.register_buffer("qkv_weight", _fuse(projections), persistent=False)
+    mlp = layer.mlp
+    mlp.register_buffer("gate_up_weight", _fuse([mlp.gate_proj, mlp.up_proj]), persistent=False)
+
+
+def _fuse(linears) -> torch.Tensor:
+    if any(linear.bias is not None for linear in linears):
+        raise ValueError("projections with bias are not fused")
+    fused = torch.cat([linear.weight.detach() for linear in linears])
+    start = 0
+    for linear in linears:
+        rows = linear.weight.shape[0]
+        linear.weight.data = fused[start : start + rows]
+        start += rows
+    return fused
+
+
+def attention_inputs(layer, hidden_states, cos, sin):
+    """Pre-norm, q/k/v projections, q/k/v norms and RoPE: q, k, v as [B, heads, S, D]."""
+    attention = layer.self_attn
+    normed = layer.input_layernorm(hidden_states)
+    shape = (*normed.shape[:-1], -1, attention.head_dim)
+    sizes = [attention.q_proj.out_features, attention.k_proj.out_features]
+    if attention.v_proj is not None:
+        sizes.append(attention.v_proj.out_features)
+    projected = torch.nn.functional.linear(normed, attention.qkv_weight).split(sizes, dim=-1)
+    query = attention.q_norm(projected[0].view(shape))
+    query = apply_rotary_pos_emb(query, cos, sin, unsqueeze_dim=2).transpose(1, 2)
+    key = projected[1].view(shape)
+    value = projected[2].view(shape) if attention.v_proj is not None else key
+    key = apply_rotary_pos_emb(attention.k_norm(key), cos, sin, unsqueeze_dim=2).transpose(1, 2)
+    value = attention.v_norm(value).transpose(1, 2)
+    return query, key, value
+
+
+def dense_mlp(mlp, hidden):
+    gate, up = torch.nn.functional.linear(hidden, mlp.gate_up_weight).chunk(2, dim=-1)
+    return mlp.down_proj(mlp.act_fn(gate) * up)
+
+
+def feed_forward(layer, attention_output, residual):
+    """o_proj and everything after the attention: dense MLP and experts side by side."""
+    hidden = layer.post_attention_layernorm(layer.self_attn.o_proj(attention_output))
+    hidden = residual + hidden
+    residual = hidden
+    dense = dense_mlp(layer.mlp, layer.pre_feedforward_layernorm(hidden))
+    dense = layer.post_feedforward_layernorm_1(dense)
+    flat = residual.reshape(-1, residual.shape[-1])
+    top_k_weights, top_k_index = choose_experts(layer.router, flat)
+    experts = run_experts(layer.experts, layer.pre_feedforward_layernorm_2(flat), top_k_index,
+                          top_k_weights)  # fmt: skip
+    experts = layer.post_feedforward_layernorm_2(experts.reshape(residual.shape))
+    hidden = residual + layer.post_feedforward_layernorm(dense + experts)
+    return hidden * layer.layer_scalar
+
+
+def choose_experts(router, flat):
+    """Gemma4TextRouter's (weights, experts); where the Triton kernels run, its softmax,
+    top-k and weighting as one kernel (H200, a decode step of 8 tokens: 4 kernels, ~20 µs a
+    layer; in a prompt also fewer ops for the CPU to launch)."""
+    if prompt_experts is None:  # no Triton kernels
+        _, weights, index = router(flat)
+        return weights, index
+    scores = router.proj(router.norm(flat) * router.scale * router.scalar_root_size)
+    return torch.ops.travelbot.route(scores, router.per_expert_scale, router.config.top_k_experts)
+
+
+def run_experts(experts, hidden, top_k_index, top_k_weights):
+    tokens = hidden.shape[0]
+    stored = (experts.gate_up_proj, experts.down_proj, *fp8_experts.scales(experts))
+    if tokens <= fused_experts_max_tokens:
+        return torch.ops.travelbot.fused_experts(hidden, top_k_index, top_k_weights, *stored)
+    if tokens <= expert_major_max_tokens:
+        return torch.ops.travelbot.expert_major_experts(hidden, top_k_index, top_k_weights, *stored)
+    if prompt_experts is not None:
+        return prompt_experts(hidden, top_k_index, top_k_weights, *stored)
+    weights = fp8_experts.dequantized(experts)  # FP8: this layer's, for this prompt only
+    if not weights:
+        return experts(hidden, top_k_index, top_k_weights)
+    return torch.func.functional_call(experts, weights, (hidden, top_k_index, top_k_weights))
+
+
+def kernels_work(module: str, device: torch.device, name: str, fallback: str) -> bool:
+    """inference.runtime.`module`.works_on(device) (importing it registers its ops; it needs
+    Triton); a failure to import or run counts as no. Logged as `name`_wrong / _failed."""
+    try:
+        if importlib.import_module(f"inference.runtime.{module}").works_on(device):
+            return True
+        log.error(f"{name}_wrong", fallback=fallback)
+    except Exception:  # e.g. no C compiler for Triton's launcher
+        log.exception(f"{name}_failed", fallback=fallback)
+    return False
+
+
+def layer_forward(
+    layer,
+    regions: tuple[Callable, Callable],
+    hidden_states,
+    per_layer_input=None,
+    shared_kv_states=None,
+    position_embeddings=None,
+    attention_mask=None,
+    position_ids=None,
+    past_key_values=None,
+    **kwargs,
+):
+    """Same signature and result as Gemma4TextDecoderLayer.forward (for supported layers)."""
+    before, after = regions
+    attention = layer.self_attn
+    query, key, value = before(layer, hidden_states, *position_embeddings)
+    if past_key_values is not None:
+        key, value = past_key_values.update(key, value, attention.layer_idx)
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+        attention.config._attn_implementation, eager_attention_forward
+    )
+    output, _ = interface(
+        attention,
+        query,
+        key,
+        value,
+        attention_mask,
+        dropout=0.0,
+        scaling=attention.scaling,
+        sliding_window=attention.sliding_window,
+        **kwargs,
+    )
+    output = output.reshape(*hidden_states.shape[:-1], -1)
+    return after(layer, output, hidden_states)
+
+
+def is_supported(layer) -> bool:
+    """Layers of the 26B-A4B kind: MoE block, no shared KV, no per-layer inputs."""
+    attention = layer.self_attn
+    return bool(
+        layer.enable_moe_block
+        and not layer.hidden_size_per_layer_input
+        and not attention.is_kv_shared_layer
+        and not attention.store_full_length_kv
+    )
+
+
+def install(
+    model,
+    *,
+    compile: bool | str | Callable,
+    fused_experts_tokens: int = 0,
+    expert_major_tokens: int = 0,
+    triton_prompts: bool = True,
+) -> Callable[[], None]:
+    """Give every decoder layer the two-region forward; returns a function undoing it.
+    `fused_experts_tokens`, `expert_major_tokens`: up to how many tokens a step uses each
+    kind of Triton experts kernel (GPU); `triton_prompts`: longer ones the Triton grouped
+    GEMMs (else torch's grouped_mm)."""
+    global fused_experts_max_tokens, expert_major_max_tokens, prompt_experts
+    global triton_prompt_experts
+    layers = list(model.model.language_model.layers)
+    if not all(is_supported(layer) for layer in layers):
+        log.warning("own_layer_forward_unsupported", reason="layer kind not supported")
+        return lambda: None
+    fused_experts_max_tokens = expert_major_max_tokens = 0
+    prompt_experts, triton_prompt_experts = None, False
+    on_gpu = model.device.type == "cuda"
+    if (
+        (fused_experts_tokens or expert_major_tokens)
+        and on_gpu
+        and kernels_work("moe_kernel", model.device, "fused_experts", "grouped_mm")
+    ):
+        from inference.runtime.moe_kernel import grouped_experts  # needs Triton
+        from inference.runtime.moe_prompt_kernel import prompt_experts_op
+
+        fused_experts_max_tokens = fused_experts_tokens
+        expert_major_max_tokens = expert_major_tokens
+        triton_prompt_experts = triton_prompts and kernels_work(
+            "moe_prompt_kernel", model.device, "prompt_experts", "grouped_mm"
+        )
+        prompt_experts = prompt_experts_op if triton_prompt_experts else grouped_experts
+    regions: tuple[Callable, Callable] = (attention_inputs, feed_forward)
+    vision_layers = list(model.model.vision_tower.encoder.layers) if compile else []
+    if compile:
+        # one entry per layer kind and shape class (decode batch 1, batch n, prefill)
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        backend = "inductor" if compile is True else compile  # or a dynamo backend
+        regions = tuple(torch.compile(fn, backend=backend) for fn in regions)
+        vision_forward = torch.compile(type(vision_layers[0]).forward, backend=backend)
+        for layer in vision_layers:
+            layer.forward = partial(vision_forward, layer)
+        fast_ops.decode_probs = torch.compile(fast_ops.masked_softmax, backend=backend)
+    for layer in layers:
+        if not hasattr(layer.self_attn, "qkv_weight"):
+            fuse_projections(layer)
+        layer.forward = partial(layer_forward, layer, regions)
+
+    def undo() -> None:
+        global fused_experts_max_tokens, expert_major_max_tokens, prompt_experts
+        global triton_prompt_experts
+        fused_experts_max_tokens = expert_major_max_tokens = 0
+        prompt_experts, triton_prompt_experts = None, False
+        fast_ops.decode_probs = fast_ops.masked_softmax
+        for layer in layers + vision_layers:
+            layer.__dict__.pop("forward", None)
+
+    return undo

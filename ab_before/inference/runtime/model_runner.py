@@ -1,0 +1,304 @@
+"""Run Gemma 4's forward passes for the batching engine: batched prefill (vision + prompt)
+into KV slots, and one decode step for all running sequences, optionally replayed from
+CUDA graphs captured per batch size."""
+
+from __future__ import annotations
+
+import math
+
+import structlog
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import DynamicCache
+
+from inference.runtime import fast_ops, vision
+from inference.runtime.fp8_experts import FP8
+from inference.runtime.kv_cache import LayerSpec, SlotKVCache
+from inference.runtime.prefix_cache import PrefixCache, PrefixKV, prompt_cache
+
+log = structlog.get_logger()
+
+# Prefill attention without cuDNN: it builds an execution plan for every new prompt shape
+# (~1 s on an H100), and prompt lengths change with every photo and question.
+PREFILL_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def layer_specs(model) -> list[LayerSpec]:
+    text_config = model.config.get_text_config()
+    specs = []
+    for layer_type, layer in zip(
+        text_config.layer_types, model.model.language_model.layers, strict=True
+    ):
+        attention = layer.self_attn
+        specs.append(
+            LayerSpec(
+                is_sliding=layer_type == "sliding_attention",
+                num_kv_heads=attention.k_proj.out_features // attention.head_dim,
+                head_dim=attention.head_dim,
+            )
+        )
+    return specs
+
+
+def pinned(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor in page-locked memory (itself if it is already), or itself where pinning
+    is refused (no GPU, a locked-memory limit): its copy to the GPU then waits for the
+    GPU's queue, a little slower, but the request runs."""
+    try:
+        return tensor.pin_memory()
+    except RuntimeError:
+        return tensor
+
+
+def attend_length_buckets(max_seq_len: int, lengths: tuple[int, ...] | None) -> list[int]:
+    """Lengths a decode step may attend to (each step takes the shortest that holds all its
+    rows): a step of short sequences does not read the full-length global KV slots.
+    None: from 512, each ~1.25x the last (rounded up to 256), and max_seq_len. With powers
+    of two a photo prompt's answer (~1,000-1,100 positions) read 2,048 positions of every
+    global layer: 0.13 ms of each such layer in an H200 step at 64 sequences."""
+    if lengths is None:
+        lengths, length = [], 512
+        while length < max_seq_len:
+            lengths.append(length)
+            length = math.ceil(length * 1.25 / 256) * 256
+    return sorted({length for length in lengths if length < max_seq_len} | {max_seq_len})
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model,
+        *,
+        num_slots: int,
+        max_seq_len: int,
+        suppressed_ids: list[int],
+        pad_token_id: int,
+        graph_batch_sizes: tuple[int, ...] = (),
+        attend_lengths: tuple[int, ...] | None = None,
+        flash_prompts: bool = True,
+        prefix_cache_tokens: int = 0,
+        packed_photos: bool = False,
+        fp8_sliding_kv: bool = False,
+    ) -> None:
+        self.model = model
+        self.flash_prompts = flash_prompts  # sliding layers' prompt attention unmasked
+        # photos through vision.photo_embeddings, their soft tokens put in place here
+        self.packed_photos = packed_photos
+        self.language_model = model.model.language_model
+        text_config = model.config.get_text_config()
+        self.softcap = text_config.final_logit_softcapping
+        self.device = model.device
+        self.pad_token_id = pad_token_id
+        self.cache = SlotKVCache(
+            layer_specs(model),
+            num_slots=num_slots,
+            max_seq_len=max_seq_len,
+            window=text_config.sliding_window,
+            dtype=model.dtype,
+            device=self.device,
+            sliding_dtype=FP8 if fp8_sliding_kv else None,
+        )
+        self.prefixes = PrefixCache(prefix_cache_tokens)
+        self.suppressed = torch.tensor(suppressed_ids, dtype=torch.long, device=self.device)
+        self._ids = torch.full((num_slots,), pad_token_id, dtype=torch.long, device=self.device)
+        self._positions = self.cache.step_positions
+        self._rows = self.cache.step_rows
+        self.attend_lengths = attend_length_buckets(max_seq_len, attend_lengths)
+        self._graph_batches = sorted(b for b in graph_batch_sizes if b <= num_slots)
+        # (batch size, attended length) → graph and its logits
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        if self._graph_batches:
+            try:
+                self._capture()
+            except Exception:  # eager decode still works, only slower
+                log.exception("cuda_graph_capture_failed")
+                self._graphs.clear()
+
+    # -- prefill ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(
+        self, inputs: list[dict], slots: list[int], prefix: tuple[int, ...] = ()
+    ) -> torch.Tensor:
+        """Prefill prompts right-padded into one batch, store their KV; last-token logits.
+        `prefix`: token ids all the prompts start with; its KV comes from the prefix cache
+        (computed once), and only the rest of each prompt runs through the model."""
+        lengths = [int(item["input_ids"].shape[1]) for item in inputs]
+        shared = self._prefix_kv(prefix) if prefix else None
+        skip = len(prefix) if shared is not None else 0
+        width = max(lengths) - skip
+        ids = self._pad([i["input_ids"][0, skip:] for i in inputs], width, self.pad_token_id)
+        batch = {
+            "position_ids": torch.arange(skip, skip + width, device=self.device)[None].expand(
+                len(inputs), -1
+            ),
+        }
+        types = [i.get("mm_token_type_ids") for i in inputs]
+        with_images = [i for i in inputs if "pixel_values" in i]
+        embeds = self._embeds_with_photos(ids, with_images) if with_images else None
+        if embeds is not None:
+            batch["inputs_embeds"] = embeds
+        else:
+            batch["input_ids"] = self._to_device(ids)
+            if with_images:  # transformers runs the tower and merges the photos
+                batch["pixel_values"], batch["image_position_ids"] = self._photos(with_images)
+        if with_images:
+            # transformers' masks read them by position from the sequence's start
+            batch["mm_token_type_ids"] = self._to_device(self._pad(
+                [t[0] if t is not None else torch.zeros(n, dtype=torch.long)
+                 for t, n in zip(types, lengths, strict=True)],
+                skip + width,
+                0,
+            ))  # fmt: skip
+        # full-length K/V for every layer (masks come from the config), the prefix's first
+        cache = prompt_cache(shared or [], len(inputs))
+        spans = None
+        if self.flash_prompts:
+            spans = [fast_ops.vision_spans(t[0, skip:].tolist()) if t is not None else []
+                     for t in types]  # fmt: skip
+        with sdpa_kernel(PREFILL_ATTENTION), fast_ops.image_spans(spans):
+            output = self.model.model(**batch, past_key_values=cache, use_cache=True)
+        rows = torch.arange(len(inputs), device=self.device)
+        last = self._to_device(torch.tensor([n - skip - 1 for n in lengths]))
+        hidden = output.last_hidden_state[rows, last]
+        self.cache.store_prompts(
+            slots,
+            [layer.keys for layer in cache.layers],
+            [layer.values for layer in cache.layers],
+            lengths,
+        )
+        return self._logits(hidden)
+
+    def _prefix_kv(self, prefix: tuple[int, ...]) -> PrefixKV | None:
+        """The prefix's KV from the cache, or computed and kept now; None: not cacheable."""
+        if not self.prefixes.fits(prefix):
+            return None
+        entry = self.prefixes.get(prefix)
+        if entry is None:
+            ids = self._to_device(torch.tensor(prefix, dtype=torch.long)[None])
+            cache = DynamicCache()
+            spans = [[]] if self.flash_prompts else None
+            with sdpa_kernel(PREFILL_ATTENTION), fast_ops.image_spans(spans):
+                self.language_model(input_ids=ids, past_key_values=cache, use_cache=True)
+            entry = [(layer.keys, layer.values) for layer in cache.layers]
+            self.prefixes.put(prefix, entry)
+            log.info("prefix_cached", prefix_tokens=len(prefix), **self.prefixes.stats())
+        return entry
+
+    def _photos(self, with_images: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels and patch positions of all photos, copied photo by photo (pinned when
+        prepared) and joined on the device."""
+        pixels = torch.cat([self._to_device(i["pixel_values"]) for i in with_images])
+        positions = torch.cat([self._to_device(i["image_position_ids"]) for i in with_images])
+        return pixels.to(self.model.dtype), positions
+
+    def _embeds_with_photos(self, ids: torch.Tensor, with_images: list[dict]):
+        """Token embeddings of the padded prompt ids [B, W] (CPU) with the photos' soft
+        tokens in the image tokens' places, as transformers merges them, without its host
+        syncs (the placeholders are found on the CPU); None: transformers merges them."""
+        if not self.packed_photos:
+            return None
+        counts = vision.patch_counts(torch.cat([i["image_position_ids"] for i in with_images]))
+        if counts is None:
+            return None
+        is_image = ids == self.model.config.image_token_id
+        cells = self.model.config.vision_config.pooling_kernel_size**2
+        if int(is_image.sum()) != sum(count // cells for count in counts):
+            raise ValueError("image tokens and photos do not match")
+        features = vision.photo_embeddings(self.model, *self._photos(with_images), counts)
+        text_ids = ids.masked_fill(is_image, self.model.config.get_text_config().pad_token_id)
+        embeds = self.model.model.get_input_embeddings()(self._to_device(text_ids))
+        places = self._to_device(is_image.flatten().nonzero().flatten())
+        flat = embeds.flatten(0, 1).index_copy(0, places, features.to(embeds.dtype))
+        return flat.view_as(embeds)
+
+    def _pad(self, rows: list[torch.Tensor], width: int, value: int) -> torch.Tensor:
+        """CPU rows, right-padded into one tensor (on the CPU)."""
+        out = torch.full((len(rows), width), value, dtype=torch.long)
+        for index, row in enumerate(rows):
+            out[index, : row.shape[0]] = row
+        return out
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Copy without making the CPU wait for the GPU's queue (from pinned memory; a
+        tensor pinned already is not copied on the CPU again)."""
+        if self.device.type == "cuda":
+            tensor = pinned(tensor)
+        return tensor.to(self.device, non_blocking=True)
+
+    # -- decode ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def decode(self, positions: list[int], token_ids: list[int] | None = None) -> torch.Tensor:
+        """One step for running sequences in slots 0..n-1; logits [n, vocab] (float32).
+        Each row feeds the token last stored for its slot (`store_tokens`), so a step can
+        be launched before the previous one's tokens are back on the CPU."""
+        n = len(positions)
+        bucket = next((b for b in self._graph_batches if b >= n), n)
+        length = next(length for length in self.attend_lengths if length > max(positions))
+        if token_ids is not None:
+            self._ids[:n].copy_(torch.tensor(token_ids), non_blocking=True)
+        step = torch.tensor(
+            [positions + [0] * (bucket - n),
+             list(range(n)) + [self.cache.scratch_slot] * (bucket - n)],
+            dtype=torch.long,
+        ).to(self.device, non_blocking=True)  # fmt: skip
+        self._positions[:bucket], self._rows[:bucket] = step
+        if (bucket, length) in self._graphs:
+            graph, logits = self._graphs[bucket, length]
+            graph.replay()
+            return logits[:n]
+        return self._decode_forward(bucket, length)[:n]
+
+    @torch.inference_mode()
+    def store_tokens(self, slots: list[int], tokens: torch.Tensor) -> None:
+        """Sampled tokens [n] become the next decode inputs of their slots (on the device)."""
+        if slots == list(range(len(slots))):
+            self._ids[: len(slots)].copy_(tokens)
+        else:
+            index = torch.tensor(slots, dtype=torch.long).to(self.device, non_blocking=True)
+            self._ids.index_copy_(0, index, tokens)
+
+    @torch.inference_mode()
+    def move_slot(self, from_slot: int, to_slot: int) -> None:
+        """A sequence changes slot: its KV cache and its next input token go with it."""
+        self.cache.move(from_slot, to_slot)
+        self._ids[to_slot] = self._ids[from_slot]
+
+    def _decode_forward(self, batch: int, length: int) -> torch.Tensor:
+        """Rows 0..batch-1 attend to the first `length` positions of their slots."""
+        self.cache.attend_len = length
+        positions = self._positions[:batch]
+        output = self.language_model(
+            input_ids=self._ids[:batch, None],
+            attention_mask=self.cache.decode_masks(positions),
+            position_ids=positions[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        return self._logits(output.last_hidden_state[:, -1])
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.model.lm_head(hidden).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits.index_fill_(1, self.suppressed, float("-inf"))
+
+    @torch.inference_mode()
+    def _capture(self) -> None:
+        pool = None
+        # largest first, so the smaller ones reuse its memory pool
+        for batch in reversed(self._graph_batches):
+            for length in reversed(self.attend_lengths):
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    for _ in range(2):
+                        self._decode_forward(batch, length)
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    logits = self._decode_forward(batch, length)
+                pool = graph.pool()
+                self._graphs[batch, length] = (graph, logits)
+        torch.cuda.synchronize()
+        log.info("cuda_graphs_captured", batch_sizes=self._graph_batches,
+                 attend_lengths=self.attend_lengths)  # fmt: skip

@@ -1,0 +1,218 @@
+"""Write a tiny random-weight Gemma 4 checkpoint for tests, CI and the smoke demo.
+
+The checkpoint has the real directory layout of `google/gemma-4-26B-A4B-it`
+(config.json, safetensors weights, tokenizer.json + tokenizer_config.json with
+the Gemma 4 special tokens, processor_config.json) and the real architecture
+in miniature: sliding + global layers (global K=V, wider heads), a MoE block
+beside the shared MLP, and a vision tower with 3x3 pooling. It loads through
+exactly the code that loads the real model. Its answers are noise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SPECIAL_TOKENS = [
+    "<pad>", "<eos>", "<bos>", "<unk>", "<mask>",
+    "<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>",
+    "<|image>", "<image|>", "<|image|>",
+    "<|audio>", "<audio|>", "<|audio|>", "<|video|>",
+]  # fmt: skip
+
+# Text the tokenizer's merges are learned from: a few signs and menus in the
+# languages travellers meet, so the tiny vocabulary covers their scripts.
+_CORPUS = [
+    "Exit Entrance Toilets Tickets Platform Departures Arrivals No smoking Open Closed",
+    "Menu Starters Main courses Desserts Drinks Soup of the day Grilled chicken with rice",
+    "Ausgang Eingang Fahrkarten Gleis Abfahrt Speisekarte Schnitzel mit Pommes Bier",
+    "Sortie Entrée Billets Quai Départs Carte Plat du jour Boeuf bourguignon Vin rouge",
+    "Salida Entrada Billetes Andén Salidas Menú Paella Tortilla española Cerveza",
+    "Uscita Entrata Biglietti Binario Partenze Menù Pasta al pomodoro Pizza Vino",
+    "Saída Entrada Bilhetes Plataforma Partidas Cardápio Bacalhau Pastel de nata",
+    "Выход Вход Билеты Платформа Отправление Меню Борщ Пельмени Чай",
+    "Вихід Вхід Квитки Платформа Відправлення Меню Борщ Вареники",
+    "出口 入口 切符 乗り場 出発 メニュー ラーメン 寿司 豚肉 牛肉 鶏肉 お茶",
+    "出口 入口 车票 站台 出发 菜单 饺子 米饭 猪肉 牛肉 鸡肉 茶",
+    "출구 입구 표 승강장 출발 메뉴 비빔밥 김치찌개 돼지고기 소고기",
+    "مخرج مدخل تذاكر رصيف المغادرة قائمة الطعام فلافل حمص دجاج شاي",
+    "Çıkış Giriş Bilet Peron Kalkış Menü Kebap Çorba Ayran",
+    "Wyjście Wejście Bilety Peron Odjazdy Menu Pierogi Żurek",
+    "You are a travel assistant. Translate the text and explain it for the traveller.",
+    "The sign says that the platform is closed. This dish contains pork and garlic.",
+]
+
+_TEXT_CONFIG = {
+    "vocab_size": 0,  # at least the tokenizer's size
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 4,
+    "layer_types": ["sliding_attention"] * 3 + ["full_attention"],
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "global_head_dim": 32,
+    "num_global_key_value_heads": 1,
+    "attention_k_eq_v": True,
+    "sliding_window": 32,
+    "enable_moe_block": True,
+    "num_experts": 8,
+    "top_k_experts": 2,
+    "moe_intermediate_size": 32,
+    "hidden_size_per_layer_input": 0,
+    "vocab_size_per_layer_input": 0,
+    "final_logit_softcapping": 30.0,
+    "use_bidirectional_attention": "vision",
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": True,
+}
+_VISION_CONFIG = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "patch_size": 16,
+    "pooling_kernel_size": 3,
+    "position_embedding_size": 1024,
+}
+TINY_IMAGE_SOFT_TOKENS = 70
+
+
+def build_tokenizer():
+    """A byte-fallback BPE tokenizer with Gemma 4's special tokens, as a transformers tokenizer."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    trained = Tokenizer(models.BPE(unk_token="<unk>"))
+    trained.normalizer = normalizers.Replace(" ", "▁")
+    trainer = trainers.BpeTrainer(
+        vocab_size=1280, special_tokens=SPECIAL_TOKENS, show_progress=False
+    )
+    trained.train_from_iterator(_CORPUS * 4, trainer)
+    learned = json.loads(trained.to_str())["model"]
+    # Byte tokens are ordinary vocabulary (as in Gemma's tokenizer), so any text round-trips.
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    for token in [f"<0x{i:02X}>" for i in range(256)] + sorted(
+        learned["vocab"], key=learned["vocab"].get
+    ):
+        vocab.setdefault(token, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    backend = Tokenizer(models.BPE(vocab, merges, byte_fallback=True, unk_token="<unk>"))
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    backend.add_special_tokens(
+        [AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        add_bos_token=False,
+        extra_special_tokens={
+            "image_token": "<|image|>",
+            "boi_token": "<|image>",
+            "eoi_token": "<image|>",
+            "audio_token": "<|audio|>",
+            "boa_token": "<|audio>",
+            "eoa_token": "<audio|>",
+        },
+    )
+
+
+# google/gemma-4-26B-A4B-it's architecture (DESIGN.md; intermediate_size of the shared MLP
+# assumed 2112). 25.8B parameters, 3.8B active per token. For speed measurements only.
+FULL_SIZE_TEXT_CONFIG = {
+    "vocab_size": 262_144,
+    "hidden_size": 2816,
+    "intermediate_size": 2112,
+    "num_hidden_layers": 30,
+    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 5,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 256,
+    "global_head_dim": 512,
+    "num_global_key_value_heads": 2,
+    "attention_k_eq_v": True,
+    "sliding_window": 1024,
+    "enable_moe_block": True,
+    "num_experts": 128,
+    "top_k_experts": 8,
+    "moe_intermediate_size": 704,
+    "hidden_size_per_layer_input": 0,
+    "vocab_size_per_layer_input": 0,
+    "final_logit_softcapping": 30.0,
+    "use_bidirectional_attention": "vision",
+    "max_position_embeddings": 262_144,
+    "tie_word_embeddings": True,
+}
+FULL_SIZE_VISION_CONFIG = {
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 27,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 16,
+    "head_dim": 72,
+    "patch_size": 16,
+    "pooling_kernel_size": 3,
+    "position_embedding_size": 10 * 1024,
+}
+
+
+def build_config(tokenizer, *, text: dict | None = None, vision: dict | None = None):
+    """A Gemma4Config whose special token ids are the tokenizer's (tiny sizes by default)."""
+    from transformers import Gemma4Config
+
+    ids = tokenizer.convert_tokens_to_ids
+    text_config = dict(text or _TEXT_CONFIG)
+    text_config["vocab_size"] = max(text_config["vocab_size"], len(tokenizer))
+    text_config.update(
+        pad_token_id=ids("<pad>"),
+        eos_token_id=[ids("<eos>"), ids("<turn|>")],
+        bos_token_id=ids("<bos>"),
+    )
+    return Gemma4Config(
+        text_config=text_config,
+        vision_config=dict(vision or _VISION_CONFIG),
+        audio_config=None,
+        image_token_id=ids("<|image|>"),
+        boi_token_id=ids("<|image>"),
+        eoi_token_id=ids("<image|>"),
+        audio_token_id=ids("<|audio|>"),
+        boa_token_id=ids("<|audio>"),
+        eoa_token_index=ids("<audio|>"),
+        video_token_id=ids("<|video|>"),
+    )
+
+
+def write_tiny_checkpoint(path: str | Path, *, seed: int = 0) -> Path:
+    """Write the tiny checkpoint to `path` (created if missing) and return it."""
+    import torch
+    from transformers import Gemma4ForConditionalGeneration, Gemma4ImageProcessorPil
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    config = build_config(tokenizer)
+    torch.manual_seed(seed)
+    model = Gemma4ForConditionalGeneration(config).to(torch.bfloat16)
+    # Random init leaves some scales at zero or one; give every tensor some spread so
+    # different prompts really lead to different tokens.
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.5 if param.ndim == 1 else 0.08)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    Gemma4ImageProcessorPil(max_soft_tokens=TINY_IMAGE_SOFT_TOKENS).save_pretrained(path)
+    (path / "TINY_CHECKPOINT.json").write_text(
+        json.dumps({"seed": seed, "note": "random weights, for tests only"}) + "\n"
+    )
+    return path

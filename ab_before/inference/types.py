@@ -1,0 +1,147 @@
+"""Plain data crossing the boundary between the bot and the inference worker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Gemma 4's recommended sampling; temperature 0 means greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 64
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"invalid sampling parameters: {self}")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One earlier message of the conversation. `image` is the photo of a user turn."""
+
+    role: Literal["user", "model"]
+    text: str
+    image: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of a chat given as is (OpenAI clients): no templates are added to it."""
+
+    role: Literal["system", "user", "model"]
+    text: str
+    images: tuple[bytes, ...] = ()  # shown before the text, in order
+
+
+@dataclass(frozen=True)
+class Request:
+    """One question to the model: a photo and/or a text, in a conversation.
+
+    With `chat` set the prompt is exactly that chat (language, question, image and
+    history are unused): the OpenAI-compatible server passes its clients' messages so.
+    """
+
+    language: str  # reply language, an ISO 639-1 code such as "de"
+    question: str | None = None  # the caption or follow-up text; None: explain the photo
+    image: bytes | None = None  # the photo of this turn, already validated
+    history: tuple[Turn, ...] = ()
+    think: bool = False
+    max_new_tokens: int = 1024
+    sampling: Sampling = Sampling()
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    chat: tuple[ChatMessage, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.chat:
+            if self.chat[-1].role != "user":
+                raise ValueError("a chat must end with a user message")
+        elif self.image is None and not (self.question and self.question.strip()):
+            raise ValueError("a request needs a photo or a question")
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be positive")
+
+
+# Events streamed back for one request, in this order:
+# Queued (once), Started (once), Delta (any number), Finished (once).
+@dataclass(frozen=True)
+class Queued:
+    position: int  # 1: next to run
+
+
+@dataclass(frozen=True)
+class Started:
+    pass
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+    is_thought: bool = False
+
+
+@dataclass(frozen=True)
+class Finished:
+    text: str
+    thought: str
+    num_prompt_tokens: int
+    num_output_tokens: int
+    finish_reason: Literal["stop", "length", "cancelled"]
+    token_ids: tuple[int, ...] = ()  # every generated token, the stop token included
+
+
+Event = Queued | Started | Delta | Finished
+
+
+class InferenceError(Exception):
+    """Base of the errors a request can end with; `kind` names it for the user message."""
+
+    kind = "engine_error"
+
+
+class QueueFull(InferenceError):
+    kind = "queue_full"
+
+
+class ImageRejected(InferenceError):
+    """The photo cannot be used; `reason` is one of images.REJECT_REASONS."""
+
+    kind = "image_rejected"
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class WorkerStopped(InferenceError):
+    kind = "worker_stopped"
+
+
+class InferenceService(Protocol):
+    """What the bot uses of a worker: the local `Worker` and `RemoteWorker` both are one."""
+
+    @property
+    def queue_depth(self) -> int: ...
+
+    @property
+    def num_running(self) -> int: ...
+
+    @property
+    def is_alive(self) -> bool: ...
+
+    def device_memory_bytes(self) -> int | None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def submit(self, request: Request) -> AsyncIterator[Event]: ...

@@ -1,0 +1,274 @@
+"""A bounded queue in front of one engine thread, streaming events back to asyncio.
+
+The bot calls one thing: `async for event in worker.submit(request)`.
+Torch runs only in the engine thread; events cross back with call_soon_threadsafe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from inference.types import (
+    Event,
+    Finished,
+    InferenceError,
+    Queued,
+    QueueFull,
+    Request,
+    Started,
+    WorkerStopped,
+)
+
+log = structlog.get_logger()
+
+
+class Engine(Protocol):
+    """What the worker drives: requests are added, then `step()` advances all of them.
+
+    Events for a request go to its `emit`: Delta..., then Finished, or an
+    InferenceError. A `step()` that raises fails every active request (`fail_all`).
+    """
+
+    max_batch: int  # requests that may be active at once
+
+    @property
+    def num_active(self) -> int: ...
+
+    def prepare(self, request: Request) -> object:
+        """CPU work before a request can join (images, tokens); called from other threads."""
+
+    def add(
+        self, prepared: object, emit: Callable[[Event], None], is_cancelled: Callable[[], bool]
+    ) -> None: ...
+
+    def step(self) -> None: ...
+
+    def fail_all(self, error: InferenceError) -> None: ...
+
+
+class SequentialEngine:
+    """The batching protocol over GemmaEngine: one request at a time with generate()."""
+
+    max_batch = 1
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self._active: list[tuple[Request, Callable, Callable]] = []
+
+    @property
+    def num_active(self) -> int:
+        return len(self._active)
+
+    def prepare(self, request: Request) -> Request:
+        return request  # generate() prepares its own inputs
+
+    def add(self, request, emit, is_cancelled) -> None:
+        self._active.append((request, emit, is_cancelled))
+
+    def step(self) -> None:
+        request, emit, is_cancelled = self._active.pop(0)
+        try:
+            finished = self.engine.generate(request, emit, is_cancelled)
+        except Exception as exc:  # this request fails; the next one runs
+            log.exception("generation_failed", request_id=request.request_id)
+            emit(InferenceError(f"generation failed: {type(exc).__name__}"))
+            return
+        emit(finished)
+
+    def fail_all(self, error: InferenceError) -> None:
+        for _, emit, _ in self._active:
+            emit(error)
+        self._active.clear()
+
+
+@dataclass
+class _Job:
+    request: Request
+    prepared: object
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def post(self, item: Event | InferenceError) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+
+class Worker:
+    def __init__(
+        self, engine_factory: Callable[[], Engine], *, max_queue: int = 64, prep_threads: int = 4
+    ) -> None:
+        self._engine_factory = engine_factory
+        self._engine: Engine | None = None
+        self._prep_pool = ThreadPoolExecutor(prep_threads, thread_name_prefix="inference-prep")
+        self._num_preparing = 0
+        self.max_queue = max_queue
+        self._pending: deque[_Job] = deque()
+        self._wakeup = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting to start."""
+        return len(self._pending)
+
+    @property
+    def num_running(self) -> int:
+        """Requests inside the engine (prefilling or decoding)."""
+        return self._engine.num_active if self._engine is not None else 0
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def device_memory_bytes(self) -> int | None:
+        """GPU memory this process holds (torch's caching allocator); None without CUDA.
+
+        Reads torch only if the engine already imported it: an HTTP engine or a CPU run
+        must not pay for importing torch, let alone for creating a CUDA context."""
+        torch = sys.modules.get("torch")
+        if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return None
+        return int(torch.cuda.memory_reserved())
+
+    async def start(self) -> None:
+        """Start the engine thread and wait until the model is loaded (raises if it fails)."""
+        loop = asyncio.get_running_loop()
+        loaded: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run, args=(loop, loaded), name="inference-engine", daemon=True
+        )
+        self._thread.start()
+        await loaded
+
+    async def stop(self) -> None:
+        """Finish the running requests, fail the waiting ones, stop the thread."""
+        with self._wakeup:
+            self._stopping = True
+            waiting = list(self._pending)
+            self._pending.clear()
+            self._wakeup.notify_all()
+        for job in waiting:
+            job.post(WorkerStopped("the worker is stopping"))
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        self._prep_pool.shutdown(wait=False)
+
+    async def submit(self, request: Request) -> AsyncIterator[Event]:
+        """Queue `request` and yield its events until Finished; raises InferenceError."""
+        loop = asyncio.get_running_loop()
+        with self._wakeup:
+            self._check_can_take()
+            self._num_preparing += 1
+        try:
+            prepared = await loop.run_in_executor(self._prep_pool, self._prepare, request)
+        finally:
+            with self._wakeup:
+                self._num_preparing -= 1
+        job = _Job(request, prepared, loop)
+        with self._wakeup:
+            if self._stopping:
+                raise WorkerStopped("the worker is stopping")
+            self._pending.append(job)
+            position = len(self._pending)
+            self._wakeup.notify()
+        try:
+            yield Queued(position)
+            while True:
+                item = await job.events.get()
+                if isinstance(item, InferenceError):
+                    raise item
+                yield item
+                if isinstance(item, Finished):
+                    return
+        finally:
+            job.cancelled.set()  # no-op when finished; stops generation if the caller left
+
+    def _check_can_take(self) -> None:
+        if self._stopping or not self.is_alive or self._engine is None:
+            raise WorkerStopped("the worker is not running")
+        if len(self._pending) + self._num_preparing >= self.max_queue:
+            raise QueueFull(f"{len(self._pending)} requests waiting")
+
+    def _prepare(self, request: Request) -> object:
+        try:
+            return self._engine.prepare(request)
+        except InferenceError:
+            raise
+        except Exception as exc:  # a request the engine cannot take must not stop the worker
+            log.exception("request_rejected", request_id=request.request_id)
+            raise InferenceError(f"request rejected: {type(exc).__name__}") from exc
+
+    def _run(self, loop: asyncio.AbstractEventLoop, loaded: asyncio.Future) -> None:
+        try:
+            self._engine = engine = self._engine_factory()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(loaded.set_exception, exc)
+            return
+        loop.call_soon_threadsafe(loaded.set_result, None)
+        while True:
+            admitted = self._admit(engine)
+            if admitted is None:
+                return
+            for job in admitted:
+                self._add(engine, job)
+            if engine.num_active:
+                self._step(engine)
+
+    def _admit(self, engine: Engine) -> list[_Job] | None:
+        """Jobs to start now (None: stop). Waits while there is nothing to do."""
+        with self._wakeup:
+            while True:
+                while self._pending and self._pending[0].cancelled.is_set():
+                    self._pending.popleft()
+                if self._stopping and not engine.num_active:
+                    return None
+                admitted = []
+                while self._pending and engine.num_active + len(admitted) < engine.max_batch:
+                    admitted.append(self._pending.popleft())
+                if admitted:
+                    for position, waiting in enumerate(self._pending, start=1):
+                        waiting.post(Queued(position))
+                if admitted or engine.num_active:
+                    return admitted
+                self._wakeup.wait()
+
+    def _add(self, engine: Engine, job: _Job) -> None:
+        job.post(Started())
+        try:
+            engine.add(job.prepared, self._emitter(job), job.cancelled.is_set)
+        except InferenceError as exc:
+            job.post(exc)
+        except Exception as exc:  # a request the engine cannot take must not stop the worker
+            log.exception("request_rejected", request_id=job.request.request_id)
+            job.post(InferenceError(f"request rejected: {type(exc).__name__}"))
+
+    def _step(self, engine: Engine) -> None:
+        try:
+            engine.step()
+        except Exception as exc:  # one failed batch fails its requests, not the worker
+            log.exception("engine_step_failed", error=type(exc).__name__)
+            engine.fail_all(InferenceError(f"generation failed: {type(exc).__name__}"))
+
+    def _emitter(self, job: _Job) -> Callable[[Event | InferenceError], None]:
+        def emit(item: Event | InferenceError) -> None:
+            if isinstance(item, Finished):
+                log.info(
+                    "generation_finished",
+                    request_id=job.request.request_id,
+                    num_prompt_tokens=item.num_prompt_tokens,
+                    num_output_tokens=item.num_output_tokens,
+                    finish_reason=item.finish_reason,
+                )
+            job.post(item)
+
+        return emit

@@ -1,0 +1,37 @@
+"""Settings for webhook mode and the HTTP port."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from bot.settings import Settings
+
+
+def test_webhook_secret_is_random_when_unset_and_never_shown() -> None:
+    first, second = Settings(_env_file=None), Settings(_env_file=None)
+    secret = first.webhook_secret_token.get_secret_value()
+    assert len(secret) >= 32 and secret != second.webhook_secret_token.get_secret_value()
+    assert secret not in repr(first) and secret not in str(first.model_dump())
+    emptied = Settings(_env_file=None, webhook_secret_token="")  # e.g. a blank line in .env
+    assert len(emptied.webhook_secret_token.get_secret_value()) >= 32
+
+
+def test_webhook_secret_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAVELBOT_WEBHOOK_SECRET_TOKEN", "my_Secret-42")
+    monkeypatch.setenv("TRAVELBOT_WEBHOOK_URL", "https://bot.example.org/telegram")
+    settings = Settings(_env_file=None)
+    assert settings.webhook_secret_token.get_secret_value() == "my_Secret-42"
+    assert settings.webhook_url == "https://bot.example.org/telegram"
+
+
+@pytest.mark.parametrize("secret", ["has space", "slash/", "ümlaut", "x" * 257])
+def test_webhook_secret_telegram_would_refuse_is_an_error(secret: str) -> None:
+    with pytest.raises(ValidationError, match="only A-Z, a-z, 0-9, _ and -"):
+        Settings(_env_file=None, webhook_secret_token=secret)
+
+
+def test_polling_and_no_http_port_by_default() -> None:
+    settings = Settings(_env_file=None)
+    assert settings.webhook_url is None and settings.http_port == 0
+    assert settings.webhook_listen == settings.http_listen == "127.0.0.1"

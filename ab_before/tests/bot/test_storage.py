@@ -1,0 +1,377 @@
+"""Tests for bot.storage against a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+
+from bot import storage as storage_mod
+from bot.storage import MIGRATIONS, Storage
+
+ALICE = 424_242_424_242  # large ids cannot collide with row ids / sequence counters
+BOB = 737_373_737_373
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "nested" / "dir" / "bot.sqlite3"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[Storage]:
+    s = await Storage.open(db_path)
+    yield s
+    await s.close()
+
+
+def raw(path: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    """Run a query with plain sqlite3 (a separate connection)."""
+    con = sqlite3.connect(path)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
+
+
+def rows_mentioning(path: Path, user_id: int) -> list[tuple[str, tuple]]:
+    """Every row, in every table of the file, holding `user_id` in any column."""
+    found = []
+    for (table,) in raw(path, "SELECT name FROM sqlite_master WHERE type = 'table'"):
+        for row in raw(path, f'SELECT * FROM "{table}"'):
+            if any(v == user_id or (isinstance(v, str) and str(user_id) in v) for v in row):
+                found.append((table, row))
+    return found
+
+
+async def add_turns(s: Storage, user_id: int, n: int, prefix: str = "") -> None:
+    for i in range(1, n + 1):
+        await s.add_message(user_id, "user", f"{prefix}q{i}")
+        await s.add_message(user_id, "model", f"{prefix}a{i}")
+
+
+# --- schema and migrations -------------------------------------------------
+
+
+async def test_open_creates_file_schema_and_wal(db_path: Path) -> None:
+    async with await Storage.open(db_path) as s:
+        assert db_path.is_file()
+        assert s.schema_version == len(MIGRATIONS) == 2
+        names = {n for (n,) in raw(db_path, "SELECT name FROM sqlite_master")}
+        assert {"users", "messages", "messages_user_id", "jobs", "jobs_status"} <= names
+        assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
+        assert raw(db_path, "PRAGMA user_version") == [(2,)]
+        assert await s.count_users() == 0
+
+
+async def test_reopen_is_idempotent_and_keeps_data(db_path: Path) -> None:
+    async with await Storage.open(db_path) as s:
+        await s.set_language(ALICE, "de")
+        await s.add_message(ALICE, "user", "hallo", image_file_id="F1")
+    schema_before = raw(db_path, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
+
+    async with await Storage.open(db_path) as s:
+        assert s.schema_version == len(MIGRATIONS)
+        assert (await s.get_user(ALICE)).language == "de"
+        [msg] = (await s.get_user_data(ALICE)).messages
+        assert (msg.role, msg.text, msg.image_file_id) == ("user", "hallo", "F1")
+    assert raw(db_path, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema_before
+
+
+async def test_old_database_gets_only_missing_migrations(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A version-1 database built by hand, with one user in it.
+    db_path.parent.mkdir(parents=True)
+    con = sqlite3.connect(db_path)
+    for sql in MIGRATIONS[0]:
+        con.execute(sql)
+    con.execute(
+        "INSERT INTO users VALUES (?, 'fr', 1, '2024-01-01T00:00:00+00:00', "
+        "'2024-01-01T00:00:00+00:00')",
+        (ALICE,),
+    )
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+
+    # ALTER TABLE fails if applied twice, so reopening also proves idempotence.
+    extra = ["ALTER TABLE users ADD COLUMN nickname TEXT"]
+    monkeypatch.setattr(storage_mod, "MIGRATIONS", [*MIGRATIONS, extra])
+    latest = len(MIGRATIONS) + 1
+    for _ in range(2):
+        async with await Storage.open(db_path) as s:
+            assert s.schema_version == latest
+            user = await s.get_user(ALICE)
+            assert (user.language, user.think, user.created_at.year) == ("fr", True, 2024)
+    assert raw(db_path, "PRAGMA user_version") == [(latest,)]
+    assert "nickname" in {row[1] for row in raw(db_path, "PRAGMA table_info(users)")}
+    assert raw(db_path, "SELECT name FROM sqlite_master WHERE name = 'jobs'") == [("jobs",)]
+
+
+async def test_failed_migration_is_rolled_back(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with await Storage.open(db_path):
+        pass
+    bad = ["CREATE TABLE half_done (x INTEGER)", "THIS IS NOT SQL"]
+    monkeypatch.setattr(storage_mod, "MIGRATIONS", [*MIGRATIONS, bad])
+    with pytest.raises(sqlite3.OperationalError):
+        await Storage.open(db_path)
+    assert raw(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+    assert raw(db_path, "SELECT name FROM sqlite_master WHERE name = 'half_done'") == []
+
+
+async def test_newer_database_is_refused(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    raw(db_path, "PRAGMA user_version = 99")
+    with pytest.raises(RuntimeError, match="newer"):
+        await Storage.open(db_path)
+    assert raw(db_path, "PRAGMA user_version") == [(99,)]
+
+
+# --- users -----------------------------------------------------------------
+
+
+async def test_get_or_create_user_reports_created(store: Storage) -> None:
+    assert await store.get_user(ALICE) is None
+    user, created = await store.get_or_create_user(ALICE, default_language="de")
+    assert created is True
+    assert (user.user_id, user.language, user.think) == (ALICE, "de", False)
+    assert user.created_at.tzinfo is not None and user.created_at.utcoffset() == UTC.utcoffset(None)
+
+    again, created = await store.get_or_create_user(ALICE, default_language="ja")
+    assert created is False
+    assert again == user  # language not overwritten by the new default
+    assert await store.count_users() == 1
+
+
+async def test_settings_create_missing_users_with_defaults(store: Storage) -> None:
+    user = await store.set_language(ALICE, "ja")
+    assert (user.language, user.think) == ("ja", False)
+    user = await store.set_think(BOB, True)
+    assert (user.language, user.think) == ("en", True)
+    assert await store.count_users() == 2
+
+
+async def test_settings_persist_across_reopen(db_path: Path) -> None:
+    async with await Storage.open(db_path) as s:
+        first, _ = await s.get_or_create_user(ALICE, default_language="en")
+        await s.set_language(ALICE, "de")
+        updated = await s.set_think(ALICE, True)
+        assert (updated.language, updated.think) == ("de", True)
+        assert updated.created_at == first.created_at
+        assert updated.updated_at >= first.updated_at
+    async with await Storage.open(db_path) as s:
+        assert await s.get_user(ALICE) == updated
+        assert (await s.set_think(ALICE, False)).think is False
+    async with await Storage.open(db_path) as s:
+        assert (await s.get_user(ALICE)).think is False
+
+
+# --- messages --------------------------------------------------------------
+
+
+async def test_add_message_validates_role(store: Storage, db_path: Path) -> None:
+    with pytest.raises(ValueError, match="role"):
+        await store.add_message(ALICE, "assistant", "hi")
+    msg = await store.add_message(ALICE, "model", "ok")
+    assert (msg.user_id, msg.role, msg.text, msg.image_file_id) == (ALICE, "model", "ok", None)
+    assert msg.created_at.tzinfo is not None
+    assert raw(db_path, "SELECT role, text FROM messages") == [("model", "ok")]
+    assert await store.get_user(ALICE) is None  # add_message creates no user row
+
+
+async def test_history_is_trimmed_by_turns(store: Storage) -> None:
+    await add_turns(store, ALICE, 5)
+    history = await store.get_history(ALICE, max_turns=2)
+    assert [(m.role, m.text) for m in history] == [
+        ("user", "q4"),
+        ("model", "a4"),
+        ("user", "q5"),
+        ("model", "a5"),
+    ]
+    assert len(await store.get_history(ALICE, max_turns=10)) == 10
+    assert await store.get_history(ALICE, max_turns=0) == []
+    assert await store.get_history(ALICE, max_turns=-1) == []
+    assert await store.get_history(BOB, max_turns=3) == []
+
+
+async def test_history_turn_groups_several_model_messages(store: Storage) -> None:
+    await store.add_message(ALICE, "model", "orphan")
+    await store.add_message(ALICE, "user", "q1", image_file_id="P1")
+    await store.add_message(ALICE, "model", "a1-part1")
+    await store.add_message(ALICE, "model", "a1-part2")
+    await store.add_message(ALICE, "user", "q2")  # not answered yet
+
+    assert [m.text for m in await store.get_history(ALICE, max_turns=1)] == ["q2"]
+    two = await store.get_history(ALICE, max_turns=2)
+    assert [m.text for m in two] == ["q1", "a1-part1", "a1-part2", "q2"]
+    assert two[0].image_file_id == "P1"
+    everything = await store.get_history(ALICE, max_turns=50)
+    assert everything == two  # leading orphan model message dropped
+
+
+async def test_per_user_cap_deletes_oldest_rows_only(db_path: Path) -> None:
+    async with await Storage.open(db_path, max_stored_messages=5) as s:
+        await add_turns(s, BOB, 2, prefix="bob-")
+        await add_turns(s, ALICE, 4)  # 8 messages, cap 5
+        texts = [m.text for m in (await s.get_user_data(ALICE)).messages]
+        assert texts == ["a2", "q3", "a3", "q4", "a4"]
+        # The cut left a model message first; history still starts with a user turn.
+        assert [m.text for m in await s.get_history(ALICE, max_turns=9)] == texts[1:]
+        bob = [m.text for m in (await s.get_user_data(BOB)).messages]
+        assert bob == ["bob-q1", "bob-a1", "bob-q2", "bob-a2"]
+    assert raw(db_path, "SELECT COUNT(*) FROM messages WHERE user_id = ?", (ALICE,)) == [(5,)]
+    assert raw(db_path, "SELECT COUNT(*) FROM messages WHERE text IN ('q1','a1','q2')") == [(0,)]
+
+
+async def test_max_stored_messages_must_be_positive(db_path: Path) -> None:
+    with pytest.raises(ValueError):
+        await Storage.open(db_path, max_stored_messages=0)
+
+
+async def test_last_image_file_id(store: Storage) -> None:
+    assert await store.get_last_image_file_id(ALICE) is None
+    await store.add_message(ALICE, "user", "what is this?", image_file_id="PHOTO-1")
+    await store.add_message(ALICE, "model", "a menu")
+    await store.add_message(ALICE, "user", "and this?", image_file_id="PHOTO-2")
+    await store.add_message(ALICE, "user", "translate it")  # text-only follow-up
+    await store.add_message(BOB, "user", "mine", image_file_id="BOB-PHOTO")
+    assert await store.get_last_image_file_id(ALICE) == "PHOTO-2"
+    assert await store.get_last_image_file_id(BOB) == "BOB-PHOTO"
+
+
+async def test_concurrent_writes_do_not_collide(store: Storage) -> None:
+    await asyncio.gather(
+        *(store.add_message(ALICE, "user", f"m{i}") for i in range(30)),
+        *(store.set_think(ALICE, i % 2 == 0) for i in range(10)),
+        store.delete_user_data(BOB),
+    )
+    data = await store.get_user_data(ALICE)
+    assert sorted(m.text for m in data.messages) == sorted(f"m{i}" for i in range(30))
+    assert data.user is not None
+
+
+# --- /mydata and erase -----------------------------------------------------
+
+
+async def test_get_user_data_lists_everything(store: Storage) -> None:
+    assert await store.get_user_data(ALICE) == storage_mod.UserData(user=None, messages=[])
+    await store.set_language(ALICE, "it")
+    await store.add_message(ALICE, "user", "menu?", image_file_id="F-1")
+    await store.add_message(ALICE, "model", "pasta")
+    await store.add_message(BOB, "user", "not alice")
+    data = await store.get_user_data(ALICE)
+    assert data.user == await store.get_user(ALICE)
+    assert data.user.language == "it"
+    assert [(m.role, m.text, m.image_file_id) for m in data.messages] == [
+        ("user", "menu?", "F-1"),
+        ("model", "pasta", None),
+    ]
+    assert {m.user_id for m in data.messages} == {ALICE}
+    assert data.messages[0].id < data.messages[1].id
+
+
+async def test_delete_user_data_really_deletes(db_path: Path) -> None:
+    secret = "SECRET-PASSPORT-NUMBER-X91"
+    async with await Storage.open(db_path) as s:
+        await s.set_language(ALICE, "de")
+        await add_turns(s, ALICE, 2)
+        await s.add_message(ALICE, "user", secret, image_file_id="ALICE-PHOTO")
+        await s.set_think(BOB, True)
+        await s.add_message(BOB, "user", "bob stays")
+        assert rows_mentioning(db_path, ALICE)  # the scan does see Alice before
+
+        assert await s.delete_user_data(ALICE) == 1 + 5
+        assert rows_mentioning(db_path, ALICE) == []
+        assert await s.get_user_data(ALICE) == storage_mod.UserData(user=None, messages=[])
+        assert await s.get_last_image_file_id(ALICE) is None
+        assert await s.delete_user_data(ALICE) == 0
+
+        assert (await s.get_user(BOB)).think is True
+        assert [m.text for m in (await s.get_user_data(BOB)).messages] == ["bob stays"]
+        assert await s.count_users() == 1
+
+    assert len(rows_mentioning(db_path, BOB)) == 2
+    # secure_delete: the erased text is not left behind in free pages of the file.
+    leftovers = [p.name for p in db_path.parent.iterdir() if secret.encode() in p.read_bytes()]
+    assert leftovers == []
+
+
+# --- jobs ------------------------------------------------------------------------------------
+
+
+async def test_job_lifecycle_and_redelivery(store: Storage) -> None:
+    job = await store.add_job(
+        chat_id=ALICE, message_id=7, user_id=ALICE, chat_type="private",
+        question="no pork?", image_file_id="F9", language="de",
+    )  # fmt: skip
+    assert job is not None and job.status == "pending" and job.attempts == 0
+    assert (await store.get_user(ALICE)).language == "de"  # first contact stores the user
+    again = await store.add_job(
+        chat_id=ALICE, message_id=7, user_id=ALICE, chat_type="private",
+        question="no pork?", image_file_id="F9",
+    )  # fmt: skip
+    assert again is None  # Telegram redelivered the same message
+    assert [j.id for j in await store.get_unfinished_jobs()] == [job.id]
+    assert await store.start_job_attempt(job.id) == 1
+    await store.complete_job(job, answer="The trout.", thought="menu")
+    answered = await store.get_job(job.id)
+    assert (answered.status, answered.answer, answered.attempts) == ("answered", "The trout.", 1)
+    history = await store.get_history(ALICE, max_turns=5)
+    assert [(m.role, m.text, m.image_file_id) for m in history] == [
+        ("user", "no pork?", "F9"),
+        ("model", "The trout.", None),
+    ]
+    await store.set_job_status(job.id, "delivered")
+    delivered = await store.get_job(job.id)
+    assert (delivered.status, delivered.answer) == ("delivered", None)
+    assert await store.get_unfinished_jobs() == []
+
+
+async def test_forget_deletes_jobs_too(store: Storage, db_path: Path) -> None:
+    await store.add_job(chat_id=ALICE, message_id=1, user_id=ALICE, chat_type="private",
+                        question=None, image_file_id="F1")  # fmt: skip
+    await store.add_job(chat_id=BOB, message_id=1, user_id=BOB, chat_type="private",
+                        question="hi", image_file_id=None)  # fmt: skip
+    assert await store.delete_user_data(ALICE) == 2  # the job and the user row it created
+    assert raw(db_path, "SELECT user_id FROM jobs") == [(BOB,)]
+
+
+async def test_unfinished_job_limit_is_checked_atomically(store: Storage) -> None:
+    from bot.storage import TooManyJobs
+
+    async def add(message_id: int):
+        return await store.add_job(chat_id=BOB, message_id=message_id, user_id=BOB,
+                                   chat_type="private", question="q", image_file_id=None,
+                                   max_unfinished=2)  # fmt: skip
+
+    results = await asyncio.gather(*(add(i) for i in range(5)), return_exceptions=True)
+    assert sum(isinstance(r, TooManyJobs) for r in results) == 3
+    assert len(await store.get_unfinished_jobs()) == 2
+
+
+async def test_retention_deletes_only_old_history_and_finished_jobs(
+    store: Storage, db_path: Path
+) -> None:
+    await store.add_message(ALICE, "user", "old")
+    await store.add_message(ALICE, "user", "new")
+    done = await store.add_job(chat_id=ALICE, message_id=1, user_id=ALICE, chat_type="private",
+                               question="q", image_file_id=None)  # fmt: skip
+    await store.set_job_status(done.id, "delivered")
+    await store.add_job(chat_id=ALICE, message_id=2, user_id=ALICE, chat_type="private",
+                        question="q", image_file_id=None)  # fmt: skip
+    long_ago = "2020-01-01T00:00:00+00:00"
+    con = sqlite3.connect(db_path)
+    with con:  # commits
+        con.execute("UPDATE messages SET created_at = ? WHERE text = 'old'", (long_ago,))
+        con.execute("UPDATE jobs SET updated_at = ?", (long_ago,))
+    con.close()
+    assert await store.delete_older_than(30) == 2  # the old message and the delivered job
+    assert [m.text for m in (await store.get_user_data(ALICE)).messages] == ["new"]
+    assert len(await store.get_unfinished_jobs()) == 1  # pending work is never dropped

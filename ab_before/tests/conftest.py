@@ -1,0 +1,191 @@
+"""Shared fixtures: the tiny Gemma 4 checkpoint, settings, a running bot against a local Bot API."""
+
+from __future__ import annotations
+
+import io
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from PIL import Image, ImageDraw
+
+from bot.__main__ import create_worker
+from bot.app import running
+from bot.context import Services
+from bot.i18n import Texts
+from bot.settings import Settings
+from bot.storage import Storage
+from bot.user_locks import UserLocks
+from inference import EngineConfig, GemmaEngine, RuntimeConfig, Worker, create_engine
+from inference.openai_server import ServerConfig, create_app, start_site
+from inference.samples import draw_menu, draw_sign
+from tests.e2e.botapi_server import TOKEN, BotApiServer
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from inference.tiny import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-gemma4"))
+
+
+@pytest.fixture(scope="session")
+def engine_config(tiny_model_dir: Path) -> EngineConfig:
+    return EngineConfig(model_path=tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(engine_config: EngineConfig) -> GemmaEngine:
+    return GemmaEngine.load(engine_config)
+
+
+def png_bytes(image: Image.Image, format: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def sign_png() -> bytes:
+    return png_bytes(draw_sign(640, 480))
+
+
+@pytest.fixture(scope="session")
+def menu_jpeg() -> bytes:
+    return png_bytes(draw_menu(480, 640), format="JPEG")
+
+
+def small_photo(text: str = "EXIT") -> bytes:
+    image = Image.new("RGB", (320, 240), "white")
+    ImageDraw.Draw(image).text((20, 100), text, fill="black")
+    return png_bytes(image, "JPEG")
+
+
+def make_settings(tmp_path: Path, **overrides) -> Settings:
+    values = {
+        "telegram_token": TOKEN,
+        "database_path": tmp_path / "bot.sqlite3",
+        "max_new_tokens": 16,
+        "stream_interval_s": 0.0,
+        "log_format": "console",
+        "telegram_messages_per_second": 0,  # the local server has no flood limits
+        "telegram_messages_per_minute_per_group": 0,
+        "device": "cpu",
+        "max_batch_size": 8,
+        "max_seq_len": 2048,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+FREE_PORT = -1  # @pytest.mark.settings(http_port=FREE_PORT): a free local port
+LOCAL_WEBHOOK = "local"  # @pytest.mark.settings(webhook_url=LOCAL_WEBHOOK): webhook mode
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def local_ports(overrides: dict) -> dict:
+    """Replace FREE_PORT and LOCAL_WEBHOOK with free ports on 127.0.0.1."""
+    if overrides.get("http_port") == FREE_PORT:
+        overrides["http_port"] = free_port()
+    if overrides.get("webhook_url") == LOCAL_WEBHOOK:
+        port = free_port()
+        overrides |= {"webhook_port": port, "webhook_url": f"http://127.0.0.1:{port}/telegram"}
+    return overrides
+
+
+@dataclass
+class RunningBot:
+    server: BotApiServer
+    services: Services
+
+    @property
+    def storage(self) -> Storage:
+        return self.services.storage
+
+
+@pytest.fixture
+def engine_overrides() -> dict:
+    """Settings for the `bot` fixture's engine; a test module may override this fixture."""
+    return {}
+
+
+@pytest.fixture
+async def bot(
+    tmp_path: Path, tiny_model_dir: Path, engine_overrides: dict, request
+) -> AsyncIterator[RunningBot]:
+    """The whole bot: real PTB Application, real worker with the tiny model, real SQLite,
+    polling a local Bot API server. Settings can be overridden with
+    `@pytest.mark.settings(name=value)`; see FREE_PORT and LOCAL_WEBHOOK for HTTP."""
+    marker = request.node.get_closest_marker("settings")
+    overrides = local_ports({**engine_overrides, **(marker.kwargs if marker else {})})
+    server = BotApiServer()
+    await server.start()
+    settings = make_settings(
+        tmp_path,
+        telegram_base_url=server.base_url,
+        telegram_base_file_url=server.base_file_url,
+        model_path=tiny_model_dir,
+        **overrides,
+    )
+    storage = await Storage.open(settings.database_path)
+    worker = create_worker(settings)
+    await worker.start()
+    services = Services(settings, storage, worker, Texts.load(settings.locales_dir), UserLocks())
+    try:
+        async with running(services):
+            yield RunningBot(server, services)
+    finally:
+        await worker.stop()
+        await storage.close()
+        await server.stop()
+
+
+# OpenAI-compatible server (`travelbot serve`) with the tiny model
+
+
+@dataclass
+class OpenAIServer:
+    base_url: str  # ends with /v1
+    api_key: str
+    model_name: str
+    worker: Worker
+    num_in_flight: int = 0  # chat completions being answered, counted by the server
+    max_in_flight: int = 0  # the most at once since a test reset it
+
+    @web.middleware
+    async def count_in_flight(self, request: web.Request, handler):
+        if request.path != "/v1/chat/completions":
+            return await handler(request)
+        self.num_in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.num_in_flight)
+        try:
+            return await handler(request)
+        finally:
+            self.num_in_flight -= 1
+
+
+@pytest.fixture(scope="session")
+async def openai_server(engine_config: EngineConfig) -> AsyncIterator[OpenAIServer]:
+    """`travelbot serve`'s app on a free port, its own batching worker on the tiny model."""
+    runtime = RuntimeConfig(max_slots=4, max_seq_len=2048)
+    worker = Worker(lambda: create_engine(engine_config, runtime), max_queue=16)
+    await worker.start()
+    config = ServerConfig(model_name="tiny-gemma4", api_key="test-key", default_max_tokens=8)
+    app = create_app(worker, config)
+    server = OpenAIServer("", config.api_key, config.model_name, worker)
+    app.middlewares.append(server.count_in_flight)
+    runner, port = await start_site(app, "127.0.0.1", 0)
+    server.base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
+        await worker.stop()

@@ -1,0 +1,114 @@
+"""A burst far beyond capacity: every user gets an answer or a clear, localized "busy"
+message; nobody is left without a reply, and one user cannot flood the bot."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest import RunningBot, small_photo
+from tests.e2e.botapi_server import TgUser
+
+NUM_USERS = 200
+LANGUAGES = ["en", "de", "fr", "es", "it", "pt", "ru", "uk", "ja", "zh", "ko", "ar"]
+
+
+@pytest.mark.settings(max_queue=8, max_batch_size=4, max_new_tokens=6)
+async def test_200_users_at_once_each_get_an_answer_or_a_busy_message(bot: RunningBot) -> None:
+    server, texts = bot.server, bot.services.texts
+    users = [
+        TgUser(id=20_000 + i, language_code=LANGUAGES[i % len(LANGUAGES)]) for i in range(NUM_USERS)
+    ]
+    photo = small_photo("MENU")
+    mark = server.mark()
+    for user in users:
+        server.send_photo(user, photo)
+
+    def outcome(user: TgUser) -> str | None:
+        calls = [c for c in server.calls[mark:] if c.params.get("chat_id") == user.id]
+        if any(
+            c.method == "editMessageText" and is_busy(texts, user.language_code, c.params["text"])
+            for c in calls
+        ):
+            return "busy"
+        if any(c.method == "deleteMessage" for c in calls):  # placeholder replaced by answer
+            return "answered"
+        return None
+
+    for _ in range(1200):
+        outcomes = [outcome(user) for user in users]
+        if all(outcomes):
+            break
+        await asyncio.sleep(0.1)
+    missing = [user.id for user, result in zip(users, outcomes, strict=True) if result is None]
+    assert not missing, f"{len(missing)} users got no reply"
+    answered = outcomes.count("answered")
+    assert answered >= 8  # at least a full queue was served
+    assert outcomes.count("busy") > 0
+    histories = [await bot.storage.get_history(u.id, max_turns=2) for u in users]
+    assert sum(1 for h in histories if h) == answered  # only answered turns are stored
+    assert await bot.storage.get_unfinished_jobs() == []
+
+
+def filled_in(texts, language: str, key: str, text: str) -> bool:
+    """`text` is the template `key` with some number of seconds filled in."""
+    before, _, after = texts.get(language, key, seconds="\0").partition("\0")
+    middle = text[len(before) : len(text) - len(after)]
+    return text.startswith(before) and text.endswith(after) and middle.isdigit()
+
+
+def is_busy(texts, language: str, text: str) -> bool:
+    return text == texts.get(language, "error_busy") or filled_in(
+        texts, language, "error_busy_eta", text
+    )
+
+
+@pytest.mark.settings(max_queue=1, max_batch_size=1, max_new_tokens=8)
+async def test_busy_message_estimates_the_wait(bot: RunningBot) -> None:
+    server, texts = bot.server, bot.services.texts
+    first = TgUser(id=21_000, language_code="de")
+    mark = server.mark()
+    server.send_photo(first, small_photo("EXIT"))  # one answer gives the typical latency
+    await server.wait_for(lambda c: c.method == "deleteMessage", after=mark, timeout=60)
+    users = [TgUser(id=21_001 + i, language_code="es") for i in range(3)]
+    mark = server.mark()
+    for user in users:
+        server.send_photo(user, small_photo(f"MENU {user.id}"))
+    busy = await server.wait_for(
+        lambda c: (
+            c.method == "editMessageText"
+            and filled_in(texts, "es", "error_busy_eta", c.params["text"])
+        ),
+        after=mark,
+        timeout=60,
+    )
+    seconds = int("".join(ch for ch in busy.params["text"] if ch.isdigit()))
+    assert seconds >= 10 and seconds % 10 == 0
+
+
+@pytest.mark.settings(max_requests_in_flight=2, max_new_tokens=200)
+async def test_one_user_cannot_flood(bot: RunningBot) -> None:
+    server, texts = bot.server, bot.services.texts
+    user = TgUser(id=30_001, language_code="pl")
+    mark = server.mark()
+    for i in range(5):
+        server.send_text(user, f"question {i}")
+    refusal = texts.get("pl", "too_many_requests", limit=2)
+    await server.wait_for(lambda c: c.params.get("text") == refusal, after=mark, timeout=30)
+    for _ in range(300):  # the accepted ones are still answered
+        if len(await bot.storage.get_history(user.id, max_turns=10)) >= 4:
+            break
+        await asyncio.sleep(0.1)
+    history = await bot.storage.get_history(user.id, max_turns=10)
+    assert 2 <= len(history) // 2 < 5
+    refusals = [c for c in server.calls[mark:] if c.params.get("text") == refusal]
+    assert len(refusals) + len(history) // 2 == 5  # every message: an answer or a refusal
+    other = TgUser(id=30_002, language_code="en")
+    mark = server.mark()
+    server.send_text(other, "hello?")
+    await server.wait_for(
+        lambda c: c.method == "deleteMessage" and c.params["chat_id"] == other.id,
+        after=mark,
+        timeout=60,
+    )

@@ -1,0 +1,57 @@
+"""The FP8 decode attention kernels (attention_kernel), run by Triton's interpreter on the
+CPU against float32 attention over the same stored keys and values: grouped query heads,
+a mask with whole parts masked, several parts per row, head sizes not a power of 2. A
+subprocess, because the interpreter is chosen when Triton loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+SCRIPT = """
+import json, torch
+from inference.runtime.attention_kernel import decode_attention, reference_attention
+from inference.runtime.fp8_experts import FP8
+from inference.runtime.kv_cache import fit
+
+torch.manual_seed(0)
+errors = {}
+# (rows, query heads, KV heads, positions, head size, stored dtype)
+for rows, heads, kv_heads, length, dim, stored in [
+    (3, 4, 2, 70, 16, FP8), (2, 16, 8, 100, 24, FP8), (1, 2, 2, 130, 32, FP8),
+    (2, 4, 1, 64, 16, torch.bfloat16),
+]:
+    query = torch.randn(rows, heads, 1, dim, dtype=torch.bfloat16)
+    key = fit(torch.randn(rows + 1, kv_heads, length, dim) * 2, stored)[:rows]  # slot views
+    value = fit(torch.randn(rows + 1, kv_heads, length, dim), stored)[:rows]
+    mask = torch.rand(rows, 1, 1, length) < 0.6
+    mask[..., 32:64] = False  # a whole part masked
+    mask[..., 0] = True
+    got = decode_attention(query, key, value, mask, 0.25).float()
+    expected = reference_attention(query, key, value, mask, 0.25)
+    name = f"{rows}x{heads}/{kv_heads} heads, {length} positions, dim {dim}, {stored}"
+    errors[name] = ((got - expected).abs().max() / expected.abs().max()).item()
+# the engine's start-up check, as a GPU runs it
+from inference.runtime.attention_kernel import matches_reference
+errors["start-up check"] = 0.0 if matches_reference(torch.device("cpu")) else 1.0
+print(json.dumps(errors))
+"""
+
+
+def test_fp8_decode_attention_equals_float32_attention() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    errors = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(errors) == 5
+    for case, error in errors.items():
+        assert error < 0.01, f"{case}: error {error:.5f}"

@@ -1,0 +1,87 @@
+"""Prompts copied into KV slots: one copy per layer for a group equals the row-by-row copy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inference.runtime.config import RuntimeConfig
+from inference.runtime.fp8_experts import FP8
+from inference.runtime.kv_cache import LayerSpec, SlotKVCache, fit
+
+
+def make_cache(window: int, sliding_dtype: torch.dtype | None = None) -> SlotKVCache:
+    layers = [LayerSpec(True, 2, 4), LayerSpec(False, 1, 8)]
+    return SlotKVCache(layers, num_slots=5, max_seq_len=40, window=window,
+                       dtype=torch.float32, device=torch.device("cpu"),
+                       sliding_dtype=sliding_dtype)  # fmt: skip
+
+
+def prefilled(lengths: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    width = max(lengths)
+    keys = [torch.randn(len(lengths), 2, width, 4), torch.randn(len(lengths), 1, width, 8)]
+    values = [torch.randn_like(k) for k in keys]
+    return keys, values
+
+
+def held(cache: SlotKVCache, slot: int, length: int) -> list[torch.Tensor]:
+    """What decode may attend to after a prompt of `length`: ring/global positions < length."""
+    window = cache.window
+    ring = [p % window for p in range(max(0, length - window), length)]
+    return [
+        cache.keys[0][slot][:, ring], cache.values[0][slot][:, ring],
+        cache.keys[1][slot][:, :length], cache.values[1][slot][:, :length],
+    ]  # fmt: skip
+
+
+def test_group_copy_equals_row_copies() -> None:
+    torch.manual_seed(0)
+    lengths = [7, 12, 3]
+    keys, values = prefilled(lengths)
+    grouped, by_row = make_cache(window=16), make_cache(window=16)
+    grouped.store_prompts([1, 2, 3], keys, values, lengths)
+    for row, slot in enumerate([1, 2, 3]):
+        by_row.store_prompt(slot, [k[row] for k in keys], [v[row] for v in values], lengths[row])
+    for slot, length in zip([1, 2, 3], lengths, strict=True):
+        for a, b in zip(held(grouped, slot, length), held(by_row, slot, length), strict=True):
+            torch.testing.assert_close(a, b)
+    assert grouped.keys[1][0].abs().sum() == 0 and grouped.keys[1][4].abs().sum() == 0
+
+
+def test_prompts_longer_than_the_window_wrap_around_the_ring() -> None:
+    torch.manual_seed(1)
+    lengths = [11, 6]
+    keys, values = prefilled(lengths)
+    cache = make_cache(window=8)
+    cache.store_prompts([0, 2], keys, values, lengths)  # slots not consecutive, too
+    ring = [p % 8 for p in range(3, 11)]
+    torch.testing.assert_close(cache.keys[0][0][:, ring], keys[0][0][:, 3:11])
+    torch.testing.assert_close(cache.keys[0][2][:, :6], keys[0][1][:, :6])
+    torch.testing.assert_close(cache.values[1][0][:, :11], values[1][0][:, :11])
+
+
+def test_fp8_sliding_layers_store_clamped_fp8_and_the_global_ones_keep_their_dtype() -> None:
+    torch.manual_seed(2)
+    lengths = [5, 9]
+    keys, values = prefilled(lengths)
+    keys[0][0, 0, 0, 0] = 1000.0  # beyond FP8's range: clamped to 448, not NaN
+    cache = make_cache(window=16, sliding_dtype=FP8)
+    assert cache.keys[0].dtype == FP8 and cache.keys[1].dtype == torch.float32
+    cache.store_prompts([0, 1], keys, values, lengths)
+    assert cache.keys[0][0, 0, 0, 0].float() == 448.0
+    torch.testing.assert_close(cache.values[0][1][:, :9], fit(values[0][1][:, :9], FP8))
+    torch.testing.assert_close(cache.keys[1][1][:, :9], keys[1][1][:, :9])
+    # a decode step writes its key/value as FP8 too, at the ring position
+    cache.step_rows[:2] = torch.tensor([0, 1])
+    cache.step_positions[:2] = torch.tensor([5, 9])
+    step_key, step_value = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    attended_keys, _ = cache.update(step_key, step_value, 0)
+    assert attended_keys.dtype == FP8
+    torch.testing.assert_close(cache.keys[0][1][:, 9], fit(step_key[1, :, 0], FP8))
+    torch.testing.assert_close(cache.values[0][0][:, 5], fit(step_value[0, :, 0], FP8))
+
+
+def test_an_fp8_kv_cache_needs_the_engines_own_decode_attention() -> None:
+    with pytest.raises(ValueError):
+        RuntimeConfig(fp8_kv_cache=True, fast_attention=False)
+    assert RuntimeConfig(fp8_kv_cache=True).fp8_kv_cache

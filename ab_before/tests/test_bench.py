@@ -1,0 +1,40 @@
+"""`travelbot bench` on the tiny checkpoint: a smoke run of every row kind (CPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+TRAVELBOT = Path(sys.executable).with_name("travelbot")
+
+
+def test_bench_smoke_writes_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [str(TRAVELBOT), "bench", "--tiny", "--new-tokens", "4", "--image-soft-tokens", "70",
+         "--generate-batches", "1,2", "--generate-caches", "default", "--engine-concurrency",
+         "1,3", "--poisson-rate", "50", "--closed-loop-rounds", "2", "--fp8-experts", "3",
+         "--max-slots", "4",
+         "--max-seq-len", "1536", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(out.read_text())
+    names = [(row["name"], row["concurrency"]) for row in data["rows"]]
+    assert ("engine, together", 3) in names and ("engine, Poisson 50.0/s", 3) in names
+    assert ("engine, closed loop x2", 3) in names
+    assert ("engine, no prefix cache", 3) in names  # the same run's baseline for the cache
+    assert data["shared_prefix_tokens"] >= 32 and data["prefix_cache"]["hits"] > 0
+    assert ("generate() default cache", 2) in names
+    assert names[-1] == ("engine, fp8 experts", 3)  # last: it quantizes the model in place
+    for row in data["rows"]:
+        assert row["error"] is None
+        requests = row["extra"].get("requests", row["concurrency"])
+        assert row["output_tokens"] == 4 * requests  # decode length is forced
+        assert row["tok_per_s"] > 0 and row["ttft_p50_ms"] > 0
+    assert "engine, together x3" in data["ratios"]
+    # the CPU runs no Triton kernel; the count is there (Triton's cache layout as expected)
+    assert data["triton_compiles_while_serving"] == 0 and data["recompiles_while_serving"] == 0
+    assert "tok/s" in result.stdout  # the printed table
