@@ -4,7 +4,8 @@ Gemma 4 26B-A4B's sliding-layer shapes; and the vision tower's attention over pa
 photos (`vision.photo_attention`) against SDPA photo by photo. Prints and writes the
 largest differences relative to the reference's largest value (bf16: ~1e-2 is rounding),
 and, for one sliding and one global layer of an 8-photo prefill, the GPU ms of each way
-to attend (fast_ops' flash path, SDPA with the mask: its kernels, and cuDNN's).
+to attend (fast_ops' flash path, the Triton kernel, SDPA with the mask: its kernels, and
+cuDNN's).
 
     python3 scripts/check_prompt_attention.py --out bench-out/prompt-attention.json
 """
@@ -22,6 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
 from inference.runtime import fast_ops, vision
+from inference.runtime import prompt_attention_kernel as kernel
 
 
 def prompt_mask(batch: int, length: int, total: int, spans, device) -> torch.Tensor:
@@ -59,7 +61,8 @@ def timings(kv_heads: int, head_dim: int) -> dict:
     """One layer of an 8-photo prefill after the system prompt (sliding: 8 KV heads of 256;
     global: 2 of 512): error against float32 and GPU ms of each way to attend."""
     batch, heads, prefix, length = 8, 16, 488, 485
-    query = torch.randn(batch, heads, length, head_dim, device="cuda", dtype=torch.bfloat16)
+    query = torch.randn(batch, length, heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    query = query.transpose(1, 2)  # as the layers give it: a view of [B, L, H, D]
     key, value = torch.randn(2, batch, kv_heads, prefix + length, head_dim, device="cuda",
                              dtype=torch.bfloat16)  # fmt: skip
     spans, scaling = [[(5, 285)]] * batch, 1.0 / head_dim**0.5
@@ -75,13 +78,37 @@ def timings(kv_heads: int, head_dim: int) -> dict:
         ways["prompt_attention (flash, a pass per image)"] = lambda: fast_ops.prompt_attention(
             query, key, value, spans, scaling
         )
+    ends = fast_ops.visible_ends(spans, prefix, length).cuda()
+    ways["prompt_attention_kernel (Triton, one pass)"] = lambda: kernel.prompt_attention(
+        query, key, value, ends, scaling
+    )
     row: dict = {}
     for name, run in ways.items():
         try:
             row[name] = {"error": relative(run(), expected), "ms": gpu_ms(run)}
         except Exception as exc:  # a kernel that refuses these shapes
             row[name] = f"{type(exc).__name__}: {exc}"[:300]
+    if head_dim <= 256:
+        row["prompt_attention_kernel sweep (ms, BLOCK_M, BLOCK_N, warps, stages)"] = sweep(
+            ways["prompt_attention_kernel (Triton, one pass)"]
+        )
     return row
+
+
+def sweep(run) -> list:
+    names = ("BLOCK_M", "BLOCK_N", "WARPS", "STAGES")
+    defaults = [getattr(kernel, name) for name in names]
+    timings = []
+    for setting in itertools.product((32, 64, 128), (32, 64), (4, 8), (1, 2, 3)):
+        for name, value in zip(names, setting, strict=True):
+            setattr(kernel, name, value)
+        try:
+            timings.append((gpu_ms(run, 10), *setting))
+        except Exception:  # e.g. out of shared memory
+            continue
+    for name, value in zip(names, defaults, strict=True):
+        setattr(kernel, name, value)
+    return sorted(timings)[:8]
 
 
 PREFILL_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]

@@ -91,6 +91,7 @@ class BatchEngine:
             fused_experts_max_tokens=layers.fused_experts_max_tokens,
             fp8_experts=fp8_experts.is_quantized(model.model.language_model.layers[0].experts),
             fp8_kv_cache=any(k.dtype == fp8_experts.FP8 for k in self.runner.cache.keys),
+            triton_prompt_attention=self.runner.prompt_kernel,
             seconds=round(time.monotonic() - started, 2),
         )
 
@@ -128,12 +129,22 @@ class BatchEngine:
             graph_batch_sizes=runtime.graph_batch_sizes if use_graphs else (),
             attend_lengths=runtime.attend_lengths,
             flash_prompts=runtime.fast_attention and runtime.flash_prompt_attention,
+            prompt_kernel=self._prompt_kernel_works(),
             prefix_cache_tokens=runtime.prefix_cache_tokens,
             packed_photos=runtime.vision_per_photo,
             fp8_sliding_kv=fp8_kv,
         )
         if compile_layers:
             self._warm_up_prefill()
+
+    def _prompt_kernel_works(self) -> bool:
+        runtime, device = self.runtime, self.base.model.device
+        wanted = runtime.fast_attention and runtime.flash_prompt_attention
+        return bool(
+            wanted and runtime.triton_prompt_attention and device.type == "cuda"
+            and layers.kernels_work("prompt_attention_kernel", device, "prompt_attention_kernel",
+                                    "flash attention")
+        )  # fmt: skip
 
     def _warm_up_prefill(self) -> None:
         """Prefill every shape class once (1, 2 and 3 prompts, with and without a photo,

@@ -32,17 +32,23 @@ ATTENTION_NAME = "travelbot_decode"
 
 # per prompt row, the (start, end) token spans of its images, during a prefill
 _image_spans: ContextVar[list[list[tuple[int, int]]] | None] = ContextVar("spans", default=None)
+# ... and on GPUs with the Triton kernel, its visible_ends on the device
+_visible_ends: ContextVar[torch.Tensor | None] = ContextVar("ends", default=None)
 
 
 @contextmanager
-def image_spans(spans: list[list[tuple[int, int]]] | None) -> Iterator[None]:
+def image_spans(
+    spans: list[list[tuple[int, int]]] | None, ends: torch.Tensor | None = None
+) -> Iterator[None]:
     """Prompt attention in this block may use `prompt_attention` with these image spans
-    (None: it may not)."""
-    token = _image_spans.set(spans)
+    (None: it may not), or with `ends` (visible_ends of them, on the device) the sliding
+    layers' Triton kernel (prompt_attention_kernel)."""
+    tokens = _image_spans.set(spans), _visible_ends.set(ends)
     try:
         yield
     finally:
-        _image_spans.reset(token)
+        _image_spans.reset(tokens[0])
+        _visible_ends.reset(tokens[1])
 
 
 def vision_spans(token_types: list[int]) -> list[tuple[int, int]]:
@@ -55,6 +61,16 @@ def vision_spans(token_types: list[int]) -> list[tuple[int, int]]:
             spans.append((start, index))
             start = None
     return spans
+
+
+def visible_ends(spans: list[list[tuple[int, int]]], prefix: int, length: int) -> torch.Tensor:
+    """[B, L] int32 (CPU): for each prompt token after a prefix of `prefix` positions, the
+    key position its attention ends before: its own + 1, or its image's end."""
+    ends = torch.arange(prefix + 1, prefix + length + 1, dtype=torch.int32).repeat(len(spans), 1)
+    for row, row_spans in enumerate(spans):
+        for start, end in row_spans:
+            ends[row, start:end] = prefix + end
+    return ends
 
 
 def prompt_attention(query, key, value, spans: list[list[tuple[int, int]]], scaling):
@@ -145,6 +161,12 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     spans = _image_spans.get()
     window = getattr(module, "sliding_window", None)
     if spans is not None and window and key.shape[2] <= window and query.shape[2] > 1:
+        ends = _visible_ends.get()
+        if ends is not None:
+            from inference.runtime import prompt_attention_kernel  # needs Triton
+
+            scale = 1.0 if scaling is None else scaling
+            return prompt_attention_kernel.prompt_attention(query, key, value, ends, scale), None
         return prompt_attention(query, key, value, spans, scaling), None
     if query.shape[2] != 1 or not isinstance(attention_mask, torch.Tensor):
         return sdpa_attention_forward(

@@ -76,12 +76,15 @@ class ModelRunner:
         graph_batch_sizes: tuple[int, ...] = (),
         attend_lengths: tuple[int, ...] | None = None,
         flash_prompts: bool = True,
+        prompt_kernel: bool = False,
         prefix_cache_tokens: int = 0,
         packed_photos: bool = False,
         fp8_sliding_kv: bool = False,
     ) -> None:
         self.model = model
         self.flash_prompts = flash_prompts  # sliding layers' prompt attention unmasked
+        # ... as the Triton kernel (prompt_attention_kernel; checked on this GPU by the caller)
+        self.prompt_kernel = flash_prompts and prompt_kernel
         # photos through vision.photo_embeddings, their soft tokens put in place here
         self.packed_photos = packed_photos
         self.language_model = model.model.language_model
@@ -155,7 +158,7 @@ class ModelRunner:
         if self.flash_prompts:
             spans = [fast_ops.vision_spans(t[0, skip:].tolist()) if t is not None else []
                      for t in types]  # fmt: skip
-        with sdpa_kernel(PREFILL_ATTENTION), fast_ops.image_spans(spans):
+        with sdpa_kernel(PREFILL_ATTENTION), self._prompt_attention(spans, skip, width):
             output = self.model.model(**batch, past_key_values=cache, use_cache=True)
         rows = torch.arange(len(inputs), device=self.device)
         last = self._to_device(torch.tensor([n - skip - 1 for n in lengths]))
@@ -167,6 +170,14 @@ class ModelRunner:
             lengths,
         )
         return self._logits(hidden)
+
+    def _prompt_attention(self, spans: list | None, prefix: int, width: int):
+        """fast_ops.image_spans for a prefill of `width` tokens after `prefix` cached ones,
+        with the Triton kernel's visible ends where it serves."""
+        ends = None
+        if spans is not None and self.prompt_kernel:
+            ends = self._to_device(fast_ops.visible_ends(spans, prefix, width))
+        return fast_ops.image_spans(spans, ends)
 
     def cached_prefix_tokens(self, prefix: tuple[int, ...]) -> int:
         """Of a prompt starting with `prefix`, the tokens a prefill takes from the prefix
@@ -182,7 +193,7 @@ class ModelRunner:
             ids = self._to_device(torch.tensor(prefix, dtype=torch.long)[None])
             cache = DynamicCache()
             spans = [[]] if self.flash_prompts else None
-            with sdpa_kernel(PREFILL_ATTENTION), fast_ops.image_spans(spans):
+            with sdpa_kernel(PREFILL_ATTENTION), self._prompt_attention(spans, 0, len(prefix)):
                 self.language_model(input_ids=ids, past_key_values=cache, use_cache=True)
             entry = [(layer.keys, layer.values) for layer in cache.layers]
             self.prefixes.put(prefix, entry)

@@ -1,0 +1,117 @@
+"""The sliding layers' prompt attention kernel (prompt_attention_kernel), run by Triton's
+interpreter on the CPU against float32 attention under the explicit mask (causal after a
+cached prefix, an image's tokens seeing the whole image): grouped query heads, tiles across
+rows and images, queries in the layers' transposed layout. A subprocess, because the
+interpreter is chosen when Triton loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from inference.runtime.fast_ops import visible_ends
+
+pytest.importorskip("triton")
+
+SCRIPT = """
+import json, torch
+from inference.runtime.fast_ops import visible_ends
+from inference.runtime.prompt_attention_kernel import prompt_attention, reference_attention
+
+torch.manual_seed(0)
+errors = {}
+# (rows, query heads, KV heads, prefix, prompt length, head size, image spans per row)
+for rows, heads, kv_heads, prefix, length, dim, spans in [
+    (2, 4, 2, 0, 70, 16, [[(5, 30)], [(40, 69)]]),
+    (3, 4, 2, 37, 45, 32, [[(3, 20), (25, 40)], [], [(0, 45)]]),
+    (1, 2, 1, 70, 9, 16, [[]]),
+]:
+    # as the layers give them: [B, H, L, D] views of [B, L, H, D]
+    query = torch.randn(rows, length, heads, dim, dtype=torch.bfloat16).transpose(1, 2)
+    key, value = torch.randn(2, rows, kv_heads, prefix + length, dim, dtype=torch.bfloat16)
+    ends = visible_ends(spans, prefix, length)
+    got = prompt_attention(query, key, value, ends, dim**-0.5).float()
+    expected = reference_attention(query, key, value, ends, dim**-0.5)
+    name = f"{rows}x{heads}/{kv_heads} heads, prefix {prefix}, {length} tokens, dim {dim}"
+    errors[name] = ((got - expected).abs().max() / expected.abs().max()).item()
+print(json.dumps(errors))
+"""
+
+
+def test_prompt_attention_kernel_equals_float32_attention_under_the_mask() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    errors = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(errors) == 3
+    for case, error in errors.items():
+        assert error < 0.01, f"{case}: error {error:.5f}"
+
+
+def test_visible_ends_are_the_next_position_or_the_images_end() -> None:
+    ends = visible_ends([[(1, 3)], []], prefix=10, length=5)
+    assert ends.tolist() == [[11, 13, 13, 14, 15], [11, 12, 13, 14, 15]]
+    assert ends.dtype == torch.int32
+
+
+ENGINE_SCRIPT = """
+import io, json, sys, torch
+from inference import EngineConfig, GemmaEngine, Request
+from inference.runtime.batch_engine import BatchEngine
+from inference.runtime.config import RuntimeConfig
+from inference.samples import draw_menu, draw_sign
+
+def png(image):
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+base = GemmaEngine.load(EngineConfig(model_path=sys.argv[1], device="cpu"))
+for module in [base.model.config.get_text_config()] + [
+        layer.self_attn for layer in base.model.model.language_model.layers]:
+    if module.sliding_window:
+        module.sliding_window = 2048  # wider than the prompts, as 1,024 is for a photo's
+engine = BatchEngine(base, RuntimeConfig(max_slots=2, max_seq_len=1024, cuda_graphs=False))
+runner = engine.runner
+seqs = [
+    engine.prepare(Request(language="de", image=png(draw_sign(640, 480)), question="Wo?")),
+    engine.prepare(Request(language="th", image=png(draw_menu(360, 480, seed=2)))),
+]
+inputs, prefix = [seq.inputs for seq in seqs], seqs[0].prefix
+results = {}
+for kernel in (False, True):
+    runner.prompt_kernel = kernel
+    logits = runner.prefill(inputs, [0, 1], prefix)  # the prefix too, the first time
+    keys = [k[:2].clone() for k in runner.cache.keys]
+    results[kernel] = (logits, keys)
+runner.prefixes.clear()
+logits, keys = results[False]
+got_logits, got_keys = results[True]
+finite = logits.isfinite()  # suppressed tokens are -inf in both
+assert torch.equal(finite, got_logits.isfinite())
+errors = {"logits": ((got_logits - logits)[finite].abs().max() / logits[finite].abs().max()).item()}
+errors["keys"] = max(((g - k).abs().max() / k.abs().max()).item()
+                     for g, k in zip(got_keys, keys))
+print(json.dumps(errors))
+"""
+
+
+def test_a_prefill_through_the_kernel_equals_the_flash_path(tiny_model_dir) -> None:
+    """The runner's plumbing: visible ends after the cached prefix, the kernel in the
+    sliding layers (Triton's interpreter), the same logits and stored keys."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", ENGINE_SCRIPT, str(tiny_model_dir)], env=env,
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    errors = json.loads(done.stdout.strip().splitlines()[-1])
+    assert errors["logits"] < 1e-4 and errors["keys"] < 1e-4, errors
