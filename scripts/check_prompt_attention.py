@@ -65,7 +65,9 @@ def timings(kv_heads: int, head_dim: int) -> dict:
     query = query.transpose(1, 2)  # as the layers give it: a view of [B, L, H, D]
     key, value = torch.randn(2, batch, kv_heads, prefix + length, head_dim, device="cuda",
                              dtype=torch.bfloat16)  # fmt: skip
-    spans, scaling = [[(5, 285)]] * batch, 1.0 / head_dim**0.5
+    # Gemma 4's global layers have no image rule: causal
+    spans = [[(5, 285)] if head_dim <= 256 else []] * batch
+    scaling = 1.0 / head_dim**0.5
     mask = prompt_mask(batch, length, prefix + length, spans, "cuda")
     expected = reference(query, key, value, spans, scaling)
     ways = {
@@ -78,7 +80,7 @@ def timings(kv_heads: int, head_dim: int) -> dict:
         ways["prompt_attention (flash, a pass per image)"] = lambda: fast_ops.prompt_attention(
             query, key, value, spans, scaling
         )
-    ends = fast_ops.visible_ends(spans, prefix, length).cuda()
+    ends = fast_ops.visible_ends(spans, prefix, length).cuda() if head_dim <= 256 else None
     ways["prompt_attention_kernel (Triton, one pass)"] = lambda: kernel.prompt_attention(
         query, key, value, ends, scaling
     )
@@ -88,26 +90,25 @@ def timings(kv_heads: int, head_dim: int) -> dict:
             row[name] = {"error": relative(run(), expected), "ms": gpu_ms(run)}
         except Exception as exc:  # a kernel that refuses these shapes
             row[name] = f"{type(exc).__name__}: {exc}"[:300]
-    if head_dim <= 256:
-        row["prompt_attention_kernel sweep (ms, BLOCK_M, BLOCK_N, warps, stages)"] = sweep(
-            ways["prompt_attention_kernel (Triton, one pass)"]
-        )
+    row["prompt_attention_kernel sweep (ms, BLOCK_M, BLOCK_N, warps, stages)"] = sweep(
+        ways["prompt_attention_kernel (Triton, one pass)"], head_dim
+    )
     return row
 
 
-def sweep(run) -> list:
-    names = ("BLOCK_M", "BLOCK_N", "WARPS", "STAGES")
-    defaults = [getattr(kernel, name) for name in names]
-    timings = []
-    for setting in itertools.product((32, 64, 128), (32, 64), (4, 8), (1, 2, 3)):
-        for name, value in zip(names, setting, strict=True):
-            setattr(kernel, name, value)
+def sweep(run, head_dim: int) -> list:
+    default, timings = kernel.BLOCKS[head_dim], []
+    if head_dim <= 256:  # around the best of a wider sweep (64-128 x 32-64 x 4-8 x 1-3)
+        settings = itertools.product((128,), (32, 64), (8,), (2, 3))
+    else:  # a tile of 512-wide keys and values per stage: smaller tiles
+        settings = itertools.product((32, 64), (16, 32), (4, 8), (1, 2))
+    for setting in settings:
+        kernel.BLOCKS[head_dim] = setting
         try:
             timings.append((gpu_ms(run, 10), *setting))
         except Exception:  # e.g. out of shared memory
             continue
-    for name, value in zip(names, defaults, strict=True):
-        setattr(kernel, name, value)
+    kernel.BLOCKS[head_dim] = default
     return sorted(timings)[:8]
 
 

@@ -41,8 +41,8 @@ def image_spans(
     spans: list[list[tuple[int, int]]] | None, ends: torch.Tensor | None = None
 ) -> Iterator[None]:
     """Prompt attention in this block may use `prompt_attention` with these image spans
-    (None: it may not), or with `ends` (visible_ends of them, on the device) the sliding
-    layers' Triton kernel (prompt_attention_kernel)."""
+    (None: it may not), or with `ends` (visible_ends of them, on the device) the Triton
+    kernel (prompt_attention_kernel) in the sliding layers and, causal, the global ones."""
     tokens = _image_spans.set(spans), _visible_ends.set(ends)
     try:
         yield
@@ -160,13 +160,14 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     spans; any other prompt as transformers' SDPA."""
     spans = _image_spans.get()
     window = getattr(module, "sliding_window", None)
-    if spans is not None and window and key.shape[2] <= window and query.shape[2] > 1:
-        ends = _visible_ends.get()
-        if ends is not None:
-            from inference.runtime import prompt_attention_kernel  # needs Triton
+    ends = _visible_ends.get()
+    if ends is not None and query.shape[2] > 1 and (not window or key.shape[2] <= window):
+        from inference.runtime import prompt_attention_kernel  # needs Triton
 
-            scale = 1.0 if scaling is None else scaling
-            return prompt_attention_kernel.prompt_attention(query, key, value, ends, scale), None
+        scale = 1.0 if scaling is None else scaling
+        ends = ends if window else None  # global layers: causal
+        return prompt_attention_kernel.prompt_attention(query, key, value, ends, scale), None
+    if spans is not None and window and key.shape[2] <= window and query.shape[2] > 1:
         return prompt_attention(query, key, value, spans, scaling), None
     if query.shape[2] != 1 or not isinstance(attention_mask, torch.Tensor):
         return sdpa_attention_forward(

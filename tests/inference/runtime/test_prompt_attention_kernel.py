@@ -1,7 +1,8 @@
 """The sliding layers' prompt attention kernel (prompt_attention_kernel), run by Triton's
 interpreter on the CPU against float32 attention under the explicit mask (causal after a
-cached prefix, an image's tokens seeing the whole image): grouped query heads, tiles across
-rows and images, queries in the layers' transposed layout. A subprocess, because the
+cached prefix, an image's tokens seeing the whole image; or causal, as global layers):
+grouped query heads, tiles across rows and images, queries in the layers' transposed
+layout. A subprocess, because the
 interpreter is chosen when Triton loads."""
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ for rows, heads, kv_heads, prefix, length, dim, spans in [
     (2, 4, 2, 0, 70, 16, [[(5, 30)], [(40, 69)]]),
     (3, 4, 2, 37, 45, 32, [[(3, 20), (25, 40)], [], [(0, 45)]]),
     (1, 2, 1, 70, 9, 16, [[]]),
+    (2, 16, 2, 21, 40, 32, None),  # a global layer: causal, 8 query heads per KV head
 ]:
     # as the layers give them: [B, H, L, D] views of [B, L, H, D]
     query = torch.randn(rows, length, heads, dim, dtype=torch.bfloat16).transpose(1, 2)
     key, value = torch.randn(2, rows, kv_heads, prefix + length, dim, dtype=torch.bfloat16)
-    ends = visible_ends(spans, prefix, length)
+    ends = None if spans is None else visible_ends(spans, prefix, length)
     got = prompt_attention(query, key, value, ends, dim**-0.5).float()
     expected = reference_attention(query, key, value, ends, dim**-0.5)
     name = f"{rows}x{heads}/{kv_heads} heads, prefix {prefix}, {length} tokens, dim {dim}"
@@ -51,7 +53,7 @@ def test_prompt_attention_kernel_equals_float32_attention_under_the_mask() -> No
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(errors) == 3
+    assert len(errors) == 4
     for case, error in errors.items():
         assert error < 0.01, f"{case}: error {error:.5f}"
 
@@ -105,8 +107,8 @@ print(json.dumps(errors))
 
 
 def test_a_prefill_through_the_kernel_equals_the_flash_path(tiny_model_dir) -> None:
-    """The runner's plumbing: visible ends after the cached prefix, the kernel in the
-    sliding layers (Triton's interpreter), the same logits and stored keys."""
+    """The runner's plumbing: visible ends after the cached prefix, the kernel in all
+    layers (Triton's interpreter), the same logits and stored keys."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run(
         [sys.executable, "-c", ENGINE_SCRIPT, str(tiny_model_dir)], env=env,
