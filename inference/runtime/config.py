@@ -30,8 +30,8 @@ class RuntimeConfig:
     fast_attention: bool = True  # decode attention as batched matmuls (fast_ops)
     # prompts of sliding layers: causal flash attention plus a pass per image, no mask
     flash_prompt_attention: bool = True
-    # ... as one Triton kernel on GPUs (prompt_attention_kernel; where its start-up check
-    # fails: flash attention as above)
+    # ... and prompts of all layers (global ones: causal) as one Triton kernel on GPUs
+    # (prompt_attention_kernel; where its start-up check fails: as above, and SDPA)
     triton_prompt_attention: bool = True
     fused_norms: bool | None = None  # torch's fused rms_norm; None: on GPUs only
     own_layer_forward: bool = True  # decoder layers as two regions around attention (layers)
