@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from time_photo_attention import timed_ms
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
@@ -44,17 +45,6 @@ def reference(query, key, value, spans, scaling):
         enable_gqa=True,
     )  # fmt: skip
     return output.transpose(1, 2)
-
-
-def gpu_ms(run, repeats: int = 20) -> float:
-    run()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        run()
-    end.record()
-    torch.cuda.synchronize()
-    return round(start.elapsed_time(end) / repeats, 4)
 
 
 def timings(kv_heads: int, head_dim: int) -> dict:
@@ -87,7 +77,7 @@ def timings(kv_heads: int, head_dim: int) -> dict:
     row: dict = {}
     for name, run in ways.items():
         try:
-            row[name] = {"error": relative(run(), expected), "ms": gpu_ms(run)}
+            row[name] = {"error": relative(run(), expected), "ms": timed_ms(run)}
         except Exception as exc:  # a kernel that refuses these shapes
             row[name] = f"{type(exc).__name__}: {exc}"[:300]
     row["prompt_attention_kernel sweep (ms, BLOCK_M, BLOCK_N, warps, stages)"] = sweep(
@@ -105,7 +95,7 @@ def sweep(run, head_dim: int) -> list:
     for setting in settings:
         kernel.BLOCKS[head_dim] = setting
         try:
-            timings.append((gpu_ms(run, 10), *setting))
+            timings.append((timed_ms(run, 10), *setting))
         except Exception:  # e.g. out of shared memory
             continue
     kernel.BLOCKS[head_dim] = default

@@ -5,12 +5,9 @@ subprocess, because the interpreter is chosen when Triton loads."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from tests.inference.runtime.interpreted import run_interpreted
 
 pytest.importorskip("triton")
 
@@ -45,13 +42,7 @@ print(json.dumps(errors))
 
 
 def test_fp8_decode_attention_equals_float32_attention() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600,
-        check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    errors = json.loads(done.stdout.strip().splitlines()[-1])
+    errors = run_interpreted(SCRIPT)
     assert len(errors) == 5
     for case, error in errors.items():
         assert error < 0.01, f"{case}: error {error:.5f}"

@@ -7,13 +7,11 @@ the interpreter is chosen when Triton loads."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.inference.runtime.interpreted import run_interpreted
 
 pytest.importorskip("triton")
 
@@ -127,13 +125,7 @@ print(json.dumps(errors))
 
 
 def test_fused_experts_equal_transformers_experts(tiny_model_dir: Path) -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tiny_model_dir)],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    errors = json.loads(done.stdout.strip().splitlines()[-1])
+    errors = run_interpreted(SCRIPT, str(tiny_model_dir))
     assert errors.pop("self_check") is True
     assert errors.pop("prompt_self_check") is True
     assert len(errors) == 57

@@ -7,21 +7,18 @@ interpreter is chosen when Triton loads."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from inference.runtime.fast_ops import visible_ends
+from tests.inference.runtime.interpreted import run_interpreted
 
 pytest.importorskip("triton")
 
 SCRIPT = """
 import json, torch
 from inference.runtime.fast_ops import visible_ends
+from tests.inference.runtime.interpreted import run_interpreted
 from inference.runtime.prompt_attention_kernel import prompt_attention, reference_attention
 
 torch.manual_seed(0)
@@ -46,13 +43,7 @@ print(json.dumps(errors))
 
 
 def test_prompt_attention_kernel_equals_float32_attention_under_the_mask() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600,
-        check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    errors = json.loads(done.stdout.strip().splitlines()[-1])
+    errors = run_interpreted(SCRIPT)
     assert len(errors) == 4
     for case, error in errors.items():
         assert error < 0.01, f"{case}: error {error:.5f}"
@@ -109,11 +100,5 @@ print(json.dumps(errors))
 def test_a_prefill_through_the_kernel_equals_the_flash_path(tiny_model_dir) -> None:
     """The runner's plumbing: visible ends after the cached prefix, the kernel in all
     layers (Triton's interpreter), the same logits and stored keys."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", ENGINE_SCRIPT, str(tiny_model_dir)], env=env,
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    errors = json.loads(done.stdout.strip().splitlines()[-1])
+    errors = run_interpreted(ENGINE_SCRIPT, str(tiny_model_dir))
     assert errors["logits"] < 1e-4 and errors["keys"] < 1e-4, errors
