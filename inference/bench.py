@@ -525,11 +525,16 @@ def triton_kernels_compiled() -> int | None:
     try:
         from triton.runtime.jit import JITFunction
 
-        from inference.runtime import attention_kernel, moe_kernel, moe_prompt_kernel
+        from inference.runtime import (
+            attention_kernel,
+            moe_kernel,
+            moe_prompt_kernel,
+            prompt_attention_kernel,
+        )
     except ImportError:
         return None
     total = 0
-    for module in (attention_kernel, moe_kernel, moe_prompt_kernel):
+    for module in (attention_kernel, moe_kernel, moe_prompt_kernel, prompt_attention_kernel):
         for kernel in vars(module).values():
             if isinstance(kernel, JITFunction):
                 caches = getattr(kernel, "device_caches", None)
