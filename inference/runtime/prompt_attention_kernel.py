@@ -37,7 +37,7 @@ def _prompt_attention_kernel(
     length, total, kv_heads, scale,
     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl, stride_eb, stride_ob, stride_ol, stride_oh,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, F32: tl.constexpr,
 ):  # fmt: skip
     tile, pair = tl.program_id(0), tl.program_id(1)
@@ -45,10 +45,12 @@ def _prompt_attention_kernel(
     m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     query, head = m // GROUP, kv_head * GROUP + m % GROUP
     m_ok = query < length
-    d = tl.arange(0, HEAD_DIM)
+    d = tl.arange(0, BLOCK_D)  # HEAD_DIM padded to a power of 2
+    # not padded: a constant mask, folded away
+    d_ok = tl.full((BLOCK_D,), 1, tl.int1) if BLOCK_D == HEAD_DIM else d < HEAD_DIM
     row64 = row.to(tl.int64)
     q_ptrs = q_ptr + row64 * stride_qb + head[:, None] * stride_qh + query[:, None] * stride_ql
-    q = tl.load(q_ptrs + d[None, :], mask=m_ok[:, None], other=0.0)
+    q = tl.load(q_ptrs + d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0)
     if CAUSAL:  # no images: each query sees the keys up to its own position
         ends = tl.where(m_ok, total - length + query + 1, 0)
     else:
@@ -57,12 +59,13 @@ def _prompt_attention_kernel(
     v_base = v_ptr + row64 * stride_vb + kv_head * stride_vh
     best = tl.full((BLOCK_M,), -float("inf"), dtype=tl.float32)
     sums = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_M, HEAD_DIM), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     scale2 = scale * 1.4426950408889634  # exp(x) = exp2(x · log2 e)
     for first in range(0, tl.minimum(tl.max(ends, axis=0), total), BLOCK_N):
         n = first + tl.arange(0, BLOCK_N)
         n_ok = n < total
-        k = tl.load(k_base + n[:, None] * stride_kl + d[None, :], mask=n_ok[:, None], other=0.0)
+        kv_ok = n_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_base + n[:, None] * stride_kl + d[None, :], mask=kv_ok, other=0.0)
         scores = dot(q, tl.trans(k), tl.zeros((BLOCK_M, BLOCK_N), tl.float32), F32) * scale2
         scores = tl.where(n[None, :] < ends[:, None], scores, -float("inf"))
         new_best = tl.maximum(best, tl.max(scores, axis=1))
@@ -70,32 +73,34 @@ def _prompt_attention_kernel(
         keep = tl.math.exp2(best - safe)
         p = tl.math.exp2(scores - safe[:, None])
         sums = sums * keep + tl.sum(p, axis=1)
-        v = tl.load(v_base + n[:, None] * stride_vl + d[None, :], mask=n_ok[:, None], other=0.0)
+        v = tl.load(v_base + n[:, None] * stride_vl + d[None, :], mask=kv_ok, other=0.0)
         acc = dot(p.to(v.dtype), v, acc * keep[:, None], F32)
         best = new_best
     out = acc / tl.where(sums == 0.0, 1.0, sums)[:, None]
     tl.store(out_ptr + row64 * stride_ob + query[:, None] * stride_ol + head[:, None] * stride_oh
-             + d[None, :], out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None])  # fmt: skip
+             + d[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & d_ok[None, :])  # fmt: skip
 
 
 def prompt_attention(query, key, value, ends, scaling: float) -> torch.Tensor:
     """query [B, Hq, L, D] (the last L of the S key positions), key/value [B, Hkv, S, D],
     ends [B, L] (int32, fast_ops.visible_ends): query i sees the keys before ends[:, i]
-    (None: causal) → [B, L, Hq, D]. Any strides with D innermost; D a power of 2."""
+    (None: causal) → [B, L, Hq, D]. Any strides with D innermost."""
     batch, heads, length, head_dim = query.shape
     kv_heads, total = key.shape[1], key.shape[2]
     group = heads // kv_heads
-    if min(t.stride(-1) for t in (query, key, value)) != 1 or head_dim & (head_dim - 1):
-        raise ValueError("head_dim must be innermost and a power of 2")
+    if min(t.stride(-1) for t in (query, key, value)) != 1:
+        raise ValueError("head_dim must be the innermost dimension")
     out = query.new_empty(batch, length, heads, head_dim)
-    block_m, block_n, warps, stages = BLOCKS.get(head_dim, BLOCKS[512])
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_m, block_n, warps, stages = BLOCKS.get(block_d, BLOCKS[512])
     grid = (triton.cdiv(length * group, block_m), batch * kv_heads)
     _prompt_attention_kernel[grid](
         query, key, value, out if ends is None else ends, out, length, total, kv_heads,
         scaling, query.stride(0), query.stride(1), query.stride(2), key.stride(0),
         key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),
         0 if ends is None else ends.stride(0), out.stride(0), out.stride(1), out.stride(2),
-        GROUP=group, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
+        GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
         CAUSAL=ends is None, F32=INTERPRETED, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out

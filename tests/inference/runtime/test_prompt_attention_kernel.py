@@ -27,7 +27,7 @@ errors = {}
 for rows, heads, kv_heads, prefix, length, dim, spans in [
     (2, 4, 2, 0, 70, 16, [[(5, 30)], [(40, 69)]]),
     (3, 4, 2, 37, 45, 32, [[(3, 20), (25, 40)], [], [(0, 45)]]),
-    (1, 2, 1, 70, 9, 16, [[]]),
+    (1, 2, 1, 70, 9, 24, [[]]),  # a head size not a power of 2
     (2, 16, 2, 21, 40, 32, None),  # a global layer: causal, 8 query heads per KV head
 ]:
     # as the layers give them: [B, H, L, D] views of [B, L, H, D]
