@@ -18,3 +18,10 @@ def run_interpreted(script: str, *args: str) -> dict:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def assert_small(errors: dict, count: int, bound: float = 0.01) -> None:
+    """`count` cases, each relative error below `bound`."""
+    assert len(errors) == count, sorted(errors)
+    for case, error in errors.items():
+        assert error < bound, f"{case}: error {error:.5f}"

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from inference.runtime.fast_ops import visible_ends
-from tests.inference.runtime.interpreted import run_interpreted
+from tests.inference.runtime.interpreted import assert_small, run_interpreted
 
 pytest.importorskip("triton")
 
 SCRIPT = """
 import json, torch
 from inference.runtime.fast_ops import visible_ends
-from tests.inference.runtime.interpreted import run_interpreted
+from tests.inference.runtime.interpreted import assert_small, run_interpreted
 from inference.runtime.prompt_attention_kernel import prompt_attention, reference_attention
 
 torch.manual_seed(0)
@@ -43,10 +43,7 @@ print(json.dumps(errors))
 
 
 def test_prompt_attention_kernel_equals_float32_attention_under_the_mask() -> None:
-    errors = run_interpreted(SCRIPT)
-    assert len(errors) == 4
-    for case, error in errors.items():
-        assert error < 0.01, f"{case}: error {error:.5f}"
+    assert_small(run_interpreted(SCRIPT), count=4)
 
 
 def test_visible_ends_are_the_next_position_or_the_images_end() -> None:
