@@ -120,6 +120,7 @@ class BatchEngine:
         fp8_kv = runtime.fp8_kv_cache and layers.kernels_work(
             "attention_kernel", model.device, "fp8_kv_cache", "bf16 keys and values"
         )
+        flash_prompts = runtime.fast_attention and runtime.flash_prompt_attention
         self.runner = ModelRunner(
             model,
             num_slots=runtime.max_slots,
@@ -128,8 +129,8 @@ class BatchEngine:
             pad_token_id=self.base.tokenizer.pad_token_id,
             graph_batch_sizes=runtime.graph_batch_sizes if use_graphs else (),
             attend_lengths=runtime.attend_lengths,
-            flash_prompts=runtime.fast_attention and runtime.flash_prompt_attention,
-            prompt_kernel=self._prompt_kernel_works(),
+            flash_prompts=flash_prompts,
+            prompt_kernel=flash_prompts and self._prompt_kernel_works(),
             prefix_cache_tokens=runtime.prefix_cache_tokens,
             packed_photos=runtime.vision_per_photo,
             fp8_sliding_kv=fp8_kv,
@@ -138,10 +139,9 @@ class BatchEngine:
             self._warm_up_prefill()
 
     def _prompt_kernel_works(self) -> bool:
-        runtime, device = self.runtime, self.base.model.device
-        wanted = runtime.fast_attention and runtime.flash_prompt_attention
+        device = self.base.model.device
         return bool(
-            wanted and runtime.triton_prompt_attention and device.type == "cuda"
+            self.runtime.triton_prompt_attention and device.type == "cuda"
             and layers.kernels_work("prompt_attention_kernel", device, "prompt_attention_kernel",
                                     "flash attention")
         )  # fmt: skip

@@ -8,7 +8,9 @@
   memory-efficient kernel (an H100 spent 40 ms of an 8-photo prefill in it); instead, one
   causal flash attention for all tokens, then each image's tokens again against everything
   up to the image's end (consecutive prompts with an image at the same place in one
-  call). The runner passes the images' spans (`image_spans`).
+  call). The runner passes the images' spans (`image_spans`). On GPUs, where its start-up
+  check passes, prompts of all layers go to one Triton kernel instead
+  (prompt_attention_kernel: the runner passes `visible_ends` of the spans).
 - RMSNorm, in the text layers and the vision tower: torch's fused rms_norm in the
   activations' dtype (one kernel instead of five plus two casts) on GPUs; its bf16 rounding
   differs slightly from transformers'. In the vision tower's compiled layers transformers'
@@ -155,9 +157,11 @@ def varlen_flash_works(query: torch.Tensor) -> bool:
 def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
     """The language model's attention: a decode step (query [B, Hq, 1, D], key/value
     [B, Hkv, L, D], bool mask [B, 1, 1, L] → [B, 1, Hq, D]) as two batched matmuls (over FP8
-    keys and values: attention_kernel on GPUs); a prompt
-    of a sliding layer within the window as `prompt_attention` when the runner passed image
-    spans; any other prompt as transformers' SDPA."""
+    keys and values: attention_kernel on GPUs); a prompt, when the runner passed visible
+    ends, as prompt_attention_kernel (sliding layers within the window under the image rule,
+    global layers causal: Gemma 4 has no image rule there); else a prompt of a sliding layer
+    within the window as `prompt_attention` when the runner passed image spans; any other
+    prompt as transformers' SDPA."""
     spans = _image_spans.get()
     window = getattr(module, "sliding_window", None)
     ends = _visible_ends.get()

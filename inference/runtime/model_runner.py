@@ -84,11 +84,14 @@ class ModelRunner:
         self.model = model
         self.flash_prompts = flash_prompts  # sliding layers' prompt attention unmasked
         # ... as the Triton kernel (prompt_attention_kernel; checked on this GPU by the caller)
-        self.prompt_kernel = flash_prompts and prompt_kernel
+        self.prompt_kernel = prompt_kernel
         # photos through vision.photo_embeddings, their soft tokens put in place here
         self.packed_photos = packed_photos
         self.language_model = model.model.language_model
         text_config = model.config.get_text_config()
+        # an image's tokens see the whole image (sliding layers) only in checkpoints that
+        # say so, as transformers' masks do; elsewhere prompts are causal
+        self.image_rule = text_config.use_bidirectional_attention == "vision"
         self.softcap = text_config.final_logit_softcapping
         self.device = model.device
         self.pad_token_id = pad_token_id
@@ -156,8 +159,8 @@ class ModelRunner:
         cache = prompt_cache(shared or [], len(inputs))
         spans = None
         if self.flash_prompts:
-            spans = [fast_ops.vision_spans(t[0, skip:].tolist()) if t is not None else []
-                     for t in types]  # fmt: skip
+            spans = [fast_ops.vision_spans(t[0, skip:].tolist())
+                     if t is not None and self.image_rule else [] for t in types]  # fmt: skip
         with sdpa_kernel(PREFILL_ATTENTION), self._prompt_attention(spans, skip, width):
             output = self.model.model(**batch, past_key_values=cache, use_cache=True)
         rows = torch.arange(len(inputs), device=self.device)

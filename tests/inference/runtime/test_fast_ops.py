@@ -113,6 +113,32 @@ def test_prefill_without_masks_equals_the_masked_prefill(wide_window_engine, mon
         torch.testing.assert_close(got[:2], expected, rtol=1e-4, atol=1e-4)
 
 
+def test_without_the_image_rule_the_unmasked_prefill_is_causal(
+    wide_window_engine, monkeypatch
+) -> None:
+    """A checkpoint whose config has no image rule (use_bidirectional_attention not
+    "vision"): transformers' masks are causal, and so is the runner's prompt attention."""
+    engine, runner = wide_window_engine, wide_window_engine.runner
+    assert runner.image_rule  # the tiny checkpoint has it, as 26B-A4B
+    text_config = engine.base.model.config.get_text_config()
+    monkeypatch.setattr(text_config, "use_bidirectional_attention", None)
+    monkeypatch.setattr(runner, "image_rule", False)
+    inputs = [engine.prepare(Request(language="de", image=png(draw_sign(640, 480)))).inputs]
+    calls, unmasked_attention = [], fast_ops.prompt_attention
+
+    def recording(query, key, value, spans, scaling):
+        calls.append(spans)
+        return unmasked_attention(query, key, value, spans, scaling)
+
+    monkeypatch.setattr(fast_ops, "prompt_attention", recording)
+    runner.flash_prompts = False
+    masked = runner.prefill(inputs, [0])
+    runner.flash_prompts = True
+    unmasked = runner.prefill(inputs, [0])
+    assert calls and all(spans == [[]] for spans in calls)
+    torch.testing.assert_close(unmasked, masked, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("flash_prompts", [True, False], ids=["unmasked", "masked"])
 def test_prefill_after_a_cached_prefix_equals_the_whole_prefill(
     wide_window_engine, flash_prompts: bool
