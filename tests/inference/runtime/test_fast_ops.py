@@ -87,13 +87,8 @@ def png(image) -> bytes:
     return buffer.getvalue()
 
 
-def test_prefill_without_masks_equals_the_masked_prefill(wide_window_engine, monkeypatch) -> None:
-    engine, runner = wide_window_engine, wide_window_engine.runner
-    requests = [
-        Request(language="de", image=png(draw_sign(640, 480)), question="Was steht da?"),
-        Request(language="en", image=png(draw_menu(360, 480, seed=2))),
-    ]
-    inputs = [engine.prepare(request).inputs for request in requests]
+def record_spans(monkeypatch) -> list:
+    """The image spans of each call of fast_ops.prompt_attention from now on."""
     calls, unmasked_attention = [], fast_ops.prompt_attention
 
     def recording(query, key, value, spans, scaling):
@@ -101,6 +96,17 @@ def test_prefill_without_masks_equals_the_masked_prefill(wide_window_engine, mon
         return unmasked_attention(query, key, value, spans, scaling)
 
     monkeypatch.setattr(fast_ops, "prompt_attention", recording)
+    return calls
+
+
+def test_prefill_without_masks_equals_the_masked_prefill(wide_window_engine, monkeypatch) -> None:
+    engine, runner = wide_window_engine, wide_window_engine.runner
+    requests = [
+        Request(language="de", image=png(draw_sign(640, 480)), question="Was steht da?"),
+        Request(language="en", image=png(draw_menu(360, 480, seed=2))),
+    ]
+    inputs = [engine.prepare(request).inputs for request in requests]
+    calls = record_spans(monkeypatch)
     runner.flash_prompts = False
     masked = runner.prefill(inputs, [0, 1])
     masked_keys = [keys[:2].clone() for keys in runner.cache.keys]
@@ -124,13 +130,7 @@ def test_without_the_image_rule_the_unmasked_prefill_is_causal(
     monkeypatch.setattr(text_config, "use_bidirectional_attention", None)
     monkeypatch.setattr(runner, "image_rule", False)
     inputs = [engine.prepare(Request(language="de", image=png(draw_sign(640, 480)))).inputs]
-    calls, unmasked_attention = [], fast_ops.prompt_attention
-
-    def recording(query, key, value, spans, scaling):
-        calls.append(spans)
-        return unmasked_attention(query, key, value, spans, scaling)
-
-    monkeypatch.setattr(fast_ops, "prompt_attention", recording)
+    calls = record_spans(monkeypatch)
     runner.flash_prompts = False
     masked = runner.prefill(inputs, [0])
     runner.flash_prompts = True
