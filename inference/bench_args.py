@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--deep-queue-prefill-seqs",
         type=int,
         default=DEFAULTS.deep_queue_prefill_seqs,
-        help="... when more than N wait",
+        help="... when more than --max-prefill-seqs wait",
     )
     parser.add_argument(
         "--sweep-prefill-seqs",

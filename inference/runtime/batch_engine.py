@@ -259,8 +259,6 @@ class BatchEngine:
                 self._finish(seq, "cancelled")
         plan = self.last_plan = self.scheduler.schedule()
         plan.first_tokens = first_tokens
-        # slot order; the admitted ones come last
-        plan.decode = self.scheduler.running[: len(self.scheduler.running) - len(plan.prefill)]
         launched = []
         if plan.decode:
             logits = self.runner.decode([seq.position for seq in plan.decode])

@@ -15,10 +15,11 @@ class RuntimeConfig:
     # H100: a prefill of 4 photos is bound by the CPU launching it (~145 ms), one of 8 by
     # the GPU (~210 ms), so 8 at once give the same TTFT p50 as 4 + 4 and a lower p95
     max_prefill_seqs: int = 8
-    # more than this waiting: prefill this many at once (a deep queue waits anyway; one
-    # prefill reads the experts once for all). H200, 64 photos at once, 16 against 8: GPU
-    # time per photo -12%, 2,379.5 against 2,308.7-2,315.1 tok/s, TTFT p95 1,229 against
-    # 1,335-1,345 ms, peak 73.2 against 71.0 GiB (max_prefill_tokens bounds it)
+    # more than max_prefill_seqs waiting: prefill up to this many at once, with no decode
+    # step beside it (a deep queue waits anyway; one prefill reads the experts once for
+    # all). H200, 64 photos at once, 16 against 8: GPU time per photo -12%, 2,379.5 against
+    # 2,308.7-2,315.1 tok/s, TTFT p95 1,229 against 1,335-1,345 ms, peak 73.2 against 71.0
+    # GiB (max_prefill_tokens bounds it)
     deep_queue_prefill_seqs: int = 16
     cuda_graphs: bool | None = None  # None: on when the model is on a GPU
     graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64)

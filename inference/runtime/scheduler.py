@@ -17,6 +17,8 @@ from inference.runtime.sequence import Sequence, Status
 @dataclass
 class Plan:
     prefill: list[Sequence] = field(default_factory=list)
+    # the running sequences that decode in this step, before the prefill; none when the
+    # prefill is a deep queue's (more prompts than max_prefill_seqs)
     decode: list[Sequence] = field(default_factory=list)
     first_tokens: list[Sequence] = field(default_factory=list)  # read back in this step
 
@@ -36,8 +38,8 @@ class Scheduler:
         self.max_seq_len = max_seq_len
         self.max_prefill_tokens = max_prefill_tokens
         self.max_prefill_seqs = max_prefill_seqs
-        # more waiting than this: prefill this many at once (a deep queue waits anyway, and
-        # bigger prefills serve it sooner); None: always max_prefill_seqs
+        # more waiting than max_prefill_seqs: prefill up to this many at once (a deep queue
+        # waits anyway, and bigger prefills serve it sooner); None: always max_prefill_seqs
         self.deep_queue_prefill_seqs = deep_queue_prefill_seqs or max_prefill_seqs
         # of a prompt's shared prefix, the tokens a prefill takes from the prefix cache
         # (not computed, so not in the token budget); None: none
@@ -59,11 +61,12 @@ class Scheduler:
 
     def schedule(self) -> Plan:
         """Admit waiting sequences into free slots (within the prefill budget); decode the rest.
-        One prefill's prompts share their prefix (all of them its KV from the cache)."""
+        One prefill's prompts share their prefix (all of them its KV from the cache).
+        A deep queue's prefill runs without a decode step beside it (see `Plan.decode`)."""
         plan = Plan(decode=list(self.running))
         budget = self.max_prefill_tokens
         limit = self.max_prefill_seqs
-        if len(self.waiting) > self.deep_queue_prefill_seqs:
+        if len(self.waiting) > self.max_prefill_seqs:
             limit = self.deep_queue_prefill_seqs
         while (
             self.waiting
@@ -83,6 +86,10 @@ class Scheduler:
             seq.status = Status.RUNNING
             self.running.append(seq)
             plan.prefill.append(seq)
+        if len(plan.prefill) > self.max_prefill_seqs:
+            # a burst: its last prefill's prompts decode all their tokens after it, so a
+            # step before it only lengthens the burst; the running ones wait one prefill
+            plan.decode = []
         return plan
 
     def computed_tokens(self, seq: Sequence) -> int:

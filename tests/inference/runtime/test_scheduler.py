@@ -24,11 +24,29 @@ def prefill_sizes(scheduler: Scheduler) -> list[int]:
 def test_a_short_queue_prefills_few_at_a_time_and_a_deep_one_more() -> None:
     scheduler = Scheduler(max_slots=64, max_seq_len=4096, max_prefill_tokens=8192,
                           max_prefill_seqs=4, deep_queue_prefill_seqs=8)  # fmt: skip
+    waiting(scheduler, 4)
+    assert prefill_sizes(scheduler) == [4]
     waiting(scheduler, 8)
-    assert prefill_sizes(scheduler) == [4, 4]
+    assert prefill_sizes(scheduler) == [8]  # more than 4 wait: up to 8 at once
     waiting(scheduler, 21)
-    assert prefill_sizes(scheduler) == [8, 8, 4, 1]  # 21 → 13 → 5 (≤ 8: back to 4) → 1
-    assert len(scheduler.running) == 29
+    assert prefill_sizes(scheduler) == [8, 8, 5]  # 21 → 13 → 5 (still more than 4)
+    waiting(scheduler, 3)
+    assert prefill_sizes(scheduler) == [3]
+    assert len(scheduler.running) == 36
+
+
+def test_a_deep_queues_prefill_runs_without_a_decode_step_beside_it() -> None:
+    scheduler = Scheduler(max_slots=64, max_seq_len=4096, max_prefill_tokens=8192,
+                          max_prefill_seqs=4, deep_queue_prefill_seqs=8)  # fmt: skip
+    waiting(scheduler, 3)
+    assert scheduler.schedule().decode == []  # nothing was running
+    waiting(scheduler, 12)
+    plan = scheduler.schedule()
+    assert len(plan.prefill) == 8 and plan.decode == []  # a burst: prefills back to back
+    plan = scheduler.schedule()
+    assert len(plan.prefill) == 4 and plan.decode == scheduler.running[:11]
+    plan = scheduler.schedule()
+    assert plan.prefill == [] and plan.decode == scheduler.running
 
 
 def test_slots_and_the_token_budget_bound_a_prefill() -> None:
