@@ -4,8 +4,9 @@ Gemma 4 26B-A4B's sliding-layer shapes; and the vision tower's attention over pa
 photos (`vision.photo_attention`) against SDPA photo by photo. Prints and writes the
 largest differences relative to the reference's largest value (bf16: ~1e-2 is rounding),
 and, for one sliding and one global layer of an 8-photo prefill, the GPU ms of each way
-to attend (fast_ops' flash path, the Triton kernel, SDPA with the mask: its kernels, and
-cuDNN's).
+to attend (fast_ops' flash path, the Triton kernel with the prefix's keys and values
+joined to the prompts' or apart, SDPA with the mask: its kernels, and cuDNN's) and of the
+join.
 
     python3 scripts/check_prompt_attention.py --out bench-out/prompt-attention.json
 """
@@ -55,6 +56,8 @@ def timings(kv_heads: int, head_dim: int) -> dict:
     query = query.transpose(1, 2)  # as the layers give it: a view of [B, L, H, D]
     key, value = torch.randn(2, batch, kv_heads, prefix + length, head_dim, device="cuda",
                              dtype=torch.bfloat16)  # fmt: skip
+    key[1:, :, :prefix], value[1:, :, :prefix] = key[:1, :, :prefix], value[:1, :, :prefix]
+    shared = (key[:1, :, :prefix], value[:1, :, :prefix])  # as the prefix cache holds them
     # Gemma 4's global layers have no image rule: causal
     spans = [[(5, 285)] if head_dim <= 256 else []] * batch
     scaling = 1.0 / head_dim**0.5
@@ -74,12 +77,23 @@ def timings(kv_heads: int, head_dim: int) -> dict:
     ways["prompt_attention_kernel (Triton, one pass)"] = lambda: kernel.prompt_attention(
         query, key, value, ends, scaling
     )
+    ways["prompt_attention_kernel, the prefix apart"] = lambda: kernel.prompt_attention(
+        query, key[:, :, prefix:], value[:, :, prefix:], ends, scaling, shared
+    )
+    joins = {  # what the prefix apart saves: the prefix joined to the prompts' K/V
+        "the join (prefix and prompts' keys and values)": lambda: [
+            torch.cat([part.expand(batch, -1, -1, -1), whole[:, :, prefix:]], dim=2)
+            for part, whole in zip(shared, (key, value), strict=True)
+        ]
+    }
     row: dict = {}
     for name, run in ways.items():
         try:
             row[name] = {"error": relative(run(), expected), "ms": timed_ms(run)}
         except Exception as exc:  # a kernel that refuses these shapes
             row[name] = f"{type(exc).__name__}: {exc}"[:300]
+    for name, run in joins.items():
+        row[name] = {"ms": timed_ms(run)}
     row["prompt_attention_kernel sweep (ms, BLOCK_M, BLOCK_N, warps, stages)"] = sweep(
         ways["prompt_attention_kernel (Triton, one pass)"], head_dim
     )

@@ -36,21 +36,28 @@ ATTENTION_NAME = "travelbot_decode"
 _image_spans: ContextVar[list[list[tuple[int, int]]] | None] = ContextVar("spans", default=None)
 # ... and on GPUs with the Triton kernel, its visible_ends on the device
 _visible_ends: ContextVar[torch.Tensor | None] = ContextVar("ends", default=None)
+# ... and the shared prefix's keys and values per layer, when the cache keeps them apart
+_prefix_kv: ContextVar[list | None] = ContextVar("prefix_kv", default=None)
 
 
 @contextmanager
 def image_spans(
-    spans: list[list[tuple[int, int]]] | None, ends: torch.Tensor | None = None
+    spans: list[list[tuple[int, int]]] | None,
+    ends: torch.Tensor | None = None,
+    prefix_kv: list | None = None,
 ) -> Iterator[None]:
     """Prompt attention in this block may use `prompt_attention` with these image spans
     (None: it may not), or with `ends` (visible_ends of them, on the device) the Triton
-    kernel (prompt_attention_kernel) in the sliding layers and, causal, the global ones."""
-    tokens = _image_spans.set(spans), _visible_ends.set(ends)
+    kernel (prompt_attention_kernel) in the sliding layers and, causal, the global ones.
+    `prefix_kv`: per layer, the keys and values of the prefix the prompts follow, which the
+    layers' caches keep apart (prefix_cache.AfterPrefixLayer); the kernel reads them there."""
+    tokens = _image_spans.set(spans), _visible_ends.set(ends), _prefix_kv.set(prefix_kv)
     try:
         yield
     finally:
         _image_spans.reset(tokens[0])
         _visible_ends.reset(tokens[1])
+        _prefix_kv.reset(tokens[2])
 
 
 def vision_spans(token_types: list[int]) -> list[tuple[int, int]]:
@@ -165,12 +172,18 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     spans = _image_spans.get()
     window = getattr(module, "sliding_window", None)
     ends = _visible_ends.get()
-    if ends is not None and query.shape[2] > 1 and (not window or key.shape[2] <= window):
+    prefix_kv = _prefix_kv.get()
+    prefix = prefix_kv[module.layer_idx] if prefix_kv is not None else None
+    total = key.shape[2] + (prefix[0].shape[2] if prefix is not None else 0)
+    if ends is not None and query.shape[2] > 1 and (not window or total <= window):
         from inference.runtime import prompt_attention_kernel  # needs Triton
 
         scale = 1.0 if scaling is None else scaling
         ends = ends if window else None  # global layers: causal
-        return prompt_attention_kernel.prompt_attention(query, key, value, ends, scale), None
+        output = prompt_attention_kernel.prompt_attention(query, key, value, ends, scale, prefix)
+        return output, None
+    if prefix is not None:
+        raise ValueError("a prefix's keys and values apart need prompt_attention_kernel")
     if spans is not None and window and key.shape[2] <= window and query.shape[2] > 1:
         return prompt_attention(query, key, value, spans, scaling), None
     if query.shape[2] != 1 or not isinstance(attention_mask, torch.Tensor):

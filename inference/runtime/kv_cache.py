@@ -100,19 +100,35 @@ class SlotKVCache:
 
     # -- prefill and slot management -------------------------------------------------------
     def store_prompts(
-        self, slots: list[int], layer_keys: list, layer_values: list, lengths: list[int]
+        self,
+        slots: list[int],
+        layer_keys: list,
+        layer_values: list,
+        lengths: list[int],
+        prefix: list | None = None,
     ) -> None:
         """Copy prefilled prompts' keys/values ([rows, H, width, D] per layer, right-padded)
         into their slots. Prompts within the window going to consecutive slots (the usual
         case) take one copy per layer: the padding copied past a prompt's end is never
-        attended (decode masks it, and writes there before it attends)."""
-        width = layer_keys[0].shape[2]
+        attended (decode masks it, and writes there before it attends). `prefix`: per layer,
+        the (keys, values) [1, H, P, D] of a shared prefix the prompts' positions follow
+        (stored first in each slot), when the prefill kept them apart."""
+        before = prefix[0][0].shape[2] if prefix else 0
+        width = before + layer_keys[0].shape[2]
         if slots == list(range(slots[0], slots[0] + len(slots))) and width <= self.window:
             rows = slice(slots[0], slots[0] + len(slots))
-            for cache, new in ((self.keys, layer_keys), (self.values, layer_values)):
-                for stored, layer in zip(cache, new, strict=True):
-                    stored[rows, :, :width].copy_(fit(layer, stored.dtype))
+            for part, cache, new in ((0, self.keys, layer_keys), (1, self.values, layer_values)):
+                for index, (stored, layer) in enumerate(zip(cache, new, strict=True)):
+                    if before:
+                        stored[rows, :, :before].copy_(fit(prefix[index][part], stored.dtype))
+                    stored[rows, :, before:width].copy_(fit(layer, stored.dtype))
             return
+        if before:  # rare (slots apart, or past the window): joined, as without a prefix
+            layer_keys, layer_values = (
+                [torch.cat([kv[part].expand(len(slots), -1, -1, -1), layer], dim=2)
+                 for kv, layer in zip(prefix, layers, strict=True)]
+                for part, layers in ((0, layer_keys), (1, layer_values))
+            )  # fmt: skip
         for row, (slot, length) in enumerate(zip(slots, lengths, strict=True)):
             self.store_prompt(
                 slot, [k[row] for k in layer_keys], [v[row] for v in layer_values], length

@@ -62,14 +62,34 @@ class PrefixCache:
         }
 
 
-def prompt_cache(prefix_kv: PrefixKV, rows: int) -> DynamicCache:
+def prompt_cache(prefix_kv: PrefixKV, rows: int, apart: bool = False) -> DynamicCache:
     """A prefill's cache holding a shared prefix's K/V for `rows` prompts as broadcast views:
     each layer's update joins them to its prompts' K/V in one copy (DynamicCache.update
-    would copy them first: 60 copies before an 8-photo prefill's first kernel)."""
+    would copy them first: 60 copies before an 8-photo prefill's first kernel). `apart`:
+    no join; each layer keeps and returns its prompts' own K/V only (for attention that
+    reads the prefix's where it is: prompt_attention_kernel)."""
     cache = DynamicCache()
     for keys, values in prefix_kv:
-        layer = DynamicLayer()
-        layer.lazy_initialization(keys, values)
-        layer.keys, layer.values = (t.expand(rows, -1, -1, -1) for t in (keys, values))
+        layer = AfterPrefixLayer(keys, values) if apart else DynamicLayer()
+        if not apart:
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = (t.expand(rows, -1, -1, -1) for t in (keys, values))
         cache.layers.append(layer)
     return cache
+
+
+class AfterPrefixLayer(DynamicLayer):
+    """A prefill's layer of prompts after a shared prefix, their K/V kept apart from its."""
+
+    def __init__(self, prefix_keys: torch.Tensor, prefix_values: torch.Tensor) -> None:
+        super().__init__()
+        self.prefix = (prefix_keys, prefix_values)
+        self.lazy_initialization(prefix_keys, prefix_values)
+        self.keys, self.values = prefix_keys[:, :, :0], prefix_values[:, :, :0]  # none yet
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        self.keys, self.values = key_states, value_states
+        return key_states, value_states
+
+    def get_seq_length(self) -> int:
+        return self.prefix[0].shape[-2] + self.keys.shape[-2]

@@ -29,14 +29,39 @@ from inference.runtime.triton_dot import INTERPRETED, dot
 BLOCKS = {256: (128, 64, 8, 2), 512: (64, 32, 8, 2)}
 
 
+@triton.jit
+def _attend(q, ends, best, sums, acc, k_base, v_base, stride_kl, stride_vl, start, stop, d,
+            d_ok, scale2, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+            F32: tl.constexpr):  # fmt: skip
+    """Online softmax over the keys at positions [start, stop), stored from `start` on."""
+    for first in range(start, stop, BLOCK_N):
+        n = first + tl.arange(0, BLOCK_N)
+        n_ok = n < stop
+        kv_ok = n_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_base + (n - start)[:, None] * stride_kl + d[None, :], mask=kv_ok, other=0.0)
+        scores = dot(q, tl.trans(k), tl.zeros((BLOCK_M, BLOCK_N), tl.float32), F32) * scale2
+        seen = (n[None, :] < ends[:, None]) & n_ok[None, :]
+        scores = tl.where(seen, scores, -float("inf"))
+        new_best = tl.maximum(best, tl.max(scores, axis=1))
+        safe = tl.where(new_best == -float("inf"), 0.0, new_best)  # a padding row: nothing
+        keep = tl.math.exp2(best - safe)
+        p = tl.math.exp2(scores - safe[:, None])
+        sums = sums * keep + tl.sum(p, axis=1)
+        v = tl.load(v_base + (n - start)[:, None] * stride_vl + d[None, :], mask=kv_ok, other=0.0)
+        acc = dot(p.to(v.dtype), v, acc * keep[:, None], F32)
+        best = new_best
+    return best, sums, acc
+
+
 # sizes that vary per prefill unspecialized: a new pattern (== 1, multiple of 16) would
 # compile the kernel again while serving
-@triton.jit(do_not_specialize=["length", "total", "stride_eb"])
+@triton.jit(do_not_specialize=["length", "prefix", "total", "stride_eb"])
 def _prompt_attention_kernel(
-    q_ptr, k_ptr, v_ptr, ends_ptr, out_ptr,
-    length, total, kv_heads, scale,
+    q_ptr, k_ptr, v_ptr, pk_ptr, pv_ptr, ends_ptr, out_ptr,
+    length, prefix, total, kv_heads, scale,
     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
-    stride_vb, stride_vh, stride_vl, stride_eb, stride_ob, stride_ol, stride_oh,
+    stride_vb, stride_vh, stride_vl, stride_pkb, stride_pkh, stride_pkl,
+    stride_pvb, stride_pvh, stride_pvl, stride_eb, stride_ob, stride_ol, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, F32: tl.constexpr,
 ):  # fmt: skip
@@ -55,50 +80,54 @@ def _prompt_attention_kernel(
         ends = tl.where(m_ok, total - length + query + 1, 0)
     else:
         ends = tl.load(ends_ptr + row64 * stride_eb + query, mask=m_ok, other=0)
-    k_base = k_ptr + row64 * stride_kb + kv_head * stride_kh
-    v_base = v_ptr + row64 * stride_vb + kv_head * stride_vh
     best = tl.full((BLOCK_M,), -float("inf"), dtype=tl.float32)
     sums = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     scale2 = scale * 1.4426950408889634  # exp(x) = exp2(x · log2 e)
-    for first in range(0, tl.minimum(tl.max(ends, axis=0), total), BLOCK_N):
-        n = first + tl.arange(0, BLOCK_N)
-        n_ok = n < total
-        kv_ok = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_base + n[:, None] * stride_kl + d[None, :], mask=kv_ok, other=0.0)
-        scores = dot(q, tl.trans(k), tl.zeros((BLOCK_M, BLOCK_N), tl.float32), F32) * scale2
-        scores = tl.where(n[None, :] < ends[:, None], scores, -float("inf"))
-        new_best = tl.maximum(best, tl.max(scores, axis=1))
-        safe = tl.where(new_best == -float("inf"), 0.0, new_best)  # a padding row: nothing
-        keep = tl.math.exp2(best - safe)
-        p = tl.math.exp2(scores - safe[:, None])
-        sums = sums * keep + tl.sum(p, axis=1)
-        v = tl.load(v_base + n[:, None] * stride_vl + d[None, :], mask=kv_ok, other=0.0)
-        acc = dot(p.to(v.dtype), v, acc * keep[:, None], F32)
-        best = new_best
+    stop = tl.minimum(tl.max(ends, axis=0), total)
+    # the shared prefix's keys (positions before `prefix`), then the prompts' own
+    best, sums, acc = _attend(
+        q, ends, best, sums, acc, pk_ptr + row64 * stride_pkb + kv_head * stride_pkh,
+        pv_ptr + row64 * stride_pvb + kv_head * stride_pvh, stride_pkl, stride_pvl, 0,
+        tl.minimum(stop, prefix), d, d_ok, scale2, BLOCK_M, BLOCK_N, F32,
+    )  # fmt: skip
+    best, sums, acc = _attend(
+        q, ends, best, sums, acc, k_ptr + row64 * stride_kb + kv_head * stride_kh,
+        v_ptr + row64 * stride_vb + kv_head * stride_vh, stride_kl, stride_vl, prefix, stop, d,
+        d_ok, scale2, BLOCK_M, BLOCK_N, F32,
+    )  # fmt: skip
     out = acc / tl.where(sums == 0.0, 1.0, sums)[:, None]
     tl.store(out_ptr + row64 * stride_ob + query[:, None] * stride_ol + head[:, None] * stride_oh
              + d[None, :], out.to(out_ptr.dtype.element_ty),
              mask=m_ok[:, None] & d_ok[None, :])  # fmt: skip
 
 
-def prompt_attention(query, key, value, ends, scaling: float) -> torch.Tensor:
+def prompt_attention(query, key, value, ends, scaling: float, prefix=None) -> torch.Tensor:
     """query [B, Hq, L, D] (the last L of the S key positions), key/value [B, Hkv, S, D],
     ends [B, L] (int32, fast_ops.visible_ends): query i sees the keys before ends[:, i]
-    (None: causal) → [B, L, Hq, D]. Any strides with D innermost."""
+    (None: causal) → [B, L, Hq, D]. Any strides with D innermost. `prefix`: the first P
+    key positions' keys and values apart ([1 or B, Hkv, P, D] each, read by every row);
+    key/value then hold the S - P after them."""
     batch, heads, length, head_dim = query.shape
-    kv_heads, total = key.shape[1], key.shape[2]
+    kv_heads = key.shape[1]
+    prefix_key, prefix_value = prefix if prefix is not None else (key[:, :, :0], value[:, :, :0])
+    before = prefix_key.shape[2]
+    total = before + key.shape[2]
     group = heads // kv_heads
-    if min(t.stride(-1) for t in (query, key, value)) != 1:
+    tensors = (query, key, value, prefix_key, prefix_value)
+    if min(t.stride(-1) for t in tensors) != 1:
         raise ValueError("head_dim must be the innermost dimension")
     out = query.new_empty(batch, length, heads, head_dim)
     block_d = max(16, triton.next_power_of_2(head_dim))
     block_m, block_n, warps, stages = BLOCKS.get(block_d, BLOCKS[512])
     grid = (triton.cdiv(length * group, block_m), batch * kv_heads)
+    shared = [0 if t.shape[0] == 1 else t.stride(0) for t in (prefix_key, prefix_value)]
     _prompt_attention_kernel[grid](
-        query, key, value, out if ends is None else ends, out, length, total, kv_heads,
-        scaling, query.stride(0), query.stride(1), query.stride(2), key.stride(0),
-        key.stride(1), key.stride(2), value.stride(0), value.stride(1), value.stride(2),
+        query, key, value, prefix_key, prefix_value, out if ends is None else ends, out,
+        length, before, total, kv_heads, scaling, query.stride(0), query.stride(1),
+        query.stride(2), key.stride(0), key.stride(1), key.stride(2), value.stride(0),
+        value.stride(1), value.stride(2), shared[0], prefix_key.stride(1), prefix_key.stride(2),
+        shared[1], prefix_value.stride(1), prefix_value.stride(2),
         0 if ends is None else ends.stride(0), out.stride(0), out.stride(1), out.stride(2),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
         CAUSAL=ends is None, F32=INTERPRETED, num_warps=warps, num_stages=stages,
@@ -122,7 +151,7 @@ def reference_attention(query, key, value, ends, scaling: float) -> torch.Tensor
 def works_on(device: torch.device) -> bool:
     """GPUs where the kernel compiles and matches the reference at Gemma 4's sizes: a
     sliding layer (16 query heads, 8 KV heads of 256) with an image, a global one (2 KV
-    heads of 512) causal, both after a prefix."""
+    heads of 512) causal, both after a prefix, given joined to the prompts' keys and apart."""
     if device.type != "cuda":
         return False
     generator = torch.Generator(device=device).manual_seed(0)
@@ -135,8 +164,14 @@ def works_on(device: torch.device) -> bool:
         key, value = torch.randn(2, batch, kv_heads, prefix + length, dim, generator=generator,
                                  device=device)  # fmt: skip
         query, key, value = (t.to(torch.bfloat16) for t in (query, key, value))
-        got = prompt_attention(query, key, value, ends, dim**-0.5).float()
+        key[1:, :, :prefix], value[1:, :, :prefix] = key[:1, :, :prefix], value[:1, :, :prefix]
         expected = reference_attention(query, key, value, ends, dim**-0.5)
-        if not (got - expected).abs().max() <= 0.02 * expected.abs().max():
-            return False
+        apart = (key[:1, :, :prefix], value[:1, :, :prefix])
+        for got in (
+            prompt_attention(query, key, value, ends, dim**-0.5),
+            prompt_attention(query, key[:, :, prefix:], value[:, :, prefix:], ends, dim**-0.5,
+                             apart),
+        ):  # fmt: skip
+            if not (got.float() - expected).abs().max() <= 0.02 * expected.abs().max():
+                return False
     return True

@@ -48,6 +48,23 @@ def test_group_copy_equals_row_copies() -> None:
     assert grouped.keys[1][0].abs().sum() == 0 and grouped.keys[1][4].abs().sum() == 0
 
 
+@pytest.mark.parametrize("slots", [[1, 2, 3], [3, 0, 1]])
+def test_a_prefix_kept_apart_is_stored_as_the_joined_prompts_are(slots) -> None:
+    torch.manual_seed(2)
+    prefix, lengths = 5, [12, 9, 7]
+    keys, values = prefilled(lengths)  # the whole prompts: the prefix's first, the same
+    for layer in (*keys, *values):
+        layer[1:, :, :prefix] = layer[:1, :, :prefix]
+    joined, apart = make_cache(window=16), make_cache(window=16)
+    joined.store_prompts(slots, keys, values, lengths)
+    shared = [(k[:1, :, :prefix], v[:1, :, :prefix]) for k, v in zip(keys, values, strict=True)]
+    own_keys, own_values = ([t[:, :, prefix:] for t in layers] for layers in (keys, values))
+    apart.store_prompts(slots, own_keys, own_values, lengths, shared)
+    for slot, length in zip(slots, lengths, strict=True):
+        for a, b in zip(held(apart, slot, length), held(joined, slot, length), strict=True):
+            torch.testing.assert_close(a, b)
+
+
 def test_prompts_longer_than_the_window_wrap_around_the_ring() -> None:
     torch.manual_seed(1)
     lengths = [11, 6]

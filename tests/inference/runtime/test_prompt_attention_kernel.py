@@ -27,23 +27,28 @@ errors = {}
 for rows, heads, kv_heads, prefix, length, dim, spans in [
     (2, 4, 2, 0, 70, 16, [[(5, 30)], [(40, 69)]]),
     (3, 4, 2, 37, 45, 32, [[(3, 20), (25, 40)], [], [(0, 45)]]),
-    (1, 2, 1, 70, 9, 24, [[]]),  # a head size not a power of 2
+    (1, 2, 1, 70, 9, 24, [[]]),  # a head size not a power of 2; a prefix over 64 keys
     (2, 16, 2, 21, 40, 32, None),  # a global layer: causal, 8 query heads per KV head
 ]:
     # as the layers give them: [B, H, L, D] views of [B, L, H, D]
     query = torch.randn(rows, length, heads, dim, dtype=torch.bfloat16).transpose(1, 2)
     key, value = torch.randn(2, rows, kv_heads, prefix + length, dim, dtype=torch.bfloat16)
     ends = None if spans is None else visible_ends(spans, prefix, length)
-    got = prompt_attention(query, key, value, ends, dim**-0.5).float()
+    key[1:, :, :prefix], value[1:, :, :prefix] = key[:1, :, :prefix], value[:1, :, :prefix]
     expected = reference_attention(query, key, value, ends, dim**-0.5)
     name = f"{rows}x{heads}/{kv_heads} heads, prefix {prefix}, {length} tokens, dim {dim}"
-    errors[name] = ((got - expected).abs().max() / expected.abs().max()).item()
+    error = lambda got: ((got.float() - expected).abs().max() / expected.abs().max()).item()
+    errors[name] = error(prompt_attention(query, key, value, ends, dim**-0.5))
+    if prefix:  # the shared prefix's keys and values apart, one copy for all rows
+        apart = (key[:1, :, :prefix], value[:1, :, :prefix])
+        errors[name + ", prefix apart"] = error(prompt_attention(
+            query, key[:, :, prefix:], value[:, :, prefix:], ends, dim**-0.5, apart))
 print(json.dumps(errors))
 """
 
 
 def test_prompt_attention_kernel_equals_float32_attention_under_the_mask() -> None:
-    assert_small(run_interpreted(SCRIPT), count=4)
+    assert_small(run_interpreted(SCRIPT), count=7)
 
 
 def test_visible_ends_are_the_next_position_or_the_images_end() -> None:
@@ -76,6 +81,13 @@ seqs = [
     engine.prepare(Request(language="th", image=png(draw_menu(360, 480, seed=2)))),
 ]
 inputs, prefix = [seq.inputs for seq in seqs], seqs[0].prefix
+from inference.runtime import prompt_attention_kernel
+kernel_calls = []
+original = prompt_attention_kernel.prompt_attention
+def recorded(*args):
+    kernel_calls.append(len(args) == 6 and args[5] is not None)  # the prefix apart
+    return original(*args)
+prompt_attention_kernel.prompt_attention = recorded
 results = {}
 for kernel in (False, True):
     runner.prompt_kernel = kernel
@@ -90,12 +102,17 @@ assert torch.equal(finite, got_logits.isfinite())
 errors = {"logits": ((got_logits - logits)[finite].abs().max() / logits[finite].abs().max()).item()}
 errors["keys"] = max(((g - k).abs().max() / k.abs().max()).item()
                      for g, k in zip(got_keys, keys))
+errors["layers_with_the_prefix_apart"] = sum(kernel_calls)
+errors["kernel_calls"] = len(kernel_calls)
 print(json.dumps(errors))
 """
 
 
 def test_a_prefill_through_the_kernel_equals_the_flash_path(tiny_model_dir) -> None:
-    """The runner's plumbing: visible ends after the cached prefix, the kernel in all
-    layers (Triton's interpreter), the same logits and stored keys."""
+    """The runner's plumbing: visible ends after the cached prefix, whose keys and values
+    the kernel reads apart, in all layers (Triton's interpreter); the same logits and
+    stored keys (the prefix's stored in the slots too)."""
     errors = run_interpreted(ENGINE_SCRIPT, str(tiny_model_dir))
     assert errors["logits"] < 1e-4 and errors["keys"] < 1e-4, errors
+    # the second prefill found the prefix cached: every layer read its keys where they are
+    assert errors["kernel_calls"] == errors["layers_with_the_prefix_apart"] > 0, errors
