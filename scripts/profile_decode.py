@@ -4,7 +4,8 @@
 
 Prints the top kernels per batch size from torch.profiler (eager steps, kernel times are
 those a CUDA graph replays), the graph-replay step time, optionally where a prefill's GPU
-time goes (vision tower, text layers, attention, KV store), and with --grouped-mm a
+time goes (vision tower, text layers, attention, KV store) and where launching it spends
+the CPU's (cProfile), and with --grouped-mm a
 micro-benchmark of the expert layout (transposed view as stored vs contiguous).
 Decode rows feed random tokens, so the routers spread them over the experts as real text does.
 Prefills after the cached prefix against whole prompts, numerically: scripts/check_prefill.py.
@@ -13,7 +14,9 @@ Prefills after the cached prefix against whole prompts, numerically: scripts/che
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -108,6 +111,7 @@ def profile_prefill(engine: BatchEngine, num_seqs: int, limit: int, prefix: bool
     launch_ms = (time.perf_counter() - started) * 1000  # the CPU's part: until it returns
     torch.cuda.synchronize()
     wall_ms = (time.perf_counter() - started) * 1000
+    python = python_profile(lambda: runner.prefill(inputs, slots, shared), limit)
     with torch.inference_mode():
         tower = kernel_table(lambda: photo_embeddings(*photo_args[0]), limit + 40)
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
@@ -126,8 +130,30 @@ def profile_prefill(engine: BatchEngine, num_seqs: int, limit: int, prefix: bool
         "kernel_ms": sum(r["cuda_ms"] for r in kernels if not r["name"].startswith("aten::")),
         "top_kernels": kernels[:limit],
         "top_cpu_ops": ops[:limit],
+        "launch_python_functions": python,
         "vision_tower_kernels": tower[: limit + 1],
         "text_kernels": without(kernels, tower)[:limit],
+    }
+
+
+def python_profile(run: Callable[[], object], limit: int) -> dict:
+    """cProfile of launching `run` (no sync inside it unless it makes one): the functions
+    with the most time of their own and the most time under them (ms, slowed by cProfile)."""
+    profiler = cProfile.Profile()
+    torch.cuda.synchronize()
+    profiler.enable()
+    run()
+    profiler.disable()
+    torch.cuda.synchronize()
+    stats = pstats.Stats(profiler).stats  # (file, line, name) → (calls, _, own, cumulative, _)
+    rows = [
+        {"function": f"{Path(file).name}:{line} {name}"[:100], "calls": calls,
+         "own_ms": round(own * 1000, 2), "cumulative_ms": round(cumulative * 1000, 2)}
+        for (file, line, name), (calls, _, own, cumulative, _) in stats.items()
+    ]  # fmt: skip
+    return {
+        "by_own_time": sorted(rows, key=lambda r: -r["own_ms"])[: limit + 12],
+        "by_cumulative_time": sorted(rows, key=lambda r: -r["cumulative_ms"])[: limit + 22],
     }
 
 
@@ -289,6 +315,11 @@ def main() -> None:
             print("-- CPU time by op")
             for k in result["top_cpu_ops"]:
                 print(f"{k['cpu_ms']:8.3f} ms {k['calls']:6d}x  {k['name']}")
+            for order, functions in result["launch_python_functions"].items():
+                print(f"-- launching it, Python functions {order.replace('_', ' ')} (cProfile)")
+                for f in functions:
+                    print(f"{f['own_ms']:9.2f} own {f['cumulative_ms']:9.2f} under "
+                          f"{f['calls']:6d}x  {f['function']}")  # fmt: skip
             print("-- the vision tower's kernels alone")
             for k in result["vision_tower_kernels"]:
                 print(f"{k['cuda_ms']:8.3f} ms {k['calls']:6d}x  {k['name']}")
