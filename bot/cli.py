@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> None:
 
     add_arguments(bench)
 
+    check = commands.add_parser(
+        "check-fp8", help="answers with FP8 experts against bf16 ones, before turning them on"
+    )
+    from inference.bench_args import add_fp8_check_arguments
+
+    add_fp8_check_arguments(check)
+
     args = parser.parse_args(argv)
     from bot.settings import Settings
 
@@ -77,6 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         from inference.bench import main as bench_main
 
         sys.exit(bench_main(args))
+    elif args.command == "check-fp8":
+        from inference.fp8_check import main as check_main
+
+        sys.exit(check_main(args))
     elif args.command == "sample-image":
         from inference.samples import write_sample
 

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     cuda_graphs: bool | None = None  # None: on when the model runs on a GPU
     compile_layers: bool | None = None  # torch.compile the decoder layers; None: on a GPU
     prefix_cache_tokens: int = 4096  # the system prompt's KV kept on the device; 0: off
-    fp8_experts: bool = False  # expert weights in FP8 (batch engine; check answers first)
+    fp8_experts: bool = False  # expert weights in FP8 (batch engine; travelbot check-fp8 first)
     fp8_kv_cache: bool = False  # sliding layers' keys/values in FP8 (the same)
     max_queue: int = 64  # requests waiting beyond the running batch
     request_timeout_s: float = 300  # a request still unanswered after this is cancelled

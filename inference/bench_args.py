@@ -1,4 +1,5 @@
-"""Command-line options of `travelbot bench` (no torch import, so `travelbot --help` is fast)."""
+"""Command-line options of `travelbot bench` and `travelbot check-fp8` (no torch import, so
+`travelbot --help` is fast and the bot package imports no torch through them)."""
 
 from __future__ import annotations
 
@@ -119,3 +120,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--experts-implementation", default=None)
     parser.add_argument("--out", type=Path, default=Path("bench-out/bench.json"))
+
+
+def add_fp8_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """`travelbot check-fp8` (inference.fp8_check)."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="the Gemma 4 checkpoint directory")
+    source.add_argument("--tiny", action="store_true", help="the tiny random checkpoint (CPU)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--photos", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--image-soft-tokens", type=int, default=280)
+    parser.add_argument("--max-mean-kl", type=float, default=0.01, help="nats (exit 1 above)")
+    parser.add_argument(
+        "--min-agreement", type=float, default=0.97, help="top-token share (exit 1 below)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench-out/fp8-check.json"))

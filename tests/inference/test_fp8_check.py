@@ -1,0 +1,52 @@
+"""`travelbot check-fp8` on the tiny checkpoint (CPU): the comparison's machinery, against
+the same engine (nothing may differ) and against FP8 experts (something must)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from inference import EngineConfig, GemmaEngine
+from inference.bench import make_requests
+from inference.fp8_check import compare, summary
+from inference.runtime.config import RuntimeConfig
+from inference.runtime.fp8_experts import is_quantized
+
+TRAVELBOT = Path(sys.executable).with_name("travelbot")
+RUNTIME = RuntimeConfig(max_slots=2, max_seq_len=2048)
+
+
+def test_bf16_against_itself_is_identical(tiny_model_dir: Path) -> None:
+    base = GemmaEngine.load(EngineConfig(model_path=tiny_model_dir, device="cpu"))
+    rows = compare(base, make_requests(2, 6), RUNTIME, RUNTIME)
+    assert summary(rows) == {"identical_answers": 2, "photos": 2, "top_token_agreement": 1.0,
+                             "kl_mean": 0.0, "kl_max": 0.0}  # fmt: skip
+    assert all(row.bf16_text == row.fp8_text and row.tokens == 6 for row in rows)
+
+
+def test_fp8_experts_move_the_distributions_a_little(tiny_model_dir: Path) -> None:
+    base = GemmaEngine.load(EngineConfig(model_path=tiny_model_dir, device="cpu"))
+    rows = compare(base, make_requests(2, 6), RUNTIME, RuntimeConfig(
+        max_slots=2, max_seq_len=2048, fp8_experts=True))  # fmt: skip
+    assert is_quantized(base.model.model.language_model.layers[0].experts)  # in place
+    total = summary(rows)
+    assert 0 < total["kl_mean"] <= total["kl_max"] < 1  # nats
+    assert 0 < total["top_token_agreement"] <= 1
+
+
+def test_the_command_writes_json_and_its_exit_code_follows_the_bounds(tmp_path: Path) -> None:
+    out = tmp_path / "fp8.json"
+    common = [str(TRAVELBOT), "check-fp8", "--tiny", "--photos", "2", "--new-tokens", "4",
+              "--out", str(out)]  # fmt: skip
+    loose = subprocess.run([*common, "--max-mean-kl", "1", "--min-agreement", "0"],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert loose.returncode == 0, loose.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["passed"] and data["photos"] == 2 and len(data["photos_compared"]) == 2
+    assert "KL mean" in loose.stdout and "PASS" in loose.stdout
+    strict = subprocess.run([*common, "--max-mean-kl", "0"], capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert strict.returncode == 1 and "FAIL" in strict.stdout
+    assert json.loads(out.read_text())["passed"] is False
