@@ -131,6 +131,9 @@ def add_fp8_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--photos", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--image-soft-tokens", type=int, default=280)
+    parser.add_argument(
+        "--kv-cache", action="store_true", help="FP8 keys and values too (TRAVELBOT_FP8_KV_CACHE)"
+    )
     parser.add_argument("--max-mean-kl", type=float, default=0.01, help="nats (exit 1 above)")
     parser.add_argument(
         "--min-agreement", type=float, default=0.97, help="top-token share (exit 1 below)"

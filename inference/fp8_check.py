@@ -1,14 +1,15 @@
 """Check FP8 experts on a checkpoint before turning them on (`TRAVELBOT_FP8_EXPERTS`).
 
 The same sample photos (signs and menus, answers in several languages) are answered by
-the batching engine with the checkpoint's bf16 experts and then with FP8 ones, greedily.
-For each answer: where the FP8 answer first leaves the bf16 one, and, with the bf16
-answer fed to both models (teacher forcing, so one early difference does not decide the
-rest), how often FP8's top token is bf16's and the KL divergence of FP8's next-token
-distribution from bf16's at every position. Both models run the engine's own layers, so
-only the experts' weights differ. Prints a table, writes JSON, and exits 1 when the mean
-KL or the top-token agreement miss the given bounds (the defaults lie between what 8-bit
-and 4-bit weight quantizations of LLMs typically measure on these metrics).
+the batching engine with the checkpoint's bf16 experts and then with FP8 ones (with
+`--kv-cache`, FP8 keys and values too), greedily. For each answer: where the FP8 answer
+first leaves the bf16 one, and, with the bf16 answer fed to both engines (teacher forcing,
+so one early difference does not decide the rest), how often FP8's top token is bf16's
+and the KL divergence of FP8's next-token distribution from bf16's at every position. The
+log-probs come from the engine's own prefill and decode steps, as served. Prints a table,
+writes JSON, and exits 1 when the mean KL or the top-token agreement miss the given
+bounds (the defaults lie between what 8-bit and 4-bit weight quantizations of LLMs
+typically measure on these metrics).
 
     travelbot check-fp8 --model /models/gemma-4-26B-A4B-it [--photos 8] [--new-tokens 128]
 """
@@ -54,35 +55,38 @@ def greedy_answers(engine: BatchEngine, requests: list[Request]) -> list[list[in
 
 
 @torch.inference_mode()
-def answer_logprobs(base: GemmaEngine, request: Request, answer: list[int]) -> torch.Tensor:
-    """log-softmax of the model's next-token logits at each answer position [T, vocab]
-    (float32, on the CPU), with the prompt and `answer` fed in one forward pass."""
-    inputs = base.prepare_inputs(request)
-    device = inputs["input_ids"].device
-    fed = torch.tensor([answer[:-1]], dtype=torch.long, device=device)
-    inputs["input_ids"] = torch.cat([inputs["input_ids"], fed], dim=1)
-    for name in ("attention_mask", "mm_token_type_ids"):
-        if name in inputs:
-            extra = torch.full_like(fed, 1 if name == "attention_mask" else 0)
-            inputs[name] = torch.cat([inputs[name], extra.to(inputs[name].dtype)], dim=1)
-    output = base.model(**inputs, use_cache=False, logits_to_keep=len(answer))
-    logits = output.logits[0].float()
-    return torch.log_softmax(logits, dim=-1).cpu()
+def forced_logprobs(
+    engine: BatchEngine, requests: list[Request], answers: list[list[int]]
+) -> list[torch.Tensor]:
+    """Each request's next-token log-probs [len(answer), vocab] (float32, on the CPU) along
+    its given answer, as the engine computes them while serving: a prefill, then decode
+    steps fed the answer's tokens instead of its own (teacher forcing)."""
+    runner, rows = engine.runner, len(requests)
+    seqs = [engine.prepare(request) for request in requests]
+    steps: list[list[torch.Tensor]] = [[] for _ in range(rows)]
+    for slot, seq in enumerate(seqs):  # one at a time: prompts may have different prefixes
+        steps[slot].append(runner.prefill([seq.inputs], [slot], seq.prefix)[0])
+    longest = max(len(answer) for answer in answers)
+    for step in range(longest - 1):
+        fed = [answer[min(step, len(answer) - 1)] for answer in answers]  # past its end: ignored
+        logits = runner.decode([seq.num_prompt_tokens + step for seq in seqs], fed)
+        for row in range(rows):
+            steps[row].append(logits[row])
+    return [
+        torch.log_softmax(torch.stack(row[: len(answer)]).float(), dim=-1).cpu()
+        for row, answer in zip(steps, answers, strict=True)
+    ]
 
 
 def answers_and_logprobs(
     base: GemmaEngine, runtime: RuntimeConfig, requests: list[Request], forced: list | None
 ) -> tuple[list[list[int]], list[torch.Tensor]]:
-    """Greedy answers with this runtime's engine, and the log-probs along `forced` answers
-    (None: its own), through the engine's layers; the engine is closed after."""
+    """Greedy answers with this runtime's engine, and its log-probs along `forced` answers
+    (None: its own); the engine is closed after."""
     engine = BatchEngine(base, runtime)
     try:
         answers = greedy_answers(engine, requests)
-        forced = forced or answers
-        logprobs = [
-            answer_logprobs(base, request, answer)
-            for request, answer in zip(requests, forced, strict=True)
-        ]
+        logprobs = forced_logprobs(engine, requests, forced or answers)
     finally:
         engine.close()
     return answers, logprobs
@@ -102,7 +106,8 @@ def compare(
     ):
         pairs = enumerate(zip(expected, got, strict=False))
         same = next((i for i, (a, b) in pairs if a != b), min(len(expected), len(got)))
-        kl = (p.exp() * (p - q)).sum(dim=-1).clamp(min=0)  # per position
+        # per position; tokens the engine suppresses are -inf in both: no term
+        kl = torch.where(p > -torch.inf, p.exp() * (p - q), 0.0).sum(dim=-1).clamp(min=0)
         agreement = float((q.argmax(-1) == p.argmax(-1)).float().mean())
         rows.append(
             Comparison(
@@ -137,12 +142,14 @@ def main(args: argparse.Namespace) -> int:
     requests = make_requests(args.photos, args.new_tokens, seed=7)
     longest = max(int(base.prepare_inputs(r)["input_ids"].shape[1]) for r in requests)
     runtime = RuntimeConfig(max_slots=args.photos, max_seq_len=longest + args.new_tokens + 1)
-    rows = compare(base, requests, runtime, replace(runtime, fp8_experts=True))
+    variant = replace(runtime, fp8_experts=True, fp8_kv_cache=args.kv_cache)
+    rows = compare(base, requests, runtime, variant)
     total = summary(rows)
     passed = total["kl_mean"] <= args.max_mean_kl and (
         total["top_token_agreement"] >= args.min_agreement
     )
-    result = {"model": str(args.model or "tiny"), "device": args.device, **total,
+    result = {"model": str(args.model or "tiny"), "device": args.device,
+              "fp8_kv_cache": args.kv_cache, **total,
               "passed": passed, "bounds": {"max_mean_kl": args.max_mean_kl,
                                            "min_agreement": args.min_agreement},
               "photos_compared": [asdict(r) for r in rows]}  # fmt: skip

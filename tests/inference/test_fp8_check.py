@@ -10,12 +10,21 @@ from pathlib import Path
 
 from inference import EngineConfig, GemmaEngine
 from inference.bench import make_requests
-from inference.fp8_check import compare, summary
+from inference.fp8_check import answers_and_logprobs, compare, summary
 from inference.runtime.config import RuntimeConfig
 from inference.runtime.fp8_experts import is_quantized
 
 TRAVELBOT = Path(sys.executable).with_name("travelbot")
 RUNTIME = RuntimeConfig(max_slots=2, max_seq_len=2048)
+
+
+def test_teacher_forcing_through_the_engine_gives_its_own_greedy_tokens(
+    tiny_model_dir: Path,
+) -> None:
+    base = GemmaEngine.load(EngineConfig(model_path=tiny_model_dir, device="cpu"))
+    answers, logprobs = answers_and_logprobs(base, RUNTIME, make_requests(2, 6), None)
+    assert [row.argmax(-1).tolist() for row in logprobs] == answers
+    assert all(len(answer) == 6 for answer in answers)
 
 
 def test_bf16_against_itself_is_identical(tiny_model_dir: Path) -> None:
@@ -40,11 +49,12 @@ def test_the_command_writes_json_and_its_exit_code_follows_the_bounds(tmp_path: 
     out = tmp_path / "fp8.json"
     common = [str(TRAVELBOT), "check-fp8", "--tiny", "--photos", "2", "--new-tokens", "4",
               "--out", str(out)]  # fmt: skip
-    loose = subprocess.run([*common, "--max-mean-kl", "1", "--min-agreement", "0"],
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    loose = subprocess.run([*common, "--kv-cache", "--max-mean-kl", "1", "--min-agreement",
+                            "0"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert loose.returncode == 0, loose.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["passed"] and data["photos"] == 2 and len(data["photos_compared"]) == 2
+    assert data["fp8_kv_cache"] and 0 < data["kl_mean"] < 1
     assert "KL mean" in loose.stdout and "PASS" in loose.stdout
     strict = subprocess.run([*common, "--max-mean-kl", "0"], capture_output=True, text=True,
                             timeout=300)  # fmt: skip
