@@ -47,6 +47,7 @@ def runtime_config(settings: Settings) -> RuntimeConfig | None:
     return RuntimeConfig(
         max_slots=settings.max_batch_size,
         max_seq_len=settings.max_seq_len,
+        kv_cache_bytes=None if not settings.kv_cache_gib else int(settings.kv_cache_gib * 2**30),
         cuda_graphs=settings.cuda_graphs,
         compile_layers=settings.compile_layers,
         prefix_cache_tokens=settings.prefix_cache_tokens,

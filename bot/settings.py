@@ -59,10 +59,13 @@ class Settings(BaseSettings):
     engine: Literal["batch", "generate", "openai"] = "batch"  # batching, generate(), or HTTP
     max_batch_size: int = 64  # sequences decoding together (batch engine)
     max_seq_len: int = 4096  # prompt + answer tokens per sequence (batch engine)
+    # GPU memory for keys and values (batch engine): fewer sequences than max_batch_size
+    # when they would not fit; unset: max_batch_size of them (64 of 4,096: ~18 GiB in bf16)
+    kv_cache_gib: float | None = Field(default=None, gt=0)
     cuda_graphs: bool | None = None  # None: on when the model runs on a GPU
     compile_layers: bool | None = None  # torch.compile the decoder layers; None: on a GPU
     prefix_cache_tokens: int = 4096  # the system prompt's KV kept on the device; 0: off
-    fp8_experts: bool = False  # expert weights in FP8 (batch engine; travelbot check-fp8 first)
+    fp8_experts: bool = False  # expert weights in FP8 (batch engine; `travelbot check-fp8` first)
     fp8_kv_cache: bool = False  # sliding layers' keys/values in FP8 (the same)
     max_queue: int = 64  # requests waiting beyond the running batch
     request_timeout_s: float = 300  # a request still unanswered after this is cancelled

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 import torch
@@ -15,7 +15,8 @@ from PIL import Image
 from inference.engine import GemmaEngine
 from inference.runtime import fast_ops, fp8_experts, layers, vision
 from inference.runtime.config import RuntimeConfig
-from inference.runtime.model_runner import ModelRunner, pinned
+from inference.runtime.kv_cache import SlotKVCache
+from inference.runtime.model_runner import ModelRunner, layer_specs, pinned
 from inference.runtime.sampler import sample
 from inference.runtime.scheduler import Plan, Scheduler
 from inference.runtime.sequence import Sequence, Status
@@ -37,8 +38,12 @@ def blank_photo(width: int = 640, height: int = 480) -> bytes:
 class BatchEngine:
     def __init__(self, base: GemmaEngine, runtime: RuntimeConfig) -> None:
         self.base = base
-        self.runtime = runtime
         model = self.base.model
+        fp8_kv = runtime.fp8_kv_cache and layers.kernels_work(
+            "attention_kernel", model.device, "fp8_kv_cache", "bf16 keys and values"
+        )
+        # its max_slots within the KV cache's memory budget
+        self.runtime = runtime = self._within_budget(runtime, fp8_kv)
         use_graphs = runtime.cuda_graphs
         if use_graphs is None:
             use_graphs = model.device.type == "cuda"
@@ -58,7 +63,7 @@ class BatchEngine:
             compile_layers = model.device.type == "cuda"
         compile_layers = compile_layers if runtime.own_layer_forward else False
         try:
-            self._start_runner(compile_layers, use_graphs)
+            self._start_runner(compile_layers, use_graphs, fp8_kv)
         except Exception:
             if not compile_layers:
                 raise
@@ -69,7 +74,7 @@ class BatchEngine:
             if model.device.type == "cuda":
                 torch.cuda.empty_cache()
             compile_layers = False
-            self._start_runner(compile_layers, use_graphs)
+            self._start_runner(compile_layers, use_graphs, fp8_kv)
         self.scheduler = Scheduler(
             max_slots=runtime.max_slots,
             max_seq_len=runtime.max_seq_len,
@@ -106,7 +111,7 @@ class BatchEngine:
         else:
             fp8_experts.quantize_experts(model)
 
-    def _start_runner(self, compile_layers, use_graphs: bool) -> None:
+    def _start_runner(self, compile_layers, use_graphs: bool, fp8_kv: bool) -> None:
         """Layers (compiled or not), the KV cache and CUDA graphs, then the prefill warm-up."""
         model, runtime = self.base.model, self.runtime
         if runtime.own_layer_forward:
@@ -117,9 +122,6 @@ class BatchEngine:
                 expert_major_tokens=runtime.expert_major_tokens,
                 triton_prompts=runtime.triton_prompt_experts,
             )
-        fp8_kv = runtime.fp8_kv_cache and layers.kernels_work(
-            "attention_kernel", model.device, "fp8_kv_cache", "bf16 keys and values"
-        )
         flash_prompts = runtime.fast_attention and runtime.flash_prompt_attention
         self.runner = ModelRunner(
             model,
@@ -137,6 +139,29 @@ class BatchEngine:
         )
         if compile_layers:
             self._warm_up_prefill()
+
+    def _within_budget(self, runtime: RuntimeConfig, fp8_kv: bool) -> RuntimeConfig:
+        """`runtime` with as many KV slots as its memory budget holds (at most max_slots)."""
+        if runtime.kv_cache_bytes is None:
+            return runtime
+        model = self.base.model
+        slots = SlotKVCache.slots_within(
+            runtime.kv_cache_bytes,
+            layer_specs(model),
+            max_seq_len=runtime.max_seq_len,
+            window=model.config.get_text_config().sliding_window,
+            dtype_size=model.dtype.itemsize,
+            sliding_dtype_size=1 if fp8_kv else None,
+        )
+        if slots < 1:
+            raise ValueError(
+                f"a KV cache budget of {runtime.kv_cache_bytes / 2**30:.2f} GiB holds no slot "
+                f"of {runtime.max_seq_len} positions: raise it or lower max_seq_len"
+            )
+        if slots < runtime.max_slots:
+            log.info("kv_cache_slots_within_budget", slots=slots, asked=runtime.max_slots,
+                     budget_gib=round(runtime.kv_cache_bytes / 2**30, 2))  # fmt: skip
+        return replace(runtime, max_slots=min(slots, runtime.max_slots))
 
     def _prompt_kernel_works(self) -> bool:
         device = self.base.model.device

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class RuntimeConfig:
     max_slots: int = 64  # sequences decoding together; each holds one KV slot
+    # GPU memory for the KV cache: fewer slots than max_slots when they would not fit;
+    # None: max_slots slots whatever they take (64 of 4,096 positions: ~18 GiB in bf16)
+    kv_cache_bytes: int | None = None
     max_seq_len: int = 4096  # prompt + answer, per sequence
     # prompt tokens prefilled in one step (a cached prefix's not counted: computed once)
     max_prefill_tokens: int = 8192
@@ -67,6 +70,7 @@ class RuntimeConfig:
             self.max_slots < 1
             or self.max_seq_len < 2
             or self.max_prefill_seqs < 1
+            or (self.kv_cache_bytes is not None and self.kv_cache_bytes < 1)
             or self.deep_queue_prefill_seqs < self.max_prefill_seqs
             or (self.fp8_experts and not self.own_layer_forward)
             or (self.fp8_kv_cache and not self.fast_attention)

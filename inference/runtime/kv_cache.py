@@ -75,13 +75,28 @@ class SlotKVCache:
 
     @staticmethod
     def bytes_needed(
-        layers: list[LayerSpec], *, num_slots: int, max_seq_len: int, window: int, dtype_size: int
+        layers: list[LayerSpec],
+        *,
+        num_slots: int,
+        max_seq_len: int,
+        window: int,
+        dtype_size: int,
+        sliding_dtype_size: int | None = None,
     ) -> int:
+        """What the cache allocates for keys and values (the scratch slot included)."""
         total = 0
         for spec in layers:
             length = window if spec.is_sliding else max_seq_len
-            total += 2 * (num_slots + 1) * spec.num_kv_heads * length * spec.head_dim * dtype_size
+            size = (sliding_dtype_size or dtype_size) if spec.is_sliding else dtype_size
+            total += 2 * (num_slots + 1) * spec.num_kv_heads * length * spec.head_dim * size
         return total
+
+    @staticmethod
+    def slots_within(budget: int, layers: list[LayerSpec], **sizes) -> int:
+        """The most slots whose keys and values fit in `budget` bytes (`sizes`: as
+        bytes_needed takes them, less num_slots); 0 when not even one does."""
+        per_slot = SlotKVCache.bytes_needed(layers, num_slots=0, **sizes)  # the scratch slot
+        return max(0, budget // per_slot - 1)
 
     # -- transformers Cache protocol, decode steps ----------------------------------------
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):

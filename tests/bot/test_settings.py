@@ -1,4 +1,4 @@
-"""Settings for webhook mode and the HTTP port."""
+"""Settings for webhook mode, the HTTP port and the batch engine's KV cache budget."""
 
 from __future__ import annotations
 
@@ -35,3 +35,15 @@ def test_polling_and_no_http_port_by_default() -> None:
     settings = Settings(_env_file=None)
     assert settings.webhook_url is None and settings.http_port == 0
     assert settings.webhook_listen == settings.http_listen == "127.0.0.1"
+
+
+def test_the_kv_cache_budget_goes_to_the_batch_engine_in_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bot.__main__ import runtime_config
+
+    assert runtime_config(Settings(_env_file=None)).kv_cache_bytes is None  # max_batch_size
+    monkeypatch.setenv("TRAVELBOT_KV_CACHE_GIB", "1.5")
+    assert runtime_config(Settings(_env_file=None)).kv_cache_bytes == 3 * 2**29
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, kv_cache_gib=0)

@@ -12,7 +12,8 @@ from inference import Finished, GemmaEngine, Request, Sampling, Turn, normalize_
 from inference.runtime import vision
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
-from inference.runtime.model_runner import attend_length_buckets, pinned
+from inference.runtime.kv_cache import SlotKVCache
+from inference.runtime.model_runner import attend_length_buckets, layer_specs, pinned
 from inference.samples import draw_menu, draw_sign
 
 GREEDY = Sampling(temperature=0.0)
@@ -219,6 +220,31 @@ def plain_engine(tiny_engine: GemmaEngine):
     engine = BatchEngine(tiny_engine, RuntimeConfig(max_slots=4, max_seq_len=1024))
     yield engine
     engine.close()
+
+
+def test_the_kv_cache_budget_decides_how_many_sequences_decode_together(
+    tiny_engine: GemmaEngine,
+) -> None:
+    model = tiny_engine.model
+    sizes = {"max_seq_len": 1024, "window": model.config.get_text_config().sliding_window,
+             "dtype_size": model.dtype.itemsize}  # fmt: skip
+    two_slots = SlotKVCache.bytes_needed(layer_specs(model), num_slots=2, **sizes)
+    engine = BatchEngine(tiny_engine, RuntimeConfig(max_slots=4, max_seq_len=1024,
+                                                    kv_cache_bytes=two_slots + 1000))  # fmt: skip
+    try:
+        assert engine.max_batch == engine.scheduler.max_slots == 2
+        assert engine.runner.cache.keys[0].shape[0] == 3  # and the scratch slot
+        events = run_all(engine, [Request(language="en", question=f"q{i}", max_new_tokens=3)
+                                  for i in range(3)])  # fmt: skip
+        assert all(isinstance(e[-1], Finished) for e in events)  # the third waited its turn
+    finally:
+        engine.close()
+    roomy = BatchEngine(tiny_engine, RuntimeConfig(max_slots=4, max_seq_len=1024,
+                                                   kv_cache_bytes=100 * two_slots))  # fmt: skip
+    assert roomy.max_batch == 4  # never more than max_slots
+    roomy.close()
+    with pytest.raises(ValueError, match="holds no slot"):
+        BatchEngine(tiny_engine, RuntimeConfig(max_seq_len=1024, kv_cache_bytes=1000))
 
 
 def test_out_of_memory_in_a_prefill_retries_it_in_halves(plain_engine: BatchEngine) -> None:

@@ -102,3 +102,21 @@ def test_an_fp8_kv_cache_needs_the_engines_own_decode_attention() -> None:
     with pytest.raises(ValueError):
         RuntimeConfig(fp8_kv_cache=True, fast_attention=False)
     assert RuntimeConfig(fp8_kv_cache=True).fp8_kv_cache
+
+
+def test_a_memory_budget_holds_whole_slots_and_the_scratch_one() -> None:
+    layers = [LayerSpec(True, 2, 4), LayerSpec(False, 1, 8)]
+    sizes = {"max_seq_len": 40, "window": 16, "dtype_size": 4}
+    for slots in (1, 3, 7):
+        budget = SlotKVCache.bytes_needed(layers, num_slots=slots, **sizes)
+        assert SlotKVCache.slots_within(budget, layers, **sizes) == slots
+        assert SlotKVCache.slots_within(budget - 1, layers, **sizes) == slots - 1
+    one_slot = SlotKVCache.bytes_needed(layers, num_slots=1, **sizes)
+    assert SlotKVCache.slots_within(one_slot - 1, layers, **sizes) == 0
+    # the sliding layers in one-byte FP8: more slots in the same budget
+    assert SlotKVCache.slots_within(one_slot * 4, layers, **sizes, sliding_dtype_size=1) > (
+        SlotKVCache.slots_within(one_slot * 4, layers, **sizes)
+    )
+    cache = make_cache(window=16)  # 5 slots and the scratch one, as bytes_needed counts
+    allocated = sum(t.numel() * t.element_size() for t in (*cache.keys, *cache.values))
+    assert allocated == SlotKVCache.bytes_needed(layers, num_slots=5, **sizes)
