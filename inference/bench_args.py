@@ -127,6 +127,11 @@ def add_fp8_check_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, help="the Gemma 4 checkpoint directory")
     source.add_argument("--tiny", action="store_true", help="the tiny random checkpoint (CPU)")
+    source.add_argument(
+        "--full-size-random",
+        action="store_true",
+        help="26B-A4B architecture, random weights: the check's run on a GPU, not quality",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--photos", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=128)

@@ -137,7 +137,7 @@ def summary(rows: list[Comparison]) -> dict:
 def main(args: argparse.Namespace) -> int:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.full_size_random, args.experts_implementation = False, None
+    args.experts_implementation = None
     base = load_engine(args)
     requests = make_requests(args.photos, args.new_tokens, seed=7)
     longest = max(int(base.prepare_inputs(r)["input_ids"].shape[1]) for r in requests)
@@ -148,7 +148,8 @@ def main(args: argparse.Namespace) -> int:
     passed = total["kl_mean"] <= args.max_mean_kl and (
         total["top_token_agreement"] >= args.min_agreement
     )
-    result = {"model": str(args.model or "tiny"), "device": args.device,
+    model = "full-size random" if args.full_size_random else str(args.model or "tiny")
+    result = {"model": model, "device": args.device,
               "fp8_kv_cache": args.kv_cache, **total,
               "passed": passed, "bounds": {"max_mean_kl": args.max_mean_kl,
                                            "min_agreement": args.min_agreement},
@@ -167,3 +168,11 @@ def main(args: argparse.Namespace) -> int:
         f"\nwrote {args.out}"
     )
     return 0 if passed else 1
+
+
+if __name__ == "__main__":  # python -m inference.fp8_check (where the bot's packages are absent)
+    from inference.bench_args import add_fp8_check_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m inference.fp8_check", description=__doc__)
+    add_fp8_check_arguments(parser)
+    raise SystemExit(main(parser.parse_args()))
