@@ -15,20 +15,23 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which model (one of three), on which device, with how many soft tokens a photo."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, help="a Gemma 4 checkpoint directory")
-    source.add_argument(
-        "--tiny", action="store_true", help="the tiny random checkpoint (CPU smoke)"
-    )
+    source.add_argument("--tiny", action="store_true", help="the tiny random checkpoint (CPU)")
     source.add_argument(
         "--full-size-random",
         action="store_true",
         help="26B-A4B architecture, random weights, built on the device",
     )
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--image-soft-tokens", type=int, default=280)
+    parser.add_argument("--new-tokens", type=int, default=128)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
     parser.add_argument("--generate-batches", type=_ints, default=[1, 8, 32])
     parser.add_argument(
         "--generate-caches", type=lambda t: t.split(","), default=["default", "static"]
@@ -123,19 +126,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_fp8_check_arguments(parser: argparse.ArgumentParser) -> None:
-    """`travelbot check-fp8` (inference.fp8_check)."""
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", type=Path, help="the Gemma 4 checkpoint directory")
-    source.add_argument("--tiny", action="store_true", help="the tiny random checkpoint (CPU)")
-    source.add_argument(
-        "--full-size-random",
-        action="store_true",
-        help="26B-A4B architecture, random weights: the check's run on a GPU, not quality",
-    )
-    parser.add_argument("--device", default="auto")
+    """`travelbot check-fp8` (inference.fp8_check; random weights, tiny or full size, test
+    its run, not the quality of FP8 answers)."""
+    add_model_arguments(parser)
     parser.add_argument("--photos", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--image-soft-tokens", type=int, default=280)
     parser.add_argument(
         "--kv-cache", action="store_true", help="FP8 keys and values too (TRAVELBOT_FP8_KV_CACHE)"
     )
