@@ -27,7 +27,7 @@ from torch._dynamo.utils import counters as dynamo_counters
 
 from inference.engine import EngineConfig, GemmaEngine
 from inference.images import normalize_image
-from inference.runtime import layers
+from inference.runtime import fp8_experts, layers
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
 from inference.samples import draw_menu, draw_sign
@@ -405,8 +405,10 @@ def poisson_arrivals(count: int, rate: float, seed: int = 0) -> list[float]:
 
 # -- the run -----------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict:
-    """Engine rows first, then the generate() rows (static-cache compiles last); the JSON
-    is rewritten after every row, so a run cut short still leaves its numbers."""
+    """Engine rows first (then those with FP8 keys and values and with FP8 experts: the
+    experts quantized in place and given back after), then the generate() rows (the
+    static cache's compile last, after torch.compile's caches are cleared); the JSON is
+    rewritten after every row, so a run cut short still leaves its numbers."""
     base = load_engine(args)
     device = base.device
     without_cache = args.without_prefix_cache
@@ -520,21 +522,32 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.fp8_kv_cache:
         variant_rows("fp8 kv cache", args.fp8_kv_cache, fp8_kv_cache=True)
+    if args.fp8_experts:  # quantized in place; the bf16 weights back for generate() after
+        bf16_experts = fp8_experts.experts_on_cpu(base.model) if args.generate_batches else None
+        variant_rows("fp8 experts", args.fp8_experts, fp8_experts=True)
+        if args.fp8_kv_cache:
+            variant_rows("fp8 experts and kv cache", args.fp8_experts, fp8_experts=True,
+                         fp8_kv_cache=True)  # fmt: skip
+        if bf16_experts is not None:
+            fp8_experts.restore_experts(base.model, bf16_experts)
+            del bf16_experts
+            reset_peak(device)  # the FP8 values freed
+    layers_experts = [
+        getattr(layer, "experts", None) for layer in base.model.model.language_model.layers
+    ]
+    result["generate_on_bf16_experts"] = not any(
+        fp8_experts.is_quantized(e) for e in layers_experts if e is not None
+    )
     if args.generate_batches:
-        # generate()'s static cache compiles its decode step: with the engine's compiled
+        # generate()'s static cache compiles its decode step: with the engines' compiled
         # regions still in torch.compile's caches it ran ~2.2x slower (H200, x1: 22.5
-        # against 48.0 tok/s after this reset); later engines compile their regions again
+        # against 48.0 tok/s after this reset)
         torch._dynamo.reset()
     for cache in args.generate_caches:
         for batch in args.generate_batches:
             if cache == "static" and batch > args.static_max_batch:
                 continue
             record(bench_generate(base, requests[:batch], cache, args.new_tokens))
-    if args.fp8_experts:  # quantizes the experts in place: last
-        variant_rows("fp8 experts", args.fp8_experts, fp8_experts=True)
-        if args.fp8_kv_cache:
-            variant_rows("fp8 experts and kv cache", args.fp8_experts, fp8_experts=True,
-                         fp8_kv_cache=True)  # fmt: skip
     return result
 
 

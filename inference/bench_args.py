@@ -82,8 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fp8-experts",
         type=_ints,
         default=[],
-        help="last, these bursts with the expert weights quantized to FP8 in place (after "
-        "the generate() rows, which need the bf16 weights)",
+        help="then these bursts with the expert weights quantized to FP8 in place (the bf16 "
+        "weights wait on the CPU and come back for the generate() rows)",
     )
     parser.add_argument(
         "--fp8-kv-cache",

@@ -66,8 +66,8 @@ def supported(device: torch.device) -> bool:
 
 def quantize_experts(model) -> int:
     """Replace every text layer's expert weights by FP8 values and row scales, in place
-    (not undone: a model quantized here serves only through the batching engine).
-    Returns the bytes saved."""
+    (a model quantized here serves only through the batching engine; `restore_experts`
+    puts back weights saved before). Returns the bytes saved."""
     saved = 0
     for layer in model.model.language_model.layers:
         experts = getattr(layer, "experts", None)
@@ -86,3 +86,30 @@ def quantize_experts(model) -> int:
         torch.cuda.empty_cache()
     log.info("experts_quantized", dtype="float8_e4m3fn", saved_gib=round(saved / 2**30, 2))
     return saved
+
+
+def experts_on_cpu(model) -> list[dict[str, torch.nn.Parameter]]:
+    """Every text layer's expert weights ({} for a layer without experts), copied to the
+    CPU (for `restore_experts`)."""
+    saved = []
+    for layer in model.model.language_model.layers:
+        experts = getattr(layer, "experts", None)
+        weights = {} if experts is None else {name: getattr(experts, name) for name in WEIGHTS}
+        saved.append({name: torch.nn.Parameter(w.detach().to("cpu"), w.requires_grad)
+                      for name, w in weights.items()})  # fmt: skip
+    return saved
+
+
+def restore_experts(model, saved: list[dict[str, torch.nn.Parameter]]) -> None:
+    """Undo `quantize_experts` with the weights `experts_on_cpu` copied before it."""
+    for layer, weights in zip(model.model.language_model.layers, saved, strict=True):
+        experts = getattr(layer, "experts", None)
+        if experts is None or not is_quantized(experts):
+            continue
+        for name in WEIGHTS:
+            delattr(experts, name)
+            delattr(experts, f"{name}_scale")
+            weight = torch.nn.Parameter(weights[name].detach().to(model.device),
+                                        weights[name].requires_grad)  # fmt: skip
+            experts.register_parameter(name, weight)
+        del experts.compute_dtype

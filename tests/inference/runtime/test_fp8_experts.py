@@ -91,3 +91,20 @@ def test_quantizing_in_place_saves_the_experts_memory(engine_config) -> None:
 def test_fp8_experts_need_the_engines_own_layers() -> None:
     with pytest.raises(ValueError):
         RuntimeConfig(fp8_experts=True, own_layer_forward=False)
+
+
+def test_restoring_saved_experts_gives_the_model_back_exactly(engine_config) -> None:
+    base = GemmaEngine.load(engine_config)  # its own copy: quantized in place below
+    ids = torch.tensor([[2, 10, 20, 30, 40]])
+    with torch.inference_mode():
+        before = base.model(input_ids=ids).logits
+    saved = fp8_experts.experts_on_cpu(base.model)
+    fp8_experts.quantize_experts(base.model)
+    experts = base.model.model.language_model.layers[0].experts
+    assert fp8_experts.is_quantized(experts)
+    fp8_experts.restore_experts(base.model, saved)
+    assert not fp8_experts.is_quantized(experts) and not hasattr(experts, "compute_dtype")
+    assert "gate_up_proj" in dict(experts.named_parameters())
+    assert not hasattr(experts, "gate_up_proj_scale")
+    with torch.inference_mode():
+        assert torch.equal(base.model(input_ids=ids).logits, before)
