@@ -166,7 +166,8 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     [B, Hkv, L, D], bool mask [B, 1, 1, L] → [B, 1, Hq, D]) as two batched matmuls (over FP8
     keys and values: attention_kernel on GPUs); a prompt, when the runner passed visible
     ends, as prompt_attention_kernel (sliding layers within the window under the image rule,
-    global layers causal: Gemma 4 has no image rule there); else a prompt of a sliding layer
+    global layers causal: Gemma 4 has no image rule there; a cached prefix's keys and values
+    read where they are kept when the runner passed them apart); else a prompt of a sliding layer
     within the window as `prompt_attention` when the runner passed image spans; any other
     prompt as transformers' SDPA."""
     spans = _image_spans.get()
