@@ -456,6 +456,7 @@ def run(args: argparse.Namespace) -> dict:
         print_row(row)
         result["rows"] = [asdict(r) for r in rows]
         result["ratios"] = ratios(rows)
+        result["targets"] = targets(rows)
         write(args.out, result)
 
     setup_started = time.perf_counter()
@@ -581,6 +582,28 @@ def write(path: Path, result: dict) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
 
 
+# the issue's targets (one H100): (what, row name, concurrency, field, bound, at most?)
+TARGETS = (
+    ("64 at once: output tok/s", "engine, together", 64, "tok_per_s", 2500.0, False),
+    ("1 request: decode step ms", "engine, together", 1, "decode_step_ms", 6.0, True),
+    ("8 at once: decode step ms", "engine, together", 8, "decode_step_ms", 12.0, True),
+    ("8 at once: TTFT p50 ms", "engine, together", 8, "ttft_p50_ms", 300.0, True),
+    ("64 at once: peak GiB", "engine, together", 64, "peak_memory_gib", 75.0, True),
+)
+
+
+def targets(rows: list[Row]) -> dict:
+    """Each target the run has a row for: the value, the bound, whether it is met."""
+    out = {}
+    for what, name, concurrency, field_name, bound, at_most in TARGETS:
+        row = next((r for r in rows if (r.name, r.concurrency) == (name, concurrency)), None)
+        if row is not None and not row.error:
+            value = getattr(row, field_name)
+            met = value <= bound if at_most else value >= bound
+            out[what] = {"value": value, "bound": bound, "met": met}
+    return out
+
+
 def ratios(rows: list[Row]) -> dict:
     """Engine tok/s over every generate() row's tok/s."""
     baselines = [r for r in rows if r.name.startswith("generate") and r.tok_per_s]
@@ -621,6 +644,10 @@ def print_table(result: dict) -> None:
     print(HEADER)
     for row in result["rows"]:
         print_row(Row(**row))
+    for what, target in result.get("targets", {}).items():
+        sign = "≤" if any(t[0] == what and t[5] for t in TARGETS) else "≥"
+        print(f"target {what}: {target['value']} ({sign} {target['bound']}: "
+              f"{'met' if target['met'] else 'missed'})")  # fmt: skip
     for name, against in result["ratios"].items():
         print(f"{name}: " + ", ".join(f"{v}x {k}" for k, v in against.items()))
 

@@ -31,6 +31,9 @@ def test_bench_smoke_writes_every_row(tmp_path: Path) -> None:
     # FP8 experts before generate(), which runs on the bf16 weights given back
     assert names.index(("engine, fp8 experts", 3)) < names.index(("generate() default cache", 1))
     assert data["generate_on_bf16_experts"]
+    # the issue's targets this run has rows for (here x1's)
+    assert data["targets"]["1 request: decode step ms"]["bound"] == 6.0
+    assert "target 1 request: decode step ms" in result.stdout
     for row in data["rows"]:
         assert row["error"] is None
         requests = row["extra"].get("requests", row["concurrency"])
