@@ -28,6 +28,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--image-soft-tokens", type=int, default=280)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--experts-implementation", default=None)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,7 +122,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read each step's tokens back before launching the next (the old engine loop)",
     )
-    parser.add_argument("--experts-implementation", default=None)
     parser.add_argument("--out", type=Path, default=Path("bench-out/bench.json"))
 
 

@@ -17,16 +17,16 @@ typically measure on these metrics).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from inference.bench import load_engine, make_requests
+from inference.bench import load_engine, make_requests, write
 from inference.engine import GemmaEngine
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
+from inference.runtime.sequence import Sequence
 from inference.types import Request
 
 
@@ -44,9 +44,8 @@ class Comparison:
     fp8_text: str
 
 
-def greedy_answers(engine: BatchEngine, requests: list[Request]) -> list[list[int]]:
-    """Each request answered greedily by the batching engine (all at once): token ids."""
-    seqs = [engine.prepare(request) for request in requests]
+def greedy_answers(engine: BatchEngine, seqs: list[Sequence]) -> list[list[int]]:
+    """Prepared requests answered greedily by the batching engine (all at once): token ids."""
     for seq in seqs:
         engine.add(seq, lambda event: None, lambda: False)
     while engine.num_active:
@@ -56,16 +55,17 @@ def greedy_answers(engine: BatchEngine, requests: list[Request]) -> list[list[in
 
 @torch.inference_mode()
 def forced_logprobs(
-    engine: BatchEngine, requests: list[Request], answers: list[list[int]]
+    engine: BatchEngine, seqs: list[Sequence], inputs: list[dict], answers: list[list[int]]
 ) -> list[torch.Tensor]:
-    """Each request's next-token log-probs [len(answer), vocab] (float32, on the CPU) along
-    its given answer, as the engine computes them while serving: a prefill, then decode
-    steps fed the answer's tokens instead of its own (teacher forcing)."""
-    runner, rows = engine.runner, len(requests)
-    seqs = [engine.prepare(request) for request in requests]
+    """Each prepared request's next-token log-probs [len(answer), vocab] (float32, on the
+    CPU) along its given answer, as the engine computes them while serving: a prefill of
+    its `inputs`, then decode steps fed the answer's tokens instead of its own (teacher
+    forcing)."""
+    runner, rows = engine.runner, len(seqs)
     steps: list[list[torch.Tensor]] = [[] for _ in range(rows)]
-    for slot, seq in enumerate(seqs):  # one at a time: prompts may have different prefixes
-        steps[slot].append(runner.prefill([seq.inputs], [slot], seq.prefix)[0])
+    for slot, (seq, prompt) in enumerate(zip(seqs, inputs, strict=True)):
+        # one at a time: prompts may have different prefixes
+        steps[slot].append(runner.prefill([prompt], [slot], seq.prefix)[0])
     longest = max(len(answer) for answer in answers)
     for step in range(longest - 1):
         fed = [answer[min(step, len(answer) - 1)] for answer in answers]  # past its end: ignored
@@ -82,11 +82,13 @@ def answers_and_logprobs(
     base: GemmaEngine, runtime: RuntimeConfig, requests: list[Request], forced: list | None
 ) -> tuple[list[list[int]], list[torch.Tensor]]:
     """Greedy answers with this runtime's engine, and its log-probs along `forced` answers
-    (None: its own); the engine is closed after."""
+    (None: its own); each photo prepared once. The engine is closed after."""
     engine = BatchEngine(base, runtime)
     try:
-        answers = greedy_answers(engine, requests)
-        logprobs = forced_logprobs(engine, requests, forced or answers)
+        seqs = [engine.prepare(request) for request in requests]
+        inputs = [seq.inputs for seq in seqs]  # the engine drops them once prefilled
+        answers = greedy_answers(engine, seqs)
+        logprobs = forced_logprobs(engine, seqs, inputs, forced or answers)
     finally:
         engine.close()
     return answers, logprobs
@@ -126,7 +128,8 @@ def compare(
 
 def summary(rows: list[Comparison]) -> dict:
     return {
-        "identical_answers": sum(r.same_until == r.tokens for r in rows),  # or longer
+        # FP8's answer equals bf16's up to bf16's end
+        "identical_answers": sum(r.same_until == r.tokens for r in rows),
         "photos": len(rows),
         "top_token_agreement": round(statistics.fmean(r.top_token_agreement for r in rows), 4),
         "kl_mean": statistics.fmean(r.kl_mean for r in rows),
@@ -137,11 +140,9 @@ def summary(rows: list[Comparison]) -> dict:
 def main(args: argparse.Namespace) -> int:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.experts_implementation = None
     base = load_engine(args)
     requests = make_requests(args.photos, args.new_tokens, seed=7)
-    longest = max(int(base.prepare_inputs(r)["input_ids"].shape[1]) for r in requests)
-    runtime = RuntimeConfig(max_slots=args.photos, max_seq_len=longest + args.new_tokens + 1)
+    runtime = RuntimeConfig(max_slots=args.photos)
     variant = replace(runtime, fp8_experts=True, fp8_kv_cache=args.kv_cache)
     rows = compare(base, requests, runtime, variant)
     total = summary(rows)
@@ -154,8 +155,7 @@ def main(args: argparse.Namespace) -> int:
               "passed": passed, "bounds": {"max_mean_kl": args.max_mean_kl,
                                            "min_agreement": args.min_agreement},
               "photos_compared": [asdict(r) for r in rows]}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    write(args.out, result)
     print(f"{'lang':<6} {'tokens':>6} {'same until':>10} {'top agree':>9} {'KL mean':>9} "
           f"{'KL max':>8}")  # fmt: skip
     for r in rows:
