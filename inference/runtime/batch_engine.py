@@ -94,7 +94,7 @@ class BatchEngine:
             cuda_graphs=use_graphs,
             compiled_layers=bool(compile_layers),
             fused_experts_max_tokens=layers.fused_experts_max_tokens,
-            fp8_experts=fp8_experts.is_quantized(model.model.language_model.layers[0].experts),
+            fp8_experts=fp8_experts.any_quantized(model),
             fp8_kv_cache=any(k.dtype == fp8_experts.FP8 for k in self.runner.cache.keys),
             triton_prompt_attention=self.runner.prompt_kernel,
             seconds=round(time.monotonic() - started, 2),

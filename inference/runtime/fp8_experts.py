@@ -38,6 +38,15 @@ def is_quantized(experts) -> bool:
     return experts.gate_up_proj.dtype == FP8
 
 
+def any_quantized(model) -> bool:
+    """Whether any text layer's experts are FP8 now."""
+    return any(
+        is_quantized(layer.experts)
+        for layer in model.model.language_model.layers
+        if getattr(layer, "experts", None) is not None
+    )
+
+
 def scales(experts) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The per-row scales of gate_up_proj and down_proj, or (None, None) when not FP8."""
     if not is_quantized(experts):

@@ -92,6 +92,8 @@ class ModelRunner:
         # an image's tokens see the whole image (sliding layers) only in checkpoints that
         # say so, as transformers' masks do; elsewhere prompts are causal
         self.image_rule = text_config.use_bidirectional_attention == "vision"
+        # layers that read an earlier layer's keys and values (none in Gemma 4 26B-A4B)
+        self.shared_kv_layers = getattr(text_config, "num_kv_shared_layers", 0)
         self.softcap = text_config.final_logit_softcapping
         self.device = model.device
         self.pad_token_id = pad_token_id
@@ -182,12 +184,11 @@ class ModelRunner:
         """Whether the Triton kernel takes every layer's prompt attention in a prefill of
         `total` positions (the sliding layers' only within their window), and no layer
         reads another's keys and values (shared KV layers would get the prompts' part)."""
-        text_config = self.model.config.get_text_config()
         return (
             spans is not None
             and self.prompt_kernel
-            and total <= text_config.sliding_window
-            and not getattr(text_config, "num_kv_shared_layers", 0)
+            and total <= self.cache.window
+            and not self.shared_kv_layers
         )
 
     def _prompt_attention(self, spans: list | None, prefix: int, width: int, prefix_kv=None):

@@ -70,8 +70,10 @@ def prompt_cache(prefix_kv: PrefixKV, rows: int, apart: bool = False) -> Dynamic
     reads the prefix's where it is: prompt_attention_kernel)."""
     cache = DynamicCache()
     for keys, values in prefix_kv:
-        layer = AfterPrefixLayer(keys, values) if apart else DynamicLayer()
-        if not apart:
+        if apart:
+            layer = AfterPrefixLayer(keys, values)
+        else:
+            layer = DynamicLayer()
             layer.lazy_initialization(keys, values)
             layer.keys, layer.values = (t.expand(rows, -1, -1, -1) for t in (keys, values))
         cache.layers.append(layer)
