@@ -16,7 +16,7 @@ import itertools
 from pathlib import Path
 
 import torch
-from check_moe_kernel import LAYERS, graph_ms, write_rows
+from check_moe_kernel import LAYERS, graph_ms, relative, write_rows
 
 from inference.runtime import attention_kernel, fast_ops
 from inference.runtime.fp8_experts import FP8
@@ -59,9 +59,7 @@ def measure(batch: int, sweep_kernel: bool) -> dict:
         key, value = stored[0][0][:batch], stored[0][1][:batch]
         got, _ = fast_ops.decode_attention(module, query, key, value, mask, scale)
         expected = attention_kernel.reference_attention(query, key, value, mask, scale)
-        row[f"{name}_error"] = round(
-            ((got.float() - expected).abs().max() / expected.abs().max()).item(), 5
-        )
+        row[f"{name}_error"] = relative(got, expected)
         ms = graph_ms(lambda stored=stored: run(stored))
         row[f"{name}_ms"] = round(ms, 4)
         row[f"{name}_tb_per_s"] = round(2 * key.numel() * key.element_size() / ms / 1e9, 2)

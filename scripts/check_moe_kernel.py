@@ -67,6 +67,11 @@ def write_rows(out: Path, sizes: str, measure: Callable[[int], dict]) -> None:
         out.write_text(json.dumps(result, indent=1))
 
 
+def relative(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest difference over the reference's largest value (5 digits)."""
+    return round(((got.float() - expected).abs().max() / expected.abs().max()).item(), 5)
+
+
 def graph_ms(fn, repeats: int = 20) -> float:
     """Milliseconds per call of fn() (which runs all LAYERS layers), divided per layer."""
     stream = torch.cuda.Stream()

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import torch
-from check_moe_kernel import graph_ms, make_experts, quantized, routing
+from check_moe_kernel import graph_ms, make_experts, quantized, relative, routing
 from transformers import Gemma4TextConfig
 
 from inference.runtime import fp8_experts, moe_kernel, moe_prompt_kernel
@@ -39,10 +39,6 @@ def reference(hidden, index, weights, gate_up_proj, down_proj) -> torch.Tensor:
             rows = act @ down_proj[expert].float().T
             out.index_add_(0, token, rows * weights[token, k, None].float())
     return out
-
-
-def relative(got: torch.Tensor, expected: torch.Tensor) -> float:
-    return round(((got.float() - expected).abs().max() / expected.abs().max()).item(), 5)
 
 
 @torch.inference_mode()
