@@ -32,7 +32,14 @@ def test_bench_smoke_writes_every_row(tmp_path: Path) -> None:
     assert names.index(("engine, fp8 experts", 3)) < names.index(("generate() default cache", 1))
     assert data["generate_on_bf16_experts"]
     # the issue's targets this run has rows for (here x1's)
-    assert data["targets"]["1 request: decode step ms"]["bound"] == 6.0
+    step = data["targets"]["1 request: decode step ms"]
+    assert step["bound"] == 6.0 and step["at_most"]
+    assert step["value"] == next(
+        r["decode_step_ms"]
+        for r in data["rows"]
+        if (r["name"], r["concurrency"]) == ("engine, together", 1)
+    )
+    assert step["met"] == (step["value"] <= 6.0)  # fmt: skip
     assert "target 1 request: decode step ms" in result.stdout
     for row in data["rows"]:
         assert row["error"] is None
