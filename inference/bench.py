@@ -31,7 +31,7 @@ from inference.runtime import fp8_experts, layers
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
 from inference.samples import draw_menu, draw_sign
-from inference.types import Finished, Request, Sampling
+from inference.types import Finished, Request, Sampling, Turn
 
 LANGUAGES = ("de", "en", "fr", "ja", "es", "ko", "it", "zh")
 PREP_THREADS = 4
@@ -115,6 +115,46 @@ def make_requests(count: int, new_tokens: int, *, seed: int = 0) -> list[Request
             )
         )
     return requests
+
+
+FILLER = (
+    "{n}. Grilled fish with lemon and herbs, served with potatoes: no pork, no gluten; ask "
+    "for the sauce apart if you avoid dairy. "
+)
+
+
+def long_context_requests(
+    engine: GemmaEngine, requests: list[Request], context_tokens: int
+) -> list[Request]:
+    """Each request as the follow-up of a conversation that fills `context_tokens` with its
+    answer: an earlier photo, three long answers and two questions before this turn's
+    photo (the bot keeps six earlier turns). The answers' length is found with request 0."""
+
+    def follow_up(request: Request, earlier: Request, units: int) -> Request:
+        third = [FILLER.format(n=n) for n in range(units)]
+        answers = ["".join(third[i::3]) for i in range(3)]
+        history = (
+            Turn("user", "What does this say?", earlier.image),
+            Turn("model", answers[0]),
+            Turn("user", "Which of these has no pork?"),
+            Turn("model", answers[1]),
+            Turn("user", "And which are vegetarian?"),
+            Turn("model", answers[2]),
+        )
+        return replace(request, history=history)
+
+    def tokens(units: int) -> int:
+        request = follow_up(requests[0], requests[-1], units)
+        return int(engine.prepare_inputs(request, on_device=False)["input_ids"].shape[1])
+
+    target = context_tokens - requests[0].max_new_tokens - 16  # room for the languages
+    base = tokens(0)
+    per_unit = (tokens(8) - base) / 8
+    units = max(0, int((target - base) / per_unit))
+    while units and tokens(units) > target:
+        units -= 1
+    count = len(requests)
+    return [follow_up(r, requests[(i + 1) % count], units) for i, r in enumerate(requests)]
 
 
 # -- timing helpers ----------------------------------------------------------------------------
@@ -252,6 +292,7 @@ def bench_engine(
     with ThreadPoolExecutor(PREP_THREADS) as pool:  # as the worker does, before arrival
         prepared = list(pool.map(engine.prepare, requests))
     seq_index = {id(seq): index for index, seq in enumerate(prepared)}
+    prompt_tokens = [seq.num_prompt_tokens for seq in prepared]
     retries_before = alloc_retries(device)
     pauses = GcPauses()
     prefill_gpu = GpuTimer()  # tells a prefill's GPU work from its step's CPU side
@@ -305,6 +346,7 @@ def bench_engine(
     row.decode_step_ms = round(statistics.median(step_times) * 1000, 2) if step_times else 0.0
     row.peak_memory_gib = peak_gib(device)
     row.extra["requests"] = len(requests)
+    row.extra["prompt_tokens_min_max"] = [min(prompt_tokens), max(prompt_tokens)]
     row.extra["full_batch_decode_steps"] = len(step_times)
     row.extra["first_step_ms"] = round(min(s.first_token for s in tracked) * 1000, 1)
     # a burst's two phases: until every request has its first token (prefills, with decode
@@ -421,6 +463,7 @@ def run(args: argparse.Namespace) -> dict:
             *without_cache,
             *args.fp8_experts,
             *args.fp8_kv_cache,
+            *args.long_context,
         ]
     )
     requests = make_requests(count, args.new_tokens)
@@ -477,6 +520,11 @@ def run(args: argparse.Namespace) -> dict:
             record(bench_engine(engine, chosen, arrivals, f"engine, Poisson {args.poisson_rate}/s"))
         if args.closed_loop_rounds and concurrency > 1:
             record(bench_closed_loop(engine, chosen, args.closed_loop_rounds))
+    for concurrency in args.long_context:
+        long = long_context_requests(base, requests[:concurrency], args.max_seq_len)
+        row = bench_engine(engine, long, [0.0] * concurrency, "engine, long context")
+        row.extra["context_tokens"] = args.max_seq_len
+        record(row)
     result["prefix_cache"] = engine.runner.prefixes.stats()
     if args.prefix_cache_tokens:
         engine.runner.prefixes.max_tokens = 0  # every prompt prefilled whole again
@@ -584,6 +632,7 @@ TARGETS = (
     ("8 at once: decode step ms", "engine, together", 8, "decode_step_ms", 12.0, True),
     ("8 at once: TTFT p50 ms", "engine, together", 8, "ttft_p50_ms", 300.0, True),
     ("64 at once: peak GiB", "engine, together", 64, "peak_memory_gib", 75.0, True),
+    ("64 at 4k context: peak GiB", "engine, long context", 64, "peak_memory_gib", 75.0, True),
 )
 
 

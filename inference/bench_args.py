@@ -80,6 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: the engine concurrencies above 1)",
     )
     parser.add_argument(
+        "--long-context",
+        type=_ints,
+        default=[64],
+        help="then these bursts of follow-ups whose conversations fill --max-seq-len (a "
+        "photo, three answers and this turn's photo; the peak memory target's 4k context)",
+    )
+    parser.add_argument(
         "--fp8-experts",
         type=_ints,
         default=[],

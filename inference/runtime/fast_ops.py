@@ -165,7 +165,7 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     """The language model's attention: a decode step (query [B, Hq, 1, D], key/value
     [B, Hkv, L, D], bool mask [B, 1, 1, L] → [B, 1, Hq, D]) as two batched matmuls (over FP8
     keys and values: attention_kernel on GPUs); a prompt, when the runner passed visible
-    ends, as prompt_attention_kernel (sliding layers within the window under the image rule,
+    ends, as prompt_attention_kernel (sliding layers under the image rule within their window,
     global layers causal: Gemma 4 has no image rule there; a cached prefix's keys and values
     read where they are kept when the runner passed them apart); else a prompt of a sliding layer
     within the window as `prompt_attention` when the runner passed image spans; any other
@@ -175,13 +175,14 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     ends = _visible_ends.get()
     prefix_kv = _prefix_kv.get()
     prefix = prefix_kv[module.layer_idx] if prefix_kv is not None else None
-    total = key.shape[2] + (prefix[0].shape[2] if prefix is not None else 0)
-    if ends is not None and query.shape[2] > 1 and (not window or total <= window):
+    if ends is not None and query.shape[2] > 1:
         from inference.runtime import prompt_attention_kernel  # needs Triton
 
         scale = 1.0 if scaling is None else scaling
         ends = ends if window else None  # global layers: causal
-        output = prompt_attention_kernel.prompt_attention(query, key, value, ends, scale, prefix)
+        output = prompt_attention_kernel.prompt_attention(
+            query, key, value, ends, scale, prefix, window or 0
+        )
         return output, None
     if prefix is not None:
         raise ValueError("a prefix's keys and values apart need prompt_attention_kernel")

@@ -163,7 +163,7 @@ class ModelRunner:
                      if t is not None and self.image_rule else [] for t in types]  # fmt: skip
         # the prefix's K/V apart from the prompts' where the kernel serves every layer (no
         # join: ~4 ms of copies per 8 photos); else full-length K/V, the prefix's first
-        apart = shared is not None and self._kernel_serves(spans, skip + width)
+        apart = shared is not None and self._kernel_serves(spans)
         cache = prompt_cache(shared or [], len(inputs), apart=apart)
         attention = self._prompt_attention(spans, skip, width, shared if apart else None)
         with sdpa_kernel(PREFILL_ATTENTION), attention:
@@ -180,16 +180,10 @@ class ModelRunner:
         )
         return self._logits(hidden)
 
-    def _kernel_serves(self, spans: list | None, total: int) -> bool:
-        """Whether the Triton kernel takes every layer's prompt attention in a prefill of
-        `total` positions (the sliding layers' only within their window), and no layer
+    def _kernel_serves(self, spans: list | None) -> bool:
+        """Whether the Triton kernel takes every layer's prompt attention, and no layer
         reads another's keys and values (shared KV layers would get the prompts' part)."""
-        return (
-            spans is not None
-            and self.prompt_kernel
-            and total <= self.cache.window
-            and not self.shared_kv_layers
-        )
+        return spans is not None and self.prompt_kernel and not self.shared_kv_layers
 
     def _prompt_attention(self, spans: list | None, prefix: int, width: int, prefix_kv=None):
         """fast_ops.image_spans for a prefill of `width` tokens after `prefix` cached ones,

@@ -11,7 +11,9 @@ covers both, reading queries, keys and values in place and writing the output in
 [B, L, heads, D] layout the o projection reads. A program takes BLOCK_M rows of (query,
 query head) of one KV head, so each key and value block it loads serves the head's whole
 query group. The global layers' prompts are causal (no image rule in Gemma 4): the same
-kernel with each query's end computed (SDPA took them with transformers' mask).
+kernel with each query's end computed (SDPA took them with transformers' mask). Prompts
+longer than a sliding layer's window (a conversation's follow-up) start each query's keys
+at its position - window + 1 (SDPA with transformers' mask took those too).
 """
 
 from __future__ import annotations
@@ -30,17 +32,20 @@ BLOCKS = {256: (128, 64, 8, 2), 512: (64, 32, 8, 2)}
 
 
 @triton.jit
-def _attend(q, ends, best, sums, acc, k_base, v_base, stride_kl, stride_vl, start, stop, d,
-            d_ok, scale2, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-            F32: tl.constexpr):  # fmt: skip
-    """Online softmax over the keys at positions [start, stop), stored from `start` on."""
-    for first in range(start, stop, BLOCK_N):
-        n = first + tl.arange(0, BLOCK_N)
+def _attend(q, firsts, ends, best, sums, acc, k_base, v_base, stride_kl, stride_vl, start,
+            first, stop, d, d_ok, scale2, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+            WINDOWED: tl.constexpr, F32: tl.constexpr):  # fmt: skip
+    """Online softmax over the keys at positions [first, stop), stored from `start` on;
+    `WINDOWED`: each query's from its `firsts` on."""
+    for block in range(first, stop, BLOCK_N):
+        n = block + tl.arange(0, BLOCK_N)
         n_ok = n < stop
         kv_ok = n_ok[:, None] & d_ok[None, :]
         k = tl.load(k_base + (n - start)[:, None] * stride_kl + d[None, :], mask=kv_ok, other=0.0)
         scores = dot(q, tl.trans(k), tl.zeros((BLOCK_M, BLOCK_N), tl.float32), F32) * scale2
         seen = (n[None, :] < ends[:, None]) & n_ok[None, :]
+        if WINDOWED:
+            seen = seen & (n[None, :] >= firsts[:, None])
         scores = tl.where(seen, scores, -float("inf"))
         new_best = tl.maximum(best, tl.max(scores, axis=1))
         safe = tl.where(new_best == -float("inf"), 0.0, new_best)  # a padding row: nothing
@@ -58,12 +63,12 @@ def _attend(q, ends, best, sums, acc, k_base, v_base, stride_kl, stride_vl, star
 @triton.jit(do_not_specialize=["length", "prefix", "total", "stride_eb"])
 def _prompt_attention_kernel(
     q_ptr, k_ptr, v_ptr, pk_ptr, pv_ptr, ends_ptr, out_ptr,
-    length, prefix, total, kv_heads, scale,
+    length, prefix, total, window, kv_heads, scale,
     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl, stride_pkb, stride_pkh, stride_pkl,
     stride_pvb, stride_pvh, stride_pvl, stride_eb, stride_ob, stride_ol, stride_oh,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, F32: tl.constexpr,
+    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, F32: tl.constexpr,
 ):  # fmt: skip
     tile, pair = tl.program_id(0), tl.program_id(1)
     row, kv_head = pair // kv_heads, pair % kv_heads
@@ -85,16 +90,19 @@ def _prompt_attention_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     scale2 = scale * 1.4426950408889634  # exp(x) = exp2(x · log2 e)
     stop = tl.minimum(tl.max(ends, axis=0), total)
+    # a sliding layer's window: the keys after position - window (the image rule too)
+    firsts = tl.maximum(total - length + query - window + 1, 0)
+    first = tl.min(tl.where(m_ok, firsts, total), axis=0) if WINDOWED else 0
     # the shared prefix's keys (positions before `prefix`), then the prompts' own
     best, sums, acc = _attend(
-        q, ends, best, sums, acc, pk_ptr + row64 * stride_pkb + kv_head * stride_pkh,
-        pv_ptr + row64 * stride_pvb + kv_head * stride_pvh, stride_pkl, stride_pvl, 0,
-        tl.minimum(stop, prefix), d, d_ok, scale2, BLOCK_M, BLOCK_N, F32,
+        q, firsts, ends, best, sums, acc, pk_ptr + row64 * stride_pkb + kv_head * stride_pkh,
+        pv_ptr + row64 * stride_pvb + kv_head * stride_pvh, stride_pkl, stride_pvl, 0, first,
+        tl.minimum(stop, prefix), d, d_ok, scale2, BLOCK_M, BLOCK_N, WINDOWED, F32,
     )  # fmt: skip
     best, sums, acc = _attend(
-        q, ends, best, sums, acc, k_ptr + row64 * stride_kb + kv_head * stride_kh,
-        v_ptr + row64 * stride_vb + kv_head * stride_vh, stride_kl, stride_vl, prefix, stop, d,
-        d_ok, scale2, BLOCK_M, BLOCK_N, F32,
+        q, firsts, ends, best, sums, acc, k_ptr + row64 * stride_kb + kv_head * stride_kh,
+        v_ptr + row64 * stride_vb + kv_head * stride_vh, stride_kl, stride_vl, prefix,
+        tl.maximum(first, prefix), stop, d, d_ok, scale2, BLOCK_M, BLOCK_N, WINDOWED, F32,
     )  # fmt: skip
     out = acc / tl.where(sums == 0.0, 1.0, sums)[:, None]
     tl.store(out_ptr + row64 * stride_ob + query[:, None] * stride_ol + head[:, None] * stride_oh
@@ -102,12 +110,16 @@ def _prompt_attention_kernel(
              mask=m_ok[:, None] & d_ok[None, :])  # fmt: skip
 
 
-def prompt_attention(query, key, value, ends, scaling: float, prefix=None) -> torch.Tensor:
+def prompt_attention(
+    query, key, value, ends, scaling: float, prefix=None, window: int = 0
+) -> torch.Tensor:
     """query [B, Hq, L, D] (the last L of the S key positions), key/value [B, Hkv, S, D],
     ends [B, L] (int32, fast_ops.visible_ends): query i sees the keys before ends[:, i]
     (None: causal) → [B, L, Hq, D]. Any strides with D innermost. `prefix`: the first P
     key positions' keys and values apart ([1 or B, Hkv, P, D] each, read by every row);
-    key/value then hold the S - P after them."""
+    key/value then hold the S - P after them. `window`: a sliding layer's, whose queries
+    see only the keys after their position - window (transformers' sliding_window_overlay,
+    over the image rule too)."""
     batch, heads, length, head_dim = query.shape
     kv_heads = key.shape[1]
     prefix_key, prefix_value = prefix if prefix is not None else (key[:, :, :0], value[:, :, :0])
@@ -124,23 +136,28 @@ def prompt_attention(query, key, value, ends, scaling: float, prefix=None) -> to
     shared = [0 if t.shape[0] == 1 else t.stride(0) for t in (prefix_key, prefix_value)]
     _prompt_attention_kernel[grid](
         query, key, value, prefix_key, prefix_value, out if ends is None else ends, out,
-        length, before, total, kv_heads, scaling, query.stride(0), query.stride(1),
+        length, before, total, window, kv_heads, scaling, query.stride(0), query.stride(1),
         query.stride(2), key.stride(0), key.stride(1), key.stride(2), value.stride(0),
         value.stride(1), value.stride(2), shared[0], prefix_key.stride(1), prefix_key.stride(2),
         shared[1], prefix_value.stride(1), prefix_value.stride(2),
         0 if ends is None else ends.stride(0), out.stride(0), out.stride(1), out.stride(2),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-        CAUSAL=ends is None, F32=INTERPRETED, num_warps=warps, num_stages=stages,
+        CAUSAL=ends is None, WINDOWED=0 < window < total, F32=INTERPRETED, num_warps=warps,
+        num_stages=stages,
     )  # fmt: skip
     return out
 
 
-def reference_attention(query, key, value, ends, scaling: float) -> torch.Tensor:
+def reference_attention(query, key, value, ends, scaling: float, window: int = 0):
     """The same attention in float32 torch, with the mask made explicit."""
     if ends is None:
         ends = visible_ends([[]] * query.shape[0], key.shape[2] - query.shape[2], query.shape[2])
     ends = ends.to(query.device)
-    mask = torch.arange(key.shape[2], device=ends.device)[None, None, :] < ends[:, :, None]
+    keys = torch.arange(key.shape[2], device=ends.device)
+    mask = keys[None, None, :] < ends[:, :, None]
+    if window:
+        queries = keys[key.shape[2] - query.shape[2] :]
+        mask &= (keys[None, :] > queries[:, None] - window)[None]
     output = torch.nn.functional.scaled_dot_product_attention(
         query.float(), key.float(), value.float(), attn_mask=mask[:, None], scale=scaling,
         enable_gqa=True,
@@ -150,27 +167,26 @@ def reference_attention(query, key, value, ends, scaling: float) -> torch.Tensor
 
 def works_on(device: torch.device) -> bool:
     """GPUs where the kernel compiles and matches the reference at Gemma 4's sizes: a
-    sliding layer (16 query heads, 8 KV heads of 256) with an image, a global one (2 KV
-    heads of 512) causal, both after a prefix, given joined to the prompts' keys and apart."""
+    sliding layer (16 query heads, 8 KV heads of 256) with an image, within its window and
+    past it, a global one (2 KV heads of 512) causal, all after a prefix, given joined to
+    the prompts' keys and apart."""
     if device.type != "cuda":
         return False
     generator = torch.Generator(device=device).manual_seed(0)
     batch, heads, prefix, length = 2, 16, 40, 100
-    for kv_heads, dim, ends in (
-        (8, 256, visible_ends([[(10, 50)], [(0, 30)]], prefix, length).to(device)),
-        (2, 512, None),
-    ):
+    spans = visible_ends([[(10, 50)], [(0, 30)]], prefix, length).to(device)
+    for kv_heads, dim, ends, window in ((8, 256, spans, 0), (8, 256, spans, 64), (2, 512, None, 0)):
         query = torch.randn(batch, heads, length, dim, generator=generator, device=device)
         key, value = torch.randn(2, batch, kv_heads, prefix + length, dim, generator=generator,
                                  device=device)  # fmt: skip
         query, key, value = (t.to(torch.bfloat16) for t in (query, key, value))
         key[1:, :, :prefix], value[1:, :, :prefix] = key[:1, :, :prefix], value[:1, :, :prefix]
-        expected = reference_attention(query, key, value, ends, dim**-0.5)
+        expected = reference_attention(query, key, value, ends, dim**-0.5, window)
         apart = (key[:1, :, :prefix], value[:1, :, :prefix])
         for got in (
-            prompt_attention(query, key, value, ends, dim**-0.5),
+            prompt_attention(query, key, value, ends, dim**-0.5, None, window),
             prompt_attention(query, key[:, :, prefix:], value[:, :, prefix:], ends, dim**-0.5,
-                             apart),
+                             apart, window),
         ):  # fmt: skip
             if not (got.float() - expected).abs().max() <= 0.02 * expected.abs().max():
                 return False
