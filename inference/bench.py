@@ -502,58 +502,64 @@ def run(args: argparse.Namespace) -> dict:
         result["targets"] = targets(rows)
         write(args.out, result)
 
-    setup_started = time.perf_counter()
-    engine = BatchEngine(base, runtime)
-    result["engine_setup_seconds"] = round(time.perf_counter() - setup_started, 1)
-    result["fused_experts_max_tokens"] = layers.fused_experts_max_tokens  # 0 if it failed
-    result["expert_major_max_tokens"] = layers.expert_major_max_tokens
-    result["triton_prompt_experts"] = layers.triton_prompt_experts
-    result["graph_breaks"] = dict(dynamo_counters["graph_break"])
-    graphs_after_setup = dynamo_counters["stats"]["unique_graphs"]
-    triton_after_setup = triton_kernels_compiled()
-    bench_engine(engine, make_requests(2, 4, seed=99), [0.0, 0.0], "warm-up")
-    for concurrency in args.engine_concurrency:
-        chosen = requests[:concurrency]
-        record(bench_engine(engine, chosen, [0.0] * concurrency, "engine, together"))
-        if args.poisson_rate and concurrency > 1:
-            arrivals = poisson_arrivals(concurrency, args.poisson_rate)
-            record(bench_engine(engine, chosen, arrivals, f"engine, Poisson {args.poisson_rate}/s"))
-        if args.closed_loop_rounds and concurrency > 1:
-            record(bench_closed_loop(engine, chosen, args.closed_loop_rounds))
-    for concurrency in args.long_context:
-        long = long_context_requests(base, requests[:concurrency], args.max_seq_len)
-        row = bench_engine(engine, long, [0.0] * concurrency, "engine, long context")
-        row.extra["context_tokens"] = args.max_seq_len
-        record(row)
-    result["prefix_cache"] = engine.runner.prefixes.stats()
-    if args.prefix_cache_tokens:
-        engine.runner.prefixes.max_tokens = 0  # every prompt prefilled whole again
-        for concurrency in without_cache:
-            chosen, name = requests[:concurrency], "engine, no prefix cache"
-            record(bench_engine(engine, chosen, [0.0] * concurrency, name))
-        engine.runner.prefixes.max_tokens = args.prefix_cache_tokens
-    for prompts in args.sweep_prefill_seqs:  # prompts per prefill, bursts only
-        engine.scheduler.max_prefill_seqs = engine.scheduler.deep_queue_prefill_seqs = prompts
+    def default_engine_rows() -> None:
+        """The rows on an engine with the run's settings (closed after)."""
+        setup_started = time.perf_counter()
+        engine = BatchEngine(base, runtime)
+        result["engine_setup_seconds"] = round(time.perf_counter() - setup_started, 1)
+        result["fused_experts_max_tokens"] = layers.fused_experts_max_tokens  # 0 if it failed
+        result["expert_major_max_tokens"] = layers.expert_major_max_tokens
+        result["triton_prompt_experts"] = layers.triton_prompt_experts
+        result["graph_breaks"] = dict(dynamo_counters["graph_break"])
+        graphs_after_setup = dynamo_counters["stats"]["unique_graphs"]
+        triton_after_setup = triton_kernels_compiled()
+        bench_engine(engine, make_requests(2, 4, seed=99), [0.0, 0.0], "warm-up")
         for concurrency in args.engine_concurrency:
-            if concurrency > 1:
-                chosen, name = requests[:concurrency], f"engine, together, prefill ≤{prompts}"
+            chosen = requests[:concurrency]
+            record(bench_engine(engine, chosen, [0.0] * concurrency, "engine, together"))
+            if args.poisson_rate and concurrency > 1:
+                arrivals = poisson_arrivals(concurrency, args.poisson_rate)
+                name = f"engine, Poisson {args.poisson_rate}/s"
+                record(bench_engine(engine, chosen, arrivals, name))
+            if args.closed_loop_rounds and concurrency > 1:
+                record(bench_closed_loop(engine, chosen, args.closed_loop_rounds))
+        for concurrency in args.long_context:
+            long = long_context_requests(base, requests[:concurrency], args.max_seq_len)
+            row = bench_engine(engine, long, [0.0] * concurrency, "engine, long context")
+            row.extra["context_tokens"] = args.max_seq_len
+            record(row)
+        result["prefix_cache"] = engine.runner.prefixes.stats()
+        if args.prefix_cache_tokens:
+            engine.runner.prefixes.max_tokens = 0  # every prompt prefilled whole again
+            for concurrency in without_cache:
+                chosen, name = requests[:concurrency], "engine, no prefix cache"
                 record(bench_engine(engine, chosen, [0.0] * concurrency, name))
-    engine.scheduler.max_prefill_seqs = runtime.max_prefill_seqs
-    engine.scheduler.deep_queue_prefill_seqs = runtime.deep_queue_prefill_seqs
-    # compiled regions that had to be built while serving (0: the warm-up covered all)
-    graphs_now = dynamo_counters["stats"]["unique_graphs"]
-    result["recompiles_while_serving"] = graphs_now - graphs_after_setup
-    # the same for the project's Triton kernels (a new pattern of int arguments compiles)
-    triton_now = triton_kernels_compiled()
-    if triton_now is not None and triton_after_setup is not None:
-        result["triton_compiles_while_serving"] = triton_now - triton_after_setup
-    write(args.out, result)
-    # its KV cache and graphs freed for the next rows (a reference left to any part of it,
-    # e.g. its scheduler, which asks the runner about cached prefixes, would keep ~20 GiB)
-    runner = weakref.ref(engine.runner)
-    engine.close()
-    del engine
-    result["closed_engine_released"] = release(device, runner)
+            engine.runner.prefixes.max_tokens = args.prefix_cache_tokens
+        for prompts in args.sweep_prefill_seqs:  # prompts per prefill, bursts only
+            engine.scheduler.max_prefill_seqs = engine.scheduler.deep_queue_prefill_seqs = prompts
+            for concurrency in args.engine_concurrency:
+                if concurrency > 1:
+                    chosen, name = requests[:concurrency], f"engine, together, prefill ≤{prompts}"
+                    record(bench_engine(engine, chosen, [0.0] * concurrency, name))
+        engine.scheduler.max_prefill_seqs = runtime.max_prefill_seqs
+        engine.scheduler.deep_queue_prefill_seqs = runtime.deep_queue_prefill_seqs
+        # compiled regions that had to be built while serving (0: the warm-up covered all)
+        graphs_now = dynamo_counters["stats"]["unique_graphs"]
+        result["recompiles_while_serving"] = graphs_now - graphs_after_setup
+        # the same for the project's Triton kernels (a new pattern of int arguments compiles)
+        triton_now = triton_kernels_compiled()
+        if triton_now is not None and triton_after_setup is not None:
+            result["triton_compiles_while_serving"] = triton_now - triton_after_setup
+        write(args.out, result)
+        # its KV cache and graphs freed for the next rows (a reference left to any part of it,
+        # e.g. its scheduler, which asks the runner about cached prefixes, would keep ~20 GiB)
+        runner = weakref.ref(engine.runner)
+        engine.close()
+        del engine
+        result["closed_engine_released"] = release(device, runner)
+
+    if args.engine_concurrency or args.long_context or without_cache or args.sweep_prefill_seqs:
+        default_engine_rows()
 
     def variant_rows(name: str, concurrencies: list[int], **changes) -> None:
         """These bursts on an engine with other settings (built now, closed after)."""
