@@ -216,7 +216,7 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, scaling: float) -> 
 
 
 # layers.install swaps in a compiled one: one kernel instead of five (cast, scale, mask
-# inversion, fill, softmax) per layer and step
+# inversion, fill, softmax) per layer and step; on GPUs Triton's (softmax_kernel)
 decode_probs = masked_softmax
 
 

@@ -234,6 +234,10 @@ def install(
         for layer in vision_layers:
             layer.forward = partial(vision_forward, layer)
         fast_ops.decode_probs = torch.compile(fast_ops.masked_softmax, backend=backend)
+    if on_gpu and kernels_work("softmax_kernel", model.device, "softmax_kernel", "compiled"):
+        from inference.runtime.softmax_kernel import masked_softmax  # needs Triton
+
+        fast_ops.decode_probs = masked_softmax  # a row per program: one read, one write
     for layer in layers:
         if not hasattr(layer.self_attn, "qkv_weight"):
             fuse_projections(layer)

@@ -1,0 +1,42 @@
+"""The decode step's masked softmax kernel (softmax_kernel), run by Triton's interpreter on
+the CPU against fast_ops.masked_softmax (the compiled torch version it replaces on GPUs)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.inference.runtime.interpreted import run_interpreted
+
+pytest.importorskip("triton")
+
+SCRIPT = """
+import json, torch
+from inference.runtime.fast_ops import masked_softmax
+from inference.runtime.softmax_kernel import masked_softmax as kernel_softmax
+
+torch.manual_seed(0)
+result = {}
+# (sequences, KV heads, queries per KV head, attended positions): a sliding layer's, a
+# global one's, a length not a power of 2
+for batch, heads, group, length in [(3, 8, 2, 64), (2, 2, 8, 80), (4, 1, 1, 100)]:
+    scores = (torch.randn(batch, heads, group, length) * 8).to(torch.bfloat16)
+    visible = torch.randint(1, length + 1, (batch, 1))
+    visible[0] = 0  # a padding row of a graph's batch: it sees nothing
+    mask = (torch.arange(length)[None, :] < visible)[:, None, None, :]
+    got = kernel_softmax(scores, mask, 0.0625).float()
+    expected = masked_softmax(scores, mask, 0.0625).float()
+    name = f"{batch}x{heads}x{group}x{length}"
+    result[name] = (got[1:] - expected[1:]).abs().max().item()
+    result[name + " sums"] = (got[1:].sum(-1) - 1).abs().max().item()
+    result[name + " unseen"] = got[1:].masked_select(~mask[1:]).abs().max().item()
+    result[name + " empty row"] = got[0].abs().max().item()
+print(json.dumps(result))
+"""
+
+
+def test_masked_softmax_kernel_equals_torch() -> None:
+    result = run_interpreted(SCRIPT)
+    assert len(result) == 12, result
+    for case, value in result.items():
+        bound = 0.0 if case.endswith(("unseen", "empty row")) else 1e-2
+        assert value <= bound, f"{case}: {value}"
