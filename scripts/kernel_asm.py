@@ -70,15 +70,21 @@ def attention_kernel() -> dict:
     types = {n: "i32" for n in fn.arg_names if n.startswith("stride_")} | dict.fromkeys(
         ("q_ptr", "k_ptr", "v_ptr", "pk_ptr", "pv_ptr", "out_ptr"), "*bf16"
     ) | {"ends_ptr": "*i32", "length": "i32", "prefix": "i32", "total": "i32",
-         "kv_heads": "i32", "scale": "fp32"}  # fmt: skip
+         "window": "i32", "kv_heads": "i32", "scale": "fp32"}  # fmt: skip
     block_m, block_n, warps, stages = prompt_attention_kernel.BLOCKS[256]
     constants = {"GROUP": 2, "HEAD_DIM": 256, "BLOCK_D": 256, "BLOCK_M": block_m,
-                 "BLOCK_N": block_n, "CAUSAL": False, "F32": False}  # fmt: skip
+                 "BLOCK_N": block_n, "CAUSAL": False, "WINDOWED": False,
+                 "F32": False}  # fmt: skip
     # sizes that vary per prefill are not specialized (do_not_specialize), nor is scale
     divisible = [n for n in types if n not in ("length", "prefix", "total", "stride_eb",
                                                 "scale", "kv_heads")]  # fmt: skip
-    return {"prompt attention, sliding (bf16)": compile_for_hopper(
-        fn, types, constants, divisible, warps, stages)}  # fmt: skip
+    past_window = constants | {"WINDOWED": True}  # a follow-up longer than the window
+    return {
+        "prompt attention, sliding (bf16)": compile_for_hopper(
+            fn, types, constants, divisible, warps, stages),
+        "prompt attention, sliding past the window (bf16)": compile_for_hopper(
+            fn, types, past_window, divisible, warps, stages),
+    }  # fmt: skip
 
 
 def main() -> None:
