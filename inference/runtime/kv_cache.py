@@ -67,9 +67,10 @@ class SlotKVCache:
             made_as = torch.uint8 if stored == FP8 else stored  # FP8 zeros as bytes: +0.0
             for cache in (self.keys, self.values):
                 cache.append(torch.zeros(shape, dtype=made_as, device=device).view(stored))
-        # Filled before each decode step (static tensors, so CUDA graphs can replay it).
-        self.step_rows = torch.zeros(num_slots, dtype=torch.long, device=device)  # slot of row
-        self.step_positions = torch.zeros(num_slots, dtype=torch.long, device=device)
+        # Filled before each decode step (static tensors, so CUDA graphs can replay it): per
+        # row its position, its slot, and where the sliding layers' ring keeps the position
+        self.step = torch.zeros(3, num_slots, dtype=torch.long, device=device)
+        self.step_positions, self.step_rows, self.step_ring = self.step
         # positions a decode step attends to (a graph is captured per value)
         self.attend_len = max_seq_len
 
@@ -99,11 +100,17 @@ class SlotKVCache:
         return max(0, budget // per_slot - 1)
 
     # -- transformers Cache protocol, decode steps ----------------------------------------
+    def step_inputs(self, positions: list[int], rows: list[int]) -> torch.Tensor:
+        """What `step[:, :n]` holds for a decode step of these rows (CPU, [3, n]): the ring
+        index computed here, not by a kernel in each sliding layer."""
+        ring = [position % self.window for position in positions]
+        return torch.tensor([positions, rows, ring], dtype=torch.long)
+
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Store the step's key/value ([B, H, 1, D]) and return the first B rows to attend."""
         batch = key.shape[0]
         rows, positions = self.step_rows[:batch], self.step_positions[:batch]
-        index = positions % self.window if self.layers[layer_idx].is_sliding else positions
+        index = self.step_ring[:batch] if self.layers[layer_idx].is_sliding else positions
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         put(keys, (rows, slice(None), index), key[:, :, 0])
         put(values, (rows, slice(None), index), value[:, :, 0])

@@ -110,7 +110,6 @@ class ModelRunner:
         self.suppressed = torch.tensor(suppressed_ids, dtype=torch.long, device=self.device)
         self._ids = torch.full((num_slots,), pad_token_id, dtype=torch.long, device=self.device)
         self._positions = self.cache.step_positions
-        self._rows = self.cache.step_rows
         self.attend_lengths = attend_length_buckets(max_seq_len, attend_lengths)
         self._graph_batches = sorted(b for b in graph_batch_sizes if b <= num_slots)
         # (batch size, attended length) → graph and its logits
@@ -266,12 +265,11 @@ class ModelRunner:
         length = next(length for length in self.attend_lengths if length > max(positions))
         if token_ids is not None:
             self._ids[:n].copy_(torch.tensor(token_ids), non_blocking=True)
-        step = torch.tensor(
-            [positions + [0] * (bucket - n),
-             list(range(n)) + [self.cache.scratch_slot] * (bucket - n)],
-            dtype=torch.long,
-        ).to(self.device, non_blocking=True)  # fmt: skip
-        self._positions[:bucket], self._rows[:bucket] = step
+        step = self.cache.step_inputs(
+            positions + [0] * (bucket - n),
+            list(range(n)) + [self.cache.scratch_slot] * (bucket - n),
+        )
+        self.cache.step[:, :bucket].copy_(step.to(self.device, non_blocking=True))
         if (bucket, length) in self._graphs:
             graph, logits = self._graphs[bucket, length]
             graph.replay()

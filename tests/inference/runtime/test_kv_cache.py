@@ -89,8 +89,7 @@ def test_fp8_sliding_layers_store_clamped_fp8_and_the_global_ones_keep_their_dty
     torch.testing.assert_close(cache.values[0][1][:, :9], fit(values[0][1][:, :9], FP8))
     torch.testing.assert_close(cache.keys[1][1][:, :9], keys[1][1][:, :9])
     # a decode step writes its key/value as FP8 too, at the ring position
-    cache.step_rows[:2] = torch.tensor([0, 1])
-    cache.step_positions[:2] = torch.tensor([5, 9])
+    cache.step[:, :2] = cache.step_inputs([5, 9], [0, 1])
     step_key, step_value = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
     attended_keys, _ = cache.update(step_key, step_value, 0)
     assert attended_keys.dtype == FP8
@@ -120,3 +119,18 @@ def test_a_memory_budget_holds_whole_slots_and_the_scratch_one() -> None:
     cache = make_cache(window=16)  # 5 slots and the scratch one, as bytes_needed counts
     allocated = sum(t.numel() * t.element_size() for t in (*cache.keys, *cache.values))
     assert allocated == SlotKVCache.bytes_needed(layers, num_slots=5, **sizes)
+
+
+def test_a_decode_step_writes_the_ring_index_in_sliding_layers_and_the_position_in_global() -> None:
+    cache = make_cache(window=16)
+    step = cache.step_inputs([20, 3], [1, 0])  # past the window, and not
+    assert step.tolist() == [[20, 3], [1, 0], [4, 3]]
+    cache.step[:, :2] = step
+    keys = [torch.randn(2, 2, 1, 4), torch.randn(2, 1, 1, 8)]
+    values = [torch.randn_like(k) for k in keys]
+    for layer in (0, 1):
+        cache.update(keys[layer], values[layer], layer)
+    torch.testing.assert_close(cache.keys[0][1][:, 4], keys[0][0, :, 0])
+    torch.testing.assert_close(cache.values[0][0][:, 3], values[0][1, :, 0])
+    torch.testing.assert_close(cache.keys[1][1][:, 20], keys[1][0, :, 0])
+    torch.testing.assert_close(cache.values[1][0][:, 3], values[1][1, :, 0])
