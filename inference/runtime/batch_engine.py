@@ -136,6 +136,7 @@ class BatchEngine:
             prefix_cache_tokens=runtime.prefix_cache_tokens,
             packed_photos=runtime.vision_per_photo,
             fp8_sliding_kv=fp8_kv,
+            kv_write=self._kv_write_kernel(),
         )
         if compile_layers:
             self._warm_up_prefill()
@@ -162,6 +163,18 @@ class BatchEngine:
             log.info("kv_cache_slots_within_budget", slots=slots, asked=runtime.max_slots,
                      budget_gib=round(runtime.kv_cache_bytes / 2**30, 2))  # fmt: skip
         return replace(runtime, max_slots=min(slots, runtime.max_slots))
+
+    def _kv_write_kernel(self) -> Callable | None:
+        """kv_write_kernel.write where it works on this GPU (one launch a layer for a decode
+        step's keys and values, not two indexed assignments)."""
+        device = self.base.model.device
+        if device.type == "cuda" and layers.kernels_work(
+            "kv_write_kernel", device, "kv_write_kernel", "indexed assignment"
+        ):
+            from inference.runtime.kv_write_kernel import write  # needs Triton
+
+            return write
+        return None
 
     def _prompt_kernel_works(self) -> bool:
         device = self.base.model.device

@@ -10,6 +10,7 @@ theirs as FP8 (`sliding_dtype`; read by attention_kernel).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +72,9 @@ class SlotKVCache:
         # row its position, its slot, and where the sliding layers' ring keeps the position
         self.step = torch.zeros(3, num_slots, dtype=torch.long, device=device)
         self.step_positions, self.step_rows, self.step_ring = self.step
+        # a decode step's keys and values in one kernel (kv_write_kernel.write), else (and
+        # into FP8 caches) two indexed assignments per layer
+        self.write_step: Callable | None = None
         # positions a decode step attends to (a graph is captured per value)
         self.attend_len = max_seq_len
 
@@ -112,8 +116,11 @@ class SlotKVCache:
         rows, positions = self.step_rows[:batch], self.step_positions[:batch]
         index = self.step_ring[:batch] if self.layers[layer_idx].is_sliding else positions
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        put(keys, (rows, slice(None), index), key[:, :, 0])
-        put(values, (rows, slice(None), index), value[:, :, 0])
+        if self.write_step is not None and keys.dtype == key.dtype:
+            self.write_step(keys, values, key, value, rows, index)
+        else:
+            put(keys, (rows, slice(None), index), key[:, :, 0])
+            put(values, (rows, slice(None), index), value[:, :, 0])
         length = min(self.attend_len, keys.shape[2])
         return keys[:batch, :, :length], values[:batch, :, :length]
 

@@ -5,6 +5,7 @@ CUDA graphs captured per batch size."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import structlog
 import torch
@@ -80,6 +81,7 @@ class ModelRunner:
         prefix_cache_tokens: int = 0,
         packed_photos: bool = False,
         fp8_sliding_kv: bool = False,
+        kv_write: Callable | None = None,
     ) -> None:
         self.model = model
         self.flash_prompts = flash_prompts  # sliding layers' prompt attention unmasked
@@ -106,6 +108,7 @@ class ModelRunner:
             device=self.device,
             sliding_dtype=FP8 if fp8_sliding_kv else None,
         )
+        self.cache.write_step = kv_write  # decode steps' writes (kv_write_kernel; GPUs)
         self.prefixes = PrefixCache(prefix_cache_tokens)
         self.suppressed = torch.tensor(suppressed_ids, dtype=torch.long, device=self.device)
         self._ids = torch.full((num_slots,), pad_token_id, dtype=torch.long, device=self.device)
