@@ -82,9 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--long-context",
         type=_ints,
-        default=[64],
+        default=None,
         help="then these bursts of follow-ups whose conversations fill --max-seq-len (a "
-        "photo, three answers and this turn's photo; the peak memory target's 4k context)",
+        "photo, three answers and this turn's photo; the peak memory target's 4k context; "
+        "default: the largest engine concurrency)",
     )
     parser.add_argument(
         "--fp8-experts",

@@ -39,6 +39,8 @@ def write(keys, values, key, value, rows, index) -> None:
     batch, heads, _, head_dim = key.shape
     if keys.stride() != values.stride() or keys.stride(-1) != 1 or key.stride(-1) != 1:
         raise ValueError("keys and values must share a layout with head_dim innermost")
+    if rows.stride(0) != 1 or index.stride(0) != 1:
+        raise ValueError("rows and index must be contiguous")
     if keys.dtype != key.dtype:
         raise ValueError("the cache keeps the step's dtype")
     _write_kernel[(batch * heads,)](
