@@ -1,6 +1,7 @@
 """Where a decode step of the batching engine spends GPU time (full-size random Gemma 4).
 
     python scripts/profile_decode.py --batches 1,8,64 [--prefill 4,8] [--contiguous-experts]
+        [--persistent-rows 4096]
 
 Prints the top kernels per batch size from torch.profiler (eager steps, kernel times are
 those a CUDA graph replays), the graph-replay step time, optionally where a prefill's GPU
@@ -22,6 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch._inductor.choices import InductorChoices
+from torch._inductor.runtime.hints import ReductionHint
+from torch._inductor.virtualized import V
 from torch.profiler import ProfilerActivity, profile
 from transformers import AttentionInterface
 
@@ -29,6 +33,28 @@ from inference.bench import GpuTimer, full_size_random_engine, make_requests
 from inference.runtime import fast_ops, vision
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
+
+
+class WideRowChoices(InductorChoices):
+    """inductor's persistent reductions (a row held in registers: read once) for rows of
+    up to PERSISTENT_ROWS; its own limit is 1,024, so the vision tower's norms (rows of
+    1,152) and the text layers' (2,816) are looped reductions. An experiment
+    (--persistent-rows): the engine does not set it."""
+
+    @staticmethod
+    def should_use_persistent_reduction(features, cooperative_reduction: bool) -> bool:
+        if (
+            features.get_reduction_hint() == ReductionHint.INNER
+            and V.graph.sizevars.statically_known_leq(features.reduction_numel, PERSISTENT_ROWS)
+        ):
+            return True
+        return InductorChoices.should_use_persistent_reduction(features, cooperative_reduction)
+
+    def uuid(self) -> str:  # for inductor's cache keys
+        return f"travelbot-wide-rows-{PERSISTENT_ROWS}"
+
+
+PERSISTENT_ROWS = 0
 
 
 def step_inputs(batch: int) -> tuple[list[int], list[int]]:
@@ -268,8 +294,16 @@ def main() -> None:
     parser.add_argument("--prefill", default="", help="also profile prefills of N,M prompts")
     parser.add_argument("--grouped-mm", action="store_true", help="grouped_mm layout bench")
     parser.add_argument("--fp8-experts", action="store_true", help="then with FP8 experts")
+    parser.add_argument(
+        "--persistent-rows", type=int, default=0,
+        help="inductor's persistent reductions for rows up to this long (an experiment)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench-out/profile.json"))
     args = parser.parse_args()
+    if args.persistent_rows:
+        global PERSISTENT_ROWS
+        PERSISTENT_ROWS = args.persistent_rows
+        torch._inductor.config.inductor_choices_class = WideRowChoices
     batches = [int(b) for b in args.batches.split(",") if b]
     base = full_size_random_engine("cuda", 280)
     base.model.set_experts_implementation("grouped_mm")
