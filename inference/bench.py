@@ -469,6 +469,7 @@ def run(args: argparse.Namespace) -> dict:
             *args.fp8_experts,
             *args.fp8_kv_cache,
             *args.long_context,
+            *args.persistent_rows,
         ]
     )
     requests = make_requests(count, args.new_tokens)
@@ -580,6 +581,8 @@ def run(args: argparse.Namespace) -> dict:
         del engine
         result[f"{name} engine released"] = release(device, runner)
 
+    if args.persistent_rows:
+        variant_rows("persistent rows", args.persistent_rows, persistent_reduction_rows=4096)
     if args.fp8_kv_cache:
         variant_rows("fp8 kv cache", args.fp8_kv_cache, fp8_kv_cache=True)
     if args.fp8_experts:  # quantized in place; the bf16 weights back for generate() after

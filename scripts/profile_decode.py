@@ -23,9 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch._inductor.choices import InductorChoices
-from torch._inductor.runtime.hints import ReductionHint
-from torch._inductor.virtualized import V
 from torch.profiler import ProfilerActivity, profile
 from transformers import AttentionInterface
 
@@ -33,28 +30,6 @@ from inference.bench import GpuTimer, full_size_random_engine, make_requests
 from inference.runtime import fast_ops, vision
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
-
-
-class WideRowChoices(InductorChoices):
-    """inductor's persistent reductions (a row held in registers: read once) for rows of
-    up to PERSISTENT_ROWS; its own limit is 1,024, so the vision tower's norms (rows of
-    1,152) and the text layers' (2,816) are looped reductions. An experiment
-    (--persistent-rows): the engine does not set it."""
-
-    @staticmethod
-    def should_use_persistent_reduction(features, cooperative_reduction: bool) -> bool:
-        if (
-            features.get_reduction_hint() == ReductionHint.INNER
-            and V.graph.sizevars.statically_known_leq(features.reduction_numel, PERSISTENT_ROWS)
-        ):
-            return True
-        return InductorChoices.should_use_persistent_reduction(features, cooperative_reduction)
-
-    def uuid(self) -> str:  # for inductor's cache keys
-        return f"travelbot-wide-rows-{PERSISTENT_ROWS}"
-
-
-PERSISTENT_ROWS = 0
 
 
 def step_inputs(batch: int) -> tuple[list[int], list[int]]:
@@ -296,14 +271,10 @@ def main() -> None:
     parser.add_argument("--fp8-experts", action="store_true", help="then with FP8 experts")
     parser.add_argument(
         "--persistent-rows", type=int, default=0,
-        help="inductor's persistent reductions for rows up to this long (an experiment)",
+        help="RuntimeConfig.persistent_reduction_rows (inductor's persistent reductions)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench-out/profile.json"))
     args = parser.parse_args()
-    if args.persistent_rows:
-        global PERSISTENT_ROWS
-        PERSISTENT_ROWS = args.persistent_rows
-        torch._inductor.config.inductor_choices_class = WideRowChoices
     batches = [int(b) for b in args.batches.split(",") if b]
     base = full_size_random_engine("cuda", 280)
     base.model.set_experts_implementation("grouped_mm")
@@ -321,7 +292,10 @@ def main() -> None:
             make_experts_contiguous(base.model)
         slots = max([*batches, *prefills])
         runtime = RuntimeConfig(
-            max_slots=slots, graph_batch_sizes=tuple(batches), fp8_experts=layout == "fp8"
+            max_slots=slots,
+            graph_batch_sizes=tuple(batches),
+            fp8_experts=layout == "fp8",
+            persistent_reduction_rows=args.persistent_rows,
         )
         engine = BatchEngine(base, runtime)
         if prefills:

@@ -121,6 +121,7 @@ class BatchEngine:
                 fused_experts_tokens=runtime.fused_experts_tokens,
                 expert_major_tokens=runtime.expert_major_tokens,
                 triton_prompts=runtime.triton_prompt_experts,
+                persistent_rows=runtime.persistent_reduction_rows,
             )
         flash_prompts = runtime.fast_attention and runtime.flash_prompt_attention
         self.runner = ModelRunner(

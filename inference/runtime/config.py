@@ -43,6 +43,11 @@ class RuntimeConfig:
     compile_layers: bool | str | Callable | None = None
     # the vision tower one photo at a time without padding, so attention needs no mask
     vision_per_photo: bool = True
+    # the compiled layers' reductions over rows of up to this many values held in
+    # registers (one read of a row; layers.PersistentRows); 0: inductor's own choice, which
+    # stops at 1,024 (the vision tower's norms over 1,152, the text layers' over 2,816
+    # loop over the row twice). Off until measured on a GPU
+    persistent_reduction_rows: int = 0
     # launch step n+1 before reading back step n's tokens (False: read back at once)
     overlap_steps: bool = True
     # decode steps of up to this many tokens run the experts as Triton kernels (GPU only)
@@ -72,6 +77,7 @@ class RuntimeConfig:
             or self.max_prefill_seqs < 1
             or (self.kv_cache_bytes is not None and self.kv_cache_bytes < 1)
             or self.deep_queue_prefill_seqs < self.max_prefill_seqs
+            or self.persistent_reduction_rows < 0
             or (self.fp8_experts and not self.own_layer_forward)
             or (self.fp8_kv_cache and not self.fast_attention)
         ):
