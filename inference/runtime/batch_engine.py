@@ -138,6 +138,7 @@ class BatchEngine:
             packed_photos=runtime.vision_per_photo,
             fp8_sliding_kv=fp8_kv,
             kv_write=self._kv_write_kernel(),
+            compile_backend=("inductor" if compile_layers is True else compile_layers) or None,
         )
         if compile_layers:
             self._warm_up_prefill()

@@ -65,6 +65,15 @@ def attend_length_buckets(max_seq_len: int, lengths: tuple[int, ...] | None) -> 
     return sorted({length for length in lengths if length < max_seq_len} | {max_seq_len})
 
 
+def finished_logits(logits: torch.Tensor, softcap: float | None, suppressed: torch.Tensor):
+    """lm_head's output as the sampler takes it: float32, soft-capped, suppressed tokens
+    -inf (eager: four passes over [rows, vocab]; compiled: one)."""
+    logits = logits.float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.index_fill(1, suppressed, float("-inf"))
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -82,6 +91,7 @@ class ModelRunner:
         packed_photos: bool = False,
         fp8_sliding_kv: bool = False,
         kv_write: Callable | None = None,
+        compile_backend: str | Callable | None = None,
     ) -> None:
         self.model = model
         self.flash_prompts = flash_prompts  # sliding layers' prompt attention unmasked
@@ -97,6 +107,10 @@ class ModelRunner:
         # layers that read an earlier layer's keys and values (none in Gemma 4 26B-A4B)
         self.shared_kv_layers = getattr(text_config, "num_kv_shared_layers", 0)
         self.softcap = text_config.final_logit_softcapping
+        # one pass over the vocabulary when compiled (64 rows: 67 MB in float32 a pass)
+        self._finish_logits = finished_logits
+        if compile_backend is not None:
+            self._finish_logits = torch.compile(finished_logits, backend=compile_backend)
         self.device = model.device
         self.pad_token_id = pad_token_id
         self.cache = SlotKVCache(
@@ -308,10 +322,7 @@ class ModelRunner:
         return self._logits(output.last_hidden_state[:, -1])
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.model.lm_head(hidden).float()
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits.index_fill_(1, self.suppressed, float("-inf"))
+        return self._finish_logits(self.model.lm_head(hidden), self.softcap, self.suppressed)
 
     @torch.inference_mode()
     def _capture(self) -> None:
