@@ -51,6 +51,7 @@ def runtime_config(settings: Settings) -> RuntimeConfig | None:
         cuda_graphs=settings.cuda_graphs,
         compile_layers=settings.compile_layers,
         prefix_cache_tokens=settings.prefix_cache_tokens,
+        photo_cache_bytes=settings.photo_cache_mib * 2**20,
         fp8_experts=settings.fp8_experts,
         fp8_kv_cache=settings.fp8_kv_cache,
     )

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     cuda_graphs: bool | None = None  # None: on when the model runs on a GPU
     compile_layers: bool | None = None  # torch.compile the decoder layers; None: on a GPU
     prefix_cache_tokens: int = 4096  # the system prompt's KV kept on the device; 0: off
+    # the vision tower's output for photos seen again (a follow-up's earlier photo), kept on
+    # the device (batch engine; ~1.6 MB a photo at 280 soft tokens); 0: off
+    photo_cache_mib: int = Field(default=512, ge=0)
     fp8_experts: bool = False  # expert weights in FP8 (batch engine; `travelbot check-fp8` first)
     fp8_kv_cache: bool = False  # sliding layers' keys/values in FP8 (the same)
     max_queue: int = 64  # requests waiting beyond the running batch

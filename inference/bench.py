@@ -535,6 +535,7 @@ def run(args: argparse.Namespace) -> dict:
             row.extra["context_tokens"] = args.max_seq_len
             record(row)
         result["prefix_cache"] = engine.runner.prefixes.stats()
+        result["photo_cache"] = engine.runner.photos.stats()
         if args.prefix_cache_tokens:
             engine.runner.prefixes.max_tokens = 0  # every prompt prefilled whole again
             for concurrency in without_cache:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import structlog
 
-from inference.images import decode_image
+from inference.images import decode_image, photo_key
 from inference.output import OutputSplitter
 from inference.prompts import IMAGE_PLACEHOLDER, Prompt, build_prompt
 from inference.types import Event, Finished, Request
@@ -194,10 +194,13 @@ class GemmaEngine:
         return self._inputs(build_prompt(request), on_device=on_device)
 
     def prepare_with_prefix(self, request: Request) -> tuple[dict, tuple[int, ...]]:
-        """Inputs on the CPU, and the token ids the prompt shares with other travellers'
-        prompts (its start; () when too short to be worth caching)."""
+        """Inputs on the CPU (with `photo_keys`, one per photo: photo_cache), and the token
+        ids the prompt shares with other travellers' prompts (its start; () when too short
+        to be worth caching)."""
         prompt = build_prompt(request)
         inputs = self._inputs(prompt, on_device=False)
+        if prompt.images:
+            inputs["photo_keys"] = [photo_key(image) for image in prompt.images]
         if not prompt.shared_prefix:
             return inputs, ()
         expected = self._prefix_ids(prompt.shared_prefix)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -47,6 +48,12 @@ def normalize_image(data: bytes, limits: ImageLimits = ImageLimits()) -> bytes:
     out = io.BytesIO()
     rgb.save(out, format="JPEG", quality=92)
     return out.getvalue()
+
+
+def photo_key(data: bytes) -> bytes:
+    """A photo's identity for caches of work done on it (normalized bytes: one photo, one
+    key); a digest, so the photo itself is not kept."""
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def decode_image(data: bytes) -> Image.Image:

@@ -139,6 +139,7 @@ class BatchEngine:
             fp8_sliding_kv=fp8_kv,
             kv_write=self._kv_write_kernel(),
             compile_backend=("inductor" if compile_layers is True else compile_layers) or None,
+            photo_cache_bytes=runtime.photo_cache_bytes,
         )
         if compile_layers:
             self._warm_up_prefill()

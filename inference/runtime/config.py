@@ -61,6 +61,10 @@ class RuntimeConfig:
     # KV of shared prompt prefixes (the system prompt) kept on the device, in positions
     # (~225 KB each on the full-size model); 0: every prefill computes its whole prompt
     prefix_cache_tokens: int = 4096
+    # the vision tower's output per photo kept on the device (photo_cache), so a follow-up's
+    # earlier photo is not run through the tower again (~1.6 MB a photo of 280 soft
+    # tokens); 0: none kept
+    photo_cache_bytes: int = 512 * 2**20
     # expert weights as FP8 with per-row scales (fp8_experts), quantized in place at start:
     # half the bytes of a many-sequence decode step. Opt-in until the real checkpoint's
     # answers are checked with it; needs own_layer_forward and an Ada/Hopper GPU or the CPU
@@ -78,6 +82,7 @@ class RuntimeConfig:
             or (self.kv_cache_bytes is not None and self.kv_cache_bytes < 1)
             or self.deep_queue_prefill_seqs < self.max_prefill_seqs
             or self.persistent_reduction_rows < 0
+            or self.photo_cache_bytes < 0
             or (self.fp8_experts and not self.own_layer_forward)
             or (self.fp8_kv_cache and not self.fast_attention)
         ):

@@ -15,6 +15,7 @@ from transformers import DynamicCache
 from inference.runtime import fast_ops, vision
 from inference.runtime.fp8_experts import FP8
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache
+from inference.runtime.photo_cache import PhotoCache
 from inference.runtime.prefix_cache import PrefixCache, PrefixKV, prompt_cache
 
 log = structlog.get_logger()
@@ -92,6 +93,7 @@ class ModelRunner:
         fp8_sliding_kv: bool = False,
         kv_write: Callable | None = None,
         compile_backend: str | Callable | None = None,
+        photo_cache_bytes: int = 0,
     ) -> None:
         self.model = model
         self.flash_prompts = flash_prompts  # sliding layers' prompt attention unmasked
@@ -124,6 +126,7 @@ class ModelRunner:
         )
         self.cache.write_step = kv_write  # decode steps' writes (kv_write_kernel; GPUs)
         self.prefixes = PrefixCache(prefix_cache_tokens)
+        self.photos = PhotoCache(photo_cache_bytes)
         self.suppressed = torch.tensor(suppressed_ids, dtype=torch.long, device=self.device)
         self._ids = torch.full((num_slots,), pad_token_id, dtype=torch.long, device=self.device)
         self._positions = self.cache.step_positions
@@ -237,6 +240,32 @@ class ModelRunner:
         positions = torch.cat([self._to_device(i["image_position_ids"]) for i in with_images])
         return pixels.to(self.model.dtype), positions
 
+    def _photo_features(self, with_images: list[dict], counts: list[int]) -> torch.Tensor:
+        """The photos' soft tokens in photo order: from the photo cache, and from the tower
+        for the others (each once, however many prompts of this prefill carry it)."""
+        photos = [(i, n) for i in with_images for n in range(len(i["pixel_values"]))]
+        keys = [(i.get("photo_keys") or [None] * len(i["pixel_values"]))[n] for i, n in photos]
+        names = [key if key is not None else place for place, key in enumerate(keys)]
+        features = {key: self.photos.get(key) for key in dict.fromkeys(keys) if key is not None}
+        todo = [j for j, name in enumerate(names)
+                if features.get(name) is None and names.index(name) == j]  # fmt: skip
+        if not todo:
+            return torch.cat([features[name] for name in names])
+        pixels, positions = (
+            torch.cat([self._to_device(photos[j][0][part][photos[j][1]][None]) for j in todo])
+            for part in ("pixel_values", "image_position_ids")
+        )  # fmt: skip
+        computed = vision.photo_embeddings(
+            self.model, pixels.to(self.model.dtype), positions, [counts[j] for j in todo]
+        )
+        cells = self.model.config.vision_config.pooling_kernel_size**2
+        for j, part in zip(todo, computed.split([counts[j] // cells for j in todo]), strict=True):
+            features[names[j]] = part
+            self.photos.put(keys[j], part)
+        if len(todo) == len(names):  # none cached, none repeated: as the tower gave them
+            return computed
+        return torch.cat([features[name] for name in names])
+
     def _embeds_with_photos(self, ids: torch.Tensor, with_images: list[dict]):
         """Token embeddings of the padded prompt ids [B, W] (CPU) with the photos' soft
         tokens in the image tokens' places, as transformers merges them, without its host
@@ -250,7 +279,7 @@ class ModelRunner:
         cells = self.model.config.vision_config.pooling_kernel_size**2
         if int(is_image.sum()) != sum(count // cells for count in counts):
             raise ValueError("image tokens and photos do not match")
-        features = vision.photo_embeddings(self.model, *self._photos(with_images), counts)
+        features = self._photo_features(with_images, counts)
         text_ids = ids.masked_fill(is_image, self.model.config.get_text_config().pad_token_id)
         embeds = self.model.model.get_input_embeddings()(self._to_device(text_ids))
         places = self._to_device(is_image.flatten().nonzero().flatten())

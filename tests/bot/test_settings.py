@@ -47,3 +47,15 @@ def test_the_kv_cache_budget_goes_to_the_batch_engine_in_bytes(
     assert runtime_config(Settings(_env_file=None)).kv_cache_bytes == 3 * 2**29
     with pytest.raises(ValidationError):
         Settings(_env_file=None, kv_cache_gib=0)
+
+
+def test_the_photo_cache_budget_goes_to_the_batch_engine_in_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bot.__main__ import runtime_config
+
+    assert runtime_config(Settings(_env_file=None)).photo_cache_bytes == 512 * 2**20
+    monkeypatch.setenv("TRAVELBOT_PHOTO_CACHE_MIB", "0")  # off
+    assert runtime_config(Settings(_env_file=None)).photo_cache_bytes == 0
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, photo_cache_mib=-1)
