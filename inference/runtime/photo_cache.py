@@ -66,6 +66,10 @@ class PhotoCache:
         if entry is not None:
             self.num_bytes -= entry[0].numel() * entry[0].element_size()
 
+    def clear(self) -> None:
+        self._entries.clear()
+        self.num_bytes = 0
+
     def stats(self) -> dict:
         return {"photos": len(self._entries), "bytes": self.num_bytes, "hits": self.hits,
                 "misses": self.misses}  # fmt: skip
