@@ -130,12 +130,30 @@ def feed_forward(layer, attention_output, residual):
     dense = dense_mlp(layer.mlp, layer.pre_feedforward_layernorm(hidden))
     dense = layer.post_feedforward_layernorm_1(dense)
     flat = residual.reshape(-1, residual.shape[-1])
-    top_k_weights, top_k_index = choose_experts(layer.router, flat)
-    experts = run_experts(layer.experts, layer.pre_feedforward_layernorm_2(flat), top_k_index,
-                          top_k_weights)  # fmt: skip
+    normed = layer.pre_feedforward_layernorm_2(flat)
+    if fused_experts_max_tokens < flat.shape[0] <= expert_major_max_tokens:
+        experts = routed_experts(layer.router, layer.experts, flat, normed)
+    else:
+        top_k_weights, top_k_index = choose_experts(layer.router, flat)
+        experts = run_experts(layer.experts, normed, top_k_index, top_k_weights)
     experts = layer.post_feedforward_layernorm_2(experts.reshape(residual.shape))
     hidden = residual + layer.post_feedforward_layernorm(dense + experts)
     return hidden * layer.layer_scalar
+
+
+def router_scores(router, flat):
+    """Gemma4TextRouter's scores, before its softmax and top-k."""
+    return router.proj(router.norm(flat) * router.scale * router.scalar_root_size)
+
+
+def routed_experts(router, experts, flat, hidden):
+    """A decode step of expert-major size (Triton kernels): the router's choice, the
+    pairs' grouping by expert (one kernel for both), then the experts."""
+    stored = (experts.gate_up_proj, experts.down_proj, *fp8_experts.scales(experts))
+    top_k = router.config.top_k_experts
+    return torch.ops.travelbot.routed_expert_major(
+        hidden, router_scores(router, flat), router.per_expert_scale, top_k, *stored
+    )
 
 
 def choose_experts(router, flat):
@@ -145,7 +163,7 @@ def choose_experts(router, flat):
     if prompt_experts is None:  # no Triton kernels
         _, weights, index = router(flat)
         return weights, index
-    scores = router.proj(router.norm(flat) * router.scale * router.scalar_root_size)
+    scores = router_scores(router, flat)
     return torch.ops.travelbot.route(scores, router.per_expert_scale, router.config.top_k_experts)
 
 
@@ -154,9 +172,7 @@ def run_experts(experts, hidden, top_k_index, top_k_weights):
     stored = (experts.gate_up_proj, experts.down_proj, *fp8_experts.scales(experts))
     if tokens <= fused_experts_max_tokens:
         return torch.ops.travelbot.fused_experts(hidden, top_k_index, top_k_weights, *stored)
-    if tokens <= expert_major_max_tokens:
-        return torch.ops.travelbot.expert_major_experts(hidden, top_k_index, top_k_weights, *stored)
-    if prompt_experts is not None:
+    if prompt_experts is not None:  # (expert-major sizes: routed_experts)
         return prompt_experts(hidden, top_k_index, top_k_weights, *stored)
     weights = fp8_experts.dequantized(experts)  # FP8: this layer's, for this prompt only
     if not weights:

@@ -286,6 +286,78 @@ def group_by_expert(top_k_index: torch.Tensor, num_experts: int):
     return order, counts, starts, position
 
 
+@triton.jit(do_not_specialize=["tokens"])
+def _route_group_kernel(
+    scores_ptr, scale_ptr, weights_ptr, index_ptr, counts_ptr, starts_ptr, cursor_ptr,
+    order_ptr, position_ptr, tokens, num_experts, BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr, TOP_K: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """`_route_kernel` for all tokens at once, then `_group_pairs_kernel` on its choice, in
+    one program: a decode step's router and grouping as one launch instead of two."""
+    t = tl.arange(0, BLOCK_T)
+    experts = tl.arange(0, BLOCK_E)
+    t_ok, e_ok = t < tokens, experts < num_experts
+    scores = tl.load(
+        scores_ptr + t[:, None] * num_experts + experts[None, :],
+        mask=t_ok[:, None] & e_ok[None, :],
+        other=-float("inf"),
+    ).to(tl.float32)
+    top = tl.where(t_ok, tl.max(scores, 1), 0.0)  # rows past `tokens`: all -inf
+    exps = tl.exp(scores - top[:, None])
+    sums = tl.sum(exps, 1)
+    probs = tl.where(e_ok[None, :], exps / tl.where(sums == 0.0, 1.0, sums)[:, None], -1.0)
+    slots = tl.arange(0, BLOCK_K)
+    chosen_probs = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32)  # 0 beyond TOP_K
+    chosen = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.int32)
+    for k in tl.static_range(TOP_K):  # the largest first, the lowest expert among equals
+        best = tl.max(probs, 1)
+        expert = tl.min(tl.where(probs == best[:, None], experts[None, :], BLOCK_E), 1)
+        chosen_probs = tl.where(slots[None, :] == k, best[:, None], chosen_probs)
+        chosen = tl.where(slots[None, :] == k, expert[:, None], chosen)
+        probs = tl.where(experts[None, :] == expert[:, None], -1.0, probs)
+    ok = t_ok[:, None] & (slots < TOP_K)[None, :]
+    pairs = t[:, None] * TOP_K + slots[None, :]
+    scale = tl.load(scale_ptr + chosen, mask=ok, other=0.0).to(tl.float32)
+    total = tl.sum(chosen_probs, 1)
+    weights = chosen_probs / tl.where(total == 0.0, 1.0, total)[:, None] * scale
+    tl.store(weights_ptr + pairs, weights, mask=ok)
+    tl.store(index_ptr + pairs, chosen.to(tl.int64), mask=ok)
+    flat_experts = tl.reshape(chosen, (BLOCK_T * BLOCK_K,))
+    flat_pairs = tl.reshape(pairs, (BLOCK_T * BLOCK_K,))
+    flat_ok = tl.reshape(ok, (BLOCK_T * BLOCK_K,))
+    counts = tl.histogram(flat_experts, BLOCK_E, mask=flat_ok)
+    starts = tl.cumsum(counts, 0) - counts
+    tl.store(counts_ptr + experts, counts, mask=e_ok)
+    tl.store(starts_ptr + experts, starts, mask=e_ok)
+    tl.store(cursor_ptr + experts, starts, mask=e_ok)
+    tl.debug_barrier()
+    position = tl.atomic_add(cursor_ptr + flat_experts, 1, mask=flat_ok)
+    tl.store(position_ptr + flat_pairs, position, mask=flat_ok)
+    tl.store(order_ptr + position, flat_pairs, mask=flat_ok)
+
+
+MAX_ROUTED_TOKENS = 64  # route_and_group: one program holds their scores for all experts
+
+
+def route_and_group(scores: torch.Tensor, per_expert_scale: torch.Tensor, top_k: int):
+    """`route` then `group_by_expert` for up to MAX_ROUTED_TOKENS tokens in one kernel:
+    (weights float32 [T, k], experts int64 [T, k], order, counts, starts, position)."""
+    tokens, num_experts = scores.shape
+    if tokens > MAX_ROUTED_TOKENS:
+        raise ValueError(f"at most {MAX_ROUTED_TOKENS} tokens")
+    weights = scores.new_empty(tokens, top_k, dtype=torch.float32)
+    index = scores.new_empty(tokens, top_k, dtype=torch.int64)
+    counts, starts, cursor = scores.new_empty(3, num_experts, dtype=torch.int32)
+    order, position = scores.new_empty(2, tokens * top_k, dtype=torch.int32)
+    _route_group_kernel[(1,)](
+        scores.contiguous(), per_expert_scale, weights, index, counts, starts, cursor, order,
+        position, tokens, num_experts, BLOCK_T=max(triton.next_power_of_2(tokens), 2),
+        BLOCK_E=triton.next_power_of_2(num_experts), TOP_K=top_k,
+        BLOCK_K=triton.next_power_of_2(top_k), num_warps=8,
+    )  # fmt: skip
+    return weights, index, order, counts, starts, position
+
+
 def grouped_experts(
     hidden: torch.Tensor,
     top_k_index: torch.Tensor,
@@ -427,9 +499,41 @@ def expert_major_experts(
     """The same sum as `fused_experts`, each program one expert and all its tokens: every
     touched expert's weights are read once, however many tokens chose it. The pairs are
     sorted by expert first; `unpermute_sum` weights and sums each token's k rows."""
-    tokens, top_k = top_k_index.shape
+    num_experts = down_proj.shape[0]
+    grouping = group_by_expert(top_k_index, num_experts)
+    return _expert_major(hidden, top_k_weights, *grouping, gate_up_proj, down_proj,
+                         gate_up_scale, down_scale, gate_up_blocks, down_blocks)  # fmt: skip
+
+
+def routed_expert_major(
+    hidden: torch.Tensor,
+    scores: torch.Tensor,
+    per_expert_scale: torch.Tensor,
+    top_k: int,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    gate_up_scale: torch.Tensor | None = None,
+    down_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`expert_major_experts` from the router's scores (Gemma4TextRouter's choice, as
+    `route` makes it): the choice and the pairs' grouping in one kernel (up to
+    MAX_ROUTED_TOKENS tokens; more: `route`, then `group_by_expert`)."""
+    if scores.shape[0] > MAX_ROUTED_TOKENS:
+        weights, index = route(scores, per_expert_scale, top_k)
+        grouping = group_by_expert(index, down_proj.shape[0])
+    else:
+        weights, _, *grouping = route_and_group(scores, per_expert_scale, top_k)
+    return _expert_major(hidden, weights, *grouping, gate_up_proj, down_proj, gate_up_scale,
+                         down_scale)  # fmt: skip
+
+
+def _expert_major(
+    hidden, top_k_weights, order, counts, starts, position, gate_up_proj, down_proj,
+    gate_up_scale=None, down_scale=None, gate_up_blocks=None, down_blocks=None,
+) -> torch.Tensor:  # fmt: skip
+    """The expert-major kernels and the sum, on pairs grouped by expert (group_by_expert)."""
+    tokens, top_k = top_k_weights.shape
     num_experts, hidden_size, inter = down_proj.shape
-    order, counts, starts, position = group_by_expert(top_k_index, num_experts)
     act = hidden.new_empty(tokens * top_k, inter)
     gate_up_blocks = chosen_blocks(
         gate_up_blocks, gate_up_proj, EXPERT_GATE_UP_BLOCKS, FP8_EXPERT_GATE_UP_BLOCKS
@@ -522,7 +626,22 @@ def experts_op(name: str, kernels: Callable[..., torch.Tensor]):
 
 
 fused_experts_op = experts_op("fused_experts", fused_experts)
-expert_major_experts_op = experts_op("expert_major_experts", expert_major_experts)
+
+
+@torch.library.custom_op(
+    "travelbot::routed_expert_major",
+    mutates_args=(),
+    schema="(Tensor hidden, Tensor scores, Tensor per_expert_scale, int top_k, "
+    "Tensor gate_up_proj, Tensor down_proj, Tensor? gate_up_scale=None, "
+    "Tensor? down_scale=None) -> Tensor",
+)
+def routed_expert_major_op(*args):
+    return routed_expert_major(*args)
+
+
+@routed_expert_major_op.register_fake
+def _(hidden, *args):
+    return torch.empty_like(hidden)
 
 
 def reference_experts(hidden, top_k_index, top_k_weights, gate_up_proj, down_proj):
@@ -585,4 +704,14 @@ def works_on(device: torch.device) -> bool:
     probs, chosen = torch.topk(scores.float().softmax(-1), route_k)
     got_weights, got_chosen = route(scores, scale, route_k)
     expected = probs / probs.sum(-1, keepdim=True) * scale[chosen]
-    return torch.equal(got_chosen, chosen) and torch.allclose(got_weights, expected, rtol=1e-5)
+    if not (torch.equal(got_chosen, chosen) and torch.allclose(got_weights, expected, rtol=1e-5)):
+        return False
+    # the router's choice and the grouping in one kernel: the same as both apart
+    weights, chosen, order, counts, starts, position = route_and_group(scores, scale, route_k)
+    apart = group_by_expert(got_chosen, 8)
+    return (
+        torch.equal(chosen, got_chosen)
+        and torch.allclose(weights, got_weights, rtol=1e-6)
+        and all(torch.equal(a, b) for a, b in zip((counts, starts), apart[1:3], strict=True))
+        and torch.equal(order[position.long()], torch.arange(order.numel(), device=device).int())
+    )

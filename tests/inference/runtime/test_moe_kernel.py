@@ -21,7 +21,8 @@ from transformers import AutoModelForImageTextToText
 from inference.runtime import fp8_experts
 from inference.runtime import moe_prompt_kernel
 from inference.runtime.moe_kernel import (
-    expert_major_experts, fused_experts, group_by_expert, grouped_experts, route, works_on)
+    expert_major_experts, fused_experts, group_by_expert, grouped_experts, route,
+    route_and_group, routed_expert_major, works_on)
 from inference.runtime.moe_prompt_kernel import prompt_experts
 
 # tiles of 16 and 32 pairs (some experts need two); K a multiple of the blocks or not (masks)
@@ -38,7 +39,7 @@ for index in (0, 1):
     router = layer.router
     # the router's choice as one kernel (decode steps and prompts): the same experts in the
     # same order, the same weights
-    for tokens in (1, 9, 40):
+    for tokens in (1, 9, 40, 64):
         hidden = torch.randn(tokens, experts.hidden_dim, dtype=torch.bfloat16)
         _, weights, chosen = router(hidden)
         scores = router.proj(router.norm(hidden) * router.scale * router.scalar_root_size)
@@ -47,6 +48,17 @@ for index in (0, 1):
             (got_chosen != chosen).sum())
         errors[f"layer {index}, {tokens} tokens, route weights"] = (
             (got_weights - weights).abs().max() / weights.abs().max()).item()
+        # ... and with the grouping in the same kernel (decode steps of expert-major size)
+        one_weights, one_chosen, order, counts, starts, position = route_and_group(
+            scores, router.per_expert_scale, chosen.shape[1])
+        apart = group_by_expert(got_chosen, experts.num_experts)
+        flat = one_chosen.reshape(-1)
+        wrong = (one_chosen != got_chosen).sum() + (counts != apart[1]).sum()
+        wrong += (starts != apart[2]).sum() + (flat[order.long()].diff() < 0).sum()
+        wrong += (order.long()[position.long()] != torch.arange(flat.numel())).sum()
+        errors[f"layer {index}, {tokens} tokens, route and group: wrong entries"] = float(wrong)
+        errors[f"layer {index}, {tokens} tokens, route and group weights"] = (
+            (one_weights - got_weights).abs().max() / got_weights.abs().max()).item()
     for tokens in (1, 5):
         hidden = torch.randn(tokens, experts.hidden_dim, dtype=torch.bfloat16)
         _, weights, chosen = layer.router(hidden)
@@ -71,6 +83,14 @@ for index in (0, 1):
                                    down_blocks=(16, 16, 16, 4)).float()
         error = ((got - expected).abs().max() / expected.abs().max()).item()
         errors[f"layer {index}, {tokens} tokens, expert-major"] = error
+        # ... from the router's scores, the choice and grouping in one kernel (64 at most)
+        if tokens <= 64:
+            scores = router.proj(router.norm(hidden) * router.scale * router.scalar_root_size)
+            routed = routed_expert_major(hidden, scores, router.per_expert_scale,
+                                         chosen.shape[1], experts.gate_up_proj,
+                                         experts.down_proj).float()
+            error = ((routed - expected).abs().max() / expected.abs().max()).item()
+            errors[f"layer {index}, {tokens} tokens, expert-major from the scores"] = error
         # prompts' Triton grouped GEMMs
         for name, blocks in (("even", PROMPT_BLOCKS), ("uneven", UNEVEN_PROMPT_BLOCKS)):
             got = prompt_experts(hidden, chosen, weights, experts.gate_up_proj,
@@ -128,6 +148,32 @@ def test_fused_experts_equal_transformers_experts(tiny_model_dir: Path) -> None:
     errors = run_interpreted(SCRIPT, str(tiny_model_dir))
     assert errors.pop("self_check") is True
     assert errors.pop("prompt_self_check") is True
-    assert len(errors) == 57
+    assert len(errors) == 81
     for case, error in errors.items():
         assert error < (1e-5 if "route" in case else 0.02), f"{case}: error {error:.6f}"
+
+
+COMPILED_SCRIPT = """
+import json, torch
+from inference.runtime import moe_kernel  # registers the travelbot ops
+from inference.runtime.moe_kernel import check_cases
+
+# the op the compiled layers call for a decode step of expert-major size, traced by dynamo
+# and run through its fake implementation (aot_eager), against the eager call
+result = {}
+for x, index, weights, stored, expected in check_cases(torch.device("cpu"), tokens=5):
+    scores = torch.randn(x.shape[0], stored[0].shape[0]).to(torch.bfloat16)
+    scale = torch.rand(stored[0].shape[0]) + 0.5
+    args = (x, scores, scale, index.shape[1], *stored)
+    op = torch.ops.travelbot.routed_expert_major
+    eager = op(*args)
+    compiled = torch.compile(lambda *a: op(*a), backend="aot_eager", dynamic=True)(*args)
+    name = "fp8" if stored[2] is not None else "bf16"
+    result[name] = (compiled.float() - eager.float()).abs().max().item()
+print(json.dumps(result))
+"""
+
+
+def test_the_routed_experts_op_runs_compiled() -> None:
+    result = run_interpreted(COMPILED_SCRIPT)
+    assert result and all(error == 0.0 for error in result.values()), result
