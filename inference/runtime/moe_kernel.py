@@ -249,6 +249,15 @@ def _group_pairs_kernel(
     pairs = tl.arange(0, BLOCK_P)
     ok = pairs < num_pairs
     experts = tl.load(index_ptr + pairs, mask=ok, other=0).to(tl.int32)
+    _group_pairs(experts, pairs, ok, counts_ptr, starts_ptr, cursor_ptr, order_ptr,
+                 position_ptr, num_experts, BLOCK_E)  # fmt: skip
+
+
+@triton.jit
+def _group_pairs(experts, pairs, ok, counts_ptr, starts_ptr, cursor_ptr, order_ptr,
+                 position_ptr, num_experts, BLOCK_E: tl.constexpr):  # fmt: skip
+    """Pairs `pairs` (chosen `experts`, where `ok`) grouped by expert: counts, starts, and
+    each pair's row (its expert's next, through one atomic counter per expert)."""
     counts = tl.histogram(experts, BLOCK_E, mask=ok)
     starts = tl.cumsum(counts, 0) - counts
     bins = tl.arange(0, BLOCK_E)
@@ -322,18 +331,9 @@ def _route_group_kernel(
     weights = chosen_probs / tl.where(total == 0.0, 1.0, total)[:, None] * scale
     tl.store(weights_ptr + pairs, weights, mask=ok)
     tl.store(index_ptr + pairs, chosen.to(tl.int64), mask=ok)
-    flat_experts = tl.reshape(chosen, (BLOCK_T * BLOCK_K,))
-    flat_pairs = tl.reshape(pairs, (BLOCK_T * BLOCK_K,))
-    flat_ok = tl.reshape(ok, (BLOCK_T * BLOCK_K,))
-    counts = tl.histogram(flat_experts, BLOCK_E, mask=flat_ok)
-    starts = tl.cumsum(counts, 0) - counts
-    tl.store(counts_ptr + experts, counts, mask=e_ok)
-    tl.store(starts_ptr + experts, starts, mask=e_ok)
-    tl.store(cursor_ptr + experts, starts, mask=e_ok)
-    tl.debug_barrier()
-    position = tl.atomic_add(cursor_ptr + flat_experts, 1, mask=flat_ok)
-    tl.store(position_ptr + flat_pairs, position, mask=flat_ok)
-    tl.store(order_ptr + position, flat_pairs, mask=flat_ok)
+    _group_pairs(tl.reshape(chosen, (BLOCK_T * BLOCK_K,)), tl.reshape(pairs, (BLOCK_T * BLOCK_K,)),
+                 tl.reshape(ok, (BLOCK_T * BLOCK_K,)), counts_ptr, starts_ptr, cursor_ptr,
+                 order_ptr, position_ptr, num_experts, BLOCK_E)  # fmt: skip
 
 
 MAX_ROUTED_TOKENS = 64  # route_and_group: one program holds their scores for all experts
