@@ -421,3 +421,25 @@ def test_fp8_sliding_kv_serves_and_keeps_logits_near_the_full_precision_ones(
     # random tiny weights: FP8 keys and values move its logits by ~5% on average
     change = (fp8 - full)[finite].abs().mean() / full[finite].abs().mean()
     assert change < 0.15
+
+
+def test_logits_fall_back_to_eager_when_compiling_them_fails(tiny_engine: GemmaEngine) -> None:
+    """A backend that fails on the logits' small function: tried once at start (not first
+    inside a graph capture), then the eager one serves."""
+    from inference.runtime.model_runner import ModelRunner, finished_logits
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C compiler found")
+
+    pad = tiny_engine.model.config.get_text_config().pad_token_id
+    runner = ModelRunner(tiny_engine.model, num_slots=1, max_seq_len=64, suppressed_ids=[0],
+                         pad_token_id=pad, compile_backend=broken_backend)  # fmt: skip
+    assert runner._finish_logits is finished_logits
+    working = ModelRunner(tiny_engine.model, num_slots=1, max_seq_len=64, suppressed_ids=[0],
+                          pad_token_id=pad, compile_backend="eager")  # fmt: skip
+    assert working._finish_logits is not finished_logits
+    logits = torch.randn(2, tiny_engine.model.lm_head.out_features)
+    torch.testing.assert_close(
+        working._finish_logits(logits, working.softcap, working.suppressed),
+        finished_logits(logits, working.softcap, working.suppressed),
+    )
