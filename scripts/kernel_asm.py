@@ -1,4 +1,5 @@
-"""What the prompt kernels compile to for an H100/H200 (sm_90), on any machine (no GPU):
+"""What the prompt kernels (and, that they compile, the decode step's small ones) compile to
+for an H100/H200 (sm_90), on any machine (no GPU):
 counts of Hopper's tensor-core (wgmma), async copy (cp.async, TMA) and plain global load
 instructions in their PTX, compiled with the specializations a real launch gets (16-byte
 aligned pointers, sizes divisible by 16, unit strides as constants). Without those hints
@@ -17,7 +18,13 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from inference.runtime import moe_prompt_kernel, prompt_attention_kernel
+from inference.runtime import (
+    kv_write_kernel,
+    moe_kernel,
+    moe_prompt_kernel,
+    prompt_attention_kernel,
+    softmax_kernel,
+)
 
 INSTRUCTIONS = ("wgmma.mma_async", "mma.sync", "cp.async.cg", "cp.async.bulk", "ld.global")
 
@@ -87,11 +94,47 @@ def attention_kernel() -> dict:
     }  # fmt: skip
 
 
+def decode_kernels() -> dict:
+    """The decode step's small kernels as a 64-sequence step launches them: they must
+    compile for Hopper (no tensor cores expected)."""
+    strides = "i32"
+    softmax = softmax_kernel._masked_softmax_kernel
+    write = kv_write_kernel._write_kernel
+    route = moe_kernel._route_group_kernel
+    cases = (
+        ("decode softmax, sliding (bf16)", softmax,
+         {"scores_ptr": "*bf16", "mask_ptr": "*u8", "out_ptr": "*bf16", "length": "i32",
+          "rows_per_sequence": "i32", "scale2": "fp32", "stride_s": strides,
+          "stride_m": strides, "stride_o": strides}, {"BLOCK": 1024}, 4),
+        ("decode softmax, global at 4,096 (bf16)", softmax,
+         {"scores_ptr": "*bf16", "mask_ptr": "*u8", "out_ptr": "*bf16", "length": "i32",
+          "rows_per_sequence": "i32", "scale2": "fp32", "stride_s": strides,
+          "stride_m": strides, "stride_o": strides}, {"BLOCK": 4096}, 8),
+        ("KV write, sliding (bf16)", write,
+         dict.fromkeys(("keys_ptr", "values_ptr", "key_ptr", "value_ptr"), "*bf16")
+         | dict.fromkeys(("rows_ptr", "index_ptr"), "*i64")
+         | dict.fromkeys(("heads", "stride_cs", "stride_ch", "stride_cl", "stride_kb",
+                          "stride_kh", "stride_vb", "stride_vh"), "i32"),
+         {"HEAD_DIM": 256, "BLOCK_D": 256}, 4),
+        ("router and grouping, 64 tokens", route,
+         {"scores_ptr": "*bf16", "scale_ptr": "*bf16", "weights_ptr": "*fp32",
+          "index_ptr": "*i64", "tokens": "i32", "num_experts": "i32"}
+         | dict.fromkeys(("counts_ptr", "starts_ptr", "cursor_ptr", "order_ptr",
+                          "position_ptr"), "*i32"),
+         {"BLOCK_T": 64, "BLOCK_E": 128, "TOP_K": 8, "BLOCK_K": 8}, 8),
+    )  # fmt: skip
+    return {
+        name: compile_for_hopper(fn, types, constants, [n for n in types if n.endswith("_ptr")],
+                                 warps, 1)
+        for name, fn, types, constants, warps in cases
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("bench-out/kernel-asm.json"))
     args = parser.parse_args()
-    report = {**experts_kernels(), **attention_kernel()}
+    report = {**experts_kernels(), **attention_kernel(), **decode_kernels()}
     for name, counts in report.items():
         print(f"{name:<34} " + "  ".join(f"{k} {v}" for k, v in counts.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)

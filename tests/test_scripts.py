@@ -43,11 +43,16 @@ def test_every_script_imports() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
 
 
-def test_prompt_kernels_compile_for_hopper_with_wgmma_and_pipelined_loads(tmp_path) -> None:
+def test_kernels_compile_for_hopper_prompt_ones_with_wgmma_and_pipelined_loads(tmp_path) -> None:
     pytest.importorskip("triton")
     out = tmp_path / "asm.json"
     done = run("import runpy; runpy.run_path('scripts/kernel_asm.py', run_name='__main__')",
                "--out", str(out))  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    for kernel, counts in json.loads(out.read_text()).items():
-        assert counts["wgmma.mma_async"] > 0 and counts["cp.async.cg"] > 0, kernel
+    report = json.loads(out.read_text())
+    for kernel, counts in report.items():
+        if kernel.startswith("prompt"):
+            assert counts["wgmma.mma_async"] > 0 and counts["cp.async.cg"] > 0, kernel
+        else:  # the decode step's small kernels: they compile for Hopper
+            assert counts["ld.global"] > 0, kernel
+    assert {"KV write, sliding (bf16)", "router and grouping, 64 tokens"} <= set(report)
