@@ -95,33 +95,31 @@ def attention_kernel() -> dict:
 
 
 def decode_kernels() -> dict:
-    """The decode step's small kernels as a 64-sequence step launches them: they must
-    compile for Hopper (no tensor cores expected)."""
-    strides = "i32"
-    softmax = softmax_kernel._masked_softmax_kernel
-    write = kv_write_kernel._write_kernel
-    route = moe_kernel._route_group_kernel
+    """The decode step's small kernels as a 64-sequence step launches them (and the
+    router's kernel, as prompts do): they must compile for Hopper (no tensor cores
+    expected)."""
+    softmax = {"scores_ptr": "*bf16", "mask_ptr": "*u8", "out_ptr": "*bf16"} | dict.fromkeys(
+        ("length", "rows_per_sequence", "stride_s", "stride_m", "stride_o"), "i32"
+    ) | {"scale2": "fp32"}  # fmt: skip
+    router = {"scores_ptr": "*bf16", "scale_ptr": "*bf16", "weights_ptr": "*fp32",
+              "index_ptr": "*i64", "tokens": "i32", "num_experts": "i32"}  # fmt: skip
+    choice = {"BLOCK_E": 128, "TOP_K": 8, "BLOCK_K": 8}
     cases = (
-        ("decode softmax, sliding (bf16)", softmax,
-         {"scores_ptr": "*bf16", "mask_ptr": "*u8", "out_ptr": "*bf16", "length": "i32",
-          "rows_per_sequence": "i32", "scale2": "fp32", "stride_s": strides,
-          "stride_m": strides, "stride_o": strides}, {"BLOCK": 1024}, 4),
-        ("decode softmax, global at 4,096 (bf16)", softmax,
-         {"scores_ptr": "*bf16", "mask_ptr": "*u8", "out_ptr": "*bf16", "length": "i32",
-          "rows_per_sequence": "i32", "scale2": "fp32", "stride_s": strides,
-          "stride_m": strides, "stride_o": strides}, {"BLOCK": 4096}, 8),
-        ("KV write, sliding (bf16)", write,
+        ("decode softmax, sliding (bf16)", softmax_kernel._masked_softmax_kernel, softmax,
+         {"BLOCK": 1024}, 4),
+        ("decode softmax, global at 4,096 (bf16)", softmax_kernel._masked_softmax_kernel,
+         softmax, {"BLOCK": 4096}, 8),
+        ("KV write, sliding (bf16)", kv_write_kernel._write_kernel,
          dict.fromkeys(("keys_ptr", "values_ptr", "key_ptr", "value_ptr"), "*bf16")
          | dict.fromkeys(("rows_ptr", "index_ptr"), "*i64")
          | dict.fromkeys(("heads", "stride_cs", "stride_ch", "stride_cl", "stride_kb",
                           "stride_kh", "stride_vb", "stride_vh"), "i32"),
          {"HEAD_DIM": 256, "BLOCK_D": 256}, 4),
-        ("router and grouping, 64 tokens", route,
-         {"scores_ptr": "*bf16", "scale_ptr": "*bf16", "weights_ptr": "*fp32",
-          "index_ptr": "*i64", "tokens": "i32", "num_experts": "i32"}
-         | dict.fromkeys(("counts_ptr", "starts_ptr", "cursor_ptr", "order_ptr",
-                          "position_ptr"), "*i32"),
-         {"BLOCK_T": 64, "BLOCK_E": 128, "TOP_K": 8, "BLOCK_K": 8}, 8),
+        ("router, a token a program", moe_kernel._route_kernel, router, choice, 4),
+        ("router and grouping, 64 tokens", moe_kernel._route_group_kernel,
+         router | dict.fromkeys(("counts_ptr", "starts_ptr", "cursor_ptr", "order_ptr",
+                                 "position_ptr"), "*i32"),
+         choice | {"BLOCK_T": 64}, 8),
     )  # fmt: skip
     return {
         name: compile_for_hopper(fn, types, constants, [n for n in types if n.endswith("_ptr")],

@@ -57,32 +57,49 @@ def gelu_times(gate, up):
 
 
 @triton.jit
-def _route_kernel(scores_ptr, scale_ptr, weights_ptr, index_ptr, num_experts,
-                  BLOCK_E: tl.constexpr, TOP_K: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
-    """One token: softmax over its expert scores (float32), the TOP_K largest in descending
-    order (the lowest expert first among equals), their probabilities over their sum,
-    times each chosen expert's scale. BLOCK_K: TOP_K rounded up to a power of 2."""
-    token = tl.program_id(0)
+def _choose(scores_ptr, scale_ptr, weights_ptr, index_ptr, t, tokens, num_experts,
+            BLOCK_E: tl.constexpr, TOP_K: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """Tokens `t` (those below `tokens`): softmax over each one's expert scores (float32),
+    the TOP_K largest in descending order (the lowest expert first among equals), their
+    probabilities over their sum, times each chosen expert's scale; stored as weights and
+    experts [T, TOP_K]. BLOCK_K: TOP_K rounded up to a power of 2. Returns the (token, k)
+    pairs' experts, whether each is one, and its index, for grouping."""
     experts = tl.arange(0, BLOCK_E)
-    valid = experts < num_experts
-    scores = tl.load(scores_ptr + token * num_experts + experts, mask=valid,
-                     other=-float("inf")).to(tl.float32)  # fmt: skip
-    exps = tl.exp(scores - tl.max(scores, 0))
-    probs = tl.where(valid, exps / tl.sum(exps, 0), -1.0)
+    t_ok, e_ok = t < tokens, experts < num_experts
+    scores = tl.load(
+        scores_ptr + t[:, None] * num_experts + experts[None, :],
+        mask=t_ok[:, None] & e_ok[None, :],
+        other=-float("inf"),
+    ).to(tl.float32)
+    top = tl.where(t_ok, tl.max(scores, 1), 0.0)  # rows past `tokens`: all -inf
+    exps = tl.exp(scores - top[:, None])
+    sums = tl.sum(exps, 1)
+    probs = tl.where(e_ok[None, :], exps / tl.where(sums == 0.0, 1.0, sums)[:, None], -1.0)
     slots = tl.arange(0, BLOCK_K)
-    chosen_probs = tl.zeros((BLOCK_K,), dtype=tl.float32)  # 0 beyond TOP_K: not summed
-    chosen = tl.zeros((BLOCK_K,), dtype=tl.int64)
+    chosen_probs = tl.zeros((t.shape[0], BLOCK_K), dtype=tl.float32)  # 0 beyond TOP_K
+    chosen = tl.zeros((t.shape[0], BLOCK_K), dtype=tl.int32)
     for k in tl.static_range(TOP_K):
-        best = tl.max(probs, 0)
-        expert = tl.min(tl.where(probs == best, experts, BLOCK_E), 0)
-        chosen_probs = tl.where(slots == k, best, chosen_probs)
-        chosen = tl.where(slots == k, expert.to(tl.int64), chosen)
-        probs = tl.where(experts == expert, -1.0, probs)
-    in_k = slots < TOP_K
-    scale = tl.load(scale_ptr + chosen, mask=in_k, other=0.0).to(tl.float32)
-    weights = chosen_probs / tl.sum(chosen_probs, 0) * scale
-    tl.store(weights_ptr + token * TOP_K + slots, weights, mask=in_k)
-    tl.store(index_ptr + token * TOP_K + slots, chosen, mask=in_k)
+        best = tl.max(probs, 1)
+        expert = tl.min(tl.where(probs == best[:, None], experts[None, :], BLOCK_E), 1)
+        chosen_probs = tl.where(slots[None, :] == k, best[:, None], chosen_probs)
+        chosen = tl.where(slots[None, :] == k, expert[:, None], chosen)
+        probs = tl.where(experts[None, :] == expert[:, None], -1.0, probs)
+    ok = t_ok[:, None] & (slots < TOP_K)[None, :]
+    pairs = t[:, None] * TOP_K + slots[None, :]
+    scale = tl.load(scale_ptr + chosen, mask=ok, other=0.0).to(tl.float32)
+    total = tl.sum(chosen_probs, 1)
+    weights = chosen_probs / tl.where(total == 0.0, 1.0, total)[:, None] * scale
+    tl.store(weights_ptr + pairs, weights, mask=ok)
+    tl.store(index_ptr + pairs, chosen.to(tl.int64), mask=ok)
+    return chosen, ok, pairs
+
+
+@triton.jit(do_not_specialize=["tokens"])
+def _route_kernel(scores_ptr, scale_ptr, weights_ptr, index_ptr, tokens, num_experts,
+                  BLOCK_E: tl.constexpr, TOP_K: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """One token's choice (`_choose`)."""
+    _choose(scores_ptr, scale_ptr, weights_ptr, index_ptr, tl.program_id(0) + tl.arange(0, 1),
+            tokens, num_experts, BLOCK_E, TOP_K, BLOCK_K)  # fmt: skip
 
 
 @torch.library.custom_op("travelbot::route", mutates_args=())
@@ -95,7 +112,7 @@ def route(
     weights = torch.empty(tokens, top_k, dtype=torch.float32, device=scores.device)
     index = torch.empty(tokens, top_k, dtype=torch.int64, device=scores.device)
     _route_kernel[(tokens,)](
-        scores.contiguous(), per_expert_scale, weights, index, num_experts,
+        scores.contiguous(), per_expert_scale, weights, index, tokens, num_experts,
         BLOCK_E=triton.next_power_of_2(num_experts), TOP_K=top_k,
         BLOCK_K=triton.next_power_of_2(top_k),
     )  # fmt: skip
@@ -301,36 +318,11 @@ def _route_group_kernel(
     order_ptr, position_ptr, tokens, num_experts, BLOCK_T: tl.constexpr,
     BLOCK_E: tl.constexpr, TOP_K: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """`_route_kernel` for all tokens at once, then `_group_pairs_kernel` on its choice, in
-    one program: a decode step's router and grouping as one launch instead of two."""
-    t = tl.arange(0, BLOCK_T)
-    experts = tl.arange(0, BLOCK_E)
-    t_ok, e_ok = t < tokens, experts < num_experts
-    scores = tl.load(
-        scores_ptr + t[:, None] * num_experts + experts[None, :],
-        mask=t_ok[:, None] & e_ok[None, :],
-        other=-float("inf"),
-    ).to(tl.float32)
-    top = tl.where(t_ok, tl.max(scores, 1), 0.0)  # rows past `tokens`: all -inf
-    exps = tl.exp(scores - top[:, None])
-    sums = tl.sum(exps, 1)
-    probs = tl.where(e_ok[None, :], exps / tl.where(sums == 0.0, 1.0, sums)[:, None], -1.0)
-    slots = tl.arange(0, BLOCK_K)
-    chosen_probs = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32)  # 0 beyond TOP_K
-    chosen = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.int32)
-    for k in tl.static_range(TOP_K):  # the largest first, the lowest expert among equals
-        best = tl.max(probs, 1)
-        expert = tl.min(tl.where(probs == best[:, None], experts[None, :], BLOCK_E), 1)
-        chosen_probs = tl.where(slots[None, :] == k, best[:, None], chosen_probs)
-        chosen = tl.where(slots[None, :] == k, expert[:, None], chosen)
-        probs = tl.where(experts[None, :] == expert[:, None], -1.0, probs)
-    ok = t_ok[:, None] & (slots < TOP_K)[None, :]
-    pairs = t[:, None] * TOP_K + slots[None, :]
-    scale = tl.load(scale_ptr + chosen, mask=ok, other=0.0).to(tl.float32)
-    total = tl.sum(chosen_probs, 1)
-    weights = chosen_probs / tl.where(total == 0.0, 1.0, total)[:, None] * scale
-    tl.store(weights_ptr + pairs, weights, mask=ok)
-    tl.store(index_ptr + pairs, chosen.to(tl.int64), mask=ok)
+    """`_choose` for all tokens at once, then `_group_pairs` on its choice, in one program:
+    a decode step's router and grouping as one launch instead of two."""
+    chosen, ok, pairs = _choose(scores_ptr, scale_ptr, weights_ptr, index_ptr,
+                                tl.arange(0, BLOCK_T), tokens, num_experts, BLOCK_E, TOP_K,
+                                BLOCK_K)  # fmt: skip
     _group_pairs(tl.reshape(chosen, (BLOCK_T * BLOCK_K,)), tl.reshape(pairs, (BLOCK_T * BLOCK_K,)),
                  tl.reshape(ok, (BLOCK_T * BLOCK_K,)), counts_ptr, starts_ptr, cursor_ptr,
                  order_ptr, position_ptr, num_experts, BLOCK_E)  # fmt: skip
