@@ -124,10 +124,11 @@ class ModelRunner:
         self.prefixes = PrefixCache(prefix_cache_tokens)
         self.photos = PhotoCache(photo_cache_bytes)
         self.suppressed = torch.tensor(suppressed_ids, dtype=torch.long, device=self.device)
-        # one pass over the vocabulary when compiled (64 rows: 67 MB in float32 a pass)
+        # one pass over the vocabulary when compiled (64 rows: 67 MB in float32 a pass); if
+        # that fails, the engine's prefill warm-up meets it and starts again uncompiled
         self._finish_logits = finished_logits
         if compile_backend is not None:
-            self._finish_logits = self._compiled_logits(compile_backend)
+            self._finish_logits = torch.compile(finished_logits, backend=compile_backend)
         self._ids = torch.full((num_slots,), pad_token_id, dtype=torch.long, device=self.device)
         self._positions = self.cache.step_positions
         self.attend_lengths = attend_length_buckets(max_seq_len, attend_lengths)
@@ -140,19 +141,6 @@ class ModelRunner:
             except Exception:  # eager decode still works, only slower
                 log.exception("cuda_graph_capture_failed")
                 self._graphs.clear()
-
-    def _compiled_logits(self, backend) -> Callable:
-        """finished_logits compiled, tried once here: if that fails, the eager one (a
-        failure inside the graphs' capture would leave every decode step eager)."""
-        compiled = torch.compile(finished_logits, backend=backend)
-        try:
-            rows = torch.zeros(2, self.model.lm_head.out_features, device=self.device,
-                               dtype=self.model.dtype)  # fmt: skip
-            compiled(rows, self.softcap, self.suppressed)
-        except Exception:
-            log.exception("compiled_logits_failed", fallback="eager")
-            return finished_logits
-        return compiled
 
     # -- prefill ---------------------------------------------------------------------------
     @torch.inference_mode()
