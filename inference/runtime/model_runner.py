@@ -234,11 +234,11 @@ class ModelRunner:
             log.info("prefix_cached", prefix_tokens=len(prefix), **self.prefixes.stats())
         return entry
 
-    def _photos(self, with_images: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixels and patch positions of all photos, copied photo by photo (pinned when
-        prepared) and joined on the device."""
-        pixels = torch.cat([self._to_device(i["pixel_values"]) for i in with_images])
-        positions = torch.cat([self._to_device(i["image_position_ids"]) for i in with_images])
+    def _photos(self, parts: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels and patch positions of prepared inputs (or of some of their photos, in
+        the same keys), copied part by part (pinned when prepared), joined on the device."""
+        pixels = torch.cat([self._to_device(part["pixel_values"]) for part in parts])
+        positions = torch.cat([self._to_device(part["image_position_ids"]) for part in parts])
         return pixels.to(self.model.dtype), positions
 
     def _photo_features(self, with_images: list[dict], counts: list[int]) -> torch.Tensor:
@@ -246,25 +246,23 @@ class ModelRunner:
         for the others (each once, however many prompts of this prefill carry it)."""
         photos = [(i, n) for i in with_images for n in range(len(i["pixel_values"]))]
         keys = [(i.get("photo_keys") or [None] * len(i["pixel_values"]))[n] for i, n in photos]
+        # a photo without a key stands for itself (its place)
         names = [key if key is not None else place for place, key in enumerate(keys)]
-        features = {key: self.photos.get(key) for key in dict.fromkeys(keys) if key is not None}
-        todo = [j for j, name in enumerate(names)
-                if features.get(name) is None and names.index(name) == j]  # fmt: skip
-        if not todo:
-            return torch.cat([features[name] for name in names])
-        pixels, positions = (
-            torch.cat([self._to_device(photos[j][0][part][photos[j][1]][None]) for j in todo])
-            for part in ("pixel_values", "image_position_ids")
-        )  # fmt: skip
-        computed = vision.photo_embeddings(
-            self.model, pixels.to(self.model.dtype), positions, [counts[j] for j in todo]
-        )
-        cells = self.model.config.vision_config.pooling_kernel_size**2
-        for j, part in zip(todo, computed.split([counts[j] // cells for j in todo]), strict=True):
-            features[names[j]] = part
-            self.photos.put(keys[j], part)
-        if len(todo) == len(names):  # none cached, none repeated: as the tower gave them
-            return computed
+        features = {name: self.photos.get(name) if name in keys else None
+                    for name in dict.fromkeys(names)}  # fmt: skip
+        todo = [names.index(name) for name, found in features.items() if found is None]
+        if todo:
+            photo_tensors = ("pixel_values", "image_position_ids")
+            wanted = [{key: inputs[key][n : n + 1] for key in photo_tensors}
+                      for inputs, n in (photos[j] for j in todo)]  # fmt: skip
+            computed = vision.photo_embeddings(
+                self.model, *self._photos(wanted), [counts[j] for j in todo]
+            )
+            cells = self.model.config.vision_config.pooling_kernel_size**2
+            parts = computed.split([counts[j] // cells for j in todo])
+            for j, part in zip(todo, parts, strict=True):
+                features[names[j]] = part
+                self.photos.put(keys[j], part)
         return torch.cat([features[name] for name in names])
 
     def _embeds_with_photos(self, ids: torch.Tensor, with_images: list[dict]):
