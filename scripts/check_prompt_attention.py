@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from check_moe_kernel import relative
 from time_photo_attention import timed_ms
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
@@ -144,10 +145,6 @@ def photo_attention_difference(
             scale=0.1).transpose(1, 2))  # fmt: skip
         start += length
     return relative(got, torch.cat(parts, dim=1))
-
-
-def relative(got: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((got.float() - expected).abs().max() / expected.abs().max())
 
 
 @torch.inference_mode()
