@@ -36,11 +36,16 @@ def test_options_only_for_inductor_and_when_asked() -> None:
 
 
 def test_a_compile_with_the_options_gives_the_same_norms() -> None:
-    """The option goes through torch.compile to inductor (its cache key asks uuid())."""
+    """The option goes through torch.compile to inductor, which makes its choices object
+    (and asks its uuid() for the cache key)."""
 
     def norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.rms_norm(x + 1, (x.shape[-1],), weight)
 
+    options = compile_options("inductor", 4096)
+    factory, made = options["inductor_choices_class"], []
+    options["inductor_choices_class"] = lambda: made.append(factory()) or made[-1]
     x, weight = torch.randn(6, 1152), torch.randn(1152)
-    compiled = torch.compile(norm, backend="inductor", options=compile_options("inductor", 4096))
+    compiled = torch.compile(norm, backend="inductor", options=options)
     torch.testing.assert_close(compiled(x, weight), norm(x, weight))
+    assert made and all(isinstance(c, PersistentRows) and c.limit == 4096 for c in made)
