@@ -19,23 +19,22 @@ RUNTIME = RuntimeConfig(max_slots=2, max_seq_len=2048)
 
 
 def test_teacher_forcing_through_the_engine_gives_its_own_greedy_tokens(
-    tiny_model_dir: Path,
+    tiny_engine: GemmaEngine,
 ) -> None:
-    base = GemmaEngine.load(EngineConfig(model_path=tiny_model_dir, device="cpu"))
-    answers, logprobs = answers_and_logprobs(base, RUNTIME, make_requests(2, 6), None)
+    answers, logprobs = answers_and_logprobs(tiny_engine, RUNTIME, make_requests(2, 6), None)
     assert [row.argmax(-1).tolist() for row in logprobs] == answers
     assert all(len(answer) == 6 for answer in answers)
 
 
-def test_bf16_against_itself_is_identical(tiny_model_dir: Path) -> None:
-    base = GemmaEngine.load(EngineConfig(model_path=tiny_model_dir, device="cpu"))
-    rows = compare(base, make_requests(2, 6), RUNTIME, RUNTIME)
+def test_bf16_against_itself_is_identical(tiny_engine: GemmaEngine) -> None:
+    rows = compare(tiny_engine, make_requests(2, 6), RUNTIME, RUNTIME)
     assert summary(rows) == {"identical_answers": 2, "photos": 2, "top_token_agreement": 1.0,
                              "kl_mean": 0.0, "kl_max": 0.0}  # fmt: skip
     assert all(row.bf16_text == row.fp8_text and row.tokens == 6 for row in rows)
 
 
 def test_fp8_experts_move_the_distributions_a_little(tiny_model_dir: Path) -> None:
+    # its own copy of the model: FP8 experts are quantized in place
     base = GemmaEngine.load(EngineConfig(model_path=tiny_model_dir, device="cpu"))
     rows = compare(base, make_requests(2, 6), RUNTIME, RuntimeConfig(
         max_slots=2, max_seq_len=2048, fp8_experts=True))  # fmt: skip
