@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -516,11 +517,23 @@ def run(args: argparse.Namespace) -> dict:
         result["targets"] = targets(rows)
         write(args.out, result)
 
-    def default_engine_rows() -> None:
-        """The rows on an engine with the run's settings (closed after)."""
+    def on_engine(engine_runtime: RuntimeConfig, setup_key: str, released_key: str,
+                  rows: Callable[[BatchEngine], None]) -> None:  # fmt: skip
+        """An engine with `engine_runtime` (its set-up timed), `rows` run on it, then closed
+        and freed before the next rows measure their peak memory (a reference left to any
+        part of it, e.g. its scheduler, which asks the runner about cached prefixes, would
+        keep ~20 GiB): whether it was, as `released_key`."""
         setup_started = time.perf_counter()
-        engine = BatchEngine(base, runtime)
-        result["engine_setup_seconds"] = round(time.perf_counter() - setup_started, 1)
+        engine = BatchEngine(base, engine_runtime)
+        result[setup_key] = round(time.perf_counter() - setup_started, 1)
+        rows(engine)
+        runner = weakref.ref(engine.runner)
+        engine.close()
+        del engine
+        result[released_key] = release(device, runner)
+
+    def default_engine_rows(engine: BatchEngine) -> None:
+        """The rows on an engine with the run's settings."""
         result["fused_experts_max_tokens"] = layers.fused_experts_max_tokens  # 0 if it failed
         result["expert_major_max_tokens"] = layers.expert_major_max_tokens
         result["triton_prompt_experts"] = layers.triton_prompt_experts
@@ -540,7 +553,7 @@ def run(args: argparse.Namespace) -> dict:
         for concurrency in args.long_context:
             long = long_context_requests(base, requests[:concurrency], args.max_seq_len)
             row = bench_engine(engine, long, [0.0] * concurrency, "engine, long context",
-                           photo_cache=True)  # fmt: skip
+                               photo_cache=True)  # fmt: skip
             row.extra["context_tokens"] = args.max_seq_len
             record(row)
         result["prefix_cache"] = engine.runner.prefixes.stats()
@@ -566,29 +579,21 @@ def run(args: argparse.Namespace) -> dict:
         if triton_now is not None and triton_after_setup is not None:
             result["triton_compiles_while_serving"] = triton_now - triton_after_setup
         write(args.out, result)
-        # its KV cache and graphs freed for the next rows (a reference left to any part of it,
-        # e.g. its scheduler, which asks the runner about cached prefixes, would keep ~20 GiB)
-        runner = weakref.ref(engine.runner)
-        engine.close()
-        del engine
-        result["closed_engine_released"] = release(device, runner)
 
     if args.engine_concurrency or args.long_context or without_cache or args.sweep_prefill_seqs:
-        default_engine_rows()
+        on_engine(runtime, "engine_setup_seconds", "closed_engine_released", default_engine_rows)
 
     def variant_rows(name: str, concurrencies: list[int], **changes) -> None:
-        """These bursts on an engine with other settings (built now, closed after)."""
-        setup_started = time.perf_counter()
-        engine = BatchEngine(base, replace(runtime, **changes))
-        result[f"{name} setup_seconds"] = round(time.perf_counter() - setup_started, 1)
-        bench_engine(engine, make_requests(2, 4, seed=99), [0.0, 0.0], "warm-up")
-        for concurrency in concurrencies:
-            chosen = requests[:concurrency]
-            record(bench_engine(engine, chosen, [0.0] * concurrency, f"engine, {name}"))
-        runner = weakref.ref(engine.runner)
-        engine.close()
-        del engine
-        result[f"{name} engine released"] = release(device, runner)
+        """These bursts on an engine with other settings."""
+
+        def rows(engine: BatchEngine) -> None:
+            bench_engine(engine, make_requests(2, 4, seed=99), [0.0, 0.0], "warm-up")
+            for concurrency in concurrencies:
+                chosen = requests[:concurrency]
+                record(bench_engine(engine, chosen, [0.0] * concurrency, f"engine, {name}"))
+
+        on_engine(replace(runtime, **changes), f"{name} setup_seconds", f"{name} engine released",
+                  rows)  # fmt: skip
 
     if args.persistent_rows:
         variant_rows("persistent rows", args.persistent_rows, persistent_reduction_rows=4096)
