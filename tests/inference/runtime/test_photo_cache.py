@@ -41,9 +41,12 @@ def test_a_kept_photo_is_a_copy_not_a_view_of_its_batch() -> None:
     assert cache.get(b"x").tolist() == [4.0, 5.0, 6.0, 7.0]
 
 
-def test_photo_keys_follow_the_bytes() -> None:
-    sign = normalize_image(png_bytes(draw_sign(640, 480)))
-    assert photo_key(sign) == photo_key(bytes(sign))
+def test_one_photo_one_key_whenever_it_arrives() -> None:
+    """The bot normalizes a photo when it arrives and again when a follow-up carries it:
+    the same key both times, another photo another key."""
+    sent = png_bytes(draw_sign(640, 480))
+    sign = normalize_image(sent)
+    assert photo_key(sign) == photo_key(normalize_image(sent))
     assert photo_key(sign) != photo_key(normalize_image(png_bytes(draw_menu(360, 480))))
 
 
