@@ -44,6 +44,15 @@ class BatchEngine:
         )
         # its max_slots within the KV cache's memory budget
         self.runtime = runtime = self._within_budget(runtime, fp8_kv)
+        flash_prompts = runtime.fast_attention and runtime.flash_prompt_attention
+        # the GPU kernels' start-up checks, once (the runner is built again, uncompiled, if
+        # compiling fails)
+        self._runner_kernels = {
+            "flash_prompts": flash_prompts,
+            "prompt_kernel": flash_prompts and self._prompt_kernel_works(),
+            "fp8_sliding_kv": fp8_kv,
+            "kv_write": self._kv_write_kernel(),
+        }
         use_graphs = runtime.cuda_graphs
         if use_graphs is None:
             use_graphs = model.device.type == "cuda"
@@ -63,7 +72,7 @@ class BatchEngine:
             compile_layers = model.device.type == "cuda"
         compile_layers = compile_layers if runtime.own_layer_forward else False
         try:
-            self._start_runner(compile_layers, use_graphs, fp8_kv)
+            self._start_runner(compile_layers, use_graphs)
         except Exception:
             if not compile_layers:
                 raise
@@ -74,7 +83,7 @@ class BatchEngine:
             if model.device.type == "cuda":
                 torch.cuda.empty_cache()
             compile_layers = False
-            self._start_runner(compile_layers, use_graphs, fp8_kv)
+            self._start_runner(compile_layers, use_graphs)
         self.scheduler = Scheduler(
             max_slots=runtime.max_slots,
             max_seq_len=runtime.max_seq_len,
@@ -111,7 +120,7 @@ class BatchEngine:
         else:
             fp8_experts.quantize_experts(model)
 
-    def _start_runner(self, compile_layers, use_graphs: bool, fp8_kv: bool) -> None:
+    def _start_runner(self, compile_layers, use_graphs: bool) -> None:
         """Layers (compiled or not), the KV cache and CUDA graphs, then the prefill warm-up."""
         model, runtime = self.base.model, self.runtime
         if runtime.own_layer_forward:
@@ -123,7 +132,6 @@ class BatchEngine:
                 triton_prompts=runtime.triton_prompt_experts,
                 persistent_rows=runtime.persistent_reduction_rows,
             )
-        flash_prompts = runtime.fast_attention and runtime.flash_prompt_attention
         self.runner = ModelRunner(
             model,
             num_slots=runtime.max_slots,
@@ -132,14 +140,11 @@ class BatchEngine:
             pad_token_id=self.base.tokenizer.pad_token_id,
             graph_batch_sizes=runtime.graph_batch_sizes if use_graphs else (),
             attend_lengths=runtime.attend_lengths,
-            flash_prompts=flash_prompts,
-            prompt_kernel=flash_prompts and self._prompt_kernel_works(),
             prefix_cache_tokens=runtime.prefix_cache_tokens,
             packed_photos=runtime.vision_per_photo,
-            fp8_sliding_kv=fp8_kv,
-            kv_write=self._kv_write_kernel(),
             compile_backend=("inductor" if compile_layers is True else compile_layers) or None,
             photo_cache_bytes=runtime.photo_cache_bytes,
+            **self._runner_kernels,
         )
         if compile_layers:
             self._warm_up_prefill()
