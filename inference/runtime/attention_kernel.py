@@ -34,10 +34,10 @@ WARPS, STAGES = 4, 3
 
 @triton.jit
 def _parts_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, max_ptr, sum_ptr,
-    length, part_len, num_parts, scale,
+    q_ptr, k_ptr, v_ptr, kept_k_ptr, kept_v_ptr, mask_ptr, out_ptr, max_ptr, sum_ptr,
+    length, kept, part_len, num_parts, scale,
     stride_qb, stride_qh, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
-    stride_mb,
+    stride_ph, stride_pl, stride_mb,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_L: tl.constexpr, ONE_PART: tl.constexpr, F32: tl.constexpr,
 ):  # fmt: skip
@@ -51,6 +51,8 @@ def _parts_kernel(
                 mask=g_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float16)  # fmt: skip
     k_base = k_ptr + row.to(tl.int64) * stride_kb + kv_head * stride_kh
     v_base = v_ptr + row.to(tl.int64) * stride_vb + kv_head * stride_vh
+    kept_k = kept_k_ptr + kv_head * stride_ph  # the prefix kept once for all rows
+    kept_v = kept_v_ptr + kv_head * stride_ph
     best = tl.full((BLOCK_G,), -float("inf"), dtype=tl.float32)
     total = tl.zeros((BLOCK_G,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
@@ -60,19 +62,24 @@ def _parts_kernel(
         pos = first + tl.arange(0, BLOCK_L)
         ok = pos < end
         attend = tl.load(mask_ptr + row * stride_mb + pos, mask=ok, other=0) != 0
-        k = tl.load(k_base + pos[:, None] * stride_kl + d[None, :],
-                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float16)  # fmt: skip
-        v = tl.load(v_base + pos[:, None] * stride_vl + d[None, :],
-                    mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float16)  # fmt: skip
-        scores = dot(q, tl.trans(k), tl.zeros((BLOCK_G, BLOCK_L), tl.float32), F32) * scale
-        scores = tl.where(attend[None, :], scores, -float("inf"))
-        new_best = tl.maximum(best, tl.max(scores, axis=1))
-        safe = tl.where(new_best == -float("inf"), 0.0, new_best)  # all masked so far
-        keep = tl.exp(best - safe)
-        p = tl.exp(scores - safe[:, None])
-        total = total * keep + tl.sum(p, axis=1)
-        acc = dot(p.to(tl.float16), v, acc * keep[:, None], F32)
-        best = new_best
+        if tl.max(attend.to(tl.int32), axis=0) > 0:  # else nothing to read here
+            # positions below `kept` are the kept prefix's (whole blocks), the others the row's
+            in_kept, own = first < kept, pos - kept
+            k_rows = tl.where(in_kept, kept_k + pos * stride_pl, k_base + own * stride_kl)
+            v_rows = tl.where(in_kept, kept_v + pos * stride_pl, v_base + own * stride_vl)
+            k = tl.load(k_rows[:, None] + d[None, :],
+                        mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float16)  # fmt: skip
+            v = tl.load(v_rows[:, None] + d[None, :],
+                        mask=ok[:, None] & d_ok[None, :], other=0.0).to(tl.float16)  # fmt: skip
+            scores = dot(q, tl.trans(k), tl.zeros((BLOCK_G, BLOCK_L), tl.float32), F32) * scale
+            scores = tl.where(attend[None, :], scores, -float("inf"))
+            new_best = tl.maximum(best, tl.max(scores, axis=1))
+            safe = tl.where(new_best == -float("inf"), 0.0, new_best)  # all masked so far
+            keep = tl.exp(best - safe)
+            p = tl.exp(scores - safe[:, None])
+            total = total * keep + tl.sum(p, axis=1)
+            acc = dot(p.to(tl.float16), v, acc * keep[:, None], F32)
+            best = new_best
     slot = (row * (GROUP * tl.num_programs(1)) + heads) * num_parts + part
     if ONE_PART:  # the answer itself: no merge
         out = acc / total[:, None]
@@ -110,14 +117,21 @@ def num_parts(batch: int, kv_heads: int, length: int) -> int:
     return max(1, min(wanted, triton.cdiv(length, BLOCK_L)))
 
 
-def decode_attention(query, key, value, mask, scaling: float) -> torch.Tensor:
+def decode_attention(query, key, value, mask, scaling: float, prefix=None) -> torch.Tensor:
     """One query per sequence: query [B, Hq, 1, D] (bf16), key/value [B, Hkv, L, D] (FP8,
     or any dtype), mask [B, 1, 1, L] (bool: attended) → [B, 1, Hq, D] in the query's dtype.
-    Query heads h·G … h·G+G-1 share KV head h (G = Hq / Hkv)."""
+    Query heads h·G … h·G+G-1 share KV head h (G = Hq / Hkv). `prefix`: keys and values
+    [1, Hkv, P, D] (P a multiple of BLOCK_L; key's dtype) every row may attend to before
+    its own, under the mask's first P positions (then mask [B, 1, 1, P + L])."""
     batch, heads, _, head_dim = query.shape
-    kv_heads, length = key.shape[1], key.shape[2]
+    kv_heads = key.shape[1]
     group = heads // kv_heads
-    if key.stride(-1) != 1 or value.stride(-1) != 1 or query.stride(-1) != 1:
+    kept_key, kept_value = prefix if prefix is not None else (key, value)
+    kept = kept_key.shape[2] if prefix is not None else 0
+    length = kept + key.shape[2]
+    if kept % BLOCK_L or (prefix is not None and kept_key.stride() != kept_value.stride()):
+        raise ValueError("a prefix of whole blocks, its keys and values alike")
+    if any(t.stride(-1) != 1 for t in (key, value, query, kept_key, kept_value)):
         raise ValueError("head_dim must be the innermost dimension")
     parts = num_parts(batch, kv_heads, length)
     part_len = triton.cdiv(triton.cdiv(length, parts), BLOCK_L) * BLOCK_L
@@ -133,9 +147,10 @@ def decode_attention(query, key, value, mask, scaling: float) -> torch.Tensor:
         best = torch.empty(batch, heads, parts, device=query.device, dtype=torch.float32)
         total = torch.empty_like(best)
     _parts_kernel[(batch, kv_heads, parts)](
-        q, key, value, attend, partial, best, total, length, part_len, parts, scaling,
-        q.stride(0), q.stride(1), key.stride(0), key.stride(1), key.stride(2),
-        value.stride(0), value.stride(1), value.stride(2), attend.stride(0),
+        q, key, value, kept_key, kept_value, attend, partial, best, total, length, kept,
+        part_len, parts, scaling, q.stride(0), q.stride(1), key.stride(0), key.stride(1),
+        key.stride(2), value.stride(0), value.stride(1), value.stride(2), kept_key.stride(1),
+        kept_key.stride(2), attend.stride(0),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_L=BLOCK_L,
         ONE_PART=parts == 1, F32=INTERPRETED, num_warps=WARPS, num_stages=STAGES,
@@ -166,21 +181,32 @@ def works_on(device: torch.device) -> bool:
 
 
 def matches_reference(device: torch.device) -> bool:
-    """The kernels on random FP8 keys and values at Gemma 4's sliding-layer sizes (a tile
-    that does not fit the GPU fails here, not in a decode step) against float32 attention."""
+    """The kernels at Gemma 4's sliding-layer sizes (a tile that does not fit the GPU fails
+    here, not in a decode step) against float32 attention: over random FP8 keys and values,
+    and over bf16 ones after a prefix kept apart."""
     from inference.runtime.fp8_experts import FP8
     from inference.runtime.kv_cache import fit
 
     generator = torch.Generator(device=device).manual_seed(0)
     rows, heads, kv_heads, length, dim = 2, 16, 8, 160, 256
-    query, key, value = (
+    query, key, value, kept_key, kept_value = (
         torch.randn(*shape, generator=generator, device=device)
         for shape in ((rows, heads, 1, dim), (rows, kv_heads, length, dim),
-                      (rows, kv_heads, length, dim))
+                      (rows, kv_heads, length, dim), (1, kv_heads, BLOCK_L, dim),
+                      (1, kv_heads, BLOCK_L, dim))
     )  # fmt: skip
-    query, key, value = query.to(torch.bfloat16), fit(key, FP8), fit(value, FP8)
-    mask = torch.rand(rows, 1, 1, length, generator=generator, device=device) < 0.7
+    query = query.to(torch.bfloat16)
+    mask = torch.rand(rows, 1, 1, BLOCK_L + length, generator=generator, device=device) < 0.7
     mask[..., 0] = True
-    got = decode_attention(query, key, value, mask, 0.125).float()
-    expected = reference_attention(query, key, value, mask, 0.125)
-    return bool((got - expected).abs().max() <= 0.02 * expected.abs().max())
+    cases = [((fit(key, FP8), fit(value, FP8)), None, mask[..., BLOCK_L:]),
+             ((key.bfloat16(), value.bfloat16()), (kept_key.bfloat16(), kept_value.bfloat16()),
+              mask)]  # fmt: skip
+    for (k, v), prefix, attended in cases:
+        got = decode_attention(query, k, v, attended, 0.125, prefix).float()
+        if prefix is not None:
+            k, v = (torch.cat([kept.expand(rows, -1, -1, -1), own], dim=2)
+                    for kept, own in zip(prefix, (k, v), strict=True))  # fmt: skip
+        expected = reference_attention(query, k, v, attended, 0.125)
+        if not (got - expected).abs().max() <= 0.02 * expected.abs().max():
+            return False
+    return True

@@ -39,9 +39,12 @@ class BatchEngine:
     def __init__(self, base: GemmaEngine, runtime: RuntimeConfig) -> None:
         self.base = base
         model = self.base.model
-        fp8_kv = runtime.fp8_kv_cache and layers.kernels_work(
-            "attention_kernel", model.device, "fp8_kv_cache", "bf16 keys and values"
-        )
+        # decode attention over FP8 keys and values, or after a prefix kept once (few rows)
+        decode_kernel = bool(runtime.fp8_kv_cache or runtime.kept_prefix_positions) and (
+            layers.kernels_work("attention_kernel", model.device, "decode_attention_kernel",
+                                "bf16 keys and values, read by matmuls")
+        )  # fmt: skip
+        fp8_kv = runtime.fp8_kv_cache and decode_kernel
         # its max_slots within the KV cache's memory budget
         self.runtime = runtime = self._within_budget(runtime, fp8_kv)
         flash_prompts = runtime.fast_attention and runtime.flash_prompt_attention
@@ -52,6 +55,7 @@ class BatchEngine:
             "prompt_kernel": flash_prompts and self._prompt_kernel_works(),
             "fp8_sliding_kv": fp8_kv,
             "kv_write": self._kv_write_kernel(),
+            "kept_prefix_kernel": decode_kernel,
         }
         use_graphs = runtime.cuda_graphs
         if use_graphs is None:
@@ -144,6 +148,7 @@ class BatchEngine:
             packed_photos=runtime.vision_per_photo,
             compile_backend=("inductor" if compile_layers is True else compile_layers) or None,
             photo_cache_bytes=runtime.photo_cache_bytes,
+            kept_prefix_positions=runtime.kept_prefix_positions,
             **self._runner_kernels,
         )
         if compile_layers:

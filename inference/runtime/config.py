@@ -61,6 +61,11 @@ class RuntimeConfig:
     # KV of shared prompt prefixes (the system prompt) kept on the device, in positions
     # (~225 KB each on the full-size model); 0: every prefill computes its whole prompt
     prefix_cache_tokens: int = 4096
+    # the sliding layers keep a cached prefix of up to this many positions (the first one
+    # that fits: the system prompt) once for all slots, not in every slot's ring: a decode
+    # step reads it once and fewer ring positions a row (64 sequences of ~1,000 positions
+    # after a 488-token prefix: ~640 of 1,024); 0: every slot keeps its own copy
+    kept_prefix_positions: int = 512
     # the vision tower's output per photo kept on the device (photo_cache), so a follow-up's
     # earlier photo is not run through the tower again (~1.6 MB a photo of 280 soft
     # tokens); 0: none kept

@@ -38,6 +38,13 @@ _image_spans: ContextVar[list[list[tuple[int, int]]] | None] = ContextVar("spans
 _visible_ends: ContextVar[torch.Tensor | None] = ContextVar("ends", default=None)
 # ... and the shared prefix's keys and values per layer, when the cache keeps them apart
 _prefix_kv: ContextVar[list | None] = ContextVar("prefix_kv", default=None)
+# during a decode step, the prefix the sliding layers keep once for all rows: per layer,
+# keys and values [1, Hkv, P, D] (None: a global layer), and whether Triton reads it
+_decode_prefix: ContextVar[tuple | None] = ContextVar("decode_prefix", default=None)
+
+# decode steps of at least this many rows read the kept prefix as matmuls over all rows'
+# queries (once), fewer rows through attention_kernel (one launch instead of seven)
+PREFIX_MATMUL_ROWS = 16
 
 
 @contextmanager
@@ -58,6 +65,18 @@ def image_spans(
         _image_spans.reset(tokens[0])
         _visible_ends.reset(tokens[1])
         _prefix_kv.reset(tokens[2])
+
+
+@contextmanager
+def decode_prefix(keys: list, values: list, kernel: bool) -> Iterator[None]:
+    """Decode attention in this block reads the sliding layers' kept prefix (kv_cache):
+    per layer its keys and values (None: not kept), before each row's own ring; with
+    `kernel`, batches of fewer than PREFIX_MATMUL_ROWS through attention_kernel."""
+    token = _decode_prefix.set((keys, values, kernel))
+    try:
+        yield
+    finally:
+        _decode_prefix.reset(token)
 
 
 def vision_spans(token_types: list[int]) -> list[tuple[int, int]]:
@@ -169,7 +188,9 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     global layers causal: Gemma 4 has no image rule there; a cached prefix's keys and values
     read where they are kept when the runner passed them apart); else a prompt of a sliding layer
     within the window as `prompt_attention` when the runner passed image spans; any other
-    prompt as transformers' SDPA."""
+    prompt as transformers' SDPA. A decode step of a sliding layer that keeps a prefix
+    once for all rows (`decode_prefix`) reads it before each row's own keys: as
+    `attention_after_prefix`, or attention_kernel for a few rows on GPUs."""
     spans = _image_spans.get()
     window = getattr(module, "sliding_window", None)
     ends = _visible_ends.get()
@@ -192,20 +213,50 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kw
         )
-    if key.dtype != query.dtype:  # FP8 keys and values (RuntimeConfig.fp8_kv_cache)
-        if key.is_cuda:
-            from inference.runtime import attention_kernel  # needs Triton
+    scale = 1.0 if scaling is None else scaling
+    decode_prefix = _decode_prefix.get()
+    kept = None  # the prefix this layer keeps once for all rows, if any
+    if decode_prefix is not None and decode_prefix[0][module.layer_idx] is not None:
+        kept = (decode_prefix[0][module.layer_idx], decode_prefix[1][module.layer_idx])
+    fp8 = key.dtype != query.dtype  # FP8 keys and values (RuntimeConfig.fp8_kv_cache)
+    few = kept is not None and decode_prefix[2] and query.shape[0] < PREFIX_MATMUL_ROWS
+    if key.is_cuda and (fp8 or few):
+        from inference.runtime import attention_kernel  # needs Triton
 
-            scale = 1.0 if scaling is None else scaling
-            return attention_kernel.decode_attention(query, key, value, attention_mask, scale), None
-        key, value = key.to(query.dtype), value.to(query.dtype)  # exact: FP8 ⊂ bf16
+        output = attention_kernel.decode_attention(query, key, value, attention_mask, scale, kept)
+        return output, None
+    if fp8:  # exact: FP8 ⊂ bf16
+        key, value = key.to(query.dtype), value.to(query.dtype)
+        kept = tuple(t.to(query.dtype) for t in kept) if kept is not None else None
+    if kept is not None:
+        return attention_after_prefix(query, key, value, kept, attention_mask, scale), None
     batch, num_heads, _, head_dim = query.shape
     num_kv_heads = key.shape[1]
     grouped = query.view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
     scores = torch.matmul(grouped, key.transpose(-1, -2))
-    probs = decode_probs(scores, attention_mask, 1.0 if scaling is None else scaling)
+    probs = decode_probs(scores, attention_mask, scale)
     output = torch.matmul(probs, value)  # [B, Hkv, G, D]
     return output.reshape(batch, 1, num_heads, head_dim), None
+
+
+def attention_after_prefix(query, key, value, prefix, mask, scaling: float) -> torch.Tensor:
+    """A decode step (query [B, Hq, 1, D]) over a prefix kept once for all rows (keys and
+    values [1, Hkv, P, D]) and then each row's own keys and values [B, Hkv, L, D], under
+    mask [B, 1, 1, P + L]: the prefix's part as one matmul per KV head over every row's
+    queries (the prefix read once, not once a row), one softmax over both parts."""
+    batch, num_heads, _, head_dim = query.shape
+    kv_heads, kept = key.shape[1], prefix[0].shape[2]
+    group = num_heads // kv_heads
+    grouped = query.reshape(batch, kv_heads, group, head_dim)
+    by_head = grouped.transpose(0, 1).reshape(kv_heads, batch * group, head_dim)
+    kept_scores = torch.matmul(by_head, prefix[0][0].transpose(-1, -2))  # [Hkv, B·G, P]
+    kept_scores = kept_scores.view(kv_heads, batch, group, kept).transpose(0, 1)
+    own_scores = torch.matmul(grouped, key.transpose(-1, -2))  # [B, Hkv, G, L]
+    probs = decode_probs(torch.cat([kept_scores, own_scores], dim=-1), mask, scaling)
+    kept_probs = probs[..., :kept].transpose(0, 1).reshape(kv_heads, batch * group, kept)
+    output = torch.matmul(kept_probs, prefix[1][0]).view(kv_heads, batch, group, head_dim)
+    output = output.transpose(0, 1) + torch.matmul(probs[..., kept:], value)
+    return output.reshape(batch, 1, num_heads, head_dim)
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, scaling: float) -> torch.Tensor:

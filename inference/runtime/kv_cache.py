@@ -6,6 +6,13 @@ order inside the ring does not matter to attention. The object also plays
 transformers' Cache role during a decode step: `update()` writes the step's
 keys/values and returns the cache rows the batch attends to. The sliding layers may keep
 theirs as FP8 (`sliding_dtype`; read by attention_kernel).
+
+A shared prompt prefix (the system prompt, from the prefix cache) may be kept once for
+all slots in the sliding layers (`prefix_capacity` positions): a slot that follows it
+keeps only its own positions in its ring (position p at (p - prefix) % window), and a
+decode step reads the prefix once for all rows (fast_ops.decode_attention) and fewer
+ring positions a row (`own_len`): at 64 sequences of ~1,000 positions after a 488-token
+system prompt, ~640 of the window's 1,024 a row.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ class SlotKVCache:
         dtype: torch.dtype,
         device: torch.device,
         sliding_dtype: torch.dtype | None = None,
+        prefix_capacity: int = 0,
     ) -> None:
         self.layers = layers
         self.num_slots = num_slots
@@ -68,15 +76,33 @@ class SlotKVCache:
             made_as = torch.uint8 if stored == FP8 else stored  # FP8 zeros as bytes: +0.0
             for cache in (self.keys, self.values):
                 cache.append(torch.zeros(shape, dtype=made_as, device=device).view(stored))
+        # the shared prefix's keys and values [1, H, capacity, D] per sliding layer, in
+        # their dtype (None: global layers)
+        self.prefix_capacity = prefix_capacity
+        self.prefix_keys: list[torch.Tensor | None] = []
+        self.prefix_values: list[torch.Tensor | None] = []
+        for spec in layers:
+            shape = (1, spec.num_kv_heads, prefix_capacity, spec.head_dim)
+            stored = sliding_dtype or dtype
+            made_as = torch.uint8 if stored == FP8 else stored
+            for kept in (self.prefix_keys, self.prefix_values):
+                made = torch.zeros(shape, dtype=made_as, device=device).view(stored)
+                kept.append(made if spec.is_sliding and prefix_capacity else None)
+        self.prefix_ids: tuple[int, ...] = ()  # the prefix kept there (the first that fit)
+        # per slot, the positions its sliding rings leave to the kept prefix (0: none)
+        self.slot_skip = [0] * (num_slots + 1)
         # Filled before each decode step (static tensors, so CUDA graphs can replay it): per
-        # row its position, its slot, and where the sliding layers' ring keeps the position
-        self.step = torch.zeros(3, num_slots, dtype=torch.long, device=device)
-        self.step_positions, self.step_rows, self.step_ring = self.step
+        # row its position, its slot, where the sliding layers' ring keeps the position, and
+        # its skip
+        self.step = torch.zeros(4, num_slots, dtype=torch.long, device=device)
+        self.step_positions, self.step_rows, self.step_ring, self.step_skip = self.step
         # a decode step's keys and values in one kernel (kv_write_kernel.write), else (and
         # into FP8 caches) two indexed assignments per layer
         self.write_step: Callable | None = None
-        # positions a decode step attends to (a graph is captured per value)
+        # positions a decode step attends to (a graph is captured per value): the global
+        # layers' first attend_len, the sliding layers' first own_len ring positions
         self.attend_len = max_seq_len
+        self.own_len = window
 
     @staticmethod
     def bytes_needed(
@@ -105,24 +131,35 @@ class SlotKVCache:
 
     # -- transformers Cache protocol, decode steps ----------------------------------------
     def step_inputs(self, positions: list[int], rows: list[int]) -> torch.Tensor:
-        """What `step[:, :n]` holds for a decode step of these rows (CPU, [3, n]): the ring
+        """What `step[:, :n]` holds for a decode step of these rows (CPU, [4, n]): the ring
         index computed here, not by a kernel in each sliding layer."""
-        ring = [position % self.window for position in positions]
-        return torch.tensor([positions, rows, ring], dtype=torch.long)
+        skip = [self.slot_skip[row] for row in rows]
+        ring = [(p - s) % self.window for p, s in zip(positions, skip, strict=True)]
+        return torch.tensor([positions, rows, ring, skip], dtype=torch.long)
+
+    def own_needed(self, positions: list[int], rows: list[int]) -> int:
+        """Ring positions the rows' sliding attention needs (with the step's own)."""
+        own = [p - self.slot_skip[r] + 1 for p, r in zip(positions, rows, strict=True)]
+        return min(self.window, max(own))
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Store the step's key/value ([B, H, 1, D]) and return the first B rows to attend."""
         batch = key.shape[0]
         rows, positions = self.step_rows[:batch], self.step_positions[:batch]
-        index = self.step_ring[:batch] if self.layers[layer_idx].is_sliding else positions
+        sliding = self.layers[layer_idx].is_sliding
+        index = self.step_ring[:batch] if sliding else positions
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         if self.write_step is not None and keys.dtype == key.dtype:
             self.write_step(keys, values, key, value, rows, index)
         else:
             put(keys, (rows, slice(None), index), key[:, :, 0])
             put(values, (rows, slice(None), index), value[:, :, 0])
-        length = min(self.attend_len, keys.shape[2])
+        length = min(self.own_len, self.window) if sliding else self.attend_len
         return keys[:batch, :, :length], values[:batch, :, :length]
+
+    def decode_prefix(self) -> tuple[list, list] | None:
+        """The kept prefix's keys and values per layer for fast_ops.decode_attention."""
+        return (self.prefix_keys, self.prefix_values) if self.prefix_capacity else None
 
     def is_compileable(self) -> bool:  # pragma: no cover - asked by some transformers paths
         return False
@@ -135,62 +172,97 @@ class SlotKVCache:
         layer_values: list,
         lengths: list[int],
         prefix: list | None = None,
+        *,
+        apart: bool = False,
+        prefix_ids: tuple[int, ...] = (),
     ) -> None:
         """Copy prefilled prompts' keys/values ([rows, H, width, D] per layer, right-padded)
-        into their slots. Prompts within the window going to consecutive slots (the usual
-        case) take one copy per layer: the padding copied past a prompt's end is never
-        attended (decode masks it, and writes there before it attends). `prefix`: per layer,
-        the (keys, values) [1, H, P, D] of a shared prefix the prompts' positions follow
-        (stored first in each slot), when the prefill kept them apart."""
-        before = prefix[0][0].shape[2] if prefix else 0
-        width = before + layer_keys[0].shape[2]
-        if slots == list(range(slots[0], slots[0] + len(slots))) and width <= self.window:
+        into their slots. `prefix`: per layer, the (keys, values) [1, H, P, D] of the shared
+        prefix (token ids `prefix_ids`) the prompts start with; `apart`: the layers' keys
+        begin after it (else they hold it too). The sliding layers keep it once for all
+        slots when it fits there (the first prefix that does stays), else each slot does.
+        Rows in consecutive slots take one copy per layer; the padding copied past a
+        prompt's end is never attended (decode masks it, and writes there before it
+        attends)."""
+        skip = self._keep_prefix(prefix, prefix_ids)
+        before = prefix[0][0].shape[2] if prefix is not None and apart else 0
+        for slot in slots:
+            self.slot_skip[slot] = skip
+        for part, cache, new in ((0, self.keys, layer_keys), (1, self.values, layer_values)):
+            for index, (stored, layer) in enumerate(zip(cache, new, strict=True)):
+                sliding = self.layers[index].is_sliding
+                offset = skip if sliding else 0  # ring index of position p: p - offset
+                first = before
+                if before and not offset:  # the slot keeps the prefix's positions too
+                    if self._one_copy(slots, before + layer.shape[2], sliding):
+                        head = prefix[index][part].expand(len(slots), -1, -1, -1)
+                        self._store(stored, slots, head, 0, [before] * len(slots), 0, sliding)
+                    else:
+                        layer = torch.cat([prefix[index][part].expand(len(slots), -1, -1, -1),
+                                           layer], dim=2)  # fmt: skip
+                        first = 0
+                self._store(stored, slots, layer, first, lengths, offset, sliding)
+
+    def _one_copy(self, slots: list[int], end: int, ring: bool) -> bool:
+        """Whether rows ending before `end` (ring index) go into `slots` as one copy."""
+        consecutive = slots == list(range(slots[0], slots[0] + len(slots)))
+        return consecutive and end <= (self.window if ring else self.max_seq_len)
+
+    def _store(self, stored, slots, layer, first: int, lengths, offset: int, ring: bool) -> None:
+        """Store positions first.. of `layer` ([rows, H, W, D]) up to each row's length at
+        index position - offset (in the ring: modulo the window, its last window ones)."""
+        width = layer.shape[2]
+        if self._one_copy(slots, first + width - offset, ring):
+            start = max(first, offset)  # positions below offset: the kept prefix's
             rows = slice(slots[0], slots[0] + len(slots))
-            for part, cache, new in ((0, self.keys, layer_keys), (1, self.values, layer_values)):
-                for index, (stored, layer) in enumerate(zip(cache, new, strict=True)):
-                    if before:
-                        stored[rows, :, :before].copy_(fit(prefix[index][part], stored.dtype))
-                    stored[rows, :, before:width].copy_(fit(layer, stored.dtype))
+            copied = fit(layer[:, :, start - first :], stored.dtype)
+            stored[rows, :, start - offset : first + width - offset].copy_(copied)
             return
-        if before:  # rare (slots apart, or past the window): joined, as without a prefix
-            layer_keys, layer_values = (
-                [torch.cat([kv[part].expand(len(slots), -1, -1, -1), layer], dim=2)
-                 for kv, layer in zip(prefix, layers, strict=True)]
-                for part, layers in ((0, layer_keys), (1, layer_values))
-            )  # fmt: skip
         for row, (slot, length) in enumerate(zip(slots, lengths, strict=True)):
-            self.store_prompt(
-                slot, [k[row] for k in layer_keys], [v[row] for v in layer_values], length
-            )
+            start = max(first, offset, length - self.window if ring else 0)
+            positions = torch.arange(start, length, device=layer.device)
+            index = (positions - offset) % self.window if ring else positions - offset
+            put(stored, (slot, slice(None), index), layer[row][:, start - first : length - first])
+
+    def _keep_prefix(self, prefix: list | None, prefix_ids: tuple[int, ...]) -> int:
+        """Positions the sliding rings of slots following this prefix leave to the kept
+        one: its length if it is (or now becomes) the kept prefix, else 0."""
+        if prefix is None or not prefix_ids or len(prefix_ids) > self.prefix_capacity:
+            return 0
+        if not self.prefix_ids:
+            for index, kept in enumerate(self.prefix_keys):
+                if kept is not None:
+                    for part, buffer in ((0, kept), (1, self.prefix_values[index])):
+                        buffer[:, :, : len(prefix_ids)].copy_(fit(prefix[index][part], kept.dtype))
+            self.prefix_ids = prefix_ids
+        return len(prefix_ids) if prefix_ids == self.prefix_ids else 0
 
     def store_prompt(self, slot: int, layer_keys: list, layer_values: list, length: int) -> None:
         """Copy one prefilled prompt's keys/values ([H, L, D] per layer) into a slot."""
-        for layer_idx, spec in enumerate(self.layers):
-            key = layer_keys[layer_idx][:, :length]
-            value = layer_values[layer_idx][:, :length]
-            if spec.is_sliding:
-                start = max(0, length - self.window)
-                positions = torch.arange(start, length, device=key.device) % self.window
-                put(self.keys[layer_idx], (slot, slice(None), positions), key[:, start:])
-                put(self.values[layer_idx], (slot, slice(None), positions), value[:, start:])
-            else:
-                put(self.keys[layer_idx], (slot, slice(None), slice(0, length)), key)
-                put(self.values[layer_idx], (slot, slice(None), slice(0, length)), value)
+        self.store_prompts([slot], [k[None] for k in layer_keys],
+                           [v[None] for v in layer_values], [length])  # fmt: skip
 
     def move(self, from_slot: int, to_slot: int) -> None:
         for keys, values in zip(self.keys, self.values, strict=True):
             keys[to_slot].copy_(keys[from_slot])
             values[to_slot].copy_(values[from_slot])
+        self.slot_skip[to_slot] = self.slot_skip[from_slot]
 
-    def decode_masks(self, positions: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Boolean attention masks [B, 1, 1, L] for one decode step at `positions` [B] (all
-        below `attend_len`)."""
+    def decode_masks(self, batch: int) -> dict[str, torch.Tensor]:
+        """Boolean attention masks [B, 1, 1, L] for one decode step of the first `batch`
+        rows of `step` (all below `attend_len`). The sliding layers' hold the kept prefix's
+        positions first (visible to rows that follow it, within the window), then their own
+        ring's."""
+        positions, skip = self.step_positions[:batch, None], self.step_skip[:batch, None]
         device = positions.device
-        pos = positions[:, None]
-        ring = torch.arange(min(self.window, self.attend_len), device=device)[None, :]
-        held = pos - torch.remainder(pos - ring, self.window)  # position stored at each ring index
+        own = positions - skip
+        ring = torch.arange(min(self.window, self.own_len), device=device)[None, :]
+        held = own - torch.remainder(own - ring, self.window)  # own position at each index
         sliding = held >= 0
-        full = torch.arange(self.attend_len, device=device)[None, :] <= pos
+        if self.prefix_capacity:
+            kept = torch.arange(self.prefix_capacity, device=device)[None, :]
+            sliding = torch.cat([(kept < skip) & (kept > positions - self.window), sliding], 1)
+        full = torch.arange(self.attend_len, device=device)[None, :] <= positions
         return {
             "sliding_attention": sliding[:, None, None, :],
             "full_attention": full[:, None, None, :],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import structlog
 import torch
@@ -66,6 +67,16 @@ def attend_length_buckets(max_seq_len: int, lengths: tuple[int, ...] | None) -> 
     return sorted({length for length in lengths if length < max_seq_len} | {max_seq_len})
 
 
+# the sliding layers' shorter ring reads after a kept prefix come in steps of this many
+OWN_LENGTH_STEP = 128
+
+
+def kept_prefix_capacity(positions: int) -> int:
+    """Positions of the prefix buffer for `positions` asked: whole blocks of
+    attention_kernel's (64)."""
+    return -(-positions // 64) * 64
+
+
 def finished_logits(logits: torch.Tensor, softcap: float | None, suppressed: torch.Tensor):
     """lm_head's output as the sampler takes it: float32, soft-capped, suppressed tokens
     -inf (eager: four passes over [rows, vocab]; compiled: one)."""
@@ -94,6 +105,8 @@ class ModelRunner:
         kv_write: Callable | None = None,
         compile_backend: str | Callable | None = None,
         photo_cache_bytes: int = 0,
+        kept_prefix_positions: int = 0,
+        kept_prefix_kernel: bool = False,
     ) -> None:
         self.model = model
         self.flash_prompts = flash_prompts  # sliding layers' prompt attention unmasked
@@ -119,7 +132,11 @@ class ModelRunner:
             dtype=model.dtype,
             device=self.device,
             sliding_dtype=FP8 if fp8_sliding_kv else None,
+            prefix_capacity=kept_prefix_capacity(kept_prefix_positions),
         )
+        # few rows' decode steps read the kept prefix through attention_kernel (its
+        # start-up check passed on this GPU), else as matmuls
+        self.kept_prefix_kernel = kept_prefix_kernel
         self.cache.write_step = kv_write  # decode steps' writes (kv_write_kernel; GPUs)
         self.prefixes = PrefixCache(prefix_cache_tokens)
         self.photos = PhotoCache(photo_cache_bytes)
@@ -133,8 +150,10 @@ class ModelRunner:
         self._positions = self.cache.step_positions
         self.attend_lengths = attend_length_buckets(max_seq_len, attend_lengths)
         self._graph_batches = sorted(b for b in graph_batch_sizes if b <= num_slots)
-        # (batch size, attended length) → graph and its logits
-        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # (batch size, attended length, sliding layers' ring positions read) → graph and its
+        # logits, in one buffer for all graphs (each its own: ~1.9 GB for 64 slots)
+        self._graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._graph_logits: torch.Tensor | None = None
         if self._graph_batches:
             try:
                 self._capture()
@@ -196,7 +215,9 @@ class ModelRunner:
             [layer.keys for layer in cache.layers],
             [layer.values for layer in cache.layers],
             lengths,
-            shared if apart else None,
+            shared,
+            apart=apart,
+            prefix_ids=prefix if shared is not None else (),
         )
         return self._logits(hidden)
 
@@ -308,6 +329,8 @@ class ModelRunner:
         n = len(positions)
         bucket = next((b for b in self._graph_batches if b >= n), n)
         length = next(length for length in self.attend_lengths if length > max(positions))
+        needed = self.cache.own_needed(positions, list(range(n)))
+        own = next(own for own in self.own_lengths(bucket, length) if own >= needed)
         if token_ids is not None:
             self._ids[:n].copy_(torch.tensor(token_ids), non_blocking=True)
         step = self.cache.step_inputs(
@@ -315,11 +338,27 @@ class ModelRunner:
             list(range(n)) + [self.cache.scratch_slot] * (bucket - n),
         )
         self.cache.step[:, :bucket].copy_(step.to(self.device, non_blocking=True))
-        if (bucket, length) in self._graphs:
-            graph, logits = self._graphs[bucket, length]
+        if (bucket, length, own) in self._graphs:
+            graph, logits = self._graphs[bucket, length, own]
             graph.replay()
             return logits[:n]
-        return self._decode_forward(bucket, length)[:n]
+        return self._decode_forward(bucket, length, own)[:n]
+
+    def own_lengths(self, batch: int, length: int) -> list[int]:
+        """Ring positions a sliding layer's decode step may read at this batch size and
+        attended length, shortest first (a graph is captured for each). Without a kept
+        prefix, its attended length (or the window); with one, from batches of
+        PREFIX_MATMUL_ROWS on also shorter ones (rows after the kept prefix hold fewer own
+        positions): as few as rows at the length below this one may need."""
+        window = self.cache.window
+        whole = min(window, length)
+        capacity = self.cache.prefix_capacity
+        if not capacity or batch < fast_ops.PREFIX_MATMUL_ROWS:
+            return [whole]
+        below = max((n for n in self.attend_lengths if n < length), default=0)
+        least = below - capacity + 1  # a row at `below` after the longest kept prefix
+        shorter = range(OWN_LENGTH_STEP, whole, OWN_LENGTH_STEP)
+        return [own for own in shorter if own >= least and own >= window // 2] + [whole]
 
     @torch.inference_mode()
     def store_tokens(self, slots: list[int], tokens: torch.Tensor) -> None:
@@ -336,17 +375,20 @@ class ModelRunner:
         self.cache.move(from_slot, to_slot)
         self._ids[to_slot] = self._ids[from_slot]
 
-    def _decode_forward(self, batch: int, length: int) -> torch.Tensor:
-        """Rows 0..batch-1 attend to the first `length` positions of their slots."""
-        self.cache.attend_len = length
+    def _decode_forward(self, batch: int, length: int, own: int) -> torch.Tensor:
+        """Rows 0..batch-1 attend to the first `length` positions of their slots (the
+        sliding layers to their rings' first `own`, after the kept prefix)."""
+        self.cache.attend_len, self.cache.own_len = length, own
         positions = self._positions[:batch]
-        output = self.language_model(
-            input_ids=self._ids[:batch, None],
-            attention_mask=self.cache.decode_masks(positions),
-            position_ids=positions[:, None],
-            past_key_values=self.cache,
-            use_cache=True,
-        )
+        kept = self.cache.prefix_keys, self.cache.prefix_values, self.kept_prefix_kernel
+        with fast_ops.decode_prefix(*kept) if self.cache.prefix_capacity else nullcontext():
+            output = self.language_model(
+                input_ids=self._ids[:batch, None],
+                attention_mask=self.cache.decode_masks(batch),
+                position_ids=positions[:, None],
+                past_key_values=self.cache,
+                use_cache=True,
+            )
         return self._logits(output.last_hidden_state[:, -1])
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -355,20 +397,24 @@ class ModelRunner:
     @torch.inference_mode()
     def _capture(self) -> None:
         pool = None
+        vocab = self.model.lm_head.out_features
+        self._graph_logits = torch.empty(max(self._graph_batches), vocab, device=self.device)
         # largest first, so the smaller ones reuse its memory pool
         for batch in reversed(self._graph_batches):
             for length in reversed(self.attend_lengths):
-                stream = torch.cuda.Stream()
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    for _ in range(2):
-                        self._decode_forward(batch, length)
-                torch.cuda.current_stream().wait_stream(stream)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    logits = self._decode_forward(batch, length)
-                pool = graph.pool()
-                self._graphs[batch, length] = (graph, logits)
+                for own in reversed(self.own_lengths(batch, length)):
+                    stream = torch.cuda.Stream()
+                    stream.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(stream):
+                        for _ in range(2):
+                            self._decode_forward(batch, length, own)
+                    torch.cuda.current_stream().wait_stream(stream)
+                    graph = torch.cuda.CUDAGraph()
+                    logits = self._graph_logits[:batch]
+                    with torch.cuda.graph(graph, pool=pool):
+                        logits.copy_(self._decode_forward(batch, length, own))
+                    pool = graph.pool()
+                    self._graphs[batch, length, own] = (graph, logits)
         torch.cuda.synchronize()
         log.info("cuda_graphs_captured", batch_sizes=self._graph_batches,
                  attend_lengths=self.attend_lengths)  # fmt: skip

@@ -40,11 +40,15 @@ def test_group_copy_equals_row_copies() -> None:
     keys, values = prefilled(lengths)
     grouped, by_row = make_cache(window=16), make_cache(window=16)
     grouped.store_prompts([1, 2, 3], keys, values, lengths)
-    for row, slot in enumerate([1, 2, 3]):
-        by_row.store_prompt(slot, [k[row] for k in keys], [v[row] for v in values], lengths[row])
-    for slot, length in zip([1, 2, 3], lengths, strict=True):
-        for a, b in zip(held(grouped, slot, length), held(by_row, slot, length), strict=True):
-            torch.testing.assert_close(a, b)
+    for row, slot in enumerate([3, 0, 2]):  # not consecutive: one row at a time
+        by_row.store_prompts([slot], [k[row : row + 1] for k in keys],
+                             [v[row : row + 1] for v in values], [lengths[row]])  # fmt: skip
+    for row, length in enumerate(lengths):
+        expected = [keys[0][row][:, :length], values[0][row][:, :length],
+                    keys[1][row][:, :length], values[1][row][:, :length]]  # fmt: skip
+        for cache, slot in ((grouped, 1 + row), (by_row, [3, 0, 2][row])):
+            for a, b in zip(held(cache, slot, length), expected, strict=True):
+                torch.testing.assert_close(a, b)
     assert grouped.keys[1][0].abs().sum() == 0 and grouped.keys[1][4].abs().sum() == 0
 
 
@@ -59,7 +63,7 @@ def test_a_prefix_kept_apart_is_stored_as_the_joined_prompts_are(slots) -> None:
     joined.store_prompts(slots, keys, values, lengths)
     shared = [(k[:1, :, :prefix], v[:1, :, :prefix]) for k, v in zip(keys, values, strict=True)]
     own_keys, own_values = ([t[:, :, prefix:] for t in layers] for layers in (keys, values))
-    apart.store_prompts(slots, own_keys, own_values, lengths, shared)
+    apart.store_prompts(slots, own_keys, own_values, lengths, shared, apart=True)
     for slot, length in zip(slots, lengths, strict=True):
         for a, b in zip(held(apart, slot, length), held(joined, slot, length), strict=True):
             torch.testing.assert_close(a, b)
@@ -124,7 +128,7 @@ def test_a_memory_budget_holds_whole_slots_and_the_scratch_one() -> None:
 def test_a_decode_step_writes_the_ring_index_in_sliding_layers_and_the_position_in_global() -> None:
     cache = make_cache(window=16)
     step = cache.step_inputs([20, 3], [1, 0])  # past the window, and not
-    assert step.tolist() == [[20, 3], [1, 0], [4, 3]]
+    assert step.tolist() == [[20, 3], [1, 0], [4, 3], [0, 0]]
     cache.step[:, :2] = step
     keys = [torch.randn(2, 2, 1, 4), torch.randn(2, 1, 1, 8)]
     values = [torch.randn_like(k) for k in keys]
