@@ -245,17 +245,15 @@ def attention_after_prefix(query, key, value, prefix, mask, scaling: float) -> t
     mask [B, 1, 1, P + L]: the prefix's part as one matmul per KV head over every row's
     queries (the prefix read once, not once a row), one softmax over both parts."""
     batch, num_heads, _, head_dim = query.shape
-    kv_heads, kept = key.shape[1], prefix[0].shape[2]
+    kv_heads = key.shape[1]
     group = num_heads // kv_heads
     grouped = query.reshape(batch, kv_heads, group, head_dim)
     by_head = grouped.transpose(0, 1).reshape(kv_heads, batch * group, head_dim)
     kept_scores = torch.matmul(by_head, prefix[0][0].transpose(-1, -2))  # [Hkv, B·G, P]
-    kept_scores = kept_scores.view(kv_heads, batch, group, kept).transpose(0, 1)
     own_scores = torch.matmul(grouped, key.transpose(-1, -2))  # [B, Hkv, G, L]
-    probs = decode_probs(torch.cat([kept_scores, own_scores], dim=-1), mask, scaling)
-    kept_probs = probs[..., :kept].transpose(0, 1).reshape(kv_heads, batch * group, kept)
+    kept_probs, own_probs = decode_probs_after_prefix(kept_scores, own_scores, mask, scaling)
     output = torch.matmul(kept_probs, prefix[1][0]).view(kv_heads, batch, group, head_dim)
-    output = output.transpose(0, 1) + torch.matmul(probs[..., kept:], value)
+    output = output.transpose(0, 1) + torch.matmul(own_probs, value)
     return output.reshape(batch, 1, num_heads, head_dim)
 
 
@@ -266,9 +264,21 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, scaling: float) -> 
     return logits.masked_fill(~mask, float("-inf")).softmax(dim=-1).to(scores.dtype)
 
 
+def masked_softmax_after_prefix(kept_scores, own_scores, mask, scaling: float):
+    """masked_softmax over a kept prefix's scores [Hkv, B·G, P] (per KV head, every row's
+    queries) and the rows' own [B, Hkv, G, L] as one row each, mask [B, 1, 1, P + L] → the
+    probabilities in the same two layouts."""
+    kv_heads, rows, kept = kept_scores.shape
+    batch, _, group, _ = own_scores.shape
+    by_row = kept_scores.view(kv_heads, batch, group, kept).transpose(0, 1)
+    probs = masked_softmax(torch.cat([by_row, own_scores], dim=-1), mask, scaling)
+    return probs[..., :kept].transpose(0, 1).reshape(kv_heads, rows, kept), probs[..., kept:]
+
+
 # layers.install swaps in a compiled one: one kernel instead of five (cast, scale, mask
 # inversion, fill, softmax) per layer and step; on GPUs Triton's (softmax_kernel)
 decode_probs = masked_softmax
+decode_probs_after_prefix = masked_softmax_after_prefix
 
 
 def install(model, *, fused_norms: bool):

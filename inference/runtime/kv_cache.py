@@ -142,6 +142,11 @@ class SlotKVCache:
         own = [p - self.slot_skip[r] + 1 for p, r in zip(positions, rows, strict=True)]
         return min(self.window, max(own))
 
+    def sees_kept_prefix(self, positions: list[int], rows: list[int]) -> bool:
+        """Whether any row's window still holds positions of the kept prefix."""
+        skips = (self.slot_skip[r] for r in rows)
+        return any(0 < s > p - self.window + 1 for p, s in zip(positions, skips, strict=True))
+
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Store the step's key/value ([B, H, 1, D]) and return the first B rows to attend."""
         batch = key.shape[0]
@@ -248,20 +253,21 @@ class SlotKVCache:
             values[to_slot].copy_(values[from_slot])
         self.slot_skip[to_slot] = self.slot_skip[from_slot]
 
-    def decode_masks(self, batch: int) -> dict[str, torch.Tensor]:
+    def decode_masks(self, batch: int, kept: bool) -> dict[str, torch.Tensor]:
         """Boolean attention masks [B, 1, 1, L] for one decode step of the first `batch`
-        rows of `step` (all below `attend_len`). The sliding layers' hold the kept prefix's
-        positions first (visible to rows that follow it, within the window), then their own
-        ring's."""
+        rows of `step` (all below `attend_len`). The sliding layers' hold, with `kept`, the
+        kept prefix's positions first (visible to rows that follow it, within the window),
+        then their own ring's."""
         positions, skip = self.step_positions[:batch, None], self.step_skip[:batch, None]
         device = positions.device
         own = positions - skip
         ring = torch.arange(min(self.window, self.own_len), device=device)[None, :]
         held = own - torch.remainder(own - ring, self.window)  # own position at each index
         sliding = held >= 0
-        if self.prefix_capacity:
-            kept = torch.arange(self.prefix_capacity, device=device)[None, :]
-            sliding = torch.cat([(kept < skip) & (kept > positions - self.window), sliding], 1)
+        if kept:
+            prefix = torch.arange(self.prefix_capacity, device=device)[None, :]
+            visible = (prefix < skip) & (prefix > positions - self.window)
+            sliding = torch.cat([visible, sliding], 1)
         full = torch.arange(self.attend_len, device=device)[None, :] <= positions
         return {
             "sliding_attention": sliding[:, None, None, :],

@@ -289,10 +289,12 @@ def install(
         for layer in vision_layers:
             layer.forward = partial(vision_forward, layer)
         fast_ops.decode_probs = compiled(fast_ops.masked_softmax)
+        fast_ops.decode_probs_after_prefix = compiled(fast_ops.masked_softmax_after_prefix)
     if on_gpu and kernels_work("softmax_kernel", model.device, "softmax_kernel", "compiled"):
-        from inference.runtime.softmax_kernel import masked_softmax  # needs Triton
+        from inference.runtime import softmax_kernel  # needs Triton
 
-        fast_ops.decode_probs = masked_softmax  # a row per program: one read, one write
+        fast_ops.decode_probs = softmax_kernel.masked_softmax  # a row per program
+        fast_ops.decode_probs_after_prefix = softmax_kernel.masked_softmax_after_prefix
     for layer in layers:
         if not hasattr(layer.self_attn, "qkv_weight"):
             fuse_projections(layer)
@@ -304,6 +306,7 @@ def install(
         fused_experts_max_tokens = expert_major_max_tokens = 0
         prompt_experts, triton_prompt_experts = None, False
         fast_ops.decode_probs = fast_ops.masked_softmax
+        fast_ops.decode_probs_after_prefix = fast_ops.masked_softmax_after_prefix
         for layer in layers + vision_layers:
             layer.__dict__.pop("forward", None)
 

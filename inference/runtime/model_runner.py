@@ -150,9 +150,9 @@ class ModelRunner:
         self._positions = self.cache.step_positions
         self.attend_lengths = attend_length_buckets(max_seq_len, attend_lengths)
         self._graph_batches = sorted(b for b in graph_batch_sizes if b <= num_slots)
-        # (batch size, attended length, sliding layers' ring positions read) → graph and its
-        # logits, in one buffer for all graphs (each its own: ~1.9 GB for 64 slots)
-        self._graphs: dict[tuple[int, int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # (batch size, attended length, sliding layers' ring positions read, kept prefix read)
+        # → graph and its logits, in one buffer for all graphs (each its own: ~1.9 GB)
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._graph_logits: torch.Tensor | None = None
         if self._graph_batches:
             try:
@@ -329,8 +329,15 @@ class ModelRunner:
         n = len(positions)
         bucket = next((b for b in self._graph_batches if b >= n), n)
         length = next(length for length in self.attend_lengths if length > max(positions))
-        needed = self.cache.own_needed(positions, list(range(n)))
-        own = next(own for own in self.own_lengths(bucket, length) if own >= needed)
+        rows = list(range(n))
+        kept, own = True, min(self.cache.window, length)
+        if self.cache.prefix_capacity == 0 or (  # the kept prefix is past every row's window
+            length > self.cache.window and not self.cache.sees_kept_prefix(positions, rows)
+        ):
+            kept = False
+        else:
+            needed = self.cache.own_needed(positions, rows)
+            own = next(own for own in self.own_lengths(bucket, length) if own >= needed)
         if token_ids is not None:
             self._ids[:n].copy_(torch.tensor(token_ids), non_blocking=True)
         step = self.cache.step_inputs(
@@ -338,11 +345,21 @@ class ModelRunner:
             list(range(n)) + [self.cache.scratch_slot] * (bucket - n),
         )
         self.cache.step[:, :bucket].copy_(step.to(self.device, non_blocking=True))
-        if (bucket, length, own) in self._graphs:
-            graph, logits = self._graphs[bucket, length, own]
+        if (bucket, length, own, kept) in self._graphs:
+            graph, logits = self._graphs[bucket, length, own, kept]
             graph.replay()
             return logits[:n]
-        return self._decode_forward(bucket, length, own)[:n]
+        return self._decode_forward(bucket, length, own, kept)[:n]
+
+    def graph_keys(self, batch: int, length: int) -> list[tuple[int, int, bool]]:
+        """(own length, kept prefix read) of the graphs of this batch size and length:
+        decode's choices. Without the kept prefix, the whole ring, for steps whose rows'
+        windows have all passed it (or where none is kept)."""
+        whole = min(self.cache.window, length)
+        if not self.cache.prefix_capacity:
+            return [(whole, False)]
+        kept = [(own, True) for own in self.own_lengths(batch, length)]
+        return kept + ([(whole, False)] if length > self.cache.window else [])
 
     def own_lengths(self, batch: int, length: int) -> list[int]:
         """Ring positions a sliding layer's decode step may read at this batch size and
@@ -375,16 +392,16 @@ class ModelRunner:
         self.cache.move(from_slot, to_slot)
         self._ids[to_slot] = self._ids[from_slot]
 
-    def _decode_forward(self, batch: int, length: int, own: int) -> torch.Tensor:
+    def _decode_forward(self, batch: int, length: int, own: int, kept: bool) -> torch.Tensor:
         """Rows 0..batch-1 attend to the first `length` positions of their slots (the
-        sliding layers to their rings' first `own`, after the kept prefix)."""
+        sliding layers to their rings' first `own`, with `kept` after the kept prefix)."""
         self.cache.attend_len, self.cache.own_len = length, own
         positions = self._positions[:batch]
-        kept = self.cache.prefix_keys, self.cache.prefix_values, self.kept_prefix_kernel
-        with fast_ops.decode_prefix(*kept) if self.cache.prefix_capacity else nullcontext():
+        prefix = self.cache.prefix_keys, self.cache.prefix_values, self.kept_prefix_kernel
+        with fast_ops.decode_prefix(*prefix) if kept else nullcontext():
             output = self.language_model(
                 input_ids=self._ids[:batch, None],
-                attention_mask=self.cache.decode_masks(batch),
+                attention_mask=self.cache.decode_masks(batch, kept),
                 position_ids=positions[:, None],
                 past_key_values=self.cache,
                 use_cache=True,
@@ -402,19 +419,19 @@ class ModelRunner:
         # largest first, so the smaller ones reuse its memory pool
         for batch in reversed(self._graph_batches):
             for length in reversed(self.attend_lengths):
-                for own in reversed(self.own_lengths(batch, length)):
+                for own, kept in reversed(self.graph_keys(batch, length)):
                     stream = torch.cuda.Stream()
                     stream.wait_stream(torch.cuda.current_stream())
                     with torch.cuda.stream(stream):
                         for _ in range(2):
-                            self._decode_forward(batch, length, own)
+                            self._decode_forward(batch, length, own, kept)
                     torch.cuda.current_stream().wait_stream(stream)
                     graph = torch.cuda.CUDAGraph()
                     logits = self._graph_logits[:batch]
                     with torch.cuda.graph(graph, pool=pool):
-                        logits.copy_(self._decode_forward(batch, length, own))
+                        logits.copy_(self._decode_forward(batch, length, own, kept))
                     pool = graph.pool()
-                    self._graphs[batch, length, own] = (graph, logits)
+                    self._graphs[batch, length, own, kept] = (graph, logits)
         torch.cuda.synchronize()
         log.info("cuda_graphs_captured", batch_sizes=self._graph_batches,
                  attend_lengths=self.attend_lengths)  # fmt: skip

@@ -104,7 +104,7 @@ def test_a_decode_step_after_the_kept_prefix_attends_as_over_whole_slots() -> No
         cache.step[:, :3] = cache.step_inputs(lengths, [0, 1, 2])
         cache.own_len = cache.own_needed(lengths, [0, 1, 2])
         own_keys, own_values = cache.update(step_key, step_value, 0)
-        mask = cache.decode_masks(3)["sliding_attention"]
+        mask = cache.decode_masks(3, kept=cache is kept)["sliding_attention"]
         if cache is kept:
             kept_kv = (cache.prefix_keys[0], cache.prefix_values[0])
             outputs.append(fast_ops.attention_after_prefix(query, own_keys, own_values, kept_kv,
@@ -117,6 +117,9 @@ def test_a_decode_step_after_the_kept_prefix_attends_as_over_whole_slots() -> No
     torch.testing.assert_close(outputs[0], outputs[1])
     # without row 2, the rows after the kept prefix read fewer own positions
     assert kept.own_needed(lengths[:2], [0, 1]) == 10 and whole.own_needed([12], [0]) == 13
+    # row 2's window (positions 10-25) has passed the prefix (0-4), row 0's (0-12) has not
+    assert not kept.sees_kept_prefix([25], [2]) and kept.sees_kept_prefix([25, 12], [2, 0])
+    assert not kept.sees_kept_prefix([12], [1]) and not whole.sees_kept_prefix([12], [0])
 
 
 @pytest.fixture(scope="module")

@@ -40,3 +40,36 @@ def test_masked_softmax_kernel_equals_torch() -> None:
     for case, value in result.items():
         bound = 0.0 if case.endswith(("unseen", "empty row")) else 1e-2
         assert value <= bound, f"{case}: {value}"
+
+
+AFTER_PREFIX = """
+import json, torch
+from inference.runtime.fast_ops import masked_softmax_after_prefix
+from inference.runtime.softmax_kernel import masked_softmax_after_prefix as kernel_softmax
+
+torch.manual_seed(1)
+result = {}
+# (sequences, KV heads, queries per KV head, kept prefix positions, own positions)
+for batch, heads, group, kept, length in [(3, 8, 2, 64, 80), (2, 2, 3, 128, 64)]:
+    kept_scores = (torch.randn(heads, batch * group, kept) * 8).to(torch.bfloat16)
+    own_scores = (torch.randn(batch, heads, group, length) * 8).to(torch.bfloat16)
+    mask = torch.rand(batch, 1, 1, kept + length) < 0.5
+    mask[0] = False  # a padding row: it sees nothing
+    mask[1, ..., :kept] = False  # a row that does not follow the kept prefix
+    got = kernel_softmax(kept_scores, own_scores, mask, 0.0625)
+    expected = masked_softmax_after_prefix(kept_scores, own_scores, mask, 0.0625)
+    name = f"{batch}x{heads}x{group}, {kept} + {length}"
+    by_row = [got[0].view(heads, batch, group, kept).transpose(0, 1), got[1]]
+    expected = [expected[0].view(heads, batch, group, kept).transpose(0, 1), expected[1]]
+    for part, a, b in zip(("kept", "own"), by_row, expected):
+        result[f"{name} {part}"] = (a[1:].float() - b[1:].float()).abs().max().item()
+    result[name + " empty row"] = max(a[0].abs().max().item() for a in by_row)
+print(json.dumps(result))
+"""
+
+
+def test_the_softmax_over_a_kept_prefix_and_own_positions_equals_torch() -> None:
+    result = run_interpreted(AFTER_PREFIX)
+    assert len(result) == 6, result
+    for case, value in result.items():
+        assert value <= (0.0 if case.endswith("empty row") else 1e-2), f"{case}: {value}"
