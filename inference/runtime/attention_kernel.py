@@ -39,7 +39,7 @@ def _parts_kernel(
     stride_qb, stride_qh, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl,
     stride_ph, stride_pl, stride_mb,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_L: tl.constexpr, ONE_PART: tl.constexpr, F32: tl.constexpr,
+    BLOCK_L: tl.constexpr, ONE_PART: tl.constexpr, F32: tl.constexpr, SKIP_EMPTY: tl.constexpr,
 ):  # fmt: skip
     row, kv_head, part = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = tl.arange(0, BLOCK_G)  # the KV head's query heads, padded to a tensor-core tile
@@ -62,7 +62,7 @@ def _parts_kernel(
         pos = first + tl.arange(0, BLOCK_L)
         ok = pos < end
         attend = tl.load(mask_ptr + row * stride_mb + pos, mask=ok, other=0) != 0
-        if tl.max(attend.to(tl.int32), axis=0) > 0:  # else nothing to read here
+        if not SKIP_EMPTY or tl.max(attend.to(tl.int32), axis=0) > 0:  # blocks seen
             # positions below `kept` are the kept prefix's (whole blocks), the others the row's
             in_kept, own = first < kept, pos - kept
             k_rows = tl.where(in_kept, kept_k + pos * stride_pl, k_base + own * stride_kl)
@@ -153,7 +153,8 @@ def decode_attention(query, key, value, mask, scaling: float, prefix=None) -> to
         kept_key.stride(2), attend.stride(0),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_L=BLOCK_L,
-        ONE_PART=parts == 1, F32=INTERPRETED, num_warps=WARPS, num_stages=STAGES,
+        ONE_PART=parts == 1, F32=INTERPRETED, SKIP_EMPTY=prefix is not None, num_warps=WARPS,
+        num_stages=STAGES,
     )  # fmt: skip
     if parts > 1:
         _merge_kernel[(batch * heads,)](

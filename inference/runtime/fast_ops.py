@@ -227,7 +227,6 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
         return output, None
     if fp8:  # exact: FP8 ⊂ bf16
         key, value = key.to(query.dtype), value.to(query.dtype)
-        kept = tuple(t.to(query.dtype) for t in kept) if kept is not None else None
     if kept is not None:
         return attention_after_prefix(query, key, value, kept, attention_mask, scale), None
     batch, num_heads, _, head_dim = query.shape

@@ -11,6 +11,7 @@ from inference import EngineConfig, GemmaEngine, Request
 from inference.runtime import fast_ops
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
+from inference.runtime.fp8_experts import FP8
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache
 
 WINDOW, PREFIX = 16, 5
@@ -79,6 +80,14 @@ def test_another_prefix_or_a_longer_one_stays_in_each_slot() -> None:
     longer = make_cache(capacity=4)  # a prefix of 5 does not fit
     longer.store_prompts([2, 3], keys, values, [9, 11], prefix, prefix_ids=(1, 2, 3, 4, 5))
     assert longer.prefix_ids == () and longer.slot_skip[2:4] == [0, 0]
+
+
+def test_fp8_rings_keep_the_prefix_in_each_slot() -> None:
+    layers = [LayerSpec(True, 2, 4), LayerSpec(False, 1, 8)]
+    cache = SlotKVCache(layers, num_slots=2, max_seq_len=40, window=WINDOW,
+                        dtype=torch.bfloat16, device=torch.device("cpu"),
+                        sliding_dtype=FP8, prefix_capacity=64)  # fmt: skip
+    assert cache.prefix_capacity == 0 and cache.prefix_keys == [None, None]
 
 
 def reference_attention(query, key, value, mask, scale):
