@@ -70,6 +70,7 @@ def forced_logprobs(
     for step in range(longest - 1):
         fed = [answer[min(step, len(answer) - 1)] for answer in answers]  # past its end: ignored
         logits = runner.decode([seq.num_prompt_tokens + step for seq in seqs], fed)
+        logits = logits.to("cpu", copy=True)  # a CUDA graph's output: the next step writes over it
         for row in range(rows):
             steps[row].append(logits[row])
     return [

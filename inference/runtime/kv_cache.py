@@ -162,10 +162,6 @@ class SlotKVCache:
         length = min(self.own_len, self.window) if sliding else self.attend_len
         return keys[:batch, :, :length], values[:batch, :, :length]
 
-    def decode_prefix(self) -> tuple[list, list] | None:
-        """The kept prefix's keys and values per layer for fast_ops.decode_attention."""
-        return (self.prefix_keys, self.prefix_values) if self.prefix_capacity else None
-
     def is_compileable(self) -> bool:  # pragma: no cover - asked by some transformers paths
         return False
 

@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from inference import EngineConfig, GemmaEngine
 from inference.bench import make_requests
 from inference.fp8_check import answers_and_logprobs, compare, summary
 from inference.runtime.config import RuntimeConfig
 from inference.runtime.fp8_experts import is_quantized
+from inference.runtime.model_runner import ModelRunner
 
 TRAVELBOT = Path(sys.executable).with_name("travelbot")
 RUNTIME = RuntimeConfig(max_slots=2, max_seq_len=2048)
@@ -24,6 +27,26 @@ def test_teacher_forcing_through_the_engine_gives_its_own_greedy_tokens(
     answers, logprobs = answers_and_logprobs(tiny_engine, RUNTIME, make_requests(2, 6), None)
     assert [row.argmax(-1).tolist() for row in logprobs] == answers
     assert all(len(answer) == 6 for answer in answers)
+
+
+def test_teacher_forcing_keeps_each_steps_logits_when_decode_reuses_its_output(
+    tiny_engine: GemmaEngine, monkeypatch
+) -> None:
+    """Decode steps replayed from CUDA graphs (GPUs) return views of one buffer that the
+    next step writes over (ModelRunner._graph_logits); the CPU's eager steps do not, so
+    here decode hands out such views too."""
+    real, buffer = ModelRunner.decode, torch.empty(0)
+
+    def graph_like(self, positions, token_ids=None):
+        nonlocal buffer
+        logits = real(self, positions, token_ids)
+        if buffer.shape != logits.shape:
+            buffer = torch.empty_like(logits)
+        return buffer.copy_(logits)
+
+    monkeypatch.setattr(ModelRunner, "decode", graph_like)
+    answers, logprobs = answers_and_logprobs(tiny_engine, RUNTIME, make_requests(2, 6), None)
+    assert [row.argmax(-1).tolist() for row in logprobs] == answers
 
 
 def test_bf16_against_itself_is_identical(tiny_engine: GemmaEngine) -> None:
