@@ -351,7 +351,7 @@ class ModelRunner:
             return logits[:n]
         return self._decode_forward(bucket, length, own, kept)[:n]
 
-    def graph_keys(self, batch: int, length: int) -> list[tuple[int, int, bool]]:
+    def graph_keys(self, batch: int, length: int) -> list[tuple[int, bool]]:
         """(own length, kept prefix read) of the graphs of this batch size and length:
         decode's choices. Without the kept prefix, the whole ring, for steps whose rows'
         windows have all passed it (or where none is kept)."""
