@@ -42,6 +42,17 @@ def tiny_engine(engine_config: EngineConfig) -> GemmaEngine:
     return GemmaEngine.load(engine_config)
 
 
+def load_with_wide_window(engine_config: EngineConfig, window: int = 2048) -> GemmaEngine:
+    """The tiny model with a sliding window wider than its prompts (as the full-size
+    model's 1,024 is for a photo prompt): its sliding layers see the whole prompt."""
+    base = GemmaEngine.load(engine_config)
+    base.model.config.get_text_config().sliding_window = window
+    for layer in base.model.model.language_model.layers:
+        if layer.self_attn.sliding_window:
+            layer.self_attn.sliding_window = window
+    return base
+
+
 def png_bytes(image: Image.Image, format: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=format)

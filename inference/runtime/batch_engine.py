@@ -39,8 +39,13 @@ class BatchEngine:
     def __init__(self, base: GemmaEngine, runtime: RuntimeConfig) -> None:
         self.base = base
         model = self.base.model
+        # the sliding layers keep a cached prefix once only where there is a prefix cache
+        # (else no buffer, no graphs that read it, no kernel check for it)
+        self._kept_prefix_positions = (
+            runtime.kept_prefix_positions if runtime.prefix_cache_tokens else 0
+        )
         # decode attention over FP8 keys and values, or after a prefix kept once (few rows)
-        decode_kernel = bool(runtime.fp8_kv_cache or runtime.kept_prefix_positions) and (
+        decode_kernel = bool(runtime.fp8_kv_cache or self._kept_prefix_positions) and (
             layers.kernels_work("attention_kernel", model.device, "decode_attention_kernel",
                                 "bf16 keys and values, read by matmuls")
         )  # fmt: skip
@@ -148,7 +153,7 @@ class BatchEngine:
             packed_photos=runtime.vision_per_photo,
             compile_backend=("inductor" if compile_layers is True else compile_layers) or None,
             photo_cache_bytes=runtime.photo_cache_bytes,
-            kept_prefix_positions=runtime.kept_prefix_positions,
+            kept_prefix_positions=self._kept_prefix_positions,
             **self._runner_kernels,
         )
         if compile_layers:

@@ -77,6 +77,23 @@ def kept_prefix_capacity(positions: int) -> int:
     return -(-positions // 64) * 64
 
 
+def own_lengths(
+    batch: int, length: int, window: int, capacity: int, attend_lengths: list[int]
+) -> list[int]:
+    """Ring positions a sliding layer's decode step may read at this batch size and
+    attended length, shortest first (a graph is captured for each). Without a kept prefix
+    (`capacity` 0), its attended length (or the window); with one, from batches of
+    PREFIX_MATMUL_ROWS on also shorter ones (rows after the kept prefix hold fewer own
+    positions): as few as rows at the length below this one may need."""
+    whole = min(window, length)
+    if not capacity or batch < fast_ops.PREFIX_MATMUL_ROWS:
+        return [whole]
+    below = max((n for n in attend_lengths if n < length), default=0)
+    least = below - capacity + 1  # a row at `below` after the longest kept prefix
+    shorter = range(OWN_LENGTH_STEP, whole, OWN_LENGTH_STEP)
+    return [own for own in shorter if own >= least and own >= window // 2] + [whole]
+
+
 def finished_logits(logits: torch.Tensor, softcap: float | None, suppressed: torch.Tensor):
     """lm_head's output as the sampler takes it: float32, soft-capped, suppressed tokens
     -inf (eager: four passes over [rows, vocab]; compiled: one)."""
@@ -362,20 +379,9 @@ class ModelRunner:
         return kept + ([(whole, False)] if length > self.cache.window else [])
 
     def own_lengths(self, batch: int, length: int) -> list[int]:
-        """Ring positions a sliding layer's decode step may read at this batch size and
-        attended length, shortest first (a graph is captured for each). Without a kept
-        prefix, its attended length (or the window); with one, from batches of
-        PREFIX_MATMUL_ROWS on also shorter ones (rows after the kept prefix hold fewer own
-        positions): as few as rows at the length below this one may need."""
-        window = self.cache.window
-        whole = min(window, length)
-        capacity = self.cache.prefix_capacity
-        if not capacity or batch < fast_ops.PREFIX_MATMUL_ROWS:
-            return [whole]
-        below = max((n for n in self.attend_lengths if n < length), default=0)
-        least = below - capacity + 1  # a row at `below` after the longest kept prefix
-        shorter = range(OWN_LENGTH_STEP, whole, OWN_LENGTH_STEP)
-        return [own for own in shorter if own >= least and own >= window // 2] + [whole]
+        """own_lengths for this runner's cache and attended lengths."""
+        cache = self.cache
+        return own_lengths(batch, length, cache.window, cache.prefix_capacity, self.attend_lengths)
 
     @torch.inference_mode()
     def store_tokens(self, slots: list[int], tokens: torch.Tensor) -> None:

@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inference import EngineConfig, GemmaEngine, Request
+from inference import EngineConfig, Request
 from inference.runtime import fast_ops
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
 from inference.samples import draw_menu, draw_sign
+from tests.conftest import load_with_wide_window
 
 
 def test_vision_spans_are_the_runs_of_image_or_audio_tokens() -> None:
@@ -71,11 +72,7 @@ def test_prompt_attention_after_a_cached_prefix_sees_all_of_it() -> None:
 def wide_window_engine(engine_config: EngineConfig):
     """The tiny model with a sliding window wider than its prompts (as the full-size
     model's 1,024 is for a photo prompt), so the sliding layers' mask is causal+images."""
-    base = GemmaEngine.load(engine_config)
-    base.model.config.get_text_config().sliding_window = 2048
-    for layer in base.model.model.language_model.layers:
-        if layer.self_attn.sliding_window:
-            layer.self_attn.sliding_window = 2048
+    base = load_with_wide_window(engine_config)
     engine = BatchEngine(base, RuntimeConfig(max_slots=2, max_seq_len=1024, cuda_graphs=False))
     yield engine
     engine.close()

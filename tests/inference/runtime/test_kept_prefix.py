@@ -13,6 +13,9 @@ from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
 from inference.runtime.fp8_experts import FP8
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache
+from inference.runtime.model_runner import attend_length_buckets, own_lengths
+from inference.samples import draw_menu, draw_sign
+from tests.conftest import load_with_wide_window, png_bytes
 
 WINDOW, PREFIX = 16, 5
 
@@ -135,12 +138,7 @@ def test_a_decode_step_after_the_kept_prefix_attends_as_over_whole_slots() -> No
 def wide_window_base(engine_config: EngineConfig):
     """The tiny model with a sliding window wider than its prompts, so decode steps see
     the system prompt's positions (the full-size model's 1,024 see most of them)."""
-    base = GemmaEngine.load(engine_config)
-    base.model.config.get_text_config().sliding_window = 2048
-    for layer in base.model.model.language_model.layers:
-        if layer.self_attn.sliding_window:
-            layer.self_attn.sliding_window = 2048
-    return base
+    return load_with_wide_window(engine_config)
 
 
 def decode_logits(base: GemmaEngine, kept_positions: int, steps: int = 4) -> list[torch.Tensor]:
@@ -150,11 +148,8 @@ def decode_logits(base: GemmaEngine, kept_positions: int, steps: int = 4) -> lis
                             kept_prefix_positions=kept_positions)  # fmt: skip
     engine = BatchEngine(base, runtime)
     try:
-        from inference.samples import draw_menu, draw_sign
-        from tests.inference.runtime.test_fast_ops import png
-
-        seqs = [engine.prepare(Request(language="en", image=png(draw_sign(640, 480)))),
-                engine.prepare(Request(language="de", image=png(draw_menu(360, 480)),
+        seqs = [engine.prepare(Request(language="en", image=png_bytes(draw_sign(640, 480)))),
+                engine.prepare(Request(language="de", image=png_bytes(draw_menu(360, 480)),
                                        question="Was ist vegetarisch?"))]  # fmt: skip
         runner = engine.runner
         logits = [runner.prefill([s.inputs for s in seqs], [0, 1], seqs[0].prefix)]
@@ -164,6 +159,16 @@ def decode_logits(base: GemmaEngine, kept_positions: int, steps: int = 4) -> lis
             runner.store_tokens([0, 1], torch.tensor([5 + step, 9 + step]))
             logits.append(runner.decode([p + step for p in positions]))
         return logits, skips, len(seqs[0].prefix)
+    finally:
+        engine.close()
+
+
+def test_without_a_prefix_cache_nothing_is_kept(tiny_engine: GemmaEngine) -> None:
+    runtime = RuntimeConfig(max_slots=1, max_seq_len=256, cuda_graphs=False,
+                            prefix_cache_tokens=0)  # fmt: skip
+    engine = BatchEngine(tiny_engine, runtime)
+    try:
+        assert engine.runner.cache.prefix_capacity == 0
     finally:
         engine.close()
 
@@ -179,19 +184,16 @@ def test_decode_after_the_kept_system_prompt_equals_decode_over_whole_slots(
 
 
 def test_each_decode_step_finds_a_graph_that_reads_enough_of_the_ring() -> None:
-    from types import SimpleNamespace
-
-    from inference.runtime.model_runner import ModelRunner, attend_length_buckets
-
     lengths = attend_length_buckets(4096, None)
-    runner = SimpleNamespace(cache=SimpleNamespace(window=1024, prefix_capacity=512),
-                             attend_lengths=lengths)  # fmt: skip
-    own_lengths = ModelRunner.own_lengths.__get__(runner)
-    assert own_lengths(64, 1024) == [512, 640, 768, 896, 1024]
-    assert own_lengths(64, 1280) == [640, 768, 896, 1024] and own_lengths(64, 4096) == [1024]
-    assert own_lengths(8, 1024) == [1024]  # few rows: attention_kernel skips what is masked
+
+    def own(batch: int, length: int) -> list[int]:
+        return own_lengths(batch, length, 1024, 512, lengths)  # the full-size model's
+
+    assert own(64, 1024) == [512, 640, 768, 896, 1024]
+    assert own(64, 1280) == [640, 768, 896, 1024] and own(64, 4096) == [1024]
+    assert own(8, 1024) == [1024]  # few rows: attention_kernel skips what is masked
     for position in range(0, 4096, 7):
         length = next(n for n in lengths if n > position)
         for skip in (0, 100, 488, 512):  # the row with the highest position
             needed = min(1024, position - skip + 1) if position >= skip else 1
-            assert any(own >= needed for own in own_lengths(64, length))
+            assert any(n >= needed for n in own(64, length))
