@@ -98,17 +98,21 @@ def decode_kernels() -> dict:
     """The decode step's small kernels as a 64-sequence step launches them (and the
     router's kernel, as prompts do): they must compile for Hopper (no tensor cores
     expected)."""
-    softmax = {"scores_ptr": "*bf16", "mask_ptr": "*u8", "out_ptr": "*bf16"} | dict.fromkeys(
-        ("length", "rows_per_sequence", "stride_s", "stride_m", "stride_o"), "i32"
-    ) | {"scale2": "fp32"}  # fmt: skip
+    softmax = dict.fromkeys(("own_ptr", "own_out_ptr", "kept_ptr", "kept_out_ptr"), "*bf16") | {
+        "mask_ptr": "*u8", "scale2": "fp32"} | dict.fromkeys(
+        ("own_len", "kept_len", "batch", "kv_heads", "group", "stride_o", "stride_m",
+         "stride_oo", "stride_k", "stride_ko"), "i32")  # fmt: skip
+    one_part = {"BLOCK_K": 1, "KEPT": False}
     router = {"scores_ptr": "*bf16", "scale_ptr": "*bf16", "weights_ptr": "*fp32",
               "index_ptr": "*i64", "tokens": "i32", "num_experts": "i32"}  # fmt: skip
     choice = {"BLOCK_E": 128, "TOP_K": 8, "BLOCK_K": 8}
     cases = (
         ("decode softmax, sliding (bf16)", softmax_kernel._masked_softmax_kernel, softmax,
-         {"BLOCK": 1024}, 4),
+         one_part | {"BLOCK_O": 1024}, 4),
         ("decode softmax, global at 4,096 (bf16)", softmax_kernel._masked_softmax_kernel,
-         softmax, {"BLOCK": 4096}, 8),
+         softmax, one_part | {"BLOCK_O": 4096}, 8),
+        ("decode softmax after the kept prefix (bf16)", softmax_kernel._masked_softmax_kernel,
+         softmax, {"BLOCK_O": 1024, "BLOCK_K": 512, "KEPT": True}, 4),
         ("KV write, sliding (bf16)", kv_write_kernel._write_kernel,
          dict.fromkeys(("keys_ptr", "values_ptr", "key_ptr", "value_ptr"), "*bf16")
          | dict.fromkeys(("rows_ptr", "index_ptr"), "*i64")

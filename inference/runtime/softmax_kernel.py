@@ -23,53 +23,63 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _masked_softmax_kernel(
-    scores_ptr, mask_ptr, out_ptr, length, rows_per_sequence, scale2, stride_s, stride_m,
-    stride_o, BLOCK: tl.constexpr,
+    own_ptr, mask_ptr, own_out_ptr, kept_ptr, kept_out_ptr, own_len, kept_len, batch,
+    kv_heads, group, scale2, stride_o, stride_m, stride_oo, stride_k, stride_ko,
+    BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, KEPT: tl.constexpr,
 ):  # fmt: skip
+    """A row of scores [B, KV heads, group] per program; with KEPT, the row's part over
+    the kept prefix too (kept scores [KV heads, B·group, kept_len], mask positions first)."""
     row = tl.program_id(0)
-    sequence = row // rows_per_sequence
-    n = tl.arange(0, BLOCK)
-    n_ok = n < length
-    scores = tl.load(scores_ptr + row * stride_s + n, mask=n_ok, other=0.0).to(tl.float32)
-    seen = tl.load(mask_ptr + sequence * stride_m + n, mask=n_ok, other=0) != 0
-    logits = tl.where(seen & n_ok, scores * scale2, -float("inf"))
-    best = tl.max(logits, axis=0)
-    best = tl.where(best == -float("inf"), 0.0, best)  # a row that sees nothing: zeros
-    p = tl.math.exp2(logits - best)
-    total = tl.sum(p, axis=0)
-    p = p / tl.where(total == 0.0, 1.0, total)
-    tl.store(out_ptr + row * stride_o + n, p.to(out_ptr.dtype.element_ty), mask=n_ok)
-
-
-@triton.jit
-def _after_prefix_kernel(
-    kept_ptr, own_ptr, mask_ptr, kept_out_ptr, own_out_ptr, kept_len, own_len, batch,
-    kv_heads, group, scale2, stride_k, stride_o, stride_m, stride_ko, stride_oo,
-    BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr,
-):  # fmt: skip
-    row = tl.program_id(0)  # of the own scores, [B, KV heads, group] in order
     sequence = row // (kv_heads * group)
-    kept_row = ((row // group) % kv_heads * batch + sequence) * group + row % group
-    k = tl.arange(0, BLOCK_K)
-    k_ok = k < kept_len
     o = tl.arange(0, BLOCK_O)
     o_ok = o < own_len
-    kept = tl.load(kept_ptr + kept_row * stride_k + k, mask=k_ok, other=0.0).to(tl.float32)
     own = tl.load(own_ptr + row * stride_o + o, mask=o_ok, other=0.0).to(tl.float32)
-    kept_seen = tl.load(mask_ptr + sequence * stride_m + k, mask=k_ok, other=0) != 0
     own_seen = tl.load(mask_ptr + sequence * stride_m + kept_len + o, mask=o_ok, other=0) != 0
-    kept = tl.where(kept_seen & k_ok, kept * scale2, -float("inf"))
     own = tl.where(own_seen & o_ok, own * scale2, -float("inf"))
-    best = tl.maximum(tl.max(kept, axis=0), tl.max(own, axis=0))
+    best = tl.max(own, axis=0)
+    if KEPT:
+        kept_row = ((row // group) % kv_heads * batch + sequence) * group + row % group
+        k = tl.arange(0, BLOCK_K)
+        k_ok = k < kept_len
+        kept = tl.load(kept_ptr + kept_row * stride_k + k, mask=k_ok, other=0.0).to(tl.float32)
+        kept_seen = tl.load(mask_ptr + sequence * stride_m + k, mask=k_ok, other=0) != 0
+        kept = tl.where(kept_seen & k_ok, kept * scale2, -float("inf"))
+        best = tl.maximum(best, tl.max(kept, axis=0))
     best = tl.where(best == -float("inf"), 0.0, best)  # a row that sees nothing: zeros
-    kept = tl.math.exp2(kept - best)
     own = tl.math.exp2(own - best)
-    total = tl.sum(kept, axis=0) + tl.sum(own, axis=0)
+    total = tl.sum(own, axis=0)
+    if KEPT:
+        kept = tl.math.exp2(kept - best)
+        total += tl.sum(kept, axis=0)
     total = tl.where(total == 0.0, 1.0, total)
-    tl.store(kept_out_ptr + kept_row * stride_ko + k,
-             (kept / total).to(kept_out_ptr.dtype.element_ty), mask=k_ok)  # fmt: skip
     tl.store(own_out_ptr + row * stride_oo + o, (own / total).to(own_out_ptr.dtype.element_ty),
              mask=o_ok)  # fmt: skip
+    if KEPT:
+        tl.store(kept_out_ptr + kept_row * stride_ko + k,
+                 (kept / total).to(kept_out_ptr.dtype.element_ty), mask=k_ok)  # fmt: skip
+
+
+def _softmax_rows(own_scores, mask, scaling: float, kept_scores=None):
+    """The kernel over own scores [B, H, G, L] (and kept ones [H, B·G, P]): probabilities
+    in the same layouts."""
+    batch, heads, group, length = own_scores.shape
+    kept = kept_scores.shape[2] if kept_scores is not None else 0
+    own = own_scores.reshape(-1, length)  # a view for the matmul's output
+    seen = mask.reshape(batch, kept + length)
+    if seen.stride(-1) != 1:
+        seen = seen.contiguous()
+    own_out = torch.empty_like(own)
+    kept_in, kept_out = (own, own_out) if kept_scores is None else (
+        kept_scores, torch.empty_like(kept_scores))  # fmt: skip
+    block_o = triton.next_power_of_2(length)
+    _masked_softmax_kernel[(own.shape[0],)](
+        own, seen.view(torch.uint8), own_out, kept_in, kept_out, length, kept, batch, heads,
+        group, scaling * LOG2E, own.stride(0), seen.stride(0), own_out.stride(0),
+        kept_in.stride(-2), kept_out.stride(-2), BLOCK_O=block_o,
+        BLOCK_K=triton.next_power_of_2(max(kept, 1)), KEPT=kept_scores is not None,
+        num_warps=4 if block_o <= 1024 else 8,
+    )  # fmt: skip
+    return own_out.view(own_scores.shape), kept_out if kept_scores is not None else None
 
 
 def masked_softmax_after_prefix(
@@ -78,39 +88,14 @@ def masked_softmax_after_prefix(
     """fast_ops.masked_softmax_after_prefix: one row's two parts in one program, each read
     and written once where it lies (no joined copy of the scores, no transposed one of the
     kept prefix's probabilities)."""
-    kv_heads, _, kept = kept_scores.shape
-    batch, _, group, length = own_scores.shape
-    own = own_scores.reshape(-1, length)
-    seen = mask.reshape(batch, kept + length)
-    if seen.stride(-1) != 1:
-        seen = seen.contiguous()
-    kept_out, own_out = torch.empty_like(kept_scores), torch.empty_like(own)
-    block_o = triton.next_power_of_2(length)
-    _after_prefix_kernel[(own.shape[0],)](
-        kept_scores, own, seen.view(torch.uint8), kept_out, own_out, kept, length, batch,
-        kv_heads, group, scaling * LOG2E, kept_scores.stride(1), own.stride(0), seen.stride(0),
-        kept_out.stride(1), own_out.stride(0), BLOCK_K=triton.next_power_of_2(kept),
-        BLOCK_O=block_o, num_warps=4 if block_o <= 1024 else 8,
-    )  # fmt: skip
-    return kept_out, own_out.view(own_scores.shape)
+    own, kept = _softmax_rows(own_scores, mask, scaling, kept_scores)
+    return kept, own
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, scaling: float) -> torch.Tensor:
     """fast_ops.masked_softmax: scores [B, H, G, L], mask [B, 1, 1, L] (bool) → softmax of
     scores · scaling over the positions the mask keeps, in float32, in the scores' dtype."""
-    batch, heads, group, length = scores.shape
-    rows = scores.reshape(-1, length)  # a view for the matmul's output
-    seen = mask.reshape(batch, length)
-    if seen.stride(-1) != 1:
-        seen = seen.contiguous()
-    out = torch.empty_like(rows)
-    block = triton.next_power_of_2(length)
-    _masked_softmax_kernel[(rows.shape[0],)](
-        rows, seen.view(torch.uint8), out, length, heads * group, scaling * LOG2E,
-        rows.stride(0), seen.stride(0), out.stride(0), BLOCK=block,
-        num_warps=4 if block <= 1024 else 8,
-    )  # fmt: skip
-    return out.view(scores.shape)
+    return _softmax_rows(scores, mask, scaling)[0]
 
 
 def works_on(device: torch.device) -> bool:
