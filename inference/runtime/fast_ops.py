@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,9 +39,17 @@ _image_spans: ContextVar[list[list[tuple[int, int]]] | None] = ContextVar("spans
 _visible_ends: ContextVar[torch.Tensor | None] = ContextVar("ends", default=None)
 # ... and the shared prefix's keys and values per layer, when the cache keeps them apart
 _prefix_kv: ContextVar[list | None] = ContextVar("prefix_kv", default=None)
-# during a decode step, the prefix the sliding layers keep once for all rows: per layer,
-# keys and values [1, Hkv, P, D] (None: a global layer), and whether Triton reads it
-_decode_prefix: ContextVar[tuple | None] = ContextVar("decode_prefix", default=None)
+
+
+class KeptPrefix(NamedTuple):
+    """The prefix the sliding layers keep once for all rows, during a decode step."""
+
+    keys: list  # per layer [1, Hkv, P, D] (None: a global layer)
+    values: list
+    kernel: bool  # few rows read it through attention_kernel
+
+
+_decode_prefix: ContextVar[KeptPrefix | None] = ContextVar("decode_prefix", default=None)
 
 # decode steps of at least this many rows read the kept prefix as matmuls over all rows'
 # queries (once), fewer rows through attention_kernel (one launch instead of seven)
@@ -72,7 +81,7 @@ def decode_prefix(keys: list, values: list, kernel: bool) -> Iterator[None]:
     """Decode attention in this block reads the sliding layers' kept prefix (kv_cache):
     per layer its keys and values (None: not kept), before each row's own ring; with
     `kernel`, batches of fewer than PREFIX_MATMUL_ROWS through attention_kernel."""
-    token = _decode_prefix.set((keys, values, kernel))
+    token = _decode_prefix.set(KeptPrefix(keys, values, kernel))
     try:
         yield
     finally:
@@ -214,12 +223,12 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kw
         )
     scale = 1.0 if scaling is None else scaling
-    decode_prefix = _decode_prefix.get()
+    kept_prefix = _decode_prefix.get()
     kept = None  # the prefix this layer keeps once for all rows, if any
-    if decode_prefix is not None and decode_prefix[0][module.layer_idx] is not None:
-        kept = (decode_prefix[0][module.layer_idx], decode_prefix[1][module.layer_idx])
+    if kept_prefix is not None and kept_prefix.keys[module.layer_idx] is not None:
+        kept = (kept_prefix.keys[module.layer_idx], kept_prefix.values[module.layer_idx])
     fp8 = key.dtype != query.dtype  # FP8 keys and values (RuntimeConfig.fp8_kv_cache)
-    few = kept is not None and decode_prefix[2] and query.shape[0] < PREFIX_MATMUL_ROWS
+    few = kept is not None and kept_prefix.kernel and query.shape[0] < PREFIX_MATMUL_ROWS
     if key.is_cuda and (fp8 or few):
         from inference.runtime import attention_kernel  # needs Triton
 
