@@ -238,11 +238,6 @@ class SlotKVCache:
             self.prefix_ids = prefix_ids
         return len(prefix_ids) if prefix_ids == self.prefix_ids else 0
 
-    def store_prompt(self, slot: int, layer_keys: list, layer_values: list, length: int) -> None:
-        """Copy one prefilled prompt's keys/values ([H, L, D] per layer) into a slot."""
-        self.store_prompts([slot], [k[None] for k in layer_keys],
-                           [v[None] for v in layer_values], [length])  # fmt: skip
-
     def move(self, from_slot: int, to_slot: int) -> None:
         for keys, values in zip(self.keys, self.values, strict=True):
             keys[to_slot].copy_(keys[from_slot])

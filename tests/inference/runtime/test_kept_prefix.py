@@ -141,9 +141,11 @@ def wide_window_base(engine_config: EngineConfig):
     return load_with_wide_window(engine_config)
 
 
-def decode_logits(base: GemmaEngine, kept_positions: int, steps: int = 4) -> list[torch.Tensor]:
+def decode_logits(
+    base: GemmaEngine, kept_positions: int, steps: int = 4
+) -> tuple[list[torch.Tensor], list[int], int]:
     """Two photo requests prefilled after the cached system prompt, then decode steps
-    feeding fixed tokens: their logits."""
+    feeding fixed tokens: their logits, the slots' skips and the prefix's length."""
     runtime = RuntimeConfig(max_slots=3, max_seq_len=1024, cuda_graphs=False,
                             kept_prefix_positions=kept_positions)  # fmt: skip
     engine = BatchEngine(base, runtime)
