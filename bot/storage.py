@@ -1,14 +1,22 @@
-"""Per-user settings and conversation history in SQLite (aiosqlite, stdlib only)."""
+"""Per-user settings and conversation history in SQLite (aiosqlite, stdlib only).
+
+Who and where: `user_id` is whom the bot keeps data about (a Telegram user, or the chat an
+anonymous group admin or a channel speaks as); `chat_id` is where it was said. History is
+kept per (chat_id, user_id): nothing said in one chat is read back in another.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -58,15 +66,27 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX jobs_status ON jobs (status, id)",
         "CREATE INDEX jobs_user_id ON jobs (user_id)",
     ],
+    [
+        # History per chat: rows from before were all read as the user's own, so they go to
+        # the user's private chat (chat id = user id), never into a group.
+        "ALTER TABLE messages ADD COLUMN chat_id INTEGER NOT NULL DEFAULT 0",
+        "UPDATE messages SET chat_id = user_id",
+        "CREATE INDEX messages_chat_user ON messages (chat_id, user_id, id)",
+        # How many parts of a stored answer Telegram has accepted: a restart sends the rest.
+        "ALTER TABLE jobs ADD COLUMN parts_sent INTEGER NOT NULL DEFAULT 0",
+    ],
 ]
 
 # Explicit column lists keep queries valid when later migrations add columns.
 _USER_COLS = "user_id, language, think, created_at, updated_at"
-_MESSAGE_COLS = "id, user_id, role, text, image_file_id, created_at"
+_MESSAGE_COLS = "id, chat_id, user_id, role, text, image_file_id, created_at"
 _JOB_COLS = (
     "id, chat_id, message_id, user_id, chat_type, question, image_file_id, status,"
-    " answer, thought, placeholder_id, attempts"
+    " answer, thought, placeholder_id, attempts, parts_sent"
 )
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+T = TypeVar("T")
 UNFINISHED = ("pending", "answered")
 
 
@@ -82,6 +102,7 @@ class User:
 @dataclass(frozen=True)
 class StoredMessage:
     id: int
+    chat_id: int
     user_id: int
     role: str
     text: str
@@ -113,6 +134,7 @@ class Job:
     thought: str | None
     placeholder_id: int | None  # the bot's "Reading your photo…" message, if sent
     attempts: int
+    parts_sent: int  # messages of the answer Telegram has accepted
 
 
 class TooManyJobs(Exception):
@@ -131,8 +153,32 @@ def _user(row: Sequence[Any]) -> User:
 
 
 def _message(row: Sequence[Any]) -> StoredMessage:
-    mid, uid, role, text, image_file_id, created = row
-    return StoredMessage(mid, uid, role, text, image_file_id, datetime.fromisoformat(created))
+    *fields, created = row
+    return StoredMessage(*fields, datetime.fromisoformat(created))
+
+
+async def _to_the_end(awaitable: Awaitable[T]) -> T:
+    """Await a statement that must finish even if the caller is cancelled: aiosqlite runs it
+    in its own thread anyway, and a BEGIN or COMMIT left behind would leave the connection
+    inside a transaction for every later caller. Cancellation is raised after it is done."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
+def _create_private(path: Path) -> None:
+    """The database files readable by the bot's user alone, however it was started (SQLite
+    creates the -wal and -shm files with the database file's mode)."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, PRIVATE_FILE_MODE))
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if file.exists():
+            file.chmod(PRIVATE_FILE_MODE)
 
 
 class Storage:
@@ -143,18 +189,21 @@ class Storage:
         self._max_stored = max_stored_messages
         self._lock = asyncio.Lock()
         self._schema_version = 0
+        self.write_error: str | None = None  # the last write's database error, until one works
 
     @classmethod
-    async def open(cls, path: str | Path, *, max_stored_messages: int = 200) -> Storage:
+    async def open(
+        cls, path: str | Path, *, max_stored_messages: int = 200, busy_timeout_s: float = 5.0
+    ) -> Storage:
         """Open (creating if needed) the database and bring its schema up to date."""
         if max_stored_messages < 1:
             raise ValueError("max_stored_messages must be at least 1")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _create_private(Path(path))
         db = await aiosqlite.connect(str(path), isolation_level=None)
         try:
             for pragma in ("journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL"):
                 await db.execute(f"PRAGMA {pragma}")
-            await db.execute("PRAGMA busy_timeout=5000")
+            await db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             await db.execute("PRAGMA secure_delete=ON")  # erased data is overwritten
             storage = cls(db, max_stored_messages)
             await storage._migrate()
@@ -176,23 +225,37 @@ class Storage:
     def schema_version(self) -> int:
         return self._schema_version
 
-    async def check_writable(self) -> None:
-        """Commit a real write (for /readyz): the schema version written again, unchanged.
-        Raises if the database cannot be written (closed, read-only, disk full)."""
-        async with self._transaction():
-            await self._db.execute(f"PRAGMA user_version = {int(self._schema_version)}")
+    async def check_readable(self) -> None:
+        """A read of the jobs table (for /readyz, which must not write). Raises if the
+        database cannot be read."""
+        await self._one("SELECT COUNT(*) FROM jobs WHERE status = 'pending'")
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
         """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error), one writer at a time."""
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
+        async with self._lock, self._transaction_locked():
+            yield
+
+    @asynccontextmanager
+    async def _transaction_locked(self) -> AsyncIterator[None]:
+        """A transaction under the held write lock. Safe to cancel at any await: the
+        connection is never left inside a transaction."""
+        try:
+            await _to_the_end(self._db.execute("BEGIN IMMEDIATE"))
+            yield
+            await _to_the_end(self._db.execute("COMMIT"))
+        except BaseException as exc:
+            # a statement cancelled mid-way still runs in aiosqlite's thread: ROLLBACK is
+            # queued after it there
+            if self._db.in_transaction:
+                await _to_the_end(self._db.execute("ROLLBACK"))
+            if isinstance(exc, sqlite3.Error):
+                self._write_failed(exc)
+            raise
+        self.write_error = None
+
+    def _write_failed(self, exc: sqlite3.Error) -> None:
+        self.write_error = f"{type(exc).__name__}: {exc}"
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """The first row of a query, or None."""
@@ -214,6 +277,12 @@ class Storage:
                     await self._db.execute(sql)
                 await self._db.execute(f"PRAGMA user_version = {version}")
         (self._schema_version,) = await self._one("PRAGMA user_version")
+
+    async def _erase_old_copies(self) -> None:
+        """After a delete: copy the WAL into the database and empty it, so that the deleted
+        rows' earlier page images in the WAL are gone too (secure_delete zeroes them in the
+        database itself). Called under the write lock, right after the delete's COMMIT."""
+        await _to_the_end(self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
 
     async def get_user(self, user_id: int) -> User | None:
         row = await self._one(f"SELECT {_USER_COLS} FROM users WHERE user_id = ?", (user_id,))
@@ -252,66 +321,74 @@ class Storage:
         return await self._upsert(user_id, "think", "en", think)
 
     async def add_message(
-        self, user_id: int, role: str, text: str, *, image_file_id: str | None = None
+        self, chat_id: int, user_id: int, role: str, text: str, *, image_file_id: str | None = None
     ) -> StoredMessage:
-        """Store one message, then keep only this user's newest `max_stored_messages`."""
+        """Store one message, then keep only the newest `max_stored_messages` of this user
+        in this chat."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         async with self._transaction():
-            return await self._insert_message(user_id, role, text, image_file_id)
+            return await self._insert_message(chat_id, user_id, role, text, image_file_id)
 
     async def _insert_message(
-        self, user_id: int, role: str, text: str, image_file_id: str | None
+        self, chat_id: int, user_id: int, role: str, text: str, image_file_id: str | None
     ) -> StoredMessage:
         row = await self._one(
-            f"INSERT INTO messages (user_id, role, text, image_file_id, created_at)"
-            f" VALUES (?, ?, ?, ?, ?) RETURNING {_MESSAGE_COLS}",
-            (user_id, role, text, image_file_id, _now()),
+            "INSERT INTO messages (chat_id, user_id, role, text, image_file_id, created_at)"
+            f" VALUES (?, ?, ?, ?, ?, ?) RETURNING {_MESSAGE_COLS}",
+            (chat_id, user_id, role, text, image_file_id, _now()),
         )
         await self._db.execute(
-            "DELETE FROM messages WHERE user_id = ? AND id <= (SELECT id FROM messages"
-            " WHERE user_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-            (user_id, user_id, self._max_stored),
+            "DELETE FROM messages WHERE chat_id = ? AND user_id = ? AND id <= (SELECT id"
+            " FROM messages WHERE chat_id = ? AND user_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (chat_id, user_id, chat_id, user_id, self._max_stored),
         )
         return _message(row)
 
-    async def get_history(self, user_id: int, *, max_turns: int) -> list[StoredMessage]:
-        """The last `max_turns` turns, oldest first, always starting with a user message."""
+    async def get_history(
+        self, chat_id: int, user_id: int, *, max_turns: int
+    ) -> list[StoredMessage]:
+        """The last `max_turns` turns of this user in this chat, oldest first, always
+        starting with a user message."""
         if max_turns <= 0:
             return []
         rows = await self._all(
-            f"SELECT {_MESSAGE_COLS} FROM messages WHERE user_id = ? AND id >= ("
-            " SELECT MIN(id) FROM (SELECT id FROM messages WHERE user_id = ? AND role = 'user'"
-            " ORDER BY id DESC LIMIT ?)) ORDER BY id",
-            (user_id, user_id, max_turns),
+            f"SELECT {_MESSAGE_COLS} FROM messages WHERE chat_id = ? AND user_id = ? AND id >= ("
+            " SELECT MIN(id) FROM (SELECT id FROM messages WHERE chat_id = ? AND user_id = ?"
+            " AND role = 'user' ORDER BY id DESC LIMIT ?)) ORDER BY id",
+            (chat_id, user_id, chat_id, user_id, max_turns),
         )
         return [_message(r) for r in rows]
 
-    async def get_last_image_file_id(self, user_id: int) -> str | None:
+    async def get_last_image_file_id(self, chat_id: int, user_id: int) -> str | None:
         row = await self._one(
-            "SELECT image_file_id FROM messages WHERE user_id = ?"
+            "SELECT image_file_id FROM messages WHERE chat_id = ? AND user_id = ?"
             " AND image_file_id IS NOT NULL ORDER BY id DESC LIMIT 1",
-            (user_id,),
+            (chat_id, user_id),
         )
         return row[0] if row else None
 
     async def get_user_data(self, user_id: int) -> UserData:
+        """Everything kept about the user, in every chat (for /mydata in private)."""
         rows = await self._all(
             f"SELECT {_MESSAGE_COLS} FROM messages WHERE user_id = ? ORDER BY id", (user_id,)
         )
         return UserData(await self.get_user(user_id), [_message(r) for r in rows])
 
     async def delete_user_data(self, user_id: int) -> int:
-        """Delete the user row and all their messages atomically; return rows deleted."""
-        async with self._transaction():
+        """Delete the user row, their messages in every chat and their jobs atomically, and
+        every older copy of them in the database files; return rows deleted. A job of theirs
+        still running finds itself gone and stores nothing (complete_job)."""
+        async with self._lock:
             count = 0
-            for table in ("users", "messages", "jobs"):
-                cursor = await self._db.execute(
-                    f"DELETE FROM {table} WHERE user_id = ?", (user_id,)
-                )
-                count += cursor.rowcount
+            async with self._transaction_locked():
+                for table in ("users", "messages", "jobs"):
+                    cursor = await self._db.execute(
+                        f"DELETE FROM {table} WHERE user_id = ?", (user_id,)
+                    )
+                    count += cursor.rowcount
+            await self._erase_old_copies()
             return count
-
     # -- jobs ---------------------------------------------------------------------------------
     async def add_job(
         self,
@@ -350,15 +427,16 @@ class Storage:
             )
         return Job(*row) if row else None
 
-    async def start_job_attempt(self, job_id: int) -> int:
-        """Count one more run of the job; return the number of runs so far."""
+    async def start_job_attempt(self, job_id: int) -> int | None:
+        """Count one more run of the job; return the number of runs so far, or None when
+        the job is gone (its user said /forget)."""
         async with self._transaction():
-            (attempts,) = await self._one(
+            row = await self._one(
                 "UPDATE jobs SET attempts = attempts + 1, updated_at = ? WHERE id = ?"
                 " RETURNING attempts",
                 (_now(), job_id),
             )
-        return int(attempts)
+        return None if row is None else int(row[0])
 
     async def set_job_placeholder(self, job_id: int, message_id: int) -> None:
         async with self._transaction():
@@ -367,24 +445,44 @@ class Storage:
                 (message_id, _now(), job_id),
             )
 
-    async def complete_job(self, job: Job, *, answer: str, thought: str) -> None:
-        """Store the answer and both sides of the turn in the history, atomically."""
+    async def complete_job(self, job: Job, *, answer: str, thought: str) -> bool:
+        """Store the answer and both sides of the turn in the history, atomically. False,
+        and nothing stored, when the job is no longer pending (erased by /forget)."""
         async with self._transaction():
-            await self._insert_message(job.user_id, "user", job.question or "", job.image_file_id)
-            await self._insert_message(job.user_id, "model", answer, None)
-            await self._db.execute(
+            row = await self._one(
                 "UPDATE jobs SET status = 'answered', answer = ?, thought = ?, updated_at = ?"
-                " WHERE id = ?",
+                " WHERE id = ? AND status = 'pending' RETURNING id",
                 (answer, thought, _now(), job.id),
             )
+            if row is None:
+                return False
+            question, image = job.question or "", job.image_file_id
+            await self._insert_message(job.chat_id, job.user_id, "user", question, image)
+            await self._insert_message(job.chat_id, job.user_id, "model", answer, None)
+        return True
+
+    async def set_job_parts_sent(self, job_id: int, parts_sent: int, *, done: bool) -> None:
+        """Telegram accepted `parts_sent` messages of the answer; when `done`, the job is
+        delivered and its copy of the answer dropped (the history keeps it)."""
+        if not done:
+            async with self._transaction():
+                await self._db.execute(
+                    "UPDATE jobs SET parts_sent = ?, updated_at = ? WHERE id = ?",
+                    (parts_sent, _now(), job_id),
+                )
+            return
+        await self._finish_job(job_id, "delivered", parts_sent=parts_sent)
 
     async def set_job_status(self, job_id: int, status: str) -> None:
         """'delivered' or 'failed'; the answer text is dropped (the history keeps it)."""
+        await self._finish_job(job_id, status)
+
+    async def _finish_job(self, job_id: int, status: str, *, parts_sent: int | None = None) -> None:
         async with self._transaction():
             await self._db.execute(
-                "UPDATE jobs SET status = ?, answer = NULL, thought = NULL, updated_at = ?"
-                " WHERE id = ?",
-                (status, _now(), job_id),
+                "UPDATE jobs SET status = ?, answer = NULL, thought = NULL,"
+                " parts_sent = COALESCE(?, parts_sent), updated_at = ? WHERE id = ?",
+                (status, parts_sent, _now(), job_id),
             )
 
     async def get_unfinished_jobs(self) -> list[Job]:
@@ -404,7 +502,11 @@ class Storage:
                 "DELETE FROM jobs WHERE updated_at < ? AND status IN ('delivered', 'failed')",
                 (cutoff,),
             )
-            return messages.rowcount + jobs.rowcount
+            deleted = messages.rowcount + jobs.rowcount
+        if deleted:
+            async with self._lock:
+                await self._erase_old_copies()
+        return deleted
 
     async def count_jobs_by_status(self) -> dict[str, int]:
         rows = await self._all("SELECT status, COUNT(*) FROM jobs GROUP BY status")

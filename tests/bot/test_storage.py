@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC
@@ -50,8 +51,8 @@ def rows_mentioning(path: Path, user_id: int) -> list[tuple[str, tuple]]:
 
 async def add_turns(s: Storage, user_id: int, n: int, prefix: str = "") -> None:
     for i in range(1, n + 1):
-        await s.add_message(user_id, "user", f"{prefix}q{i}")
-        await s.add_message(user_id, "model", f"{prefix}a{i}")
+        await s.add_message(user_id, user_id, "user", f"{prefix}q{i}")
+        await s.add_message(user_id, user_id, "model", f"{prefix}a{i}")
 
 
 # --- schema and migrations -------------------------------------------------
@@ -60,18 +61,18 @@ async def add_turns(s: Storage, user_id: int, n: int, prefix: str = "") -> None:
 async def test_open_creates_file_schema_and_wal(db_path: Path) -> None:
     async with await Storage.open(db_path) as s:
         assert db_path.is_file()
-        assert s.schema_version == len(MIGRATIONS) == 2
+        assert s.schema_version == len(MIGRATIONS) == 3
         names = {n for (n,) in raw(db_path, "SELECT name FROM sqlite_master")}
-        assert {"users", "messages", "messages_user_id", "jobs", "jobs_status"} <= names
+        assert {"users", "messages", "messages_chat_user", "jobs", "jobs_status"} <= names
         assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
-        assert raw(db_path, "PRAGMA user_version") == [(2,)]
+        assert raw(db_path, "PRAGMA user_version") == [(3,)]
         assert await s.count_users() == 0
 
 
 async def test_reopen_is_idempotent_and_keeps_data(db_path: Path) -> None:
     async with await Storage.open(db_path) as s:
         await s.set_language(ALICE, "de")
-        await s.add_message(ALICE, "user", "hallo", image_file_id="F1")
+        await s.add_message(ALICE, ALICE, "user", "hallo", image_file_id="F1")
     schema_before = raw(db_path, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
 
     async with await Storage.open(db_path) as s:
@@ -178,8 +179,8 @@ async def test_settings_persist_across_reopen(db_path: Path) -> None:
 
 async def test_add_message_validates_role(store: Storage, db_path: Path) -> None:
     with pytest.raises(ValueError, match="role"):
-        await store.add_message(ALICE, "assistant", "hi")
-    msg = await store.add_message(ALICE, "model", "ok")
+        await store.add_message(ALICE, ALICE, "assistant", "hi")
+    msg = await store.add_message(ALICE, ALICE, "model", "ok")
     assert (msg.user_id, msg.role, msg.text, msg.image_file_id) == (ALICE, "model", "ok", None)
     assert msg.created_at.tzinfo is not None
     assert raw(db_path, "SELECT role, text FROM messages") == [("model", "ok")]
@@ -188,31 +189,31 @@ async def test_add_message_validates_role(store: Storage, db_path: Path) -> None
 
 async def test_history_is_trimmed_by_turns(store: Storage) -> None:
     await add_turns(store, ALICE, 5)
-    history = await store.get_history(ALICE, max_turns=2)
+    history = await store.get_history(ALICE, ALICE, max_turns=2)
     assert [(m.role, m.text) for m in history] == [
         ("user", "q4"),
         ("model", "a4"),
         ("user", "q5"),
         ("model", "a5"),
     ]
-    assert len(await store.get_history(ALICE, max_turns=10)) == 10
-    assert await store.get_history(ALICE, max_turns=0) == []
-    assert await store.get_history(ALICE, max_turns=-1) == []
-    assert await store.get_history(BOB, max_turns=3) == []
+    assert len(await store.get_history(ALICE, ALICE, max_turns=10)) == 10
+    assert await store.get_history(ALICE, ALICE, max_turns=0) == []
+    assert await store.get_history(ALICE, ALICE, max_turns=-1) == []
+    assert await store.get_history(BOB, BOB, max_turns=3) == []
 
 
 async def test_history_turn_groups_several_model_messages(store: Storage) -> None:
-    await store.add_message(ALICE, "model", "orphan")
-    await store.add_message(ALICE, "user", "q1", image_file_id="P1")
-    await store.add_message(ALICE, "model", "a1-part1")
-    await store.add_message(ALICE, "model", "a1-part2")
-    await store.add_message(ALICE, "user", "q2")  # not answered yet
+    await store.add_message(ALICE, ALICE, "model", "orphan")
+    await store.add_message(ALICE, ALICE, "user", "q1", image_file_id="P1")
+    await store.add_message(ALICE, ALICE, "model", "a1-part1")
+    await store.add_message(ALICE, ALICE, "model", "a1-part2")
+    await store.add_message(ALICE, ALICE, "user", "q2")  # not answered yet
 
-    assert [m.text for m in await store.get_history(ALICE, max_turns=1)] == ["q2"]
-    two = await store.get_history(ALICE, max_turns=2)
+    assert [m.text for m in await store.get_history(ALICE, ALICE, max_turns=1)] == ["q2"]
+    two = await store.get_history(ALICE, ALICE, max_turns=2)
     assert [m.text for m in two] == ["q1", "a1-part1", "a1-part2", "q2"]
     assert two[0].image_file_id == "P1"
-    everything = await store.get_history(ALICE, max_turns=50)
+    everything = await store.get_history(ALICE, ALICE, max_turns=50)
     assert everything == two  # leading orphan model message dropped
 
 
@@ -223,7 +224,7 @@ async def test_per_user_cap_deletes_oldest_rows_only(db_path: Path) -> None:
         texts = [m.text for m in (await s.get_user_data(ALICE)).messages]
         assert texts == ["a2", "q3", "a3", "q4", "a4"]
         # The cut left a model message first; history still starts with a user turn.
-        assert [m.text for m in await s.get_history(ALICE, max_turns=9)] == texts[1:]
+        assert [m.text for m in await s.get_history(ALICE, ALICE, max_turns=9)] == texts[1:]
         bob = [m.text for m in (await s.get_user_data(BOB)).messages]
         assert bob == ["bob-q1", "bob-a1", "bob-q2", "bob-a2"]
     assert raw(db_path, "SELECT COUNT(*) FROM messages WHERE user_id = ?", (ALICE,)) == [(5,)]
@@ -236,19 +237,19 @@ async def test_max_stored_messages_must_be_positive(db_path: Path) -> None:
 
 
 async def test_last_image_file_id(store: Storage) -> None:
-    assert await store.get_last_image_file_id(ALICE) is None
-    await store.add_message(ALICE, "user", "what is this?", image_file_id="PHOTO-1")
-    await store.add_message(ALICE, "model", "a menu")
-    await store.add_message(ALICE, "user", "and this?", image_file_id="PHOTO-2")
-    await store.add_message(ALICE, "user", "translate it")  # text-only follow-up
-    await store.add_message(BOB, "user", "mine", image_file_id="BOB-PHOTO")
-    assert await store.get_last_image_file_id(ALICE) == "PHOTO-2"
-    assert await store.get_last_image_file_id(BOB) == "BOB-PHOTO"
+    assert await store.get_last_image_file_id(ALICE, ALICE) is None
+    await store.add_message(ALICE, ALICE, "user", "what is this?", image_file_id="PHOTO-1")
+    await store.add_message(ALICE, ALICE, "model", "a menu")
+    await store.add_message(ALICE, ALICE, "user", "and this?", image_file_id="PHOTO-2")
+    await store.add_message(ALICE, ALICE, "user", "translate it")  # text-only follow-up
+    await store.add_message(BOB, BOB, "user", "mine", image_file_id="BOB-PHOTO")
+    assert await store.get_last_image_file_id(ALICE, ALICE) == "PHOTO-2"
+    assert await store.get_last_image_file_id(BOB, BOB) == "BOB-PHOTO"
 
 
 async def test_concurrent_writes_do_not_collide(store: Storage) -> None:
     await asyncio.gather(
-        *(store.add_message(ALICE, "user", f"m{i}") for i in range(30)),
+        *(store.add_message(ALICE, ALICE, "user", f"m{i}") for i in range(30)),
         *(store.set_think(ALICE, i % 2 == 0) for i in range(10)),
         store.delete_user_data(BOB),
     )
@@ -263,9 +264,9 @@ async def test_concurrent_writes_do_not_collide(store: Storage) -> None:
 async def test_get_user_data_lists_everything(store: Storage) -> None:
     assert await store.get_user_data(ALICE) == storage_mod.UserData(user=None, messages=[])
     await store.set_language(ALICE, "it")
-    await store.add_message(ALICE, "user", "menu?", image_file_id="F-1")
-    await store.add_message(ALICE, "model", "pasta")
-    await store.add_message(BOB, "user", "not alice")
+    await store.add_message(ALICE, ALICE, "user", "menu?", image_file_id="F-1")
+    await store.add_message(ALICE, ALICE, "model", "pasta")
+    await store.add_message(BOB, BOB, "user", "not alice")
     data = await store.get_user_data(ALICE)
     assert data.user == await store.get_user(ALICE)
     assert data.user.language == "it"
@@ -282,15 +283,15 @@ async def test_delete_user_data_really_deletes(db_path: Path) -> None:
     async with await Storage.open(db_path) as s:
         await s.set_language(ALICE, "de")
         await add_turns(s, ALICE, 2)
-        await s.add_message(ALICE, "user", secret, image_file_id="ALICE-PHOTO")
+        await s.add_message(ALICE, ALICE, "user", secret, image_file_id="ALICE-PHOTO")
         await s.set_think(BOB, True)
-        await s.add_message(BOB, "user", "bob stays")
+        await s.add_message(BOB, BOB, "user", "bob stays")
         assert rows_mentioning(db_path, ALICE)  # the scan does see Alice before
 
         assert await s.delete_user_data(ALICE) == 1 + 5
         assert rows_mentioning(db_path, ALICE) == []
         assert await s.get_user_data(ALICE) == storage_mod.UserData(user=None, messages=[])
-        assert await s.get_last_image_file_id(ALICE) is None
+        assert await s.get_last_image_file_id(ALICE, ALICE) is None
         assert await s.delete_user_data(ALICE) == 0
 
         assert (await s.get_user(BOB)).think is True
@@ -323,7 +324,7 @@ async def test_job_lifecycle_and_redelivery(store: Storage) -> None:
     await store.complete_job(job, answer="The trout.", thought="menu")
     answered = await store.get_job(job.id)
     assert (answered.status, answered.answer, answered.attempts) == ("answered", "The trout.", 1)
-    history = await store.get_history(ALICE, max_turns=5)
+    history = await store.get_history(ALICE, ALICE, max_turns=5)
     assert [(m.role, m.text, m.image_file_id) for m in history] == [
         ("user", "no pork?", "F9"),
         ("model", "The trout.", None),
@@ -359,8 +360,8 @@ async def test_unfinished_job_limit_is_checked_atomically(store: Storage) -> Non
 async def test_retention_deletes_only_old_history_and_finished_jobs(
     store: Storage, db_path: Path
 ) -> None:
-    await store.add_message(ALICE, "user", "old")
-    await store.add_message(ALICE, "user", "new")
+    await store.add_message(ALICE, ALICE, "user", "old")
+    await store.add_message(ALICE, ALICE, "user", "new")
     done = await store.add_job(chat_id=ALICE, message_id=1, user_id=ALICE, chat_type="private",
                                question="q", image_file_id=None)  # fmt: skip
     await store.set_job_status(done.id, "delivered")
@@ -375,3 +376,143 @@ async def test_retention_deletes_only_old_history_and_finished_jobs(
     assert await store.delete_older_than(30) == 2  # the old message and the delivered job
     assert [m.text for m in (await store.get_user_data(ALICE)).messages] == ["new"]
     assert len(await store.get_unfinished_jobs()) == 1  # pending work is never dropped
+
+
+# --- privacy: per chat, /forget at every instant, files ----------------------------------------
+
+GROUP = -100_555
+
+
+async def test_history_and_last_photo_are_kept_per_chat_and_member(store: Storage) -> None:
+    await store.add_message(ALICE, ALICE, "user", "my private passport", image_file_id="PRIV")
+    await store.add_message(GROUP, ALICE, "user", "alice in the group", image_file_id="GRP-A")
+    await store.add_message(GROUP, BOB, "user", "bob in the group")
+    assert [m.text for m in await store.get_history(GROUP, ALICE, max_turns=5)] == [
+        "alice in the group"
+    ]
+    assert [m.text for m in await store.get_history(GROUP, BOB, max_turns=5)] == [
+        "bob in the group"
+    ]
+    assert [m.text for m in await store.get_history(ALICE, ALICE, max_turns=5)] == [
+        "my private passport"
+    ]
+    assert await store.get_last_image_file_id(GROUP, ALICE) == "GRP-A"
+    assert await store.get_last_image_file_id(GROUP, BOB) is None
+    assert await store.get_last_image_file_id(ALICE, ALICE) == "PRIV"
+    # /mydata and /forget cover the user's words in every chat
+    assert {m.chat_id for m in (await store.get_user_data(ALICE)).messages} == {ALICE, GROUP}
+    assert await store.delete_user_data(ALICE) == 2
+    assert [m.text for m in await store.get_history(GROUP, BOB, max_turns=5)] == [
+        "bob in the group"
+    ]
+
+
+async def test_history_from_before_chats_were_told_apart_goes_to_the_private_chat(
+    db_path: Path,
+) -> None:
+    db_path.parent.mkdir(parents=True)
+    con = sqlite3.connect(db_path)
+    for sql in MIGRATIONS[0] + MIGRATIONS[1]:
+        con.execute(sql)
+    con.execute(
+        "INSERT INTO messages (user_id, role, text, created_at) VALUES (?, 'user', 'old', ?)",
+        (ALICE, "2026-01-01T00:00:00+00:00"),
+    )
+    con.execute("PRAGMA user_version = 2")
+    con.commit()
+    con.close()
+    async with await Storage.open(db_path) as s:
+        assert [m.text for m in await s.get_history(ALICE, ALICE, max_turns=3)] == ["old"]
+        assert await s.get_history(GROUP, ALICE, max_turns=3) == []
+
+
+def files_holding(directory: Path, text: str) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if text.encode() in p.read_bytes())
+
+
+async def test_forget_leaves_no_copy_in_the_wal_while_the_bot_runs(db_path: Path) -> None:
+    secret = "ERASE-ME-CAPTION-7731"
+    async with await Storage.open(db_path) as s:
+        for i in range(5):  # many page images of the message in the WAL
+            await s.add_message(ALICE, ALICE, "user", f"{secret} {i}")
+            await s.add_message(ALICE, ALICE, "model", "an answer")
+        job = await s.add_job(chat_id=ALICE, message_id=1, user_id=ALICE, chat_type="private",
+                              question=secret, image_file_id=None)  # fmt: skip
+        await s.add_message(BOB, BOB, "user", "bob stays")
+        assert files_holding(db_path.parent, secret)  # the scan sees it before
+        await s.delete_user_data(ALICE)
+        assert files_holding(db_path.parent, secret) == []  # database, -wal and -shm
+        assert await s.get_job(job.id) is None
+        assert [m.text for m in (await s.get_user_data(BOB)).messages] == ["bob stays"]
+
+
+async def test_database_files_are_private_to_the_bot(db_path: Path) -> None:
+    old_umask = os.umask(0o022)  # what a Docker image without a umask runs with
+    try:
+        async with await Storage.open(db_path) as s:
+            await s.add_message(ALICE, ALICE, "user", "hello")
+            files = [db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")]
+            assert all(f.exists() for f in files)
+            assert {oct(f.stat().st_mode & 0o777) for f in files} == {"0o600"}
+            assert oct(db_path.parent.stat().st_mode & 0o777) == "0o700"
+        db_path.chmod(0o644)  # a database made by an older version
+        async with await Storage.open(db_path):
+            assert oct(db_path.stat().st_mode & 0o777) == "0o600"
+    finally:
+        os.umask(old_umask)
+
+
+async def test_a_job_erased_while_it_runs_stores_nothing(store: Storage) -> None:
+    job = await store.add_job(chat_id=ALICE, message_id=3, user_id=ALICE, chat_type="private",
+                              question="no pork?", image_file_id="F1")  # fmt: skip
+    assert await store.start_job_attempt(job.id) == 1
+    await store.delete_user_data(ALICE)  # /forget while the answer is written
+    assert await store.complete_job(job, answer="The trout.", thought="") is False
+    assert await store.get_user_data(ALICE) == storage_mod.UserData(user=None, messages=[])
+    assert await store.start_job_attempt(job.id) is None
+    await store.set_job_placeholder(job.id, 5)  # no error, no row
+    assert await store.get_job(job.id) is None
+
+
+async def test_parts_sent_are_recorded_and_the_last_delivers(store: Storage) -> None:
+    job = await store.add_job(chat_id=ALICE, message_id=4, user_id=ALICE, chat_type="private",
+                              question="q", image_file_id=None)  # fmt: skip
+    await store.complete_job(job, answer="long", thought="")
+    await store.set_job_parts_sent(job.id, 1, done=False)
+    partly = await store.get_job(job.id)
+    assert (partly.status, partly.parts_sent, partly.answer) == ("answered", 1, "long")
+    await store.set_job_parts_sent(job.id, 2, done=True)
+    done = await store.get_job(job.id)
+    assert (done.status, done.parts_sent, done.answer) == ("delivered", 2, None)
+
+
+async def test_a_cancelled_begin_does_not_leave_the_connection_in_a_transaction(
+    db_path: Path,
+) -> None:
+    async with await Storage.open(db_path, busy_timeout_s=5) as s:
+        other = sqlite3.connect(db_path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock for a moment
+        write = asyncio.create_task(s.set_language(ALICE, "de"))
+        await asyncio.sleep(0.2)  # our BEGIN IMMEDIATE waits in aiosqlite's thread
+        write.cancel()  # e.g. a probe's timeout
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        other.execute("ROLLBACK")  # the waiting BEGIN now succeeds in its thread
+        other.close()
+        await asyncio.sleep(0.3)
+        assert (await s.set_language(BOB, "fr")).language == "fr"  # not "within a transaction"
+        assert await s.get_user(ALICE) is None
+        assert s.write_error is None
+
+
+async def test_a_failed_write_is_reported_until_a_write_works(db_path: Path) -> None:
+    async with await Storage.open(db_path, busy_timeout_s=0.1) as s:
+        other = sqlite3.connect(db_path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await s.set_language(ALICE, "de")
+        assert "locked" in s.write_error
+        other.execute("ROLLBACK")
+        other.close()
+        await s.set_language(ALICE, "de")
+        assert s.write_error is None
