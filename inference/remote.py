@@ -162,6 +162,10 @@ class RemoteWorker:
         finally:
             self._leave(ticket)
 
+    async def forget(self, owner: str) -> None:
+        """Nothing to do here: this process keeps nothing of a request, and what the remote
+        servers cache is theirs (the owner is not sent to them)."""
+
     async def _wait_for_slot(self, ticket: _Ticket) -> AsyncIterator[int]:
         """Places in the queue as they change, until the ticket holds an endpoint."""
         while True:

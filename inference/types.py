@@ -60,6 +60,10 @@ class Request:
     sampling: Sampling = Sampling()
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     chat: tuple[ChatMessage, ...] = ()
+    # whose data the request carries, an opaque key (the bot: the user's log pseudonym);
+    # what the engine keeps of it is dropped by `InferenceService.forget(owner)`.
+    # "": nobody in particular
+    owner: str = ""
 
     def __post_init__(self) -> None:
         if self.chat:
@@ -145,3 +149,6 @@ class InferenceService(Protocol):
     async def stop(self) -> None: ...
 
     def submit(self, request: Request) -> AsyncIterator[Event]: ...
+
+    async def forget(self, owner: str) -> None:
+        """Return once no cache of the engine holds anything of requests of `owner`."""

@@ -1,6 +1,6 @@
 """A bounded queue in front of one engine thread, streaming events back to asyncio.
 
-The bot calls one thing: `async for event in worker.submit(request)`.
+The bot calls `async for event in worker.submit(request)`, and `worker.forget(owner)`.
 Torch runs only in the engine thread; events cross back with call_soon_threadsafe.
 """
 
@@ -11,7 +11,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,6 +54,9 @@ class Engine(Protocol):
 
     def fail_all(self, error: InferenceError) -> None: ...
 
+    def forget(self, owner: str) -> None:
+        """Drop what the engine keeps of `owner`'s requests (called between steps)."""
+
 
 class SequentialEngine:
     """The batching protocol over GemmaEngine: one request at a time with generate()."""
@@ -89,6 +92,9 @@ class SequentialEngine:
             emit(error)
         self._active.clear()
 
+    def forget(self, owner: str) -> None:
+        pass  # generate() keeps nothing of a request once it returns
+
 
 @dataclass
 class _Job:
@@ -115,6 +121,9 @@ class Worker:
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # work on the engine's own state, run by the engine thread between steps
+        self._commands: deque[tuple[Callable[[Engine], None], Future]] = deque()
+        self._engine_done = False  # the engine thread has ended: nothing else uses the engine
 
     @property
     def queue_depth(self) -> int:
@@ -193,6 +202,25 @@ class Worker:
         finally:
             job.cancelled.set()  # no-op when finished; stops generation if the caller left
 
+    async def forget(self, owner: str) -> None:
+        """Return once the engine keeps nothing of `owner`'s requests (their photos' vision
+        output). Its requests still running or waiting may keep them again."""
+        await self._in_engine_thread(lambda engine: engine.forget(owner))
+
+    async def _in_engine_thread(self, command: Callable[[Engine], None]) -> None:
+        """Run `command(engine)` where the engine's state is used: in the engine thread,
+        between two steps (at once when it is idle)."""
+        done: Future = Future()
+        with self._wakeup:
+            if self._engine is None:  # not loaded (yet): it keeps nothing
+                return
+            if self._engine_done:
+                command(self._engine)
+                return
+            self._commands.append((command, done))
+            self._wakeup.notify()
+        await asyncio.wrap_future(done)
+
     def _check_can_take(self) -> None:
         if self._stopping or not self.is_alive or self._engine is None:
             raise WorkerStopped("the worker is not running")
@@ -225,12 +253,15 @@ class Worker:
                 self._step(engine)
 
     def _admit(self, engine: Engine) -> list[_Job] | None:
-        """Jobs to start now (None: stop). Waits while there is nothing to do."""
+        """Jobs to start now (None: stop). Waits while there is nothing to do; runs the
+        commands given to the engine thread meanwhile."""
         with self._wakeup:
             while True:
+                self._run_commands(engine)
                 while self._pending and self._pending[0].cancelled.is_set():
                     self._pending.popleft()
                 if self._stopping and not engine.num_active:
+                    self._engine_done = True
                     return None
                 admitted = []
                 while self._pending and engine.num_active + len(admitted) < engine.max_batch:
@@ -241,6 +272,20 @@ class Worker:
                 if admitted or engine.num_active:
                     return admitted
                 self._wakeup.wait()
+
+    def _run_commands(self, engine: Engine) -> None:
+        """Run the commands given to the engine thread, first come first served."""
+        while self._commands:
+            command, done = self._commands.popleft()
+            wanted = done.set_running_or_notify_cancel()  # False: its caller left; run it anyway
+            try:
+                command(engine)
+            except Exception as exc:  # the caller's error, not the engine's
+                if wanted:
+                    done.set_exception(exc)
+            else:
+                if wanted:
+                    done.set_result(None)
 
     def _add(self, engine: Engine, job: _Job) -> None:
         job.post(Started())

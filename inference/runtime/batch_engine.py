@@ -409,6 +409,11 @@ class BatchEngine:
             seq.ended = True
             seq.emit(error)
 
+    def forget(self, owner: str) -> None:
+        """Drop the photos `owner`'s requests carried from the photo cache (the one cache
+        holding anything of a traveller's: the prefix cache holds the system prompt)."""
+        self.runner.photos.forget(owner)
+
     def fail_all(self, error: InferenceError) -> None:
         """After a failed step: every active request ends with `error`. Unlike `_fail`, no KV
         slots move: every slot is freed, and the GPU state is not to be trusted now (the

@@ -7,7 +7,11 @@ one photo gives one key), taken when a request is prepared. The tower's output d
 nothing else (the engine's soft-token budget is fixed), so a hit is exact. Only soft
 tokens are kept, never the photo, in GPU memory only: they leave in least-recently-used
 order within the budget, and MAX_IDLE_S after their last use in any case (a follow-up
-comes within minutes; a traveller's photos do not linger after they /forget them).
+comes within minutes).
+
+Each entry records its owners: whose requests put it there or used it (Request.owner), so
+that `forget(owner)` drops a traveller's photos at once when they say /forget, also a photo
+another traveller sent too (that one's next request runs the tower again).
 """
 
 from __future__ import annotations
@@ -15,10 +19,18 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
 MAX_IDLE_S = 30 * 60
+
+
+@dataclass
+class _Entry:
+    features: torch.Tensor
+    last_use: float
+    owners: set[str] = field(default_factory=set)  # "" (nobody in particular) never in it
 
 
 class PhotoCache:
@@ -27,8 +39,7 @@ class PhotoCache:
     def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_bytes = max_bytes
         self.clock = clock
-        # key → (soft tokens, last use), least recently used first
-        self._entries: OrderedDict[bytes, tuple[torch.Tensor, float]] = OrderedDict()
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()  # least recently used first
         self.num_bytes = 0
         self.hits = 0
         self.misses = 0
@@ -40,8 +51,9 @@ class PhotoCache:
             self.misses += 1
             return None
         self.hits += 1
-        self._entries[key] = (entry[0], now)
-        return entry[0]
+        entry.last_use = now
+        self._entries[key] = entry
+        return entry.features
 
     def put(self, key: bytes | None, features: torch.Tensor) -> None:
         """Keep a copy of `features` (a view would keep its whole batch alive)."""
@@ -52,19 +64,34 @@ class PhotoCache:
         self._drop(key)
         while self._entries and self.num_bytes + size > self.max_bytes:
             self._drop(next(iter(self._entries)))
-        self._entries[key] = (features.clone(), now)
+        self._entries[key] = _Entry(features.clone(), now)
         self.num_bytes += size
+
+    def own(self, key: bytes | None, owner: str) -> None:
+        """Record that a request of `owner` carries the kept photo `key` ("": nobody's)."""
+        entry = self._entries.get(key) if key is not None else None
+        if entry is not None and owner:
+            entry.owners.add(owner)
+
+    def owners(self, key: bytes) -> frozenset[str]:
+        entry = self._entries.get(key)
+        return frozenset(entry.owners) if entry is not None else frozenset()
+
+    def forget(self, owner: str) -> None:
+        """Drop every photo a request of `owner` carried, whoever else's requests did too."""
+        for key in [key for key, entry in self._entries.items() if owner in entry.owners]:
+            self._drop(key)
 
     def _expire(self) -> float:
         now = self.clock()
-        while self._entries and next(iter(self._entries.values()))[1] < now - MAX_IDLE_S:
+        while self._entries and next(iter(self._entries.values())).last_use < now - MAX_IDLE_S:
             self._drop(next(iter(self._entries)))
         return now
 
     def _drop(self, key: bytes) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
-            self.num_bytes -= entry[0].numel() * entry[0].element_size()
+            self.num_bytes -= entry.features.numel() * entry.features.element_size()
 
     def clear(self) -> None:
         self._entries.clear()

@@ -67,6 +67,7 @@ async def test_events_and_answer_are_the_local_workers(
         assert worker.is_alive and worker.device_memory_bytes() is None
         events = [event async for event in worker.submit(request)]
         assert (worker.num_running, worker.queue_depth) == (0, 0)
+        await worker.forget("a")  # the servers' caches are theirs: nothing to drop here
     local = [event async for event in openai_server.worker.submit(request)]
     assert events[:2] == [Queued(1), Started()]
     deltas = [e for e in events if isinstance(e, Delta)]

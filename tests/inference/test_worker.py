@@ -19,11 +19,14 @@ from inference import (
     RuntimeConfig,
     Sampling,
     Started,
+    Turn,
     Worker,
     WorkerStopped,
     create_engine,
     normalize_image,
 )
+from inference.images import photo_key
+from tests.conftest import small_photo
 
 GREEDY = Sampling(temperature=0.0)
 
@@ -126,3 +129,54 @@ async def test_missing_model_fails_at_start(tmp_path) -> None:
     worker = Worker(lambda: create_engine(EngineConfig(model_path=tmp_path), RUNTIME))
     with pytest.raises(ModelNotFound, match="tiny-checkpoint"):
         await worker.start()
+
+
+async def test_forget_drops_the_owners_photos_from_the_photo_cache(
+    engine_config: EngineConfig,
+) -> None:
+    """A photo is owned by every traveller whose request carried it, as its photo or in its
+    history; forget(owner) drops those (also one shared with another traveller) at once,
+    while the engine idles, between the steps of a running request, and after stop."""
+    # every request makes all its tokens: the one running while forget comes runs on
+    engine = create_engine(
+        engine_config, RuntimeConfig(max_slots=2, max_seq_len=2048, ignore_stop=True)
+    )
+    worker = Worker(lambda: engine)
+    await worker.start()
+    photos = {name: normalize_image(small_photo(name)) for name in ("A", "B", "S", "C")}
+    kept = engine.runner.photos
+
+    def owners(name: str) -> frozenset[str]:
+        return kept.owners(photo_key(photos[name]))
+
+    def ask(owner: str, photo: str, history: tuple[Turn, ...] = (), tokens: int = 2) -> Request:
+        return Request(language="en", image=photos[photo], history=history, owner=owner,
+                       max_new_tokens=tokens, sampling=GREEDY)  # fmt: skip
+
+    for request in (ask("b", "S"), ask("b", "B"),
+                    ask("a", "A", history=(Turn("user", "and this?", photos["S"]),
+                                           Turn("model", "An exit.")))):  # fmt: skip
+        await collect(worker, request)
+    assert (owners("A"), owners("S"), owners("B")) == ({"a"}, {"a", "b"}, {"b"})
+
+    await worker.forget("a")  # the engine is idle
+    assert (owners("A"), owners("S"), owners("B")) == (set(), set(), {"b"})
+    assert kept.stats()["photos"] == 1
+
+    misses = kept.misses
+    running = worker.submit(ask("c", "C", tokens=200))
+    assert isinstance(await anext(running), Queued) and isinstance(await anext(running), Started)
+    await worker.forget("c")  # after its prefill (Started comes right before it), mid-run
+    assert worker.num_running == 1
+    assert isinstance([event async for event in running][-1], Finished)
+    assert owners("C") == set() and kept.misses == misses + 1  # kept by the prefill, dropped
+
+    await worker.stop()
+    await worker.forget("b")  # the engine thread has ended: forget drops them itself
+    assert kept.stats()["photos"] == 0
+
+
+async def test_forget_returns_on_either_engine(worker: Worker) -> None:
+    """The generate() engine keeps nothing: forget has nothing to do, and returns."""
+    await collect(worker, Request(language="en", question="hi", owner="a", max_new_tokens=2))
+    await worker.forget("a")

@@ -108,3 +108,18 @@ def test_a_photo_leaves_when_unused_for_max_idle_seconds() -> None:
     now[0] += 2
     assert cache.get(b"old") is None and cache.stats()["photos"] == 1
     assert cache.get(b"used") is not None and cache.num_bytes == 16
+
+
+def test_forget_drops_every_photo_a_request_of_the_owner_carried() -> None:
+    cache = PhotoCache(max_bytes=1000)
+    for key in (b"mine", b"shared", b"theirs", b"nobodys"):
+        cache.put(key, torch.zeros(4))
+    for key, owner in ((b"mine", "a"), (b"shared", "a"), (b"shared", "b"), (b"theirs", "b"),
+                       (b"nobodys", ""), (b"not kept", "a")):  # fmt: skip
+        cache.own(key, owner)
+    assert cache.owners(b"shared") == {"a", "b"} and cache.owners(b"nobodys") == set()
+    cache.forget("a")
+    assert cache.get(b"mine") is None and cache.get(b"shared") is None
+    assert cache.owners(b"theirs") == {"b"} and cache.num_bytes == 32
+    cache.forget("")  # "" is nobody in particular: nothing is theirs
+    assert cache.stats()["photos"] == 2
