@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 
 import structlog
+from telegram.error import InvalidToken
 
 from bot.app import running
 from bot.context import Services
 from bot.i18n import Texts
-from bot.logging import configure_logging
-from bot.settings import Settings
+from bot.logging import configure_logging, install_pseudonym_key
+from bot.settings import Settings, load_settings
 from bot.storage import Storage
 from bot.user_locks import UserLocks
 from inference import (
@@ -107,16 +109,30 @@ async def serve(settings: Settings) -> None:
 
 
 def main(settings: Settings | None = None) -> None:
-    settings = settings or Settings()
-    token = settings.require_token()
-    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
-    webhook_secret = settings.webhook_secret_token.get_secret_value()
-    secrets = (token, api_key, webhook_secret)  # empty ones are ignored
-    configure_logging(log_format=settings.log_format, level=settings.log_level, secrets=secrets)
+    # Every file the bot makes (the database, its -wal and -shm, the pseudonym key) and every
+    # folder is its user's alone, however it is started: Docker images set no umask.
+    os.umask(0o077)
+    settings = settings or load_settings()
+    settings.require_token()
+    configure_logging(
+        log_format=settings.log_format, level=settings.log_level, secrets=settings.secret_values()
+    )
     try:
+        key = settings.log_pseudonym_key
+        install_pseudonym_key(
+            key.get_secret_value() if key else None, settings.log_pseudonym_key_file
+        )
         asyncio.run(serve(settings))
     except ModelNotFound as exc:
         sys.exit(str(exc))
+    except InvalidToken:  # its message holds the token
+        sys.exit(
+            "Telegram rejected the token in TRAVELBOT_TELEGRAM_TOKEN: copy it again from "
+            "@BotFather (/mybots, API Token)."
+        )
+    except Exception:  # through the logs, which scrub secrets, rather than a raw traceback
+        log.exception("bot_failed")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     add_fp8_check_arguments(check)
 
     args = parser.parse_args(argv)
-    from bot.settings import Settings
+    from bot.settings import load_settings
 
-    settings = Settings()
+    settings = load_settings()
     if getattr(args, "model", None):
         settings = settings.model_copy(update={"model_path": args.model})
     if getattr(args, "webhook", None):

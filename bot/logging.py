@@ -1,21 +1,55 @@
 """One structlog configuration: pretty on a terminal, JSON in production.
 
-The bot token is scrubbed from every event, ours and the libraries'."""
+Every secret setting is scrubbed from every event, ours and the libraries'. Users appear
+only as keyed pseudonyms (user_ref), and no library logs below INFO: their DEBUG records
+hold whole updates, request payloads and SQL parameters, i.e. user text and raw ids."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
+import os
+import secrets
 import sys
+from pathlib import Path
 
 import structlog
 
 _secrets: list[str] = []
+OWN_LOGGERS = ("bot", "inference")  # the only ones TRAVELBOT_LOG_LEVEL=DEBUG reaches
+
+# Until install_pseudonym_key runs (tests build the app without main): a key of this process
+# alone. Never no key: a plain hash of an id is reversed by hashing all ~10^10 possible ids.
+_pseudonym_key = secrets.token_bytes(32)
 
 
 def user_ref(user_id: int) -> str:
-    """A stable pseudonym for a Telegram user id, for logs."""
-    return hashlib.sha256(f"travelbot:{user_id}".encode()).hexdigest()[:12]
+    """A pseudonym for a Telegram user id, for logs: stable while the key is, and which id
+    it stands for cannot be found without the key."""
+    return hmac.new(_pseudonym_key, str(user_id).encode(), hashlib.sha256).hexdigest()[:12]
+
+
+def install_pseudonym_key(key: str | None, key_file: Path) -> None:
+    """Pseudonyms from `key`; None: from a random key kept in `key_file` (made on the first
+    start), so that one user's pseudonym stays the same across restarts."""
+    global _pseudonym_key
+    _pseudonym_key = key.encode() if key else _stored_key(key_file)
+
+
+def _stored_key(path: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # O_EXCL: a key already there is never overwritten
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = bytes.fromhex(path.read_text())
+        if len(key) < 16:
+            raise ValueError(f"{path} holds no key; delete it to have a new one made") from None
+        return key
+    key = secrets.token_bytes(32)
+    with os.fdopen(fd, "w") as file:
+        file.write(key.hex() + "\n")
+    return key
 
 
 def _scrub(value):
@@ -64,7 +98,12 @@ def configure_logging(
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # httpx logs every request URL, and Bot API URLs contain the token.
+    # Libraries (aiosqlite, python-telegram-bot, tornado ...) at INFO or above whatever the
+    # level: their DEBUG records print captions, raw user ids and file ids.
+    level_number = logging.getLevelNamesMapping()[level.upper()]
+    root.setLevel(max(level_number, logging.INFO))
+    for own in OWN_LOGGERS:
+        logging.getLogger(own).setLevel(level_number)
+    # httpx logs every request URL, and Bot API URLs contain the token and file paths.
     for noisy in ("httpx", "httpcore", "telegram.ext.ExtBot"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import secrets
 import string
+import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
 _SECRET_CHARS = set(string.ascii_letters + string.digits + "_-")  # what Telegram allows
@@ -72,6 +74,7 @@ class Settings(BaseSettings):
     fp8_kv_cache: bool = False  # sliding layers' keys/values in FP8 (the same)
     max_queue: int = 64  # requests waiting beyond the running batch
     request_timeout_s: float = 300  # a request still unanswered after this is cancelled
+    delivery_retry_s: float = 1.0  # first wait before sending an answer again; doubles each time
 
     # OpenAI-compatible engine (engine="openai"): vLLM, SGLang or `travelbot serve`
     openai_base_urls: list[str] = Field(default_factory=list)  # e.g. ["http://vllm-0:8000/v1"]
@@ -103,7 +106,40 @@ class Settings(BaseSettings):
 
     # Logging
     log_format: Literal["auto", "json", "console"] = "auto"
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # Key of the pseudonyms that stand for user ids in logs (HMAC-SHA256): the same key gives
+    # the same pseudonyms on every replica; unset: a random key made on the first start and
+    # kept beside the database, in log-pseudonym.key
+    log_pseudonym_key: SecretStr | None = None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_pseudonym_key", mode="before")
+    @classmethod
+    def _long_key_or_none(cls, value: object) -> object:
+        if value is None or value == "":  # e.g. a blank line in .env
+            return None
+        plain = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if len(plain) < 16:  # a short key could be guessed together with the ids
+            raise ValueError("at least 16 characters, e.g. from `openssl rand -hex 32`")
+        return value
+
+    @property
+    def log_pseudonym_key_file(self) -> Path:
+        """Where the random key is kept when log_pseudonym_key is unset."""
+        return self.database_path.parent / "log-pseudonym.key"
+
+    def secret_values(self) -> tuple[str, ...]:
+        """The values of all secret settings that are set: no output may show them."""
+        values = (getattr(self, name) for name in type(self).model_fields)
+        return tuple(
+            value.get_secret_value()
+            for value in values
+            if isinstance(value, SecretStr) and value.get_secret_value()
+        )
 
     @field_validator("webhook_secret_token", mode="before")
     @classmethod
@@ -123,3 +159,27 @@ class Settings(BaseSettings):
                 "put its token in the environment or in .env."
             )
         return self.telegram_token.get_secret_value()
+
+
+def load_settings() -> Settings:
+    """Settings from the environment and .env. A wrong value ends the program (exit status 2)
+    with the variable and what is wrong with it, never the value: it may be a secret, and
+    pydantic's own message shows it (input_value=...)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [
+            f"{_variable(error['loc'])}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+    except SettingsError as exc:  # e.g. a list or set that is not JSON; names the field only
+        problems = [str(exc)]
+    print("Invalid settings:", *problems, sep="\n  ", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _variable(loc: tuple) -> str:
+    """The environment variable of an error's location, e.g. TRAVELBOT_OPENAI_BASE_URLS[0]."""
+    if not loc:
+        return "TRAVELBOT_*"
+    return f"TRAVELBOT_{str(loc[0]).upper()}" + "".join(f"[{part}]" for part in loc[1:])

@@ -1,10 +1,15 @@
+import hashlib
+import hmac
 import json
 import logging
+import stat
+from pathlib import Path
 
 import pytest
 import structlog
 
-from bot.logging import configure_logging, user_ref
+import bot.logging
+from bot.logging import configure_logging, install_pseudonym_key, user_ref
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +38,51 @@ def test_token_is_scrubbed_from_our_and_library_logs(capsys) -> None:
     assert "boom ***" in lines[2]["exception"]
 
 
-def test_user_ref_is_stable_and_not_the_id() -> None:
-    assert user_ref(42) == user_ref(42) != user_ref(43)
-    assert "42" not in user_ref(42)
+def test_debug_reaches_our_events_but_no_library_debug_records(capsys) -> None:
+    configure_logging(log_format="json", level="DEBUG")
+    structlog.get_logger("bot.answering").debug("ours")
+    for library in ("aiosqlite", "telegram.ext.Application", "telegram.Bot", "tornado.access"):
+        logging.getLogger(library).debug("Processing update caption=%s", "Where is the exit?")
+    logging.getLogger("telegram.ext.Application").info("Application started")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["event"] for line in lines] == ["ours", "Application started"]
+
+
+@pytest.fixture
+def pseudonym_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process's key is put back after the test installed others."""
+    monkeypatch.setattr(bot.logging, "_pseudonym_key", bot.logging._pseudonym_key)
+
+
+def old_ref(user_id: int) -> str:
+    """The unkeyed pseudonym found again by hashing every possible id."""
+    return hashlib.sha256(f"travelbot:{user_id}".encode()).hexdigest()[:12]
+
+
+def test_user_ref_is_keyed(pseudonym_key: None, tmp_path: Path) -> None:
+    user_id = 7301946285
+    assert user_ref(user_id) == user_ref(user_id) != user_ref(user_id + 1)
+    assert user_ref(user_id) != old_ref(user_id)  # keyed before any key is installed, too
+    install_pseudonym_key("first key, 16 chars or more", tmp_path / "unused.key")
+    first = user_ref(user_id)
+    expected = hmac.new(b"first key, 16 chars or more", b"7301946285", hashlib.sha256)
+    assert first == expected.hexdigest()[:12] != old_ref(user_id)
+    install_pseudonym_key("another key of 16 chars or more", tmp_path / "unused.key")
+    assert user_ref(user_id) != first
+    install_pseudonym_key("first key, 16 chars or more", tmp_path / "unused.key")
+    assert user_ref(user_id) == first
+    assert not (tmp_path / "unused.key").exists()
+
+
+def test_without_a_configured_key_one_is_made_private_and_kept(
+    pseudonym_key: None, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "data" / "log-pseudonym.key"
+    install_pseudonym_key(None, key_file)
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600  # this test's umask is 022
+    first, stored = user_ref(42), key_file.read_text()
+    assert first != old_ref(42)
+    install_pseudonym_key("another key of 16 chars or more", key_file)
+    assert user_ref(42) != first
+    install_pseudonym_key(None, key_file)  # the next start: the same key, the same pseudonyms
+    assert user_ref(42) == first and key_file.read_text() == stored

@@ -59,3 +59,28 @@ def test_the_photo_cache_budget_goes_to_the_batch_engine_in_bytes(
     assert runtime_config(Settings(_env_file=None)).photo_cache_bytes == 0
     with pytest.raises(ValidationError):
         Settings(_env_file=None, photo_cache_mib=-1)
+
+
+def test_log_pseudonym_key_is_optional_long_and_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(_env_file=None).log_pseudonym_key is None
+    assert Settings(_env_file=None, log_pseudonym_key="").log_pseudonym_key is None
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        Settings(_env_file=None, log_pseudonym_key="short")
+    monkeypatch.setenv("TRAVELBOT_LOG_PSEUDONYM_KEY", "k" * 16)
+    monkeypatch.setenv("TRAVELBOT_DATABASE_PATH", "/srv/bot/db.sqlite3")
+    settings = Settings(_env_file=None)
+    assert "k" * 16 in settings.secret_values() and "k" * 16 not in repr(settings)
+    assert str(settings.log_pseudonym_key_file) == "/srv/bot/log-pseudonym.key"
+
+
+def test_every_secret_setting_is_scrubbed_from_logs() -> None:
+    values = {"telegram_token": "1:tok", "openai_api_key": "oa", "serve_api_key": "sv"}
+    settings = Settings(_env_file=None, webhook_secret_token="wh", **values)
+    assert sorted(settings.secret_values()) == ["1:tok", "oa", "sv", "wh"]
+
+
+def test_log_level_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAVELBOT_LOG_LEVEL", "debug")
+    assert Settings(_env_file=None).log_level == "DEBUG"
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, log_level="verbose")
