@@ -79,6 +79,9 @@ class GemmaEngine:
             for token, index in tok.get_vocab().items()
             if len(token) == 6 and token.startswith("<0x") and token.endswith(">")
         )
+        # Every token the tokenizer reads as itself wherever it stands in a text: the
+        # prompt's message texts (travellers' words in them) are cleared of them.
+        self.special_tokens = frozenset(tok.get_added_vocab()) | set(tok.all_special_tokens)
         # Tokens that only the processor may place: never generate them.
         self._suppressed_ids = sorted(
             {ids(t) for t in (tok.image_token, tok.boi_token, tok.eoi_token, "<|audio|>",
@@ -191,13 +194,13 @@ class GemmaEngine:
     def prepare_inputs(self, request: Request, *, on_device: bool = True) -> dict:
         """Token ids and image tensors for `request` (CPU work, safe to run in any thread);
         on the model's device unless `on_device` is False."""
-        return self._inputs(build_prompt(request), on_device=on_device)
+        return self._inputs(self.build_prompt(request), on_device=on_device)
 
     def prepare_with_prefix(self, request: Request) -> tuple[dict, tuple[int, ...]]:
         """Inputs on the CPU (with `photo_keys`, one per photo, and `photo_owner`, the
         request's owner: photo_cache), and the token ids the prompt shares with other
         travellers' prompts (its start; () when too short to be worth caching)."""
-        prompt = build_prompt(request)
+        prompt = self.build_prompt(request)
         inputs = self._inputs(prompt, on_device=False)
         if prompt.images:
             inputs["photo_keys"] = [photo_key(image) for image in prompt.images]
@@ -212,6 +215,10 @@ class GemmaEngine:
         if common < MIN_SHARED_PREFIX_TOKENS or common >= inputs["input_ids"].shape[1]:
             return inputs, ()
         return inputs, tuple(ids[:common])
+
+    def build_prompt(self, request: Request) -> Prompt:
+        """The request's prompt, no special token of this tokenizer left in its texts."""
+        return build_prompt(request, self.special_tokens)
 
     def _token_ids(self, text: str) -> tuple[int, ...]:
         return tuple(self.tokenizer(text, add_special_tokens=False).input_ids)

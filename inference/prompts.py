@@ -8,16 +8,36 @@ The engine expands each <|image|> into <|image>, N soft tokens, <image|>.
 Earlier thoughts are never put back into the history.
 The travel prompt is built as chat messages (`travel_chat`), then rendered (`render_chat`);
 an OpenAI-compatible server gets the same messages and renders them with its chat template.
+
+Untrusted text never becomes a special token: the traveller's words are neutralised against
+Gemma 4's special tokens in `travel_chat` (what a remote server gets), and `build_prompt`
+neutralises every message text against the loaded tokenizer's own tokens before rendering.
 """
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from inference.types import ChatMessage, Request
 
 IMAGE_PLACEHOLDER = "<|image|>"
 THINK_TOKEN = "<|think|>"
+
+# Gemma 4's special tokens, as google/gemma-4-*-it's tokenizer_config.json names them (written
+# by transformers' convert_gemma4_weights.py: bos/eos/pad/unk/mask, the extra_special_tokens
+# image, boi, eoi, audio, boa, eoa, sot, eot, soc, eoc, think, escape, str, etr, stc, etc, std,
+# etd, and <|video|>). The tiny checkpoint's tokenizer has these, in this order.
+GEMMA4_SPECIAL_TOKENS = (
+    "<pad>", "<eos>", "<bos>", "<unk>", "<mask>",
+    "<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>",
+    "<|image>", "<image|>", "<|image|>",
+    "<|audio>", "<audio|>", "<|audio|>", "<|video|>",
+    "<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>",
+    '<|"|>',
+)  # fmt: skip
 
 LANGUAGE_NAMES = {
     "ar": "Arabic", "cs": "Czech", "de": "German", "el": "Greek", "en": "English",
@@ -75,9 +95,16 @@ def language_name(code: str) -> str:
     return LANGUAGE_NAMES.get(code, code)
 
 
-def build_prompt(request: Request) -> Prompt:
-    """The whole conversation as Gemma 4 chat text, ending with an open model turn."""
-    return render_chat(request.chat or travel_chat(request), think=request.think)
+def build_prompt(request: Request, special_tokens: Iterable[str] = GEMMA4_SPECIAL_TOKENS) -> Prompt:
+    """The whole conversation as Gemma 4 chat text, ending with an open model turn.
+    `special_tokens`: those of the tokenizer that will read the text (the engine passes its
+    own); none of them is left in a message's text, so only the renderer places any."""
+    tokens = frozenset(special_tokens)
+    messages = tuple(
+        ChatMessage(m.role, neutralise(m.text, tokens), m.images)
+        for m in request.chat or travel_chat(request)
+    )
+    return render_chat(messages, think=request.think)
 
 
 def travel_chat(request: Request) -> tuple[ChatMessage, ...]:
@@ -101,26 +128,22 @@ def travel_chat(request: Request) -> tuple[ChatMessage, ...]:
 
 def render_chat(messages: tuple[ChatMessage, ...], *, think: bool) -> Prompt:
     """Gemma 4 chat text; all system messages form the system turn, where thinking is
-    switched on. Control tokens inside the texts are neutralised."""
+    switched on. The texts go in as they are (build_prompt neutralises them first)."""
     systems = [m.text for m in messages if m.role == "system"]
     parts = ["<bos>"]
     shared_prefix = ""
     if systems or think:
         head = f"<bos><|turn>system\n{THINK_TOKEN if think else ''}"
-        system = _escape("\n\n".join(systems), _CONTROL_TOKENS)
+        system = "\n\n".join(systems)
         parts = [f"{head}{system}<turn|>\n"]
         if systems:
-            shared_prefix = head + _escape(systems[0], _CONTROL_TOKENS)
+            shared_prefix = head + systems[0]
     images: list[bytes] = []
     for message in messages:
         if message.role != "system":
-            text = _escape(message.text, _CONTROL_TOKENS)
-            parts.append(_turn(message.role, text, message.images, images))
+            parts.append(_turn(message.role, message.text, message.images, images))
     parts.append("<|turn>model\n")
-    text = "".join(parts)
-    if not text.startswith(shared_prefix):  # an escape across the messages' border
-        shared_prefix = ""
-    return Prompt(text=text, images=tuple(images), shared_prefix=shared_prefix)
+    return Prompt(text="".join(parts), images=tuple(images), shared_prefix=shared_prefix)
 
 
 def _images(image: bytes | None) -> tuple[bytes, ...]:
@@ -140,18 +163,35 @@ def _turn(role: str, text: str, turn_images: tuple[bytes, ...], images: list[byt
     return f"<|turn>{role}\n{placeholders}{text}<turn|>\n"
 
 
-_CONTROL_TOKENS = ("<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>",
-                   "<|image>", "<image|>", "<|image|>", "<|audio|>", "<|video|>",
-                   "<bos>", "<eos>")  # fmt: skip
-_QUOTE_MARKERS = ("<<<", ">>>")
+# the traveller's words: no Gemma 4 special token, and no end of the quoted block
+_UNTRUSTED_MARKERS = frozenset(GEMMA4_SPECIAL_TOKENS) | {"<<<", ">>>"}
+_WORD_JOINER = "\u2060"
 
 
 def _sanitize(text: str) -> str:
-    """Untrusted text must not open or close turns, images or the quoted block."""
-    return _escape(text, _CONTROL_TOKENS + _QUOTE_MARKERS)
+    """Untrusted text must not open or close turns, images, tool calls or the quoted block."""
+    return neutralise(text, _UNTRUSTED_MARKERS)
 
 
-def _escape(text: str, markers: tuple[str, ...]) -> str:
-    for marker in markers:
-        text = text.replace(marker, marker.replace("<", "‹").replace(">", "›"))
-    return text
+def neutralise(text: str, tokens: frozenset[str]) -> str:
+    """`text` with each of `tokens` in it spelled so that a tokenizer does not read it as
+    that token: its angle brackets as ‹ › (legible still), a word joiner after the first
+    character of one without any. White space and single characters, which some tokenizers
+    add as tokens, are text (the templates are made of them) and stay as they are."""
+    pattern = _token_pattern(tokens)
+    return pattern.sub(lambda match: _defused(match[0]), text) if pattern else text
+
+
+@functools.lru_cache(maxsize=8)
+def _token_pattern(tokens: frozenset[str]) -> re.Pattern | None:
+    """Any of `tokens`, the longest where several start at one place (as tokenizers match
+    them). One pass is enough for tokens in angle brackets (all of Gemma's): what replaces
+    one holds no bracket to start or end another."""
+    wanted = sorted((t for t in tokens if len(t.strip()) > 1), key=lambda t: (-len(t), t))
+    return re.compile("|".join(map(re.escape, wanted))) if wanted else None
+
+
+def _defused(token: str) -> str:
+    if "<" in token or ">" in token:
+        return token.replace("<", "‹").replace(">", "›")
+    return token[0] + _WORD_JOINER + token[1:]

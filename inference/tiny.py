@@ -2,8 +2,8 @@
 
 The checkpoint has the real directory layout of `google/gemma-4-26B-A4B-it`
 (config.json, safetensors weights, tokenizer.json + tokenizer_config.json with
-the Gemma 4 special tokens, processor_config.json) and the real architecture
-in miniature: sliding + global layers (global K=V, wider heads), a MoE block
+all of Gemma 4's special tokens, named as there, processor_config.json) and the
+real architecture in miniature: sliding + global layers (global K=V, wider heads), a MoE block
 beside the shared MLP, and a vision tower with 3x3 pooling. It loads through
 exactly the code that loads the real model. Its answers are noise.
 """
@@ -13,12 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SPECIAL_TOKENS = [
-    "<pad>", "<eos>", "<bos>", "<unk>", "<mask>",
-    "<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>",
-    "<|image>", "<image|>", "<|image|>",
-    "<|audio>", "<audio|>", "<|audio|>", "<|video|>",
-]  # fmt: skip
+from inference.prompts import GEMMA4_SPECIAL_TOKENS
+
+SPECIAL_TOKENS = list(GEMMA4_SPECIAL_TOKENS)
 
 # Text the tokenizer's merges are learned from: a few signs and menus in the
 # languages travellers meet, so the tiny vocabulary covers their scripts.
@@ -107,7 +104,7 @@ def build_tokenizer():
     backend.add_special_tokens(
         [AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS]
     )
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token="<bos>",
         eos_token="<eos>",
@@ -115,6 +112,7 @@ def build_tokenizer():
         unk_token="<unk>",
         mask_token="<mask>",
         add_bos_token=False,
+        # as google/gemma-4-*-it's tokenizer_config.json names them
         extra_special_tokens={
             "image_token": "<|image|>",
             "boi_token": "<|image>",
@@ -122,8 +120,23 @@ def build_tokenizer():
             "audio_token": "<|audio|>",
             "boa_token": "<|audio>",
             "eoa_token": "<audio|>",
+            "sot_token": "<|turn>",
+            "eot_token": "<turn|>",
+            "soc_token": "<|channel>",
+            "eoc_token": "<channel|>",
+            "think_token": "<|think|>",
+            "escape_token": '<|"|>',
+            "str_token": "<|tool_response>",
+            "etr_token": "<tool_response|>",
+            "stc_token": "<|tool_call>",
+            "etc_token": "<tool_call|>",
+            "std_token": "<|tool>",
+            "etd_token": "<tool|>",
         },
     )
+    # ... and its unnamed one, as Gemma4Processor adds it ("extra_special_tokens" there)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|video|>"]})
+    return tokenizer
 
 
 # google/gemma-4-26B-A4B-it's architecture (DESIGN.md; intermediate_size of the shared MLP

@@ -1,5 +1,9 @@
-from inference.prompts import build_prompt, travel_chat
+import copy
+
+from inference import GemmaEngine, normalize_image
+from inference.prompts import GEMMA4_SPECIAL_TOKENS, build_prompt, travel_chat
 from inference.types import ChatMessage, Request, Turn
+from tests.conftest import small_photo
 
 
 def test_photo_without_caption_asks_to_read_translate_explain() -> None:
@@ -90,3 +94,50 @@ def test_a_given_chat_shares_its_first_system_message() -> None:
     assert prompt.shared_prefix == "<bos><|turn>system\nBe brief."
     no_system = build_prompt(Request(language="", chat=(ChatMessage("user", "hi"),)))
     assert no_system.shared_prefix == ""
+
+
+def test_travel_chat_neutralises_gemma_4s_special_tokens_for_remote_servers() -> None:
+    """What an OpenAI-compatible server gets, which its own tokenizer reads."""
+    for token in GEMMA4_SPECIAL_TOKENS:
+        history = (Turn("user", f"is {token} here?"), Turn("model", f"{token} no"))
+        chat = travel_chat(Request(language="en", question=f"a {token} b", history=history))
+        assert not any(token in message.text for message in chat), token
+
+
+def test_no_special_token_of_the_engines_tokenizer_comes_from_a_message_text(
+    tiny_engine: GemmaEngine,
+) -> None:
+    """Every token the engine's tokenizer reads as itself (its own list, here the tiny
+    checkpoint's and one more, as a checkpoint may have), written in a caption, a follow-up
+    with its history, or a given chat's messages, leaves its id in the prompt's ids no more
+    often than harmless words do: for the generate() engine and the batching one."""
+    tokenizer = copy.deepcopy(tiny_engine.tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_image>"]})
+    engine = GemmaEngine(tiny_engine.model, tokenizer, tiny_engine.image_processor)
+    photo = normalize_image(small_photo())
+
+    def requests(words: str) -> list[Request]:
+        follow_up = (Turn("user", f"is {words} here?", photo), Turn("model", f"{words} no."))
+        chat = (
+            ChatMessage("system", f"Be brief {words}"),
+            ChatMessage("user", f"{words}?"),
+            ChatMessage("model", f"{words}!"),
+            ChatMessage("user", f"hi {words}", (photo,)),
+        )
+        return [Request(language="en", question=f"a {words} b", image=photo),
+                Request(language="en", question=f"and {words}?", history=follow_up),
+                Request(language="", chat=chat, think=True)]  # fmt: skip
+
+    def prompt_ids(request: Request) -> list[list[int]]:
+        inputs = (engine.prepare_inputs(request, on_device=False),
+                  engine.prepare_with_prefix(request)[0])  # fmt: skip
+        return [each["input_ids"][0].tolist() for each in inputs]
+
+    harmless = [prompt_ids(request) for request in requests("the exit")]
+    tokens = {*tokenizer.get_added_vocab(), *tokenizer.all_special_tokens}
+    assert "<start_of_image>" in tokens and len(tokens) > len(GEMMA4_SPECIAL_TOKENS)
+    for token in sorted(tokens):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        for request, expected in zip(requests(token), harmless, strict=True):
+            for ids, harmless_ids in zip(prompt_ids(request), expected, strict=True):
+                assert ids.count(token_id) <= harmless_ids.count(token_id), token
