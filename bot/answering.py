@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 
 import structlog
 from telegram import Bot
-from telegram.error import Forbidden, TelegramError
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
 from bot.context import Services
+from bot.logging import user_ref
 from bot.render import render_messages
 from bot.storage import Job
 from bot.streaming import AnswerStream
@@ -21,6 +23,7 @@ from inference import (
     ImageRejected,
     InferenceError,
     Queued,
+    QueueFull,
     Request,
     Sampling,
     Started,
@@ -31,6 +34,8 @@ from inference import (
 log = structlog.get_logger()
 
 MAX_ATTEMPTS = 3  # a job that crashed the bot this often is given up
+DELIVERY_ATTEMPTS = 5  # sends of an answer's messages before the job is given up
+ROOM_WAIT_S = 0.5  # a recovered job's wait for room in a full queue, between tries
 ERROR_KEYS = {
     "queue_full": "error_busy",
     "worker_stopped": "error_stopping",
@@ -48,73 +53,119 @@ async def run_job(
     language: str,
     think: bool,
     notice: str | None = None,
+    wait_for_room: bool = False,
 ) -> None:
-    """One turn: history → request → streamed answer → stored → delivered."""
-    storage, settings = services.storage, services.settings
-
-    def t(key: str, /, **values: object) -> str:
-        return services.texts.get(language, key, **values)
-
+    """One turn: history → request → streamed answer → stored → delivered. The job ends
+    delivered or failed, whatever happens, unless the bot stops meanwhile (then it is
+    recovered at the next start) or its user erases it with /forget (then it is dropped)."""
     async with services.user_locks.hold(job.user_id):
-        if await storage.start_job_attempt(job.id) > MAX_ATTEMPTS:
-            log.error("job_given_up", job_id=job.id)
-            await storage.set_job_status(job.id, "failed")
-            await bot.send_message(job.chat_id, t("error_engine"))
-            return
-        history = await load_history(
-            bot, services, job.user_id, attach_latest_image=image is None, language=language
-        )
-        request = Request(
-            language=language,
-            question=job.question,
-            image=image,
-            history=history,
-            think=think,
-            max_new_tokens=settings.max_new_tokens,
-            sampling=Sampling(settings.temperature, settings.top_p, settings.top_k),
-        )
-        kind = "thinking" if think else "photo" if image else "text"
-        status = t(f"placeholder_{kind}")
-        if notice:
-            status = f"{notice}\n{status}"
         stream = AnswerStream(
             bot,
             job.chat_id,
             job.message_id,
             is_private=job.chat_type == "private",
-            interval_s=settings.stream_interval_s,
+            interval_s=services.settings.stream_interval_s,
+        )
+        # its own task from the first read of the job on, so that /forget can stop it
+        # wherever it is (ActiveJobs) without stopping the handler that runs it
+        answering = asyncio.create_task(
+            _start(bot, services, job, stream, image, language, think, notice, wait_for_room)
         )
         try:
-            await storage.set_job_placeholder(job.id, await stream.start(status))
-            log.info("request_submitted", job_id=job.id, request_id=request.request_id)
-            await _answer(services, job, request, stream, status, t)
-        except Forbidden:  # the user blocked the bot: nobody to answer
-            log.info("user_blocked_bot", job_id=job.id)
-            await storage.set_job_status(job.id, "failed")
+            with services.active_jobs.track(job.user_id, answering):
+                await answering
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not answering.cancelled() or (current and current.cancelling()):
+                raise  # the bot is stopping: the job is recovered at the next start
+            log.info("answer_erased", job_id=job.id)  # /forget cancelled it
+            await stream.discard()
         finally:
             stream.close()
 
 
+async def _start(
+    bot: Bot,
+    services: Services,
+    job: Job,
+    stream: AnswerStream,
+    image: bytes | None,
+    language: str,
+    think: bool,
+    notice: str | None,
+    wait_for_room: bool,
+) -> None:
+    storage, settings = services.storage, services.settings
+
+    def t(key: str, /, **values: object) -> str:
+        return services.texts.get(language, key, **values)
+
+    attempts = await storage.start_job_attempt(job.id)
+    if attempts is None:
+        log.info("job_erased", job_id=job.id)
+        return
+    if attempts > MAX_ATTEMPTS:
+        log.error("job_given_up", job_id=job.id)
+        await storage.set_job_status(job.id, "failed")
+        await bot.send_message(job.chat_id, t("error_engine"))
+        return
+    history = await load_history(
+        bot, services, job, attach_latest_image=image is None, language=language
+    )
+    request = Request(
+        language=language,
+        question=job.question,
+        image=image,
+        history=history,
+        think=think,
+        max_new_tokens=settings.max_new_tokens,
+        sampling=Sampling(settings.temperature, settings.top_p, settings.top_k),
+        owner=user_ref(job.user_id),
+    )
+    kind = "thinking" if think else "photo" if image else "text"
+    status = t(f"placeholder_{kind}")
+    if notice:
+        status = f"{notice}\n{status}"
+    await _answer(services, job, request, stream, status, t, wait_for_room=wait_for_room)
+
+
 async def _answer(
-    services: Services, job: Job, request: Request, stream: AnswerStream, status: str, t
+    services: Services,
+    job: Job,
+    request: Request,
+    stream: AnswerStream,
+    status: str,
+    t,
+    *,
+    wait_for_room: bool,
 ) -> None:
     storage = services.storage
     started = time.monotonic()
     try:
-        finished = await _run(services, request, stream, status, t)
-    except InferenceError as exc:
-        services.record_failure(exc.kind)
-        log.warning("request_failed", job_id=job.id, kind=exc.kind)
+        await storage.set_job_placeholder(job.id, await stream.start(status))
+        log.info("request_submitted", job_id=job.id, request_id=request.request_id)
+        try:
+            finished = await _run(services, request, stream, status, t, wait_for_room)
+        except InferenceError as exc:
+            services.record_failure(exc.kind)
+            log.warning("request_failed", job_id=job.id, kind=exc.kind)
+            await storage.set_job_status(job.id, "failed")
+            await stream.fail(error_text(services, exc, t))
+            return
+        if not await storage.complete_job(job, answer=finished.text, thought=finished.thought):
+            log.info("answer_erased", job_id=job.id)
+            await stream.discard()
+            return
+        messages = answer_messages(finished.text, finished.thought, t, finished.finish_reason)
+        await deliver(services, job, stream, messages)
+    except Forbidden:  # the user blocked the bot: nobody to answer
+        log.info("user_blocked_bot", job_id=job.id)
         await storage.set_job_status(job.id, "failed")
-        await stream.fail(error_text(services, exc, t))
         return
-    except BaseException:
-        await stream.fail(t("error_engine"))
-        raise
-    await storage.complete_job(job, answer=finished.text, thought=finished.thought)
-    messages = answer_messages(finished.text, finished.thought, t, finished.finish_reason)
-    await stream.finish(messages)
-    await storage.set_job_status(job.id, "delivered")
+    except Exception:
+        log.exception("job_failed", job_id=job.id)
+        await _give_up(services, job, stream, t)
+        return
     latency = time.monotonic() - started
     first = stream.first_text_at - started if stream.first_text_at else None
     services.record_answer(
@@ -128,15 +179,66 @@ async def _answer(
     )
 
 
+async def _give_up(services: Services, job: Job, stream: AnswerStream, t) -> None:
+    """End a job that failed unexpectedly (a broken engine stream, a full disk, Telegram
+    down for good): failed, so it no longer counts against the user's limit, and the user
+    told if Telegram lets us. Both best effort: the failure may be the database's own."""
+    services.record_failure("bot_error")
+    try:
+        await services.storage.set_job_status(job.id, "failed")
+    except Exception:
+        log.exception("job_status_not_saved", job_id=job.id)
+    try:
+        await stream.fail(t("error_engine"))
+    except TelegramError as exc:
+        log.warning("failure_not_shown", job_id=job.id, error=type(exc).__name__)
+
+
+async def deliver(services: Services, job: Job, stream: AnswerStream, messages: list[str]) -> None:
+    """Send the answer's messages, retrying Telegram's transient failures with backoff in
+    this process. Each message Telegram accepts is recorded at once, the last one together
+    with `delivered`, so a restart sends only what was not accepted (at least once)."""
+    sent = job.parts_sent
+
+    async def part_sent(count: int) -> None:
+        nonlocal sent
+        sent = count
+        await services.storage.set_job_parts_sent(job.id, count, done=count == len(messages))
+
+    delay = services.settings.delivery_retry_s
+    for attempt in range(1, DELIVERY_ATTEMPTS + 1):
+        try:
+            await stream.finish(messages, sent=sent, on_sent=part_sent)
+            return
+        except RetryAfter as exc:
+            wait, error = _seconds(exc.retry_after), exc
+        except (BadRequest, Forbidden):
+            raise  # the same request would fail again
+        except NetworkError as exc:  # timeouts, 5xx, connection errors
+            wait, error = delay * 2 ** (attempt - 1), exc
+        if attempt == DELIVERY_ATTEMPTS:
+            raise error
+        log.warning("delivery_retried", job_id=job.id, attempt=attempt, error=type(error).__name__)
+        await asyncio.sleep(wait)
+
+
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
 async def deliver_stored(bot: Bot, services: Services, job: Job, *, language: str) -> None:
-    """Send an answer that was stored but maybe not delivered before a crash."""
+    """Send an answer that was stored but maybe not (wholly) delivered before a crash."""
 
     def t(key: str, /, **values: object) -> str:
         return services.texts.get(language, key, **values)
 
     stream = AnswerStream(bot, job.chat_id, job.message_id, is_private=False, interval_s=0)
-    await stream.finish(answer_messages(job.answer or "", job.thought or "", t, "stop"))
-    await services.storage.set_job_status(job.id, "delivered")
+    try:
+        await deliver(services, job, stream, answer_messages(job.answer or "", job.thought or "", t, "stop"))
+    except Exception:
+        log.exception("stored_answer_not_delivered", job_id=job.id)
+        await services.storage.set_job_status(job.id, "failed")
+        return
     log.info("stored_answer_delivered", job_id=job.id)
 
 
@@ -167,6 +269,20 @@ def answer_messages(answer: str, thought: str, t, finish_reason: str) -> list[st
 
 
 async def _run(
+    services: Services, request: Request, stream: AnswerStream, status: str, t, wait_for_room: bool
+) -> Finished:
+    """The answer; with `wait_for_room`, a full queue is waited out instead of refused (for
+    jobs recovered after a restart, which were accepted long ago)."""
+    while True:
+        try:
+            return await _stream_answer(services, request, stream, status, t)
+        except QueueFull:
+            if not wait_for_room:
+                raise
+            await asyncio.sleep(ROOM_WAIT_S)
+
+
+async def _stream_answer(
     services: Services, request: Request, stream: AnswerStream, status: str, t
 ) -> Finished:
     events = services.worker.submit(request)
@@ -195,13 +311,15 @@ class RequestTimedOut(InferenceError):
 
 
 async def load_history(
-    bot: Bot, services: Services, user_id: int, *, attach_latest_image: bool, language: str
+    bot: Bot, services: Services, job: Job, *, attach_latest_image: bool, language: str
 ) -> tuple[Turn, ...]:
-    """Recent turns for the prompt; the latest photo is attached again for follow-ups."""
+    """Recent turns of this user in this chat for the prompt; the latest photo is attached
+    again for follow-ups."""
     stored = await services.storage.get_history(
-        user_id, max_turns=services.settings.max_history_turns
+        job.chat_id, job.user_id, max_turns=services.settings.max_history_turns
     )
     latest_image_id = next((m.image_file_id for m in reversed(stored) if m.image_file_id), None)
+    reference = services.texts.get(language, "photo_reference")
     turns = []
     for message in stored:
         image = None
@@ -210,7 +328,6 @@ async def load_history(
             if attach_latest_image and message.image_file_id == latest_image_id:
                 image = await _fetch_image(bot, services, message.image_file_id)
             if image is None:
-                reference = services.texts.get(language, "photo_reference")
                 text = f"{reference} {text}".strip()
         turns.append(Turn(role=message.role, text=text, image=image))
     return tuple(turns)

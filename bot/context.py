@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from telegram.ext import Application, CallbackContext, ExtBot
 
+from bot.active_jobs import ActiveJobs
 from bot.i18n import Texts
+from bot.logging import user_ref
 from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.stats import Stats
@@ -22,6 +25,7 @@ class Services:
     worker: InferenceService  # the local Worker or RemoteWorker
     texts: Texts
     user_locks: UserLocks
+    active_jobs: ActiveJobs = field(default_factory=ActiveJobs)
     stats: Stats = field(default_factory=Stats)
     metrics: Metrics = field(init=False)  # Prometheus, served by bot/health.py
 
@@ -37,6 +41,17 @@ class Services:
             latency_s=latency_s, first_token_s=first_token_s, num_output_tokens=num_output_tokens
         )
 
+    async def erase_user(self, user_id: int) -> int:
+        """/forget: stop the user's answers being produced, delete everything stored about
+        them (every chat, the database files' old copies too) and their photos in the
+        engine's caches; return the rows deleted. True from the moment it returns."""
+        stopping = self.active_jobs.cancel(user_id)
+        count = await self.storage.delete_user_data(user_id)
+        if stopping:  # their requests have left the engine before its caches are cleared
+            await asyncio.wait(stopping)
+        await self.worker.forget(user_ref(user_id))
+        return count
+
     def record_failure(self, kind: str) -> None:
         self.stats.record_failure()
         self.metrics.record_failure(kind)
@@ -46,11 +61,13 @@ SERVICES_KEY = "services"
 
 
 class BotContext(CallbackContext[ExtBot, dict, dict, dict]):
-    """Shared services behind typed properties; `profile` is loaded for each update (group -1)."""
+    """Shared services behind typed properties; `speaker_id` and `profile` are set for each
+    update (group -1)."""
 
     def __init__(self, application: Application, chat_id=None, user_id=None) -> None:
         super().__init__(application, chat_id=chat_id, user_id=user_id)
         self.profile: User | None = None
+        self.speaker_id: int = 0  # whom the update's data belongs to (handlers.updates)
 
     @property
     def services(self) -> Services:

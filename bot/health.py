@@ -1,8 +1,10 @@
 """Health and metrics over HTTP on their own port (settings http_listen, http_port).
 
-/healthz  liveness: the process answers, so its event loop runs
+/healthz  liveness: the event loop runs and the database's last write did not fail (a
+          process that cannot store anything is restarted); 503 with the problem
 /readyz   readiness: model loaded and worker thread alive, updates arriving (polling or
-          webhook), database writable (a committed one-row write); 503 with the problems
+          webhook), database readable and its last write working; 503 with the problems.
+          Neither writes: a probe must never hold the database's write lock
 /metrics  Prometheus text format (bot/metrics.py)
 """
 
@@ -33,14 +35,19 @@ async def find_problems(services: Services, application: Application) -> list[st
         problems.append("telegram: not receiving updates")
     try:
         async with asyncio.timeout(DATABASE_TIMEOUT_S):
-            await services.storage.check_writable()
+            await services.storage.check_readable()
     except Exception as exc:
         problems.append(f"database: {type(exc).__name__}: {exc}")
+    if services.storage.write_error:
+        problems.append(f"database: last write failed: {services.storage.write_error}")
     return problems
 
 
 def health_app(services: Services, application: Application) -> web.Application:
     async def healthz(_request: web.Request) -> web.Response:
+        if services.storage.write_error:
+            problem = f"database: last write failed: {services.storage.write_error}"
+            return web.json_response({"alive": False, "problems": [problem]}, status=503)
         return web.json_response({"alive": True})
 
     async def readyz(_request: web.Request) -> web.Response:

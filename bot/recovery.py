@@ -17,13 +17,18 @@ log = structlog.get_logger()
 
 
 async def recover_jobs(bot: Bot, services: Services) -> int:
-    """Run (or deliver) the unfinished jobs concurrently; return how many there were."""
+    """Run (or deliver) the unfinished jobs, oldest first, as many at once as take half the
+    queue (new users still find room); return how many there were."""
     jobs = await services.storage.get_unfinished_jobs()
     if jobs:
         log.info("recovering_jobs", count=len(jobs))
-    results = await asyncio.gather(
-        *(_recover(bot, services, job) for job in jobs), return_exceptions=True
-    )
+    room = asyncio.Semaphore(max(1, services.settings.max_queue // 2))
+
+    async def recover(job: Job) -> None:
+        async with room:
+            await _recover(bot, services, job)
+
+    results = await asyncio.gather(*(recover(job) for job in jobs), return_exceptions=True)
     for job, result in zip(jobs, results, strict=True):
         if isinstance(result, BaseException):
             log.error("job_recovery_failed", job_id=job.id, exc_info=result)
@@ -61,4 +66,5 @@ async def _recover(bot: Bot, services: Services, job: Job) -> None:
         language=language,
         think=bool(user and user.think),
         notice=notice,
+        wait_for_room=True,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 
 import structlog
 from telegram import Bot, Message, ReplyParameters
@@ -57,19 +58,34 @@ class AnswerStream:
             self._last_push = now
             await self._push_preview()
 
-    async def finish(self, messages: list[str]) -> None:
-        """Send the final messages (they notify the user), then remove the placeholder."""
+    async def finish(
+        self,
+        messages: list[str],
+        *,
+        sent: int = 0,
+        on_sent: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
+        """Send the final messages from `messages[sent]` on (they notify the user), calling
+        `on_sent(count)` after each one Telegram accepts; then remove the placeholder."""
         self.close()
-        for index, text in enumerate(messages):
+        for index in range(sent, len(messages)):
             await self._bot.send_message(
                 self._chat_id,
-                text,
+                messages[index],
                 parse_mode=ParseMode.HTML,
                 reply_parameters=self._reply if index == 0 else None,
             )
+            if on_sent is not None:
+                await on_sent(index + 1)
+        await self.discard()
+
+    async def discard(self) -> None:
+        """Remove the placeholder (the answer was sent, or erased with /forget)."""
+        self.close()
         if self._placeholder is not None:
             with contextlib.suppress(TelegramError):
                 await self._placeholder.delete()
+            self._placeholder = None
 
     async def fail(self, text: str) -> None:
         self.close()

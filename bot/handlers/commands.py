@@ -6,6 +6,7 @@ import html
 import time
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram.constants import ChatType
 
 from bot.context import BotContext
 from bot.stats import percentile
@@ -18,7 +19,7 @@ async def start(update: Update, context: BotContext) -> None:
     """Greet the user in their language and say what to send."""
     user = update.effective_user
     context.profile, _ = await context.storage.get_or_create_user(
-        user.id, default_language=context.language
+        context.speaker_id, default_language=context.language
     )
     name = html.escape(user.first_name or "")
     await update.effective_message.reply_html(
@@ -62,7 +63,7 @@ async def lang(update: Update, context: BotContext) -> None:
 
 
 async def set_language(update: Update, context: BotContext, language: str) -> None:
-    context.profile = await context.storage.set_language(update.effective_user.id, language)
+    context.profile = await context.storage.set_language(context.speaker_id, language)
     await update.effective_message.reply_html(
         context.t("lang_set", language=_language_name(context))
     )
@@ -80,7 +81,7 @@ async def think(update: Update, context: BotContext) -> None:
     else:
         await update.effective_message.reply_html(context.t("think_usage"))
         return
-    user_id = update.effective_user.id
+    user_id = context.speaker_id
     await context.storage.get_or_create_user(user_id, default_language=context.language)
     context.profile = await context.storage.set_think(user_id, enabled)
     await update.effective_message.reply_html(
@@ -89,8 +90,12 @@ async def think(update: Update, context: BotContext) -> None:
 
 
 async def mydata(update: Update, context: BotContext) -> None:
-    """Show everything the bot keeps about the user."""
-    data = await context.storage.get_user_data(update.effective_user.id)
+    """Show everything the bot keeps about the user, in a private chat only: in a group it
+    would show their words in other chats to everyone there."""
+    if update.effective_chat.type != ChatType.PRIVATE:
+        await update.effective_message.reply_html(context.t("mydata_in_private"))
+        return
+    data = await context.storage.get_user_data(context.speaker_id)
     if data.user is None and not data.messages:
         await update.effective_message.reply_html(
             context.t("mydata_empty", language=_language_name(context))
@@ -119,11 +124,12 @@ async def mydata(update: Update, context: BotContext) -> None:
 
 
 async def forget(update: Update, context: BotContext) -> None:
-    """Ask for confirmation before erasing the user's data."""
+    """Ask for confirmation before erasing the speaker's data; the button names whose."""
+    yes = f"forget:yes:{context.speaker_id}"
     keyboard = InlineKeyboardMarkup(
         [
             [
-                InlineKeyboardButton(context.t("forget_yes"), callback_data="forget:yes"),
+                InlineKeyboardButton(context.t("forget_yes"), callback_data=yes),
                 InlineKeyboardButton(context.t("forget_no"), callback_data="forget:no"),
             ]
         ]
@@ -133,7 +139,9 @@ async def forget(update: Update, context: BotContext) -> None:
 
 async def stats(update: Update, context: BotContext) -> None:
     """Admins only: queue, latency percentiles, users and jobs. Others see no such command."""
-    if update.effective_user.id not in context.settings.admin_user_ids:
+    if update.effective_user.id not in context.settings.admin_user_ids or (
+        context.speaker_id != update.effective_user.id
+    ):
         await unknown_command(update, context)
         return
     figures = context.services.stats

@@ -28,16 +28,18 @@ async def photo(update: Update, context: BotContext) -> None:
         return
     try:
         data = await download(context.bot, attachment.file_id)
+        image = await prepare_image(context.services, data)
     except TelegramError:
         await context.storage.set_job_status(job.id, "failed")
         await message.reply_html(context.t("image_download_failed"))
         return
-    try:
-        image = await prepare_image(context.services, data)
     except ImageRejected as exc:
         await context.storage.set_job_status(job.id, "failed")
         await _reject_image(update, context, exc.reason, size=len(data))
         return
+    except Exception:
+        await context.storage.set_job_status(job.id, "failed")  # never left in flight
+        raise
     await _run(context, job, image)
 
 
@@ -67,7 +69,7 @@ async def _accept(
         return await context.storage.add_job(
             chat_id=message.chat_id,
             message_id=message.message_id,
-            user_id=update.effective_user.id,
+            user_id=context.speaker_id,
             chat_type=message.chat.type,
             question=question,
             image_file_id=image_file_id,

@@ -15,22 +15,37 @@ from bot.storage import User
 log = structlog.get_logger()
 
 
+def speaker_id(update: Update) -> int | None:
+    """Whom the bot keeps data about for this update. A message sent on behalf of a chat
+    (an anonymous group admin speaks as the group, a linked channel as the channel) belongs
+    to that chat: their user ids (GroupAnonymousBot, Telegram) are shared by strangers."""
+    message = update.message or update.edited_message
+    if message is not None and message.sender_chat is not None:
+        return message.sender_chat.id
+    user = update.effective_user
+    return user.id if user else None
+
+
 async def load_profile(update: Update, context: BotContext) -> None:
-    """Bind log context, refuse users outside the allowlist, load the user's settings."""
+    """Bind log context, drop updates without a user (channel posts), refuse users outside
+    the allowlist, load the speaker's settings."""
     user = update.effective_user
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(update_id=update.update_id)
-    if user is None:
-        return
-    structlog.contextvars.bind_contextvars(user=user_ref(user.id))
-    context.profile = await context.storage.get_user(user.id)
+    speaker = speaker_id(update)
+    if user is None or speaker is None:
+        log.info("update_ignored", kind=_kind(update))
+        raise ApplicationHandlerStop
+    context.speaker_id = speaker
+    structlog.contextvars.bind_contextvars(user=user_ref(speaker))
+    context.profile = await context.storage.get_user(speaker)
     if context.profile is None:
         # Not stored until the user changes a setting or talks to the model.
         texts = context.services.texts
         language = (
             texts.match_language(user.language_code or "") or context.settings.default_language
         )
-        context.profile = _transient_profile(user.id, language)
+        context.profile = _transient_profile(speaker, language)
     allowed = context.settings.allowed_user_ids
     if allowed and user.id not in allowed:
         log.info("user_refused")
@@ -49,6 +64,12 @@ async def on_error(update: object, context: BotContext) -> None:
             await context.bot.send_message(update.effective_chat.id, context.t("error_generic"))
         except Exception:
             log.warning("error_reply_failed")
+
+
+def _kind(update: Update) -> str:
+    """The update's kind (e.g. "channel_post"), for logs: never its content."""
+    fields = update.to_dict()
+    return next((key for key in fields if key != "update_id"), "unknown")
 
 
 def _transient_profile(user_id: int, language: str) -> User:

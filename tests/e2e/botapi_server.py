@@ -68,7 +68,7 @@ _METHODS = [
     "logOut", "sendMessage", "sendMessageDraft", "editMessageText", "editMessageCaption",
     "editMessageReplyMarkup", "deleteMessage", "deleteMessages", "sendChatAction",
     "answerCallbackQuery", "sendPhoto", "sendDocument", "sendVoice", "sendAudio", "sendVideo",
-    "sendAnimation", "sendSticker", "getFile", "setChatMenuButton",
+    "sendAnimation", "sendSticker", "getFile", "setChatMenuButton", "getChatMember",
 ]
 _MEDIA = {
     "sendPhoto": "photo", "sendDocument": "document", "sendVoice": "voice", "sendAudio": "audio",
@@ -95,6 +95,14 @@ _MEDIA_DEFAULTS = {  # enough for PTB to parse any media kind the bot sends
 }
 # fmt: on
 _CANONICAL = {m.lower(): m for m in _METHODS}
+_ADMIN_RIGHTS = {
+    right: False
+    for right in (
+        "can_manage_chat", "can_delete_messages", "can_manage_video_chats",
+        "can_restrict_members", "can_promote_members", "can_change_info", "can_invite_users",
+        "can_post_stories", "can_edit_stories", "can_delete_stories",
+    )
+}  # fmt: skip
 _SEND_PREFIXES = ("send", "edit", "copy", "forward")
 _ATTR = r"""[a-zA-Z_-]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'>]+))?"""
 _TAG_RE = re.compile(rf"<(/?)([a-zA-Z][a-zA-Z0-9-]*)((?:\s+{_ATTR})*)\s*>")
@@ -188,6 +196,9 @@ def parse_html(text: str) -> tuple[str, list[dict]]:
     return "".join(out), entities
 
 
+ANONYMOUS_ADMIN_ID = 1087968824  # GroupAnonymousBot: every anonymous admin of every group
+
+
 @dataclass(frozen=True)
 class TgUser:
     id: int
@@ -236,6 +247,7 @@ class _StoredFile:
 class _Fault:
     error: ApiError
     times: int
+    when: Callable[[dict], bool] | None = None  # only calls whose params match
 
 
 def _decode_params(raw: dict[str, Any]) -> dict[str, Any]:
@@ -296,6 +308,8 @@ class BotApiServer:
         self._blocked: set[int] = set()
         self._commands: list = []
         self._waiters: set[asyncio.Event] = set()
+        self.file_delay_s = 0.0  # a slow network: each file download waits this long
+        self.admins: dict[int, set[int]] = {}  # chat id -> its administrators (getChatMember)
         self.webhook_url: str | None = None  # set by setWebhook: updates are pushed there
         self.webhook_secret_token: str | None = None
         self.webhook_statuses: list[int] = []  # HTTP status of every webhook delivery
@@ -379,13 +393,32 @@ class BotApiServer:
         self._notify()
 
     def send_text(
-        self, user: TgUser, text: str, *, chat_id: int | None = None, chat_type: str = "private"
+        self,
+        user: TgUser,
+        text: str,
+        *,
+        chat_id: int | None = None,
+        chat_type: str = "private",
+        sender_chat: dict | None = None,
     ) -> dict:
+        """A text from `user`; with `sender_chat`, sent on behalf of that chat (an anonymous
+        group admin: user ANONYMOUS_ADMIN and the group itself as sender_chat)."""
         content: dict[str, Any] = {"text": text}
         if text.startswith("/"):
             length = len(text.split(maxsplit=1)[0]) if text.strip() else 1
             content["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
+        if sender_chat is not None:
+            content["sender_chat"] = sender_chat
         return self._user_message(user, chat_id, chat_type, content)
+
+    def send_channel_post(self, chat_id: int, text: str) -> dict:
+        """A post in a channel the bot is in: no `from` user at all."""
+        chat = {"id": chat_id, "type": "channel", "title": "Test channel"}
+        self._chats[chat_id] = chat
+        post = {"message_id": self._next_message_id(chat_id), "date": int(time.time())}
+        post |= {"chat": chat, "sender_chat": chat, "text": text}
+        self.push_update({"channel_post": post})
+        return post
 
     def send_photo(
         self,
@@ -395,6 +428,7 @@ class BotApiServer:
         caption: str | None = None,
         chat_id: int | None = None,
         chat_type: str = "private",
+        sender_chat: dict | None = None,
     ) -> dict:
         size = _image_size(image)
         sizes = [self._photo_size(image, *(size or (100, 100)))]
@@ -411,6 +445,8 @@ class BotApiServer:
         content: dict[str, Any] = {"photo": sizes}
         if caption is not None:
             content["caption"] = caption
+        if sender_chat is not None:
+            content["sender_chat"] = sender_chat
         return self._user_message(user, chat_id, chat_type, content)
 
     def send_document(
@@ -523,9 +559,11 @@ class BotApiServer:
         description: str = "Too Many Requests: retry after 1",
         retry_after: int | None = 1,
         times: int = 1,
+        when: Callable[[dict], bool] | None = None,
     ) -> None:
+        """The next `times` calls of `method` (those whose params match `when`) fail."""
         key = _CANONICAL.get(method.lower(), method)
-        self._faults[key] = _Fault(ApiError(error_code, description, retry_after), times)
+        self._faults[key] = _Fault(ApiError(error_code, description, retry_after), times, when)
 
     def block_user(self, chat_id: int) -> None:
         self._blocked.add(chat_id)
@@ -678,6 +716,7 @@ class BotApiServer:
         path = request.match_info["path"]
         for stored in self._files.values():
             if stored.file_path == path:
+                await asyncio.sleep(self.file_delay_s)
                 return web.Response(body=stored.content)
         return self._json({"ok": False, "error_code": 404, "description": "Not Found"}, 404)
 
@@ -705,7 +744,7 @@ class BotApiServer:
 
     async def _dispatch(self, method: str, params: dict) -> Any:
         fault = self._faults.get(method)
-        if fault:
+        if fault and (fault.when is None or fault.when(params)):
             fault.times -= 1
             if fault.times <= 0:
                 del self._faults[method]
@@ -726,6 +765,13 @@ class BotApiServer:
             return True
         if method == "getMe":
             return {**self.bot_user, "can_join_groups": True, "supports_inline_queries": False}
+        if method == "getChatMember":
+            user_id, chat = int(params["user_id"]), int(chat_id)
+            status = "administrator" if user_id in self.admins.get(chat, ()) else "member"
+            member = {"status": status, "user": {"id": user_id, "is_bot": False, "first_name": "A"}}
+            if status == "administrator":
+                member |= {"can_be_edited": False, "is_anonymous": True} | _ADMIN_RIGHTS
+            return member
         if method == "getWebhookInfo":
             url = self.webhook_url or ""
             return {"url": url, "has_custom_certificate": False, "pending_update_count": 0}

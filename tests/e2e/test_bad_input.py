@@ -83,7 +83,7 @@ async def test_bad_files_get_localized_reply(bot: RunningBot, case: str) -> None
         bot.server.send_document(user, make(), file_name=f"{case}.bin", mime_type="image/png")
     text = await _reply(bot, user.id, mark)
     assert text == _expected(bot, "uk", key)
-    assert await bot.storage.get_history(user.id, max_turns=5) == []
+    assert await bot.storage.get_history(user.id, user.id, max_turns=5) == []
     await _next_user_is_served(bot, 6100)
 
 
@@ -164,7 +164,7 @@ async def test_unusual_texts_are_answered_as_follow_ups(bot: RunningBot, text: s
     mark = bot.server.mark()
     bot.server.send_text(user, text)
     await _answered(bot, user.id, mark)
-    [question, _answer] = await bot.storage.get_history(user.id, max_turns=1)
+    [question, _answer] = await bot.storage.get_history(user.id, user.id, max_turns=1)
     assert question.text == text
 
 
@@ -176,7 +176,7 @@ async def test_animated_gif_and_empty_caption_are_read(bot: RunningBot) -> None:
     mark = bot.server.mark()
     bot.server.send_photo(user, small_photo(), caption="")
     await _answered(bot, user.id, mark)
-    history = await bot.storage.get_history(user.id, max_turns=5)
+    history = await bot.storage.get_history(user.id, user.id, max_turns=5)
     assert [m.role for m in history] == ["user", "model", "user", "model"]
     assert all(m.image_file_id for m in history if m.role == "user")
 

@@ -60,7 +60,7 @@ async def test_several_users_at_once_are_all_answered(bot: RunningBot) -> None:
             after=mark,
             timeout=60,
         )
-        history = await bot.storage.get_history(user.id, max_turns=3)
+        history = await bot.storage.get_history(user.id, user.id, max_turns=3)
         assert [m.role for m in history] == ["user", "model"]
     # later arrivals were told their place in the queue, in their language
     t = bot.services.texts

@@ -67,7 +67,7 @@ async def test_full_conversation(bot: RunningBot, sign_png: bytes) -> None:
     assert answers and answers[0].params["reply_parameters"]["message_id"] == photo["message_id"]
     visible = server.visible_messages(ann.id)
     assert placeholder.result["message_id"] not in {m.message_id for m in visible}
-    history = await bot.storage.get_history(ann.id, max_turns=10)
+    history = await bot.storage.get_history(ann.id, ann.id, max_turns=10)
     assert [m.role for m in history] == ["user", "model"]
     assert history[0].text == "Was bedeutet das?"
     assert history[0].image_file_id == photo["photo"][-1]["file_id"]
@@ -77,7 +77,7 @@ async def test_full_conversation(bot: RunningBot, sign_png: bytes) -> None:
     server.send_text(ann, "Und wo ist der Ausgang?")
     await final_answer_after(bot, ann.id, mark)
     assert any(c.method == "getFile" for c in server.calls[mark:])
-    history = await bot.storage.get_history(ann.id, max_turns=10)
+    history = await bot.storage.get_history(ann.id, ann.id, max_turns=10)
     assert [m.role for m in history] == ["user", "model", "user", "model"]
     assert history[2].text == "Und wo ist der Ausgang?"
 
@@ -113,7 +113,7 @@ async def test_full_conversation(bot: RunningBot, sign_png: bytes) -> None:
     # the user row, 6 history messages and 3 delivered jobs
     assert done.params["text"] == t.get("de", "forget_done", count=10)
     assert await bot.storage.get_user(ann.id) is None
-    assert await bot.storage.get_history(ann.id, max_turns=10) == []
+    assert await bot.storage.get_history(ann.id, ann.id, max_turns=10) == []
     with sqlite3.connect(bot.services.settings.database_path) as db:
         for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'"):
             columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]

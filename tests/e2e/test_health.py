@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -60,10 +61,52 @@ async def test_not_ready_when_the_worker_stopped(bot: RunningBot) -> None:
 
 
 @pytest.mark.settings(http_port=FREE_PORT)
-async def test_not_ready_when_the_database_cannot_be_written(bot: RunningBot) -> None:
+async def test_not_ready_when_the_database_cannot_be_read(bot: RunningBot) -> None:
     await bot.storage.close()
     status, body = await get(bot, "/readyz")
     assert status == 503 and "database:" in body and "worker" not in body
+
+
+async def lock_database(bot: RunningBot, mode: str) -> sqlite3.Connection:
+    """Another connection holding the database's write lock; taken off the event loop,
+    where the bot's own writes finish meanwhile."""
+    path = bot.services.settings.database_path
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    await asyncio.to_thread(other.execute, f"BEGIN {mode}")
+    return other
+
+
+@pytest.mark.settings(http_port=FREE_PORT)
+async def test_probes_never_wait_for_the_write_lock(bot: RunningBot) -> None:
+    other = await lock_database(bot, "IMMEDIATE")  # a long write elsewhere (a backup tool)
+    try:
+        started = time.monotonic()
+        assert await get(bot, "/readyz") == (200, '{"ready": true}')
+        assert await get(bot, "/healthz") == (200, '{"alive": true}')
+        assert time.monotonic() - started < 1  # a writing probe waited for the busy timeout
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+@pytest.mark.settings(http_port=FREE_PORT)
+async def test_not_alive_while_the_database_cannot_be_written(bot: RunningBot) -> None:
+    server, t = bot.server, bot.services.texts
+    ann = TgUser(id=6301, language_code="en")
+    other = await lock_database(bot, "EXCLUSIVE")
+    mark = server.mark()
+    server.send_text(ann, "/lang de")  # waits out the busy timeout, then fails
+    failed = await server.wait_for(lambda c: c.method == "sendMessage", after=mark, timeout=20)
+    assert failed.params["text"] == t.get("en", "error_generic")
+    status, body = await get(bot, "/healthz")
+    assert status == 503 and "database is locked" in body
+    assert (await get(bot, "/readyz"))[0] == 503
+    other.execute("ROLLBACK")
+    other.close()
+    mark = server.mark()
+    server.send_text(ann, "/lang de")
+    await server.wait_for(lambda c: c.method == "sendMessage", after=mark)
+    assert await get(bot, "/healthz") == (200, '{"alive": true}')
 
 
 @pytest.mark.settings(http_port=FREE_PORT)

@@ -39,7 +39,7 @@ async def test_photo_and_follow_up_are_answered_through_the_server(
     server.send_photo(ann, sign_png, caption="What does it say?")
     await final_answer_after(bot, ann.id, mark)
     assert openai_server.max_in_flight == 1  # the answer came over HTTP
-    history = await bot.storage.get_history(ann.id, max_turns=10)
+    history = await bot.storage.get_history(ann.id, ann.id, max_turns=10)
     assert [m.role for m in history] == ["user", "model"]
 
     mark = server.mark()
@@ -48,7 +48,7 @@ async def test_photo_and_follow_up_are_answered_through_the_server(
     mark = server.mark()
     server.send_text(ann, "And where is the exit?")  # history and the photo go along
     await final_answer_after(bot, ann.id, mark)
-    history = await bot.storage.get_history(ann.id, max_turns=10)
+    history = await bot.storage.get_history(ann.id, ann.id, max_turns=10)
     assert [m.role for m in history] == ["user", "model", "user", "model"]
 
 

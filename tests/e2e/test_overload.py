@@ -46,7 +46,7 @@ async def test_200_users_at_once_each_get_an_answer_or_a_busy_message(bot: Runni
     answered = outcomes.count("answered")
     assert answered >= 8  # at least a full queue was served
     assert outcomes.count("busy") > 0
-    histories = [await bot.storage.get_history(u.id, max_turns=2) for u in users]
+    histories = [await bot.storage.get_history(u.id, u.id, max_turns=2) for u in users]
     assert sum(1 for h in histories if h) == answered  # only answered turns are stored
     assert await bot.storage.get_unfinished_jobs() == []
 
@@ -97,10 +97,10 @@ async def test_one_user_cannot_flood(bot: RunningBot) -> None:
     refusal = texts.get("pl", "too_many_requests", limit=2)
     await server.wait_for(lambda c: c.params.get("text") == refusal, after=mark, timeout=30)
     for _ in range(300):  # the accepted ones are still answered
-        if len(await bot.storage.get_history(user.id, max_turns=10)) >= 4:
+        if len(await bot.storage.get_history(user.id, user.id, max_turns=10)) >= 4:
             break
         await asyncio.sleep(0.1)
-    history = await bot.storage.get_history(user.id, max_turns=10)
+    history = await bot.storage.get_history(user.id, user.id, max_turns=10)
     assert 2 <= len(history) // 2 < 5
     refusals = [c for c in server.calls[mark:] if c.params.get("text") == refusal]
     assert len(refusals) + len(history) // 2 == 5  # every message: an answer or a refusal

@@ -37,7 +37,7 @@ async def test_start_and_photo_are_answered_through_the_webhook(bot: RunningBot)
     assert welcome.params["text"].startswith(t.get("de", "start", name="Ann", language="x")[:5])
     server.send_photo(ann, small_photo("AUSGANG"))
     await server.wait_for(lambda c: c.method == "deleteMessage", after=mark, timeout=60)
-    history = await bot.storage.get_history(ann.id, max_turns=3)
+    history = await bot.storage.get_history(ann.id, ann.id, max_turns=3)
     assert [m.role for m in history] == ["user", "model"]
     assert server.webhook_statuses == [200, 200]
 
