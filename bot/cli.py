@@ -6,13 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
+MODEL_HELP = (
+    "model folder, or a Hugging Face repo id in the local cache, e.g. google/gemma-4-26B-A4B-it "
+    "(default: TRAVELBOT_MODEL_PATH)"
+)
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="travelbot", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the Telegram bot (polling, or a webhook)")
-    run.add_argument("--model", type=Path, help="model directory (default: TRAVELBOT_MODEL_PATH)")
+    run.add_argument("--model", help=MODEL_HELP)
     run.add_argument(
         "--webhook",
         metavar="URL",
@@ -25,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     ask.add_argument("--lang", default="en", help="reply language code (default: en)")
     ask.add_argument("--question", help="a question about the photo (default: explain it)")
     ask.add_argument("--think", action="store_true", help="let the model think first")
-    ask.add_argument("--model", type=Path, help="model directory (default: TRAVELBOT_MODEL_PATH)")
+    ask.add_argument("--model", help=MODEL_HELP)
     ask.add_argument("--max-new-tokens", type=int, default=None)
     ask.add_argument("--greedy", action="store_true", help="no sampling (repeatable output)")
 
@@ -37,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     sample.add_argument("--kind", choices=("sign", "menu"), default="sign")
 
     serve = commands.add_parser("serve", help="serve the engine as an OpenAI-compatible API")
-    serve.add_argument("--model", type=Path, help="model directory (default: TRAVELBOT_MODEL_PATH)")
+    serve.add_argument("--model", help=MODEL_HELP)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(

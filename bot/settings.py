@@ -47,7 +47,9 @@ class Settings(BaseSettings):
     http_port: int = 0  # 0: off
 
     # Model (in-process engine)
-    model_path: Path | None = None
+    # a folder, or a Hugging Face repo id (google/gemma-4-26B-A4B-it) found in the local
+    # cache (HF_HUB_CACHE, HF_HOME); a folder of the same name wins; nothing is downloaded
+    model_path: str | Path | None = None
     device: str = "auto"
     dtype: str = "auto"
     image_soft_tokens: int | None = None  # 70, 140, 280, 560 or 1120; None: checkpoint default

@@ -16,6 +16,7 @@ from pathlib import Path
 import structlog
 
 from inference.images import decode_image, photo_key
+from inference.model_files import HOW_TO_GET_A_MODEL, ModelNotFound, check_model_dir
 from inference.output import OutputSplitter
 from inference.prompts import IMAGE_PLACEHOLDER, Prompt, build_prompt
 from inference.types import Event, Finished, Request
@@ -26,20 +27,9 @@ SUPPORTED_SOFT_TOKENS = (70, 140, 280, 560, 1120)
 MIN_SHARED_PREFIX_TOKENS = 32  # shorter shared prefixes are not worth a cache entry
 
 
-class ModelNotFound(Exception):
-    pass
-
-
-HOW_TO_GET_A_MODEL = (
-    "Point TRAVELBOT_MODEL_PATH (or --model) at a local directory holding "
-    "google/gemma-4-26B-A4B-it (config.json, *.safetensors, tokenizer and processor files), "
-    "or write the tiny test checkpoint with `travelbot tiny-checkpoint DIR` and use that."
-)
-
-
 @dataclass(frozen=True)
 class EngineConfig:
-    model_path: Path
+    model_path: Path | str  # a folder, or a Hugging Face repo id in the local cache
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
     dtype: str = "auto"  # "auto" (bf16 on GPU, float32 on CPU), "bfloat16", "float32"
     image_soft_tokens: int | None = None  # None: the checkpoint's processor default
@@ -48,14 +38,6 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.image_soft_tokens not in (None, *SUPPORTED_SOFT_TOKENS):
             raise ValueError(f"image_soft_tokens must be one of {SUPPORTED_SOFT_TOKENS}")
-
-
-def check_model_dir(path: Path | None) -> Path:
-    if path is None:
-        raise ModelNotFound(f"No model configured. {HOW_TO_GET_A_MODEL}")
-    if not (Path(path) / "config.json").is_file():
-        raise ModelNotFound(f"No model found at {path} (no config.json). {HOW_TO_GET_A_MODEL}")
-    return Path(path)
 
 
 class GemmaEngine:
@@ -93,7 +75,8 @@ class GemmaEngine:
 
     @classmethod
     def load(cls, config: EngineConfig) -> GemmaEngine:
-        """Load model, tokenizer and image processor from a local directory, offline."""
+        """Load model, tokenizer and image processor offline, from a local folder or a
+        Hugging Face repo id's snapshot in the local cache (model_files.check_model_dir)."""
         from transformers import (
             AutoTokenizer,
             Gemma4ForConditionalGeneration,

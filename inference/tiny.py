@@ -204,8 +204,15 @@ def build_config(tokenizer, *, text: dict | None = None, vision: dict | None = N
     )
 
 
-def write_tiny_checkpoint(path: str | Path, *, seed: int = 0) -> Path:
-    """Write the tiny checkpoint to `path` (created if missing) and return it."""
+def write_tiny_checkpoint(
+    path: str | Path, *, seed: int = 0, snapshot_layout: bool = False
+) -> Path:
+    """Write the tiny checkpoint to `path` (created if missing) and return it.
+
+    `snapshot_layout`: the files as a Hugging Face snapshot of google/gemma-4-26B-A4B-it
+    holds them: the weights in shards named by model.safetensors.index.json, and the image
+    processor's config nested in processor_config.json (transformers 5), with no
+    preprocessor_config.json."""
     import torch
     from transformers import Gemma4ForConditionalGeneration, Gemma4ImageProcessorPil
 
@@ -222,10 +229,29 @@ def write_tiny_checkpoint(path: str | Path, *, seed: int = 0) -> Path:
             param.normal_(0.0, 0.5 if param.ndim == 1 else 0.08)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
-    model.save_pretrained(path)
+    shards = {}
+    if snapshot_layout:  # at least two shards, as the real checkpoint's weights come
+        size = sum(param.numel() * param.element_size() for param in model.parameters())
+        shards["max_shard_size"] = size // 2
+    model.save_pretrained(path, **shards)
     tokenizer.save_pretrained(path)
-    Gemma4ImageProcessorPil(max_soft_tokens=TINY_IMAGE_SOFT_TOKENS).save_pretrained(path)
+    image_processor = Gemma4ImageProcessorPil(max_soft_tokens=TINY_IMAGE_SOFT_TOKENS)
+    if snapshot_layout:
+        _write_processor_config(path, image_processor)
+    else:
+        image_processor.save_pretrained(path)
     (path / "TINY_CHECKPOINT.json").write_text(
         json.dumps({"seed": seed, "note": "random weights, for tests only"}) + "\n"
     )
     return path
+
+
+def _write_processor_config(path: Path, image_processor) -> None:
+    """processor_config.json as transformers 5's Gemma4Processor saves it, the image
+    processor's config nested in it (written here: Gemma4Processor needs torchvision)."""
+    config = {
+        "image_processor": image_processor.to_dict(),
+        "image_seq_length": image_processor.max_soft_tokens,
+        "processor_class": "Gemma4Processor",
+    }
+    (path / "processor_config.json").write_text(json.dumps(config, indent=2) + "\n")
