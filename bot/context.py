@@ -87,8 +87,10 @@ class BotContext(CallbackContext[ExtBot, dict, dict, dict]):
 
     @property
     def language(self) -> str:
+        """The user's answer language code ("de", "nl", "zh-Hant"): any inference.languages
+        code, not only a UI locale."""
         return self.profile.language if self.profile else self.settings.default_language
 
     def t(self, key: str, /, **values: object) -> str:
-        """A UI string in the current user's language."""
+        """A UI string in the UI locale nearest the user's language (Texts.ui_language)."""
         return self.services.texts.get(self.language, key, **values)

@@ -1,4 +1,7 @@
-"""UI strings from locales/<code>.json, one file per language, English as the fallback."""
+"""UI strings from locales/<code>.json, one file per language, English as the fallback.
+
+Users may choose any answer language (inference.languages); the bot speaks to them in the
+nearest UI locale there is."""
 
 from __future__ import annotations
 
@@ -25,27 +28,22 @@ class Texts:
 
     @property
     def languages(self) -> list[str]:
+        """The UI locales' codes: also the common answer languages /lang offers."""
         return sorted(self._catalogs)
 
-    def get(self, locale: str, key: str, /, **values: object) -> str:
-        catalog = self._catalogs.get(locale, self._catalogs[FALLBACK])
+    def get(self, language: str, key: str, /, **values: object) -> str:
+        """The string in `language`'s UI locale (`ui_language`), English where it lacks one."""
+        catalog = self._catalogs[self.ui_language(language)]
         template = catalog.get(key) or self._catalogs[FALLBACK][key]
         return template.format(**values)
 
-    def language_name(self, language: str) -> str:
-        return self.get(language, "language_name")
-
-    def match_language(self, query: str) -> str | None:
-        """A supported code from a code ('de', 'pt-BR') or a language name ('Deutsch')."""
-        query = query.strip().casefold()
-        code = query.replace("_", "-").split("-")[0]
-        if code in self._catalogs:
-            return code
-        for language in self._catalogs:
-            names = (self.get(language, "language_name"), self.get(language, "language_name_en"))
-            if query in {name.casefold() for name in names}:
-                return language
-        return None
+    def ui_language(self, language: str) -> str:
+        """The UI locale for an answer language: its own, else its base language's
+        (pt-PT → pt, zh-Hant → zh, es-MX → es), else English (nl → en)."""
+        if language in self._catalogs:
+            return language
+        base = language.partition("-")[0]
+        return base if base in self._catalogs else FALLBACK
 
     def keys(self, language: str) -> set[str]:
         return set(self._catalogs[language])

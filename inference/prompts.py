@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from inference.languages import language_name
 from inference.types import ChatMessage, Request
 
 IMAGE_PLACEHOLDER = "<|image|>"
@@ -38,14 +39,6 @@ GEMMA4_SPECIAL_TOKENS = (
     "<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>",
     '<|"|>',
 )  # fmt: skip
-
-LANGUAGE_NAMES = {
-    "ar": "Arabic", "cs": "Czech", "de": "German", "el": "Greek", "en": "English",
-    "es": "Spanish", "fa": "Persian", "fr": "French", "he": "Hebrew", "hi": "Hindi",
-    "id": "Indonesian", "it": "Italian", "ja": "Japanese", "ko": "Korean", "nl": "Dutch",
-    "pl": "Polish", "pt": "Portuguese", "ru": "Russian", "sv": "Swedish", "th": "Thai",
-    "tr": "Turkish", "uk": "Ukrainian", "vi": "Vietnamese", "zh": "Chinese (Simplified)",
-}  # fmt: skip
 
 SYSTEM_PROMPT = """\
 You are a travel assistant in a Telegram chat. Travellers abroad send photos of \
@@ -89,10 +82,6 @@ class Prompt:
     # the start of `text` that does not depend on the user: up to the end of the first
     # system message ("" without one); the engine may reuse its KV cache across requests
     shared_prefix: str = ""
-
-
-def language_name(code: str) -> str:
-    return LANGUAGE_NAMES.get(code, code)
 
 
 def build_prompt(request: Request, special_tokens: Iterable[str] = GEMMA4_SPECIAL_TOKENS) -> Prompt:

@@ -8,6 +8,7 @@ from telegram.constants import ChatMemberStatus, ParseMode
 
 from bot.context import BotContext
 from bot.logging import user_ref
+from inference.languages import LANGUAGES, native_name
 
 log = structlog.get_logger()
 
@@ -18,12 +19,11 @@ async def button(update: Update, context: BotContext) -> None:
     query = update.callback_query
     kind, _, value = (query.data or "").partition(":")
     user_id = query.from_user.id
-    if kind == "lang" and value in context.services.texts.languages:
+    if kind == "lang" and value in LANGUAGES:
         context.profile = await context.storage.set_language(user_id, value)
         await query.answer()
-        language = context.services.texts.language_name(value)
         await query.edit_message_text(
-            context.t("lang_set", language=language), parse_mode=ParseMode.HTML
+            context.t("lang_set", language=native_name(value)), parse_mode=ParseMode.HTML
         )
     elif kind == "forget" and value.partition(":")[0] == "yes":
         owner = _forget_owner(value, user_id)

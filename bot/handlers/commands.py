@@ -10,6 +10,7 @@ from telegram.constants import ChatType
 
 from bot.context import BotContext
 from bot.stats import percentile
+from inference.languages import match_language, native_name
 
 LANGUAGE_BUTTONS_PER_ROW = 3
 RECENT_MESSAGES_SHOWN = 5
@@ -35,13 +36,14 @@ async def help_command(update: Update, context: BotContext) -> None:
 
 
 async def lang(update: Update, context: BotContext) -> None:
-    """Show the reply language with a keyboard, or set it from `/lang de` / `/lang Deutsch`."""
+    """Show the reply language with a keyboard of the common ones, or set any language
+    Gemma handles from `/lang nl` / `/lang Nederlands` / `/lang dutch`."""
     texts = context.services.texts
     if context.args:
         query = " ".join(context.args)
-        language = texts.match_language(query)
+        language = match_language(query)
         if language is None:
-            options = ", ".join(f"{code} ({texts.language_name(code)})" for code in texts.languages)
+            options = ", ".join(f"{code} ({native_name(code)})" for code in texts.languages)
             await update.effective_message.reply_html(
                 context.t("lang_unknown", query=html.escape(query[:50]), options=options)
             )
@@ -49,7 +51,7 @@ async def lang(update: Update, context: BotContext) -> None:
         await set_language(update, context, language)
         return
     buttons = [
-        InlineKeyboardButton(texts.language_name(code), callback_data=f"lang:{code}")
+        InlineKeyboardButton(native_name(code), callback_data=f"lang:{code}")
         for code in texts.languages
     ]
     rows = [
@@ -172,7 +174,7 @@ async def unknown_command(update: Update, context: BotContext) -> None:
 
 
 def _language_name(context: BotContext) -> str:
-    return context.services.texts.language_name(context.language)
+    return native_name(context.language)
 
 
 def _think_word(context: BotContext) -> str:

@@ -11,6 +11,7 @@ from telegram.ext import ApplicationHandlerStop
 from bot.context import BotContext
 from bot.logging import user_ref
 from bot.storage import User
+from inference.languages import match_language
 
 log = structlog.get_logger()
 
@@ -40,11 +41,9 @@ async def load_profile(update: Update, context: BotContext) -> None:
     structlog.contextvars.bind_contextvars(user=user_ref(speaker))
     context.profile = await context.storage.get_user(speaker)
     if context.profile is None:
-        # Not stored until the user changes a setting or talks to the model.
-        texts = context.services.texts
-        language = (
-            texts.match_language(user.language_code or "") or context.settings.default_language
-        )
+        # Not stored until the user changes a setting or talks to the model. Telegram's
+        # language_code ("nl", "pt-br", "zh-hans") picks the answer language, the UI follows.
+        language = match_language(user.language_code or "") or context.settings.default_language
         context.profile = _transient_profile(speaker, language)
     allowed = context.settings.allowed_user_ids
     if allowed and user.id not in allowed:

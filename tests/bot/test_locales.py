@@ -8,6 +8,7 @@ import pytest
 
 from bot.i18n import Texts
 from bot.settings import ROOT
+from inference.languages import match_language, native_name
 
 TEXTS = Texts.load(ROOT / "locales")
 REQUIRED = {"en", "de", "fr", "es", "it", "pt", "ru", "uk", "ja", "zh", "ko", "ar"}
@@ -36,18 +37,29 @@ def test_command_descriptions_fit_telegram(language: str) -> None:
             assert 3 <= len(TEXTS.get(language, key)) <= 256
 
 
-def test_language_matching() -> None:
-    assert TEXTS.match_language("de") == "de"
-    assert TEXTS.match_language("pt-BR") == "pt"
-    assert TEXTS.match_language("Deutsch") == "de"
-    assert TEXTS.match_language("german") == "de"
-    assert TEXTS.match_language("日本語") == "ja"
-    assert TEXTS.match_language("klingon") is None
-    assert TEXTS.match_language("") is None
+@pytest.mark.parametrize(
+    ("language", "ui"),
+    [
+        ("de", "de"),
+        ("pt-PT", "pt"),
+        ("pt-BR", "pt"),
+        ("zh-Hant", "zh"),
+        ("es-MX", "es"),
+        ("nl", "en"),  # no Dutch UI: English
+        ("fil", "en"),
+        ("xx", "en"),
+    ],
+)
+def test_ui_language_is_the_nearest_locale(language: str, ui: str) -> None:
+    assert TEXTS.ui_language(language) == ui
+    assert TEXTS.get(language, "lang_set", language="x") == TEXTS.get(ui, "lang_set", language="x")
 
 
-def test_unknown_locale_falls_back_to_english() -> None:
-    assert TEXTS.get("xx", "think_on") == TEXTS.get("en", "think_on")
+@pytest.mark.parametrize("language", TEXTS.languages)
+def test_ui_languages_are_answer_languages_of_the_same_name(language: str) -> None:
+    # /lang's keyboard offers the UI languages; a locale names itself as the table does
+    assert match_language(language) == language
+    assert TEXTS.get(language, "language_name") == native_name(language)
 
 
 def _dummy(key: str) -> dict[str, str]:
