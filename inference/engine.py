@@ -51,6 +51,12 @@ class GemmaEngine:
         self.device = model.device
         self.dtype = model.dtype
         self.image_soft_tokens = image_soft_tokens or image_processor.max_soft_tokens
+        if not tokenizer.chat_template:
+            raise ModelNotFound(
+                f"The checkpoint's tokenizer has no chat template (chat_template.jinja, or "
+                f"chat_template in tokenizer_config.json): the prompt must come from the "
+                f"checkpoint's own template. {HOW_TO_GET_A_MODEL}"
+            )
         tok = tokenizer
         ids = tok.convert_tokens_to_ids
         self.stop_ids = [ids("<turn|>"), tok.eos_token_id]
@@ -200,8 +206,20 @@ class GemmaEngine:
         return inputs, tuple(ids[:common])
 
     def build_prompt(self, request: Request) -> Prompt:
-        """The request's prompt, no special token of this tokenizer left in its texts."""
-        return build_prompt(request, self.special_tokens)
+        """The request's prompt in the checkpoint's chat template, no special token of this
+        tokenizer left in its texts."""
+        return build_prompt(request, self.render_chat, self.special_tokens)
+
+    def render_chat(
+        self, messages: list[dict], *, think: bool, add_generation_prompt: bool
+    ) -> str:
+        """The checkpoint's chat template over `messages` (prompts.ChatRenderer)."""
+        return self.tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            enable_thinking=think,
+        )
 
     def _token_ids(self, text: str) -> tuple[int, ...]:
         return tuple(self.tokenizer(text, add_special_tokens=False).input_ids)

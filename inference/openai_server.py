@@ -1,8 +1,8 @@
 """`travelbot serve`: a Worker behind an OpenAI-compatible chat-completions API (aiohttp).
 
-The messages are the prompt, as with vLLM: they are rendered as a Gemma 4 chat without
-the travel assistant's system prompt or templates (`prompts.render_chat`), so one client
-payload means the same on vLLM, SGLang and here. The bot's remote engine sends the
+The messages are the prompt, as with vLLM: they are rendered by the checkpoint's own chat
+template (`prompts.render_chat`), without the travel assistant's system prompt or task
+templates, so one client payload means the same on vLLM, SGLang and here. The bot's remote engine sends the
 travel chat it builds itself.
 """
 

@@ -41,25 +41,20 @@ def chat_payload(request: Request, *, model: str) -> dict[str, Any]:
     sampling = request.sampling
     return {
         "model": model,
-        "messages": [
-            _wire_message(m) for m in _one_system_message(request.chat or travel_chat(request))
-        ],
+        # as they are: the server's chat template (the checkpoint's) places them, as the
+        # in-process engine's does
+        "messages": [_wire_message(m) for m in request.chat or travel_chat(request)],
         "max_tokens": request.max_new_tokens,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "top_k": sampling.top_k or -1,
         "chat_template_kwargs": {"enable_thinking": request.think},
+        # a server without a reasoning parser then keeps the thought's markers in the
+        # content, where ThoughtSplitter finds them
+        "skip_special_tokens": False,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-
-
-def _one_system_message(messages: tuple[ChatMessage, ...]) -> list[ChatMessage]:
-    """Chat templates often take one system message, first: the system messages joined as
-    `prompts.render_chat` joins them."""
-    systems = [m.text for m in messages if m.role == "system"]
-    rest = [m for m in messages if m.role != "system"]
-    return [ChatMessage("system", "\n\n".join(systems)), *rest] if systems else rest
 
 
 def _wire_message(message: ChatMessage) -> dict[str, Any]:
@@ -88,6 +83,57 @@ class ChunkContent:
     error: str | None = None
 
 
+THOUGHT_OPEN, THOUGHT_CLOSE, THOUGHT_LABEL = "<|channel>", "<channel|>", "thought\n"
+
+
+class ThoughtSplitter:
+    """Gemma 4's thought, `<|channel>thought\n ... <channel|>`, out of a streamed content
+    text: from a server that has no reasoning parser for Gemma 4 (a parser sends it apart,
+    as `reasoning_content`). A marker split across pieces is held back until it is whole."""
+
+    def __init__(self) -> None:
+        self._held = ""
+        self._in_thought = False
+        self._label_pending = False  # "thought\n" may still follow the open marker
+
+    def feed(self, text: str) -> list[Delta]:
+        text, self._held = self._held + text, ""
+        deltas: list[Delta] = []
+        while text:
+            marker = THOUGHT_CLOSE if self._in_thought else THOUGHT_OPEN
+            if self._label_pending:
+                if THOUGHT_LABEL.startswith(text) and len(text) < len(THOUGHT_LABEL):
+                    self._held = text
+                    break
+                self._label_pending = False
+                text = text.removeprefix(THOUGHT_LABEL)
+                continue
+            at = text.find(marker)
+            if at < 0:
+                keep = _partial_suffix(text, marker)
+                text, self._held = text[: len(text) - keep], text[len(text) - keep :]
+                if text:
+                    deltas.append(Delta(text, is_thought=self._in_thought))
+                break
+            if at:
+                deltas.append(Delta(text[:at], is_thought=self._in_thought))
+            text = text[at + len(marker) :]
+            self._in_thought = not self._in_thought
+            self._label_pending = self._in_thought
+        return deltas
+
+    def flush(self) -> list[Delta]:
+        """At the end of the stream: what was held back, as the text it turned out to be."""
+        held, self._held = self._held, ""
+        return [Delta(held, is_thought=self._in_thought)] if held else []
+
+
+def _partial_suffix(text: str, marker: str) -> int:
+    """The length of the longest end of `text` that begins `marker`."""
+    return next((n for n in range(min(len(text), len(marker) - 1), 0, -1)
+                 if marker.startswith(text[-n:])), 0)  # fmt: skip
+
+
 def read_sse_line(line: str) -> dict[str, Any] | None:
     """The JSON of one `data:` line; None for other lines and for `[DONE]`."""
     if not line.startswith("data:"):
@@ -108,7 +154,7 @@ def read_chunk(chunk: dict[str, Any]) -> ChunkContent:
         if thought:
             deltas.append(Delta(thought, is_thought=True))
         if delta.get("content"):
-            deltas.append(Delta(delta["content"]))
+            deltas.append(Delta(delta["content"]))  # thought markers: ThoughtSplitter
         if choice.get("finish_reason"):
             finish_reason = _FINISH_FROM_WIRE.get(choice["finish_reason"], "stop")
     return ChunkContent(tuple(deltas), finish_reason, chunk.get("usage"))

@@ -1,13 +1,11 @@
 """Gemma 4 chat prompts for the travel assistant: system prompt, task templates, history.
 
-Gemma 4 chat format (model card):
-    <bos><|turn>system\n{<|think|>}{system}<turn|>\n
-    <|turn>user\n{<|image|>}{text}<turn|>\n
-    <|turn>model\n{answer}<turn|>\n  ...  <|turn>model\n
-The engine expands each <|image|> into <|image>, N soft tokens, <image|>.
-Earlier thoughts are never put back into the history.
-The travel prompt is built as chat messages (`travel_chat`), then rendered (`render_chat`);
-an OpenAI-compatible server gets the same messages and renders them with its chat template.
+The travel prompt is built as chat messages (`travel_chat`), then rendered by the
+checkpoint's own chat template (`render_chat`, through the tokenizer's
+`apply_chat_template`): what the model was trained on decides the format, not a copy of it
+here. An OpenAI-compatible server gets the same messages and renders them with the same
+template. The engine expands each <|image|> the template places into <|image>, N soft
+tokens, <image|>. Earlier thoughts are never put back into the history.
 
 Untrusted text never becomes a special token: the traveller's words are neutralised against
 Gemma 4's special tokens in `travel_chat` (what a remote server gets), and `build_prompt`
@@ -20,12 +18,12 @@ import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from inference.languages import language_name
 from inference.types import ChatMessage, Request
 
 IMAGE_PLACEHOLDER = "<|image|>"
-THINK_TOKEN = "<|think|>"
 
 # Gemma 4's special tokens, as google/gemma-4-*-it's tokenizer_config.json names them (written
 # by transformers' convert_gemma4_weights.py: bos/eos/pad/unk/mask, the extra_special_tokens
@@ -84,16 +82,30 @@ class Prompt:
     shared_prefix: str = ""
 
 
-def build_prompt(request: Request, special_tokens: Iterable[str] = GEMMA4_SPECIAL_TOKENS) -> Prompt:
-    """The whole conversation as Gemma 4 chat text, ending with an open model turn.
-    `special_tokens`: those of the tokenizer that will read the text (the engine passes its
-    own); none of them is left in a message's text, so only the renderer places any."""
+class ChatRenderer(Protocol):
+    """The checkpoint's chat template: chat messages in transformers' format → prompt text
+    (the engine passes its tokenizer's `apply_chat_template`)."""
+
+    def __call__(
+        self, messages: list[dict], *, think: bool, add_generation_prompt: bool
+    ) -> str: ...
+
+
+def build_prompt(
+    request: Request,
+    render: ChatRenderer,
+    special_tokens: Iterable[str] = GEMMA4_SPECIAL_TOKENS,
+) -> Prompt:
+    """The whole conversation as the checkpoint's chat template renders it, ending with the
+    generation prompt. `special_tokens`: those of the tokenizer that will read the text
+    (the engine passes its own); none of them is left in a message's text, so only the
+    template places any."""
     tokens = frozenset(special_tokens)
     messages = tuple(
         ChatMessage(m.role, neutralise(m.text, tokens), m.images)
         for m in request.chat or travel_chat(request)
     )
-    return render_chat(messages, think=request.think)
+    return render_chat(messages, think=request.think, render=render)
 
 
 def travel_chat(request: Request) -> tuple[ChatMessage, ...]:
@@ -115,24 +127,36 @@ def travel_chat(request: Request) -> tuple[ChatMessage, ...]:
     return tuple(messages)
 
 
-def render_chat(messages: tuple[ChatMessage, ...], *, think: bool) -> Prompt:
-    """Gemma 4 chat text; all system messages form the system turn, where thinking is
-    switched on. The texts go in as they are (build_prompt neutralises them first)."""
-    systems = [m.text for m in messages if m.role == "system"]
-    parts = ["<bos>"]
+def render_chat(
+    messages: tuple[ChatMessage, ...], *, think: bool, render: ChatRenderer
+) -> Prompt:
+    """Render `messages` with the chat template. The shared prefix is the template's own
+    rendering of the first system message alone, where the whole prompt starts with it."""
+    text = render(template_messages(messages), think=think, add_generation_prompt=True)
+    images = tuple(image for message in messages for image in message.images)
+    if text.count(IMAGE_PLACEHOLDER) != len(images):
+        raise ValueError(
+            f"the chat template placed {text.count(IMAGE_PLACEHOLDER)} images for {len(images)}"
+        )
     shared_prefix = ""
-    if systems or think:
-        head = f"<bos><|turn>system\n{THINK_TOKEN if think else ''}"
-        system = "\n\n".join(systems)
-        parts = [f"{head}{system}<turn|>\n"]
-        if systems:
-            shared_prefix = head + systems[0]
-    images: list[bytes] = []
+    if messages and messages[0].role == "system":
+        first = render(template_messages(messages[:1]), think=think, add_generation_prompt=False)
+        shared_prefix = first if text.startswith(first) else ""
+    return Prompt(text=text, images=images, shared_prefix=shared_prefix)
+
+
+def template_messages(messages: tuple[ChatMessage, ...]) -> list[dict]:
+    """Chat messages as chat templates take them (transformers' and OpenAI's roles): a
+    message with photos as parts, each photo before the text."""
+    converted = []
     for message in messages:
-        if message.role != "system":
-            parts.append(_turn(message.role, message.text, message.images, images))
-    parts.append("<|turn>model\n")
-    return Prompt(text="".join(parts), images=tuple(images), shared_prefix=shared_prefix)
+        role = "assistant" if message.role == "model" else message.role
+        content: str | list[dict] = message.text
+        if message.images:
+            content = [{"type": "image"} for _ in message.images]
+            content.append({"type": "text", "text": message.text})
+        converted.append({"role": role, "content": content})
+    return converted
 
 
 def _images(image: bytes | None) -> tuple[bytes, ...]:
@@ -144,12 +168,6 @@ def _user_turn_text(question: str, *, has_image: bool, language: str) -> str:
         return TASK_EXPLAIN_PHOTO.format(language=language)
     template = TASK_QUESTION_ABOUT_PHOTO if has_image else TASK_FOLLOW_UP
     return template.format(question=question.strip())
-
-
-def _turn(role: str, text: str, turn_images: tuple[bytes, ...], images: list[bytes]) -> str:
-    images.extend(turn_images)
-    placeholders = "".join(f"{IMAGE_PLACEHOLDER}\n" for _ in turn_images)
-    return f"<|turn>{role}\n{placeholders}{text}<turn|>\n"
 
 
 # the traveller's words: no Gemma 4 special token, and no end of the quoted block

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import httpx
 import structlog
 
-from inference.openai_wire import chat_payload, read_chunk, read_sse_line
+from inference.openai_wire import ThoughtSplitter, chat_payload, read_chunk, read_sse_line
 from inference.types import (
     Delta,
     Event,
@@ -284,6 +284,7 @@ async def _read_events(response: httpx.Response) -> AsyncIterator[Delta | Finish
     """Deltas from the server-sent events, then Finished built from them and the usage."""
     texts: dict[bool, list[str]] = {False: [], True: []}  # is_thought -> pieces
     finish_reason, usage = None, {}
+    splitter = ThoughtSplitter()
     async for line in response.aiter_lines():
         chunk = read_sse_line(line)
         if chunk is None:
@@ -291,7 +292,7 @@ async def _read_events(response: httpx.Response) -> AsyncIterator[Delta | Finish
         content = read_chunk(chunk)
         if content.error is not None:
             raise InferenceError(f"the engine failed: {content.error}")
-        for delta in content.deltas:
+        for delta in _split_thoughts(content.deltas, splitter):
             pieces = texts[delta.is_thought]
             text = delta.text if pieces else delta.text.lstrip()  # as the local engine
             if text:
@@ -299,6 +300,9 @@ async def _read_events(response: httpx.Response) -> AsyncIterator[Delta | Finish
                 yield Delta(text, is_thought=delta.is_thought)
         finish_reason = content.finish_reason or finish_reason
         usage = content.usage or usage
+    for delta in splitter.flush():
+        texts[delta.is_thought].append(delta.text)
+        yield delta
     if finish_reason is None:
         raise InferenceError("the engine's stream ended without a finish reason")
     yield Finished(
@@ -308,3 +312,11 @@ async def _read_events(response: httpx.Response) -> AsyncIterator[Delta | Finish
         num_output_tokens=int(usage.get("completion_tokens", 0)),
         finish_reason=finish_reason,
     )
+
+
+def _split_thoughts(deltas: tuple[Delta, ...], splitter: ThoughtSplitter) -> list[Delta]:
+    """The content's deltas with any thought in them marked as thought."""
+    out: list[Delta] = []
+    for delta in deltas:
+        out.extend([delta] if delta.is_thought else splitter.feed(delta.text))
+    return out

@@ -2,7 +2,8 @@
 
 The checkpoint has the real directory layout of `google/gemma-4-26B-A4B-it`
 (config.json, safetensors weights, tokenizer.json + tokenizer_config.json with
-all of Gemma 4's special tokens, named as there, processor_config.json) and the
+all of Gemma 4's special tokens, named as there, chat_template.jinja,
+processor_config.json) and the
 real architecture in miniature: sliding + global layers (global K=V, wider heads), a MoE block
 beside the shared MLP, and a vision tower with 3x3 pooling. It loads through
 exactly the code that loads the real model. Its answers are noise.
@@ -16,6 +17,48 @@ from pathlib import Path
 from inference.prompts import GEMMA4_SPECIAL_TOKENS
 
 SPECIAL_TOKENS = list(GEMMA4_SPECIAL_TOKENS)
+
+# The chat template the tiny checkpoint ships as chat_template.jinja, written here from
+# Gemma 4's published format for what the bot sends (no tools): <bos>; a system turn when
+# the first message is a system one or thinking is on, opening with <|think|> and a
+# newline when on, holding the first system message only (trimmed); every other message
+# its own turn, a model turn following a model turn continuing it; a user message's parts
+# in order, <|image|> for a photo and trimmed text, nothing between them; the generation
+# prompt opens the model turn and, thinking off, adds an empty, closed thought.
+CHAT_TEMPLATE = r"""
+{%- set thinking = enable_thinking | default(false) -%}
+{%- set rest = messages -%}
+{{- bos_token -}}
+{%- if thinking or messages[0]['role'] in ['system', 'developer'] -%}
+    {{- '<|turn>system\n' -}}
+    {%- if thinking -%}{{- '<|think|>\n' -}}{%- endif -%}
+    {%- if messages[0]['role'] in ['system', 'developer'] -%}
+        {{- messages[0]['content'] | trim -}}
+        {%- set rest = messages[1:] -%}
+    {%- endif -%}
+    {{- '<turn|>\n' -}}
+{%- endif -%}
+{%- for message in rest -%}
+    {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+    {%- set continued = role == 'model' and loop.previtem is defined
+                        and loop.previtem['role'] == 'assistant' -%}
+    {%- if not continued -%}{{- '<|turn>' + role + '\n' -}}{%- endif -%}
+    {%- if message['content'] is string -%}
+        {{- message['content'] | trim -}}
+    {%- else -%}
+        {%- for part in message['content'] -%}
+            {%- if part['type'] == 'image' -%}{{- '<|image|>' -}}
+            {%- elif part['type'] == 'text' -%}{{- part['text'] | trim -}}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- endif -%}
+    {{- '<turn|>\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- '<|turn>model\n' -}}
+    {%- if not thinking -%}{{- '<|channel>thought\n<channel|>' -}}{%- endif -%}
+{%- endif -%}
+"""
 
 # Text the tokenizer's merges are learned from: a few signs and menus in the
 # languages travellers meet, so the tiny vocabulary covers their scripts.
@@ -234,6 +277,7 @@ def write_tiny_checkpoint(
         size = sum(param.numel() * param.element_size() for param in model.parameters())
         shards["max_shard_size"] = size // 2
     model.save_pretrained(path, **shards)
+    tokenizer.chat_template = CHAT_TEMPLATE.strip()  # saved as chat_template.jinja
     tokenizer.save_pretrained(path)
     image_processor = Gemma4ImageProcessorPil(max_soft_tokens=TINY_IMAGE_SOFT_TOKENS)
     if snapshot_layout:
