@@ -234,7 +234,8 @@ async def deliver_stored(bot: Bot, services: Services, job: Job, *, language: st
 
     stream = AnswerStream(bot, job.chat_id, job.message_id, is_private=False, interval_s=0)
     try:
-        await deliver(services, job, stream, answer_messages(job.answer or "", job.thought or "", t, "stop"))
+        messages = answer_messages(job.answer or "", job.thought or "", t, "stop")
+        await deliver(services, job, stream, messages)
     except Exception:
         log.exception("stored_answer_not_delivered", job_id=job.id)
         await services.storage.set_job_status(job.id, "failed")

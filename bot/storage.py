@@ -389,6 +389,7 @@ class Storage:
                     count += cursor.rowcount
             await self._erase_old_copies()
             return count
+
     # -- jobs ---------------------------------------------------------------------------------
     async def add_job(
         self,

@@ -210,9 +210,7 @@ class GemmaEngine:
         tokenizer left in its texts."""
         return build_prompt(request, self.render_chat, self.special_tokens)
 
-    def render_chat(
-        self, messages: list[dict], *, think: bool, add_generation_prompt: bool
-    ) -> str:
+    def render_chat(self, messages: list[dict], *, think: bool, add_generation_prompt: bool) -> str:
         """The checkpoint's chat template over `messages` (prompts.ChatRenderer)."""
         return self.tokenizer.apply_chat_template(
             messages,

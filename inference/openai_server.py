@@ -2,8 +2,8 @@
 
 The messages are the prompt, as with vLLM: they are rendered by the checkpoint's own chat
 template (`prompts.render_chat`), without the travel assistant's system prompt or task
-templates, so one client payload means the same on vLLM, SGLang and here. The bot's remote engine sends the
-travel chat it builds itself.
+templates, so one client payload means the same on vLLM, SGLang and here. The bot's remote
+engine sends the travel chat it builds itself.
 """
 
 from __future__ import annotations

@@ -127,9 +127,7 @@ def travel_chat(request: Request) -> tuple[ChatMessage, ...]:
     return tuple(messages)
 
 
-def render_chat(
-    messages: tuple[ChatMessage, ...], *, think: bool, render: ChatRenderer
-) -> Prompt:
+def render_chat(messages: tuple[ChatMessage, ...], *, think: bool, render: ChatRenderer) -> Prompt:
     """Render `messages` with the chat template. The shared prefix is the template's own
     rendering of the first system message alone, where the whole prompt starts with it."""
     text = render(template_messages(messages), think=think, add_generation_prompt=True)

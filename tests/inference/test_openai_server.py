@@ -101,6 +101,7 @@ async def test_thinking_switch_reaches_the_prompt(
             extra_body={"chat_template_kwargs": {"enable_thinking": think}, "top_k": 5},
         )
         prompt_tokens[think] = response.usage.prompt_tokens
+
     # on: <|think|> opens the system turn; off: the model turn opens with a closed thought
     def count(text: str) -> int:
         return len(tiny_engine.tokenizer(text, add_special_tokens=False).input_ids)
