@@ -12,6 +12,7 @@ from inference.engine import (
     create_engine,
 )
 from inference.images import ImageLimits, normalize_image
+from inference.languages import LANGUAGES, language_name, match_language, native_name
 from inference.remote import RemoteConfig, RemoteWorker
 from inference.runtime.config import RuntimeConfig
 from inference.types import (
@@ -33,6 +34,7 @@ from inference.types import (
 from inference.worker import Worker
 
 __all__ = [
+    "LANGUAGES",
     "ChatMessage",
     "Delta",
     "EngineConfig",
@@ -57,5 +59,8 @@ __all__ = [
     "WorkerStopped",
     "check_model_dir",
     "create_engine",
+    "language_name",
+    "match_language",
+    "native_name",
     "normalize_image",
 ]

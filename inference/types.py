@@ -51,7 +51,7 @@ class Request:
     history are unused): the OpenAI-compatible server passes its clients' messages so.
     """
 
-    language: str  # reply language, an ISO 639-1 code such as "de"
+    language: str  # answer language: a code of inference.languages ("de", "nl", "zh-Hant")
     question: str | None = None  # the caption or follow-up text; None: explain the photo
     image: bytes | None = None  # the photo of this turn, already validated
     history: tuple[Turn, ...] = ()

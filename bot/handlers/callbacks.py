@@ -8,7 +8,7 @@ from telegram.constants import ChatMemberStatus, ParseMode
 
 from bot.context import BotContext
 from bot.logging import user_ref
-from inference.languages import LANGUAGES, native_name
+from inference import LANGUAGES, native_name
 
 log = structlog.get_logger()
 

@@ -10,7 +10,7 @@ from telegram.constants import ChatType
 
 from bot.context import BotContext
 from bot.stats import percentile
-from inference.languages import match_language, native_name
+from inference import match_language, native_name
 
 LANGUAGE_BUTTONS_PER_ROW = 3
 RECENT_MESSAGES_SHOWN = 5

@@ -11,7 +11,7 @@ from telegram.ext import ApplicationHandlerStop
 from bot.context import BotContext
 from bot.logging import user_ref
 from bot.storage import User
-from inference.languages import match_language
+from inference import match_language
 
 log = structlog.get_logger()
 
