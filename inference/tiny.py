@@ -179,6 +179,7 @@ def build_tokenizer():
     )
     # ... and its unnamed one, as Gemma4Processor adds it ("extra_special_tokens" there)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|video|>"]})
+    tokenizer.chat_template = CHAT_TEMPLATE.strip()  # saved as chat_template.jinja
     return tokenizer
 
 
@@ -277,7 +278,6 @@ def write_tiny_checkpoint(
         size = sum(param.numel() * param.element_size() for param in model.parameters())
         shards["max_shard_size"] = size // 2
     model.save_pretrained(path, **shards)
-    tokenizer.chat_template = CHAT_TEMPLATE.strip()  # saved as chat_template.jinja
     tokenizer.save_pretrained(path)
     image_processor = Gemma4ImageProcessorPil(max_soft_tokens=TINY_IMAGE_SOFT_TOKENS)
     if snapshot_layout:
