@@ -2,8 +2,9 @@
 
 The checkpoint has the real directory layout of `google/gemma-4-26B-A4B-it`
 (config.json, safetensors weights, tokenizer.json + tokenizer_config.json with
-all of Gemma 4's special tokens, named as there, chat_template.jinja,
-processor_config.json) and the
+all of Gemma 4's special tokens, named as there, chat_template.jinja, the image
+processor's config; with snapshot_layout, sharded weights with their index and a nested
+processor_config.json, as the Hub snapshot has them) and the
 real architecture in miniature: sliding + global layers (global K=V, wider heads), a MoE block
 beside the shared MLP, and a vision tower with 3x3 pooling. It loads through
 exactly the code that loads the real model. Its answers are noise.
