@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from datetime import timedelta
 
 import structlog
@@ -66,22 +67,29 @@ async def run_job(
             is_private=job.chat_type == "private",
             interval_s=services.settings.stream_interval_s,
         )
-        # its own task from the first read of the job on, so that /forget can stop it
-        # wherever it is (ActiveJobs) without stopping the handler that runs it
-        answering = asyncio.create_task(
-            _start(bot, services, job, stream, image, language, think, notice, wait_for_room)
-        )
         try:
-            with services.active_jobs.track(job.user_id, answering):
-                await answering
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if not answering.cancelled() or (current and current.cancelling()):
-                raise  # the bot is stopping: the job is recovered at the next start
-            log.info("answer_erased", job_id=job.id)  # /forget cancelled it
-            await stream.discard()
+            work = _start(bot, services, job, stream, image, language, think, notice, wait_for_room)
+            if not await _erasable(services, job.user_id, work):
+                log.info("answer_erased", job_id=job.id)
+                await stream.discard()
         finally:
             stream.close()
+
+
+async def _erasable(services: Services, user_id: int, work: Coroutine) -> bool:
+    """Run `work` as its own task, which /forget of `user_id` cancels wherever it is
+    (ActiveJobs) without cancelling the caller; False when /forget did. A cancellation of
+    the caller (the bot stopping) goes on as one: the job is recovered at the next start."""
+    task = asyncio.create_task(work)
+    try:
+        with services.active_jobs.track(user_id, task):
+            await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not task.cancelled() or (current and current.cancelling()):
+            raise
+        return False
+    return True
 
 
 async def _start(
@@ -233,9 +241,11 @@ async def deliver_stored(bot: Bot, services: Services, job: Job, *, language: st
         return services.texts.get(language, key, **values)
 
     stream = AnswerStream(bot, job.chat_id, job.message_id, is_private=False, interval_s=0)
+    messages = answer_messages(job.answer or "", job.thought or "", t, "stop")
     try:
-        messages = answer_messages(job.answer or "", job.thought or "", t, "stop")
-        await deliver(services, job, stream, messages)
+        if not await _erasable(services, job.user_id, deliver(services, job, stream, messages)):
+            log.info("answer_erased", job_id=job.id)
+            return
     except Exception:
         log.exception("stored_answer_not_delivered", job_id=job.id)
         await services.storage.set_job_status(job.id, "failed")

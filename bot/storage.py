@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Sequence
@@ -75,7 +76,18 @@ MIGRATIONS: list[list[str]] = [
         # How many parts of a stored answer Telegram has accepted: a restart sends the rest.
         "ALTER TABLE jobs ADD COLUMN parts_sent INTEGER NOT NULL DEFAULT 0",
     ],
+    [
+        # Messages of erased users, as keyed digests only: Telegram may deliver an update
+        # again (up to 24 hours) after a crash, which must not bring erased words back.
+        """CREATE TABLE erased_messages (
+            digest BLOB PRIMARY KEY,
+            erased_at TEXT NOT NULL
+        )""",
+        "CREATE TABLE keys (name TEXT PRIMARY KEY, value BLOB NOT NULL)",
+        "INSERT INTO keys VALUES ('erased_messages', randomblob(32))",
+    ],
 ]
+ERASED_MESSAGES_KEPT = timedelta(days=1)  # Telegram keeps an undelivered update 24 hours
 
 # Explicit column lists keep queries valid when later migrations add columns.
 _USER_COLS = "user_id, language, think, created_at, updated_at"
@@ -189,6 +201,7 @@ class Storage:
         self._max_stored = max_stored_messages
         self._lock = asyncio.Lock()
         self._schema_version = 0
+        self._erased_key = b""  # HMAC key of erased_messages' digests (read in open)
         self.write_error: str | None = None  # the last write's database error, until one works
 
     @classmethod
@@ -207,6 +220,9 @@ class Storage:
             await db.execute("PRAGMA secure_delete=ON")  # erased data is overwritten
             storage = cls(db, max_stored_messages)
             await storage._migrate()
+            (storage._erased_key,) = await storage._one(
+                "SELECT value FROM keys WHERE name = 'erased_messages'"
+            )
         except BaseException:
             await db.close()
             raise
@@ -382,6 +398,13 @@ class Storage:
         async with self._lock:
             count = 0
             async with self._transaction_locked():
+                jobs = await self._all(
+                    "SELECT chat_id, message_id FROM jobs WHERE user_id = ?", (user_id,)
+                )
+                await self._db.executemany(
+                    "INSERT OR IGNORE INTO erased_messages VALUES (?, ?)",
+                    [(self._erased_digest(chat, message), _now()) for chat, message in jobs],
+                )
                 for table in ("users", "messages", "jobs"):
                     cursor = await self._db.execute(
                         f"DELETE FROM {table} WHERE user_id = ?", (user_id,)
@@ -389,6 +412,9 @@ class Storage:
                     count += cursor.rowcount
             await self._erase_old_copies()
             return count
+
+    def _erased_digest(self, chat_id: int, message_id: int) -> bytes:
+        return hmac.digest(self._erased_key, f"{chat_id}:{message_id}".encode(), "sha256")
 
     # -- jobs ---------------------------------------------------------------------------------
     async def add_job(
@@ -403,11 +429,18 @@ class Storage:
         max_unfinished: int | None = None,
         language: str = "en",
     ) -> Job | None:
-        """Record an accepted request; None if that message already has a job (redelivery).
+        """Record an accepted request; None if that message already has a job, or had one
+        that /forget erased (redelivery).
         Raises TooManyJobs when the user already has `max_unfinished` unanswered jobs.
         A user seen for the first time is stored with `language`, for recovery too."""
         now = _now()
         async with self._transaction():
+            erased = await self._one(
+                "SELECT 1 FROM erased_messages WHERE digest = ?",
+                (self._erased_digest(chat_id, message_id),),
+            )
+            if erased:
+                return None
             await self._db.execute(
                 f"INSERT OR IGNORE INTO users ({_USER_COLS}) VALUES (?, ?, 0, ?, ?)",
                 (user_id, language, now, now),
@@ -504,6 +537,10 @@ class Storage:
                 (cutoff,),
             )
             deleted = messages.rowcount + jobs.rowcount
+            await self._db.execute(
+                "DELETE FROM erased_messages WHERE erased_at < ?",
+                ((datetime.now(UTC) - ERASED_MESSAGES_KEPT).isoformat(),),
+            )
         if deleted:
             async with self._lock:
                 await self._erase_old_copies()

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 import structlog
 from telegram import CallbackQuery, Update
 from telegram.constants import ChatMemberStatus, ParseMode
+from telegram.error import TelegramError
 
 from bot.context import BotContext
 from bot.logging import user_ref
 from inference import LANGUAGES, native_name
 
 log = structlog.get_logger()
+
+_CHAT_ID = re.compile(r"-?[0-9]{1,20}")
 
 
 async def button(update: Update, context: BotContext) -> None:
@@ -27,6 +32,9 @@ async def button(update: Update, context: BotContext) -> None:
         )
     elif kind == "forget" and value.partition(":")[0] == "yes":
         owner = _forget_owner(value, user_id)
+        if owner is None:
+            await query.answer(context.t("button_expired"))
+            return
         if not await _may_erase(query, owner):
             await query.answer(context.t("button_not_yours"), show_alert=True)
             return
@@ -43,20 +51,24 @@ async def button(update: Update, context: BotContext) -> None:
         await query.answer(context.t("button_expired"), show_alert=False)
 
 
-def _forget_owner(value: str, presser_id: int) -> int:
-    """Whose data a `forget:yes:<id>` button erases (buttons from before ids were added
-    erase the presser's)."""
+def _forget_owner(value: str, presser_id: int) -> int | None:
+    """Whose data a `forget:yes:<id>` button erases: buttons from before ids were added
+    erase the presser's; a malformed id, nobody's (None)."""
     owner = value.partition(":")[2]
-    return int(owner) if owner.lstrip("-").isdigit() else presser_id
+    if not owner:
+        return presser_id
+    return int(owner) if _CHAT_ID.fullmatch(owner) else None
 
 
 async def _may_erase(query: CallbackQuery, owner: int) -> bool:
-    """The presser's own data; or, for an anonymous admin's (kept under the group's id), an
-    admin of that group."""
+    """The presser's own data; or the data of a chat that spoke (an anonymous admin as the
+    group, a channel as itself: kept under that chat's id), for an admin of that chat."""
     if owner == query.from_user.id:
         return True
-    message = query.message
-    if message is None or owner != message.chat.id:
+    if owner > 0 or query.message is None:
+        return False  # another user's: never
+    try:
+        member = await query.get_bot().get_chat_member(owner, query.from_user.id)
+    except TelegramError:  # a chat the bot cannot see the members of
         return False
-    member = await message.get_bot().get_chat_member(owner, query.from_user.id)
     return member.status in (ChatMemberStatus.ADMINISTRATOR, ChatMemberStatus.OWNER)

@@ -28,13 +28,15 @@ def speaker_id(update: Update) -> int | None:
 
 
 async def load_profile(update: Update, context: BotContext) -> None:
-    """Bind log context, drop updates without a user (channel posts), refuse users outside
-    the allowlist, load the speaker's settings."""
+    """Bind log context, drop channel posts (no user, or copied into a group), refuse users
+    outside the allowlist, load the speaker's settings."""
     user = update.effective_user
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(update_id=update.update_id)
     speaker = speaker_id(update)
-    if user is None or speaker is None:
+    message = update.message or update.edited_message
+    if user is None or speaker is None or (message and message.is_automatic_forward):
+        # channel posts, and their automatic copies in the channel's discussion group
         log.info("update_ignored", kind=_kind(update))
         raise ApplicationHandlerStop
     context.speaker_id = speaker

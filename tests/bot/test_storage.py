@@ -61,11 +61,11 @@ async def add_turns(s: Storage, user_id: int, n: int, prefix: str = "") -> None:
 async def test_open_creates_file_schema_and_wal(db_path: Path) -> None:
     async with await Storage.open(db_path) as s:
         assert db_path.is_file()
-        assert s.schema_version == len(MIGRATIONS) == 3
+        assert s.schema_version == len(MIGRATIONS) == 4
         names = {n for (n,) in raw(db_path, "SELECT name FROM sqlite_master")}
         assert {"users", "messages", "messages_chat_user", "jobs", "jobs_status"} <= names
         assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
-        assert raw(db_path, "PRAGMA user_version") == [(3,)]
+        assert raw(db_path, "PRAGMA user_version") == [(4,)]
         assert await s.count_users() == 0
 
 
@@ -516,3 +516,28 @@ async def test_a_failed_write_is_reported_until_a_write_works(db_path: Path) -> 
         other.close()
         await s.set_language(ALICE, "de")
         assert s.write_error is None
+
+
+async def test_a_message_of_an_erased_user_is_not_taken_again(
+    store: Storage, db_path: Path
+) -> None:
+    """Telegram may deliver an update again after a crash: it must not bring back what
+    /forget erased. Only a keyed digest of (chat, message) is kept, for a day."""
+
+    def add(message_id: int):
+        return store.add_job(
+            chat_id=ALICE, message_id=message_id, user_id=ALICE, chat_type="private",
+            question="ERASED-Q", image_file_id="F9",
+        )  # fmt: skip
+
+    assert await add(9) is not None
+    await store.delete_user_data(ALICE)
+    assert await add(9) is None
+    assert rows_mentioning(db_path, ALICE) == []
+    assert await add(10) is not None  # a new message is a new request
+    con = sqlite3.connect(db_path)
+    with con:
+        con.execute("UPDATE erased_messages SET erased_at = '2020-01-01T00:00:00+00:00'")
+    con.close()
+    await store.delete_older_than(30)
+    assert raw(db_path, "SELECT COUNT(*) FROM erased_messages") == [(0,)]

@@ -163,3 +163,36 @@ async def test_recovered_jobs_wait_their_turn_and_resume_delivery(
             break
         await asyncio.sleep(0.1)
     assert await bot.storage.get_unfinished_jobs() == []
+
+
+@pytest.fixture
+async def answered_before_restart(tmp_path: Path) -> int:
+    """An answer stored by a stopped bot, none of it sent yet."""
+    async with await Storage.open(tmp_path / "bot.sqlite3") as storage:
+        job = await storage.add_job(
+            chat_id=7990, message_id=1, user_id=7990, chat_type="private",
+            question="the menu?", image_file_id=None,
+        )  # fmt: skip
+        await storage.start_job_attempt(job.id)
+        await storage.complete_job(job, answer=LONG_ANSWER, thought="")
+    return 7990
+
+
+@pytest.mark.settings(delivery_retry_s=1.0)
+async def test_forget_stops_a_recovered_answer_being_sent_again(
+    answered_before_restart: int, bot: RunningBot
+) -> None:
+    from tests.e2e.test_privacy import forget
+
+    server, user_id = bot.server, answered_before_restart
+    server.fail_next(
+        "sendMessage", **BAD_GATEWAY, times=1,
+        when=lambda p: p["chat_id"] == user_id and "Paragraph" in p["text"],
+    )  # fmt: skip
+    await server.wait_for(
+        lambda c: c.method == "sendMessage" and c.params["chat_id"] == user_id, timeout=60
+    )  # the first try failed; the next comes in a second
+    await forget(bot, TgUser(id=user_id, language_code="en"), user_id)
+    await asyncio.sleep(2.0)
+    sent = [c for c in server.calls_to("sendMessage", user_id) if "Paragraph" in c.params["text"]]
+    assert [c.result.get("ok") for c in sent] == [False]  # never sent after "erased"

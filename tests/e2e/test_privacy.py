@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,88 @@ async def test_channel_posts_do_not_pass_the_allowlist(bot: RunningBot) -> None:
     server.send_channel_post(-100_7601, "a photo please")
     await asyncio.sleep(0.5)
     assert [c for c in server.calls[mark:] if c.method != "getUpdates"] == []
+
+
+async def test_forged_forget_buttons_erase_nothing_and_crash_nothing(bot: RunningBot) -> None:
+    server, t = bot.server, bot.services.texts
+    ann, eve = TgUser(id=7701, language_code="en"), TgUser(id=7702, language_code="en")
+    mark = server.mark()
+    server.send_text(ann, "/think on")
+    confirm = await reply_after(bot, ann.id, mark)
+    message = next(
+        m for m in server.messages(ann.id) if m.message_id == confirm.result["message_id"]
+    )
+    for data in ("forget:yes:²", "forget:yes:--5", "forget:yes:7701", "forget:yes:-100123"):
+        mark = server.mark()
+        server.press_button(eve, message, data)
+        answered = await server.wait_for(lambda c: c.method == "answerCallbackQuery", after=mark)
+        assert answered.params["text"] in (
+            t.get("en", "button_expired"),
+            t.get("en", "button_not_yours"),
+        ), data
+    await asyncio.sleep(0.3)
+    assert t.get("en", "error_generic") not in [c.params.get("text") for c in server.calls]
+    assert (await bot.storage.get_user(ann.id)).think is True
+
+
+async def test_a_channel_speaking_in_a_group_is_erased_by_its_admin(bot: RunningBot) -> None:
+    server, t = bot.server, bot.services.texts
+    channel = {"id": -100_7801, "type": "channel", "title": "Ann's channel"}
+    poster = TgUser(id=777000, first_name="Telegram")  # the user id of posts as a channel
+    mark = server.mark()
+    server.send_text(poster, "CHANNEL-WORDS?", chat_id=-7800, chat_type="supergroup",
+                     sender_chat=channel)  # fmt: skip
+    await final_answer_after(bot, -7800, mark)
+    assert await bot.storage.get_history(-7800, channel["id"], max_turns=5) != []
+    group_admin, channel_admin = TgUser(id=7802), TgUser(id=7803)
+    server.admins = {-7800: {group_admin.id}, channel["id"]: {channel_admin.id}}
+    mark = server.mark()
+    server.send_text(poster, "/forget", chat_id=-7800, chat_type="supergroup",
+                     sender_chat=channel)  # fmt: skip
+    confirm = await reply_after(bot, -7800, mark)
+    [yes, _] = confirm.params["reply_markup"]["inline_keyboard"][0]
+    message = next(
+        m for m in server.messages(-7800) if m.message_id == confirm.result["message_id"]
+    )
+    for presser, erased in ((group_admin, False), (channel_admin, True)):
+        mark = server.mark()
+        server.press_button(presser, message, yes["callback_data"])
+        answered = await server.wait_for(lambda c: c.method == "answerCallbackQuery", after=mark)
+        assert ("text" not in answered.params) == erased
+        assert (await bot.storage.get_history(-7800, channel["id"], max_turns=5) == []) == erased
+    assert t.get("en", "error_generic") not in [c.params.get("text") for c in server.calls]
+
+
+async def test_an_update_delivered_again_after_forget_brings_nothing_back(
+    bot: RunningBot,
+) -> None:
+    server = bot.server
+    ann = TgUser(id=7901, language_code="en")
+    mark = server.mark()
+    sent = server.send_photo(ann, small_photo("AGAIN"), caption="REDELIVERED-7901")
+    await final_answer_after(bot, ann.id, mark)
+    await forget(bot, ann, ann.id)
+    await server.wait_for(lambda c: c.method == "editMessageText", after=mark)
+    mark = server.mark()
+    server.push_update({"message": sent})  # as Telegram does after a crash
+    await asyncio.sleep(1.0)
+    assert [c for c in server.calls[mark:] if c.method == "sendMessage"] == []
+    database = bot.services.settings.database_path
+    assert files_holding(database.parent, "REDELIVERED-7901") == []
+
+
+async def test_a_channels_automatic_copy_in_its_group_is_ignored(bot: RunningBot) -> None:
+    server = bot.server
+    channel = {"id": -100_7951, "type": "channel", "title": "News"}
+    copy = {
+        "message_id": 1, "date": int(time.time()), "text": "a channel post",
+        "chat": {"id": -7950, "type": "supergroup", "title": "Discussion"},
+        "from": TgUser(id=777000, first_name="Telegram").to_dict(),
+        "sender_chat": channel, "is_automatic_forward": True,
+    }  # fmt: skip
+    mark = server.mark()
+    server.push_update({"message": copy})
+    server.send_text(TgUser(id=7952), "/help")
+    await reply_after(bot, 7952, mark)
+    await asyncio.sleep(0.3)
+    assert [c for c in server.calls[mark:] if c.params.get("chat_id") == -7950] == []
