@@ -26,8 +26,8 @@ the Message returned to the bot carries Telegram's plain text plus entities.
 ``wait_for_message`` returns the live ``SentMessage`` when its current state matches, otherwise a
 snapshot of an earlier matching state (e.g. an intermediate edit).
 
-Telegram-like validation: texts over 4096 (captions 1024) characters after HTML parsing, malformed
-``parse_mode="HTML"``, unknown file_ids and "message is not modified" edits answer 400.
+Telegram-like validation: texts over 4096 (captions 1024) UTF-16 code units after HTML parsing,
+malformed ``parse_mode="HTML"``, unknown file_ids and "message is not modified" edits answer 400.
 ``fail_next`` and ``block_user`` inject 429/403-style errors. After ``setWebhook`` the server
 behaves like Telegram in webhook mode: each new update is POSTed to the webhook URL with the
 ``X-Telegram-Bot-Api-Secret-Token`` header (HTTP statuses in ``webhook_statuses``) instead of
@@ -639,7 +639,7 @@ class BotApiServer:
         plain, entities = str(raw), params.get("entities") or params.get("caption_entities")
         if isinstance(mode, str) and mode.lower() == "html":
             plain, entities = parse_html(str(raw))
-        if len(plain) > limit:
+        if _utf16_len(plain) > limit:  # Telegram counts UTF-16 code units
             raise _bad(f"message {'caption ' if key == 'caption' else ''}is too long")
         fields: dict[str, Any] = {key: plain}
         if entities:
