@@ -17,6 +17,7 @@ from telegram.ext import (
     ContextTypes,
     MessageHandler,
     TypeHandler,
+    Updater,
     filters,
 )
 
@@ -24,6 +25,7 @@ from bot.context import SERVICES_KEY, BotContext, Services
 from bot.handlers import callbacks, commands, messages, updates
 from bot.health import serving_health
 from bot.recovery import recover_jobs
+from bot.webhook import WebhookReceiver
 
 log = structlog.get_logger()
 
@@ -87,24 +89,32 @@ async def enforce_retention(services: Services) -> None:
         await asyncio.sleep(RETENTION_INTERVAL_S)
 
 
-async def receive_updates(application: Application, services: Services) -> str:
-    """Start polling, or the webhook server when webhook_url is set; returns the mode."""
+async def receive_updates(
+    application: Application, services: Services
+) -> Updater | WebhookReceiver:
+    """Start polling, or the webhook receiver when webhook_url is set; returns what receives
+    the updates (stop it at the end)."""
     settings = services.settings
     if not settings.webhook_url:
         await application.updater.start_polling(
             allowed_updates=Update.ALL_TYPES, poll_interval=0.0, timeout=10
         )
-        return "polling"
-    # Telegram sends the secret in X-Telegram-Bot-Api-Secret-Token; PTB answers 403 without it.
-    await application.updater.start_webhook(
+        return application.updater
+    # Our own receiver, not PTB's start_webhook: it bounds the body it reads (bot/webhook.py).
+    # Telegram sends the secret in X-Telegram-Bot-Api-Secret-Token; without it the answer is 403.
+    secret = settings.webhook_secret_token.get_secret_value()
+    receiver = WebhookReceiver(
+        application,
         listen=settings.webhook_listen,
         port=settings.webhook_port,
-        url_path=urlsplit(settings.webhook_url).path.strip("/"),
-        webhook_url=settings.webhook_url,
-        secret_token=settings.webhook_secret_token.get_secret_value(),
-        allowed_updates=Update.ALL_TYPES,
+        path="/" + urlsplit(settings.webhook_url).path.strip("/"),
+        secret_token=secret,
     )
-    return "webhook"
+    await receiver.start()  # listening before Telegram is told where to send
+    await application.bot.set_webhook(
+        settings.webhook_url, allowed_updates=Update.ALL_TYPES, secret_token=secret
+    )
+    return receiver
 
 
 @contextlib.asynccontextmanager
@@ -115,15 +125,16 @@ async def running(services: Services) -> AsyncIterator[Application]:
     async with application:
         await publish_commands(application, services)
         await application.start()
-        mode = await receive_updates(application, services)
+        updates = await receive_updates(application, services)
+        mode = "webhook" if services.settings.webhook_url else "polling"
         log.info("bot_started", username=application.bot.username, mode=mode)
         application.create_task(recover_jobs(application.bot, services), name="recover_jobs")
         retention = asyncio.create_task(enforce_retention(services), name="retention")
         try:
-            async with serving_health(services, application):
+            async with serving_health(services, updates):
                 yield application
         finally:
             retention.cancel()
-            await application.updater.stop()
+            await updates.stop()
             await application.stop()
     log.info("bot_stopped")

@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import structlog
 from aiohttp import web
-from telegram.ext import Application
 
 from bot.context import Services
 from bot.metrics import CONTENT_TYPE
@@ -26,12 +26,19 @@ log = structlog.get_logger()
 DATABASE_TIMEOUT_S = 5.0
 
 
-async def find_problems(services: Services, application: Application) -> list[str]:
+class UpdateSource(Protocol):
+    """What receives the updates: PTB's Updater polling, or bot.webhook's receiver."""
+
+    @property
+    def running(self) -> bool: ...
+
+
+async def find_problems(services: Services, updates: UpdateSource) -> list[str]:
     """What keeps the bot from answering; empty when it is ready."""
     problems = []
     if not services.worker.is_alive:
         problems.append("worker: not running")
-    if application.updater is None or not application.updater.running:
+    if not updates.running:
         problems.append("telegram: not receiving updates")
     try:
         async with asyncio.timeout(DATABASE_TIMEOUT_S):
@@ -43,7 +50,7 @@ async def find_problems(services: Services, application: Application) -> list[st
     return problems
 
 
-def health_app(services: Services, application: Application) -> web.Application:
+def health_app(services: Services, updates: UpdateSource) -> web.Application:
     async def healthz(_request: web.Request) -> web.Response:
         if services.storage.write_error:
             problem = f"database: last write failed: {services.storage.write_error}"
@@ -51,7 +58,7 @@ def health_app(services: Services, application: Application) -> web.Application:
         return web.json_response({"alive": True})
 
     async def readyz(_request: web.Request) -> web.Response:
-        problems = await find_problems(services, application)
+        problems = await find_problems(services, updates)
         if problems:
             log.warning("not_ready", problems=problems)
             return web.json_response({"ready": False, "problems": problems}, status=503)
@@ -69,13 +76,13 @@ def health_app(services: Services, application: Application) -> web.Application:
 
 
 @contextlib.asynccontextmanager
-async def serving_health(services: Services, application: Application) -> AsyncIterator[None]:
+async def serving_health(services: Services, updates: UpdateSource) -> AsyncIterator[None]:
     """The health and metrics server while the block runs; nothing when http_port is 0."""
     settings = services.settings
     if not settings.http_port:
         yield
         return
-    runner = web.AppRunner(health_app(services, application), access_log=None)
+    runner = web.AppRunner(health_app(services, updates), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.http_listen, settings.http_port).start()
