@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import string
 import sys
@@ -14,6 +15,24 @@ from pydantic_settings.exceptions import SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
 _SECRET_CHARS = set(string.ascii_letters + string.digits + "_-")  # what Telegram allows
+
+
+def _data_dir() -> Path:
+    """Where the database goes unless TRAVELBOT_DATABASE_PATH says: never inside the package
+    (site-packages may be read-only, and a reinstall would delete it). systemd's
+    StateDirectory= (the first, if several), else $XDG_DATA_HOME/travelbot, else
+    ~/.local/share/travelbot (a relative XDG_DATA_HOME is invalid by the XDG spec: ignored)."""
+    if state := os.environ.get("STATE_DIRECTORY", "").split(":")[0]:
+        return Path(state)
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share") / "travelbot"
+
+
+def _locales_dir() -> Path:
+    """The UI strings: bot/locales in an installed wheel (setup.py maps locales/ there),
+    else locales/ of the checkout (an editable install, or code run from the source tree)."""
+    packaged = Path(__file__).resolve().parent / "locales"
+    return packaged if packaged.is_dir() else ROOT / "locales"
 
 
 def _random_secret() -> SecretStr:
@@ -90,7 +109,7 @@ class Settings(BaseSettings):
     serve_api_key: SecretStr | None = None  # None: no Authorization needed
 
     # Storage
-    database_path: Path = ROOT / "var" / "travelbot.sqlite3"
+    database_path: Path = Field(default_factory=lambda: _data_dir() / "travelbot.sqlite3")
     max_history_turns: int = 6  # earlier turns put into the prompt
     max_stored_messages: int = 200  # per user; older ones are deleted
     retention_days: float = 30  # history and finished jobs older than this are deleted
@@ -103,7 +122,7 @@ class Settings(BaseSettings):
 
     # Chat behaviour
     default_language: str = "en"
-    locales_dir: Path = ROOT / "locales"
+    locales_dir: Path = Field(default_factory=_locales_dir)
     stream_interval_s: float = 1.0  # least time between two streamed updates of one answer
 
     # Logging

