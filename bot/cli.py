@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument(
         "--served-model-name", help="the `model` clients name (default: TRAVELBOT_OPENAI_MODEL)"
     )
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve on a non-loopback --host without TRAVELBOT_SERVE_API_KEY (anyone who "
+        "reaches the port may use the model)",
+    )
 
     bench = commands.add_parser("bench", help="benchmark generate() and the batching engine")
     from inference.bench_args import add_arguments

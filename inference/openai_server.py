@@ -4,6 +4,12 @@ The messages are the prompt, as with vLLM: they are rendered by the checkpoint's
 template (`prompts.render_chat`), without the travel assistant's system prompt or task
 templates, so one client payload means the same on vLLM, SGLang and here. The bot's remote
 engine sends the travel chat it builds itself.
+
+A request is bounded before it costs anything: refused (429) without its body being read
+when the worker's queue has no room for it; its counts and sizes checked (`RequestLimits`)
+before an image is decoded or a text tokenized; its images decoded in a pool of their own.
+A client that leaves cancels its handler (aiohttp's handler cancellation), and with it its
+place in the queue or its generation.
 """
 
 from __future__ import annotations
@@ -11,24 +17,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from aiohttp import web
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
-from inference.images import ImageLimits
 from inference.openai_wire import (
     FINISH_REASONS,
     BadRequest,
     CompletionCall,
+    RequestLimits,
+    check_completion_body,
     delta_dict,
     error_dict,
-    read_completion_call,
     usage_dict,
 )
 from inference.types import (
@@ -44,25 +61,41 @@ from inference.worker import Worker
 
 log = structlog.get_logger()
 
+disable_created_metrics()  # no *_created series, as in the bot's metrics
+
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
     503: "service_unavailable",
 }
 _INFERENCE_STATUS = {QueueFull: 429, WorkerStopped: 503, ImageRejected: 400}
+# answered without Authorization, as vLLM does: a load balancer's or Docker's probe, and a
+# Prometheus scrape, carry no key; neither tells anything of a request
+_OPEN_PATHS = frozenset({"/health", "/metrics"})
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+CLIENT_LEFT = 499  # the status counted for a request whose client left (nginx's)
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     model_name: str  # the name clients pass as `model` and /v1/models lists
-    api_key: str | None = None  # None: no Authorization needed
+    api_key: str | None = None  # None: no Authorization needed (`serve` warns)
     default_max_tokens: int = 1024
-    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    # images are decoded by this many threads, apart from the engine's preparation and
+    # asyncio's default executor: a request without images never waits behind photos
+    decode_threads: int = 2
+    body_timeout_s: float = 60.0  # a body must arrive whole within this
+    # a connection is closed when it has not sent a whole request line and headers within
+    # this (of opening, or of the last answer): an idle keep-alive, or a slow client
+    idle_timeout_s: float = 30.0
 
 
 class ApiError(Exception):
@@ -71,27 +104,124 @@ class ApiError(Exception):
         self.status, self.code = status, code
 
 
+class Admission:
+    """Requests between their arrival and the worker's queue. They count against the
+    worker's queue room, so a request that would not be queued is refused (429) before its
+    body is read, its images decoded or its text tokenized."""
+
+    def __init__(self, worker: Worker, decode_threads: int) -> None:
+        self.worker = worker
+        self.num_admitting = 0
+        self.decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="serve-decode")
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        worker = self.worker
+        if not worker.is_alive:
+            raise WorkerStopped("the worker is not running")
+        if worker.queue_depth + self.num_admitting >= worker.max_queue:
+            raise QueueFull(f"{worker.queue_depth} requests waiting")
+        self.num_admitting += 1
+        try:
+            yield
+        finally:
+            self.num_admitting -= 1
+
+
+class Metrics:
+    """Prometheus metrics of one app (its own registry: tests run several)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "travelbot_serve_requests",
+            f"Chat completions answered, by HTTP status ({CLIENT_LEFT}: the client left).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.seconds = Histogram(
+            "travelbot_serve_request_seconds",
+            "Time to answer a chat completion (a streamed one: to its end).",
+            buckets=_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_WorkerGauges(worker))
+
+
+class _WorkerGauges(Collector):
+    """The worker's state, read at scrape time."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def describe(self) -> list:
+        return []  # the registry need not call collect() at registration
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        worker = self.worker
+        yield GaugeMetricFamily(
+            "travelbot_serve_queue_depth", "Requests waiting to start.", value=worker.queue_depth
+        )
+        yield GaugeMetricFamily(
+            "travelbot_serve_requests_running",
+            "Requests inside the engine (prefilling or decoding).",
+            value=worker.num_running,
+        )
+        yield GaugeMetricFamily(
+            "travelbot_serve_worker_alive", "1 while the engine thread runs.", value=worker.is_alive
+        )
+
+
 WORKER = web.AppKey("worker", Worker)
 CONFIG = web.AppKey("config", ServerConfig)
+ADMISSION = web.AppKey("admission", Admission)
+METRICS = web.AppKey("metrics", Metrics)
 
 
 def create_app(worker: Worker, config: ServerConfig) -> web.Application:
     app = web.Application(
-        middlewares=[_errors_as_json, _check_api_key],
-        client_max_size=4 * config.image_limits.max_bytes,  # base64 photos, history included
+        middlewares=[_counted, _errors_as_json, _check_api_key],
+        client_max_size=config.limits.max_body_bytes,
     )
     app[WORKER], app[CONFIG] = worker, config
+    app[ADMISSION] = admission = Admission(worker, config.decode_threads)
+    app[METRICS] = Metrics(worker)
+
+    async def shut_pool(_app: web.Application) -> None:
+        admission.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    app.on_cleanup.append(shut_pool)
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
     return app
 
 
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Serve `app` on host:port (0: a free port); returns the runner and the bound port."""
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        # a client that disconnects cancels its handler, and so its request: queued, it
+        # gives its place up; running, its generation stops
+        handler_cancellation=True,
+        keepalive_timeout=app[CONFIG].idle_timeout_s,
+    )
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner, runner.addresses[0][1]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the server to this machine ("", "0.0.0.0", a name other
+    than localhost, or a public address do not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def serve(worker: Worker, config: ServerConfig, *, host: str, port: int) -> None:
@@ -99,6 +229,13 @@ async def serve(worker: Worker, config: ServerConfig, *, host: str, port: int) -
     await worker.start()
     runner, bound_port = await start_site(create_app(worker, config), host, port)
     log.info("server_started", host=host, port=bound_port, model=config.model_name)
+    if config.api_key is None:
+        log.warning(
+            "auth_disabled",
+            host=host,
+            port=bound_port,
+            detail="no TRAVELBOT_SERVE_API_KEY: anyone who reaches this port may use the model",
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -109,6 +246,24 @@ async def serve(worker: Worker, config: ServerConfig, *, host: str, port: int) -
     finally:
         await runner.cleanup()
         await worker.stop()
+
+
+@web.middleware
+async def _counted(request: web.Request, handler) -> web.StreamResponse:
+    """Chat completions by status, and their time, for /metrics."""
+    if request.path != "/v1/chat/completions":
+        return await handler(request)
+    metrics, start, status = request.app[METRICS], time.monotonic(), 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except asyncio.CancelledError:
+        status = CLIENT_LEFT
+        raise
+    finally:
+        metrics.requests.labels(status=str(status)).inc()
+        metrics.seconds.observe(time.monotonic() - start)
 
 
 @web.middleware
@@ -127,16 +282,33 @@ async def _errors_as_json(request: web.Request, handler) -> web.StreamResponse:
         status, message, code = exc.status, exc.reason, exc.reason.lower().replace(" ", "_")
     log.info("api_error", path=request.path, status=status, code=code)
     body = error_dict(message, _ERROR_TYPES.get(status, "server_error"), code)
-    return web.json_response(body, status=status)
+    response = web.json_response(body, status=status)
+    if status in (408, 413):  # the rest of the body is not read: nothing more on this one
+        response.force_close()
+    return response
 
 
 @web.middleware
 async def _check_api_key(request: web.Request, handler) -> web.StreamResponse:
     key = request.app[CONFIG].api_key
-    given = request.headers.get("Authorization", "").encode()
-    if key and not hmac.compare_digest(given, f"Bearer {key}".encode()):
-        raise ApiError(401, "invalid or missing API key (Authorization: Bearer)", "invalid_api_key")
+    if key is not None and request.path not in _OPEN_PATHS:
+        # aiohttp keeps a header's bytes that are not UTF-8 as surrogates: back to bytes
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, f"Bearer {key}".encode()):  # constant time
+            raise ApiError(
+                401, "invalid or missing API key (Authorization: Bearer)", "invalid_api_key"
+            )
     return await handler(request)
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 while the engine runs, as vLLM's /health (compose health checks use it)."""
+    return web.Response(status=200 if request.app[WORKER].is_alive else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -146,33 +318,68 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     config, worker = request.app[CONFIG], request.app[WORKER]
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest("the body is not valid JSON") from exc
-    call = await asyncio.to_thread(
-        read_completion_call,
-        body,
-        default_max_tokens=config.default_max_tokens,
-        image_limits=config.image_limits,
-    )
-    if call.model and call.model != config.model_name:
-        raise ApiError(404, f"model {call.model!r} is not served here", "model_not_found")
-    chat = call.request.chat
-    log.info(
-        "completion_requested",
-        request_id=call.request.request_id,
-        stream=call.stream,
-        num_messages=len(chat),
-        num_images=sum(len(m.images) for m in chat),
-        think=call.request.think,
-    )
-    async with contextlib.aclosing(worker.submit(call.request)) as events:
-        first = await anext(events)  # admission errors (queue full, stopped) raise here
+    admission = request.app[ADMISSION]
+    async with contextlib.AsyncExitStack() as stack:
+        with admission.slot():  # counted from before the body is read until it is queued
+            call = await _read_call(request, config, admission)
+            chat = call.request.chat
+            log.info(
+                "completion_requested",
+                request_id=call.request.request_id,
+                stream=call.stream,
+                num_messages=len(chat),
+                num_images=sum(len(m.images) for m in chat),
+                think=call.request.think,
+            )
+            events = await stack.enter_async_context(
+                contextlib.aclosing(worker.submit(call.request))
+            )
+            first = await _queued(events)
         chunks = _ChunkMaker(call)
         if call.stream:
             return await _stream(request, chunks, _resume(first, events))
         return web.json_response(await _complete(chunks, _resume(first, events)))
+
+
+async def _read_call(
+    request: web.Request, config: ServerConfig, admission: Admission
+) -> CompletionCall:
+    """The body, checked within the limits before any decoding; its images decoded in the
+    admission's pool."""
+    limits = config.limits
+    if (request.content_length or 0) > limits.max_body_bytes:
+        raise web.HTTPRequestEntityTooLarge(limits.max_body_bytes, request.content_length)
+    try:
+        async with asyncio.timeout(config.body_timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, "the body did not arrive in time", "request_timeout") from None
+    if sum(map(raw.count, (b",", b"{", b"["))) > limits.max_json_marks:
+        raise BadRequest("the body holds more JSON values than a request may", "too_many_values")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise BadRequest("the body is not valid JSON") from exc
+    checked = check_completion_body(
+        body, default_max_tokens=config.default_max_tokens, limits=limits
+    )
+    if checked.model and checked.model != config.model_name:
+        raise ApiError(404, f"model {checked.model!r} is not served here", "model_not_found")
+    if not checked.num_images:
+        return checked.decode(limits.image)  # nothing to decode
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(admission.decode_pool, checked.decode, limits.image)
+
+
+async def _queued(events: AsyncIterator[Event]) -> Event:
+    """The first event: admission errors (queue full, stopped) raise here, and so do the
+    engine's refusals while preparing (a prompt too long for it): the request's fault, a 400."""
+    try:
+        return await anext(events)
+    except InferenceError as exc:
+        if type(exc) is InferenceError:
+            raise ApiError(400, str(exc), "request_rejected") from exc
+        raise
 
 
 async def _resume(first: Event, events: AsyncIterator[Event]) -> AsyncIterator[Event]:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
-from typing import Any
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from inference.images import ImageLimits, normalize_image
 from inference.prompts import travel_chat
-from inference.types import ChatMessage, Delta, Request, Sampling
+from inference.types import ChatMessage, Delta, ImageRejected, Request, Sampling
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "abort"}
 _FINISH_FROM_WIRE = {wire: ours for ours, wire in FINISH_REASONS.items()}
@@ -162,6 +163,54 @@ def read_chunk(chunk: dict[str, Any]) -> ChunkContent:
 
 # Server side: payload -> Request, events -> chunks
 
+_MAX_INT = 2**31 - 1  # the largest max_tokens or top_k taken (the engine caps max_tokens)
+
+# What the engine cannot honour (Request and Sampling have no stop strings, seed, tools,
+# output formats, penalties or log-probabilities): asking for one is a 400, not an answer
+# that quietly ignores it. The "off" values, which some clients always send, pass.
+_UNSUPPORTED = {
+    "stop": (None, []),
+    "seed": (None,),
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "functions": (None, []),
+    "function_call": (None, "none", "auto"),
+    "response_format": (None, {"type": "text"}),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0),
+    "frequency_penalty": (None, 0),
+}
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one chat-completions body may hold, checked before anything in it is decoded or
+    tokenized: these, not the body's size, bound the work and memory a request costs."""
+
+    max_messages: int = 256
+    max_images: int = 4  # per request, so per message too (the bot sends one)
+    max_message_chars: int = 32_768
+    max_total_chars: int = 65_536  # all messages' texts together
+    image: ImageLimits = field(default_factory=ImageLimits)
+
+    @property
+    def max_json_marks(self) -> int:
+        """The most `,` `{` `[` a body within the limits holds: any character of a text may
+        be one, and a few are needed per message, part and parameter (base64 has none).
+        Counted in the raw body before it is parsed: 100 MB of `[1,1,...]` would be tens
+        of millions of Python objects."""
+        return 4 * self.max_total_chars + 16 * (self.max_messages + self.max_images) + 1024
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest body that can pass the checks: each image in base64, each character
+        JSON-escaped at worst (12 bytes: a surrogate pair as \\uXXXX\\uXXXX), and room for
+        the rest (roles, keys, parameters, white space)."""
+        images = self.max_images * _base64_len(self.image.max_bytes)
+        return images + 12 * self.max_total_chars + 256 * self.max_messages + 64 * 1024
+
 
 @dataclass(frozen=True)
 class CompletionCall:
@@ -171,84 +220,222 @@ class CompletionCall:
     include_usage: bool
 
 
-def read_completion_call(
-    body: Any, *, default_max_tokens: int, image_limits: ImageLimits
-) -> CompletionCall:
-    """Check a chat-completions body and build the Request; raises BadRequest or
-    ImageRejected. Decodes and normalises images: run it off the event loop."""
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    if (body.get("n") or 1) != 1:
-        raise BadRequest("only n=1 is supported", "unsupported_parameter")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' must be a non-empty list")
-    chat = tuple(_read_message(m, image_limits) for m in messages)
-    if chat[-1].role != "user":
-        raise BadRequest("the last message must come from the user")
-    max_tokens = _first_set(body, "max_completion_tokens", "max_tokens", default=default_max_tokens)
-    kwargs = body.get("chat_template_kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise BadRequest("'chat_template_kwargs' must be an object")
-    defaults = Sampling()
-    try:
-        sampling = Sampling(
-            temperature=float(_first_set(body, "temperature", default=defaults.temperature)),
-            top_p=float(_first_set(body, "top_p", default=defaults.top_p)),
-            top_k=max(int(_first_set(body, "top_k", default=defaults.top_k)), 0),  # -1: off
+@dataclass(frozen=True)
+class _Message:
+    role: Literal["system", "user", "model"]
+    text: str
+    images: tuple[str, ...]  # base64, not decoded yet
+
+
+@dataclass(frozen=True)
+class CheckedCall:
+    """A body that passed every check that needs no decoding; `decode` builds the Request."""
+
+    messages: tuple[_Message, ...]
+    think: bool
+    max_new_tokens: int
+    sampling: Sampling
+    model: str
+    stream: bool
+    include_usage: bool
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(m.images) for m in self.messages)
+
+    def decode(self, image_limits: ImageLimits) -> CompletionCall:
+        """Decode and normalise the images (CPU work: off the event loop where there are
+        any); raises BadRequest or ImageRejected."""
+        chat = tuple(
+            ChatMessage(
+                m.role,
+                m.text,
+                tuple(normalize_image(_decode_base64(data), image_limits) for data in m.images),
+            )
+            for m in self.messages
         )
         request = Request(
             language="",
             chat=chat,
-            think=bool(kwargs.get("enable_thinking", False)),
-            max_new_tokens=int(max_tokens),
-            sampling=sampling,
+            think=self.think,
+            max_new_tokens=self.max_new_tokens,
+            sampling=self.sampling,
         )
-    except (TypeError, ValueError) as exc:
-        raise BadRequest(str(exc)) from exc
-    stream_options = body.get("stream_options") or {}
-    if not isinstance(stream_options, dict):
-        raise BadRequest("'stream_options' must be an object")
-    return CompletionCall(
-        request=request,
-        model=str(body.get("model", "")),
-        stream=bool(body.get("stream", False)),
-        include_usage=bool(stream_options.get("include_usage", False)),
+        return CompletionCall(request, self.model, self.stream, self.include_usage)
+
+
+def read_completion_call(
+    body: Any, *, default_max_tokens: int, image_limits: ImageLimits
+) -> CompletionCall:
+    """`check_completion_body`, then `decode`, at once: for callers no event loop waits on."""
+    limits = RequestLimits(image=image_limits)
+    return check_completion_body(body, default_max_tokens=default_max_tokens, limits=limits).decode(
+        image_limits
     )
 
 
-def _first_set(body: dict, *keys: str, default: Any) -> Any:
-    return next((body[key] for key in keys if body.get(key) is not None), default)
+def check_completion_body(
+    body: Any, *, default_max_tokens: int, limits: RequestLimits
+) -> CheckedCall:
+    """Check a chat-completions body against `limits` without decoding an image or
+    tokenizing a text (cheap: it may run on the event loop); raises BadRequest or
+    ImageRejected."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    for key, off in _UNSUPPORTED.items():
+        if body.get(key) not in off:
+            raise BadRequest(f"{key!r} is not supported by this server", "unsupported_parameter")
+    if body.get("n") not in (None, 1):
+        raise BadRequest("only n=1 is supported", "unsupported_parameter")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty list")
+    if len(messages) > limits.max_messages:
+        raise BadRequest(f"at most {limits.max_messages} messages", "too_many_messages")
+    read = _MessageReader(limits)
+    chat = tuple(read(m) for m in messages)
+    if chat[-1].role != "user":
+        raise BadRequest("the last message must come from the user")
+    kwargs = _object(body, "chat_template_kwargs")
+    stream_options = _object(body, "stream_options")
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    defaults = Sampling()
+    try:
+        sampling = Sampling(
+            temperature=_number(body, "temperature", defaults.temperature),
+            top_p=_number(body, "top_p", defaults.top_p),
+            top_k=max(_integer(body, "top_k", defaults.top_k, low=-1), 0),  # -1: off
+        )
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
+    model = body.get("model")
+    if not isinstance(model, str | None):
+        raise BadRequest("'model' must be a string")
+    return CheckedCall(
+        messages=chat,
+        think=_flag(kwargs, "enable_thinking"),
+        max_new_tokens=_integer(body, key, default_max_tokens, low=1),
+        sampling=sampling,
+        model=model or "",
+        stream=_flag(body, "stream"),
+        include_usage=_flag(stream_options, "include_usage"),
+    )
 
 
-def _read_message(message: Any, image_limits: ImageLimits) -> ChatMessage:
-    if not isinstance(message, dict) or message.get("role") not in _ROLES_FROM_WIRE:
-        raise BadRequest("each message needs a role: system, developer, user or assistant")
-    role = _ROLES_FROM_WIRE[message["role"]]
-    content = message.get("content")
-    if isinstance(content, str):
-        return ChatMessage(role, content)
-    if not isinstance(content, list):
-        raise BadRequest("message content must be a string or a list of parts")
-    texts: list[str] = []
-    images: list[bytes] = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            texts.append(str(part.get("text", "")))
-        elif kind == "image_url" and role == "user":
-            image_url = part.get("image_url") or {}
-            url = image_url if isinstance(image_url, str) else image_url.get("url", "")
-            images.append(normalize_image(_decode_data_url(url), image_limits))
-        else:
-            raise BadRequest(f"unsupported content part: {kind!r} in a {message['role']} message")
-    return ChatMessage(role, "\n".join(texts), tuple(images))
+def _object(body: dict, key: str) -> dict:
+    value = body.get(key)
+    if not isinstance(value, dict | None):
+        raise BadRequest(f"{key!r} must be an object")
+    return value or {}
 
 
-def _decode_data_url(url: str) -> bytes:
-    header, _, data = url.partition(",")
-    if not header.startswith(_DATA_URL_PREFIX) or not header.endswith(";base64"):
-        raise BadRequest("images must be data URLs: data:image/...;base64,...", "invalid_image")
+def _flag(body: dict, key: str) -> bool:
+    value = body.get(key)
+    if not isinstance(value, bool | None):
+        raise BadRequest(f"{key!r} must be true or false")
+    return bool(value)
+
+
+def _number(body: dict, key: str, default: float) -> float:
+    """A finite number (JSON allows 1e400, which Python reads as infinity, and NaN)."""
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest(f"{key!r} must be a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
+    if not math.isfinite(number):
+        raise BadRequest(f"{key!r} must be a finite number")
+    return number
+
+
+def _integer(body: dict, key: str, default: int, *, low: int) -> int:
+    value = body.get(key)
+    if value is None:
+        return default
+    number = _number(body, key, default)
+    if number != int(number) or not low <= number <= _MAX_INT:
+        raise BadRequest(f"{key!r} must be an integer from {low} to {_MAX_INT}")
+    return int(number)
+
+
+class _MessageReader:
+    """Messages one by one, counting images and characters against the limits part by
+    part, so that a body over them is refused at the first part too many."""
+
+    def __init__(self, limits: RequestLimits) -> None:
+        self.limits = limits
+        self.num_images = 0
+        self.num_chars = 0  # of all messages, the newlines that join parts included
+        self.message_chars = 0
+
+    def __call__(self, message: Any) -> _Message:
+        if not isinstance(message, dict) or message.get("role") not in _ROLES_FROM_WIRE:
+            raise BadRequest("each message needs a role: system, developer, user or assistant")
+        role = _ROLES_FROM_WIRE[message["role"]]
+        content = message.get("content")
+        self.message_chars = 0
+        if isinstance(content, str):
+            return _Message(role, self._text(content), ())
+        if not isinstance(content, list):
+            raise BadRequest("message content must be a string or a list of parts")
+        texts: list[str] = []
+        images: list[str] = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                texts.append(self._text(part.get("text", ""), joined=bool(texts)))
+            elif kind == "image_url" and role == "user":
+                images.append(self._image(part.get("image_url")))
+            else:
+                raise BadRequest(
+                    f"unsupported content part: {kind!r} in a {message['role']} message"
+                )
+        return _Message(role, "\n".join(texts), tuple(images))
+
+    def _text(self, text: Any, *, joined: bool = False) -> str:
+        """`text`, counted; `joined`: a newline will join it to the text before."""
+        if not isinstance(text, str):
+            raise BadRequest("a text part's 'text' must be a string")
+        length = len(text) + joined
+        self.message_chars += length
+        self.num_chars += length
+        if self.message_chars > self.limits.max_message_chars:
+            raise BadRequest(
+                f"a message has more than {self.limits.max_message_chars} characters",
+                "message_too_long",
+            )
+        if self.num_chars > self.limits.max_total_chars:
+            raise BadRequest(
+                f"the messages have more than {self.limits.max_total_chars} characters",
+                "prompt_too_long",
+            )
+        return text
+
+    def _image(self, image_url: Any) -> str:
+        """The base64 data of an image part, its size checked; decoded later."""
+        self.num_images += 1
+        if self.num_images > self.limits.max_images:
+            raise BadRequest(
+                f"at most {self.limits.max_images} images per request", "too_many_images"
+            )
+        url = image_url.get("url") if isinstance(image_url, dict) else image_url
+        header, _, data = url.partition(",") if isinstance(url, str) else ("", "", "")
+        if not header.startswith(_DATA_URL_PREFIX) or not header.endswith(";base64"):
+            raise BadRequest("images must be data URLs: data:image/...;base64,...", "invalid_image")
+        if len(data) > _base64_len(self.limits.image.max_bytes):
+            raise ImageRejected("too_large", f"over {self.limits.image.max_bytes} bytes")
+        return data
+
+
+def _base64_len(num_bytes: int) -> int:
+    return 4 * -(-num_bytes // 3)
+
+
+def _decode_base64(data: str) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:

@@ -96,7 +96,7 @@ class SequentialEngine:
         pass  # generate() keeps nothing of a request once it returns
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself only: found in the queue by identity
 class _Job:
     request: Request
     prepared: object
@@ -201,6 +201,11 @@ class Worker:
                     return
         finally:
             job.cancelled.set()  # no-op when finished; stops generation if the caller left
+            with self._wakeup:
+                # a caller that left while waiting gives its place up at once: it no longer
+                # counts against max_queue, and is never prefilled
+                if job in self._pending:
+                    self._pending.remove(job)
 
     async def forget(self, owner: str) -> None:
         """Return once the engine keeps nothing of `owner`'s requests (their photos' vision
@@ -258,8 +263,6 @@ class Worker:
         with self._wakeup:
             while True:
                 self._run_commands(engine)
-                while self._pending and self._pending[0].cancelled.is_set():
-                    self._pending.popleft()
                 if self._stopping and not engine.num_active:
                     self._engine_done = True
                     return None

@@ -7,6 +7,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 
+import httpx
 import openai
 import pytest
 
@@ -158,6 +159,7 @@ class ScriptedEngine:
 
     def __init__(self) -> None:
         self._active: list = []
+        self.num_added = 0  # requests that reached the engine (would have been prefilled)
         self.gate = threading.Event()
         self.gate.set()
         self.fails_after_first_delta = False
@@ -170,6 +172,7 @@ class ScriptedEngine:
         return request
 
     def add(self, prepared, emit, is_cancelled) -> None:
+        self.num_added += 1
         self._active.append(emit)
 
     def step(self) -> None:
@@ -269,6 +272,102 @@ async def test_full_queue_is_a_429_and_stopped_worker_a_503_scripted_engine(
     with pytest.raises(openai.InternalServerError) as caught:
         await api.chat.completions.create(model="scripted", messages=messages)
     assert caught.value.status_code == 503
+
+
+async def test_full_queue_is_a_429_before_the_body_is_read_scripted_engine(
+    scripted_server,
+) -> None:
+    """A request that will not be queued costs no CPU: refused before its body is read (a
+    body that is not even JSON, which would otherwise be a 400)."""
+    server, engine = scripted_server
+    api = client(server)
+    messages = [{"role": "user", "content": "hi"}]
+    engine.gate.clear()
+    running = asyncio.create_task(api.chat.completions.create(model="scripted", messages=messages))
+    await wait_until(lambda: server.worker.num_running == 1)
+    waiting = asyncio.create_task(api.chat.completions.create(model="scripted", messages=messages))
+    await wait_until(lambda: server.worker.queue_depth == 1)
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        response = await http.post("/chat/completions", content=b"{not json")
+    assert response.status_code == 429 and response.json()["error"]["code"] == "queue_full"
+    engine.gate.set()
+    await asyncio.gather(running, waiting)
+
+
+async def test_a_streaming_client_that_leaves_while_queued_gives_its_place_up_scripted_engine(
+    scripted_server,
+) -> None:
+    server, engine = scripted_server
+    api = client(server)
+    messages = [{"role": "user", "content": "hi"}]
+    engine.gate.clear()  # the first request holds the engine
+    running = asyncio.create_task(api.chat.completions.create(model="scripted", messages=messages))
+    await wait_until(lambda: server.worker.num_running == 1)
+
+    async def wait_in_queue() -> None:
+        stream = await api.chat.completions.create(model="scripted", messages=messages, stream=True)
+        async for _ in stream:  # Queued sends nothing: this waits for the first token
+            pass
+
+    leaving = asyncio.create_task(wait_in_queue())
+    await wait_until(lambda: server.worker.queue_depth == 1)
+    leaving.cancel()  # the client closes its connection
+    await asyncio.gather(leaving, return_exceptions=True)
+    await wait_until(lambda: server.worker.queue_depth == 0, timeout=3)  # engine still held
+    # its place is free for another (max_queue=1: it would be a 429 otherwise)
+    staying = asyncio.create_task(api.chat.completions.create(model="scripted", messages=messages))
+    await wait_until(lambda: server.worker.queue_depth == 1)
+    engine.gate.set()
+    assert [(await t).choices[0].message.content for t in (running, staying)] == ["Exit", "Exit"]
+    assert engine.num_added == 2  # the one that left never reached the engine
+
+
+async def test_health_and_metrics_scripted_engine(scripted_server) -> None:
+    """/health as vLLM's (200 while the engine runs); /metrics in Prometheus text."""
+    server, engine = scripted_server
+    api = client(server)
+    messages = [{"role": "user", "content": "hi"}]
+    root = server.base_url.removesuffix("/v1")
+    async with httpx.AsyncClient(base_url=root) as http:
+        assert (await http.get("/health")).status_code == 200
+        await api.chat.completions.create(model="scripted", messages=messages)
+        engine.gate.clear()
+        running = asyncio.create_task(
+            api.chat.completions.create(model="scripted", messages=messages)
+        )
+        await wait_until(lambda: server.worker.num_running == 1)
+        waiting = asyncio.create_task(
+            api.chat.completions.create(model="scripted", messages=messages)
+        )
+        await wait_until(lambda: server.worker.queue_depth == 1)
+        with pytest.raises(openai.RateLimitError):
+            await api.chat.completions.create(model="scripted", messages=messages)
+        response = await http.get("/metrics")
+        assert response.headers["Content-Type"].startswith("text/plain")
+        samples = prometheus_samples(response.text)
+        assert samples["travelbot_serve_queue_depth"] == 1
+        assert samples["travelbot_serve_requests_running"] == 1
+        assert samples['travelbot_serve_requests_total{status="200"}'] == 1
+        assert samples['travelbot_serve_requests_total{status="429"}'] == 1
+        assert samples["travelbot_serve_request_seconds_count"] == 2
+        engine.gate.set()
+        await asyncio.gather(running, waiting)
+        await server.worker.stop()
+        assert (await http.get("/health")).status_code == 503
+
+
+async def test_health_and_metrics_need_no_key(openai_server: OpenAIServer) -> None:
+    """As with vLLM: probes and scrapers carry no key; the API still wants it."""
+    root = openai_server.base_url.removesuffix("/v1")
+    async with httpx.AsyncClient(base_url=root) as http:
+        assert (await http.get("/health")).status_code == 200
+        assert "travelbot_serve_queue_depth 0.0" in (await http.get("/metrics")).text
+        assert (await http.get("/v1/models")).status_code == 401
+
+
+def prometheus_samples(text: str) -> dict[str, float]:
+    lines = (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    return {name: float(value) for name, value in lines}
 
 
 async def wait_until(condition, timeout: float = 10) -> None:
