@@ -14,7 +14,8 @@ from inference import ModelNotFound
 def ask(settings: Settings, args: argparse.Namespace) -> int:
     from inference.ask import run_ask
 
-    configure_logging(log_format="console", level="WARNING")
+    # INFO: the model load (minutes for the full-size model) shows its progress on stderr
+    configure_logging(log_format=settings.log_format, level=settings.log_level)
     try:
         config = engine_config(settings)
     except ModelNotFound as exc:

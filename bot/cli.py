@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
 
 MODEL_HELP = (
     "model folder, or a Hugging Face repo id in the local cache, e.g. google/gemma-4-26B-A4B-it "
@@ -14,6 +19,7 @@ MODEL_HELP = (
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="travelbot", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the Telegram bot (polling, or a webhook)")
@@ -68,21 +74,14 @@ def main(argv: list[str] | None = None) -> None:
     add_fp8_check_arguments(check)
 
     args = parser.parse_args(argv)
-    from bot.settings import load_settings
-
-    settings = load_settings()
-    if getattr(args, "model", None):
-        settings = settings.model_copy(update={"model_path": args.model})
-    if getattr(args, "webhook", None):
-        settings = settings.model_copy(update={"webhook_url": args.webhook})
     if args.command == "run":
         from bot.__main__ import main as run_bot
 
-        run_bot(settings)
+        run_bot(settings_for(args))
     elif args.command == "ask":
         from bot.ask import ask as ask_model
 
-        sys.exit(ask_model(settings, args))
+        sys.exit(ask_model(settings_for(args), args))
     elif args.command == "tiny-checkpoint":
         from inference.tiny import write_tiny_checkpoint
 
@@ -90,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "serve":
         from bot.serve import serve_engine
 
-        sys.exit(serve_engine(settings, args))
+        sys.exit(serve_engine(settings_for(args), args))
     elif args.command == "bench":
         from inference.bench import main as bench_main
 
@@ -103,3 +102,24 @@ def main(argv: list[str] | None = None) -> None:
         from inference.samples import write_sample
 
         print(write_sample(args.output, kind=args.kind))
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    """The settings, with the command's options over them. Only the commands that use them
+    read them: a wrong TRAVELBOT_* variable must not stop `tiny-checkpoint` or `bench`."""
+    from bot.settings import load_settings
+
+    settings = load_settings()
+    if getattr(args, "model", None):
+        settings = settings.model_copy(update={"model_path": args.model})
+    if getattr(args, "webhook", None):
+        settings = settings.model_copy(update={"webhook_url": args.webhook})
+    return settings
+
+
+def installed_version() -> str:
+    """The installed package's version (pyproject.toml's, as pip installed it)."""
+    try:
+        return version("travelbot")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"

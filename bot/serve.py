@@ -8,7 +8,7 @@ import sys
 
 from bot.__main__ import create_worker
 from bot.logging import configure_logging
-from bot.settings import Settings
+from bot.settings import Settings, StartupError
 from inference import ImageLimits, ModelNotFound
 
 # characters of prompt text per token of max_seq_len: a Gemma token is ~4 characters of
@@ -48,7 +48,7 @@ def serve_engine(settings: Settings, args: argparse.Namespace) -> int:
     )
     try:
         asyncio.run(serve(create_worker(settings), config, host=args.host, port=args.port))
-    except ModelNotFound as exc:
+    except (ModelNotFound, StartupError) as exc:
         print(exc, file=sys.stderr)
         return 2
     return 0

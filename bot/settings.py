@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import string
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +36,24 @@ def _locales_dir() -> Path:
     return packaged if packaged.is_dir() else ROOT / "locales"
 
 
+class StartupError(Exception):
+    """Why the bot cannot start, in one line that says what to do: `travelbot run` logs it
+    as `bot_failed` with `reason`, without a traceback."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def _random_secret() -> SecretStr:
     return SecretStr(secrets.token_urlsafe(32))  # URL-safe base64: only those characters
+
+
+# A list setting, read from its variable by _split_list below rather than by pydantic-settings,
+# which takes only JSON (TRAVELBOT_ALLOWED_USER_IDS=111,222 would be an error). `description`
+# says what it accepts, for load_settings' message.
+IDS = "comma-separated Telegram user ids, e.g. 111,222 (or a JSON list)"
+URLS = "comma-separated URLs, e.g. http://vllm-0:8000/v1,http://vllm-1:8000/v1 (or a JSON list)"
 
 
 class Settings(BaseSettings):
@@ -46,8 +63,9 @@ class Settings(BaseSettings):
     telegram_token: SecretStr | None = None
     telegram_base_url: str = "https://api.telegram.org/bot"
     telegram_base_file_url: str = "https://api.telegram.org/file/bot"
-    allowed_user_ids: set[int] = Field(default_factory=set)  # empty: everyone may use the bot
-    admin_user_ids: set[int] = Field(default_factory=set)  # may use /stats
+    # empty: everyone may use the bot
+    allowed_user_ids: Annotated[set[int], NoDecode] = Field(default_factory=set, description=IDS)
+    admin_user_ids: Annotated[set[int], NoDecode] = Field(default_factory=set, description=IDS)
     max_concurrent_updates: int = 256
     # Flood control: Telegram's limits, and retries after "429 Too Many Requests"
     telegram_messages_per_second: float = 30  # all chats together; 0: no limit
@@ -98,7 +116,7 @@ class Settings(BaseSettings):
     delivery_retry_s: float = 1.0  # first wait before sending an answer again; doubles each time
 
     # OpenAI-compatible engine (engine="openai"): vLLM, SGLang or `travelbot serve`
-    openai_base_urls: list[str] = Field(default_factory=list)  # e.g. ["http://vllm-0:8000/v1"]
+    openai_base_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, description=URLS)
     openai_model: str = "google/gemma-4-26B-A4B-it"  # the served model name
     openai_api_key: SecretStr | None = None
     openai_max_concurrency_per_endpoint: int = 32  # requests in flight per server
@@ -132,6 +150,20 @@ class Settings(BaseSettings):
     # the same pseudonyms on every replica; unset: a random key made on the first start and
     # kept beside the database, in log-pseudonym.key
     log_pseudonym_key: SecretStr | None = None
+
+    @field_validator("allowed_user_ids", "admin_user_ids", "openai_base_urls", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        """A variable's text as a list: a JSON list as before, else its comma-separated items
+        ("" and "[]": none). Lists and sets given in code pass through."""
+        if not isinstance(value, str):
+            return value
+        if value.strip().startswith("["):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError("starts with [ but is no JSON list") from None
+        return [item.strip() for item in value.split(",") if item.strip()]
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -175,32 +207,36 @@ class Settings(BaseSettings):
 
     def require_token(self) -> str:
         if self.telegram_token is None or not self.telegram_token.get_secret_value():
-            raise SystemExit(
+            raise StartupError(
+                "token_missing",
                 "TRAVELBOT_TELEGRAM_TOKEN is not set: create a bot with @BotFather and "
-                "put its token in the environment or in .env."
+                "put its token in the environment or in .env.",
             )
         return self.telegram_token.get_secret_value()
 
 
 def load_settings() -> Settings:
     """Settings from the environment and .env. A wrong value ends the program (exit status 2)
-    with the variable and what is wrong with it, never the value: it may be a secret, and
-    pydantic's own message shows it (input_value=...)."""
+    with one line per wrong variable: its name and what it accepts, never the value (it may
+    be a secret, and pydantic's own message shows it: input_value=...)."""
     try:
         return Settings()
     except ValidationError as exc:
-        problems = [
-            f"{_variable(error['loc'])}: {error['msg']}"
-            for error in exc.errors(include_url=False, include_context=False, include_input=False)
-        ]
-    except SettingsError as exc:  # e.g. a list or set that is not JSON; names the field only
-        problems = [str(exc)]
-    print("Invalid settings:", *problems, sep="\n  ", file=sys.stderr)
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        problems = [_problem(error["loc"], error["msg"]) for error in errors]
+    except SettingsError as exc:  # names the field only; no field here should raise it
+        problems = [f"Invalid settings: {exc}"]
+    print(*problems, sep="\n", file=sys.stderr)
     raise SystemExit(2)
 
 
-def _variable(loc: tuple) -> str:
-    """The environment variable of an error's location, e.g. TRAVELBOT_OPENAI_BASE_URLS[0]."""
+def _problem(loc: tuple, message: str) -> str:
+    """One line: the variable of an error's location, what is wrong, and what it accepts
+    where its field says (e.g. a list's item: TRAVELBOT_ALLOWED_USER_IDS, item 2)."""
     if not loc:
-        return "TRAVELBOT_*"
-    return f"TRAVELBOT_{str(loc[0]).upper()}" + "".join(f"[{part}]" for part in loc[1:])
+        return f"Invalid setting: {message}"
+    name, *inner = loc
+    field = Settings.model_fields.get(str(name))
+    where = "".join(f", item {part + 1}" for part in inner if isinstance(part, int))
+    accepts = f"; it takes {field.description}" if field and field.description else ""
+    return f"Invalid setting TRAVELBOT_{str(name).upper()}{where}: {message}{accepts}"

@@ -82,7 +82,17 @@ class GemmaEngine:
     @classmethod
     def load(cls, config: EngineConfig) -> GemmaEngine:
         """Load model, tokenizer and image processor offline, from a local folder or a
-        Hugging Face repo id's snapshot in the local cache (model_files.check_model_dir)."""
+        Hugging Face repo id's snapshot in the local cache (model_files.check_model_dir).
+        Logs `model_loading`, `model_weights_progress` at each tenth of the weights,
+        `model_weights_loaded` and `model_loaded`: the full-size model takes minutes."""
+        path = check_model_dir(config.model_path)
+        started = time.monotonic()
+        # first, before transformers' import (seconds): the sign of life of a long load
+        log.info(
+            "model_loading",
+            path=str(path),
+            weights_gb=round(sum(f.stat().st_size for f in path.glob("*.safetensors")) / 1e9, 2),
+        )
         from transformers import (
             AutoTokenizer,
             Gemma4ForConditionalGeneration,
@@ -90,14 +100,17 @@ class GemmaEngine:
         )
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-        path = check_model_dir(config.model_path)
-        started = time.monotonic()
+        hf_logging.disable_progress_bar()  # a terminal's bar; the events here say as much
         device = _pick_device(config.device)
         dtype = _pick_dtype(config.dtype, device)
-        model = Gemma4ForConditionalGeneration.from_pretrained(
-            path, dtype=dtype, device_map=device, local_files_only=True
-        )
+        previous_hook = hf_logging.set_tqdm_hook(_weights_progress_events)
+        try:
+            model = Gemma4ForConditionalGeneration.from_pretrained(
+                path, dtype=dtype, device_map=device, local_files_only=True
+            )
+        finally:
+            hf_logging.set_tqdm_hook(previous_hook)
+        log.info("model_weights_loaded", seconds=round(time.monotonic() - started, 2))
         if config.experts_implementation:
             model.set_experts_implementation(config.experts_implementation)
         engine = cls(
@@ -107,7 +120,7 @@ class GemmaEngine:
             image_soft_tokens=config.image_soft_tokens,
         )
         log.info(
-            "model_loaded",
+            "model_loaded",  # with its tokenizer and image processor
             path=str(path),
             device=str(device),
             dtype=str(dtype),
@@ -279,6 +292,32 @@ class _CancelCriteria:
         return self._torch.full((input_ids.shape[0],), done, dtype=self._torch.bool)
 
 
+def _weights_progress_events(factory, args: tuple, kwargs: dict):
+    """A transformers tqdm hook: its "Loading weights" bar (one step per weight of every
+    shard) becomes a `model_weights_progress` event at each tenth; other bars stay as
+    they are (disabled)."""
+    if kwargs.get("desc") == "Loading weights" and args:
+        return _logged_tenths(list(args[0]))
+    return factory(*args, **kwargs)
+
+
+def _logged_tenths(items: list):
+    """`items`, logging the share handed out so far at each tenth."""
+    started = time.monotonic()
+    logged = 0
+    for done, item in enumerate(items, start=1):
+        yield item  # resumed once transformers has loaded it
+        if (tenth := done * 10 // len(items)) > logged:
+            logged = tenth
+            log.info(
+                "model_weights_progress",
+                percent=tenth * 10,
+                weights=done,
+                of=len(items),
+                seconds=round(time.monotonic() - started, 1),
+            )
+
+
 def _pick_device(device: str):
     import torch
 
@@ -298,11 +337,22 @@ def _pick_dtype(dtype: str, device):
 def create_engine(config: EngineConfig, runtime=None):
     """The engine the worker drives: continuous batching, or generate() one at a time
     when `runtime` is None."""
+    started = time.monotonic()
     base = GemmaEngine.load(config)
     if runtime is None:
         from inference.worker import SequentialEngine
 
-        return SequentialEngine(base)
-    from inference.runtime.batch_engine import BatchEngine
+        engine = SequentialEngine(base)
+    else:
+        from inference.runtime.batch_engine import BatchEngine
 
-    return BatchEngine(base, runtime)
+        on_gpu = base.device.type == "cuda"
+        log.info(
+            "batch_engine_starting",
+            # the compile and CUDA graph capture on a GPU: engine_setup_seconds in
+            # docs/benchmarks, 91.5-98.6 s for the full-size model on H100s and H200s
+            expected="about 95 s for the full-size model on an H100 or H200" if on_gpu else None,
+        )
+        engine = BatchEngine(base, runtime)
+    log.info("model_ready", seconds=round(time.monotonic() - started, 2))
+    return engine

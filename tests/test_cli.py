@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,10 +12,12 @@ from pathlib import Path
 TRAVELBOT = Path(sys.executable).with_name("travelbot")
 
 
-def run(*args: str, model: Path | None = None) -> subprocess.CompletedProcess:
+def run(*args: str, model: Path | None = None, **settings: str) -> subprocess.CompletedProcess:
+    """`travelbot ARGS`; `settings` are TRAVELBOT_* variables (without the prefix)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRAVELBOT_")}
     if model is not None:
         env["TRAVELBOT_MODEL_PATH"] = str(model)
+    env.update({f"TRAVELBOT_{name.upper()}": value for name, value in settings.items()})
     return subprocess.run(
         [str(TRAVELBOT), *args], capture_output=True, text=True, env=env, timeout=120
     )
@@ -25,10 +28,17 @@ def test_ask_prints_an_answer_from_the_tiny_model(tiny_model_dir: Path, tmp_path
     made = run("sample-image", str(image), "--kind", "sign")
     assert made.returncode == 0 and image.stat().st_size > 10_000
     result = run("ask", str(image), "--lang", "de", "--max-new-tokens", "12", "--greedy",
-                 model=tiny_model_dir)  # fmt: skip
+                 model=tiny_model_dir, log_format="json")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
     assert "12 generated" in result.stderr or "stop" in result.stderr
+    # While the model loads (minutes at full size) stderr says so, part by part
+    lines = result.stderr.splitlines()
+    events = [json.loads(line)["event"] for line in lines if line.startswith("{")]
+    loading = [name for name in events if name.startswith(("model_", "batch_engine_"))]
+    assert loading[:2] == ["model_loading", "model_weights_progress"]
+    assert loading[-4:] == ["model_loaded", "batch_engine_starting", "batch_engine_ready",
+                            "model_ready"]  # fmt: skip
 
 
 def test_ask_and_run_without_a_model_say_how_to_get_one(tmp_path: Path) -> None:
@@ -93,3 +103,24 @@ def test_serve_answers_openai_clients_until_terminated(tiny_model_dir: Path) -> 
         output = server.communicate(timeout=30)[0].decode()
     assert server.returncode == 0, output
     assert "server_started" in output and "s3cret" not in output
+
+
+def test_version_is_the_installed_package_version() -> None:
+    from importlib.metadata import version
+
+    shown = run("--version")
+    assert shown.returncode == 0 and shown.stdout == f"travelbot {version('travelbot')}\n"
+
+
+def test_a_wrong_variable_stops_only_the_commands_that_read_settings(tmp_path: Path) -> None:
+    made = run("tiny-checkpoint", str(tmp_path / "tiny"), max_queue="lots")
+    assert made.returncode == 0, made.stderr
+    drawn = run("sample-image", str(tmp_path / "sign.png"), max_queue="lots")
+    assert drawn.returncode == 0, drawn.stderr
+    # One line: the variable and what it takes, before anything loads
+    ran = run("run", model=tmp_path / "tiny", max_queue="lots", telegram_token="1:x")
+    assert ran.returncode == 2 and ran.stdout == ""
+    assert ran.stderr == (
+        "Invalid setting TRAVELBOT_MAX_QUEUE: "
+        "Input should be a valid integer, unable to parse string as an integer\n"
+    )

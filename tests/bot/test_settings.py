@@ -1,11 +1,14 @@
-"""Settings for webhook mode, the HTTP port and the batch engine's KV cache budget."""
+"""Settings for webhook mode, the HTTP port, the batch engine's KV cache budget, lists, and
+what a wrong value says."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from bot.settings import Settings
+from bot.settings import Settings, load_settings
 
 
 def test_webhook_secret_is_random_when_unset_and_never_shown() -> None:
@@ -84,3 +87,52 @@ def test_log_level_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings(_env_file=None).log_level == "DEBUG"
     with pytest.raises(ValidationError):
         Settings(_env_file=None, log_level="verbose")
+
+
+@pytest.mark.parametrize("field", ["allowed_user_ids", "admin_user_ids"])
+@pytest.mark.parametrize(
+    ("text", "ids"),
+    [("111,222", {111, 222}), (" 111 , 222, ", {111, 222}), ("111", {111}),
+     ("[111, 222]", {111, 222}), ("", set()), ("[]", set())],
+)  # fmt: skip
+def test_user_ids_comma_separated_or_json(
+    field: str, text: str, ids: set[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(f"TRAVELBOT_{field.upper()}", text)
+    assert getattr(Settings(_env_file=None), field) == ids
+
+
+def test_openai_base_urls_comma_separated_or_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    urls = ["http://vllm-0:8000/v1", "http://vllm-1:8000/v1"]
+    monkeypatch.setenv("TRAVELBOT_OPENAI_BASE_URLS", "http://vllm-0:8000/v1, http://vllm-1:8000/v1")
+    assert Settings(_env_file=None).openai_base_urls == urls
+    monkeypatch.setenv("TRAVELBOT_OPENAI_BASE_URLS", '["http://vllm-0:8000/v1"]')  # as before
+    assert Settings(_env_file=None).openai_base_urls == urls[:1]
+
+
+def test_lists_in_the_env_file_comma_separated_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("TRAVELBOT_ADMIN_USER_IDS=111,222\n")
+    assert load_settings().admin_user_ids == {111, 222}
+
+
+def test_each_wrong_variable_is_one_line_naming_it_and_what_it_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env
+    monkeypatch.setenv("TRAVELBOT_ALLOWED_USER_IDS", "111,Bob")
+    monkeypatch.setenv("TRAVELBOT_ADMIN_USER_IDS", "[111,")
+    monkeypatch.setenv("TRAVELBOT_ENGINE", "vllm")
+    with pytest.raises(SystemExit) as exited:
+        load_settings()
+    assert exited.value.code == 2
+    takes_ids = "it takes comma-separated Telegram user ids, e.g. 111,222 (or a JSON list)"
+    assert capsys.readouterr().err.splitlines() == [
+        "Invalid setting TRAVELBOT_ALLOWED_USER_IDS, item 2: Input should be a valid integer, "
+        f"unable to parse string as an integer; {takes_ids}",
+        "Invalid setting TRAVELBOT_ADMIN_USER_IDS: Value error, starts with [ but is no JSON "
+        f"list; {takes_ids}",
+        "Invalid setting TRAVELBOT_ENGINE: Input should be 'batch', 'generate' or 'openai'",
+    ]

@@ -12,12 +12,13 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from bot.settings import ROOT
-from tests.conftest import small_photo
+from tests.conftest import free_port, small_photo
 from tests.e2e.botapi_server import TOKEN, ApiCall, BotApiServer, TgUser, bot_process_env
 
 # The `travelbot` console script, run with this checkout's code (cwd first on sys.path)
@@ -102,32 +103,57 @@ def run_bot(env: dict[str, str]) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr
 
 
-async def test_a_rejected_token_is_named_but_never_shown(
+def failed_start(env: dict[str, str]) -> tuple[dict, str]:
+    """`travelbot run` that must fail before its model loads: within seconds (loading the
+    tiny model alone takes longer on the test machines, the full-size one minutes), with
+    its reason as one JSON event, the only thing it printed. That event and the output."""
+    started = time.monotonic()
+    returncode, output = run_bot(env)
+    assert returncode == 1 and time.monotonic() - started < 8, output
+    events = [json.loads(line) for line in output.splitlines()]  # every line an event
+    assert "model_loading" not in {event["event"] for event in events}
+    assert events[-1]["event"] == "bot_failed" and "exception" not in events[-1]
+    assert TOKEN.split(":")[1] not in output
+    return events[-1], output
+
+
+async def test_a_rejected_token_ends_the_start_before_the_model_loads(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     token = f"987654321:REJECTED-{secrets.token_hex(12)}"
     async with BotApiServer() as server:  # knows only its own TOKEN: 401 for this one
         env = bot_process_env(server, tiny_model_dir, tmp_path / "bot.sqlite3", log_format="json")
         env["TRAVELBOT_TELEGRAM_TOKEN"] = token
-        returncode, output = await asyncio.to_thread(run_bot, env)
-    assert returncode == 1
-    assert "Telegram rejected the token in TRAVELBOT_TELEGRAM_TOKEN" in output
+        failed, output = await asyncio.to_thread(failed_start, env)
+    assert failed["reason"] == "token_rejected"
+    assert "Telegram rejected the token in TRAVELBOT_TELEGRAM_TOKEN" in failed["error"]
     assert token.split(":")[1] not in output
 
 
-async def test_other_failures_are_logged_as_events_not_raw_tracebacks(
+def test_an_unreachable_telegram_ends_the_start_before_the_model_loads(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/bot"  # nothing listens there
+    env = bot_process_env(BotApiServer(), tiny_model_dir, tmp_path / "bot.sqlite3",
+                          log_format="json", telegram_base_url=closed)  # fmt: skip
+    failed, _ = failed_start(env)
+    assert failed["reason"] == "telegram_unreachable"
+    assert f"Cannot reach Telegram's Bot API at {closed}" in failed["error"]
+
+
+async def test_a_database_folder_that_cannot_be_written_is_named_before_the_model_loads(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # A file where the data folder should be: what stops root too, whom file modes do not
+    folder = tmp_path / "file.txt"
+    folder.write_text("not a folder")
     async with BotApiServer() as server:
-        env = bot_process_env(server, tiny_model_dir, tmp_path / "bot.sqlite3", log_format="json")
-    # The server has stopped: Telegram cannot be reached, a NetworkError leaves the bot
-    returncode, output = await asyncio.to_thread(run_bot, env)
-    assert returncode == 1
-    events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-    failed = [event for event in events if event["event"] == "bot_failed"]
-    assert len(failed) == 1 and "NetworkError" in failed[0]["exception"]
-    assert not any(line.startswith("Traceback") for line in output.splitlines())
-    assert TOKEN.split(":")[1] not in output
+        env = bot_process_env(server, tiny_model_dir, folder / "bot.sqlite3", log_format="json")
+        failed, _ = await asyncio.to_thread(failed_start, env)
+    assert failed["reason"] == "database_unusable"
+    assert f"Cannot write the database {folder / 'bot.sqlite3'}: {folder} " in failed["error"]
+    assert "TRAVELBOT_DATABASE_PATH" in failed["error"]
+    assert not server.calls  # not even Telegram was asked: the database comes first
 
 
 @pytest.mark.parametrize(
@@ -144,5 +170,5 @@ def test_an_invalid_secret_setting_is_named_but_never_shown(
     env[variable] = value
     returncode, output = run_bot(env)
     assert returncode == 2
-    assert output.startswith("Invalid settings:") and f"\n  {variable}: " in output
+    assert output.startswith(f"Invalid setting {variable}: ") and output.count("\n") == 1
     assert value not in output and TOKEN not in output
