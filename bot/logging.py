@@ -59,6 +59,15 @@ def _scrub(value):
     return value
 
 
+def drop_update_payloads(record: logging.LogRecord) -> bool:
+    """python-telegram-bot logs the raw updates it cannot read ("Received data was %r") at
+    ERROR and CRITICAL: other users' captions, ids and file ids. Keep the event, not them."""
+    if record.name.startswith("telegram") and "Received data was" in str(record.msg):
+        record.msg = str(record.msg).split("Received data was")[0] + "(the data is not logged)"
+        record.args = ()
+    return True
+
+
 def scrub_secrets(_logger, _method, event_dict: dict) -> dict:
     return {key: _scrub(value) for key, value in event_dict.items()}
 
@@ -96,6 +105,7 @@ def configure_logging(
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(drop_update_payloads)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     # Libraries (aiosqlite, python-telegram-bot, tornado ...) at INFO or above whatever the

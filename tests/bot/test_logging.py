@@ -86,3 +86,24 @@ def test_without_a_configured_key_one_is_made_private_and_kept(
     assert user_ref(42) != first
     install_pseudonym_key(None, key_file)  # the next start: the same key, the same pseudonyms
     assert user_ref(42) == first and key_file.read_text() == stored
+
+
+async def test_updates_the_library_cannot_read_are_not_logged(capsys) -> None:
+    """A malformed update makes python-telegram-bot log the whole batch it received (other
+    users' captions too) at ERROR: the real client, against the local Bot API server."""
+    from telegram import Bot
+    from telegram.error import TelegramError
+
+    from tests.e2e.botapi_server import TOKEN, BotApiServer, TgUser
+
+    configure_logging(log_format="json")
+    async with BotApiServer() as server:
+        server.send_text(TgUser(id=4242424242), "MY-PRIVATE-CAPTION")
+        server.push_update({"message": {"message_id": 2}})  # no chat, no date: unreadable
+        async with Bot(TOKEN, base_url=server.base_url) as client:
+            with pytest.raises((TelegramError, TypeError, KeyError, ValueError)):
+                await client.get_updates(timeout=0)
+    err = capsys.readouterr().err
+    assert "Received data was" not in err or "not logged" in err
+    assert "MY-PRIVATE-CAPTION" not in err and "4242424242" not in err
+    assert "Error while parsing updates" in err  # the event itself stays
