@@ -28,9 +28,9 @@ from torch._dynamo.utils import counters as dynamo_counters
 
 from inference.engine import EngineConfig, GemmaEngine
 from inference.images import normalize_image
-from inference.runtime import fp8_experts, layers
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
+from inference.runtime.gemma4 import fp8_experts, layers
 from inference.samples import draw_menu, draw_sign
 from inference.types import Finished, Request, Sampling, Turn
 
@@ -629,16 +629,11 @@ def triton_kernels_compiled() -> int | None:
     try:
         from triton.runtime.jit import JITFunction
 
-        from inference.runtime import (
-            attention_kernel,
-            moe_kernel,
-            moe_prompt_kernel,
-            prompt_attention_kernel,
-        )
+        from inference.runtime.kernels import decode_attention, moe, moe_prompt, prompt_attention
     except ImportError:
         return None
     total = 0
-    for module in (attention_kernel, moe_kernel, moe_prompt_kernel, prompt_attention_kernel):
+    for module in (decode_attention, moe, moe_prompt, prompt_attention):
         for kernel in vars(module).values():
             if isinstance(kernel, JITFunction):
                 caches = getattr(kernel, "device_caches", None)

@@ -1,7 +1,7 @@
 """Bursts of 64 photos on one engine (full-size random Gemma 4), alternating ways of the
 decode step: as the engine runs it, with the compiled torch softmax instead of the Triton
-kernel (softmax_kernel), and with indexed assignments instead of the KV write kernel
-(kv_write_kernel); the decode graphs captured again at each switch. An A/B inside one
+kernel (kernels.softmax), and with indexed assignments instead of the KV write kernel
+(kernels.kv_write); the decode graphs captured again at each switch. An A/B inside one
 process, where two bench runs differ by ~1% from process to process.
 
     python3 scripts/ab_decode_step.py [--rounds 2] [--out ab-decode-step.json]
@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 from inference.bench import bench_engine, full_size_random_engine, make_requests
-from inference.runtime import fast_ops, kv_write_kernel, softmax_kernel
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
+from inference.runtime.gemma4 import fast_ops
+from inference.runtime.kernels import kv_write, softmax
 
 
 def main() -> None:
@@ -30,17 +31,17 @@ def main() -> None:
     engine = BatchEngine(base, RuntimeConfig(graph_batch_sizes=(64,), ignore_stop=True))
     compiled = torch.compile(fast_ops.masked_softmax)
     ways = {  # (decode softmax, KV write)
-        "as the engine runs": (softmax_kernel.masked_softmax, kv_write_kernel.write),
-        "compiled softmax": (compiled, kv_write_kernel.write),
-        "indexed KV writes": (softmax_kernel.masked_softmax, None),
+        "as the engine runs": (softmax.masked_softmax, kv_write.write),
+        "compiled softmax": (compiled, kv_write.write),
+        "indexed KV writes": (softmax.masked_softmax, None),
         "both as before": (compiled, None),
     }
     requests = make_requests(64, 128)
     bench_engine(engine, make_requests(2, 4, seed=99), [0.0, 0.0], "warm-up")
     rows = []
     for _ in range(args.rounds):
-        for name, (softmax, write) in ways.items():
-            fast_ops.decode_probs, engine.runner.cache.write_step = softmax, write
+        for name, (probs, write) in ways.items():
+            fast_ops.decode_probs, engine.runner.cache.write_step = probs, write
             engine.runner._graphs.clear()
             engine.runner._capture()
             row = bench_engine(engine, requests, [0.0] * 64, name)

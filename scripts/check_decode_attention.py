@@ -1,7 +1,7 @@
 """The sliding layers' decode attention on the GPU at Gemma 4 26B-A4B's sizes (16 query
 heads, 8 KV heads of 256, a ring of 1,024 positions): the engine's bf16 path (two batched
 matmuls around the compiled masked softmax, fast_ops) against the FP8 kernels
-(attention_kernel), per layer, with the error against float32 attention and the bytes of
+(kernels.decode_attention), per layer, with the error against float32 attention and the bytes of
 keys and values read per second. Each timing is a CUDA graph replaying 8 layers with their
 own caches. With --sweep, the FP8 kernels' settings: programs per call (parts of the
 ring), positions per loop step, warps and pipeline stages.
@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 from check_moe_kernel import LAYERS, graph_ms, relative, write_rows
 
-from inference.runtime import attention_kernel, fast_ops
-from inference.runtime.fp8_experts import FP8
+from inference.runtime.gemma4 import fast_ops
+from inference.runtime.gemma4.fp8_experts import FP8
+from inference.runtime.kernels import decode_attention
 from inference.runtime.kv_cache import fit
 
 HEADS, KV_HEADS, HEAD_DIM, WINDOW = 16, 8, 256, 1024
@@ -54,11 +55,11 @@ def measure(batch: int, sweep_kernel: bool) -> dict:
         for key, value in stored:
             fast_ops.decode_attention(module, query, key[:batch], value[:batch], mask, scale)
 
-    row: dict = {"batch": batch, "parts": attention_kernel.num_parts(batch, KV_HEADS, WINDOW)}
+    row: dict = {"batch": batch, "parts": decode_attention.num_parts(batch, KV_HEADS, WINDOW)}
     for name, stored in (("bf16", caches), ("fp8", fp8_caches)):
         key, value = stored[0][0][:batch], stored[0][1][:batch]
         got, _ = fast_ops.decode_attention(module, query, key, value, mask, scale)
-        expected = attention_kernel.reference_attention(query, key, value, mask, scale)
+        expected = decode_attention.reference_attention(query, key, value, mask, scale)
         row[f"{name}_error"] = relative(got, expected)
         ms = graph_ms(lambda stored=stored: run(stored))
         row[f"{name}_ms"] = round(ms, 4)
@@ -70,7 +71,7 @@ def measure(batch: int, sweep_kernel: bool) -> dict:
 
 def sweep(batch: int, run, fp8_caches) -> dict:
     names = ("MIN_PROGRAMS", "BLOCK_L", "WARPS", "STAGES")
-    defaults = [getattr(attention_kernel, name) for name in names]
+    defaults = [getattr(decode_attention, name) for name in names]
     timings = []
     for programs, block, (warps, stages) in itertools.product(
         (256, 512, 1024), (32, 64, 128), ((4, 2), (4, 3), (8, 3))
@@ -79,10 +80,10 @@ def sweep(batch: int, run, fp8_caches) -> dict:
             continue  # one row is bound by latency: small blocks
         setting = (programs, block, warps, stages)
         for name, value in zip(names, setting, strict=True):
-            setattr(attention_kernel, name, value)
+            setattr(decode_attention, name, value)
         timings.append((round(graph_ms(lambda: run(fp8_caches)), 4), *setting))
     for name, value in zip(names, defaults, strict=True):
-        setattr(attention_kernel, name, value)
+        setattr(decode_attention, name, value)
     return {"fp8_sweep_ms_" + "_".join(name.lower() for name in names): sorted(timings)[:10]}
 
 

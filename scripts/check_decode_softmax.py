@@ -1,6 +1,6 @@
 """The decode step's masked softmax on the GPU at Gemma 4 26B-A4B's sizes: the compiled
 torch version the engine used (fast_ops.masked_softmax under torch.compile), the same
-compiled without split reductions, and the Triton kernel (softmax_kernel), per layer, with
+compiled without split reductions, and the Triton kernel (kernels.softmax), per layer, with
 the largest difference to the float32 softmax. Rows: a sliding layer (8 KV heads, 2
 queries each, 1,024 positions) and a global one (2 KV heads, 8 queries each, 1,280 and
 4,096 positions) at each batch. Each timing is a CUDA graph replaying 8 layers with their
@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from check_moe_kernel import LAYERS, graph_ms, write_rows
 
-from inference.runtime import fast_ops, softmax_kernel
+from inference.runtime.gemma4 import fast_ops
+from inference.runtime.kernels import softmax
 
 SHAPES = {"sliding 1024": (8, 2, 1024), "global 1280": (2, 8, 1280), "global 4096": (2, 8, 4096)}
 
@@ -33,7 +34,7 @@ def main() -> None:
         "compiled, no split reductions": torch.compile(
             fast_ops.masked_softmax, options={"split_reductions": False}
         ),
-        "triton kernel": softmax_kernel.masked_softmax,
+        "triton kernel": softmax.masked_softmax,
     }
     write_rows(args.out, args.batches, lambda batch: measure(batch, ways))
 
@@ -48,12 +49,12 @@ def measure(batch: int, ways: dict) -> dict:
         expected = torch.softmax(
             (scores[0].float() * 0.0625).masked_fill(~mask, float("-inf")), dim=-1
         )
-        for name, softmax in ways.items():
-            error = (softmax(scores[0], mask, 0.0625).float() - expected).abs().max().item()
+        for name, way in ways.items():
+            error = (way(scores[0], mask, 0.0625).float() - expected).abs().max().item()
 
-            def run(softmax=softmax, scores=scores, mask=mask) -> None:
+            def run(way=way, scores=scores, mask=mask) -> None:
                 for layer_scores in scores:
-                    softmax(layer_scores, mask, 0.0625)
+                    way(layer_scores, mask, 0.0625)
 
             us = graph_ms(run)
             row[f"{shape_name}: {name}"] = {"us": round(us * 1000, 2), "error": round(error, 5)}

@@ -23,7 +23,8 @@ import torch
 from transformers import Gemma4TextConfig
 from transformers.models.gemma4.modeling_gemma4 import Gemma4TextExperts
 
-from inference.runtime import fp8_experts, moe_kernel
+from inference.runtime.gemma4 import fp8_experts
+from inference.runtime.kernels import moe
 from inference.tiny import FULL_SIZE_TEXT_CONFIG
 
 LAYERS = 8
@@ -108,7 +109,7 @@ def main() -> None:
     layers = make_experts(config)
     fp8_layers = quantized(layers)
     result: dict = {"device": torch.cuda.get_device_name(), "self_check": None, "rows": []}
-    result["self_check"] = moe_kernel.works_on(torch.device("cuda"))
+    result["self_check"] = moe.works_on(torch.device("cuda"))
     sweep_at = {int(t) for t in args.sweep_tokens.split(",") if t}
     fused_sweep_at = {int(t) for t in args.fused_sweep_tokens.split(",") if t}
     print("self check:", result["self_check"])
@@ -129,23 +130,19 @@ def measure(
     hidden = torch.randn(tokens, config.hidden_size, device="cuda", dtype=torch.bfloat16)
     weights, index = routing(tokens, config)
     first = layers[0]
-    expected = moe_kernel.reference_experts(
-        hidden, index, weights, first.gate_up_proj, first.down_proj
-    )
-    fused = moe_kernel.fused_experts(hidden, index, weights, first.gate_up_proj, first.down_proj)
-    major = moe_kernel.expert_major_experts(
-        hidden, index, weights, first.gate_up_proj, first.down_proj
-    )
+    expected = moe.reference_experts(hidden, index, weights, first.gate_up_proj, first.down_proj)
+    fused = moe.fused_experts(hidden, index, weights, first.gate_up_proj, first.down_proj)
+    major = moe.expert_major_experts(hidden, index, weights, first.gate_up_proj, first.down_proj)
     grouped = first(hidden, index, weights)
     scale = expected.abs().max()
 
     def fused_all() -> None:
         for e in layers:
-            moe_kernel.fused_experts(hidden, index, weights, e.gate_up_proj, e.down_proj)
+            moe.fused_experts(hidden, index, weights, e.gate_up_proj, e.down_proj)
 
     def major_all() -> None:
         for e in layers:
-            moe_kernel.expert_major_experts(hidden, index, weights, e.gate_up_proj, e.down_proj)
+            moe.expert_major_experts(hidden, index, weights, e.gate_up_proj, e.down_proj)
 
     row = {
         "tokens": tokens,
@@ -175,14 +172,14 @@ def measure_fp8(fp8_layers, hidden, index, weights, bf16_expected, touched_bytes
     """The kernels on FP8 weights: error against the float32 reference on the dequantized
     weights (the kernels' own error) and against the bf16 weights' result (what FP8 costs)."""
     gate_up, down, gate_up_scale, down_scale = fp8_layers[0]
-    expected = moe_kernel.reference_experts(
+    expected = moe.reference_experts(
         hidden, index, weights, fp8_experts.dequantize(gate_up, gate_up_scale, hidden.dtype),
         fp8_experts.dequantize(down, down_scale, hidden.dtype),
     )  # fmt: skip
     scale = expected.abs().max()
     row = {}
-    for name, kernels in (("fused", moe_kernel.fused_experts),
-                          ("expert_major", moe_kernel.expert_major_experts)):  # fmt: skip
+    for name, kernels in (("fused", moe.fused_experts),
+                          ("expert_major", moe.expert_major_experts)):  # fmt: skip
         got = kernels(hidden, index, weights, *fp8_layers[0]).float()
         row[f"fp8_{name}_error"] = round(((got - expected).abs().max() / scale).item(), 5)
         row[f"fp8_{name}_vs_bf16_mean"] = round(
@@ -211,10 +208,10 @@ def sweep(layers, hidden, index, weights, fused: bool = False) -> dict:
     default: [(ms per layer, blocks)], best first."""
     out = {}
     if fused:
-        kernels = moe_kernel.fused_experts
+        kernels = moe.fused_experts
         candidates = list(itertools.product((8, 16, 32), (128, 256, 512), (4, 8)))
     else:
-        kernels = moe_kernel.expert_major_experts
+        kernels = moe.expert_major_experts
         candidates = list(itertools.product((16,), (32, 64, 128), (64, 128, 256), (4, 8)))
     for kernel in ("gate_up", "down"):
         timings = []

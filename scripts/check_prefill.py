@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from inference.bench import full_size_random_engine, make_requests
-from inference.runtime import moe_kernel
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
+from inference.runtime.kernels import moe
 
 
 def relative(got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -58,7 +58,7 @@ def check_experts(model) -> dict[str, float]:
         hidden = torch.randn(shape, device=model.device, dtype=model.dtype)
         _, weights, index = layer.router(hidden)
         experts = layer.experts
-        got = moe_kernel.grouped_experts(hidden, index, weights, experts.gate_up_proj,
+        got = moe.grouped_experts(hidden, index, weights, experts.gate_up_proj,
                                          experts.down_proj)  # fmt: skip
         report[f"{tokens} tokens"] = relative(got, experts_reference(layer.experts, hidden,
                                                                       index, weights))  # fmt: skip

@@ -25,8 +25,8 @@ from time_photo_attention import timed_ms
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
-from inference.runtime import fast_ops, vision
-from inference.runtime import prompt_attention_kernel as kernel
+from inference.runtime.gemma4 import fast_ops, vision
+from inference.runtime.kernels import prompt_attention as kernel
 
 
 def prompt_mask(batch: int, length: int, total: int, spans, device) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """Prompts' experts on the GPU at Gemma 4 26B-A4B's sizes: the Triton grouped GEMMs
-(moe_prompt_kernel) against torch's grouped_mm path (moe_kernel.grouped_experts), in bf16
+(kernels.moe_prompt) against torch's grouped_mm path (moe.grouped_experts), in bf16
 and with FP8 weights (grouped_mm after dequantizing the layer, eagerly), per layer; error
 against a float32 reference; sweeps of the Triton kernels' block sizes.
 Each timing is a CUDA graph replaying 8 layers with their own weights.
@@ -17,7 +17,8 @@ import torch
 from check_moe_kernel import graph_ms, make_experts, quantized, relative, routing
 from transformers import Gemma4TextConfig
 
-from inference.runtime import fp8_experts, moe_kernel, moe_prompt_kernel
+from inference.runtime.gemma4 import fp8_experts
+from inference.runtime.kernels import moe, moe_prompt
 from inference.tiny import FULL_SIZE_TEXT_CONFIG
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
@@ -53,7 +54,7 @@ def main() -> None:
     fp8_layers = quantized(layers)
     bf16_layers = [(e.gate_up_proj, e.down_proj, None, None) for e in layers]
     result: dict = {"device": torch.cuda.get_device_name(), "rows": []}
-    result["self_check"] = moe_prompt_kernel.works_on(torch.device("cuda"))
+    result["self_check"] = moe_prompt.works_on(torch.device("cuda"))
     print("self check:", result["self_check"], flush=True)
     sweep_at = {int(t) for t in args.sweep_tokens.split(",") if t}
     for tokens in [int(t) for t in args.tokens.split(",")]:
@@ -90,12 +91,12 @@ def measure(layers, bf16_layers, fp8_layers, config, tokens: int):
     expected_fp8 = reference(hidden, index, weights, *dequantized.values())
     row: dict = {"tokens": tokens, "tflop_per_layer": round(tflop, 4)}
     row["grouped_mm_error"] = relative(
-        moe_kernel.grouped_experts(hidden, index, weights, *bf16_layers[0]), expected
+        moe.grouped_experts(hidden, index, weights, *bf16_layers[0]), expected
     )
     row["triton_error"] = relative(
-        moe_prompt_kernel.prompt_experts(hidden, index, weights, *bf16_layers[0]), expected
+        moe_prompt.prompt_experts(hidden, index, weights, *bf16_layers[0]), expected
     )
-    triton_fp8 = moe_prompt_kernel.prompt_experts(hidden, index, weights, *fp8_layers[0])
+    triton_fp8 = moe_prompt.prompt_experts(hidden, index, weights, *fp8_layers[0])
     row["triton_fp8_error"] = relative(triton_fp8, expected_fp8)
     row["triton_fp8_vs_bf16_mean"] = round(
         ((triton_fp8.float() - expected).abs().mean() / expected.abs().mean()).item(), 5
@@ -105,7 +106,7 @@ def measure(layers, bf16_layers, fp8_layers, config, tokens: int):
         for stored in stored_layers:
             experts(hidden, index, weights, *stored)
 
-    grouped, triton_ = moe_kernel.grouped_experts, moe_prompt_kernel.prompt_experts
+    grouped, triton_ = moe.grouped_experts, moe_prompt.prompt_experts
     timings = {
         "grouped_mm_ms": graph_ms(lambda: run_all(grouped, bf16_layers)),
         "triton_ms": graph_ms(lambda: run_all(triton_, bf16_layers)),
@@ -129,7 +130,7 @@ def sweep(stored_layers, hidden, index, weights, tflop: float) -> dict:
 
             def run(chosen=chosen) -> None:
                 for stored in stored_layers:
-                    moe_prompt_kernel.prompt_experts(hidden, index, weights, *stored, **chosen)
+                    moe_prompt.prompt_experts(hidden, index, weights, *stored, **chosen)
 
             try:
                 ms = graph_ms(run)

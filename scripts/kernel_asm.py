@@ -18,13 +18,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from inference.runtime import (
-    kv_write_kernel,
-    moe_kernel,
-    moe_prompt_kernel,
-    prompt_attention_kernel,
-    softmax_kernel,
-)
+from inference.runtime.kernels import kv_write, moe, moe_prompt, prompt_attention, softmax
 
 INSTRUCTIONS = ("wgmma.mma_async", "mma.sync", "cp.async.cg", "cp.async.bulk", "ld.global")
 
@@ -57,10 +51,10 @@ def experts_kernels() -> dict:
     )  # fmt: skip
     result = {}
     for name, fn, blocks in (
-        ("prompt gate_up (bf16)", moe_prompt_kernel._prompt_gate_up_kernel,
-         moe_prompt_kernel.GATE_UP_BLOCKS),
-        ("prompt down (bf16)", moe_prompt_kernel._prompt_down_kernel,
-         moe_prompt_kernel.DOWN_BLOCKS),
+        ("prompt gate_up (bf16)", moe_prompt._prompt_gate_up_kernel,
+         moe_prompt.GATE_UP_BLOCKS),
+        ("prompt down (bf16)", moe_prompt._prompt_down_kernel,
+         moe_prompt.DOWN_BLOCKS),
     ):  # fmt: skip
         block_m, block_n, block_k, warps, stages = blocks
         constants = {"TOP_K": 8, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
@@ -73,12 +67,12 @@ def experts_kernels() -> dict:
 
 def attention_kernel() -> dict:
     """The prompt attention kernel for a sliding layer (heads of 256, the prefix apart)."""
-    fn = prompt_attention_kernel._prompt_attention_kernel
+    fn = prompt_attention._prompt_attention_kernel
     types = {n: "i32" for n in fn.arg_names if n.startswith("stride_")} | dict.fromkeys(
         ("q_ptr", "k_ptr", "v_ptr", "pk_ptr", "pv_ptr", "out_ptr"), "*bf16"
     ) | {"ends_ptr": "*i32", "length": "i32", "prefix": "i32", "total": "i32",
          "window": "i32", "kv_heads": "i32", "scale": "fp32"}  # fmt: skip
-    block_m, block_n, warps, stages = prompt_attention_kernel.BLOCKS[256]
+    block_m, block_n, warps, stages = prompt_attention.BLOCKS[256]
     constants = {"GROUP": 2, "HEAD_DIM": 256, "BLOCK_D": 256, "BLOCK_M": block_m,
                  "BLOCK_N": block_n, "CAUSAL": False, "WINDOWED": False,
                  "F32": False}  # fmt: skip
@@ -98,8 +92,8 @@ def decode_kernels() -> dict:
     """The decode step's small kernels as a 64-sequence step launches them (and the
     router's kernel, as prompts do): they must compile for Hopper (no tensor cores
     expected)."""
-    softmax = dict.fromkeys(("own_ptr", "own_out_ptr", "kept_ptr", "kept_out_ptr"), "*bf16") | {
-        "mask_ptr": "*u8", "scale2": "fp32"} | dict.fromkeys(
+    softmax_args = dict.fromkeys(("own_ptr", "own_out_ptr", "kept_ptr", "kept_out_ptr"),
+                                 "*bf16") | {"mask_ptr": "*u8", "scale2": "fp32"} | dict.fromkeys(
         ("own_len", "kept_len", "batch", "kv_heads", "group", "stride_o", "stride_m",
          "stride_oo", "stride_k", "stride_ko"), "i32")  # fmt: skip
     one_part = {"BLOCK_K": 1, "KEPT": False}
@@ -107,20 +101,20 @@ def decode_kernels() -> dict:
               "index_ptr": "*i64", "tokens": "i32", "num_experts": "i32"}  # fmt: skip
     choice = {"BLOCK_E": 128, "TOP_K": 8, "BLOCK_K": 8}
     cases = (
-        ("decode softmax, sliding (bf16)", softmax_kernel._masked_softmax_kernel, softmax,
+        ("decode softmax, sliding (bf16)", softmax._masked_softmax_kernel, softmax_args,
          one_part | {"BLOCK_O": 1024}, 4),
-        ("decode softmax, global at 4,096 (bf16)", softmax_kernel._masked_softmax_kernel,
-         softmax, one_part | {"BLOCK_O": 4096}, 8),
-        ("decode softmax after the kept prefix (bf16)", softmax_kernel._masked_softmax_kernel,
-         softmax, {"BLOCK_O": 1024, "BLOCK_K": 512, "KEPT": True}, 4),
-        ("KV write, sliding (bf16)", kv_write_kernel._write_kernel,
+        ("decode softmax, global at 4,096 (bf16)", softmax._masked_softmax_kernel,
+         softmax_args, one_part | {"BLOCK_O": 4096}, 8),
+        ("decode softmax after the kept prefix (bf16)", softmax._masked_softmax_kernel,
+         softmax_args, {"BLOCK_O": 1024, "BLOCK_K": 512, "KEPT": True}, 4),
+        ("KV write, sliding (bf16)", kv_write._write_kernel,
          dict.fromkeys(("keys_ptr", "values_ptr", "key_ptr", "value_ptr"), "*bf16")
          | dict.fromkeys(("rows_ptr", "index_ptr"), "*i64")
          | dict.fromkeys(("heads", "stride_cs", "stride_ch", "stride_cl", "stride_kb",
                           "stride_kh", "stride_vb", "stride_vh"), "i32"),
          {"HEAD_DIM": 256, "BLOCK_D": 256}, 4),
-        ("router, a token a program", moe_kernel._route_kernel, router, choice, 4),
-        ("router and grouping, 64 tokens", moe_kernel._route_group_kernel,
+        ("router, a token a program", moe._route_kernel, router, choice, 4),
+        ("router and grouping, 64 tokens", moe._route_group_kernel,
          router | dict.fromkeys(("counts_ptr", "starts_ptr", "cursor_ptr", "order_ptr",
                                  "position_ptr"), "*i32"),
          choice | {"BLOCK_T": 64}, 8),

@@ -27,9 +27,9 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import AttentionInterface
 
 from inference.bench import GpuTimer, full_size_random_engine, make_requests
-from inference.runtime import fast_ops, vision
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
+from inference.runtime.gemma4 import fast_ops, vision
 
 
 def step_inputs(batch: int) -> tuple[list[int], list[int]]:

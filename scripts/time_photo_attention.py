@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from gpu_prefill import timed_ms as first_call_ms  # a shape's first call: plans included
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from inference.runtime.fast_ops import flash_varlen
+from inference.runtime.gemma4.fast_ops import flash_varlen
 
 
 def timed_ms(fn, repeats: int = 20) -> float:

@@ -20,7 +20,7 @@ import torch
 from gpu_prefill import engine_and_photo_prompts
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from inference.runtime import vision
+from inference.runtime.gemma4 import vision
 
 GPU_KINDS = ("kernel", "gpu_memcpy", "gpu_memset")
 OUTSIDE = "outside the marks"

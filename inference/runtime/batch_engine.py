@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from inference.engine import GemmaEngine
-from inference.runtime import fast_ops, fp8_experts, layers, vision
 from inference.runtime.config import RuntimeConfig
+from inference.runtime.gemma4 import fast_ops, fp8_experts, layers, vision
 from inference.runtime.kv_cache import SlotKVCache
 from inference.runtime.model_runner import ModelRunner, layer_specs, pinned
 from inference.runtime.sampler import sample
@@ -46,7 +46,7 @@ class BatchEngine:
         )
         # decode attention over FP8 keys and values, or after a prefix kept once (few rows)
         decode_kernel = bool(runtime.fp8_kv_cache or self._kept_prefix_positions) and (
-            layers.kernels_work("attention_kernel", model.device, "decode_attention_kernel",
+            layers.kernels_work("decode_attention", model.device, "decode_attention_kernel",
                                 "bf16 keys and values, read by matmuls")
         )  # fmt: skip
         fp8_kv = runtime.fp8_kv_cache and decode_kernel
@@ -183,13 +183,13 @@ class BatchEngine:
         return replace(runtime, max_slots=min(slots, runtime.max_slots))
 
     def _kv_write_kernel(self) -> Callable | None:
-        """kv_write_kernel.write where it works on this GPU (one launch a layer for a decode
+        """kernels.kv_write.write where it works on this GPU (one launch a layer for a decode
         step's keys and values, not two indexed assignments)."""
         device = self.base.model.device
         if device.type == "cuda" and layers.kernels_work(
-            "kv_write_kernel", device, "kv_write_kernel", "indexed assignment"
+            "kv_write", device, "kv_write_kernel", "indexed assignment"
         ):
-            from inference.runtime.kv_write_kernel import write  # needs Triton
+            from inference.runtime.kernels.kv_write import write  # needs Triton
 
             return write
         return None
@@ -198,7 +198,7 @@ class BatchEngine:
         device = self.base.model.device
         return bool(
             self.runtime.triton_prompt_attention and device.type == "cuda"
-            and layers.kernels_work("prompt_attention_kernel", device, "prompt_attention_kernel",
+            and layers.kernels_work("prompt_attention", device, "prompt_attention_kernel",
                                     "flash attention")
         )  # fmt: skip
 

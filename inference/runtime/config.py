@@ -35,7 +35,7 @@ class RuntimeConfig:
     # prompts of sliding layers: causal flash attention plus a pass per image, no mask
     flash_prompt_attention: bool = True
     # ... and prompts of all layers (global ones: causal) as one Triton kernel on GPUs
-    # (prompt_attention_kernel; where its start-up check fails: as above, and SDPA)
+    # (kernels.prompt_attention; where its start-up check fails: as above, and SDPA)
     triton_prompt_attention: bool = True
     fused_norms: bool | None = None  # torch's fused rms_norm; None: on GPUs only
     own_layer_forward: bool = True  # decoder layers as two regions around attention (layers)
@@ -55,7 +55,7 @@ class RuntimeConfig:
     fused_experts_tokens: int = 16
     # ... and up to this many as the expert-major Triton kernels (each expert read once)
     expert_major_tokens: int = 64
-    # prompts' experts as Triton grouped GEMMs (moe_prompt_kernel, GPU only; FP8 experts
+    # prompts' experts as Triton grouped GEMMs (kernels.moe_prompt, GPU only; FP8 experts
     # without dequantizing); False: torch's grouped_mm
     triton_prompt_experts: bool = True
     # KV of shared prompt prefixes (the system prompt) kept on the device, in positions
@@ -74,7 +74,7 @@ class RuntimeConfig:
     # half the bytes of a many-sequence decode step. Opt-in until the real checkpoint's
     # answers are checked with it; needs own_layer_forward and an Ada/Hopper GPU or the CPU
     fp8_experts: bool = False
-    # the sliding layers' keys and values as FP8 e4m3 (attention_kernel): half of what a
+    # the sliding layers' keys and values as FP8 e4m3 (kernels.decode_attention): half of what a
     # many-sequence decode step reads for them (13.4 GB at 64 sequences in bf16). Opt-in
     # like fp8_experts; needs fast_attention, and Triton on GPUs
     fp8_kv_cache: bool = False

@@ -5,7 +5,7 @@ global layers keep the full `max_seq_len`. Keys are stored after RoPE, so the
 order inside the ring does not matter to attention. The object also plays
 transformers' Cache role during a decode step: `update()` writes the step's
 keys/values and returns the cache rows the batch attends to. The sliding layers may keep
-theirs as FP8 (`sliding_dtype`; read by attention_kernel).
+theirs as FP8 (`sliding_dtype`; read by kernels.decode_attention).
 
 A shared prompt prefix (the system prompt, from the prefix cache) may be kept once for
 all slots in the sliding layers (`prefix_capacity` positions): a slot that follows it
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from inference.runtime.fp8_experts import FP8, FP8_MAX
+from inference.runtime.gemma4.fp8_experts import FP8, FP8_MAX
 
 
 def fit(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -77,7 +77,7 @@ class SlotKVCache:
             for cache in (self.keys, self.values):
                 cache.append(torch.zeros(shape, dtype=made_as, device=device).view(stored))
         # the shared prefix's keys and values [1, H, capacity, D] per sliding layer (None:
-        # global layers). Not for FP8 rings: attention_kernel would read the prefix again
+        # global layers). Not for FP8 rings: kernels.decode_attention would read the prefix again
         # for every row (H100, 64 rows: FP8 experts and keys and values 16.6 against 15.1 ms)
         prefix_capacity = prefix_capacity if sliding_dtype in (None, dtype) else 0
         self.prefix_capacity = prefix_capacity
@@ -96,7 +96,7 @@ class SlotKVCache:
         # its skip
         self.step = torch.zeros(4, num_slots, dtype=torch.long, device=device)
         self.step_positions, self.step_rows, self.step_ring, self.step_skip = self.step
-        # a decode step's keys and values in one kernel (kv_write_kernel.write), else (and
+        # a decode step's keys and values in one kernel (kernels.kv_write.write), else (and
         # into FP8 caches) two indexed assignments per layer
         self.write_step: Callable | None = None
         # positions a decode step attends to (a graph is captured per value): the global

@@ -13,8 +13,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import DynamicCache
 
-from inference.runtime import fast_ops, vision
-from inference.runtime.fp8_experts import FP8
+from inference.runtime.gemma4 import fast_ops, vision
+from inference.runtime.gemma4.fp8_experts import FP8
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache
 from inference.runtime.photo_cache import PhotoCache
 from inference.runtime.prefix_cache import PrefixCache, PrefixKV, prompt_cache
@@ -73,7 +73,7 @@ OWN_LENGTH_STEP = 128
 
 def kept_prefix_capacity(positions: int) -> int:
     """Positions of the prefix buffer for `positions` asked: whole blocks of
-    attention_kernel's (64)."""
+    kernels.decode_attention's (64)."""
     return -(-positions // 64) * 64
 
 
@@ -127,7 +127,7 @@ class ModelRunner:
     ) -> None:
         self.model = model
         self.flash_prompts = flash_prompts  # sliding layers' prompt attention unmasked
-        # ... as the Triton kernel (prompt_attention_kernel; checked on this GPU by the caller)
+        # ... as the Triton kernel (kernels.prompt_attention; checked on this GPU by the caller)
         self.prompt_kernel = prompt_kernel
         # photos through vision.photo_embeddings, their soft tokens put in place here
         self.packed_photos = packed_photos
@@ -151,10 +151,10 @@ class ModelRunner:
             sliding_dtype=FP8 if fp8_sliding_kv else None,
             prefix_capacity=kept_prefix_capacity(kept_prefix_positions),
         )
-        # few rows' decode steps read the kept prefix through attention_kernel (its
+        # few rows' decode steps read the kept prefix through kernels.decode_attention (its
         # start-up check passed on this GPU), else as matmuls
         self.kept_prefix_kernel = kept_prefix_kernel
-        self.cache.write_step = kv_write  # decode steps' writes (kv_write_kernel; GPUs)
+        self.cache.write_step = kv_write  # decode steps' writes (kernels.kv_write; GPUs)
         self.prefixes = PrefixCache(prefix_cache_tokens)
         self.photos = PhotoCache(photo_cache_bytes)
         self.suppressed = torch.tensor(suppressed_ids, dtype=torch.long, device=self.device)

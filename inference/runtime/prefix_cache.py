@@ -67,7 +67,7 @@ def prompt_cache(prefix_kv: PrefixKV, rows: int, apart: bool = False) -> Dynamic
     each layer's update joins them to its prompts' K/V in one copy (DynamicCache.update
     would copy them first: 60 copies before an 8-photo prefill's first kernel). `apart`:
     no join; each layer keeps and returns its prompts' own K/V only (for attention that
-    reads the prefix's where it is: prompt_attention_kernel)."""
+    reads the prefix's where it is: kernels.prompt_attention)."""
     cache = DynamicCache()
     for keys, values in prefix_kv:
         if apart:

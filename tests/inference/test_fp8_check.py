@@ -14,7 +14,7 @@ from inference import EngineConfig, GemmaEngine
 from inference.bench import make_requests
 from inference.fp8_check import answers_and_logprobs, compare, summary
 from inference.runtime.config import RuntimeConfig
-from inference.runtime.fp8_experts import is_quantized
+from inference.runtime.gemma4.fp8_experts import is_quantized
 from inference.runtime.model_runner import ModelRunner
 
 TRAVELBOT = Path(sys.executable).with_name("travelbot")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from inference import Finished, GemmaEngine, Request, Sampling, Turn, normalize_image
-from inference.runtime import vision
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
+from inference.runtime.gemma4 import vision
 from inference.runtime.kv_cache import SlotKVCache
 from inference.runtime.model_runner import attend_length_buckets, layer_specs, pinned
 from inference.samples import draw_menu, draw_sign

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from inference import EngineConfig, GemmaEngine, Request
-from inference.runtime import fast_ops
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
-from inference.runtime.fp8_experts import FP8
+from inference.runtime.gemma4 import fast_ops
+from inference.runtime.gemma4.fp8_experts import FP8
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache
 from inference.runtime.model_runner import attend_length_buckets, own_lengths
 from inference.samples import draw_menu, draw_sign
@@ -193,7 +193,7 @@ def test_each_decode_step_finds_a_graph_that_reads_enough_of_the_ring() -> None:
 
     assert own(64, 1024) == [512, 640, 768, 896, 1024]
     assert own(64, 1280) == [640, 768, 896, 1024] and own(64, 4096) == [1024]
-    assert own(8, 1024) == [1024]  # few rows: attention_kernel skips what is masked
+    assert own(8, 1024) == [1024]  # few rows: kernels.decode_attention skips what is masked
     for position in range(0, 4096, 7):
         length = next(n for n in lengths if n > position)
         for skip in (0, 100, 488, 512):  # the row with the highest position

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from inference.runtime.config import RuntimeConfig
-from inference.runtime.fp8_experts import FP8
+from inference.runtime.gemma4.fp8_experts import FP8
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache, fit
 
 

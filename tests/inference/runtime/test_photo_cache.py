@@ -11,9 +11,9 @@ import torch
 
 from inference import GemmaEngine, Request, Turn, normalize_image
 from inference.images import photo_key
-from inference.runtime import vision
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
+from inference.runtime.gemma4 import vision
 from inference.runtime.photo_cache import MAX_IDLE_S, PhotoCache
 from inference.samples import draw_menu, draw_sign
 from tests.conftest import png_bytes

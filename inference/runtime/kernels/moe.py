@@ -13,7 +13,7 @@ second read mostly hits L2. The two kernels' loops look alike but are kept apart
 streams gate and up rows against one load of x, which a shared row-dot helper would load
 twice (H100, 1 token: 0.041 → 0.045 ms per layer).
 
-For prompts (moe_prompt_kernel's Triton GEMMs by default; this where they fail, and as
+For prompts (moe_prompt's Triton GEMMs by default; this where they fail, and as
 the benchmarks' baseline), `grouped_experts` sorts the pairs by expert for two grouped
 GEMMs as transformers does, then `_unpermute_sum_kernel` gathers each token's k output
 rows, weights and sums them in float32 in one pass (inductor's fused gather-multiply-sum
@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from inference.runtime import fp8_experts
+from inference.runtime.gemma4 import fp8_experts
 
 # (BLOCK_N, BLOCK_K, warps) per kernel; measured on an H100 by scripts/check_moe_kernel.py
 GATE_UP_BLOCKS = (16, 128, 8)

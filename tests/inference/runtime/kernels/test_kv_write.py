@@ -1,4 +1,4 @@
-"""A decode step's keys and values written by one kernel (kv_write_kernel), run by Triton's
+"""A decode step's keys and values written by one kernel (kv_write), run by Triton's
 interpreter on the CPU against SlotKVCache's indexed assignments: sliding and global layer
 shapes, rows to slots out of order and a padding row to the scratch slot; with FP8 sliding
 layers (the kernel writes the bf16 global ones only)."""
@@ -13,9 +13,9 @@ pytest.importorskip("triton")
 
 SCRIPT = """
 import json, torch
-from inference.runtime.fp8_experts import FP8
+from inference.runtime.gemma4.fp8_experts import FP8
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache
-from inference.runtime.kv_write_kernel import write
+from inference.runtime.kernels.kv_write import write
 
 torch.manual_seed(0)
 result = {}

@@ -27,17 +27,17 @@ from transformers.models.gemma4.modeling_gemma4 import (
     eager_attention_forward,
 )
 
-from inference.runtime import fast_ops, fp8_experts
+from inference.runtime.gemma4 import fast_ops, fp8_experts
 
 log = structlog.get_logger()
 
 # Decode steps of at most this many tokens run the experts as fused Triton kernels
-# (moe_kernel); set by `install`, 0 keeps transformers' experts (grouped_mm) for all.
+# (kernels.moe); set by `install`, 0 keeps transformers' experts (grouped_mm) for all.
 fused_experts_max_tokens = 0
 # ... and up to this many as the expert-major Triton kernels (each expert read once)
 expert_major_max_tokens = 0
 # where the Triton kernels work, more tokens (prompts) run this, with the kernels'
-# arguments: moe_prompt_kernel's grouped GEMMs, or moe_kernel.grouped_experts (grouped_mm)
+# arguments: kernels.moe_prompt's grouped GEMMs, or kernels.moe.grouped_experts (grouped_mm)
 prompt_experts: Callable | None = None
 triton_prompt_experts = False  # (reported) prompt_experts are the Triton GEMMs
 
@@ -181,10 +181,10 @@ def run_experts(experts, hidden, top_k_index, top_k_weights):
 
 
 def kernels_work(module: str, device: torch.device, name: str, fallback: str) -> bool:
-    """inference.runtime.`module`.works_on(device) (importing it registers its ops; it needs
+    """inference.runtime.kernels.`module`.works_on(device) (importing it registers its ops; it needs
     Triton); a failure to import or run counts as no. Logged as `name`_wrong / _failed."""
     try:
-        if importlib.import_module(f"inference.runtime.{module}").works_on(device):
+        if importlib.import_module(f"inference.runtime.kernels.{module}").works_on(device):
             return True
         log.error(f"{name}_wrong", fallback=fallback)
     except Exception:  # e.g. no C compiler for Triton's launcher
@@ -264,15 +264,15 @@ def install(
     if (
         (fused_experts_tokens or expert_major_tokens)
         and on_gpu
-        and kernels_work("moe_kernel", model.device, "fused_experts", "grouped_mm")
+        and kernels_work("moe", model.device, "fused_experts", "grouped_mm")
     ):
-        from inference.runtime.moe_kernel import grouped_experts  # needs Triton
-        from inference.runtime.moe_prompt_kernel import prompt_experts_op
+        from inference.runtime.kernels.moe import grouped_experts  # needs Triton
+        from inference.runtime.kernels.moe_prompt import prompt_experts_op
 
         fused_experts_max_tokens = fused_experts_tokens
         expert_major_max_tokens = expert_major_tokens
         triton_prompt_experts = triton_prompts and kernels_work(
-            "moe_prompt_kernel", model.device, "prompt_experts", "grouped_mm"
+            "moe_prompt", model.device, "prompt_experts", "grouped_mm"
         )
         prompt_experts = prompt_experts_op if triton_prompt_experts else grouped_experts
     regions: tuple[Callable, Callable] = (attention_inputs, feed_forward)
@@ -290,11 +290,11 @@ def install(
             layer.forward = partial(vision_forward, layer)
         fast_ops.decode_probs = compiled(fast_ops.masked_softmax)
         fast_ops.decode_probs_after_prefix = compiled(fast_ops.masked_softmax_after_prefix)
-    if on_gpu and kernels_work("softmax_kernel", model.device, "softmax_kernel", "compiled"):
-        from inference.runtime import softmax_kernel  # needs Triton
+    if on_gpu and kernels_work("softmax", model.device, "softmax_kernel", "compiled"):
+        from inference.runtime.kernels import softmax  # needs Triton
 
-        fast_ops.decode_probs = softmax_kernel.masked_softmax  # a row per program
-        fast_ops.decode_probs_after_prefix = softmax_kernel.masked_softmax_after_prefix
+        fast_ops.decode_probs = softmax.masked_softmax  # a row per program
+        fast_ops.decode_probs_after_prefix = softmax.masked_softmax_after_prefix
     for layer in layers:
         if not hasattr(layer.self_attn, "qkv_weight"):
             fuse_projections(layer)

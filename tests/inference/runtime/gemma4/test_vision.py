@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from inference import GemmaEngine, Request
-from inference.runtime import vision
+from inference.runtime.gemma4 import vision
 from inference.samples import draw_menu, draw_sign
 
 

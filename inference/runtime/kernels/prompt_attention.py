@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from inference.runtime.fast_ops import visible_ends
-from inference.runtime.triton_dot import INTERPRETED, dot
+from inference.runtime.gemma4.fast_ops import visible_ends
+from inference.runtime.kernels.dot import INTERPRETED, dot
 
 # (BLOCK_M, BLOCK_N, warps, stages) by head size; H200, one sliding layer of an 8-photo
 # prefill (scripts/check_prompt_attention.py): 0.179 ms with these, 0.299 with 64-row tiles,

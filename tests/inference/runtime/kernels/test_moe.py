@@ -18,12 +18,12 @@ pytest.importorskip("triton")
 SCRIPT = """
 import json, sys, torch
 from transformers import AutoModelForImageTextToText
-from inference.runtime import fp8_experts
-from inference.runtime import moe_prompt_kernel
-from inference.runtime.moe_kernel import (
+from inference.runtime.gemma4 import fp8_experts
+from inference.runtime.kernels import moe_prompt
+from inference.runtime.kernels.moe import (
     expert_major_experts, fused_experts, group_by_expert, grouped_experts, route,
     route_and_group, routed_expert_major, works_on)
-from inference.runtime.moe_prompt_kernel import prompt_experts
+from inference.runtime.kernels.moe_prompt import prompt_experts
 
 # tiles of 16 and 32 pairs (some experts need two); K a multiple of the blocks or not (masks)
 PROMPT_BLOCKS = {"gate_up_blocks": (16, 16, 32, 4, 2), "down_blocks": (32, 16, 16, 4, 2)}
@@ -31,7 +31,7 @@ UNEVEN_PROMPT_BLOCKS = {"gate_up_blocks": (32, 16, 128, 4, 2), "down_blocks": (1
 
 model = AutoModelForImageTextToText.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
 errors = {"self_check": works_on(torch.device("cpu")),
-          "prompt_self_check": moe_prompt_kernel.works_on(torch.device("cpu"))}
+          "prompt_self_check": moe_prompt.works_on(torch.device("cpu"))}
 torch.manual_seed(0)
 for index in (0, 1):
     layer = model.model.language_model.layers[index]
@@ -133,7 +133,7 @@ for tokens, num_experts, k in ((1, 8, 4), (37, 128, 8), (64, 128, 8), (600, 128,
     errors[f"group by expert, {tokens}x{k} pairs of {num_experts}: wrong entries"] = float(wrong)
 # the prompt kernels' tile table against torch, experts without pairs included
 counts = torch.tensor([17, 0, 33, 0, 1, 16, 0, 64], dtype=torch.int32)
-starts, tile_expert, first_tile = moe_prompt_kernel.tile_table(counts, 16, int(counts.sum()))
+starts, tile_expert, first_tile = moe_prompt.tile_table(counts, 16, int(counts.sum()))
 tiles = (counts + 15) // 16
 ends = torch.cumsum(tiles, 0)
 expected = torch.searchsorted(ends, torch.arange(tile_expert.shape[0]), right=True)
@@ -155,8 +155,8 @@ def test_fused_experts_equal_transformers_experts(tiny_model_dir: Path) -> None:
 
 COMPILED_SCRIPT = """
 import json, torch
-from inference.runtime import moe_kernel  # registers the travelbot ops
-from inference.runtime.moe_kernel import check_cases
+from inference.runtime.kernels import moe  # registers the travelbot ops
+from inference.runtime.kernels.moe import check_cases
 
 # the op the compiled layers call for a decode step of expert-major size, traced by dynamo
 # and run through its fake implementation (aot_eager), against the eager call

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from inference import Finished, GemmaEngine
-from inference.runtime import fp8_experts
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
+from inference.runtime.gemma4 import fp8_experts
 from tests.inference.runtime.test_batch_engine import requests, serve
 
 

@@ -15,8 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from inference.runtime.fast_ops import masked_softmax as reference_softmax
-from inference.runtime.fast_ops import masked_softmax_after_prefix as reference_after_prefix
+from inference.runtime.gemma4.fast_ops import masked_softmax as reference_softmax
+from inference.runtime.gemma4.fast_ops import masked_softmax_after_prefix as reference_after_prefix
 
 LOG2E = 1.4426950408889634
 

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from inference.runtime.triton_dot import INTERPRETED, dot
+from inference.runtime.kernels.dot import INTERPRETED, dot
 
 # H200 sweep (scripts/check_decode_attention.py): best or within 2% at 1, 8 and 64 rows
 BLOCK_L = 64  # positions per loop step
@@ -185,7 +185,7 @@ def matches_reference(device: torch.device) -> bool:
     """The kernels at Gemma 4's sliding-layer sizes (a tile that does not fit the GPU fails
     here, not in a decode step) against float32 attention: over random FP8 keys and values,
     and over bf16 ones after a prefix kept apart."""
-    from inference.runtime.fp8_experts import FP8
+    from inference.runtime.gemma4.fp8_experts import FP8
     from inference.runtime.kv_cache import fit
 
     generator = torch.Generator(device=device).manual_seed(0)

@@ -28,7 +28,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from inference.runtime.fast_ops import flash_varlen, varlen_flash_works
+from inference.runtime.gemma4.fast_ops import flash_varlen, varlen_flash_works
 
 ATTENTION_NAME = "travelbot_photos"
 

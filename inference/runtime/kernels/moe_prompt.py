@@ -8,7 +8,7 @@ block of its expert's weight rows:
   1. gate_up: the tile's hidden rows, gathered by token as they are loaded, against the
      gate and the up rows → GELU(tanh)(gate)·up, stored in sorted pair order;
   2. down: those rows against the down rows → one output row per pair;
-then `moe_kernel.unpermute_sum` weights and sums each token's k rows. Against
+then `moe.unpermute_sum` weights and sums each token's k rows. Against
 `grouped_experts` (torch's grouped_mm) this saves the gather of the hidden rows into
 expert order, the [pairs, 2I] gate_up output, and for FP8 experts (`fp8_experts`) the
 dequantizing of every layer's weights: FP8 values are exact in bf16, so the kernels
@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from inference.runtime.moe_kernel import (
+from inference.runtime.kernels.dot import INTERPRETED, dot
+from inference.runtime.kernels.moe import (
     check_cases,
     chosen_blocks,
     close_enough,
@@ -35,7 +36,6 @@ from inference.runtime.moe_kernel import (
     sort_by_expert,
     unpermute_sum,
 )
-from inference.runtime.triton_dot import INTERPRETED, dot
 
 # (BLOCK_M pairs, BLOCK_N weight rows, BLOCK_K, warps, stages) by weight dtype; H200 sweep
 # at 3,904 tokens (scripts/check_prompt_experts.py), best of 11-12 each, all within 25%
@@ -182,7 +182,7 @@ def prompt_experts(
     gate_up_blocks: tuple[int, int, int, int, int] | None = None,
     down_blocks: tuple[int, int, int, int, int] | None = None,
 ) -> torch.Tensor:
-    """Σ_k w[t,k] · down[e] · (gelu(gate[e] x) · up[e] x), as `moe_kernel.fused_experts`,
+    """Σ_k w[t,k] · down[e] · (gelu(gate[e] x) · up[e] x), as `moe.fused_experts`,
     for prompts: hidden [T, H]; weights as Gemma4TextExperts keeps them, or FP8 with row
     scales."""
     tokens, top_k = top_k_index.shape
@@ -224,7 +224,7 @@ prompt_experts_op = experts_op("prompt_experts", prompt_experts)
 
 def works_on(device: torch.device) -> bool:
     """Compile and run the kernels once on small random experts (bf16, and FP8 where the
-    device has it), against moe_kernel's float32 reference."""
+    device has it), against moe's float32 reference."""
     return all(
         close_enough(prompt_experts(x, index, weights, *stored), expected)
         for x, index, weights, stored, expected in check_cases(device, tokens=67)

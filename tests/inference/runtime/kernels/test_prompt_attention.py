@@ -1,4 +1,4 @@
-"""The sliding layers' prompt attention kernel (prompt_attention_kernel), run by Triton's
+"""The sliding layers' prompt attention kernel (prompt_attention), run by Triton's
 interpreter on the CPU against float32 attention under the explicit mask (causal after a
 cached prefix, an image's tokens seeing the whole image; or causal, as global layers):
 grouped query heads, tiles across rows and images, queries in the layers' transposed
@@ -10,16 +10,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference.runtime.fast_ops import visible_ends
+from inference.runtime.gemma4.fast_ops import visible_ends
 from tests.inference.runtime.interpreted import assert_small, run_interpreted
 
 pytest.importorskip("triton")
 
 SCRIPT = """
 import json, torch
-from inference.runtime.fast_ops import visible_ends
+from inference.runtime.gemma4.fast_ops import visible_ends
 from tests.inference.runtime.interpreted import assert_small, run_interpreted
-from inference.runtime.prompt_attention_kernel import prompt_attention, reference_attention
+from inference.runtime.kernels.prompt_attention import prompt_attention, reference_attention
 
 torch.manual_seed(0)
 errors = {}
@@ -87,15 +87,15 @@ seqs = [
     engine.prepare(Request(language="th", image=png(draw_menu(360, 480, seed=2)))),
 ]
 inputs, prefix = [seq.inputs for seq in seqs], seqs[0].prefix
-from inference.runtime import prompt_attention_kernel
+from inference.runtime.kernels import prompt_attention
 kernel_calls, windowed = [], []
-original = prompt_attention_kernel.prompt_attention
+original = prompt_attention.prompt_attention
 def recorded(query, key, value, ends, scale, prefix, window):
     kernel_calls.append(prefix is not None)  # the prefix apart
     total = key.shape[2] + (prefix[0].shape[2] if prefix is not None else 0)
     windowed.append(0 < window < total)
     return original(query, key, value, ends, scale, prefix, window)
-prompt_attention_kernel.prompt_attention = recorded
+prompt_attention.prompt_attention = recorded
 results = {}
 for kernel in (False, True):
     runner.prompt_kernel = kernel

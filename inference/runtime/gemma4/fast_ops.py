@@ -10,7 +10,7 @@
   up to the image's end (consecutive prompts with an image at the same place in one
   call). The runner passes the images' spans (`image_spans`). On GPUs, where its start-up
   check passes, prompts of all layers go to one Triton kernel instead
-  (prompt_attention_kernel: the runner passes `visible_ends` of the spans).
+  (kernels.prompt_attention: the runner passes `visible_ends` of the spans).
 - RMSNorm, in the text layers and the vision tower: torch's fused rms_norm in the
   activations' dtype (one kernel instead of five plus two casts) on GPUs; its bf16 rounding
   differs slightly from transformers'. In the vision tower's compiled layers transformers'
@@ -46,13 +46,13 @@ class KeptPrefix(NamedTuple):
 
     keys: list  # per layer [1, Hkv, P, D] (None: a global layer)
     values: list
-    kernel: bool  # few rows read it through attention_kernel
+    kernel: bool  # few rows read it through kernels.decode_attention
 
 
 _decode_prefix: ContextVar[KeptPrefix | None] = ContextVar("decode_prefix", default=None)
 
 # decode steps of at least this many rows read the kept prefix as matmuls over all rows'
-# queries (once), fewer rows through attention_kernel (one launch instead of seven)
+# queries (once), fewer rows through kernels.decode_attention (one launch instead of seven)
 PREFIX_MATMUL_ROWS = 16
 
 
@@ -64,7 +64,7 @@ def image_spans(
 ) -> Iterator[None]:
     """Prompt attention in this block may use `prompt_attention` with these image spans
     (None: it may not), or with `ends` (visible_ends of them, on the device) the Triton
-    kernel (prompt_attention_kernel) in the sliding layers and, causal, the global ones.
+    kernel (kernels.prompt_attention) in the sliding layers and, causal, the global ones.
     `prefix_kv`: per layer, the keys and values of the prefix the prompts follow, which the
     layers' caches keep apart (prefix_cache.AfterPrefixLayer); the kernel reads them there."""
     tokens = _image_spans.set(spans), _visible_ends.set(ends), _prefix_kv.set(prefix_kv)
@@ -80,7 +80,7 @@ def image_spans(
 def decode_prefix(keys: list, values: list, kernel: bool) -> Iterator[None]:
     """Decode attention in this block reads the sliding layers' kept prefix (kv_cache):
     per layer its keys and values (None: not kept), before each row's own ring; with
-    `kernel`, batches of fewer than PREFIX_MATMUL_ROWS through attention_kernel."""
+    `kernel`, batches of fewer than PREFIX_MATMUL_ROWS through kernels.decode_attention."""
     token = _decode_prefix.set(KeptPrefix(keys, values, kernel))
     try:
         yield
@@ -192,30 +192,28 @@ def varlen_flash_works(query: torch.Tensor) -> bool:
 def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
     """The language model's attention: a decode step (query [B, Hq, 1, D], key/value
     [B, Hkv, L, D], bool mask [B, 1, 1, L] → [B, 1, Hq, D]) as two batched matmuls (over FP8
-    keys and values: attention_kernel on GPUs); a prompt, when the runner passed visible
-    ends, as prompt_attention_kernel (sliding layers under the image rule within their window,
+    keys and values: kernels.decode_attention on GPUs); a prompt, when the runner passed visible
+    ends, as kernels.prompt_attention (sliding layers under the image rule within their window,
     global layers causal: Gemma 4 has no image rule there; a cached prefix's keys and values
     read where they are kept when the runner passed them apart); else a prompt of a sliding layer
     within the window as `prompt_attention` when the runner passed image spans; any other
     prompt as transformers' SDPA. A decode step of a sliding layer that keeps a prefix
     once for all rows (`decode_prefix`) reads it before each row's own keys: as
-    `attention_after_prefix`, or attention_kernel for a few rows on GPUs."""
+    `attention_after_prefix`, or kernels.decode_attention for a few rows on GPUs."""
     spans = _image_spans.get()
     window = getattr(module, "sliding_window", None)
     ends = _visible_ends.get()
     prefix_kv = _prefix_kv.get()
     prefix = prefix_kv[module.layer_idx] if prefix_kv is not None else None
     if ends is not None and query.shape[2] > 1:
-        from inference.runtime import prompt_attention_kernel  # needs Triton
+        from inference.runtime.kernels import prompt_attention as kernel  # needs Triton
 
         scale = 1.0 if scaling is None else scaling
         ends = ends if window else None  # global layers: causal
-        output = prompt_attention_kernel.prompt_attention(
-            query, key, value, ends, scale, prefix, window or 0
-        )
+        output = kernel.prompt_attention(query, key, value, ends, scale, prefix, window or 0)
         return output, None
     if prefix is not None:
-        raise ValueError("a prefix's keys and values apart need prompt_attention_kernel")
+        raise ValueError("a prefix's keys and values apart need kernels.prompt_attention")
     if spans is not None and window and key.shape[2] <= window and query.shape[2] > 1:
         return prompt_attention(query, key, value, spans, scaling), None
     if query.shape[2] != 1 or not isinstance(attention_mask, torch.Tensor):
@@ -230,9 +228,9 @@ def decode_attention(module, query, key, value, attention_mask, scaling=None, dr
     fp8 = key.dtype != query.dtype  # FP8 keys and values (RuntimeConfig.fp8_kv_cache)
     few = kept is not None and kept_prefix.kernel and query.shape[0] < PREFIX_MATMUL_ROWS
     if key.is_cuda and (fp8 or few):
-        from inference.runtime import attention_kernel  # needs Triton
+        from inference.runtime.kernels import decode_attention as kernel  # needs Triton
 
-        output = attention_kernel.decode_attention(query, key, value, attention_mask, scale, kept)
+        output = kernel.decode_attention(query, key, value, attention_mask, scale, kept)
         return output, None
     if fp8:  # exact: FP8 ⊂ bf16
         key, value = key.to(query.dtype), value.to(query.dtype)
@@ -284,7 +282,7 @@ def masked_softmax_after_prefix(kept_scores, own_scores, mask, scaling: float):
 
 
 # layers.install swaps in a compiled one: one kernel instead of five (cast, scale, mask
-# inversion, fill, softmax) per layer and step; on GPUs Triton's (softmax_kernel)
+# inversion, fill, softmax) per layer and step; on GPUs Triton's (kernels.softmax)
 decode_probs = masked_softmax
 decode_probs_after_prefix = masked_softmax_after_prefix
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from inference import EngineConfig, Request
-from inference.runtime import fast_ops
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
+from inference.runtime.gemma4 import fast_ops
 from inference.samples import draw_menu, draw_sign
 from tests.conftest import load_with_wide_window
 

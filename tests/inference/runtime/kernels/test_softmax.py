@@ -1,4 +1,4 @@
-"""The decode step's masked softmax kernel (softmax_kernel), run by Triton's interpreter on
+"""The decode step's masked softmax kernel (softmax), run by Triton's interpreter on
 the CPU against fast_ops.masked_softmax (the compiled torch version it replaces on GPUs)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ pytest.importorskip("triton")
 
 SCRIPT = """
 import json, torch
-from inference.runtime.fast_ops import masked_softmax
-from inference.runtime.softmax_kernel import masked_softmax as kernel_softmax
+from inference.runtime.gemma4.fast_ops import masked_softmax
+from inference.runtime.kernels.softmax import masked_softmax as kernel_softmax
 
 torch.manual_seed(0)
 result = {}
@@ -44,8 +44,8 @@ def test_masked_softmax_kernel_equals_torch() -> None:
 
 AFTER_PREFIX = """
 import json, torch
-from inference.runtime.fast_ops import masked_softmax_after_prefix
-from inference.runtime.softmax_kernel import masked_softmax_after_prefix as kernel_softmax
+from inference.runtime.gemma4.fast_ops import masked_softmax_after_prefix
+from inference.runtime.kernels.softmax import masked_softmax_after_prefix as kernel_softmax
 
 torch.manual_seed(1)
 result = {}

@@ -6,7 +6,7 @@ import sympy
 import torch
 from torch._inductor.runtime.hints import ReductionHint
 
-from inference.runtime.layers import PersistentRows, compile_options
+from inference.runtime.gemma4.layers import PersistentRows, compile_options
 
 
 class Features:

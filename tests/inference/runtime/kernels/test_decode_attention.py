@@ -1,4 +1,4 @@
-"""The FP8 decode attention kernels (attention_kernel), run by Triton's interpreter on the
+"""The FP8 decode attention kernels (decode_attention), run by Triton's interpreter on the
 CPU against float32 attention over the same stored keys and values: grouped query heads,
 a mask with whole parts masked, several parts per row, head sizes not a power of 2, a
 prefix kept once for all rows read before each row's own (bf16 and FP8). A
@@ -14,8 +14,8 @@ pytest.importorskip("triton")
 
 SCRIPT = """
 import json, torch
-from inference.runtime.attention_kernel import decode_attention, reference_attention
-from inference.runtime.fp8_experts import FP8
+from inference.runtime.kernels.decode_attention import decode_attention, reference_attention
+from inference.runtime.gemma4.fp8_experts import FP8
 from inference.runtime.kv_cache import fit
 
 torch.manual_seed(0)
@@ -42,7 +42,7 @@ for rows, heads, kv_heads, length, dim, stored, kept in [
     name = f"{rows}x{heads}/{kv_heads} heads, {length} + {kept} positions, dim {dim}, {stored}"
     errors[name] = ((got - expected).abs().max() / expected.abs().max()).item()
 # the engine's start-up check, as a GPU runs it
-from inference.runtime.attention_kernel import matches_reference
+from inference.runtime.kernels.decode_attention import matches_reference
 errors["start-up check"] = 0.0 if matches_reference(torch.device("cpu")) else 1.0
 print(json.dumps(errors))
 """
