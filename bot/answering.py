@@ -69,14 +69,14 @@ async def run_job(
         )
         try:
             work = _start(bot, services, job, stream, image, language, think, notice, wait_for_room)
-            if not await _erasable(services, job.user_id, work):
+            if not await erasable(services, job.user_id, work):
                 log.info("answer_erased", job_id=job.id)
                 await stream.discard()
         finally:
             stream.close()
 
 
-async def _erasable(services: Services, user_id: int, work: Coroutine) -> bool:
+async def erasable(services: Services, user_id: int, work: Coroutine) -> bool:
     """Run `work` as its own task, which /forget of `user_id` cancels wherever it is
     (ActiveJobs) without cancelling the caller; False when /forget did. A cancellation of
     the caller (the bot stopping) goes on as one: the job is recovered at the next start."""
@@ -243,7 +243,7 @@ async def deliver_stored(bot: Bot, services: Services, job: Job, *, language: st
     stream = AnswerStream(bot, job.chat_id, job.message_id, is_private=False, interval_s=0)
     messages = answer_messages(job.answer or "", job.thought or "", t, "stop")
     try:
-        if not await _erasable(services, job.user_id, deliver(services, job, stream, messages)):
+        if not await erasable(services, job.user_id, deliver(services, job, stream, messages)):
             log.info("answer_erased", job_id=job.id)
             return
     except Exception:

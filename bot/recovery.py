@@ -8,7 +8,7 @@ import structlog
 from telegram import Bot
 from telegram.error import TelegramError
 
-from bot.answering import deliver_stored, download, prepare_image, run_job
+from bot.answering import deliver_stored, download, erasable, prepare_image, run_job
 from bot.context import Services
 from bot.storage import Job
 from inference import ImageRejected
@@ -28,7 +28,9 @@ async def recover_jobs(bot: Bot, services: Services) -> int:
         async with room:
             await _recover(bot, services, job)
 
-    results = await asyncio.gather(*(recover(job) for job in jobs), return_exceptions=True)
+    # erasable from the start: a job waiting its turn is dropped by /forget too
+    waiting = (erasable(services, job.user_id, recover(job)) for job in jobs)
+    results = await asyncio.gather(*waiting, return_exceptions=True)
     for job, result in zip(jobs, results, strict=True):
         if isinstance(result, BaseException):
             log.error("job_recovery_failed", job_id=job.id, exc_info=result)

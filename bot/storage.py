@@ -401,9 +401,13 @@ class Storage:
                 jobs = await self._all(
                     "SELECT chat_id, message_id FROM jobs WHERE user_id = ?", (user_id,)
                 )
+                erased = [self._erased_digest(chat, message) for chat, message in jobs]
                 await self._db.executemany(
-                    "INSERT OR IGNORE INTO erased_messages VALUES (?, ?)",
-                    [(self._erased_digest(chat, message), _now()) for chat, message in jobs],
+                    "INSERT OR REPLACE INTO erased_messages VALUES (?, ?)",
+                    [
+                        (digest, _now())
+                        for digest in [*erased, self._erased_digest("user", user_id)]
+                    ],
                 )
                 for table in ("users", "messages", "jobs"):
                     cursor = await self._db.execute(
@@ -413,8 +417,17 @@ class Storage:
             await self._erase_old_copies()
             return count
 
-    def _erased_digest(self, chat_id: int, message_id: int) -> bytes:
-        return hmac.digest(self._erased_key, f"{chat_id}:{message_id}".encode(), "sha256")
+    def _erased_digest(self, *parts: object) -> bytes:
+        return hmac.digest(self._erased_key, ":".join(map(str, parts)).encode(), "sha256")
+
+    async def get_erased_at(self, user_id: int) -> datetime | None:
+        """When the user last said /forget, within the last day (ERASED_MESSAGES_KEPT):
+        a message of theirs from before then that Telegram delivers again is not taken."""
+        row = await self._one(
+            "SELECT erased_at FROM erased_messages WHERE digest = ?",
+            (self._erased_digest("user", user_id),),
+        )
+        return datetime.fromisoformat(row[0]) if row else None
 
     # -- jobs ---------------------------------------------------------------------------------
     async def add_job(

@@ -7,7 +7,7 @@ import re
 import structlog
 from telegram import CallbackQuery, Update
 from telegram.constants import ChatMemberStatus, ParseMode
-from telegram.error import TelegramError
+from telegram.error import BadRequest, TelegramError
 
 from bot.context import BotContext
 from bot.logging import user_ref
@@ -41,14 +41,23 @@ async def button(update: Update, context: BotContext) -> None:
         count = await context.services.erase_user(owner)
         log.info("user_data_erased", user=user_ref(owner), rows=count)
         await query.answer()
-        await query.edit_message_text(context.t("forget_done", count=count))
+        await _edit(query, context.t("forget_done", count=count))
         context.profile = None
     elif kind == "forget" and value == "no":
         await query.answer()
-        await query.edit_message_text(context.t("forget_cancelled"))
+        await _edit(query, context.t("forget_cancelled"))
     else:
         log.warning("unknown_callback", kind=kind[:16], length=len(query.data or ""))
         await query.answer(context.t("button_expired"), show_alert=False)
+
+
+async def _edit(query: CallbackQuery, text: str, **kwargs) -> None:
+    """Show the button's outcome; a second tap on the same button changes nothing."""
+    try:
+        await query.edit_message_text(text, **kwargs)
+    except BadRequest as exc:
+        if "not modified" not in str(exc).lower():
+            raise
 
 
 def _forget_owner(value: str, presser_id: int) -> int | None:

@@ -35,9 +35,19 @@ async def load_profile(update: Update, context: BotContext) -> None:
     structlog.contextvars.bind_contextvars(update_id=update.update_id)
     speaker = speaker_id(update)
     message = update.message or update.edited_message
-    if user is None or speaker is None or (message and message.is_automatic_forward):
-        # channel posts, and their automatic copies in the channel's discussion group
+    if (
+        user is None
+        or speaker is None
+        or (message and message.is_automatic_forward)
+        or update.business_message
+        or update.edited_business_message
+    ):
+        # channel posts, their automatic copies in the channel's discussion group, and a
+        # Telegram Business account's chats (the bot would answer outside them)
         log.info("update_ignored", kind=_kind(update))
+        raise ApplicationHandlerStop
+    if message and await _sent_before_forget(context, speaker, message.date):
+        log.info("update_ignored", kind="sent_before_forget")  # Telegram delivered it again
         raise ApplicationHandlerStop
     context.speaker_id = speaker
     structlog.contextvars.bind_contextvars(user=user_ref(speaker))
@@ -65,6 +75,13 @@ async def on_error(update: object, context: BotContext) -> None:
             await context.bot.send_message(update.effective_chat.id, context.t("error_generic"))
         except Exception:
             log.warning("error_reply_failed")
+
+
+async def _sent_before_forget(context: BotContext, speaker: int, sent: datetime) -> bool:
+    """Telegram dates messages to the second: one of the erasing second itself is taken,
+    so a new message right after /forget is never lost."""
+    erased_at = await context.storage.get_erased_at(speaker)
+    return erased_at is not None and sent < erased_at.replace(microsecond=0)
 
 
 def _kind(update: Update) -> str:

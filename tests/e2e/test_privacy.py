@@ -280,3 +280,43 @@ async def test_a_channels_automatic_copy_in_its_group_is_ignored(bot: RunningBot
     await reply_after(bot, 7952, mark)
     await asyncio.sleep(0.3)
     assert [c for c in server.calls[mark:] if c.params.get("chat_id") == -7950] == []
+
+
+async def test_settings_commands_delivered_again_after_forget_store_nothing(
+    bot: RunningBot,
+) -> None:
+    server = bot.server
+    ann = TgUser(id=7971, language_code="en")
+    mark = server.mark()
+    command = server.send_text(ann, "/lang de")
+    await reply_after(bot, ann.id, mark)
+    command["date"] -= 2  # sent a while before the /forget below
+    await forget(bot, ann, ann.id)
+    await server.wait_for(lambda c: c.method == "editMessageText", after=mark)
+    assert await bot.storage.get_user(ann.id) is None
+    mark = server.mark()
+    server.push_update({"message": command})  # as Telegram does after a crash
+    server.send_text(ann, "/think on")  # a new message still counts
+    await reply_after(bot, ann.id, mark)
+    await asyncio.sleep(0.3)
+    user = await bot.storage.get_user(ann.id)
+    assert (user.language, user.think) == ("en", True)
+
+
+async def test_a_second_tap_on_a_button_is_no_error(bot: RunningBot, capsys) -> None:
+    server, t = bot.server, bot.services.texts
+    ann = TgUser(id=7981, language_code="en")
+    mark = server.mark()
+    server.send_text(ann, "/forget")
+    confirm = await reply_after(bot, ann.id, mark)
+    message = next(
+        m for m in server.messages(ann.id) if m.message_id == confirm.result["message_id"]
+    )
+    for _ in range(2):
+        mark = server.mark()
+        server.press_button(ann, message, "forget:no")
+        await server.wait_for(lambda c: c.method == "answerCallbackQuery", after=mark)
+        await server.wait_for(lambda c: c.method == "editMessageText", after=mark)
+    await asyncio.sleep(1.0)
+    assert t.get("en", "error_generic") not in [c.params.get("text") for c in server.calls]
+    assert "handler_failed" not in capsys.readouterr().out
