@@ -478,7 +478,6 @@ def run(args: argparse.Namespace) -> dict:
             *args.fp8_experts,
             *args.fp8_kv_cache,
             *args.long_context,
-            *args.persistent_rows,
         ]
     )
     requests = make_requests(count, args.new_tokens)
@@ -595,8 +594,6 @@ def run(args: argparse.Namespace) -> dict:
         on_engine(replace(runtime, **changes), f"{name} setup_seconds", f"{name} engine released",
                   rows)  # fmt: skip
 
-    if args.persistent_rows:
-        variant_rows("persistent rows", args.persistent_rows, persistent_reduction_rows=4096)
     if args.fp8_kv_cache:
         variant_rows("fp8 kv cache", args.fp8_kv_cache, fp8_kv_cache=True)
     if args.fp8_experts:  # quantized in place; the bf16 weights back for generate() after

@@ -88,13 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default: the largest engine concurrency)",
     )
     parser.add_argument(
-        "--persistent-rows",
-        type=_ints,
-        default=[],
-        help="then these bursts with inductor's persistent reductions over rows of up to "
-        "4,096 values in the compiled layers (RuntimeConfig.persistent_reduction_rows)",
-    )
-    parser.add_argument(
         "--fp8-experts",
         type=_ints,
         default=[],

@@ -1,7 +1,6 @@
 """Where a decode step of the batching engine spends GPU time (full-size random Gemma 4).
 
     python scripts/profile_decode.py --batches 1,8,64 [--prefill 4,8] [--contiguous-experts]
-        [--persistent-rows 4096]
 
 Prints the top kernels per batch size from torch.profiler (eager steps, kernel times are
 those a CUDA graph replays), the graph-replay step time, optionally where a prefill's GPU
@@ -269,10 +268,6 @@ def main() -> None:
     parser.add_argument("--prefill", default="", help="also profile prefills of N,M prompts")
     parser.add_argument("--grouped-mm", action="store_true", help="grouped_mm layout bench")
     parser.add_argument("--fp8-experts", action="store_true", help="then with FP8 experts")
-    parser.add_argument(
-        "--persistent-rows", type=int, default=0,
-        help="RuntimeConfig.persistent_reduction_rows (inductor's persistent reductions)",
-    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench-out/profile.json"))
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",") if b]
@@ -295,7 +290,6 @@ def main() -> None:
             max_slots=slots,
             graph_batch_sizes=tuple(batches),
             fp8_experts=layout == "fp8",
-            persistent_reduction_rows=args.persistent_rows,
         )
         engine = BatchEngine(base, runtime)
         if prefills:

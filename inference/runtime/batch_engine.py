@@ -24,8 +24,8 @@ from inference.types import Event, InferenceError, Request
 
 log = structlog.get_logger()
 
-# a photo's tensors, pinned while the request is prepared: an 8-photo prefill spent ~10 ms
-# of its CPU time joining and pinning 29 MB of pixels while the GPU waited (H200 trace)
+# a photo's tensors, pinned while the request is prepared (a worker thread), not in the
+# prefill's CPU time while the GPU waits
 PINNED_INPUTS = ("pixel_values", "image_position_ids")
 
 
@@ -52,12 +52,11 @@ class BatchEngine:
         fp8_kv = runtime.fp8_kv_cache and decode_kernel
         # its max_slots within the KV cache's memory budget
         self.runtime = runtime = self._within_budget(runtime, fp8_kv)
-        flash_prompts = runtime.fast_attention and runtime.flash_prompt_attention
         # the GPU kernels' start-up checks, once (the runner is built again, uncompiled, if
         # compiling fails)
         self._runner_kernels = {
-            "flash_prompts": flash_prompts,
-            "prompt_kernel": flash_prompts and self._prompt_kernel_works(),
+            "flash_prompts": runtime.fast_attention,
+            "prompt_kernel": runtime.fast_attention and self._prompt_kernel_works(),
             "fp8_sliding_kv": fp8_kv,
             "kv_write": self._kv_write_kernel(),
             "kept_prefix_kernel": decode_kernel,
@@ -96,7 +95,6 @@ class BatchEngine:
         self.scheduler = Scheduler(
             max_slots=runtime.max_slots,
             max_seq_len=runtime.max_seq_len,
-            max_prefill_tokens=runtime.max_prefill_tokens,
             max_prefill_seqs=runtime.max_prefill_seqs,
             deep_queue_prefill_seqs=runtime.deep_queue_prefill_seqs,
             cached_tokens=self.runner.cached_prefix_tokens,
@@ -139,7 +137,6 @@ class BatchEngine:
                 fused_experts_tokens=runtime.fused_experts_tokens,
                 expert_major_tokens=runtime.expert_major_tokens,
                 triton_prompts=runtime.triton_prompt_experts,
-                persistent_rows=runtime.persistent_reduction_rows,
             )
         self.runner = ModelRunner(
             model,
@@ -196,11 +193,9 @@ class BatchEngine:
 
     def _prompt_kernel_works(self) -> bool:
         device = self.base.model.device
-        return bool(
-            self.runtime.triton_prompt_attention and device.type == "cuda"
-            and layers.kernels_work("prompt_attention", device, "prompt_attention_kernel",
-                                    "flash attention")
-        )  # fmt: skip
+        return device.type == "cuda" and layers.kernels_work(
+            "prompt_attention", device, "prompt_attention_kernel", "flash attention"
+        )
 
     def _warm_up_prefill(self) -> None:
         """Prefill every shape class once (1, 2 and 3 prompts, with and without a photo,
@@ -305,8 +300,8 @@ class BatchEngine:
         next one. A sequence that stops decodes one extra row, which is dropped. A prefill
         blocks the CPU, so before one the tokens already sampled are read back first.
         The running sequences' decode is launched before a prefill: launching a prefill
-        keeps the CPU busy longer than the GPU needs for that step (H100, four photos:
-        ~145 ms), so the step runs meanwhile. The new sequences decode from the next step."""
+        keeps the CPU busy longer than the GPU needs for that step, so the step runs
+        meanwhile. The new sequences decode from the next step."""
         first_tokens: list[Sequence] = []
         if self.scheduler.waiting:
             self._read_back_all(first_tokens)

@@ -13,16 +13,12 @@ class RuntimeConfig:
     # None: max_slots slots whatever they take (64 of 4,096 positions: ~18 GiB in bf16)
     kv_cache_bytes: int | None = None
     max_seq_len: int = 4096  # prompt + answer, per sequence
-    # prompt tokens prefilled in one step (a cached prefix's not counted: computed once)
-    max_prefill_tokens: int = 8192
-    # H100: a prefill of 4 photos is bound by the CPU launching it (~145 ms), one of 8 by
-    # the GPU (~210 ms), so 8 at once give the same TTFT p50 as 4 + 4 and a lower p95
+    # prompts prefilled together beside a decode step: 8 keep the GPU busy for as long as
+    # the CPU launches them, 4 do not (docs/performance.md)
     max_prefill_seqs: int = 8
     # more than max_prefill_seqs waiting: prefill up to this many at once, with no decode
     # step beside it (a deep queue waits anyway; one prefill reads the experts once for
-    # all). H200, 64 photos at once, 16 against 8: GPU time per photo -12%, 2,379.5 against
-    # 2,308.7-2,315.1 tok/s, TTFT p95 1,229 against 1,335-1,345 ms, peak 73.2 against 71.0
-    # GiB (max_prefill_tokens bounds it)
+    # all; scheduler.MAX_PREFILL_TOKENS bounds its memory)
     deep_queue_prefill_seqs: int = 16
     cuda_graphs: bool | None = None  # None: on when the model is on a GPU
     graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64)
@@ -31,27 +27,19 @@ class RuntimeConfig:
     attend_lengths: tuple[int, ...] | None = None
     seed: int = 0
     ignore_stop: bool = False  # benchmarks only: always generate max_new_tokens
-    fast_attention: bool = True  # decode attention as batched matmuls (fast_ops)
-    # prompts of sliding layers: causal flash attention plus a pass per image, no mask
-    flash_prompt_attention: bool = True
-    # ... and prompts of all layers (global ones: causal) as one Triton kernel on GPUs
-    # (kernels.prompt_attention; where its start-up check fails: as above, and SDPA)
-    triton_prompt_attention: bool = True
+    # the language model's attention through fast_ops: decode steps as batched matmuls,
+    # prompts as kernels.prompt_attention on GPUs (elsewhere flash attention without a mask)
+    fast_attention: bool = True
     fused_norms: bool | None = None  # torch's fused rms_norm; None: on GPUs only
     own_layer_forward: bool = True  # decoder layers as two regions around attention (layers)
     # torch.compile them; None: on GPUs; a str or callable: the dynamo backend (tests)
     compile_layers: bool | str | Callable | None = None
     # the vision tower one photo at a time without padding, so attention needs no mask
     vision_per_photo: bool = True
-    # the compiled layers' reductions over rows of up to this many values held in
-    # registers (one read of a row; layers.PersistentRows); 0: inductor's own choice, which
-    # stops at 1,024 (the vision tower's norms over 1,152, the text layers' over 2,816
-    # loop over the row twice). Off until measured on a GPU
-    persistent_reduction_rows: int = 0
     # launch step n+1 before reading back step n's tokens (False: read back at once)
     overlap_steps: bool = True
-    # decode steps of up to this many tokens run the experts as Triton kernels (GPU only)
-    # (H100, per layer: 1 token 0.041 vs 0.105 ms, 16 tokens 0.37 vs 0.46, 32 tokens slower)
+    # decode steps of up to this many tokens run the experts as per-pair Triton kernels
+    # (GPU only; beyond it they lose to the expert-major ones: docs/performance.md)
     fused_experts_tokens: int = 16
     # ... and up to this many as the expert-major Triton kernels (each expert read once)
     expert_major_tokens: int = 64
@@ -86,7 +74,6 @@ class RuntimeConfig:
             or self.max_prefill_seqs < 1
             or (self.kv_cache_bytes is not None and self.kv_cache_bytes < 1)
             or self.deep_queue_prefill_seqs < self.max_prefill_seqs
-            or self.persistent_reduction_rows < 0
             or self.photo_cache_bytes < 0
             or (self.fp8_experts and not self.own_layer_forward)
             or (self.fp8_kv_cache and not self.fast_attention)

@@ -77,8 +77,8 @@ class SlotKVCache:
             for cache in (self.keys, self.values):
                 cache.append(torch.zeros(shape, dtype=made_as, device=device).view(stored))
         # the shared prefix's keys and values [1, H, capacity, D] per sliding layer (None:
-        # global layers). Not for FP8 rings: kernels.decode_attention would read the prefix again
-        # for every row (H100, 64 rows: FP8 experts and keys and values 16.6 against 15.1 ms)
+        # global layers). Not for FP8 rings: kernels.decode_attention would read the prefix
+        # again for every row (slower than a copy in every slot: docs/performance.md)
         prefix_capacity = prefix_capacity if sliding_dtype in (None, dtype) else 0
         self.prefix_capacity = prefix_capacity
         self.prefix_keys: list[torch.Tensor | None] = []

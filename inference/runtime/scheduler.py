@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 
 from inference.runtime.sequence import Sequence, Status
 
+# prompt tokens one prefill computes at most (a cached prefix's not counted): bounds its
+# activations' memory (16 photo prompts after the system prompt fit)
+MAX_PREFILL_TOKENS = 8192
+
 
 @dataclass
 class Plan:
@@ -29,8 +33,8 @@ class Scheduler:
         *,
         max_slots: int,
         max_seq_len: int,
-        max_prefill_tokens: int,
         max_prefill_seqs: int,
+        max_prefill_tokens: int = MAX_PREFILL_TOKENS,
         deep_queue_prefill_seqs: int | None = None,
         cached_tokens: Callable[[tuple[int, ...]], int] | None = None,
     ) -> None:

@@ -17,10 +17,7 @@ from collections.abc import Callable
 from functools import partial
 
 import structlog
-import sympy
 import torch
-from torch._inductor.choices import InductorChoices
-from torch._inductor.runtime.hints import ReductionHint
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.gemma4.modeling_gemma4 import (
     apply_rotary_pos_emb,
@@ -65,38 +62,6 @@ def _fuse(linears) -> torch.Tensor:
         linear.weight.data = fused[start : start + rows]
         start += rows
     return fused
-
-
-class PersistentRows(InductorChoices):
-    """inductor's choices, with a persistent reduction (the row held in registers, read
-    once) for every inner reduction over rows of up to `limit` values; inductor's own
-    limit is 1,024 (RuntimeConfig.persistent_reduction_rows)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def should_use_persistent_reduction(self, features, cooperative_reduction: bool) -> bool:
-        numel = sympy.sympify(features.reduction_numel)  # rows of a fixed size only
-        if (
-            not cooperative_reduction
-            and features.get_reduction_hint() == ReductionHint.INNER
-            and numel.is_number
-            and int(numel) <= self.limit
-        ):
-            return True
-        return super().should_use_persistent_reduction(features, cooperative_reduction)
-
-    def uuid(self) -> str:  # part of inductor's cache keys
-        return f"travelbot-persistent-rows-{self.limit}"
-
-
-def compile_options(backend, persistent_rows: int) -> dict | None:
-    """torch.compile's options for the layers: inductor's choices with wider persistent
-    reductions when asked (other backends take no options)."""
-    if backend != "inductor" or not persistent_rows:
-        return None
-    return {"inductor_choices_class": partial(PersistentRows, persistent_rows)}
 
 
 def attention_inputs(layer, hidden_states, cos, sin):
@@ -158,8 +123,8 @@ def routed_experts(router, experts, flat, hidden):
 
 def choose_experts(router, flat):
     """Gemma4TextRouter's (weights, experts); where the Triton kernels run, its softmax,
-    top-k and weighting as one kernel (H200, a decode step of 8 tokens: 4 kernels, ~20 µs a
-    layer; in a prompt also fewer ops for the CPU to launch)."""
+    top-k and weighting as one kernel instead of four (in a prompt also fewer ops for the
+    CPU to launch)."""
     if prompt_experts is None:  # no Triton kernels
         _, weights, index = router(flat)
         return weights, index
@@ -246,12 +211,11 @@ def install(
     fused_experts_tokens: int = 0,
     expert_major_tokens: int = 0,
     triton_prompts: bool = True,
-    persistent_rows: int = 0,
 ) -> Callable[[], None]:
     """Give every decoder layer the two-region forward; returns a function undoing it.
     `fused_experts_tokens`, `expert_major_tokens`: up to how many tokens a step uses each
     kind of Triton experts kernel (GPU); `triton_prompts`: longer ones the Triton grouped
-    GEMMs (else torch's grouped_mm); `persistent_rows`: compile_options."""
+    GEMMs (else torch's grouped_mm)."""
     global fused_experts_max_tokens, expert_major_max_tokens, prompt_experts
     global triton_prompt_experts
     layers = list(model.model.language_model.layers)
@@ -281,9 +245,7 @@ def install(
         # one entry per layer kind and shape class (decode batch 1, batch n, prefill)
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         backend = "inductor" if compile is True else compile  # or a dynamo backend
-        compiled = partial(
-            torch.compile, backend=backend, options=compile_options(backend, persistent_rows)
-        )
+        compiled = partial(torch.compile, backend=backend)
         regions = tuple(compiled(fn) for fn in regions)
         vision_forward = compiled(type(vision_layers[0]).forward)
         for layer in vision_layers:
