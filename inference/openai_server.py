@@ -6,16 +6,20 @@ templates, so one client payload means the same on vLLM, SGLang and here. The bo
 engine sends the travel chat it builds itself.
 
 A request is bounded before it costs anything: refused (429) without its body being read
-when the worker's queue has no room for it; its counts and sizes checked (`RequestLimits`)
-before an image is decoded or a text tokenized; its images decoded in a pool of their own.
-A client that leaves cancels its handler (aiohttp's handler cancellation), and with it its
-place in the queue or its generation.
+when the worker's queue has no room for it, or when it is large (a photo) and as many large
+bodies are arriving already; its body read (within a time limit) before it takes a place
+in the queue, so a slow client holds none; the body's text, its images' data taken out,
+bounded before it is parsed, a large one parsed off the event loop; its counts and sizes
+checked (`RequestLimits`) before an image is decoded or a text tokenized; its images
+decoded in a pool of their own. A client that leaves cancels its handler (aiohttp's
+handler cancellation), and with it its place in the queue or its generation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import ipaddress
 import json
@@ -41,11 +45,12 @@ from prometheus_client.registry import Collector
 from inference.openai_wire import (
     FINISH_REASONS,
     BadRequest,
+    BodyTooLarge,
     CompletionCall,
     RequestLimits,
-    check_completion_body,
     delta_dict,
     error_dict,
+    parse_completion_body,
     usage_dict,
 )
 from inference.types import (
@@ -81,6 +86,10 @@ _OPEN_PATHS = frozenset({"/health", "/metrics"})
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 CLIENT_LEFT = 499  # the status counted for a request whose client left (nginx's)
+# A body up to this size needs no place among the large uploads: aiohttp buffers as much
+# of any connection's bytes before it stops reading from it. Larger ones are parsed in the
+# admission's parse pool rather than on the event loop.
+SMALL_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,9 @@ class ServerConfig:
     # asyncio's default executor: a request without images never waits behind photos
     decode_threads: int = 2
     body_timeout_s: float = 60.0  # a body must arrive whole within this
+    # bodies over SMALL_BODY_BYTES (or of unknown length, or compressed) received at once;
+    # one more is a 429 before it is read: slow senders of photos hold at most this many
+    max_large_uploads: int = 8
     # a connection is closed when it has not sent a whole request line and headers within
     # this (of opening, or of the last answer): an idle keep-alive, or a slow client
     idle_timeout_s: float = 30.0
@@ -105,33 +117,66 @@ class ApiError(Exception):
 
 
 class Admission:
-    """Requests between their arrival and the worker's queue. They count against the
-    worker's queue room, so a request that would not be queued is refused (429) before its
-    body is read, its images decoded or its text tokenized."""
+    """Requests between their arrival and the worker's queue. A request whose body has
+    arrived counts against the worker's queue room while it is checked and its images
+    decoded; one that would not be queued is refused (429) before its body is read, its
+    images decoded or its text tokenized. Bodies still arriving hold no place in the queue
+    (a slow client would keep it from others); large ones are received a few at a time."""
 
-    def __init__(self, worker: Worker, decode_threads: int) -> None:
+    def __init__(self, worker: Worker, config: ServerConfig) -> None:
         self.worker = worker
-        self.num_admitting = 0
-        self.decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="serve-decode")
+        self.max_large_uploads = config.max_large_uploads
+        self.num_admitting = 0  # bodies read, being checked or decoded: places in the queue
+        self.num_reading = 0  # bodies being received
+        self.num_large_reading = 0  # those over SMALL_BODY_BYTES, of unknown size, compressed
+        self.decode_pool = ThreadPoolExecutor(
+            config.decode_threads, thread_name_prefix="serve-decode"
+        )
+        # large bodies are parsed here, off the event loop and apart from the photos
+        self.parse_pool = ThreadPoolExecutor(1, thread_name_prefix="serve-parse")
 
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
+    def check_room(self) -> None:
+        """Raise unless the worker runs and its queue has room for one more request."""
         worker = self.worker
         if not worker.is_alive:
             raise WorkerStopped("the worker is not running")
         if worker.queue_depth + self.num_admitting >= worker.max_queue:
             raise QueueFull(f"{worker.queue_depth} requests waiting")
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """A place in the queue, from when the body has arrived until it is queued."""
+        self.check_room()
         self.num_admitting += 1
         try:
             yield
         finally:
             self.num_admitting -= 1
 
+    @contextlib.contextmanager
+    def receiving(self, *, large: bool) -> Iterator[None]:
+        """A body being received; a large one is a 429 when `max_large_uploads` are."""
+        if large and self.num_large_reading >= self.max_large_uploads:
+            raise ApiError(
+                429, f"{self.num_large_reading} large bodies are being received", "too_many_uploads"
+            )
+        self.num_reading += 1
+        self.num_large_reading += large
+        try:
+            yield
+        finally:
+            self.num_reading -= 1
+            self.num_large_reading -= large
+
+    def shutdown(self) -> None:
+        for pool in (self.decode_pool, self.parse_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+
 
 class Metrics:
     """Prometheus metrics of one app (its own registry: tests run several)."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, admission: Admission) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "travelbot_serve_requests",
@@ -145,20 +190,37 @@ class Metrics:
             buckets=_SECONDS_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_WorkerGauges(worker))
+        self.registry.register(_StateGauges(admission))
 
 
-class _WorkerGauges(Collector):
-    """The worker's state, read at scrape time."""
+class _StateGauges(Collector):
+    """The worker's state and the admission's, read at scrape time."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
 
     def describe(self) -> list:
         return []  # the registry need not call collect() at registration
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        worker = self.worker
+        admission = self.admission
+        worker = admission.worker
+        yield GaugeMetricFamily(
+            "travelbot_serve_bodies_reading",
+            "Request bodies being received (they hold no place in the queue).",
+            value=admission.num_reading,
+        )
+        yield GaugeMetricFamily(
+            "travelbot_serve_large_bodies_reading",
+            f"Of those, the ones over {SMALL_BODY_BYTES} bytes, of unknown size or compressed "
+            f"(at most {admission.max_large_uploads}).",
+            value=admission.num_large_reading,
+        )
+        yield GaugeMetricFamily(
+            "travelbot_serve_requests_admitting",
+            "Requests received, being checked or their images decoded (places in the queue).",
+            value=admission.num_admitting,
+        )
         yield GaugeMetricFamily(
             "travelbot_serve_queue_depth", "Requests waiting to start.", value=worker.queue_depth
         )
@@ -184,13 +246,13 @@ def create_app(worker: Worker, config: ServerConfig) -> web.Application:
         client_max_size=config.limits.max_body_bytes,
     )
     app[WORKER], app[CONFIG] = worker, config
-    app[ADMISSION] = admission = Admission(worker, config.decode_threads)
-    app[METRICS] = Metrics(worker)
+    app[ADMISSION] = admission = Admission(worker, config)
+    app[METRICS] = Metrics(admission)
 
-    async def shut_pool(_app: web.Application) -> None:
-        admission.decode_pool.shutdown(wait=False, cancel_futures=True)
+    async def shut_pools(_app: web.Application) -> None:
+        admission.shutdown()
 
-    app.on_cleanup.append(shut_pool)
+    app.on_cleanup.append(shut_pools)
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/health", health)
@@ -273,7 +335,7 @@ async def _errors_as_json(request: web.Request, handler) -> web.StreamResponse:
     except ApiError as exc:
         status, message, code = exc.status, str(exc), exc.code
     except BadRequest as exc:
-        status, message, code = 400, str(exc), exc.code
+        status, message, code = 413 if isinstance(exc, BodyTooLarge) else 400, str(exc), exc.code
     except InferenceError as exc:
         status = next((s for kind, s in _INFERENCE_STATUS.items() if isinstance(exc, kind)), 500)
         message = str(exc) or exc.kind
@@ -283,8 +345,8 @@ async def _errors_as_json(request: web.Request, handler) -> web.StreamResponse:
     log.info("api_error", path=request.path, status=status, code=code)
     body = error_dict(message, _ERROR_TYPES.get(status, "server_error"), code)
     response = web.json_response(body, status=status)
-    if status in (408, 413):  # the rest of the body is not read: nothing more on this one
-        response.force_close()
+    if status in (408, 413) or code == "too_many_uploads":
+        response.force_close()  # the rest of the body is not read: nothing more on this one
     return response
 
 
@@ -318,10 +380,9 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     config, worker = request.app[CONFIG], request.app[WORKER]
-    admission = request.app[ADMISSION]
     async with contextlib.AsyncExitStack() as stack:
-        with admission.slot():  # counted from before the body is read until it is queued
-            call = await _read_call(request, config, admission)
+        with contextlib.ExitStack() as admitting:  # a place in the queue until queued
+            call = await _read_call(request, config, request.app[ADMISSION], admitting)
             chat = call.request.chat
             log.info(
                 "completion_requested",
@@ -342,33 +403,57 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def _read_call(
-    request: web.Request, config: ServerConfig, admission: Admission
+    request: web.Request,
+    config: ServerConfig,
+    admission: Admission,
+    admitting: contextlib.ExitStack,
 ) -> CompletionCall:
-    """The body, checked within the limits before any decoding; its images decoded in the
-    admission's pool."""
+    """The body, read whole before it takes a place in the queue (entered on `admitting`);
+    checked within the limits before any decoding; its images decoded in the admission's
+    pool."""
+    admission.check_room()  # a request that would not be queued: refused unread
+    raw = await _read_body(request, config, admission)
+    admitting.enter_context(admission.slot())  # the queue may have filled meanwhile
     limits = config.limits
-    if (request.content_length or 0) > limits.max_body_bytes:
-        raise web.HTTPRequestEntityTooLarge(limits.max_body_bytes, request.content_length)
-    try:
-        async with asyncio.timeout(config.body_timeout_s):
-            raw = await request.read()
-    except TimeoutError:
-        raise ApiError(408, "the body did not arrive in time", "request_timeout") from None
-    if sum(map(raw.count, (b",", b"{", b"["))) > limits.max_json_marks:
-        raise BadRequest("the body holds more JSON values than a request may", "too_many_values")
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
-        raise BadRequest("the body is not valid JSON") from exc
-    checked = check_completion_body(
-        body, default_max_tokens=config.default_max_tokens, limits=limits
+    parse = functools.partial(
+        parse_completion_body, raw, default_max_tokens=config.default_max_tokens, limits=limits
     )
+    loop = asyncio.get_running_loop()
+    if len(raw) <= SMALL_BODY_BYTES:
+        checked = parse()
+    else:  # up to ~100 MB searched for images' data: not on the event loop
+        checked = await loop.run_in_executor(admission.parse_pool, parse)
     if checked.model and checked.model != config.model_name:
         raise ApiError(404, f"model {checked.model!r} is not served here", "model_not_found")
     if not checked.num_images:
         return checked.decode(limits.image)  # nothing to decode
-    loop = asyncio.get_running_loop()
     return await loop.run_in_executor(admission.decode_pool, checked.decode, limits.image)
+
+
+async def _read_body(
+    request: web.Request, config: ServerConfig, admission: Admission
+) -> bytes | bytearray:
+    """The body, within the size and time limits; a large one only while fewer than
+    `max_large_uploads` are being received."""
+    limits = config.limits
+    length = request.content_length
+    if (length or 0) > limits.max_body_bytes:
+        raise web.HTTPRequestEntityTooLarge(limits.max_body_bytes, length)
+    if not request.can_read_body:  # none, or read by a middleware (aiohttp keeps it)
+        return await request.read()
+    # a compressed body may be larger than its length says (aiohttp inflates it)
+    large = length is None or length > SMALL_BODY_BYTES or "Content-Encoding" in request.headers
+    body = bytearray()  # not bytes: joined without a copy of the whole
+    with admission.receiving(large=large):
+        try:
+            async with asyncio.timeout(config.body_timeout_s):
+                while chunk := await request.content.readany():
+                    body += chunk
+                    if len(body) > limits.max_body_bytes:  # chunked: no length announced
+                        raise web.HTTPRequestEntityTooLarge(limits.max_body_bytes, len(body))
+        except TimeoutError:
+            raise ApiError(408, "the body did not arrive in time", "request_timeout") from None
+    return body
 
 
 async def _queued(events: AsyncIterator[Event]) -> Event:

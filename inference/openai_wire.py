@@ -13,6 +13,8 @@ import base64
 import binascii
 import json
 import math
+import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,6 +34,13 @@ class BadRequest(ValueError):
     def __init__(self, message: str, code: str = "invalid_request") -> None:
         super().__init__(message)
         self.code = code
+
+
+class BodyTooLarge(BadRequest):
+    """A body larger than any request within the limits could be (a 413)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "body_too_large")
 
 
 # Client side: Request -> payload, chunk -> events
@@ -204,12 +213,24 @@ class RequestLimits:
         return 4 * self.max_total_chars + 16 * (self.max_messages + self.max_images) + 1024
 
     @property
+    def max_text_bytes(self) -> int:
+        """The most bytes a body within the limits holds outside its images' base64 data:
+        each character JSON-escaped at worst (12 bytes: a surrogate pair as
+        \\uXXXX\\uXXXX), and room for the rest (roles, keys, parameters, white space)."""
+        return 12 * self.max_total_chars + 256 * self.max_messages + 64 * 1024
+
+    @property
+    def max_parsed_bytes(self) -> int:
+        """The most bytes besides the images' data that are parsed: more than
+        `max_text_bytes`, so that a client sending too much text is told what is too long
+        (a message, all of them, the JSON values), up to ~0.1 s of parsing; a larger body
+        that is not images is refused unparsed."""
+        return 32 * self.max_text_bytes
+
+    @property
     def max_body_bytes(self) -> int:
-        """The largest body that can pass the checks: each image in base64, each character
-        JSON-escaped at worst (12 bytes: a surrogate pair as \\uXXXX\\uXXXX), and room for
-        the rest (roles, keys, parameters, white space)."""
-        images = self.max_images * _base64_len(self.image.max_bytes)
-        return images + 12 * self.max_total_chars + 256 * self.max_messages + 64 * 1024
+        """The largest body that can pass the checks: each image in base64, and the text."""
+        return self.max_images * _base64_len(self.image.max_bytes) + self.max_text_bytes
 
 
 @dataclass(frozen=True)
@@ -224,7 +245,7 @@ class CompletionCall:
 class _Message:
     role: Literal["system", "user", "model"]
     text: str
-    images: tuple[str, ...]  # base64, not decoded yet
+    images: tuple[str | bytes | memoryview, ...]  # base64, not decoded yet
 
 
 @dataclass(frozen=True)
@@ -274,12 +295,152 @@ def read_completion_call(
     )
 
 
+# An image's base64 data as the value of "url" (or of "image_url" itself): the `"` before
+# "url" follows `{` or `,` (and white space), so it opens a string even where the body's
+# texts quote JSON (their quotes are escaped); the data runs from ";base64," to the next
+# `"`, as base64 has none. Sought back from each ";base64," found, in a small window.
+_BASE64_MARK = b";base64,"
+_IMAGE_URL_BEFORE = re.compile(
+    rb'[{,]\s{0,256}"(?:url|image_url)"\s{0,256}:\s{0,256}"data:(?:[^"\\]|\\/){0,256};base64,\Z'
+)
+_LOOK_BACK = 1536  # bytes: more than any match of _IMAGE_URL_BEFORE
+# A large body is searched in steps of this many bytes (a few milliseconds each): between
+# them a thread searching it lets the event loop have the GIL
+_STEP = 4 * 1024 * 1024
+
+
+def parse_completion_body(
+    raw: bytes | bytearray, *, default_max_tokens: int, limits: RequestLimits
+) -> CheckedCall:
+    """Parse a chat-completions body and check it (`check_completion_body`), its images'
+    base64 data taken out before the JSON is parsed: only the rest is parsed, so a body
+    of photos costs milliseconds, and one with more besides them than `max_parsed_bytes`
+    is refused unparsed (BodyTooLarge); what passes holds at most `max_text_bytes`. The
+    images stay views of `raw`. Up to ~100 MB are searched: in a thread for a large body
+    (the GIL is let go every few milliseconds)."""
+    text = _TextOf(raw, limits)
+    _check_text_size(text.size, limits.max_parsed_bytes)
+    # 10 MB of `[1,1,...]` would be millions of Python objects: counted first
+    if text.count(b",{[") > limits.max_json_marks:
+        raise BadRequest("the body holds more JSON values than a request may", "too_many_values")
+    try:
+        body = json.loads(text.join())
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise BadRequest("the body is not valid JSON") from exc
+    checked = check_completion_body(
+        body, default_max_tokens=default_max_tokens, limits=limits, image_data=text.data
+    )
+    # last, so that a text too long is told so; what looked like image data but is no
+    # image part's is text after all
+    _check_text_size(text.size + sum(map(len, text.data.values())), limits.max_text_bytes)
+    return checked
+
+
+class _TextOf:
+    """A body with the base64 data of its first image data URLs (one more than a request
+    may hold) each replaced by a key, and the data by key (`data`). The keys are random, so
+    a body cannot name data it did not send. Data with JSON escapes other than `\\/` (PHP's
+    json_encode writes them) stays in the text. Counted and measured before it is joined:
+    a large body that is not images is refused uncopied."""
+
+    def __init__(self, raw: bytes | bytearray, limits: RequestLimits) -> None:
+        self.raw = raw
+        self.ranges: list[tuple[int, int]] = []  # of `raw`: the text
+        self.keys: list[bytes] = []  # one between each two ranges
+        self.data: dict[str, bytes | memoryview] = {}
+        nonce = secrets.token_hex(8)
+        view = memoryview(raw)
+        start = at = 0  # the first byte not yet in `ranges`; where to look on
+        for _ in range(16 * (limits.max_images + 1)):  # marks looked at, in images or not
+            if len(self.data) > limits.max_images:
+                break
+            at = _find(raw, _BASE64_MARK, at)
+            if at < 0:
+                break
+            begin = at = at + len(_BASE64_MARK)
+            if not _IMAGE_URL_BEFORE.search(raw, max(start, begin - _LOOK_BACK), begin):
+                continue
+            at = end = _find(raw, b'"', begin)  # up to it, all is in this string
+            if end < 0:
+                break
+            image: bytes | memoryview | None = view[begin:end]
+            if raw.find(b"\\", begin, end) >= 0:
+                image = _unescape_slashes(view[begin:end])
+                if image is None:
+                    continue  # other escapes: left to the JSON parser
+            key = f"{nonce}{len(self.data)}"
+            self.data[key] = image
+            self.ranges.append((start, begin))
+            self.keys.append(key.encode())
+            start = end
+        self.ranges.append((start, len(raw)))
+        self.size = sum(end - start for start, end in self.ranges) + sum(map(len, self.keys))
+
+    def count(self, chars: bytes) -> int:
+        """How many of `chars` the text holds (none is in a key), in steps of _STEP."""
+        singles = [bytes((char,)) for char in chars]
+        return sum(
+            self.raw.count(char, at, min(at + _STEP, end))
+            for start, end in self.ranges
+            for at in range(start, end, _STEP)
+            for char in singles
+        )
+
+    def join(self) -> bytes:
+        view = memoryview(self.raw)
+        pieces: list[bytes | memoryview] = []
+        for (start, end), key in zip(self.ranges, [*self.keys, b""], strict=True):
+            pieces += (view[start:end], key)
+        return b"".join(pieces)
+
+
+def _unescape_slashes(data: memoryview) -> bytes | None:
+    """`data` with each `\\/` as `/`, in steps of _STEP; None if it holds another escape."""
+    pieces = []
+    at = 0
+    while at < len(data):
+        stop = min(at + _STEP, len(data))
+        stop += stop < len(data) and data[stop - 1] == ord("\\")  # not between `\\` and `/`
+        pieces.append(bytes(data[at:stop]).replace(b"\\/", b"/"))
+        if b"\\" in pieces[-1]:
+            return None
+        at = stop
+    return b"".join(pieces)
+
+
+def _find(raw: bytes | bytearray, needle: bytes, start: int) -> int:
+    """`raw.find(needle, start)`, in steps of _STEP bytes (the GIL may pass between). Its
+    first byte is sought first (memchr: ~10 times as fast), up to 16 times a step."""
+    for at in range(start, len(raw), _STEP):
+        stop = at + _STEP + len(needle) - 1
+        for _ in range(16):
+            at = raw.find(needle[:1], at, stop)
+            if at < 0 or raw.startswith(needle, at):
+                break
+            at += 1
+        else:
+            at = raw.find(needle, at, stop)
+        if at >= 0:
+            return at
+    return -1
+
+
+def _check_text_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise BodyTooLarge(f"the body holds more than {limit} bytes besides its images' data")
+
+
 def check_completion_body(
-    body: Any, *, default_max_tokens: int, limits: RequestLimits
+    body: Any,
+    *,
+    default_max_tokens: int,
+    limits: RequestLimits,
+    image_data: dict[str, bytes | memoryview] | None = None,
 ) -> CheckedCall:
     """Check a chat-completions body against `limits` without decoding an image or
     tokenizing a text (cheap: it may run on the event loop); raises BadRequest or
-    ImageRejected."""
+    ImageRejected. `image_data`: image data taken out of the body by key
+    (`parse_completion_body`); those used are removed from it."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     for key, off in _UNSUPPORTED.items():
@@ -292,7 +453,7 @@ def check_completion_body(
         raise BadRequest("'messages' must be a non-empty list")
     if len(messages) > limits.max_messages:
         raise BadRequest(f"at most {limits.max_messages} messages", "too_many_messages")
-    read = _MessageReader(limits)
+    read = _MessageReader(limits, {} if image_data is None else image_data)
     chat = tuple(read(m) for m in messages)
     if chat[-1].role != "user":
         raise BadRequest("the last message must come from the user")
@@ -366,8 +527,9 @@ class _MessageReader:
     """Messages one by one, counting images and characters against the limits part by
     part, so that a body over them is refused at the first part too many."""
 
-    def __init__(self, limits: RequestLimits) -> None:
+    def __init__(self, limits: RequestLimits, image_data: dict[str, bytes | memoryview]) -> None:
         self.limits = limits
+        self.image_data = image_data  # taken out of the body, by key: those used are removed
         self.num_images = 0
         self.num_chars = 0  # of all messages, the newlines that join parts included
         self.message_chars = 0
@@ -413,9 +575,17 @@ class _MessageReader:
                 f"the messages have more than {self.limits.max_total_chars} characters",
                 "prompt_too_long",
             )
+        if not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError as exc:  # JSON's "\\ud800": no character
+                raise BadRequest(
+                    f"a text holds a lone surrogate ({text[exc.start]!r}): not Unicode text",
+                    "invalid_text",
+                ) from None
         return text
 
-    def _image(self, image_url: Any) -> str:
+    def _image(self, image_url: Any) -> str | bytes | memoryview:
         """The base64 data of an image part, its size checked; decoded later."""
         self.num_images += 1
         if self.num_images > self.limits.max_images:
@@ -426,6 +596,7 @@ class _MessageReader:
         header, _, data = url.partition(",") if isinstance(url, str) else ("", "", "")
         if not header.startswith(_DATA_URL_PREFIX) or not header.endswith(";base64"):
             raise BadRequest("images must be data URLs: data:image/...;base64,...", "invalid_image")
+        data = self.image_data.pop(data, data)
         if len(data) > _base64_len(self.limits.image.max_bytes):
             raise ImageRejected("too_large", f"over {self.limits.image.max_bytes} bytes")
         return data
@@ -435,7 +606,7 @@ def _base64_len(num_bytes: int) -> int:
     return 4 * -(-num_bytes // 3)
 
 
-def _decode_base64(data: str) -> bytes:
+def _decode_base64(data: str | bytes | memoryview) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:

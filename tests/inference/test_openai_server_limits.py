@@ -132,6 +132,88 @@ async def test_a_body_larger_than_any_allowed_request_is_refused_unread(
     assert status_line.startswith(b"HTTP/1.1 413"), status_line
 
 
+@pytest.mark.parametrize(
+    "where",
+    ["top level", "message", "text part", "data URL under another key"],
+)
+async def test_a_body_too_large_outside_its_images_is_a_413(
+    openai_server: OpenAIServer, where: str
+) -> None:
+    """Besides its images a body is text and parameters: more bytes of it than the text
+    limits allow (0.9 MiB) is a 413, wherever they hide, even in a data URL that is no
+    image part's. (They were taken up to the body limit, which has room for 4 photos.)"""
+    pad = "a" * (2 * MiB)
+    body = user_says("Exit?") | {"max_tokens": 1}
+    if where == "top level":
+        body["pad"] = pad
+    elif where == "message":
+        body["messages"][0]["pad"] = pad
+    elif where == "text part":
+        body["messages"][0]["content"][0]["pad"] = pad
+    else:
+        body["metadata"] = {"image_url": {"url": "data:image/png;base64," + pad}}
+    async with api(openai_server) as client:
+        response = await client.post("/chat/completions", json=body)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "body_too_large"
+
+
+async def test_a_huge_text_body_leaves_the_server_responsive(openai_server: OpenAIServer) -> None:
+    """100 MiB under an unknown key, within the body limit (which has room for 4 photos),
+    was parsed on the event loop: +285 MB, /health stalled ~1 s, and then a 200. (Sent in
+    pieces: this test's client shares the event loop.)"""
+    body = json.dumps(user_says("Exit?") | {"max_tokens": 1})
+    content = memoryview((body[:-1] + ', "pad": "' + "a" * (100 * MiB) + '"}').encode())
+    head = raw_head("POST", "/v1/chat/completions", openai_server.api_key, length=len(content))
+
+    async def post() -> tuple[bytes, dict]:
+        async with connection(openai_server) as (reader, writer):
+            writer.write(head)
+            for at in range(0, len(content), MiB):
+                writer.write(content[at : at + MiB])
+                await writer.drain()
+            return await asyncio.wait_for(read_answer(reader), 30)
+
+    root = openai_server.base_url.removesuffix("/v1")
+    async with httpx.AsyncClient(base_url=root) as probe:
+        with PeakRss() as rss:
+            posting = asyncio.create_task(post())
+            latencies = []
+            while not posting.done():
+                start = time.monotonic()
+                assert (await probe.get("/health")).status_code == 200
+                latencies.append(time.monotonic() - start)
+                await asyncio.sleep(0.01)
+            status_line, answer = await posting
+    assert status_line.startswith(b"HTTP/1.1 413"), (status_line, answer)
+    assert answer["error"]["code"] == "body_too_large"
+    assert max(latencies) < 0.2, latencies
+    assert rss.growth < 160 * MiB, rss.growth  # the body itself: 100 MiB
+
+
+async def test_photos_larger_than_the_text_limit_are_taken(openai_server: OpenAIServer) -> None:
+    """A photo's base64 is not counted as text, however the client's JSON escapes it (PHP's
+    json_encode writes every / as \\/)."""
+    noise = Image.frombytes("RGB", (800, 800), os.urandom(800 * 800 * 3))
+    body = user_says(image_part(png_bytes(noise)), "What is it?") | {"max_tokens": 1}
+    plain = json.dumps(body)
+    assert len(plain) > MiB  # the text limit: 0.9 MiB
+    async with api(openai_server) as client:
+        for content in (plain, plain.replace("/", "\\/")):
+            response = await client.post("/chat/completions", content=content.encode())
+            assert response.status_code == 200, response.text
+
+
+async def test_a_lone_surrogate_is_a_400(openai_server: OpenAIServer) -> None:
+    """JSON's \\ud800 is no character the tokenizer can encode: refused before it is tried
+    (which logged a traceback as an error)."""
+    content = b'{"messages": [{"role": "user", "content": "Exit \\ud800?"}], "max_tokens": 1}'
+    async with api(openai_server) as client:
+        response = await client.post("/chat/completions", content=content)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_text"
+
+
 @pytest.fixture(scope="module")
 def large_png() -> bytes:
     """36 megapixels (the limit is 40): ~2 s of CPU to decode and scale, 0.1 MB to send."""
@@ -274,6 +356,48 @@ async def test_a_trickled_body_is_answered_408(impatient_server: OpenAIServer) -
     assert time.monotonic() - start < 3
 
 
+async def test_slow_uploads_hold_no_place_in_the_queue(openai_server: OpenAIServer) -> None:
+    """MAX_QUEUE clients sending a header and one byte of their body held every place in
+    the queue until the body timeout: every other client got 429 queue_full."""
+    worker = openai_server.worker
+    head = raw_head("POST", "/v1/chat/completions", openai_server.api_key, length=1000)
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(worker.max_queue):
+            _, writer = await stack.enter_async_context(connection(openai_server))
+            writer.write(head + b"{")
+        await wait_until(lambda: openai_server.num_in_flight == worker.max_queue)
+        async with api(openai_server) as client:
+            response = await client.post("/chat/completions", json=user_says("Exit?"))
+        samples = await metrics(openai_server)
+    assert response.status_code == 200, response.text
+    assert samples["travelbot_serve_bodies_reading"] == worker.max_queue
+    assert samples["travelbot_serve_queue_depth"] == 0
+
+
+async def test_large_uploads_beyond_their_limit_are_refused_at_once(
+    openai_server: OpenAIServer,
+) -> None:
+    """Bodies over 64 KiB (a photo) are received a few at a time, so slow ones cannot hold
+    unbounded memory: one more is a 429 before its body is read; small bodies still pass."""
+    limit = ServerConfig("tiny-gemma4").max_large_uploads
+    head = raw_head("POST", "/v1/chat/completions", openai_server.api_key, length=MiB)
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(limit):
+            _, writer = await stack.enter_async_context(connection(openai_server))
+            writer.write(head + b"{")
+        await wait_until(lambda: openai_server.num_in_flight == limit)
+        reader, writer = await stack.enter_async_context(connection(openai_server))
+        writer.write(head + b"{")
+        status_line, answer = await asyncio.wait_for(read_answer(reader), 5)
+        async with api(openai_server) as client:
+            small = await client.post("/chat/completions", json=user_says("Exit?"))
+        samples = await metrics(openai_server)
+    assert status_line.startswith(b"HTTP/1.1 429"), (status_line, answer)
+    assert answer["error"]["code"] == "too_many_uploads"
+    assert small.status_code == 200, small.text
+    assert samples["travelbot_serve_large_bodies_reading"] == limit
+
+
 # A client that leaves
 
 
@@ -310,6 +434,22 @@ async def connection(
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, dict]:
+    """The status line and the JSON body of an answer."""
+    head = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
+    name = b"content-length:"
+    length = next(int(line[len(name) :]) for line in head if line.lower().startswith(name))
+    return head[0], json.loads(await reader.readexactly(length))
+
+
+async def metrics(server: OpenAIServer) -> dict[str, float]:
+    root = server.base_url.removesuffix("/v1")
+    async with httpx.AsyncClient(base_url=root) as http:
+        text = (await http.get("/metrics")).text
+    lines = (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    return {name: float(value) for name, value in lines}
 
 
 async def wait_until(condition, timeout: float = 10) -> None:
