@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from bot.storage import Storage
+from bot.storage import Job, Storage
 from tests.conftest import RunningBot, free_port
 from tests.e2e.botapi_server import TgUser
 from tests.e2e.test_conversation import final_answer_after
@@ -129,14 +129,20 @@ async def unfinished(tmp_path: Path) -> list[int]:
                 chat_id=user_id, message_id=1, user_id=user_id, chat_type="private",
                 question="where is the exit?", image_file_id=None,
             )  # fmt: skip
-        job = await storage.add_job(
-            chat_id=7806, message_id=1, user_id=7806, chat_type="private",
-            question="the menu?", image_file_id=None,
-        )  # fmt: skip
-        await storage.start_job_attempt(job.id)
-        await storage.complete_job(job, answer=LONG_ANSWER, thought="")
+        job = await store_answer(storage, 7806)
         await storage.set_job_parts_sent(job.id, 1, done=False)
     return list(range(7801, 7806))
+
+
+async def store_answer(storage: Storage, user_id: int) -> Job:
+    """A private question whose LONG_ANSWER a stopped bot stored, none of it sent."""
+    job = await storage.add_job(
+        chat_id=user_id, message_id=1, user_id=user_id, chat_type="private",
+        question="the menu?", image_file_id=None,
+    )  # fmt: skip
+    await storage.start_job_attempt(job.id)
+    await storage.complete_job(job, answer=LONG_ANSWER, thought="")
+    return job
 
 
 @pytest.mark.settings(max_queue=1, max_batch_size=1)
@@ -167,14 +173,8 @@ async def test_recovered_jobs_wait_their_turn_and_resume_delivery(
 
 @pytest.fixture
 async def answered_before_restart(tmp_path: Path) -> int:
-    """An answer stored by a stopped bot, none of it sent yet."""
     async with await Storage.open(tmp_path / "bot.sqlite3") as storage:
-        job = await storage.add_job(
-            chat_id=7990, message_id=1, user_id=7990, chat_type="private",
-            question="the menu?", image_file_id=None,
-        )  # fmt: skip
-        await storage.start_job_attempt(job.id)
-        await storage.complete_job(job, answer=LONG_ANSWER, thought="")
+        await store_answer(storage, 7990)
     return 7990
 
 
@@ -202,12 +202,7 @@ async def test_forget_stops_a_recovered_answer_being_sent_again(
 async def two_answered_before_restart(tmp_path: Path) -> tuple[int, int]:
     async with await Storage.open(tmp_path / "bot.sqlite3") as storage:
         for user_id in (7995, 7996):
-            job = await storage.add_job(
-                chat_id=user_id, message_id=1, user_id=user_id, chat_type="private",
-                question="the menu?", image_file_id=None,
-            )  # fmt: skip
-            await storage.start_job_attempt(job.id)
-            await storage.complete_job(job, answer=LONG_ANSWER, thought="")
+            await store_answer(storage, user_id)
     return 7995, 7996
 
 
