@@ -14,7 +14,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from inference import InferenceService
+from inference import InferenceService, worker_gauges
 
 disable_created_metrics()  # no *_created series: they double the output and nobody reads them
 
@@ -84,22 +84,4 @@ class WorkerCollector(Collector):
         return []  # the registry need not call collect() at registration
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        worker = self.worker
-        yield GaugeMetricFamily(
-            "travelbot_queue_depth", "Requests waiting to start.", value=worker.queue_depth
-        )
-        yield GaugeMetricFamily(
-            "travelbot_requests_running",
-            "Requests inside the engine (prefilling or decoding).",
-            value=worker.num_running,
-        )
-        yield GaugeMetricFamily(
-            "travelbot_worker_alive", "1 while the engine thread runs.", value=worker.is_alive
-        )
-        memory = worker.device_memory_bytes()
-        if memory is not None:  # absent, not 0, where there is no GPU
-            yield GaugeMetricFamily(
-                "travelbot_gpu_memory_bytes",
-                "GPU memory held by the in-process engine (torch's caching allocator).",
-                value=memory,
-            )
+        yield from worker_gauges(self.worker, "travelbot")

@@ -11,6 +11,7 @@ from inference.engine import (
     check_model_dir,
     create_engine,
 )
+from inference.gauges import worker_gauges
 from inference.images import ImageLimits, normalize_image
 from inference.languages import LANGUAGES, language_name, match_language, native_name
 from inference.remote import RemoteConfig, RemoteWorker
@@ -63,4 +64,5 @@ __all__ = [
     "match_language",
     "native_name",
     "normalize_image",
+    "worker_gauges",
 ]

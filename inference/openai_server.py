@@ -42,6 +42,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from inference.gauges import worker_gauges
 from inference.openai_wire import (
     FINISH_REASONS,
     BadRequest,
@@ -221,17 +222,7 @@ class _StateGauges(Collector):
             "Requests received, being checked or their images decoded (places in the queue).",
             value=admission.num_admitting,
         )
-        yield GaugeMetricFamily(
-            "travelbot_serve_queue_depth", "Requests waiting to start.", value=worker.queue_depth
-        )
-        yield GaugeMetricFamily(
-            "travelbot_serve_requests_running",
-            "Requests inside the engine (prefilling or decoding).",
-            value=worker.num_running,
-        )
-        yield GaugeMetricFamily(
-            "travelbot_serve_worker_alive", "1 while the engine thread runs.", value=worker.is_alive
-        )
+        yield from worker_gauges(worker, "travelbot_serve")
 
 
 WORKER = web.AppKey("worker", Worker)

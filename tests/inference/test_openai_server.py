@@ -252,17 +252,27 @@ async def test_failure_after_the_first_token_is_an_error_event_scripted_engine(
         await remote.stop()
 
 
+HI_MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+async def hold_engine_and_queue(server, engine, api) -> tuple[asyncio.Task, asyncio.Task]:
+    """The scripted engine held by one request and a second waiting (max_queue=1: full)."""
+    messages = HI_MESSAGES
+    engine.gate.clear()
+    running = asyncio.create_task(api.chat.completions.create(model="scripted", messages=messages))
+    await wait_until(lambda: server.worker.num_running == 1)
+    waiting = asyncio.create_task(api.chat.completions.create(model="scripted", messages=messages))
+    await wait_until(lambda: server.worker.queue_depth == 1)
+    return running, waiting
+
+
 async def test_full_queue_is_a_429_and_stopped_worker_a_503_scripted_engine(
     scripted_server,
 ) -> None:
     server, engine = scripted_server
     api = client(server)
-    messages = [{"role": "user", "content": "hi"}]
-    engine.gate.clear()  # the first request holds the engine
-    running = asyncio.create_task(api.chat.completions.create(model="scripted", messages=messages))
-    await wait_until(lambda: server.worker.num_running == 1)
-    waiting = asyncio.create_task(api.chat.completions.create(model="scripted", messages=messages))
-    await wait_until(lambda: server.worker.queue_depth == 1)
+    messages = HI_MESSAGES
+    running, waiting = await hold_engine_and_queue(server, engine, api)
     with pytest.raises(openai.RateLimitError) as caught:
         await api.chat.completions.create(model="scripted", messages=messages)
     assert caught.value.body["code"] == "queue_full"
@@ -281,12 +291,7 @@ async def test_full_queue_is_a_429_before_the_body_is_read_scripted_engine(
     body that is not even JSON, which would otherwise be a 400)."""
     server, engine = scripted_server
     api = client(server)
-    messages = [{"role": "user", "content": "hi"}]
-    engine.gate.clear()
-    running = asyncio.create_task(api.chat.completions.create(model="scripted", messages=messages))
-    await wait_until(lambda: server.worker.num_running == 1)
-    waiting = asyncio.create_task(api.chat.completions.create(model="scripted", messages=messages))
-    await wait_until(lambda: server.worker.queue_depth == 1)
+    running, waiting = await hold_engine_and_queue(server, engine, api)
     async with httpx.AsyncClient(base_url=server.base_url) as http:
         response = await http.post("/chat/completions", content=b"{not json")
     assert response.status_code == 429 and response.json()["error"]["code"] == "queue_full"
@@ -331,15 +336,7 @@ async def test_health_and_metrics_scripted_engine(scripted_server) -> None:
     async with httpx.AsyncClient(base_url=root) as http:
         assert (await http.get("/health")).status_code == 200
         await api.chat.completions.create(model="scripted", messages=messages)
-        engine.gate.clear()
-        running = asyncio.create_task(
-            api.chat.completions.create(model="scripted", messages=messages)
-        )
-        await wait_until(lambda: server.worker.num_running == 1)
-        waiting = asyncio.create_task(
-            api.chat.completions.create(model="scripted", messages=messages)
-        )
-        await wait_until(lambda: server.worker.queue_depth == 1)
+        running, waiting = await hold_engine_and_queue(server, engine, api)
         with pytest.raises(openai.RateLimitError):
             await api.chat.completions.create(model="scripted", messages=messages)
         response = await http.get("/metrics")

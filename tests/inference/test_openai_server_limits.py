@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 from inference.openai_server import ServerConfig, create_app, start_site
 from inference.openai_wire import image_data_url
 from tests.conftest import OpenAIServer, png_bytes
+from tests.inference.test_openai_server import prometheus_samples, wait_until
 
 MiB = 2**20
 
@@ -447,12 +448,4 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, dict]:
 async def metrics(server: OpenAIServer) -> dict[str, float]:
     root = server.base_url.removesuffix("/v1")
     async with httpx.AsyncClient(base_url=root) as http:
-        text = (await http.get("/metrics")).text
-    lines = (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
-    return {name: float(value) for name, value in lines}
-
-
-async def wait_until(condition, timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
+        return prometheus_samples((await http.get("/metrics")).text)
