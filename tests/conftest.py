@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 from collections.abc import AsyncIterator
@@ -190,13 +191,21 @@ async def openai_server(engine_config: EngineConfig) -> AsyncIterator[OpenAIServ
     worker = Worker(lambda: create_engine(engine_config, runtime), max_queue=16)
     await worker.start()
     config = ServerConfig(model_name="tiny-gemma4", api_key="test-key", default_max_tokens=8)
-    app = create_app(worker, config)
     server = OpenAIServer("", config.api_key, config.model_name, worker)
-    app.middlewares.append(server.count_in_flight)
-    runner, port = await start_site(app, "127.0.0.1", 0)
-    server.base_url = f"http://127.0.0.1:{port}/v1"
     try:
-        yield server
+        async with serving(worker, config, server.count_in_flight) as server.base_url:
+            yield server
+    finally:
+        await worker.stop()
+
+
+@contextlib.asynccontextmanager
+async def serving(worker: Worker, config: ServerConfig, *middlewares) -> AsyncIterator[str]:
+    """`travelbot serve`'s app over `worker` on a free local port; yields its /v1 URL."""
+    app = create_app(worker, config)
+    app.middlewares.extend(middlewares)
+    runner, port = await start_site(app, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
         await runner.cleanup()
-        await worker.stop()

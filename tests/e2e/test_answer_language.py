@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from inference.openai_server import ServerConfig, create_app, start_site
+from inference.openai_server import ServerConfig
 from inference.prompts import LANGUAGE_RULE
-from tests.conftest import OpenAIServer, RunningBot, small_photo
+from tests.conftest import OpenAIServer, RunningBot, serving, small_photo
 from tests.e2e.botapi_server import TgUser
 from tests.e2e.test_conversation import final_answer_after, reply_after
 
@@ -39,14 +39,8 @@ class RecordingServer:
 async def recording_server(openai_server: OpenAIServer) -> AsyncIterator[RecordingServer]:
     server = RecordingServer()
     config = ServerConfig(openai_server.model_name, openai_server.api_key, default_max_tokens=8)
-    app = create_app(openai_server.worker, config)
-    app.middlewares.append(server.record)
-    runner, port = await start_site(app, "127.0.0.1", 0)
-    server.base_url = f"http://127.0.0.1:{port}/v1"
-    try:
+    async with serving(openai_server.worker, config, server.record) as server.base_url:
         yield server
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
