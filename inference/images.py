@@ -7,11 +7,16 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from inference.types import ImageRejected
 
-ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
+# HEIC (an iPhone's photo sent as a file) through pillow-heif's opener; AVIF Pillow reads
+# itself. Both go through Image.open, so its decompression-bomb check and the pixel and
+# byte limits below hold for them as for any format.
+pillow_heif.register_heif_opener()
+ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "HEIF", "AVIF"})
 REJECT_REASONS = (
     "too_large",  # more bytes than allowed
     "not_an_image",  # Pillow cannot identify it

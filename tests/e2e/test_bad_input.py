@@ -181,6 +181,25 @@ async def test_animated_gif_and_empty_caption_are_read(bot: RunningBot) -> None:
     assert all(m.image_file_id for m in history if m.role == "user")
 
 
+@pytest.mark.parametrize(
+    ("fmt", "file_name", "mime_type"),
+    [("HEIF", "IMG_0042.HEIC", "image/heic"), ("AVIF", "menu.avif", "image/avif")],
+)
+async def test_heic_and_avif_files_are_read(
+    bot: RunningBot, fmt: str, file_name: str, mime_type: str
+) -> None:
+    """An iPhone's photo sent as a file is HEIC; encoded here by pillow-heif (HEIF) and
+    Pillow (AVIF), the encoders the bot's decoders are registered beside."""
+    user = TgUser(id=6500 + len(fmt), language_code="en")
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(small_photo("MENU"))).save(buffer, format=fmt)
+    mark = bot.server.mark()
+    bot.server.send_document(user, buffer.getvalue(), file_name=file_name, mime_type=mime_type)
+    await _answered(bot, user.id, mark)
+    [question, _answer] = await bot.storage.get_history(user.id, user.id, max_turns=1)
+    assert question.image_file_id
+
+
 async def test_settings_cannot_be_changed_from_a_caption_or_a_photo(bot: RunningBot) -> None:
     user = TgUser(id=6400, language_code="de")
     mark = bot.server.mark()

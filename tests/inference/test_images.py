@@ -48,3 +48,44 @@ def test_rejections(data: bytes, reason: str) -> None:
     with pytest.raises(ImageRejected) as info:
         normalize_image(data, limits)
     assert info.value.reason == reason
+
+
+def encoded(image: Image.Image, fmt: str) -> bytes:
+    """`image` written by the encoder registered for `fmt` (HEIF: pillow-heif's x265; AVIF:
+    Pillow's own), as a phone would send it."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_heic_and_avif_are_read(fmt: str) -> None:
+    photo = Image.new("RGB", (640, 480), (200, 30, 30))
+    out = decode_image(normalize_image(encoded(photo, fmt)))
+    r, g, b = out.getpixel((320, 240))
+    assert out.size == (640, 480) and r > 150 and g < 80 and b < 80
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_heic_and_avif_keep_the_limits(fmt: str) -> None:
+    data = encoded(Image.new("RGB", (1200, 1000)), fmt)
+    for limits, reason in [
+        (ImageLimits(max_pixels=1_000_000), "too_many_pixels"),  # told by the header
+        (ImageLimits(max_bytes=len(data) - 1), "too_large"),
+        (ImageLimits(min_side=1001), "too_small"),
+    ]:
+        with pytest.raises(ImageRejected) as info:
+            normalize_image(data, limits)
+        assert info.value.reason == reason
+    with pytest.raises(ImageRejected) as info:
+        normalize_image(data[: len(data) // 2])
+    assert info.value.reason in ("not_an_image", "corrupt")
+
+
+def test_heic_decompression_bomb_is_refused_unread(monkeypatch) -> None:
+    """Pillow's own bomb guard (twice MAX_IMAGE_PIXELS) holds for pillow-heif's opener."""
+    data = encoded(Image.new("RGB", (1200, 1000)), "HEIF")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500_000)
+    with pytest.raises(ImageRejected) as info:
+        normalize_image(data, ImageLimits(max_pixels=10**9))
+    assert info.value.reason == "too_many_pixels"
