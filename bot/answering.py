@@ -120,6 +120,9 @@ async def _start(
     history = await load_history(
         bot, services, job, attach_latest_image=image is None, language=language
     )
+    # read now, not when the job was accepted: a job recovered after a restart, and every
+    # follow-up, follows the diet as it is
+    diet = await storage.get_diet(job.user_id)
     request = Request(
         language=language,
         question=job.question,
@@ -129,6 +132,7 @@ async def _start(
         max_new_tokens=settings.max_new_tokens,
         sampling=Sampling(settings.temperature, settings.top_p, settings.top_k),
         owner=user_ref(job.user_id),
+        diet=diet,
     )
     kind = "thinking" if think else "photo" if image else "text"
     status = t(f"placeholder_{kind}")

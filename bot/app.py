@@ -22,14 +22,14 @@ from telegram.ext import (
 )
 
 from bot.context import SERVICES_KEY, BotContext, Services
-from bot.handlers import callbacks, commands, messages, updates
+from bot.handlers import callbacks, commands, diet, messages, updates
 from bot.health import serving_health
 from bot.recovery import recover_jobs
 from bot.webhook import WebhookReceiver
 
 log = structlog.get_logger()
 
-COMMANDS = ("start", "help", "lang", "think", "mydata", "forget")
+COMMANDS = ("start", "help", "lang", "think", "diet", "mydata", "forget")
 
 
 def build_application(services: Services) -> Application:
@@ -56,6 +56,7 @@ def build_application(services: Services) -> Application:
     application.add_handler(CommandHandler("help", commands.help_command))
     application.add_handler(CommandHandler(["lang", "language"], commands.lang))
     application.add_handler(CommandHandler("think", commands.think))
+    application.add_handler(CommandHandler(["diet", "allergies"], diet.diet))
     application.add_handler(CommandHandler(["mydata", "privacy"], commands.mydata))
     application.add_handler(CommandHandler(["forget", "erase"], commands.forget))
     application.add_handler(CommandHandler("stats", commands.stats))

@@ -10,16 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+
+from inference.types import DIET_CODES, MAX_DIET_NOTE_CHARS, MAX_DIET_NOTES, Diet
 
 ROLES = ("user", "model")
 
@@ -86,6 +89,10 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE keys (name TEXT PRIMARY KEY, value BLOB NOT NULL)",
         "INSERT INTO keys VALUES ('erased_messages', randomblob(32))",
     ],
+    [
+        # /diet: {"codes": [...], "notes": [...]} as JSON; NULL: none set
+        "ALTER TABLE users ADD COLUMN diet TEXT",
+    ],
 ]
 ERASED_MESSAGES_KEPT = timedelta(days=1)  # Telegram keeps an undelivered update 24 hours
 
@@ -128,6 +135,7 @@ class UserData:
 
     user: User | None
     messages: list[StoredMessage]
+    diet: Diet = field(default_factory=Diet)
 
 
 @dataclass(frozen=True)
@@ -167,6 +175,18 @@ def _user(row: Sequence[Any]) -> User:
 def _message(row: Sequence[Any]) -> StoredMessage:
     *fields, created = row
     return StoredMessage(*fields, datetime.fromisoformat(created))
+
+
+def _diet(value: str | None) -> Diet:
+    """A stored diet, read defensively: codes this version does not know are dropped, and
+    notes are bounded as when they were set."""
+    try:
+        stored = json.loads(value) if value else {}
+        codes = [c for c in stored.get("codes", ()) if c in DIET_CODES]
+        notes = [str(n)[:MAX_DIET_NOTE_CHARS] for n in stored.get("notes", ())]
+    except (ValueError, AttributeError, TypeError):
+        return Diet()
+    return Diet(tuple(codes), tuple(notes[:MAX_DIET_NOTES]))
 
 
 async def _to_the_end(awaitable: Awaitable[T]) -> T:
@@ -389,7 +409,33 @@ class Storage:
         rows = await self._all(
             f"SELECT {_MESSAGE_COLS} FROM messages WHERE user_id = ? ORDER BY id", (user_id,)
         )
-        return UserData(await self.get_user(user_id), [_message(r) for r in rows])
+        user = await self.get_user(user_id)
+        return UserData(user, [_message(r) for r in rows], await self.get_diet(user_id))
+
+    async def get_diet(self, user_id: int) -> Diet:
+        row = await self._one("SELECT diet FROM users WHERE user_id = ?", (user_id,))
+        return _diet(row[0]) if row else Diet()
+
+    async def change_diet(
+        self, user_id: int, change: Callable[[Diet], Diet], *, default_language: str
+    ) -> Diet:
+        """Replace the user's diet by `change(current diet)` in one transaction (two quick
+        taps never lose one), creating the user with `default_language` if missing; an empty
+        diet is stored as none. Returns the new diet."""
+        now = _now()
+        async with self._transaction():
+            await self._db.execute(
+                f"INSERT OR IGNORE INTO users ({_USER_COLS}) VALUES (?, ?, 0, ?, ?)",
+                (user_id, default_language, now, now),
+            )
+            (stored,) = await self._one("SELECT diet FROM users WHERE user_id = ?", (user_id,))
+            diet = change(_diet(stored))
+            value = json.dumps({"codes": diet.codes, "notes": diet.notes}) if diet else None
+            await self._db.execute(
+                "UPDATE users SET diet = ?, updated_at = ? WHERE user_id = ?",
+                (value, now, user_id),
+            )
+        return diet
 
     async def delete_user_data(self, user_id: int) -> int:
         """Delete the user row, their messages in every chat and their jobs atomically, and

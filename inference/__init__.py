@@ -17,8 +17,14 @@ from inference.languages import LANGUAGES, language_name, match_language, native
 from inference.remote import RemoteConfig, RemoteWorker
 from inference.runtime.config import RuntimeConfig
 from inference.types import (
+    DIET_ALLERGENS,
+    DIET_CODES,
+    DIET_WAYS,
+    MAX_DIET_NOTE_CHARS,
+    MAX_DIET_NOTES,
     ChatMessage,
     Delta,
+    Diet,
     Event,
     Finished,
     ImageRejected,
@@ -35,9 +41,15 @@ from inference.types import (
 from inference.worker import Worker
 
 __all__ = [
+    "DIET_ALLERGENS",
+    "DIET_CODES",
+    "DIET_WAYS",
     "LANGUAGES",
+    "MAX_DIET_NOTES",
+    "MAX_DIET_NOTE_CHARS",
     "ChatMessage",
     "Delta",
+    "Diet",
     "EngineConfig",
     "Event",
     "Finished",

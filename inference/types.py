@@ -43,6 +43,40 @@ class ChatMessage:
     images: tuple[bytes, ...] = ()  # shown before the text, in order
 
 
+# What a traveller may ask the answers to watch for: ways of eating, then the EU's 14
+# allergens (Regulation 1169/2011, Annex II). The codes are stored and sent in buttons.
+DIET_WAYS = ("vegetarian", "vegan", "pescatarian", "halal", "kosher", "no_pork", "no_alcohol")
+DIET_ALLERGENS = (
+    "gluten", "crustaceans", "eggs", "fish", "peanuts", "soy", "milk",
+    "tree_nuts", "celery", "mustard", "sesame", "sulphites", "lupin", "molluscs",
+)  # fmt: skip
+DIET_CODES = DIET_WAYS + DIET_ALLERGENS
+MAX_DIET_NOTES = 10  # the traveller's own items ("no coriander")
+MAX_DIET_NOTE_CHARS = 80
+
+
+@dataclass(frozen=True)
+class Diet:
+    """What the traveller does not eat: codes of DIET_CODES (in that order) and up to
+    MAX_DIET_NOTES items in their own words, which are untrusted text."""
+
+    codes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.codes) - set(DIET_CODES)
+        if unknown:
+            raise ValueError(f"unknown diet codes: {sorted(unknown)}")
+        if len(self.notes) > MAX_DIET_NOTES:
+            raise ValueError(f"at most {MAX_DIET_NOTES} diet notes")
+        if any(len(note) > MAX_DIET_NOTE_CHARS for note in self.notes):
+            raise ValueError(f"a diet note is longer than {MAX_DIET_NOTE_CHARS} characters")
+        object.__setattr__(self, "codes", tuple(c for c in DIET_CODES if c in self.codes))
+
+    def __bool__(self) -> bool:
+        return bool(self.codes or self.notes)
+
+
 @dataclass(frozen=True)
 class Request:
     """One question to the model: a photo and/or a text, in a conversation.
@@ -64,6 +98,7 @@ class Request:
     # what the engine keeps of it is dropped by `InferenceService.forget(owner)`.
     # "": nobody in particular
     owner: str = ""
+    diet: Diet = Diet()  # the traveller's diet: menu answers mark each dish for it
 
     def __post_init__(self) -> None:
         if self.chat:

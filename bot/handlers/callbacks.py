@@ -1,4 +1,4 @@
-"""Inline keyboard buttons: language choice and /forget confirmation."""
+"""Inline keyboard buttons: language choice, /diet and /forget confirmation."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from telegram.constants import ChatMemberStatus, ParseMode
 from telegram.error import BadRequest, TelegramError
 
 from bot.context import BotContext
+from bot.handlers import diet
 from bot.logging import user_ref
 from inference import LANGUAGES, native_name
 
@@ -19,8 +20,8 @@ _CHAT_ID = re.compile(r"-?[0-9]{1,20}")
 
 
 async def button(update: Update, context: BotContext) -> None:
-    """Dispatch `lang:<code>` and `forget:yes:<id>|no`; anything else is a stale or forged
-    button."""
+    """Dispatch `lang:<code>`, `diet:<code>|clear|done` and `forget:yes:<id>|no`; anything
+    else is a stale or forged button."""
     query = update.callback_query
     kind, _, value = (query.data or "").partition(":")
     user_id = query.from_user.id
@@ -30,6 +31,14 @@ async def button(update: Update, context: BotContext) -> None:
         await query.edit_message_text(
             context.t("lang_set", language=native_name(value)), parse_mode=ParseMode.HTML
         )
+    elif kind == "diet":
+        shown = await diet.press(query, context, value)
+        if shown is None:
+            await query.answer(context.t("button_expired"))
+            return
+        text, keyboard = shown
+        await query.answer()
+        await _edit(query, text, parse_mode=ParseMode.HTML, reply_markup=keyboard)
     elif kind == "forget" and value.partition(":")[0] == "yes":
         owner = _forget_owner(value, user_id)
         if owner is None:

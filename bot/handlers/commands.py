@@ -1,4 +1,4 @@
-"""/start, /help, /lang, /think, /mydata, /forget and unknown commands."""
+"""/start, /help, /lang, /think, /mydata, /forget and unknown commands (/diet: diet.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ChatType
 
 from bot.context import BotContext
+from bot.handlers.diet import describe
 from bot.stats import percentile
 from inference import match_language, native_name
 
@@ -113,6 +114,8 @@ async def mydata(update: Update, context: BotContext) -> None:
             last=_when(data.messages[-1].created_at) if data.messages else "–",
         )
     ]
+    if data.diet:
+        lines.append("\n" + context.t("mydata_diet", items=describe(context, data.diet)))
     if data.messages:
         lines.append("\n" + context.t("mydata_recent"))
         for message in data.messages[-RECENT_MESSAGES_SHOWN:]:

@@ -20,6 +20,8 @@ CATALOGS = {
 }
 # the strings with a word that agrees with a number ("1 record", "5 records")
 PLURAL_KEYS = [
+    "diet_too_long",
+    "diet_too_many",
     "error_busy_eta",
     "forget_done",
     "question_too_long",
