@@ -13,6 +13,7 @@ import pytest
 
 from bot import storage as storage_mod
 from bot.storage import MIGRATIONS, Storage
+from inference import Diet
 
 ALICE = 424_242_424_242  # large ids cannot collide with row ids / sequence counters
 BOB = 737_373_737_373
@@ -61,11 +62,11 @@ async def add_turns(s: Storage, user_id: int, n: int, prefix: str = "") -> None:
 async def test_open_creates_file_schema_and_wal(db_path: Path) -> None:
     async with await Storage.open(db_path) as s:
         assert db_path.is_file()
-        assert s.schema_version == len(MIGRATIONS) == 4
+        assert s.schema_version == len(MIGRATIONS) == 5
         names = {n for (n,) in raw(db_path, "SELECT name FROM sqlite_master")}
         assert {"users", "messages", "messages_chat_user", "jobs", "jobs_status"} <= names
         assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
-        assert raw(db_path, "PRAGMA user_version") == [(4,)]
+        assert raw(db_path, "PRAGMA user_version") == [(5,)]
         assert await s.count_users() == 0
 
 
@@ -541,3 +542,95 @@ async def test_a_message_of_an_erased_user_is_not_taken_again(
     con.close()
     await store.delete_older_than(30)
     assert raw(db_path, "SELECT COUNT(*) FROM erased_messages") == [(0,)]
+
+
+# --- diet ------------------------------------------------------------------
+
+
+def toggle(code: str):
+    return lambda old: Diet(tuple(set(old.codes) ^ {code}), old.notes)
+
+
+async def test_a_diet_is_stored_per_user_and_kept_across_reopen(db_path: Path) -> None:
+    async with await Storage.open(db_path) as s:
+        assert await s.get_diet(ALICE) == Diet()
+        diet = Diet(("peanuts", "vegan"), ("no coriander",))
+        assert await s.change_diet(ALICE, lambda _: diet, default_language="ja") == diet
+        assert diet.codes == ("vegan", "peanuts")  # always in DIET_CODES' order
+        assert (await s.get_user(ALICE)).language == "ja"  # created with the given language
+        assert await s.get_diet(BOB) == Diet()
+        assert (await s.get_user_data(ALICE)).diet == diet
+    async with await Storage.open(db_path) as s:
+        assert await s.get_diet(ALICE) == diet
+        await s.set_language(ALICE, "de")  # other settings leave it alone
+        assert await s.get_diet(ALICE) == diet
+        assert await s.change_diet(ALICE, lambda _: Diet(), default_language="en") == Diet()
+        assert (await s.get_user(ALICE)).language == "de"
+    assert raw(db_path, "SELECT diet FROM users WHERE user_id = ?", (ALICE,)) == [(None,)]
+
+
+async def test_quick_taps_on_the_diet_keyboard_lose_none(store: Storage) -> None:
+    codes = ("gluten", "eggs", "fish", "milk", "soy", "celery", "halal", "kosher")
+    await asyncio.gather(
+        *(store.change_diet(ALICE, toggle(c), default_language="en") for c in codes)
+    )
+    assert set((await store.get_diet(ALICE)).codes) == set(codes)
+
+
+async def test_a_database_from_before_diets_keeps_its_users(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    con = sqlite3.connect(db_path)
+    for statements in MIGRATIONS[:4]:
+        for sql in statements:
+            con.execute(sql)
+    con.execute(
+        "INSERT INTO users VALUES (?, 'fr', 1, '2024-01-01T00:00:00+00:00', "
+        "'2024-01-01T00:00:00+00:00')",
+        (ALICE,),
+    )
+    con.execute("PRAGMA user_version = 4")
+    con.commit()
+    con.close()
+    async with await Storage.open(db_path) as s:
+        assert s.schema_version == 5
+        assert ((await s.get_user(ALICE)).language, await s.get_diet(ALICE)) == ("fr", Diet())
+        await s.change_diet(ALICE, toggle("sesame"), default_language="en")
+        assert (await s.get_diet(ALICE)).codes == ("sesame",)
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        ('{"codes": ["vegan", "unicorn"], "notes": ["no coriander"]}',
+         Diet(("vegan",), ("no coriander",))),
+        ("not json", Diet()),
+        ('["a list"]', Diet()),
+        ('{"codes": 5}', Diet()),
+        ('{"notes": ["' + "x" * 500 + '"]}', Diet((), ("x" * 80,))),
+    ],
+)  # fmt: skip
+async def test_a_stored_diet_is_read_defensively(
+    store: Storage, db_path: Path, stored: str, expected: Diet
+) -> None:
+    """A code a later version dropped, or a row written by hand, never breaks a request."""
+    await store.change_diet(ALICE, toggle("milk"), default_language="en")
+    con = sqlite3.connect(db_path)
+    con.execute("UPDATE users SET diet = ? WHERE user_id = ?", (stored, ALICE))
+    con.commit()
+    con.close()
+    assert await store.get_diet(ALICE) == expected
+
+
+async def test_forget_erases_the_diet_with_no_copy_in_the_wal(db_path: Path) -> None:
+    secret = "no-DIET-SECRET-7741"
+    async with await Storage.open(db_path) as s:
+        for code in ("gluten", "eggs", "fish"):  # several page images of the row in the WAL
+            await s.change_diet(ALICE, toggle(code), default_language="en")
+        await s.change_diet(ALICE, lambda d: Diet(d.codes, (secret,)), default_language="en")
+        await s.change_diet(BOB, toggle("vegan"), default_language="en")
+        assert files_holding(db_path.parent, secret)  # the scan sees it before
+        await s.delete_user_data(ALICE)
+        assert files_holding(db_path.parent, secret) == []  # database, -wal and -shm
+        assert await s.get_diet(ALICE) == Diet()
+        assert (await s.get_user_data(ALICE)).diet == Diet()
+        assert (await s.get_diet(BOB)).codes == ("vegan",)
