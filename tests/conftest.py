@@ -209,3 +209,44 @@ async def serving(worker: Worker, config: ServerConfig, *middlewares) -> AsyncIt
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         await runner.cleanup()
+
+
+class RecordingServer:
+    """`travelbot serve`'s app on the session's worker, keeping each chat request's body."""
+
+    def __init__(self) -> None:
+        self.base_url = ""
+        self.bodies: list[dict] = []
+
+    @web.middleware
+    async def record(self, request: web.Request, handler):
+        if request.path == "/v1/chat/completions":
+            self.bodies.append(await request.json())  # aiohttp keeps the body for the handler
+        return await handler(request)
+
+    def system_messages(self, index: int = -1) -> list[str]:
+        """The system messages of a request (the latest by default), in order."""
+        return [m["content"] for m in self.bodies[index]["messages"] if m["role"] == "system"]
+
+    def system_text(self) -> str:
+        """The system messages of the latest request (one or several, as the wire puts it)."""
+        return "\n".join(self.system_messages())
+
+
+@pytest.fixture
+async def recording_server(openai_server: OpenAIServer) -> AsyncIterator[RecordingServer]:
+    server = RecordingServer()
+    config = ServerConfig(openai_server.model_name, openai_server.api_key, default_max_tokens=8)
+    async with serving(openai_server.worker, config, server.record) as server.base_url:
+        yield server
+
+
+def recording_engine(recording_server: RecordingServer, openai_server: OpenAIServer) -> dict:
+    """Settings for the `bot` fixture: answers from `openai_server`'s worker through
+    `recording_server` (a module's `engine_overrides` returns this)."""
+    return {
+        "engine": "openai",
+        "openai_base_urls": [recording_server.base_url],
+        "openai_model": openai_server.model_name,
+        "openai_api_key": openai_server.api_key,
+    }

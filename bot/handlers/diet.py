@@ -42,13 +42,17 @@ async def diet(update: Update, context: BotContext) -> None:
         current = await context.storage.get_diet(context.speaker_id)
         await message.reply_html(_view(context, current), reply_markup=_keyboard(context, current))
         return
-    notes = parse_notes(words)
-    if len(notes) > MAX_DIET_NOTES:
+    items = parse_items(words)
+    if len(items) > MAX_DIET_NOTES:  # counted before repeats are dropped: "x, x, x, …" too
         await message.reply_html(context.t("diet_too_many", limit=MAX_DIET_NOTES))
         return
-    if any(len(note) > MAX_DIET_NOTE_CHARS for note in notes):
+    if any(len(item) > MAX_DIET_NOTE_CHARS for item in items):
         await message.reply_html(context.t("diet_too_long", limit=MAX_DIET_NOTE_CHARS))
         return
+    unique: dict[str, str] = {}
+    for item in items:
+        unique.setdefault(item.casefold(), item)  # the first spelling of a repeated item
+    notes = tuple(unique.values())
     saved = await context.storage.change_diet(
         context.speaker_id,
         lambda old: Diet(old.codes, notes),
@@ -79,15 +83,9 @@ async def press(
     return _view(context, current), _keyboard(context, current)
 
 
-def parse_notes(words: str) -> tuple[str, ...]:
-    """The traveller's items: split at commas, semicolons and lines, spaces collapsed,
-    repeats dropped."""
-    notes: dict[str, str] = {}
-    for part in _SEPARATORS.split(words):
-        note = " ".join(part.split())
-        if note:
-            notes.setdefault(note.casefold(), note)
-    return tuple(notes.values())
+def parse_items(words: str) -> list[str]:
+    """The traveller's items: split at commas, semicolons and lines, spaces collapsed."""
+    return [item for part in _SEPARATORS.split(words) if (item := " ".join(part.split()))]
 
 
 def describe(context: BotContext, current: Diet) -> str:

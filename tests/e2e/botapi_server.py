@@ -60,6 +60,7 @@ from aiohttp import web
 TOKEN = "123456789:TEST-token-not-real"
 MAX_TEXT = 4096
 MAX_CAPTION = 1024
+MAX_CALLBACK_DATA = 64  # bytes of a button's callback_data
 
 # fmt: off
 _METHODS = [
@@ -646,6 +647,16 @@ class BotApiServer:
             fields["entities" if key == "text" else "caption_entities"] = entities
         return fields
 
+    @staticmethod
+    def _check_buttons(params: dict) -> None:
+        """Telegram refuses a button whose callback_data is empty or over 64 bytes."""
+        markup = params.get("reply_markup") or {}
+        for row in markup.get("inline_keyboard", []):
+            for button in row:
+                data = button.get("callback_data")
+                if data is not None and not 1 <= len(str(data).encode()) <= MAX_CALLBACK_DATA:
+                    raise _bad("BUTTON_DATA_INVALID")
+
     def _store(self, chat_id: int, content: dict, params: dict, photo: bytes | None) -> dict:
         mid = self._next_message_id(chat_id)
         message = {
@@ -750,6 +761,7 @@ class BotApiServer:
                 del self._faults[method]
             raise fault.error
         chat_id = params.get("chat_id")
+        self._check_buttons(params)
         if method.startswith(_SEND_PREFIXES) and chat_id in self._blocked:
             raise ApiError(403, "Forbidden: bot was blocked by the user")
         if method == "getUpdates":

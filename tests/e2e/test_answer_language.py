@@ -4,53 +4,23 @@ it sent, which tells the model the answer language, while the user sees the near
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
-from aiohttp import web
 
-from inference.openai_server import ServerConfig
 from inference.prompts import LANGUAGE_RULE
-from tests.conftest import OpenAIServer, RunningBot, serving, small_photo
+from tests.conftest import (
+    OpenAIServer,
+    RecordingServer,
+    RunningBot,
+    recording_engine,
+    small_photo,
+)
 from tests.e2e.botapi_server import TgUser
 from tests.e2e.test_conversation import final_answer_after, reply_after
 
 
-class RecordingServer:
-    """`travelbot serve`'s app on the session's worker, keeping each chat request's body."""
-
-    def __init__(self) -> None:
-        self.base_url = ""
-        self.bodies: list[dict] = []
-
-    @web.middleware
-    async def record(self, request: web.Request, handler):
-        if request.path == "/v1/chat/completions":
-            self.bodies.append(await request.json())  # aiohttp keeps the body for the handler
-        return await handler(request)
-
-    def system_text(self) -> str:
-        """The system messages of the latest request (one or several, as the wire puts it)."""
-        messages = self.bodies[-1]["messages"]
-        return "\n".join(m["content"] for m in messages if m["role"] == "system")
-
-
-@pytest.fixture
-async def recording_server(openai_server: OpenAIServer) -> AsyncIterator[RecordingServer]:
-    server = RecordingServer()
-    config = ServerConfig(openai_server.model_name, openai_server.api_key, default_max_tokens=8)
-    async with serving(openai_server.worker, config, server.record) as server.base_url:
-        yield server
-
-
 @pytest.fixture
 def engine_overrides(recording_server: RecordingServer, openai_server: OpenAIServer) -> dict:
-    return {
-        "engine": "openai",
-        "openai_base_urls": [recording_server.base_url],
-        "openai_model": openai_server.model_name,
-        "openai_api_key": openai_server.api_key,
-    }
+    return recording_engine(recording_server, openai_server)
 
 
 async def ask_about_photo(bot: RunningBot, user: TgUser) -> str:

@@ -125,6 +125,13 @@ async def test_errors(server: BotApiServer, bot: Bot) -> None:
         await bot.send_message(ANN.id, "x" * 4097)
     await bot.send_message(ANN.id, "<b>" + "x" * 4096 + "</b>", parse_mode="HTML")  # tags free
 
+    def keyboard(data: str) -> InlineKeyboardMarkup:
+        return InlineKeyboardMarkup([[InlineKeyboardButton("b", callback_data=data)]])
+
+    with pytest.raises(BadRequest, match=r"(?i)button_data_invalid"):
+        await bot.send_message(ANN.id, "x", reply_markup=keyboard("é" * 32 + "x"))  # 65 bytes
+    await bot.send_message(ANN.id, "x", reply_markup=keyboard("é" * 32))
+
     with pytest.raises(BadRequest, match=r"(?i)invalid file_id"):
         await bot.get_file("nope")
 
