@@ -239,14 +239,3 @@ async def recording_server(openai_server: OpenAIServer) -> AsyncIterator[Recordi
     config = ServerConfig(openai_server.model_name, openai_server.api_key, default_max_tokens=8)
     async with serving(openai_server.worker, config, server.record) as server.base_url:
         yield server
-
-
-def recording_engine(recording_server: RecordingServer, openai_server: OpenAIServer) -> dict:
-    """Settings for the `bot` fixture: answers from `openai_server`'s worker through
-    `recording_server` (a module's `engine_overrides` returns this)."""
-    return {
-        "engine": "openai",
-        "openai_base_urls": [recording_server.base_url],
-        "openai_model": openai_server.model_name,
-        "openai_api_key": openai_server.api_key,
-    }

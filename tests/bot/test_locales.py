@@ -9,6 +9,7 @@ import re
 import pytest
 from babel import Locale
 
+from bot.app import COMMANDS
 from bot.i18n import Texts
 from bot.settings import ROOT
 from inference.languages import match_language, native_name
@@ -155,3 +156,10 @@ def test_ui_languages_are_answer_languages_of_the_same_name(language: str) -> No
 
 def _dummy(key: str) -> dict[str, int]:
     return {name: 1 for name in TEXTS.placeholders("en", key)}
+
+
+@pytest.mark.parametrize("language", TEXTS.languages)
+def test_help_names_every_command_of_the_menu(language: str) -> None:
+    help_text = TEXTS.get(language, "help", language="x", think="y")
+    for command in set(COMMANDS) - {"start"}:
+        assert f"\n/{command} – " in help_text, command

@@ -7,20 +7,19 @@ from __future__ import annotations
 import pytest
 
 from inference.prompts import LANGUAGE_RULE
-from tests.conftest import (
-    OpenAIServer,
-    RecordingServer,
-    RunningBot,
-    recording_engine,
-    small_photo,
-)
+from tests.conftest import OpenAIServer, RecordingServer, RunningBot, small_photo
 from tests.e2e.botapi_server import TgUser
 from tests.e2e.test_conversation import final_answer_after, reply_after
 
 
 @pytest.fixture
 def engine_overrides(recording_server: RecordingServer, openai_server: OpenAIServer) -> dict:
-    return recording_engine(recording_server, openai_server)
+    return {
+        "engine": "openai",
+        "openai_base_urls": [recording_server.base_url],
+        "openai_model": openai_server.model_name,
+        "openai_api_key": openai_server.api_key,
+    }
 
 
 async def ask_about_photo(bot: RunningBot, user: TgUser) -> str:

@@ -5,27 +5,16 @@ model, not the tiny model's noise."""
 
 from __future__ import annotations
 
-import pytest
 from telegram import Bot
 
 from bot.recovery import recover_jobs
 from inference import DIET_CODES, MAX_DIET_NOTE_CHARS, MAX_DIET_NOTES, Diet
 from inference.prompts import LANGUAGE_RULE, SYSTEM_PROMPT, diet_rule
-from tests.conftest import (
-    OpenAIServer,
-    RecordingServer,
-    RunningBot,
-    recording_engine,
-    small_photo,
-)
+from tests.conftest import RecordingServer, RunningBot, small_photo
 from tests.e2e.botapi_server import TOKEN, ApiCall, SentMessage, TgUser
+from tests.e2e.test_answer_language import engine_overrides  # noqa: F401 (through serve)
 from tests.e2e.test_conversation import final_answer_after, reply_after
 from tests.e2e.test_privacy import files_holding, forget
-
-
-@pytest.fixture
-def engine_overrides(recording_server: RecordingServer, openai_server: OpenAIServer) -> dict:
-    return recording_engine(recording_server, openai_server)
 
 
 async def open_keyboard(bot: RunningBot, user: TgUser) -> SentMessage:
