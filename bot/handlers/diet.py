@@ -37,7 +37,7 @@ async def diet(update: Update, context: BotContext) -> None:
     if update.effective_chat.type != ChatType.PRIVATE:
         await message.reply_html(context.t("diet_in_private"))
         return
-    words = (message.text or "").partition(" ")[2]
+    words = "".join((message.text or "").split(maxsplit=1)[1:])  # after "/diet" (or "/diet@bot")
     if not words.strip():
         current = await context.storage.get_diet(context.speaker_id)
         await message.reply_html(_view(context, current), reply_markup=_keyboard(context, current))

@@ -75,7 +75,7 @@ async def test_the_keyboard_toggles_in_place_and_every_answer_follows_the_diet(
     shown = labels(keyboard)
     assert (shown["diet:peanuts"], shown["diet:vegan"]) == ("✓ Peanuts", "Vegan")
 
-    saved = await say(bot, ann, "/diet no coriander; no raw egg,\n  NO  Coriander, <b>fish</b>")
+    saved = await say(bot, ann, "/diet\nno coriander; no raw egg,\n  NO  Coriander, <b>fish</b>")
     diet = Diet(("peanuts", "milk"), ("no coriander", "no raw egg", "<b>fish</b>"))
     assert await bot.storage.get_diet(ann.id) == diet  # repeats dropped, spaces collapsed
     items = "allergic to Peanuts, Milk; “no coriander”; “no raw egg”; “&lt;b&gt;fish&lt;/b&gt;”"
