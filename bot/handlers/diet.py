@@ -49,10 +49,7 @@ async def diet(update: Update, context: BotContext) -> None:
     if any(len(item) > MAX_DIET_NOTE_CHARS for item in items):
         await message.reply_html(context.t("diet_too_long", limit=MAX_DIET_NOTE_CHARS))
         return
-    unique: dict[str, str] = {}
-    for item in items:
-        unique.setdefault(item.casefold(), item)  # the first spelling of a repeated item
-    notes = tuple(unique.values())
+    notes = _unique(items)
     saved = await context.storage.change_diet(
         context.speaker_id,
         lambda old: Diet(old.codes, notes),
@@ -86,6 +83,14 @@ async def press(
 def parse_items(words: str) -> list[str]:
     """The traveller's items: split at commas, semicolons and lines, spaces collapsed."""
     return [item for part in _SEPARATORS.split(words) if (item := " ".join(part.split()))]
+
+
+def _unique(items: list[str]) -> tuple[str, ...]:
+    """Each item once, in its first spelling ("no coriander", "No Coriander")."""
+    unique: dict[str, str] = {}
+    for item in items:
+        unique.setdefault(item.casefold(), item)
+    return tuple(unique.values())
 
 
 def describe(context: BotContext, current: Diet) -> str:
