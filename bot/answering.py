@@ -55,10 +55,13 @@ async def run_job(
     think: bool,
     notice: str | None = None,
     wait_for_room: bool = False,
+    quoted: str | None = None,
 ) -> None:
     """One turn: history → request → streamed answer → stored → delivered. The job ends
     delivered or failed, whatever happens, unless the bot stops meanwhile (then it is
-    recovered at the next start) or its user erases it with /forget (then it is dropped)."""
+    recovered at the next start) or its user erases it with /forget (then it is dropped).
+    `quoted`: the text of the message the question replies to (not stored: the chat has
+    it; a job recovered after a restart is answered without it)."""
     async with services.user_locks.hold(job.user_id):
         stream = AnswerStream(
             bot,
@@ -68,7 +71,9 @@ async def run_job(
             interval_s=services.settings.stream_interval_s,
         )
         try:
-            work = _start(bot, services, job, stream, image, language, think, notice, wait_for_room)
+            work = _start(
+                bot, services, job, stream, image, language, think, notice, wait_for_room, quoted
+            )
             if not await erasable(services, job.user_id, work):
                 log.info("answer_erased", job_id=job.id)
                 await stream.discard()
@@ -102,6 +107,7 @@ async def _start(
     think: bool,
     notice: str | None,
     wait_for_room: bool,
+    quoted: str | None,
 ) -> None:
     storage, settings = services.storage, services.settings
 
@@ -127,6 +133,7 @@ async def _start(
         language=language,
         question=job.question,
         image=image,
+        quoted=quoted,
         history=history,
         think=think,
         max_new_tokens=settings.max_new_tokens,
@@ -212,10 +219,18 @@ async def deliver(services: Services, job: Job, stream: AnswerStream, messages: 
     with `delivered`, so a restart sends only what was not accepted (at least once)."""
     sent = job.parts_sent
 
-    async def part_sent(count: int) -> None:
+    # in a group a reply to the answer about a photo asks about that photo (bot.addressing)
+    links_photo = job.image_file_id is not None and job.chat_type != "private"
+
+    async def part_sent(count: int, message_id: int) -> None:
         nonlocal sent
         sent = count
-        await services.storage.set_job_parts_sent(job.id, count, done=count == len(messages))
+        await services.storage.set_job_parts_sent(
+            job.id,
+            count,
+            done=count == len(messages),
+            answer_message_id=message_id if links_photo else None,
+        )
 
     delay = services.settings.delivery_retry_s
     for attempt in range(1, DELIVERY_ATTEMPTS + 1):

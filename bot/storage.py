@@ -93,6 +93,17 @@ MIGRATIONS: list[list[str]] = [
         # /diet: {"codes": [...], "notes": [...]} as JSON; NULL: none set
         "ALTER TABLE users ADD COLUMN diet TEXT",
     ],
+    [
+        # The bot's answers about a photo in a group, by Telegram message: a member's reply
+        # to one asks about that photo. Gone with the job (its user's /forget, retention).
+        """CREATE TABLE answer_messages (
+            chat_id INTEGER NOT NULL,
+            message_id INTEGER NOT NULL,
+            job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            PRIMARY KEY (chat_id, message_id)
+        )""",
+        "CREATE INDEX answer_messages_job_id ON answer_messages (job_id)",
+    ],
 ]
 ERASED_MESSAGES_KEPT = timedelta(days=1)  # Telegram keeps an undelivered update 24 hours
 
@@ -554,17 +565,36 @@ class Storage:
             await self._insert_message(job.chat_id, job.user_id, "model", answer, None)
         return True
 
-    async def set_job_parts_sent(self, job_id: int, parts_sent: int, *, done: bool) -> None:
-        """Telegram accepted `parts_sent` messages of the answer; when `done`, the job is
+    async def set_job_parts_sent(
+        self, job_id: int, parts_sent: int, *, done: bool, answer_message_id: int | None = None
+    ) -> None:
+        """Telegram accepted `parts_sent` messages of the answer, the last one as
+        `answer_message_id` when given (kept: get_answered_photo); when `done`, the job is
         delivered and its copy of the answer dropped (the history keeps it)."""
-        if not done:
-            async with self._transaction():
+        async with self._transaction():
+            if answer_message_id is not None:
+                await self._db.execute(
+                    "INSERT OR IGNORE INTO answer_messages SELECT chat_id, ?, id FROM jobs"
+                    " WHERE id = ?",
+                    (answer_message_id, job_id),
+                )
+            if not done:
                 await self._db.execute(
                     "UPDATE jobs SET parts_sent = ?, updated_at = ? WHERE id = ?",
                     (parts_sent, _now(), job_id),
                 )
-            return
-        await self._finish_job(job_id, "delivered", parts_sent=parts_sent)
+                return
+            await self._finish_job_locked(job_id, "delivered", parts_sent=parts_sent)
+
+    async def get_answered_photo(self, chat_id: int, message_id: int) -> str | None:
+        """The file id of the photo that the bot's message `message_id` in `chat_id`
+        answers, if it is one of its answers about a photo in a group."""
+        row = await self._one(
+            "SELECT j.image_file_id FROM answer_messages AS a JOIN jobs AS j ON j.id = a.job_id"
+            " WHERE a.chat_id = ? AND a.message_id = ?",
+            (chat_id, message_id),
+        )
+        return row[0] if row else None
 
     async def set_job_status(self, job_id: int, status: str) -> None:
         """'delivered' or 'failed'; the answer text is dropped (the history keeps it)."""
@@ -572,11 +602,16 @@ class Storage:
 
     async def _finish_job(self, job_id: int, status: str, *, parts_sent: int | None = None) -> None:
         async with self._transaction():
-            await self._db.execute(
-                "UPDATE jobs SET status = ?, answer = NULL, thought = NULL,"
-                " parts_sent = COALESCE(?, parts_sent), updated_at = ? WHERE id = ?",
-                (status, parts_sent, _now(), job_id),
-            )
+            await self._finish_job_locked(job_id, status, parts_sent=parts_sent)
+
+    async def _finish_job_locked(
+        self, job_id: int, status: str, *, parts_sent: int | None = None
+    ) -> None:
+        await self._db.execute(
+            "UPDATE jobs SET status = ?, answer = NULL, thought = NULL,"
+            " parts_sent = COALESCE(?, parts_sent), updated_at = ? WHERE id = ?",
+            (status, parts_sent, _now(), job_id),
+        )
 
     async def get_unfinished_jobs(self) -> list[Job]:
         rows = await self._all(

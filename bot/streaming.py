@@ -63,20 +63,21 @@ class AnswerStream:
         messages: list[str],
         *,
         sent: int = 0,
-        on_sent: Callable[[int], Awaitable[None]] | None = None,
+        on_sent: Callable[[int, int], Awaitable[None]] | None = None,
     ) -> None:
         """Send the final messages from `messages[sent]` on (they notify the user), calling
-        `on_sent(count)` after each one Telegram accepts; then remove the placeholder."""
+        `on_sent(count, message_id)` after each one Telegram accepts; then remove the
+        placeholder."""
         self.close()
         for index in range(sent, len(messages)):
-            await self._bot.send_message(
+            message = await self._bot.send_message(
                 self._chat_id,
                 messages[index],
                 parse_mode=ParseMode.HTML,
                 reply_parameters=self._reply if index == 0 else None,
             )
             if on_sent is not None:
-                await on_sent(index + 1)
+                await on_sent(index + 1, message.message_id)
         await self.discard()
 
     async def discard(self) -> None:

@@ -106,6 +106,14 @@ The traveller asks about this photo (their words are between the markers):
 {question}
 >>>"""
 
+TASK_REPLIED_TO = """\
+The traveller replies to this message of their chat (its words are between the markers):
+<<<
+{quoted}
+>>>
+
+"""
+
 TASK_FOLLOW_UP = """\
 The traveller's follow-up message (their words are between the markers):
 <<<
@@ -165,6 +173,8 @@ def travel_chat(request: Request) -> tuple[ChatMessage, ...]:
         messages.append(ChatMessage(turn.role, text, _images(turn.image)))
     question = _sanitize(request.question) if request.question else ""
     text = _user_turn_text(question, has_image=request.image is not None, language=language)
+    if request.quoted and request.quoted.strip():
+        text = TASK_REPLIED_TO.format(quoted=_sanitize(request.quoted.strip())) + text
     messages.append(ChatMessage("user", text, _images(request.image)))
     return tuple(messages)
 

@@ -88,6 +88,9 @@ class Request:
     language: str  # answer language: a code of inference.languages ("de", "nl", "zh-Hant")
     question: str | None = None  # the caption or follow-up text; None: explain the photo
     image: bytes | None = None  # the photo of this turn, already validated
+    # the text of the chat message the question replies to (a group member's photo caption,
+    # the bot's earlier answer): read as material, like the question
+    quoted: str | None = None
     history: tuple[Turn, ...] = ()
     think: bool = False
     max_new_tokens: int = 1024

@@ -8,6 +8,7 @@ import time
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ChatType
 
+from bot.addressing import command_target, is_group
 from bot.context import BotContext
 from bot.handlers.diet import describe
 from bot.stats import percentile
@@ -172,8 +173,14 @@ async def stats(update: Update, context: BotContext) -> None:
 
 
 async def unknown_command(update: Update, context: BotContext) -> None:
-    """Any command the bot does not have."""
-    await update.effective_message.reply_html(context.t("unknown_command"))
+    """Any command the bot does not have; in a group only one named for it (`/x@thisbot`):
+    there a bare `/x` or `/x@other_bot` is another bot's."""
+    message = update.effective_message
+    if is_group(message):
+        target = command_target(message)
+        if target is None or target[1].lower() != (context.bot.username or "").lower():
+            return
+    await message.reply_html(context.t("unknown_command"))
 
 
 def _language_name(context: BotContext) -> str:

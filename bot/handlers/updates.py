@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import structlog
-from telegram import Update
-from telegram.ext import ApplicationHandlerStop
+from telegram import Message, Update
+from telegram.ext import ApplicationHandlerStop, CommandHandler
 
+from bot.addressing import is_addressed, is_group, is_service_message
 from bot.context import BotContext
 from bot.logging import user_ref
 from bot.storage import User
@@ -28,7 +29,8 @@ def speaker_id(update: Update) -> int | None:
 
 
 async def load_profile(update: Update, context: BotContext) -> None:
-    """Bind log context, drop channel posts (no user, or copied into a group), refuse users
+    """Bind log context, drop channel posts (no user, or copied into a group), service
+    messages and group messages not meant for the bot (bot.addressing), refuse users
     outside the allowlist, load the speaker's settings."""
     user = update.effective_user
     structlog.contextvars.clear_contextvars()
@@ -45,6 +47,13 @@ async def load_profile(update: Update, context: BotContext) -> None:
         # channel posts, their automatic copies in the channel's discussion group, and a
         # Telegram Business account's chats (the bot would answer outside them)
         log.info("update_ignored", kind=_kind(update))
+        raise ApplicationHandlerStop
+    if is_service_message(update):
+        log.info("update_ignored", kind="service_message")
+        raise ApplicationHandlerStop
+    if message and is_group(message) and not _addressed(message, context):
+        # silent, and before the allowlist: a stranger chatting in the group is no request
+        log.debug("update_ignored", kind="not_addressed")
         raise ApplicationHandlerStop
     if message and await _sent_before_forget(context, speaker, message.date):
         log.info("update_ignored", kind="sent_before_forget")  # Telegram delivered it again
@@ -75,6 +84,22 @@ async def on_error(update: object, context: BotContext) -> None:
             await context.bot.send_message(update.effective_chat.id, context.t("error_generic"))
         except Exception:
             log.warning("error_reply_failed")
+
+
+def _addressed(message: Message, context: BotContext) -> bool:
+    bot = context.bot
+    return is_addressed(message, bot.id, bot.username or "", _own_commands(context))
+
+
+def _own_commands(context: BotContext) -> frozenset[str]:
+    """Every command name (aliases too) the application has a handler for."""
+    return frozenset(
+        name
+        for handlers in context.application.handlers.values()
+        for handler in handlers
+        if isinstance(handler, CommandHandler)
+        for name in handler.commands
+    )
 
 
 async def _sent_before_forget(context: BotContext, speaker: int, sent: datetime) -> bool:

@@ -62,11 +62,11 @@ async def add_turns(s: Storage, user_id: int, n: int, prefix: str = "") -> None:
 async def test_open_creates_file_schema_and_wal(db_path: Path) -> None:
     async with await Storage.open(db_path) as s:
         assert db_path.is_file()
-        assert s.schema_version == len(MIGRATIONS) == 5
+        assert s.schema_version == len(MIGRATIONS) == 6
         names = {n for (n,) in raw(db_path, "SELECT name FROM sqlite_master")}
         assert {"users", "messages", "messages_chat_user", "jobs", "jobs_status"} <= names
         assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
-        assert raw(db_path, "PRAGMA user_version") == [(5,)]
+        assert raw(db_path, "PRAGMA user_version") == [(6,)]
         assert await s.count_users() == 0
 
 
@@ -408,6 +408,21 @@ async def test_history_and_last_photo_are_kept_per_chat_and_member(store: Storag
     ]
 
 
+async def test_an_answer_in_a_group_leads_to_its_photo_until_erased(store: Storage) -> None:
+    job = await store.add_job(chat_id=GROUP, message_id=10, user_id=ALICE, chat_type="group",
+                              question=None, image_file_id="MENU")  # fmt: skip
+    await store.complete_job(job, answer="a long answer", thought="")
+    await store.set_job_parts_sent(job.id, 1, done=False, answer_message_id=11)
+    await store.set_job_parts_sent(job.id, 2, done=True, answer_message_id=13)
+    assert [await store.get_answered_photo(GROUP, m) for m in (10, 11, 12, 13)] == [
+        None, "MENU", None, "MENU"
+    ]  # fmt: skip
+    assert await store.get_answered_photo(ALICE, 11) is None  # another chat's message 11
+    assert (await store.get_job(job.id)).status == "delivered"
+    await store.delete_user_data(ALICE)
+    assert await store.get_answered_photo(GROUP, 11) is None
+
+
 async def test_history_from_before_chats_were_told_apart_goes_to_the_private_chat(
     db_path: Path,
 ) -> None:
@@ -592,7 +607,7 @@ async def test_a_database_from_before_diets_keeps_its_users(db_path: Path) -> No
     con.commit()
     con.close()
     async with await Storage.open(db_path) as s:
-        assert s.schema_version == 5
+        assert s.schema_version == len(MIGRATIONS)
         assert ((await s.get_user(ALICE)).language, await s.get_diet(ALICE)) == ("fr", Diet())
         await s.change_diet(ALICE, toggle("sesame"), default_language="en")
         assert (await s.get_diet(ALICE)).codes == ("sesame",)

@@ -197,6 +197,24 @@ def parse_html(text: str) -> tuple[str, list[dict]]:
     return "".join(out), entities
 
 
+_MENTION_RE = re.compile(r"(?<![\w@])@[A-Za-z][A-Za-z0-9_]{3,31}\b")
+
+
+def _mention_entities(text: str) -> list[dict]:
+    """Telegram's "mention" entities of `text` (offsets in UTF-16 code units)."""
+    return [
+        {"type": "mention", "offset": _utf16_len(text[: m.start()]), "length": len(m.group())}
+        for m in _MENTION_RE.finditer(text)
+    ]
+
+
+def _command_entities(text: str) -> list[dict]:
+    if not text.startswith("/"):
+        return []
+    length = len(text.split(maxsplit=1)[0]) if text.strip() else 1
+    return [{"type": "bot_command", "offset": 0, "length": length}]
+
+
 ANONYMOUS_ADMIN_ID = 1087968824  # GroupAnonymousBot: every anonymous admin of every group
 
 
@@ -401,16 +419,30 @@ class BotApiServer:
         chat_id: int | None = None,
         chat_type: str = "private",
         sender_chat: dict | None = None,
+        reply_to: dict | SentMessage | None = None,
+        entities: list[dict] | None = None,
     ) -> dict:
         """A text from `user`; with `sender_chat`, sent on behalf of that chat (an anonymous
-        group admin: user ANONYMOUS_ADMIN and the group itself as sender_chat)."""
+        group admin: user ANONYMOUS_ADMIN and the group itself as sender_chat). Telegram
+        marks a leading /command and every @username as entities; `entities` adds more (a
+        text_mention of a user without a username). `reply_to`: a message this replies to
+        (a dict a send_ method returned, or a message of the bot's)."""
         content: dict[str, Any] = {"text": text}
-        if text.startswith("/"):
-            length = len(text.split(maxsplit=1)[0]) if text.strip() else 1
-            content["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
+        found = _command_entities(text) + _mention_entities(text) + list(entities or ())
+        if found:
+            content["entities"] = sorted(found, key=lambda e: e["offset"])
         if sender_chat is not None:
             content["sender_chat"] = sender_chat
+        if reply_to is not None:
+            content["reply_to_message"] = self._replied(reply_to)
         return self._user_message(user, chat_id, chat_type, content)
+
+    def send_service(
+        self, user: TgUser, *, chat_id: int, chat_type: str = "supergroup", **fields: Any
+    ) -> dict:
+        """A service message in a chat, e.g. ``new_chat_members=[TgUser(...).to_dict()]``,
+        ``left_chat_member=...``, ``new_chat_title="..."``, ``pinned_message={...}``."""
+        return self._user_message(user, chat_id, chat_type, fields)
 
     def send_channel_post(self, chat_id: int, text: str) -> dict:
         """A post in a channel the bot is in: no `from` user at all."""
@@ -430,6 +462,7 @@ class BotApiServer:
         chat_id: int | None = None,
         chat_type: str = "private",
         sender_chat: dict | None = None,
+        reply_to: dict | SentMessage | None = None,
     ) -> dict:
         size = _image_size(image)
         sizes = [self._photo_size(image, *(size or (100, 100)))]
@@ -446,8 +479,12 @@ class BotApiServer:
         content: dict[str, Any] = {"photo": sizes}
         if caption is not None:
             content["caption"] = caption
+            if mentions := _mention_entities(caption):
+                content["caption_entities"] = mentions
         if sender_chat is not None:
             content["sender_chat"] = sender_chat
+        if reply_to is not None:
+            content["reply_to_message"] = self._replied(reply_to)
         return self._user_message(user, chat_id, chat_type, content)
 
     def send_document(
@@ -629,6 +666,12 @@ class BotApiServer:
         }
         self.push_update({"message": message})
         return message
+
+    def _replied(self, message: dict | SentMessage) -> dict:
+        """A message as reply_to_message shows it: without its own reply_to_message."""
+        if isinstance(message, SentMessage):
+            message = self._rendered[(message.chat_id, message.message_id)]
+        return {k: v for k, v in message.items() if k != "reply_to_message"}
 
     def _render(self, params: dict, key: str, limit: int) -> dict:
         """Validate text/caption (+ parse_mode) and return Message fields for it."""

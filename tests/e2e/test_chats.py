@@ -14,7 +14,9 @@ async def test_group_chat_streams_by_editing_the_placeholder(bot: RunningBot) ->
     server = bot.server
     ann = TgUser(id=7001, language_code="it")
     mark = server.mark()
-    photo = server.send_photo(ann, small_photo("USCITA"), chat_id=-900, chat_type="group")
+    photo = server.send_photo(
+        ann, small_photo("USCITA"), caption="@travel_test_bot", chat_id=-900, chat_type="group"
+    )
     placeholder = await server.wait_for(
         lambda c: c.method == "sendMessage" and c.params["chat_id"] == -900, after=mark
     )

@@ -67,7 +67,9 @@ async def test_a_group_never_sees_a_members_private_photo_or_data(bot: RunningBo
     await final_answer_after(bot, ann.id, mark)
 
     mark = server.mark()
-    server.send_text(ann, "what does it say?", chat_id=-7100, chat_type="supergroup")
+    server.send_text(
+        ann, "@travel_test_bot what does it say?", chat_id=-7100, chat_type="supergroup"
+    )
     await final_answer_after(bot, -7100, mark)
     assert downloads_of(server, photo_file_id(private), mark) == []
     history = await bot.storage.get_history(-7100, ann.id, max_turns=5)
@@ -88,14 +90,18 @@ async def test_anonymous_admins_of_two_groups_share_nothing(bot: RunningBot) -> 
     server, t = bot.server, bot.services.texts
     mark = server.mark()
     in_a = server.send_photo(
-        ANONYMOUS, small_photo("A"), caption="A-ONLY-CAPTION", chat_id=-7201,
+        ANONYMOUS, small_photo("A"), caption="@travel_test_bot A-ONLY-CAPTION", chat_id=-7201,
         chat_type="supergroup", sender_chat=group(-7201),
     )  # fmt: skip
     await final_answer_after(bot, -7201, mark)
 
     mark = server.mark()
     server.send_text(
-        ANONYMOUS, "and this?", chat_id=-7202, chat_type="supergroup", sender_chat=group(-7202)
+        ANONYMOUS,
+        "@travel_test_bot and this?",
+        chat_id=-7202,
+        chat_type="supergroup",
+        sender_chat=group(-7202),
     )
     await final_answer_after(bot, -7202, mark)
     assert downloads_of(server, photo_file_id(in_a), mark) == []
@@ -224,8 +230,8 @@ async def test_a_channel_speaking_in_a_group_is_erased_by_its_admin(bot: Running
     channel = {"id": -100_7801, "type": "channel", "title": "Ann's channel"}
     poster = TgUser(id=777000, first_name="Telegram")  # the user id of posts as a channel
     mark = server.mark()
-    server.send_text(poster, "CHANNEL-WORDS?", chat_id=-7800, chat_type="supergroup",
-                     sender_chat=channel)  # fmt: skip
+    server.send_text(poster, "@travel_test_bot CHANNEL-WORDS?", chat_id=-7800,
+                     chat_type="supergroup", sender_chat=channel)  # fmt: skip
     await final_answer_after(bot, -7800, mark)
     assert await bot.storage.get_history(-7800, channel["id"], max_turns=5) != []
     group_admin, channel_admin = TgUser(id=7802), TgUser(id=7803)

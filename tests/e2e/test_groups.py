@@ -1,0 +1,207 @@
+"""Groups through the real client: the bot answers only what is meant for it, each member in
+their own language, and a member may ask about the photo another member sent."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bot.answering import prepare_image
+from inference import Request
+from tests.conftest import RunningBot, small_photo
+from tests.e2e.botapi_server import SentMessage, TgUser
+from tests.e2e.test_conversation import final_answer_after, reply_after
+
+BOT = "@travel_test_bot"
+GROUP = "supergroup"
+
+
+def sent_to(bot: RunningBot, chat_id: int, mark: int) -> list[str]:
+    """Methods the bot called for `chat_id` since `mark`."""
+    return [c.method for c in bot.server.calls[mark:] if c.params.get("chat_id") == chat_id]
+
+
+def seen_requests(bot: RunningBot) -> list[Request]:
+    """Every request the bot submits from now on, as the worker gets it (the real worker
+    still answers it)."""
+    worker, seen = bot.services.worker, []
+    submit = worker.submit
+
+    def recording(request: Request):
+        seen.append(request)
+        return submit(request)
+
+    worker.submit = recording
+    return seen
+
+
+def answer_to(bot: RunningBot, chat_id: int, message: dict) -> SentMessage:
+    """The bot's visible answer replying to `message` (its placeholder is gone)."""
+    calls = bot.server.calls_to("sendMessage", chat_id)
+    ids = [
+        c.result["message_id"]
+        for c in calls
+        if (c.params.get("reply_parameters") or {}).get("message_id") == message["message_id"]
+    ]
+    return next(m for m in bot.server.visible_messages(chat_id) if m.message_id in ids)
+
+
+async def test_only_messages_meant_for_the_bot_are_answered(bot: RunningBot) -> None:
+    server, t = bot.server, bot.services.texts
+    chat = -9100
+    ann, bob = TgUser(id=9101, language_code="en"), TgUser(id=9102, language_code="en")
+    mark = server.mark()
+    server.send_service(ann, chat_id=chat, new_chat_members=[bob.to_dict()])
+    server.send_service(ann, chat_id=chat, new_chat_title="Trip to Kyoto")
+    photo = server.send_photo(ann, small_photo("EXIT"), chat_id=chat, chat_type=GROUP)
+    server.send_service(ann, chat_id=chat, pinned_message=photo)
+    server.send_text(bob, "nice photo", chat_id=chat, chat_type=GROUP, reply_to=photo)
+    server.send_text(bob, "@someone_else look", chat_id=chat, chat_type=GROUP)
+    server.send_text(bob, "/start@other_bot", chat_id=chat, chat_type=GROUP)
+    server.send_text(bob, "/roll", chat_id=chat, chat_type=GROUP)  # another bot's, bare
+    server.send_service(bob, chat_id=chat, left_chat_member=bob.to_dict())
+    server.send_service(ann, chat_id=ann.id, chat_type="private", pinned_message=photo)
+    server.send_text(bob, "/roll@travel_test_bot", chat_id=chat, chat_type=GROUP)
+    told = await reply_after(bot, chat, mark)
+    assert told.params["text"] == t.get("en", "unknown_command")
+    await asyncio.sleep(0.5)
+    assert sent_to(bot, chat, mark) == ["sendMessage"]
+    assert sent_to(bot, ann.id, mark) == []
+    assert await bot.storage.get_unfinished_jobs() == []
+    assert await bot.storage.count_jobs_by_status() == {}
+
+    # a bare command of its own, a mention alone, a mention with a question
+    mark = server.mark()
+    server.send_text(bob, "/help", chat_id=chat, chat_type=GROUP)
+    helped = await reply_after(bot, chat, mark)
+    assert helped.params["text"].startswith(t.get("en", "help", language="x", think="x")[:12])
+    mark = server.mark()
+    server.send_text(bob, f"{BOT}", chat_id=chat, chat_type=GROUP)
+    how = await reply_after(bot, chat, mark)
+    assert how.params["text"] == t.get("en", "group_how_to", bot=BOT)
+    mark = server.mark()
+    asked = server.send_photo(
+        ann, small_photo("SORTIE"), caption=f"{BOT}, what does it say?", chat_id=chat,
+        chat_type=GROUP,
+    )  # fmt: skip
+    await final_answer_after(bot, chat, mark)
+    [question, _] = await bot.storage.get_history(chat, ann.id, max_turns=5)
+    assert question.text == "what does it say?"
+    assert question.image_file_id == asked["photo"][-1]["file_id"]
+
+
+async def test_members_get_their_own_language_and_ask_about_each_others_photos(
+    bot: RunningBot,
+) -> None:
+    server, t = bot.server, bot.services.texts
+    chat = -9200
+    ann = TgUser(id=9201, first_name="Ann", language_code="de")
+    bob = TgUser(id=9202, first_name="Bob", language_code="ja", username="bob_jp")
+    eve = TgUser(id=9203, first_name="Eve", language_code="fr")
+    requests = seen_requests(bot)
+
+    mark = server.mark()
+    server.send_text(ann, "@travel_test_bot KEEP-ANN-9201 where is the station?",
+                     chat_id=chat, chat_type=GROUP)  # fmt: skip
+    await final_answer_after(bot, chat, mark)
+    mark = server.mark()
+    menu = small_photo("RAMEN 900")
+    ann_photo = server.send_photo(ann, menu, caption=f"Was ist das? {BOT}", chat_id=chat,
+                                  chat_type=GROUP)  # fmt: skip
+    placeholder = await reply_after(bot, chat, mark)
+    assert placeholder.params["text"].startswith(t.get("de", "placeholder_photo"))
+    await final_answer_after(bot, chat, mark)
+    answer = answer_to(bot, chat, ann_photo)
+
+    # Bob replies to Ann's photo: he is answered in Japanese about her photo; of Ann's
+    # words only the caption her photo shows in the group reaches his prompt
+    mark = server.mark()
+    bob_asks = server.send_text(bob, f"{BOT} 辛いですか？", chat_id=chat, chat_type=GROUP,
+                                reply_to=ann_photo)  # fmt: skip
+    placeholder = await reply_after(bot, chat, mark)
+    assert placeholder.params["text"].startswith(t.get("ja", "placeholder_photo"))
+    assert placeholder.params["reply_parameters"]["message_id"] == bob_asks["message_id"]
+    await final_answer_after(bot, chat, mark)
+    photo_id = ann_photo["photo"][-1]["file_id"]
+    assert [c.params["file_id"] for c in server.calls[mark:] if c.method == "getFile"] == [photo_id]
+    request = requests[-1]
+    assert request.language == "ja" and request.question == "辛いですか？"
+    assert request.quoted == "Was ist das?"
+    assert request.image == await prepare_image(bot.services, menu)
+    assert request.history == ()  # Bob's own history in this group: none yet
+    assert "KEEP-ANN" not in repr(request)
+    [bob_question, _] = await bot.storage.get_history(chat, bob.id, max_turns=5)
+    assert (bob_question.text, bob_question.image_file_id) == ("辛いですか？", photo_id)
+
+    # Eve replies to the bot's answer to Ann, without a mention: that answer is what her
+    # reply shows, and the photo it is about is asked about, in French
+    mark = server.mark()
+    server.send_text(eve, "Et en dessert ?", chat_id=chat, chat_type=GROUP, reply_to=answer)
+    placeholder = await reply_after(bot, chat, mark)
+    assert placeholder.params["text"].startswith(t.get("fr", "placeholder_photo"))
+    await final_answer_after(bot, chat, mark)
+    request = requests[-1]
+    assert request.language == "fr" and request.question == "Et en dessert ?"
+    rendered = server._rendered[(chat, answer.message_id)]  # as the group saw the answer
+    assert request.quoted == rendered["text"]
+    assert request.image == await prepare_image(bot.services, menu)
+    assert "KEEP-ANN" not in repr(request) and "辛い" not in repr(request)
+    assert [m.role for m in await bot.storage.get_history(chat, ann.id, max_turns=9)] == [
+        "user", "model", "user", "model"
+    ]  # fmt: skip
+
+    # Eve's next follow-up (a reply to the bot) is about that photo too, from her history
+    mark = server.mark()
+    eve_answer = next(
+        m
+        for m in reversed(server.visible_messages(chat))
+        if m.text and m.message_id > answer.message_id
+    )
+    server.send_text(eve, "Merci, et le prix ?", chat_id=chat, chat_type=GROUP, reply_to=eve_answer)
+    await final_answer_after(bot, chat, mark)
+    assert requests[-1].image == await prepare_image(bot.services, menu)
+
+
+async def test_a_reply_to_an_answer_about_an_erased_photo_has_no_photo(bot: RunningBot) -> None:
+    from tests.e2e.test_privacy import forget
+
+    server = bot.server
+    chat = -9300
+    ann, bob = TgUser(id=9301, language_code="en"), TgUser(id=9302, language_code="en")
+    requests = seen_requests(bot)
+    mark = server.mark()
+    photo = server.send_photo(ann, small_photo("MENU"), caption=BOT, chat_id=chat,
+                              chat_type=GROUP)  # fmt: skip
+    await final_answer_after(bot, chat, mark)
+    answer = answer_to(bot, chat, photo)
+    await forget(bot, ann, chat)
+    mark = server.mark()
+    server.send_text(bob, "and this?", chat_id=chat, chat_type=GROUP, reply_to=answer)
+    await final_answer_after(bot, chat, mark)
+    assert [c for c in server.calls[mark:] if c.method == "getFile"] == []
+    assert requests[-1].image is None and requests[-1].quoted is None
+
+
+@pytest.mark.settings(allowed_user_ids={9401})
+async def test_a_stranger_in_the_group_is_refused_only_when_addressing_the_bot(
+    bot: RunningBot,
+) -> None:
+    server, t = bot.server, bot.services.texts
+    chat = -9400
+    friend, stranger = TgUser(id=9401), TgUser(id=9402, language_code="es")
+    mark = server.mark()
+    server.send_service(friend, chat_id=chat, new_chat_members=[stranger.to_dict()])
+    for text in ("hola a todos", "/start@other_bot", "/roll"):
+        server.send_text(stranger, text, chat_id=chat, chat_type=GROUP)
+    server.send_photo(stranger, small_photo("SALIDA"), chat_id=chat, chat_type=GROUP)
+    await asyncio.sleep(0.5)
+    server.send_text(stranger, f"{BOT} ¿qué dice?", chat_id=chat, chat_type=GROUP)
+    refused = await reply_after(bot, chat, mark)
+    assert refused.params["text"] == t.get("es", "not_allowed")
+    await asyncio.sleep(0.5)
+    assert sent_to(bot, chat, mark) == ["sendMessage"]
+    assert await bot.storage.get_user(stranger.id) is None
+    mark = server.mark()
+    server.send_photo(friend, small_photo("EXIT"), caption=BOT, chat_id=chat, chat_type=GROUP)
+    await final_answer_after(bot, chat, mark)
