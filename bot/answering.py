@@ -50,7 +50,7 @@ async def run_job(
     services: Services,
     job: Job,
     *,
-    image: bytes | None,
+    images: tuple[bytes, ...],
     language: str,
     think: bool,
     notice: str | None = None,
@@ -72,7 +72,7 @@ async def run_job(
         )
         try:
             work = _start(
-                bot, services, job, stream, image, language, think, notice, wait_for_room, quoted
+                bot, services, job, stream, images, language, think, notice, wait_for_room, quoted
             )
             if not await erasable(services, job.user_id, work):
                 log.info("answer_erased", job_id=job.id)
@@ -102,7 +102,7 @@ async def _start(
     services: Services,
     job: Job,
     stream: AnswerStream,
-    image: bytes | None,
+    images: tuple[bytes, ...],
     language: str,
     think: bool,
     notice: str | None,
@@ -124,7 +124,7 @@ async def _start(
         await bot.send_message(job.chat_id, t("error_engine"))
         return
     history = await load_history(
-        bot, services, job, attach_latest_image=image is None, language=language
+        bot, services, job, attach_latest_image=not images, language=language
     )
     # read now, not when the job was accepted: a job recovered after a restart, and every
     # follow-up, follows the diet as it is
@@ -132,7 +132,7 @@ async def _start(
     request = Request(
         language=language,
         question=job.question,
-        image=image,
+        images=images,
         quoted=quoted,
         history=history,
         think=think,
@@ -141,7 +141,7 @@ async def _start(
         owner=user_ref(job.user_id),
         diet=diet,
     )
-    kind = "thinking" if think else "photo" if image else "text"
+    kind = "thinking" if think else "photo" if images else "text"
     status = t(f"placeholder_{kind}")
     if notice:
         status = f"{notice}\n{status}"
@@ -352,14 +352,15 @@ async def load_history(
     reference = services.texts.get(language, "photo_reference")
     turns = []
     for message in stored:
-        image = None
+        images: tuple[bytes, ...] = ()
         text = message.text
         if message.image_file_id:
             if attach_latest_image and message.image_file_id == latest_image_id:
                 image = await _fetch_image(bot, services, message.image_file_id)
-            if image is None:
+                images = () if image is None else (image,)
+            if not images:
                 text = f"{reference} {text}".strip()
-        turns.append(Turn(role=message.role, text=text, image=image))
+        turns.append(Turn(role=message.role, text=text, images=images))
     return tuple(turns)
 
 

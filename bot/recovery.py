@@ -64,7 +64,7 @@ async def _recover(bot: Bot, services: Services, job: Job) -> None:
         bot,
         services,
         job,
-        image=image,
+        images=() if image is None else (image,),
         language=language,
         think=bool(user and user.think),
         notice=notice,

@@ -35,7 +35,7 @@ async def ask(
     request = Request(
         language=language,
         question=question,
-        image=image,
+        images=(image,),
         think=think,
         max_new_tokens=max_new_tokens,
         sampling=Sampling(temperature=0.0) if greedy else Sampling(),

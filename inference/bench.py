@@ -110,7 +110,7 @@ def make_requests(count: int, new_tokens: int, *, seed: int = 0) -> list[Request
         requests.append(
             Request(
                 language=LANGUAGES[index % len(LANGUAGES)],
-                image=normalize_image(buffer.getvalue()),
+                images=(normalize_image(buffer.getvalue()),),
                 max_new_tokens=new_tokens,
                 sampling=Sampling(temperature=0.0),
             )
@@ -135,7 +135,7 @@ def long_context_requests(
         third = [FILLER.format(n=n) for n in range(units)]
         answers = ["".join(third[i::3]) for i in range(3)]
         history = (
-            Turn("user", "What does this say?", earlier.image),
+            Turn("user", "What does this say?", earlier.images),
             Turn("model", answers[0]),
             Turn("user", "Which of these has no pork?"),
             Turn("model", answers[1]),

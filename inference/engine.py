@@ -24,6 +24,12 @@ from inference.types import Event, Finished, Request
 log = structlog.get_logger()
 
 SUPPORTED_SOFT_TOKENS = (70, 140, 280, 560, 1120)
+# The photos of one prompt (an album's pages, at most 10) share this many photos' worth of
+# the configured soft-token budget: more photos get the largest smaller supported budget
+# that keeps their total within it (280 a photo: 10 pages get 140 each, 1,400 tokens, so
+# that the default 4,096-position sequence still holds ~700 of text and a 1,024-token
+# answer). Down to 70 a photo, the smallest budget.
+PHOTOS_AT_FULL_BUDGET = 5
 MIN_SHARED_PREFIX_TOKENS = 32  # shorter shared prefixes are not worth a cache entry
 
 
@@ -205,7 +211,8 @@ class GemmaEngine:
         prompt = self.build_prompt(request)
         inputs = self._inputs(prompt, on_device=False)
         if prompt.images:
-            inputs["photo_keys"] = [photo_key(image) for image in prompt.images]
+            soft_tokens = self.soft_tokens_per_photo(len(prompt.images))
+            inputs["photo_keys"] = [photo_key(image, soft_tokens) for image in prompt.images]
             inputs["photo_owner"] = request.owner  # whose they are, for the photo cache
         if not prompt.shared_prefix:
             return inputs, ()
@@ -217,6 +224,17 @@ class GemmaEngine:
         if common < MIN_SHARED_PREFIX_TOKENS or common >= inputs["input_ids"].shape[1]:
             return inputs, ()
         return inputs, tuple(ids[:common])
+
+    def soft_tokens_per_photo(self, num_photos: int) -> int:
+        """Each photo's soft-token budget in a prompt with `num_photos` photos (see
+        PHOTOS_AT_FULL_BUDGET)."""
+        total = PHOTOS_AT_FULL_BUDGET * self.image_soft_tokens
+        fitting = [
+            budget
+            for budget in SUPPORTED_SOFT_TOKENS
+            if budget <= self.image_soft_tokens and budget * num_photos <= total
+        ]
+        return max(fitting, default=min(self.image_soft_tokens, *SUPPORTED_SOFT_TOKENS))
 
     def build_prompt(self, request: Request) -> Prompt:
         """The request's prompt in the checkpoint's chat template, no special token of this
@@ -241,7 +259,7 @@ class GemmaEngine:
         if prompt.images:
             features = self.image_processor(
                 images=[decode_image(image) for image in prompt.images],
-                max_soft_tokens=self.image_soft_tokens,
+                max_soft_tokens=self.soft_tokens_per_photo(len(prompt.images)),
                 return_tensors="pt",
             )
             pieces = text.split(IMAGE_PLACEHOLDER)

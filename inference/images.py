@@ -55,10 +55,11 @@ def normalize_image(data: bytes, limits: ImageLimits = ImageLimits()) -> bytes:
     return out.getvalue()
 
 
-def photo_key(data: bytes) -> bytes:
-    """A photo's identity for caches of work done on it (normalized bytes: one photo, one
-    key); a digest, so the photo itself is not kept."""
-    return hashlib.blake2b(data, digest_size=16).digest()
+def photo_key(data: bytes, soft_tokens: int) -> bytes:
+    """A photo's identity for caches of work done on it at a soft-token budget (normalized
+    bytes: one photo, one key a budget); a digest, so the photo itself is not kept."""
+    digest = hashlib.blake2b(data, digest_size=16, person=b"soft%d" % soft_tokens)
+    return digest.digest()
 
 
 def decode_image(data: bytes) -> Image.Image:

@@ -199,7 +199,10 @@ class RequestLimits:
     tokenized: these, not the body's size, bound the work and memory a request costs."""
 
     max_messages: int = 256
-    max_images: int = 4  # per request, so per message too (the bot sends one)
+    max_images: int = 10  # per request, so per message too: an album (Telegram: 10 at most)
+    # all images of a request together: the body bound stays that of 4 photos at the size
+    # limit (an album the bot sends is 10 normalized JPEGs of ~0.3-2 MB)
+    max_images_bytes: int = 80 * 1024 * 1024
     max_message_chars: int = 32_768
     max_total_chars: int = 65_536  # all messages' texts together
     image: ImageLimits = field(default_factory=ImageLimits)
@@ -230,7 +233,8 @@ class RequestLimits:
     @property
     def max_body_bytes(self) -> int:
         """The largest body that can pass the checks: each image in base64, and the text."""
-        return self.max_images * _base64_len(self.image.max_bytes) + self.max_text_bytes
+        images = min(self.max_images * self.image.max_bytes, self.max_images_bytes)
+        return _base64_len(images) + self.max_text_bytes
 
 
 @dataclass(frozen=True)
@@ -531,6 +535,7 @@ class _MessageReader:
         self.limits = limits
         self.image_data = image_data  # taken out of the body, by key: those used are removed
         self.num_images = 0
+        self.num_image_chars = 0  # base64 of all images so far
         self.num_chars = 0  # of all messages, the newlines that join parts included
         self.message_chars = 0
 
@@ -599,6 +604,9 @@ class _MessageReader:
         data = self.image_data.pop(data, data)
         if len(data) > _base64_len(self.limits.image.max_bytes):
             raise ImageRejected("too_large", f"over {self.limits.image.max_bytes} bytes")
+        self.num_image_chars += len(data)
+        if self.num_image_chars > _base64_len(self.limits.max_images_bytes):
+            raise ImageRejected("too_large", f"images over {self.limits.max_images_bytes} bytes")
         return data
 
 

@@ -100,6 +100,13 @@ Read all the text in this photo and say which language it is in. Translate it in
 for a sign or a machine, what to do. If there is no text, describe what matters in the \
 photo for a traveller."""
 
+# an album: the pages of one menu or leaflet, in the order they were sent
+TASK_EXPLAIN_PAGES = """\
+These {count} photos are pages of one thing (a menu, a leaflet, a timetable), in order. \
+Read all the text on these pages and say which language it is in. Translate it into \
+{language}. Then explain what it means for a traveller: for a menu, what each dish is; \
+for a sign or a machine, what to do. Say which page something is on when it helps."""
+
 TASK_QUESTION_ABOUT_PHOTO = """\
 The traveller asks about this photo (their words are between the markers):
 <<<
@@ -113,6 +120,12 @@ The traveller replies to this message of their chat (its words are between the m
 >>>
 
 """
+
+TASK_QUESTION_ABOUT_PAGES = """\
+The traveller asks about these {count} pages (their words are between the markers):
+<<<
+{question}
+>>>"""
 
 TASK_FOLLOW_UP = """\
 The traveller's follow-up message (their words are between the markers):
@@ -169,13 +182,13 @@ def travel_chat(request: Request) -> tuple[ChatMessage, ...]:
     for turn in request.history:
         text = _sanitize(turn.text)
         if turn.role == "user":
-            text = _user_turn_text(text, has_image=turn.image is not None, language=language)
-        messages.append(ChatMessage(turn.role, text, _images(turn.image)))
+            text = _user_turn_text(text, num_images=len(turn.images), language=language)
+        messages.append(ChatMessage(turn.role, text, turn.images))
     question = _sanitize(request.question) if request.question else ""
-    text = _user_turn_text(question, has_image=request.image is not None, language=language)
+    text = _user_turn_text(question, num_images=len(request.images), language=language)
     if request.quoted and request.quoted.strip():
         text = TASK_REPLIED_TO.format(quoted=_sanitize(request.quoted.strip())) + text
-    messages.append(ChatMessage("user", text, _images(request.image)))
+    messages.append(ChatMessage("user", text, request.images))
     return tuple(messages)
 
 
@@ -222,15 +235,17 @@ def template_messages(messages: tuple[ChatMessage, ...]) -> list[dict]:
     return converted
 
 
-def _images(image: bytes | None) -> tuple[bytes, ...]:
-    return () if image is None else (image,)
-
-
-def _user_turn_text(question: str, *, has_image: bool, language: str) -> str:
-    if has_image and not question.strip():
-        return TASK_EXPLAIN_PHOTO.format(language=language)
-    template = TASK_QUESTION_ABOUT_PHOTO if has_image else TASK_FOLLOW_UP
-    return template.format(question=question.strip())
+def _user_turn_text(question: str, *, num_images: int, language: str) -> str:
+    question = question.strip()
+    if num_images == 0:
+        return TASK_FOLLOW_UP.format(question=question)
+    if num_images == 1:
+        if not question:
+            return TASK_EXPLAIN_PHOTO.format(language=language)
+        return TASK_QUESTION_ABOUT_PHOTO.format(question=question)
+    if not question:
+        return TASK_EXPLAIN_PAGES.format(count=num_images, language=language)
+    return TASK_QUESTION_ABOUT_PAGES.format(count=num_images, question=question)
 
 
 # the traveller's words: no Gemma 4 special token, and no end of the quoted block

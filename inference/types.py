@@ -27,11 +27,20 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Turn:
-    """One earlier message of the conversation. `image` is the photo of a user turn."""
+    """One earlier message of the conversation. `images`: the photos of a user turn (the
+    pages of an album), in order."""
 
     role: Literal["user", "model"]
     text: str
-    image: bytes | None = None
+    images: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_images(self.images)
+
+
+def _check_images(images: tuple[bytes, ...]) -> None:
+    if not isinstance(images, tuple):  # one photo's bytes would pass as their own "images"
+        raise TypeError(f"images must be a tuple of photos, not {type(images).__name__}")
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,8 @@ class Diet:
 
 @dataclass(frozen=True)
 class Request:
-    """One question to the model: a photo and/or a text, in a conversation.
+    """One question to the model: photos (one, or an album's pages) and/or a text, in a
+    conversation.
 
     With `chat` set the prompt is exactly that chat (language, question, image and
     history are unused): the OpenAI-compatible server passes its clients' messages so.
@@ -87,7 +97,7 @@ class Request:
 
     language: str  # answer language: a code of inference.languages ("de", "nl", "zh-Hant")
     question: str | None = None  # the caption or follow-up text; None: explain the photo
-    image: bytes | None = None  # the photo of this turn, already validated
+    images: tuple[bytes, ...] = ()  # the photos of this turn, already validated, in order
     # the text of the chat message the question replies to (a group member's photo caption,
     # the bot's earlier answer): read as material, like the question
     quoted: str | None = None
@@ -104,10 +114,11 @@ class Request:
     diet: Diet = Diet()  # the traveller's diet: menu answers mark each dish for it
 
     def __post_init__(self) -> None:
+        _check_images(self.images)
         if self.chat:
             if self.chat[-1].role != "user":
                 raise ValueError("a chat must end with a user message")
-        elif self.image is None and not (self.question and self.question.strip()):
+        elif not self.images and not (self.question and self.question.strip()):
             raise ValueError("a request needs a photo or a question")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be positive")

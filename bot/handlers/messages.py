@@ -151,7 +151,7 @@ async def _run(
         context.bot,
         context.services,
         job,
-        image=image,
+        images=() if image is None else (image,),
         language=context.language,
         think=think,
         quoted=quoted,

@@ -213,7 +213,7 @@ class BatchEngine:
                     Request(
                         language="en",
                         question="warm-up " * (row + 1),
-                        image=photos[row] if with_photo else None,
+                        images=(photos[row],) if with_photo else (),
                     )
                 )
                 for row in range(batch)
@@ -229,7 +229,7 @@ class BatchEngine:
         """Photos of one size attend as a batch (vision.same_size_photos), and cuDNN builds
         a plan for each batch shape on first use (~50 ms): build them for 1 to a full
         prefill of 4:3 photos (any phone photo, upright or not), as the runner runs them."""
-        inputs = self.prepare(Request(language="en", image=photo)).inputs
+        inputs = self.prepare(Request(language="en", images=(photo,))).inputs
         model = self.base.model
         counts = vision.patch_counts(inputs["image_position_ids"])
         if counts is None:  # not packed: the runner lets transformers run the tower

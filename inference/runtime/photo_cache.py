@@ -2,9 +2,10 @@
 run through the tower again: a conversation's follow-up carries its earlier photo with
 every later question (the bot puts the last turns, photos too, into each prompt).
 
-The key is a hash of the photo's bytes (images.photo_key; normalized when they arrive, so
-one photo gives one key), taken when a request is prepared. The tower's output depends on
-nothing else (the engine's soft-token budget is fixed), so a hit is exact. Only soft
+The key is a hash of the photo's bytes and its soft-token budget (images.photo_key;
+normalized when they arrive, so one photo gives one key a budget), taken when a request is
+prepared. The tower's output depends on nothing else (the budget is the engine's, smaller
+for a prompt of many photos), so a hit is exact. Only soft
 tokens are kept, never the photo, in GPU memory only: they leave in least-recently-used
 order within the budget, and MAX_IDLE_S after their last use in any case (a follow-up
 comes within minutes).

@@ -128,7 +128,7 @@ async def test_members_get_their_own_language_and_ask_about_each_others_photos(
     request = requests[-1]
     assert request.language == "ja" and request.question == "辛いですか？"
     assert request.quoted == "Was ist das?"
-    assert request.image == await prepare_image(bot.services, menu)
+    assert request.images == (await prepare_image(bot.services, menu),)
     assert request.history == ()  # Bob's own history in this group: none yet
     assert "KEEP-ANN" not in repr(request)
     [bob_question, _] = await bot.storage.get_history(chat, bob.id, max_turns=5)
@@ -145,7 +145,7 @@ async def test_members_get_their_own_language_and_ask_about_each_others_photos(
     assert request.language == "fr" and request.question == "Et en dessert ?"
     rendered = server._rendered[(chat, answer.message_id)]  # as the group saw the answer
     assert request.quoted == rendered["text"]
-    assert request.image == await prepare_image(bot.services, menu)
+    assert request.images == (await prepare_image(bot.services, menu),)
     assert "KEEP-ANN" not in repr(request) and "辛い" not in repr(request)
     assert [m.role for m in await bot.storage.get_history(chat, ann.id, max_turns=9)] == [
         "user", "model", "user", "model"
@@ -160,7 +160,7 @@ async def test_members_get_their_own_language_and_ask_about_each_others_photos(
     )
     server.send_text(eve, "Merci, et le prix ?", chat_id=chat, chat_type=GROUP, reply_to=eve_answer)
     await final_answer_after(bot, chat, mark)
-    assert requests[-1].image == await prepare_image(bot.services, menu)
+    assert requests[-1].images == (await prepare_image(bot.services, menu),)
 
 
 async def test_a_reply_to_an_answer_about_an_erased_photo_has_no_photo(bot: RunningBot) -> None:
@@ -180,7 +180,7 @@ async def test_a_reply_to_an_answer_about_an_erased_photo_has_no_photo(bot: Runn
     server.send_text(bob, "and this?", chat_id=chat, chat_type=GROUP, reply_to=answer)
     await final_answer_after(bot, chat, mark)
     assert [c for c in server.calls[mark:] if c.method == "getFile"] == []
-    assert requests[-1].image is None and requests[-1].quoted is None
+    assert requests[-1].images == () and requests[-1].quoted is None
 
 
 @pytest.mark.settings(allowed_user_ids={9401})

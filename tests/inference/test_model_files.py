@@ -49,7 +49,7 @@ def shards(folder: Path) -> list[str]:
 
 
 def answer_a_photo(engine: GemmaEngine, photo: bytes) -> Finished:
-    request = Request(language="de", image=normalize_image(photo), max_new_tokens=6,
+    request = Request(language="de", images=(normalize_image(photo),), max_new_tokens=6,
                       sampling=Sampling(temperature=0.0))  # fmt: skip
     return engine.generate(request, lambda event: None, lambda: False)
 

@@ -124,7 +124,7 @@ async def test_a_body_of_countless_small_json_values_is_refused_unparsed(
 async def test_a_body_larger_than_any_allowed_request_is_refused_unread(
     openai_server: OpenAIServer,
 ) -> None:
-    """The limit follows the request limits (4 images of 20 MB, the texts): a body that
+    """The limit follows the request limits (80 MB of images, the texts): a body that
     announces more is answered 413 at once, without waiting for its bytes."""
     head = raw_head("POST", "/v1/chat/completions", openai_server.api_key, length=200 * MiB)
     async with connection(openai_server) as (reader, writer):

@@ -16,9 +16,9 @@ def test_a_server_renders_the_same_prompt_as_the_engine(tiny_engine: GemmaEngine
     `travelbot serve` (and any server with the checkpoint's template) renders it as the
     in-process engine does."""
     photo = normalize_image(small_photo("EXIT"))
-    history = (Turn("user", "what is this?", photo), Turn("model", "An exit."))
+    history = (Turn("user", "what is this?", (photo,)), Turn("model", "An exit."))
     for request in (
-        Request(language="de", image=photo, question="Was heißt das?"),
+        Request(language="de", images=(photo,), question="Was heißt das?"),
         Request(language="ja", question="and the exit?", history=history, think=True),
     ):
         payload = chat_payload(request, model="gemma")

@@ -57,7 +57,7 @@ async def test_events_and_answer_are_the_local_workers(
 ) -> None:
     request = Request(
         language="de",
-        image=normalize_image(sign_png),
+        images=(normalize_image(sign_png),),
         question="Was steht da?",
         think=True,
         max_new_tokens=10,

@@ -51,7 +51,7 @@ async def test_streams_events_in_order_and_matches_plain_generate(
     worker: Worker, tiny_engine: GemmaEngine, sign_png: bytes
 ) -> None:
     request = Request(
-        language="de", image=normalize_image(sign_png), max_new_tokens=24, sampling=GREEDY
+        language="de", images=(normalize_image(sign_png),), max_new_tokens=24, sampling=GREEDY
     )
     events = await collect(worker, request)
     assert isinstance(events[0], Queued) and events[0].position == 1
@@ -98,7 +98,7 @@ async def test_queue_positions_bounds_and_cancellation(worker: Worker) -> None:
 
 
 async def test_one_failing_request_does_not_stop_the_worker(worker: Worker) -> None:
-    broken = Request(language="en", image=b"not a jpeg at all", max_new_tokens=4)
+    broken = Request(language="en", images=(b"not a jpeg at all",), max_new_tokens=4)
     with pytest.raises(InferenceError):
         await collect(worker, broken)
     events = await collect(
@@ -147,14 +147,14 @@ async def test_forget_drops_the_owners_photos_from_the_photo_cache(
     kept = engine.runner.photos
 
     def owners(name: str) -> frozenset[str]:
-        return kept.owners(photo_key(photos[name]))
+        return kept.owners(photo_key(photos[name], engine.base.image_soft_tokens))
 
     def ask(owner: str, photo: str, history: tuple[Turn, ...] = (), tokens: int = 2) -> Request:
-        return Request(language="en", image=photos[photo], history=history, owner=owner,
+        return Request(language="en", images=(photos[photo],), history=history, owner=owner,
                        max_new_tokens=tokens, sampling=GREEDY)  # fmt: skip
 
     for request in (ask("b", "S"), ask("b", "B"),
-                    ask("a", "A", history=(Turn("user", "and this?", photos["S"]),
+                    ask("a", "A", history=(Turn("user", "and this?", (photos["S"],)),
                                            Turn("model", "An exit.")))):  # fmt: skip
         await collect(worker, request)
     assert (owners("A"), owners("S"), owners("B")) == ({"a"}, {"a", "b"}, {"b"})

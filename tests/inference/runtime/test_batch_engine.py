@@ -63,19 +63,30 @@ def requests() -> list[tuple[int, Request]]:
     """(step at which it arrives, request)."""
     sign, menu = jpeg(draw_sign(640, 480)), jpeg(draw_menu(360, 480, seed=2))
     return [
-        (0, Request(language="de", image=sign, max_new_tokens=40, sampling=GREEDY)),
+        (0, Request(language="de", images=(sign,), max_new_tokens=40, sampling=GREEDY)),
         (0, Request(language="fr", question="Wo ist der Bahnhof?", max_new_tokens=9,
                     sampling=GREEDY)),
-        (3, Request(language="ja", question="Which dish has no pork?", image=menu,
+        (3, Request(language="ja", question="Which dish has no pork?", images=(menu,),
                     max_new_tokens=30, sampling=GREEDY)),
         (5, Request(language="en", question="and dessert?", max_new_tokens=25, sampling=GREEDY,
-                    history=(Turn("user", "what is this?", image=sign),
+                    history=(Turn("user", "what is this?", images=(sign,)),
                              Turn("model", "An exit sign.")))),
         (6, Request(language="ar", question="?", max_new_tokens=12, sampling=GREEDY)),
-        (7, Request(language="en", question="and this one?", image=menu, max_new_tokens=10,
-                    sampling=GREEDY, history=(Turn("user", "what is this?", image=sign),
+        (7, Request(language="en", question="and this one?", images=(menu,), max_new_tokens=10,
+                    sampling=GREEDY, history=(Turn("user", "what is this?", images=(sign,)),
                                               Turn("model", "An exit sign.")))),  # 2 photos
+        (8, Request(language="it", question="which page has desserts?", max_new_tokens=6,
+                    sampling=GREEDY, images=album_pages(4))),  # an album: 4 photos, one turn
     ]  # fmt: skip
+
+
+def album_pages(count: int) -> tuple[bytes, ...]:
+    """Pages of an album, of different sizes and orientations as phones send them."""
+    sizes = [(640, 480), (360, 480), (480, 640), (640, 360), (500, 500)]
+    return tuple(
+        jpeg((draw_menu if n % 2 else draw_sign)(*sizes[n % len(sizes)], seed=n))
+        for n in range(count)
+    )
 
 
 def serve(engine: BatchEngine, arrivals: list[tuple[int, Request]]) -> dict[int, list]:
@@ -135,7 +146,7 @@ def test_a_slot_freed_in_the_step_that_admits_a_prompt_goes_to_it(
     """The running decode is launched before the prefill: the first sequence's last token
     frees slot 0 in the very step that admits the second, which then moves into slot 0."""
     first = Request(language="de", question="Bahnhof?", max_new_tokens=3, sampling=GREEDY)
-    second = Request(language="en", image=jpeg(draw_sign(640, 480)), max_new_tokens=8,
+    second = Request(language="en", images=(jpeg(draw_sign(640, 480)),), max_new_tokens=8,
                      sampling=GREEDY)  # fmt: skip
     results: list[list] = [[], []]
     batch_engine.add(batch_engine.prepare(first), results[0].append, lambda: False)
@@ -273,7 +284,7 @@ def test_a_failing_prefill_fails_only_its_requests(plain_engine: BatchEngine) ->
     plain_engine.add(plain_engine.prepare(running), events.append, lambda: False)
     plain_engine.step()  # the first request is decoding when the bad one arrives
     FaultyPrefill(plain_engine, has_image, RuntimeError("kernel failed"))
-    bad = Request(language="en", image=jpeg(draw_sign(320, 240)), max_new_tokens=5)
+    bad = Request(language="en", images=(jpeg(draw_sign(320, 240)),), max_new_tokens=5)
     [bad_events] = run_all(plain_engine, [bad])
     assert isinstance(bad_events[-1], InferenceError)
     assert isinstance(events[-1], Finished)

@@ -150,8 +150,8 @@ def decode_logits(
                             kept_prefix_positions=kept_positions)  # fmt: skip
     engine = BatchEngine(base, runtime)
     try:
-        seqs = [engine.prepare(Request(language="en", image=png_bytes(draw_sign(640, 480)))),
-                engine.prepare(Request(language="de", image=png_bytes(draw_menu(360, 480)),
+        seqs = [engine.prepare(Request(language="en", images=(png_bytes(draw_sign(640, 480)),))),
+                engine.prepare(Request(language="de", images=(png_bytes(draw_menu(360, 480)),),
                                        question="Was ist vegetarisch?"))]  # fmt: skip
         runner = engine.runner
         logits = [runner.prefill([s.inputs for s in seqs], [0, 1], seqs[0].prefix)]

@@ -46,8 +46,9 @@ def test_one_photo_one_key_whenever_it_arrives() -> None:
     the same key both times, another photo another key."""
     sent = png_bytes(draw_sign(640, 480))
     sign = normalize_image(sent)
-    assert photo_key(sign) == photo_key(normalize_image(sent))
-    assert photo_key(sign) != photo_key(normalize_image(png_bytes(draw_menu(360, 480))))
+    assert photo_key(sign, 280) == photo_key(normalize_image(sent), 280)
+    assert photo_key(sign, 280) != photo_key(normalize_image(png_bytes(draw_menu(360, 480))), 280)
+    assert photo_key(sign, 280) != photo_key(sign, 140)  # another budget, other soft tokens
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +64,9 @@ def engines(tiny_engine: GemmaEngine):
 def test_a_follow_up_runs_the_tower_for_its_new_photo_only(engines, monkeypatch) -> None:
     sign = normalize_image(png_bytes(draw_sign(640, 480)))
     menu = normalize_image(png_bytes(draw_menu(360, 480, seed=2)))
-    first = Request(language="de", image=sign)
-    follow_up = Request(language="de", question="and this?", image=menu,
-                        history=(Turn("user", "what is this?", image=sign),
+    first = Request(language="de", images=(sign,))
+    follow_up = Request(language="de", question="and this?", images=(menu,),
+                        history=(Turn("user", "what is this?", images=(sign,)),
                                  Turn("model", "An exit sign.")))  # fmt: skip
     computed: list[int] = []
     original = vision.photo_embeddings
@@ -93,7 +94,7 @@ def test_one_photo_in_several_prompts_of_a_prefill_runs_once(engines, monkeypatc
     monkeypatch.setattr(vision, "photo_embeddings", lambda model, pixels, positions, counts: (
         computed.append(len(counts)) or original(model, pixels, positions, counts)))  # fmt: skip
     engine = engines[1]  # no cache: the prefill itself shares the work
-    seqs = [engine.prepare(Request(language=lang, image=photo)) for lang in ("de", "fr")]
+    seqs = [engine.prepare(Request(language=lang, images=(photo,))) for lang in ("de", "fr")]
     logits = engine.runner.prefill([seq.inputs for seq in seqs], [0, 1])
     assert computed == [1] and logits.shape[0] == 2
 

@@ -99,8 +99,8 @@ def record_spans(monkeypatch) -> list:
 def test_prefill_without_masks_equals_the_masked_prefill(wide_window_engine, monkeypatch) -> None:
     engine, runner = wide_window_engine, wide_window_engine.runner
     requests = [
-        Request(language="de", image=png(draw_sign(640, 480)), question="Was steht da?"),
-        Request(language="en", image=png(draw_menu(360, 480, seed=2))),
+        Request(language="de", images=(png(draw_sign(640, 480)),), question="Was steht da?"),
+        Request(language="en", images=(png(draw_menu(360, 480, seed=2)),)),
     ]
     inputs = [engine.prepare(request).inputs for request in requests]
     calls = record_spans(monkeypatch)
@@ -126,7 +126,7 @@ def test_without_the_image_rule_the_unmasked_prefill_is_causal(
     text_config = engine.base.model.config.get_text_config()
     monkeypatch.setattr(text_config, "use_bidirectional_attention", None)
     monkeypatch.setattr(runner, "image_rule", False)
-    inputs = [engine.prepare(Request(language="de", image=png(draw_sign(640, 480)))).inputs]
+    inputs = [engine.prepare(Request(language="de", images=(png(draw_sign(640, 480)),))).inputs]
     calls = record_spans(monkeypatch)
     runner.flash_prompts = False
     masked = runner.prefill(inputs, [0])
@@ -150,8 +150,8 @@ def test_prefill_after_a_cached_prefix_equals_the_whole_prefill(
 ) -> None:
     engine, runner = wide_window_engine, wide_window_engine.runner
     seqs = [
-        engine.prepare(Request(language="de", image=png(draw_sign(640, 480)), question="Wo?")),
-        engine.prepare(Request(language="th", image=png(draw_menu(360, 480, seed=2)))),
+        engine.prepare(Request(language="de", images=(png(draw_sign(640, 480)),), question="Wo?")),
+        engine.prepare(Request(language="th", images=(png(draw_menu(360, 480, seed=2)),))),
     ]
     prefix = seqs[0].prefix
     assert len(prefix) >= 32 and seqs[1].prefix == prefix  # the system prompt's rules

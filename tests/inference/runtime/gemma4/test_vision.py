@@ -21,7 +21,8 @@ def png(image: Image.Image) -> bytes:
 def photo_batch(engine: GemmaEngine) -> tuple[torch.Tensor, torch.Tensor]:
     photos = [draw_sign(640, 480), draw_menu(360, 480, seed=2), draw_sign(900, 240)]
     inputs = [
-        engine.prepare_inputs(Request(language="en", image=png(p)), on_device=False) for p in photos
+        engine.prepare_inputs(Request(language="en", images=(png(p),)), on_device=False)
+        for p in photos
     ]
     pixels = torch.cat([i["pixel_values"] for i in inputs])
     positions = torch.cat([i["image_position_ids"] for i in inputs])
@@ -66,7 +67,7 @@ def test_packed_photos_features_equal_the_padded_batch(tiny_engine: GemmaEngine)
 
 def test_photos_of_one_size_attend_as_a_batch(tiny_engine: GemmaEngine, monkeypatch) -> None:
     photos = [draw_menu(360, 480, seed=seed) for seed in (1, 2, 3)]
-    inputs = [tiny_engine.prepare_inputs(Request(language="en", image=png(p)), on_device=False)
+    inputs = [tiny_engine.prepare_inputs(Request(language="en", images=(png(p),)), on_device=False)
               for p in photos]  # fmt: skip
     pixels = torch.cat([i["pixel_values"] for i in inputs])
     positions = torch.cat([i["image_position_ids"] for i in inputs])

@@ -83,8 +83,8 @@ for module in [base.model.config.get_text_config()] + [
 engine = BatchEngine(base, RuntimeConfig(max_slots=2, max_seq_len=1024, cuda_graphs=False))
 runner = engine.runner
 seqs = [
-    engine.prepare(Request(language="de", image=png(draw_sign(640, 480)), question="Wo?")),
-    engine.prepare(Request(language="th", image=png(draw_menu(360, 480, seed=2)))),
+    engine.prepare(Request(language="de", images=(png(draw_sign(640, 480)),), question="Wo?")),
+    engine.prepare(Request(language="th", images=(png(draw_menu(360, 480, seed=2)),))),
 ]
 inputs, prefix = [seq.inputs for seq in seqs], seqs[0].prefix
 from inference.runtime.kernels import prompt_attention
