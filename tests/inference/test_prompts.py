@@ -254,7 +254,7 @@ def test_a_diet_is_its_own_system_turn_after_the_language_rule(tiny_engine: Gemm
 
 
 def test_the_diet_holds_for_follow_ups_too(tiny_engine: GemmaEngine) -> None:
-    history = (Turn("user", "what is this?", b"menu"), Turn("model", "A menu."))
+    history = (Turn("user", "what is this?", (b"menu",)), Turn("model", "A menu."))
     diet = Diet(("vegan",))
     request = Request(language="en", question="and dessert?", history=history, diet=diet)
     chat = travel_chat(request)
