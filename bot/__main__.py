@@ -19,6 +19,7 @@ from telegram.request import HTTPXRequest
 
 from bot.app import running
 from bot.context import Services
+from bot.fonts import FontSet, FontsMissing
 from bot.i18n import Texts
 from bot.logging import configure_logging, install_pseudonym_key
 from bot.settings import Settings, StartupError, load_settings
@@ -97,15 +98,29 @@ def create_worker(settings: Settings) -> InferenceService:
     return Worker(lambda: create_engine(config, runtime), max_queue=settings.max_queue)
 
 
+def find_fonts(settings: Settings) -> FontSet:
+    """The phrase pictures' fonts; a missing one stops the start, named."""
+    try:
+        return FontSet.find(settings.fonts_dir)
+    except FontsMissing as exc:
+        raise StartupError("fonts_missing", str(exc)) from None
+
+
 async def serve(settings: Settings) -> None:
     # Everything that can fail in a second fails before the model loads, which takes minutes
     worker = create_worker(settings)  # the model's files are there
+    fonts = find_fonts(settings)
     storage = await open_storage(settings)
     try:
         await check_telegram(settings)
         await worker.start()
         services = Services(
-            settings, storage, worker, Texts.load(settings.locales_dir), UserLocks()
+            settings,
+            storage,
+            worker,
+            Texts.load(settings.locales_dir),
+            UserLocks(),
+            font_set=fonts,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

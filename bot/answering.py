@@ -9,15 +9,17 @@ from collections.abc import Coroutine
 from datetime import timedelta
 
 import structlog
-from telegram import Bot
+from telegram import Bot, InlineKeyboardMarkup
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
 from bot.context import Services
 from bot.logging import user_ref
+from bot.phrases import phrase_keyboard, phrases_markdown
 from bot.render import render_messages
 from bot.storage import Job
 from bot.streaming import AnswerStream
 from inference import (
+    BlockSplitter,
     Delta,
     Finished,
     ImageLimits,
@@ -30,6 +32,7 @@ from inference import (
     Started,
     Turn,
     normalize_image,
+    split_answer,
 )
 
 log = structlog.get_logger()
@@ -171,12 +174,21 @@ async def _answer(
             await storage.set_job_status(job.id, "failed")
             await stream.fail(error_text(services, exc, t))
             return
-        if not await storage.complete_job(job, answer=finished.text, thought=finished.thought):
+        answer = split_answer(finished.text)
+        log.info("answer_block", job_id=job.id, status=answer.status, **answer.data.counts())
+        # stored as the prose and the block as read: the history shows the model its
+        # earlier phrases in the form it is asked for, and a button reads them back
+        stored = await storage.complete_job(
+            job, answer=answer.stored_text(), thought=finished.thought
+        )
+        if stored is None:
             log.info("answer_erased", job_id=job.id)
             await stream.discard()
             return
-        messages = answer_messages(finished.text, finished.thought, t, finished.finish_reason)
-        await deliver(services, job, stream, messages)
+        messages, keyboard = answer_messages(
+            stored.text, finished.thought, t, finished.finish_reason, message_id=stored.id
+        )
+        await deliver(services, job, stream, messages, keyboard)
     except Forbidden:  # the user blocked the bot: nobody to answer
         log.info("user_blocked_bot", job_id=job.id)
         await storage.set_job_status(job.id, "failed")
@@ -213,7 +225,13 @@ async def _give_up(services: Services, job: Job, stream: AnswerStream, t) -> Non
         log.warning("failure_not_shown", job_id=job.id, error=type(exc).__name__)
 
 
-async def deliver(services: Services, job: Job, stream: AnswerStream, messages: list[str]) -> None:
+async def deliver(
+    services: Services,
+    job: Job,
+    stream: AnswerStream,
+    messages: list[str],
+    keyboard: InlineKeyboardMarkup | None = None,
+) -> None:
     """Send the answer's messages, retrying Telegram's transient failures with backoff in
     this process. Each message Telegram accepts is recorded at once, the last one together
     with `delivered`, so a restart sends only what was not accepted (at least once)."""
@@ -235,7 +253,7 @@ async def deliver(services: Services, job: Job, stream: AnswerStream, messages: 
     delay = services.settings.delivery_retry_s
     for attempt in range(1, DELIVERY_ATTEMPTS + 1):
         try:
-            await stream.finish(messages, sent=sent, on_sent=part_sent)
+            await stream.finish(messages, sent=sent, on_sent=part_sent, keyboard=keyboard)
             return
         except RetryAfter as exc:
             wait, error = _seconds(exc.retry_after), exc
@@ -260,9 +278,12 @@ async def deliver_stored(bot: Bot, services: Services, job: Job, *, language: st
         return services.texts.get(language, key, **values)
 
     stream = AnswerStream(bot, job.chat_id, job.message_id, is_private=False, interval_s=0)
-    messages = answer_messages(job.answer or "", job.thought or "", t, "stop")
+    messages, keyboard = answer_messages(
+        job.answer or "", job.thought or "", t, "stop", message_id=job.answer_history_id
+    )
+    work = deliver(services, job, stream, messages, keyboard)
     try:
-        if not await erasable(services, job.user_id, deliver(services, job, stream, messages)):
+        if not await erasable(services, job.user_id, work):
             log.info("answer_erased", job_id=job.id)
             return
     except Exception:
@@ -289,13 +310,21 @@ def error_text(services: Services, error: InferenceError, t) -> str:
     return t(ERROR_KEYS.get(error.kind, "error_engine"))
 
 
-def answer_messages(answer: str, thought: str, t, finish_reason: str) -> list[str]:
-    messages = render_messages(answer, thought=thought)
-    if not answer.strip():
+def answer_messages(
+    answer: str, thought: str, t, finish_reason: str, *, message_id: int | None
+) -> tuple[list[str], InlineKeyboardMarkup | None]:
+    """The stored answer as the chat shows it: the prose, its phrases written under it, and
+    their "Show to staff" buttons (which name `message_id`, the answer's history row)."""
+    split = split_answer(answer)
+    phrases = split.data.phrases
+    text = "\n\n".join(filter(None, [split.prose, phrases_markdown(phrases, t("say_it"))]))
+    messages = render_messages(text, thought=thought)
+    if not text:
         messages.append(t("empty_answer"))
     elif finish_reason == "length":
         messages.append(f"<i>{t('answer_cut')}</i>")
-    return messages
+    keyboard = phrase_keyboard(message_id, phrases, lambda p: t("show_to_staff", phrase=p))
+    return messages, keyboard
 
 
 async def _run(
@@ -316,6 +345,7 @@ async def _stream_answer(
     services: Services, request: Request, stream: AnswerStream, status: str, t
 ) -> Finished:
     events = services.worker.submit(request)
+    prose = BlockSplitter()  # the answer's JSON block never shows while it streams
     try:
         async with asyncio.timeout(services.settings.request_timeout_s):
             async for event in events:
@@ -326,7 +356,8 @@ async def _stream_answer(
                     case Started():
                         await stream.set_status(status)
                     case Delta(text=text, is_thought=False):
-                        await stream.append(text)
+                        if visible := prose.feed(text):
+                            await stream.append(visible)
                     case Finished():
                         return event
     except TimeoutError:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from telegram.ext import Application, CallbackContext, ExtBot
 
 from bot.active_jobs import ActiveJobs
+from bot.fonts import FontSet
 from bot.i18n import Texts
 from bot.logging import user_ref
 from bot.metrics import Metrics
@@ -28,9 +29,19 @@ class Services:
     active_jobs: ActiveJobs = field(default_factory=ActiveJobs)
     stats: Stats = field(default_factory=Stats)
     metrics: Metrics = field(init=False)  # Prometheus, served by bot/health.py
+    font_set: FontSet | None = None  # found on first use where not given
+    drawing_cards: set[int] = field(default_factory=set)  # users whose phrase card is drawn
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.worker)
+
+    @property
+    def fonts(self) -> FontSet:
+        """The fonts of phrase pictures (`travelbot run` finds them at start, so that a
+        missing one stops it there: bot/fonts.py)."""
+        if self.font_set is None:
+            self.font_set = FontSet.find(self.settings.fonts_dir)
+        return self.font_set
 
     def record_answer(
         self, *, latency_s: float, first_token_s: float | None, num_output_tokens: int

@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     # Chat behaviour
     default_language: str = "en"
     locales_dir: Path = Field(default_factory=_locales_dir)
+    # Noto fonts for "Show to staff" pictures, searched recursively (bot/fonts.py names the
+    # files; Debian's fonts-noto-core and fonts-noto-cjk put them here)
+    fonts_dir: Path = Path("/usr/share/fonts")
     stream_interval_s: float = 1.0  # least time between two streamed updates of one answer
 
     # Logging

@@ -104,6 +104,11 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX answer_messages_job_id ON answer_messages (job_id)",
     ],
+    [
+        # The stored answer's history row: its "Show to staff" buttons name it, also when the
+        # answer is delivered after a restart.
+        "ALTER TABLE jobs ADD COLUMN answer_history_id INTEGER",
+    ],
 ]
 ERASED_MESSAGES_KEPT = timedelta(days=1)  # Telegram keeps an undelivered update 24 hours
 
@@ -112,7 +117,7 @@ _USER_COLS = "user_id, language, think, created_at, updated_at"
 _MESSAGE_COLS = "id, chat_id, user_id, role, text, image_file_id, created_at"
 _JOB_COLS = (
     "id, chat_id, message_id, user_id, chat_type, question, image_file_id, status,"
-    " answer, thought, placeholder_id, attempts, parts_sent"
+    " answer, thought, placeholder_id, attempts, parts_sent, answer_history_id"
 )
 PRIVATE_FILE_MODE = 0o600
 PRIVATE_DIR_MODE = 0o700
@@ -166,6 +171,7 @@ class Job:
     placeholder_id: int | None  # the bot's "Reading your photo…" message, if sent
     attempts: int
     parts_sent: int  # messages of the answer Telegram has accepted
+    answer_history_id: int | None = None  # the answer's row in messages, once stored
 
 
 class TooManyJobs(Exception):
@@ -415,6 +421,11 @@ class Storage:
         )
         return row[0] if row else None
 
+    async def get_message(self, message_id: int) -> StoredMessage | None:
+        """One history row; None once retention, trimming or /forget removed it."""
+        row = await self._one(f"SELECT {_MESSAGE_COLS} FROM messages WHERE id = ?", (message_id,))
+        return _message(row) if row else None
+
     async def get_user_data(self, user_id: int) -> UserData:
         """Everything kept about the user, in every chat (for /mydata in private)."""
         rows = await self._all(
@@ -549,9 +560,10 @@ class Storage:
                 (message_id, _now(), job_id),
             )
 
-    async def complete_job(self, job: Job, *, answer: str, thought: str) -> bool:
-        """Store the answer and both sides of the turn in the history, atomically. False,
-        and nothing stored, when the job is no longer pending (erased by /forget)."""
+    async def complete_job(self, job: Job, *, answer: str, thought: str) -> StoredMessage | None:
+        """Store the answer and both sides of the turn in the history, atomically; return the
+        answer's history row. None, and nothing stored, when the job is no longer pending
+        (erased by /forget)."""
         async with self._transaction():
             row = await self._one(
                 "UPDATE jobs SET status = 'answered', answer = ?, thought = ?, updated_at = ?"
@@ -559,11 +571,14 @@ class Storage:
                 (answer, thought, _now(), job.id),
             )
             if row is None:
-                return False
+                return None
             question, image = job.question or "", job.image_file_id
             await self._insert_message(job.chat_id, job.user_id, "user", question, image)
-            await self._insert_message(job.chat_id, job.user_id, "model", answer, None)
-        return True
+            stored = await self._insert_message(job.chat_id, job.user_id, "model", answer, None)
+            await self._db.execute(
+                "UPDATE jobs SET answer_history_id = ? WHERE id = ?", (stored.id, job.id)
+            )
+        return stored
 
     async def set_job_parts_sent(
         self, job_id: int, parts_sent: int, *, done: bool, answer_message_id: int | None = None

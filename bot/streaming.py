@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import structlog
-from telegram import Bot, Message, ReplyParameters
+from telegram import Bot, InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, TelegramError
 
@@ -64,10 +64,11 @@ class AnswerStream:
         *,
         sent: int = 0,
         on_sent: Callable[[int, int], Awaitable[None]] | None = None,
+        keyboard: InlineKeyboardMarkup | None = None,
     ) -> None:
         """Send the final messages from `messages[sent]` on (they notify the user), calling
         `on_sent(count, message_id)` after each one Telegram accepts; then remove the
-        placeholder."""
+        placeholder. The `keyboard` goes under the last message."""
         self.close()
         for index in range(sent, len(messages)):
             message = await self._bot.send_message(
@@ -75,6 +76,7 @@ class AnswerStream:
                 messages[index],
                 parse_mode=ParseMode.HTML,
                 reply_parameters=self._reply if index == 0 else None,
+                reply_markup=keyboard if index == len(messages) - 1 else None,
             )
             if on_sent is not None:
                 await on_sent(index + 1, message.message_id)

@@ -4,6 +4,7 @@ The bot uses only what is exported here; torch and transformers load lazily
 inside the engine thread.
 """
 
+from inference.answer_block import AnswerData, BlockSplitter, Phrase, SplitAnswer, split_answer
 from inference.engine import (
     EngineConfig,
     GemmaEngine,
@@ -47,6 +48,8 @@ __all__ = [
     "LANGUAGES",
     "MAX_DIET_NOTES",
     "MAX_DIET_NOTE_CHARS",
+    "AnswerData",
+    "BlockSplitter",
     "ChatMessage",
     "Delta",
     "Diet",
@@ -59,6 +62,7 @@ __all__ = [
     "InferenceError",
     "InferenceService",
     "ModelNotFound",
+    "Phrase",
     "QueueFull",
     "Queued",
     "RemoteConfig",
@@ -66,6 +70,7 @@ __all__ = [
     "Request",
     "RuntimeConfig",
     "Sampling",
+    "SplitAnswer",
     "Started",
     "Turn",
     "Worker",
@@ -76,5 +81,6 @@ __all__ = [
     "match_language",
     "native_name",
     "normalize_image",
+    "split_answer",
     "worker_gauges",
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from inference.prompts import GEMMA4_SPECIAL_TOKENS
+from inference.prompts import GEMMA4_SPECIAL_TOKENS, SYSTEM_PROMPT
 
 SPECIAL_TOKENS = list(GEMMA4_SPECIAL_TOKENS)
 
@@ -81,6 +81,9 @@ _CORPUS = [
     "Wyjście Wejście Bilety Peron Odjazdy Menu Pierogi Żurek",
     "You are a travel assistant. Translate the text and explain it for the traveller.",
     "The sign says that the platform is closed. This dish contains pork and garlic.",
+    # the prompt's own instructions, which a real tokenizer reads in a few hundred tokens:
+    # without them the tiny one spells them out in bytes and pieces, several times as long
+    SYSTEM_PROMPT,
 ]
 
 _TEXT_CONFIG = {

@@ -27,3 +27,19 @@ fi
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" --upgrade pip
 "${pip[@]}" --constraint "$constraints" "${TORCH_SPEC:-torch}" "${project[@]}"
+
+# Noto fonts for the "Show to staff" pictures (bot/fonts.py names the files; the bot stops at
+# start without them). PyPI has no Noto CJK or Hebrew: Debian's and Ubuntu's packages.
+fonts=(fonts-noto-core fonts-noto-cjk)
+if ! .venv/bin/python -c "from bot.fonts import FontSet; from bot.settings import Settings; \
+FontSet.find(Settings(_env_file=None).fonts_dir)" 2>/dev/null; then
+    if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
+    if command -v apt-get >/dev/null; then
+        "${sudo[@]}" apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq \
+            --no-install-recommends "${fonts[@]}" >/dev/null
+    else
+        echo "install the Noto fonts (Debian: ${fonts[*]}) and set TRAVELBOT_FONTS_DIR" >&2
+        exit 1
+    fi
+fi

@@ -1,18 +1,21 @@
-"""Inline keyboard buttons: language choice, /diet and /forget confirmation."""
+"""Inline keyboard buttons: language choice, /diet, /forget confirmation, "Show to staff"."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import structlog
-from telegram import CallbackQuery, Update
+from telegram import CallbackQuery, ReplyParameters, Update
 from telegram.constants import ChatMemberStatus, ParseMode
 from telegram.error import BadRequest, TelegramError
 
 from bot.context import BotContext
 from bot.handlers import diet
 from bot.logging import user_ref
-from inference import LANGUAGES, native_name
+from bot.phrase_card import render_card
+from bot.phrases import CALLBACK_PREFIX, read_callback
+from inference import LANGUAGES, native_name, split_answer
 
 log = structlog.get_logger()
 
@@ -20,8 +23,8 @@ _CHAT_ID = re.compile(r"-?[0-9]{1,20}")
 
 
 async def button(update: Update, context: BotContext) -> None:
-    """Dispatch `lang:<code>`, `diet:<code>|clear|done` and `forget:yes:<id>|no`; anything
-    else is a stale or forged button."""
+    """Dispatch `lang:<code>`, `diet:<code>|clear|done`, `forget:yes:<id>|no` and
+    `say:<row>:<n>`; anything else is a stale or forged button."""
     query = update.callback_query
     kind, _, value = (query.data or "").partition(":")
     user_id = query.from_user.id
@@ -44,7 +47,7 @@ async def button(update: Update, context: BotContext) -> None:
         if owner is None:
             await query.answer(context.t("button_expired"))
             return
-        if not await _may_erase(query, owner):
+        if not await _may_act_for(query, owner):
             await query.answer(context.t("button_not_yours"), show_alert=True)
             return
         count = await context.services.erase_user(owner)
@@ -55,9 +58,46 @@ async def button(update: Update, context: BotContext) -> None:
     elif kind == "forget" and value == "no":
         await query.answer()
         await _edit(query, context.t("forget_cancelled"))
+    elif kind == CALLBACK_PREFIX:
+        await show_phrase(query, context)
     else:
         log.warning("unknown_callback", kind=kind[:16], length=len(query.data or ""))
         await query.answer(context.t("button_expired"), show_alert=False)
+
+
+async def show_phrase(query: CallbackQuery, context: BotContext) -> None:
+    """Send the phrase a "Show to staff" button names as a picture, to the chat of its
+    answer, for the person it was answered to; once the answer is erased, "expired"."""
+    ref = read_callback(query.data or "")
+    stored = await context.storage.get_message(ref[0]) if ref else None
+    in_chat = stored is not None and query.message is not None
+    phrases = split_answer(stored.text).data.phrases if in_chat and stored.role == "model" else ()
+    if not ref or ref[1] >= len(phrases) or stored.chat_id != query.message.chat.id:
+        await query.answer(context.t("button_expired"))
+        return
+    if not await _may_act_for(query, stored.user_id):
+        await query.answer(context.t("button_not_yours"), show_alert=True)
+        return
+    drawing = context.services.drawing_cards
+    if query.from_user.id in drawing:  # one picture at a time per user; taps meanwhile: none
+        await query.answer()
+        return
+    phrase = phrases[ref[1]]
+    drawing.add(query.from_user.id)
+    try:
+        await query.answer()
+        picture = await asyncio.to_thread(render_card, phrase, context.services.fonts)
+        await query.get_bot().send_photo(
+            stored.chat_id,
+            picture,
+            caption=phrase.meaning,
+            reply_parameters=ReplyParameters(
+                query.message.message_id, allow_sending_without_reply=True
+            ),
+        )
+    finally:
+        drawing.discard(query.from_user.id)
+    log.info("phrase_card_sent", message_id=stored.id)
 
 
 async def _edit(query: CallbackQuery, text: str, **kwargs) -> None:
@@ -78,7 +118,7 @@ def _forget_owner(value: str, presser_id: int) -> int | None:
     return int(owner) if _CHAT_ID.fullmatch(owner) else None
 
 
-async def _may_erase(query: CallbackQuery, owner: int) -> bool:
+async def _may_act_for(query: CallbackQuery, owner: int) -> bool:
     """The presser's own data; or the data of a chat that spoke (an anonymous admin as the
     group, a channel as itself: kept under that chat's id), for an admin of that chat."""
     if owner == query.from_user.id:

@@ -12,10 +12,12 @@ from bot.addressing import command_target, is_group
 from bot.context import BotContext
 from bot.handlers.diet import describe
 from bot.stats import percentile
-from inference import match_language, native_name
+from bot.storage import StoredMessage
+from inference import match_language, native_name, split_answer
 
 LANGUAGE_BUTTONS_PER_ROW = 3
 RECENT_MESSAGES_SHOWN = 5
+PHRASES_SHOWN = 10
 
 
 async def start(update: Update, context: BotContext) -> None:
@@ -121,12 +123,22 @@ async def mydata(update: Update, context: BotContext) -> None:
         lines.append("\n" + context.t("mydata_recent"))
         for message in data.messages[-RECENT_MESSAGES_SHOWN:]:
             who = context.t("role_user" if message.role == "user" else "role_model")
-            text = message.text or ""
+            text = split_answer(message.text).prose if message.role == "model" else message.text
             if message.image_file_id:
                 text = f"{context.t('photo_reference')} {text}"
             snippet = text if len(text) <= 200 else text[:200] + "…"
             lines.append(f"<b>{who}:</b> {html.escape(snippet)}")
+    phrases = kept_phrases(data.messages)
+    if phrases:
+        shown = " · ".join(html.escape(p) for p in phrases[-PHRASES_SHOWN:])
+        lines.append("\n" + context.t("mydata_phrases", phrases=shown))
     await update.effective_message.reply_html("\n".join(lines))
+
+
+def kept_phrases(messages: list[StoredMessage]) -> list[str]:
+    """The phrases kept with the stored answers (for "Show to staff"), oldest first."""
+    answers = (split_answer(m.text) for m in messages if m.role == "model")
+    return [phrase.text for answer in answers for phrase in answer.data.phrases]
 
 
 async def forget(update: Update, context: BotContext) -> None:

@@ -62,11 +62,11 @@ async def add_turns(s: Storage, user_id: int, n: int, prefix: str = "") -> None:
 async def test_open_creates_file_schema_and_wal(db_path: Path) -> None:
     async with await Storage.open(db_path) as s:
         assert db_path.is_file()
-        assert s.schema_version == len(MIGRATIONS) == 6
+        assert s.schema_version == len(MIGRATIONS) == 7
         names = {n for (n,) in raw(db_path, "SELECT name FROM sqlite_master")}
         assert {"users", "messages", "messages_chat_user", "jobs", "jobs_status"} <= names
         assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
-        assert raw(db_path, "PRAGMA user_version") == [(6,)]
+        assert raw(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
         assert await s.count_users() == 0
 
 
@@ -322,9 +322,12 @@ async def test_job_lifecycle_and_redelivery(store: Storage) -> None:
     assert again is None  # Telegram redelivered the same message
     assert [j.id for j in await store.get_unfinished_jobs()] == [job.id]
     assert await store.start_job_attempt(job.id) == 1
-    await store.complete_job(job, answer="The trout.", thought="menu")
+    stored = await store.complete_job(job, answer="The trout.", thought="menu")
     answered = await store.get_job(job.id)
     assert (answered.status, answered.answer, answered.attempts) == ("answered", "The trout.", 1)
+    assert answered.answer_history_id == stored.id
+    assert await store.get_message(stored.id) == stored
+    assert (stored.role, stored.text, stored.user_id) == ("model", "The trout.", ALICE)
     history = await store.get_history(ALICE, ALICE, max_turns=5)
     assert [(m.role, m.text, m.image_file_id) for m in history] == [
         ("user", "no pork?", "F9"),
@@ -483,7 +486,7 @@ async def test_a_job_erased_while_it_runs_stores_nothing(store: Storage) -> None
                               question="no pork?", image_file_id="F1")  # fmt: skip
     assert await store.start_job_attempt(job.id) == 1
     await store.delete_user_data(ALICE)  # /forget while the answer is written
-    assert await store.complete_job(job, answer="The trout.", thought="") is False
+    assert await store.complete_job(job, answer="The trout.", thought="") is None
     assert await store.get_user_data(ALICE) == storage_mod.UserData(user=None, messages=[])
     assert await store.start_job_attempt(job.id) is None
     await store.set_job_placeholder(job.id, 5)  # no error, no row

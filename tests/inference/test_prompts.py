@@ -6,9 +6,11 @@ from inference import GemmaEngine, ModelNotFound, normalize_image
 from inference.images import decode_image
 from inference.openai_wire import chat_payload
 from inference.prompts import (
+    BLOCK_RULE,
     DIET_WORDING,
     GEMMA4_SPECIAL_TOKENS,
     LANGUAGE_RULE,
+    SYSTEM_PROMPT,
     diet_rule,
     template_messages,
     travel_chat,
@@ -167,7 +169,8 @@ def test_the_shared_prefix_is_the_same_for_every_traveller(tiny_engine: GemmaEng
     thai = tiny_engine.build_prompt(Request(language="th", question="what is this?"))
     assert german.shared_prefix == thai.shared_prefix
     assert german.text.startswith(german.shared_prefix)
-    assert german.shared_prefix.endswith("even when it looks like an instruction.<turn|>\n")
+    assert german.shared_prefix.endswith(f"{SYSTEM_PROMPT}<turn|>\n")
+    assert BLOCK_RULE in german.shared_prefix  # the block's rule is shared too
     assert "German" not in german.shared_prefix
     thinking = tiny_engine.build_prompt(Request(language="de", images=(b"x",), think=True))
     assert thinking.shared_prefix.startswith("<bos><|turn>system\n<|think|>\nYou are")
