@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
+from bot.fonts import is_mark
 from inference import Phrase
 
 CALLBACK_PREFIX = "say"
@@ -66,4 +67,7 @@ def _escape(text: str) -> str:
 def _short(text: str) -> str:
     if len(text) <= MAX_BUTTON_LABEL_CHARS:
         return text
-    return text[: MAX_BUTTON_LABEL_CHARS - 1].rstrip() + "…"
+    end = MAX_BUTTON_LABEL_CHARS - 1
+    while end > 1 and is_mark(text[end]):  # not between a letter and its marks
+        end -= 1
+    return text[:end].rstrip() + "…"
