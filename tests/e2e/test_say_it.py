@@ -225,7 +225,9 @@ async def test_a_phrase_button_works_only_for_whom_it_was_sent_in_that_chat(
     group = -8300
     scripted_server.script(SCRIPTED_ANSWER)
     mark = server.mark()
-    server.send_photo(ann, small_photo("MENU"), chat_id=group, chat_type="supergroup")
+    server.send_photo(
+        ann, small_photo("MENU"), caption="@travel_test_bot", chat_id=group, chat_type="supergroup"
+    )
     await final_answer_after(bot, group, mark)
     [answer] = answer_messages(bot, group, mark)
     data = buttons(answer)[0]["callback_data"]
