@@ -137,7 +137,8 @@ async def test_forget_while_an_answer_is_written_keeps_nothing(bot: RunningBot) 
     await server.wait_for(lambda c: c.method == "sendMessageDraft", after=mark, timeout=60)
     assert bot.services.worker.num_running == 1  # the answer is being written
     kept = bot.services.worker._engine.runner.photos  # looked into: the engine's photo cache
-    key = photo_key(await prepare_image(bot.services, photo))
+    budget = bot.services.worker._engine.base.image_soft_tokens  # one photo: the full budget
+    key = photo_key(await prepare_image(bot.services, photo), budget)
     assert kept.owners(key) == {user_ref(ann.id)}
 
     await forget(bot, ann, ann.id)
