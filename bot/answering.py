@@ -374,21 +374,21 @@ class RequestTimedOut(InferenceError):
 async def load_history(
     bot: Bot, services: Services, job: Job, *, attach_latest_image: bool, language: str
 ) -> tuple[Turn, ...]:
-    """Recent turns of this user in this chat for the prompt; the latest photo is attached
-    again for follow-ups."""
+    """Recent turns of this user in this chat for the prompt; the latest photo (or every
+    page of the latest album) is attached again for follow-ups."""
     stored = await services.storage.get_history(
         job.chat_id, job.user_id, max_turns=services.settings.max_history_turns
     )
-    latest_image_id = next((m.image_file_id for m in reversed(stored) if m.image_file_id), None)
+    latest = next((m for m in reversed(stored) if m.image_file_ids), None)
     reference = services.texts.get(language, "photo_reference")
     turns = []
     for message in stored:
         images: tuple[bytes, ...] = ()
         text = message.text
-        if message.image_file_id:
-            if attach_latest_image and message.image_file_id == latest_image_id:
-                image = await _fetch_image(bot, services, message.image_file_id)
-                images = () if image is None else (image,)
+        if message.image_file_ids:
+            if attach_latest_image and message is latest:
+                fetched = [await _fetch_image(bot, services, i) for i in message.image_file_ids]
+                images = tuple(image for image in fetched if image is not None)
             if not images:
                 text = f"{reference} {text}".strip()
         turns.append(Turn(role=message.role, text=text, images=images))

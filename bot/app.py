@@ -21,6 +21,7 @@ from telegram.ext import (
     filters,
 )
 
+from bot.albums import resume_albums
 from bot.context import SERVICES_KEY, BotContext, Services
 from bot.handlers import callbacks, commands, diet, messages, updates
 from bot.health import serving_health
@@ -130,6 +131,7 @@ async def running(services: Services) -> AsyncIterator[Application]:
         mode = "webhook" if services.settings.webhook_url else "polling"
         log.info("bot_started", username=application.bot.username, mode=mode)
         application.create_task(recover_jobs(application.bot, services), name="recover_jobs")
+        application.create_task(resume_albums(application.bot, services), name="resume_albums")
         retention = asyncio.create_task(enforce_retention(services), name="retention")
         try:
             async with serving_health(services, updates):
@@ -137,5 +139,6 @@ async def running(services: Services) -> AsyncIterator[Application]:
         finally:
             retention.cancel()
             await updates.stop()
+            await services.albums.stop()
             await application.stop()
     log.info("bot_stopped")

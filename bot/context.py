@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from telegram.ext import Application, CallbackContext, ExtBot
 
 from bot.active_jobs import ActiveJobs
+from bot.album_collector import AlbumCollector
 from bot.fonts import FontSet
 from bot.i18n import Texts
 from bot.logging import user_ref
@@ -31,9 +32,13 @@ class Services:
     metrics: Metrics = field(init=False)  # Prometheus, served by bot/health.py
     font_set: FontSet | None = None  # found on first use where not given
     drawing_cards: set[int] = field(default_factory=set)  # users whose phrase card is drawn
+    albums: AlbumCollector = field(init=False)  # albums whose parts are arriving
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.worker)
+        self.albums = AlbumCollector(
+            quiet_s=self.settings.album_quiet_s, max_wait_s=self.settings.album_max_wait_s
+        )
 
     @property
     def fonts(self) -> FontSet:
@@ -57,6 +62,7 @@ class Services:
         them (every chat, the database files' old copies too) and their photos in the
         engine's caches; return the rows deleted. True from the moment it returns."""
         stopping = self.active_jobs.cancel(user_id)
+        self.albums.forget(user_id)
         count = await self.storage.delete_user_data(user_id)
         if stopping:  # their requests have left the engine before its caches are cleared
             await asyncio.wait(stopping)

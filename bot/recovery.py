@@ -48,23 +48,22 @@ async def _recover(bot: Bot, services: Services, job: Job) -> None:
     if job.status == "answered":
         await deliver_stored(bot, services, job, language=language)
         return
-    image = None
-    if job.image_file_id:
+    images = []
+    for file_id in job.image_file_ids:  # one photo, or an album's pages
         try:
-            image = await prepare_image(services, await download(bot, job.image_file_id))
+            images.append(await prepare_image(services, await download(bot, file_id)))
         except (TelegramError, ImageRejected) as exc:
             log.warning("recovery_image_unavailable", job_id=job.id, error=str(exc))
-            await services.storage.set_job_status(job.id, "failed")
-            await bot.send_message(
-                job.chat_id, services.texts.get(language, "image_download_failed")
-            )
-            return
+    if job.image_file_ids and not images:
+        await services.storage.set_job_status(job.id, "failed")
+        await bot.send_message(job.chat_id, services.texts.get(language, "image_download_failed"))
+        return
     notice = services.texts.get(language, "answer_delayed")
     await run_job(
         bot,
         services,
         job,
-        images=() if image is None else (image,),
+        images=tuple(images),
         language=language,
         think=bool(user and user.think),
         notice=notice,

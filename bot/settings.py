@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     max_question_chars: int = 1000
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    # An album is one request once no part came for album_quiet_s (its parts arrive within
+    # a moment of each other; this much waits out a slow delivery, little beside the answer's
+    # own time), album_max_wait_s after its first part at the latest, or with its 10th
+    album_quiet_s: float = Field(default=1.5, gt=0)
+    album_max_wait_s: float = Field(default=10.0, gt=0)
 
     # Chat behaviour
     default_language: str = "en"

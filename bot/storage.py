@@ -15,7 +15,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -109,16 +109,41 @@ MIGRATIONS: list[list[str]] = [
         # answer is delivered after a restart.
         "ALTER TABLE jobs ADD COLUMN answer_history_id INTEGER",
     ],
+    [
+        # An album's pages: JSON list of file ids where a turn has more than one photo;
+        # image_file_id keeps the first, so rows from before read as they were.
+        "ALTER TABLE messages ADD COLUMN image_file_ids TEXT",
+        "ALTER TABLE jobs ADD COLUMN image_file_ids TEXT",
+        # The parts of an album (Telegram: one message each, same media_group_id) while
+        # they arrive; closed into one job (job_id set, file id and caption dropped), kept
+        # so that a part delivered again is not taken twice. Gone with /forget, retention.
+        """CREATE TABLE album_parts (
+            chat_id INTEGER NOT NULL,
+            message_id INTEGER NOT NULL,
+            user_id INTEGER NOT NULL,
+            media_group_id TEXT NOT NULL,
+            chat_type TEXT NOT NULL,
+            file_id TEXT,
+            file_size INTEGER,
+            caption TEXT,
+            job_id INTEGER,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (chat_id, message_id)
+        )""",
+        "CREATE INDEX album_parts_group ON album_parts (chat_id, media_group_id, job_id)",
+        "CREATE INDEX album_parts_user_id ON album_parts (user_id)",
+    ],
 ]
 ERASED_MESSAGES_KEPT = timedelta(days=1)  # Telegram keeps an undelivered update 24 hours
 
 # Explicit column lists keep queries valid when later migrations add columns.
 _USER_COLS = "user_id, language, think, created_at, updated_at"
-_MESSAGE_COLS = "id, chat_id, user_id, role, text, image_file_id, created_at"
+_MESSAGE_COLS = "id, chat_id, user_id, role, text, image_file_id, created_at, image_file_ids"
 _JOB_COLS = (
     "id, chat_id, message_id, user_id, chat_type, question, image_file_id, status,"
-    " answer, thought, placeholder_id, attempts, parts_sent, answer_history_id"
+    " answer, thought, placeholder_id, attempts, parts_sent, answer_history_id, image_file_ids"
 )
+_PART_COLS = "chat_id, message_id, user_id, media_group_id, chat_type, file_id, file_size, caption"
 PRIVATE_FILE_MODE = 0o600
 PRIVATE_DIR_MODE = 0o700
 T = TypeVar("T")
@@ -143,6 +168,7 @@ class StoredMessage:
     text: str
     image_file_id: str | None
     created_at: datetime
+    image_file_ids: tuple[str, ...] = ()  # the photos of the turn: one, or an album's pages
 
 
 @dataclass(frozen=True)
@@ -172,10 +198,29 @@ class Job:
     attempts: int
     parts_sent: int  # messages of the answer Telegram has accepted
     answer_history_id: int | None = None  # the answer's row in messages, once stored
+    image_file_ids: tuple[str, ...] = ()  # the photos asked about: one, or an album's pages
+
+
+@dataclass(frozen=True)
+class AlbumPart:
+    """One photo or image file of an album, as it arrived."""
+
+    chat_id: int
+    message_id: int
+    user_id: int
+    media_group_id: str
+    chat_type: str
+    file_id: str
+    file_size: int | None
+    caption: str | None
 
 
 class TooManyJobs(Exception):
     """The user already waits for as many answers as allowed."""
+
+
+class _AlbumGone(Exception):
+    """An album's parts were erased or closed meanwhile."""
 
 
 def _now() -> str:
@@ -190,8 +235,26 @@ def _user(row: Sequence[Any]) -> User:
 
 
 def _message(row: Sequence[Any]) -> StoredMessage:
-    *fields, created = row
-    return StoredMessage(*fields, datetime.fromisoformat(created))
+    *fields, created, ids = row
+    return StoredMessage(*fields, datetime.fromisoformat(created), _file_ids(fields[5], ids))
+
+
+def _job(row: Sequence[Any]) -> Job:
+    *fields, ids = row
+    return Job(*fields, _file_ids(fields[6], ids))
+
+
+def _file_ids(first: str | None, stored: str | None) -> tuple[str, ...]:
+    """All photos of a row: the stored list (an album), else the one photo (older rows)."""
+    if stored:
+        return tuple(json.loads(stored))
+    return (first,) if first else ()
+
+
+def _stored_ids(file_ids: Sequence[str]) -> tuple[str | None, str | None]:
+    """(image_file_id, image_file_ids) columns for a turn's photos."""
+    first = file_ids[0] if file_ids else None
+    return first, json.dumps(list(file_ids)) if len(file_ids) > 1 else None
 
 
 def _diet(value: str | None) -> Diet:
@@ -374,22 +437,30 @@ class Storage:
         return await self._upsert(user_id, "think", "en", think)
 
     async def add_message(
-        self, chat_id: int, user_id: int, role: str, text: str, *, image_file_id: str | None = None
+        self,
+        chat_id: int,
+        user_id: int,
+        role: str,
+        text: str,
+        *,
+        image_file_id: str | None = None,
+        image_file_ids: Sequence[str] = (),
     ) -> StoredMessage:
-        """Store one message, then keep only the newest `max_stored_messages` of this user
-        in this chat."""
+        """Store one message (with its photo, or an album's pages), then keep only the
+        newest `max_stored_messages` of this user in this chat."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        file_ids = image_file_ids or ((image_file_id,) if image_file_id else ())
         async with self._transaction():
-            return await self._insert_message(chat_id, user_id, role, text, image_file_id)
+            return await self._insert_message(chat_id, user_id, role, text, file_ids)
 
     async def _insert_message(
-        self, chat_id: int, user_id: int, role: str, text: str, image_file_id: str | None
+        self, chat_id: int, user_id: int, role: str, text: str, file_ids: Sequence[str]
     ) -> StoredMessage:
         row = await self._one(
-            "INSERT INTO messages (chat_id, user_id, role, text, image_file_id, created_at)"
-            f" VALUES (?, ?, ?, ?, ?, ?) RETURNING {_MESSAGE_COLS}",
-            (chat_id, user_id, role, text, image_file_id, _now()),
+            "INSERT INTO messages (chat_id, user_id, role, text, image_file_id, image_file_ids,"
+            f" created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {_MESSAGE_COLS}",
+            (chat_id, user_id, role, text, *_stored_ids(file_ids), _now()),
         )
         await self._db.execute(
             "DELETE FROM messages WHERE chat_id = ? AND user_id = ? AND id <= (SELECT id"
@@ -477,7 +548,15 @@ class Storage:
                         for digest in [*erased, self._erased_digest("user", user_id)]
                     ],
                 )
-                for table in ("users", "messages", "jobs"):
+                parts = await self._all(
+                    "SELECT chat_id, message_id FROM album_parts WHERE user_id = ?", (user_id,)
+                )
+                erased += [self._erased_digest(chat, message) for chat, message in parts]
+                await self._db.executemany(
+                    "INSERT OR REPLACE INTO erased_messages VALUES (?, ?)",
+                    [(digest, _now()) for digest in erased],
+                )
+                for table in ("users", "messages", "jobs", "album_parts"):
                     cursor = await self._db.execute(
                         f"DELETE FROM {table} WHERE user_id = ?", (user_id,)
                     )
@@ -511,36 +590,162 @@ class Storage:
         language: str = "en",
     ) -> Job | None:
         """Record an accepted request; None if that message already has a job, or had one
-        that /forget erased (redelivery).
+        that /forget erased (redelivery). An album's job: close_album.
         Raises TooManyJobs when the user already has `max_unfinished` unanswered jobs.
         A user seen for the first time is stored with `language`, for recovery too."""
-        now = _now()
         async with self._transaction():
-            erased = await self._one(
-                "SELECT 1 FROM erased_messages WHERE digest = ?",
-                (self._erased_digest(chat_id, message_id),),
-            )
-            if erased:
+            if await self._is_erased(chat_id, message_id):
                 return None
-            await self._db.execute(
-                f"INSERT OR IGNORE INTO users ({_USER_COLS}) VALUES (?, ?, 0, ?, ?)",
-                (user_id, language, now, now),
+            return await self._insert_job(
+                chat_id=chat_id,
+                message_id=message_id,
+                user_id=user_id,
+                chat_type=chat_type,
+                question=question,
+                file_ids=(image_file_id,) if image_file_id else (),
+                max_unfinished=max_unfinished,
+                language=language,
             )
-            if max_unfinished is not None:
-                (count,) = await self._one(
-                    f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN {UNFINISHED}",
-                    (user_id,),
-                )
-                if count >= max_unfinished:
-                    raise TooManyJobs(count)
+
+    async def _is_erased(self, chat_id: int, message_id: int) -> bool:
+        row = await self._one(
+            "SELECT 1 FROM erased_messages WHERE digest = ?",
+            (self._erased_digest(chat_id, message_id),),
+        )
+        return row is not None
+
+    async def _insert_job(
+        self,
+        *,
+        chat_id: int,
+        message_id: int,
+        user_id: int,
+        chat_type: str,
+        question: str | None,
+        file_ids: Sequence[str],
+        max_unfinished: int | None,
+        language: str,
+    ) -> Job | None:
+        now = _now()
+        await self._db.execute(
+            f"INSERT OR IGNORE INTO users ({_USER_COLS}) VALUES (?, ?, 0, ?, ?)",
+            (user_id, language, now, now),
+        )
+        if max_unfinished is not None:
+            (count,) = await self._one(
+                f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN {UNFINISHED}",
+                (user_id,),
+            )
+            if count >= max_unfinished:
+                raise TooManyJobs(count)
+        row = await self._one(
+            "INSERT INTO jobs (chat_id, message_id, user_id, chat_type, question,"
+            " image_file_id, image_file_ids, status, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
+            f" ON CONFLICT (chat_id, message_id) DO NOTHING RETURNING {_JOB_COLS}",
+            (chat_id, message_id, user_id, chat_type, question, *_stored_ids(file_ids),
+             now, now),
+        )  # fmt: skip
+        return _job(row) if row else None
+
+    # -- albums -------------------------------------------------------------------------------
+    async def add_album_part(self, part: AlbumPart) -> bool:
+        """Record one arrived part of an album; False when Telegram delivered it before
+        (whether its album is still open or closed) or /forget erased it."""
+        async with self._transaction():
+            if await self._is_erased(part.chat_id, part.message_id):
+                return False
             row = await self._one(
-                "INSERT INTO jobs (chat_id, message_id, user_id, chat_type, question,"
-                " image_file_id, status, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
-                f" ON CONFLICT (chat_id, message_id) DO NOTHING RETURNING {_JOB_COLS}",
-                (chat_id, message_id, user_id, chat_type, question, image_file_id, now, now),
+                f"INSERT INTO album_parts ({_PART_COLS}, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (chat_id, message_id) DO NOTHING RETURNING 1",
+                (*astuple(part), _now()),
             )
-        return Job(*row) if row else None
+        return row is not None
+
+    async def get_open_album(self, chat_id: int, media_group_id: str) -> list[AlbumPart]:
+        """The parts of an album not yet closed into a job, in the order they were sent."""
+        rows = await self._all(
+            f"SELECT {_PART_COLS} FROM album_parts WHERE chat_id = ? AND media_group_id = ?"
+            " AND job_id IS NULL ORDER BY message_id",
+            (chat_id, media_group_id),
+        )
+        return [AlbumPart(*row) for row in rows]
+
+    async def get_open_albums(self) -> list[tuple[int, str]]:
+        """(chat_id, media_group_id) of every album still collecting (after a restart)."""
+        rows = await self._all(
+            "SELECT DISTINCT chat_id, media_group_id FROM album_parts WHERE job_id IS NULL"
+        )
+        return [(chat_id, group) for chat_id, group in rows]
+
+    async def close_album(
+        self,
+        parts: Sequence[AlbumPart],
+        *,
+        question: str | None,
+        file_ids: Sequence[str],
+        max_unfinished: int | None = None,
+        language: str = "en",
+    ) -> Job | None:
+        """One job for the album's `parts` (keyed by its first part's message), asking
+        about `file_ids`; the parts are marked with it and their file ids and captions
+        dropped. None, and nothing changed, when any part is gone (/forget) or already
+        closed. Raises TooManyJobs as add_job does; the parts are closed then too (the
+        user is told once)."""
+        first = parts[0]
+        try:
+            async with self._transaction():
+                await self._close_parts(parts, job_id=0)
+                try:
+                    job = await self._insert_job(
+                        chat_id=first.chat_id,
+                        message_id=first.message_id,
+                        user_id=first.user_id,
+                        chat_type=first.chat_type,
+                        question=question,
+                        file_ids=file_ids,
+                        max_unfinished=max_unfinished,
+                        language=language,
+                    )
+                except TooManyJobs as exc:
+                    refused = exc  # the parts stay closed: the album is refused once
+                else:
+                    refused = None
+                    if job is not None:
+                        await self._db.execute(
+                            "UPDATE album_parts SET job_id = ? WHERE chat_id = ?"
+                            f" AND message_id IN ({', '.join('?' * len(parts))})",
+                            (job.id, first.chat_id, *(part.message_id for part in parts)),
+                        )
+        except _AlbumGone:
+            return None
+        if refused is not None:
+            raise refused
+        return job
+
+    async def _close_parts(self, parts: Sequence[AlbumPart], *, job_id: int) -> None:
+        """Mark the open `parts` with `job_id` (0: closed, no job yet) and drop their file
+        ids and captions; raises _AlbumGone (the transaction rolls back) unless all of
+        them were open."""
+        cursor = await self._db.execute(
+            "UPDATE album_parts SET job_id = ?, file_id = NULL, caption = NULL"
+            f" WHERE chat_id = ? AND message_id IN ({', '.join('?' * len(parts))})"
+            " AND job_id IS NULL",
+            (job_id, parts[0].chat_id, *(part.message_id for part in parts)),
+        )
+        if cursor.rowcount != len(parts):
+            raise _AlbumGone
+
+    async def set_job_file_ids(self, job_id: int, file_ids: Sequence[str]) -> None:
+        """The photos a job asks about, when fewer than it was accepted with (an album's
+        unreadable pages left out: its history keeps only pages a follow-up can see)."""
+        async with self._transaction():
+            await self._db.execute(
+                "UPDATE jobs SET image_file_id = ?, image_file_ids = ?, updated_at = ?"
+                " WHERE id = ?",
+                (*_stored_ids(file_ids), _now(), job_id),
+            )
 
     async def start_job_attempt(self, job_id: int) -> int | None:
         """Count one more run of the job; return the number of runs so far, or None when
@@ -572,9 +777,9 @@ class Storage:
             )
             if row is None:
                 return None
-            question, image = job.question or "", job.image_file_id
-            await self._insert_message(job.chat_id, job.user_id, "user", question, image)
-            stored = await self._insert_message(job.chat_id, job.user_id, "model", answer, None)
+            question, images = job.question or "", job.image_file_ids
+            await self._insert_message(job.chat_id, job.user_id, "user", question, images)
+            stored = await self._insert_message(job.chat_id, job.user_id, "model", answer, ())
             await self._db.execute(
                 "UPDATE jobs SET answer_history_id = ? WHERE id = ?", (stored.id, job.id)
             )
@@ -632,7 +837,7 @@ class Storage:
         rows = await self._all(
             f"SELECT {_JOB_COLS} FROM jobs WHERE status IN {UNFINISHED} ORDER BY id"
         )
-        return [Job(*row) for row in rows]
+        return [_job(row) for row in rows]
 
     async def delete_older_than(self, days: float) -> int:
         """Retention: drop history and finished jobs older than `days`; return rows deleted."""
@@ -645,7 +850,10 @@ class Storage:
                 "DELETE FROM jobs WHERE updated_at < ? AND status IN ('delivered', 'failed')",
                 (cutoff,),
             )
-            deleted = messages.rowcount + jobs.rowcount
+            parts = await self._db.execute(
+                "DELETE FROM album_parts WHERE created_at < ?", (cutoff,)
+            )
+            deleted = messages.rowcount + jobs.rowcount + parts.rowcount
             await self._db.execute(
                 "DELETE FROM erased_messages WHERE erased_at < ?",
                 ((datetime.now(UTC) - ERASED_MESSAGES_KEPT).isoformat(),),
@@ -661,7 +869,7 @@ class Storage:
 
     async def get_job(self, job_id: int) -> Job | None:
         row = await self._one(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job_id,))
-        return Job(*row) if row else None
+        return _job(row) if row else None
 
     async def count_users(self) -> int:
         (count,) = await self._one("SELECT COUNT(*) FROM users")

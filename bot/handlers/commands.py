@@ -124,7 +124,9 @@ async def mydata(update: Update, context: BotContext) -> None:
         for message in data.messages[-RECENT_MESSAGES_SHOWN:]:
             who = context.t("role_user" if message.role == "user" else "role_model")
             text = split_answer(message.text).prose if message.role == "model" else message.text
-            if message.image_file_id:
+            if len(message.image_file_ids) > 1:
+                text = f"{context.t('album_reference', pages=len(message.image_file_ids))} {text}"
+            elif message.image_file_id:
                 text = f"{context.t('photo_reference')} {text}"
             snippet = text if len(text) <= 200 else text[:200] + "…"
             lines.append(f"<b>{who}:</b> {html.escape(snippet)}")

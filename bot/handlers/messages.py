@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from telegram import Message, Update
 from telegram.error import TelegramError
 
+from bot import albums
 from bot.addressing import is_group, replied_message, without_mention
 from bot.answering import download, prepare_image, run_job
 from bot.context import BotContext
-from bot.storage import Job, TooManyJobs
+from bot.storage import AlbumPart, Job, TooManyJobs
 from inference import ImageRejected
 
 MEGABYTE = 1024 * 1024
@@ -30,6 +31,9 @@ async def photo(update: Update, context: BotContext) -> None:
     message = update.effective_message
     attachment = message.photo[-1] if message.photo else message.document
     question = _question(context, message, message.caption)
+    if message.media_group_id:
+        await _album_part(update, context, question, attachment)
+        return
     await _ask_about_photo(
         update, context, question, Photo(attachment.file_id, attachment.file_size)
     )
@@ -83,6 +87,26 @@ async def _ask_about_photo(
         await context.storage.set_job_status(job.id, "failed")  # never left in flight
         raise
     await _run(context, job, image, quoted=photo.quoted)
+
+
+async def _album_part(
+    update: Update, context: BotContext, question: str | None, attachment
+) -> None:
+    """One page of an album: stored; the album is answered once, when all have come."""
+    if not await _question_fits(update, context, question):
+        return
+    message = update.effective_message
+    part = AlbumPart(
+        chat_id=message.chat_id,
+        message_id=message.message_id,
+        user_id=context.speaker_id,
+        media_group_id=message.media_group_id,
+        chat_type=message.chat.type,
+        file_id=attachment.file_id,
+        file_size=attachment.file_size,
+        caption=question,
+    )
+    await albums.add_part(context.bot, context.services, part, language=context.language)
 
 
 def _question(context: BotContext, message: Message, text: str | None) -> str | None:

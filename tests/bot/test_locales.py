@@ -21,6 +21,7 @@ CATALOGS = {
 }
 # the strings with a word that agrees with a number ("1 record", "5 records")
 PLURAL_KEYS = [
+    "album_pages_unreadable",
     "diet_too_long",
     "diet_too_many",
     "error_busy_eta",

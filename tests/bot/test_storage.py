@@ -62,7 +62,7 @@ async def add_turns(s: Storage, user_id: int, n: int, prefix: str = "") -> None:
 async def test_open_creates_file_schema_and_wal(db_path: Path) -> None:
     async with await Storage.open(db_path) as s:
         assert db_path.is_file()
-        assert s.schema_version == len(MIGRATIONS) == 7
+        assert s.schema_version == len(MIGRATIONS) == 8
         names = {n for (n,) in raw(db_path, "SELECT name FROM sqlite_master")}
         assert {"users", "messages", "messages_chat_user", "jobs", "jobs_status"} <= names
         assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
@@ -652,3 +652,87 @@ async def test_forget_erases_the_diet_with_no_copy_in_the_wal(db_path: Path) -> 
         assert await s.get_diet(ALICE) == Diet()
         assert (await s.get_user_data(ALICE)).diet == Diet()
         assert (await s.get_diet(BOB)).codes == ("vegan",)
+
+
+# --- albums ------------------------------------------------------------------------------
+
+
+def album(user_id: int, group: str, *ids: int, chat_id: int | None = None) -> list:
+    from bot.storage import AlbumPart
+
+    chat = user_id if chat_id is None else chat_id
+    return [
+        AlbumPart(chat, n, user_id, group, "private", f"F{n}", 1000, "vegan?" if n == 2 else None)
+        for n in ids
+    ]
+
+
+async def test_an_album_is_one_job_with_all_its_pages_in_the_history(
+    store: Storage, db_path: Path
+) -> None:
+    parts = album(ALICE, "G1", 11, 12, 13)
+    assert [await store.add_album_part(p) for p in [*parts, parts[1]]] == [True] * 3 + [False]
+    assert await store.get_open_album(ALICE, "G1") == parts
+    assert await store.get_open_albums() == [(ALICE, "G1")]
+    job = await store.close_album(parts, question="vegan?", file_ids=["F11", "F12", "F13"])
+    assert (job.message_id, job.image_file_id, job.image_file_ids) == (
+        11,
+        "F11",
+        ("F11", "F12", "F13"),
+    )
+    assert await store.close_album(parts, question=None, file_ids=["F11"]) is None  # closed
+    assert await store.get_open_album(ALICE, "G1") == [] and await store.get_open_albums() == []
+    assert await store.add_album_part(parts[2]) is False  # delivered again after closing
+    # closed parts keep only what finds a redelivery: no file id, no caption
+    assert (
+        raw(db_path, "SELECT file_id, caption, job_id FROM album_parts")
+        == [(None, None, job.id)] * 3
+    )
+    assert await store.complete_job(job, answer="All vegan.", thought="")
+    [question, _] = await store.get_history(ALICE, ALICE, max_turns=2)
+    assert question.image_file_ids == ("F11", "F12", "F13") and question.image_file_id == "F11"
+    await store.set_job_file_ids(job.id, ["F11", "F13"])
+    assert (await store.get_job(job.id)).image_file_ids == ("F11", "F13")
+
+
+async def test_an_album_over_the_limit_is_refused_once(store: Storage) -> None:
+    from bot.storage import TooManyJobs
+
+    await store.add_job(chat_id=ALICE, message_id=1, user_id=ALICE, chat_type="private",
+                        question="x", image_file_id=None)  # fmt: skip
+    parts = album(ALICE, "G2", 21, 22)
+    for part in parts:
+        await store.add_album_part(part)
+    with pytest.raises(TooManyJobs):
+        await store.close_album(parts, question=None, file_ids=["F21", "F22"], max_unfinished=1)
+    assert await store.get_open_album(ALICE, "G2") == []  # not collected again
+    assert await store.count_jobs_by_status() == {"pending": 1}
+
+
+async def test_forget_erases_album_parts_and_their_redelivery(store: Storage) -> None:
+    parts = album(ALICE, "G3", 31, 32)
+    for part in parts:
+        await store.add_album_part(part)
+    await store.add_album_part(album(BOB, "G4", 41)[0])
+    assert await store.delete_user_data(ALICE) == 2
+    assert await store.get_open_albums() == [(BOB, "G4")]
+    assert await store.add_album_part(parts[0]) is False  # Telegram delivers it again
+    assert await store.close_album(parts, question=None, file_ids=["F31"]) is None
+
+
+async def test_history_rows_from_before_albums_read_as_one_photo(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    with sqlite3.connect(db_path) as con:  # a version-6 database, as it was shipped
+        for sql in [sql for migration in MIGRATIONS[:6] for sql in migration]:
+            con.execute(sql)
+        con.execute(
+            "INSERT INTO messages (user_id, chat_id, role, text, image_file_id, created_at)"
+            " VALUES (?, ?, 'user', 'old', 'F1', '2026-12-01T00:00:00+00:00')",
+            (ALICE, ALICE),
+        )
+        con.execute("PRAGMA user_version = 6")
+    async with await Storage.open(db_path) as s:
+        [message] = (await s.get_user_data(ALICE)).messages
+        assert (message.image_file_id, message.image_file_ids) == ("F1", ("F1",))
+        [turn] = await s.get_history(ALICE, ALICE, max_turns=1)
+        assert turn.image_file_ids == ("F1",)

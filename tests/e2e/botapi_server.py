@@ -464,6 +464,50 @@ class BotApiServer:
         sender_chat: dict | None = None,
         reply_to: dict | SentMessage | None = None,
     ) -> dict:
+        content = self._photo_content(image)
+        if caption is not None:
+            content["caption"] = caption
+            if mentions := _mention_entities(caption):
+                content["caption_entities"] = mentions
+        if sender_chat is not None:
+            content["sender_chat"] = sender_chat
+        if reply_to is not None:
+            content["reply_to_message"] = self._replied(reply_to)
+        return self._user_message(user, chat_id, chat_type, content)
+
+    def send_album(
+        self,
+        user: TgUser,
+        images: list[bytes],
+        *,
+        captions: dict[int, str] | None = None,
+        as_files: bool = False,
+        chat_id: int | None = None,
+        chat_type: str = "private",
+    ) -> list[dict]:
+        """An album as Telegram delivers it: one message (and update) per photo, in order,
+        consecutive message ids, the same string media_group_id; a caption only on the
+        pages that have one (`captions`: page index → text); `as_files`: documents (an
+        album of image files: Telegram never mixes them with photos)."""
+        group = str(13_573_429_558_600_000 + next(self._ids))
+        messages = []
+        for index, image in enumerate(images):
+            if as_files:
+                name = f"IMG_{index + 1:04d}.JPG"
+                document = {**self._file_dict(image, name), "file_name": name}
+                content = {"document": document | {"mime_type": "image/jpeg"}}
+            else:
+                content = self._photo_content(image)
+            content["media_group_id"] = group
+            if captions and index in captions:
+                content["caption"] = captions[index]
+                if mentions := _mention_entities(captions[index]):
+                    content["caption_entities"] = mentions
+            messages.append(self._user_message(user, chat_id, chat_type, content))
+        return messages
+
+    def _photo_content(self, image: bytes) -> dict[str, Any]:
+        """A photo message's `photo` sizes, the largest last, as Telegram sends them."""
         size = _image_size(image)
         sizes = [self._photo_size(image, *(size or (100, 100)))]
         if size and max(size) > 320:
@@ -476,16 +520,7 @@ class BotApiServer:
                     buf = io.BytesIO()
                     small.save(buf, "JPEG")
                 sizes.insert(0, self._photo_size(buf.getvalue(), *small.size))
-        content: dict[str, Any] = {"photo": sizes}
-        if caption is not None:
-            content["caption"] = caption
-            if mentions := _mention_entities(caption):
-                content["caption_entities"] = mentions
-        if sender_chat is not None:
-            content["sender_chat"] = sender_chat
-        if reply_to is not None:
-            content["reply_to_message"] = self._replied(reply_to)
-        return self._user_message(user, chat_id, chat_type, content)
+        return {"photo": sizes}
 
     def send_document(
         self,
