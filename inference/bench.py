@@ -30,7 +30,7 @@ from inference.engine import EngineConfig, GemmaEngine
 from inference.images import normalize_image
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
-from inference.runtime.gemma4 import fp8_experts, layers
+from inference.runtime.gemma4 import fp8_experts
 from inference.samples import draw_menu, draw_sign
 from inference.types import Finished, Request, Sampling, Turn
 
@@ -533,9 +533,10 @@ def run(args: argparse.Namespace) -> dict:
 
     def default_engine_rows(engine: BatchEngine) -> None:
         """The rows on an engine with the run's settings."""
-        result["fused_experts_max_tokens"] = layers.fused_experts_max_tokens  # 0 if it failed
-        result["expert_major_max_tokens"] = layers.expert_major_max_tokens
-        result["triton_prompt_experts"] = layers.triton_prompt_experts
+        experts = engine.patch.experts  # 0 and False where a kernel's check failed
+        result["fused_experts_max_tokens"] = experts.fused_max_tokens
+        result["expert_major_max_tokens"] = experts.expert_major_max_tokens
+        result["triton_prompt_experts"] = experts.prompt_is_triton
         result["graph_breaks"] = dict(dynamo_counters["graph_break"])
         graphs_after_setup = dynamo_counters["stats"]["unique_graphs"]
         triton_after_setup = triton_kernels_compiled()

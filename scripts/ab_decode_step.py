@@ -41,7 +41,7 @@ def main() -> None:
     rows = []
     for _ in range(args.rounds):
         for name, (probs, write) in ways.items():
-            fast_ops.decode_probs, engine.runner.cache.write_step = probs, write
+            engine.patch.attention.probs, engine.runner.cache.write_step = probs, write
             engine.runner._graphs.clear()
             engine.runner._capture()
             row = bench_engine(engine, requests, [0.0] * 64, name)

@@ -28,7 +28,7 @@ from transformers import AttentionInterface
 from inference.bench import GpuTimer, full_size_random_engine, make_requests
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
-from inference.runtime.gemma4 import fast_ops, vision
+from inference.runtime.gemma4 import vision
 
 
 def step_inputs(batch: int) -> tuple[list[int], list[int]]:
@@ -193,8 +193,9 @@ def profile_prefill_regions(
         kind = "global" if layer.self_attn.sliding_window is None else "sliding"
         layer.forward = timer.wrap(f"text layers ({kind}), with attention", layer.forward)
     runner.cache.store_prompts = timer.wrap("KV copy into slots", runner.cache.store_prompts)
-    attention = timer.wrap("text attention", fast_ops.decode_attention)
-    AttentionInterface.register(fast_ops.ATTENTION_NAME, attention)
+    name = model.config.get_text_config()._attn_implementation  # the engine's patch
+    attention = engine.patch.attention
+    AttentionInterface.register(name, timer.wrap("text attention", attention))
     try:
         torch.cuda.synchronize()
         whole = timer.wrap("whole prefill", runner.prefill)
@@ -203,7 +204,7 @@ def profile_prefill_regions(
         torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - started) * 1000
     finally:
-        AttentionInterface.register(fast_ops.ATTENTION_NAME, fast_ops.decode_attention)
+        AttentionInterface.register(name, attention)
         vision.photo_embeddings, forwards, runner.cache.store_prompts = saved
         for layer, forward in zip(layers, forwards, strict=True):
             layer.forward = forward

@@ -56,3 +56,13 @@ def test_kernels_compile_for_hopper_prompt_ones_with_wgmma_and_pipelined_loads(t
         else:  # the decode step's small kernels: they compile for Hopper
             assert counts["ld.global"] > 0, kernel
     assert {"KV write, sliding (bf16)", "router and grouping, 64 tokens"} <= set(report)
+
+
+def test_greedy_token_comparison_names_each_sequence_that_parts(tmp_path) -> None:
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    before.write_text(json.dumps({"bf16": [[1, 2, 3], [4, 5, 6]], "fp8": [[7, 8]]}))
+    after.write_text(json.dumps({"bf16": [[1, 2, 3], [4, 9, 6]], "fp8": [[7, 8]]}))
+    done = run("import runpy; runpy.run_path('scripts/gpu_greedy_tokens.py', run_name='__main__')",
+               "--compare", str(before), str(after))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == {"bf16": [[1, 1]], "fp8": []}

@@ -14,7 +14,9 @@ from PIL import Image
 
 from inference.engine import GemmaEngine
 from inference.runtime.config import RuntimeConfig
-from inference.runtime.gemma4 import fast_ops, fp8_experts, layers, vision
+from inference.runtime.gemma4 import fp8_experts, layers, vision
+from inference.runtime.gemma4.patch import patch_model
+from inference.runtime.kernels import Kernels
 from inference.runtime.kv_cache import SlotKVCache
 from inference.runtime.model_runner import ModelRunner, layer_specs, pinned
 from inference.runtime.sampler import sample
@@ -44,35 +46,25 @@ class BatchEngine:
         self._kept_prefix_positions = (
             runtime.kept_prefix_positions if runtime.prefix_cache_tokens else 0
         )
-        # decode attention over FP8 keys and values, or after a prefix kept once (few rows)
-        decode_kernel = bool(runtime.fp8_kv_cache or self._kept_prefix_positions) and (
-            layers.kernels_work("decode_attention", model.device, "decode_attention_kernel",
-                                "bf16 keys and values, read by matmuls")
-        )  # fmt: skip
-        fp8_kv = runtime.fp8_kv_cache and decode_kernel
+        # the kernel families' start-up checks, once (the runner is built again, uncompiled,
+        # if compiling fails)
+        self.kernels = Kernels.detect(
+            model.device,
+            experts=runtime.own_layer_forward
+            and bool(runtime.fused_experts_tokens or runtime.expert_major_tokens),
+            prompt_experts=runtime.triton_prompt_experts,
+            softmax=runtime.own_layer_forward,
+            # decode attention over FP8 keys and values, or after a prefix kept once (few rows)
+            decode_attention=bool(runtime.fp8_kv_cache or self._kept_prefix_positions),
+            prompt_attention=runtime.fast_attention,
+        )
+        self._fp8_kv = runtime.fp8_kv_cache and self.kernels.decode_attention
         # its max_slots within the KV cache's memory budget
-        self.runtime = runtime = self._within_budget(runtime, fp8_kv)
-        # the GPU kernels' start-up checks, once (the runner is built again, uncompiled, if
-        # compiling fails)
-        self._runner_kernels = {
-            "flash_prompts": runtime.fast_attention,
-            "prompt_kernel": runtime.fast_attention and self._prompt_kernel_works(),
-            "fp8_sliding_kv": fp8_kv,
-            "kv_write": self._kv_write_kernel(),
-            "kept_prefix_kernel": decode_kernel,
-        }
+        self.runtime = runtime = self._within_budget(runtime, self._fp8_kv)
         use_graphs = runtime.cuda_graphs
         if use_graphs is None:
             use_graphs = model.device.type == "cuda"
         started = time.monotonic()
-        self._undo_fast_ops = lambda: None
-        if runtime.fast_attention:
-            fused = runtime.fused_norms
-            if fused is None:
-                fused = model.device.type == "cuda"
-            self._undo_fast_ops = fast_ops.install(model, fused_norms=fused)
-        self._undo_layers = lambda: None
-        self._undo_vision = vision.install(model) if runtime.vision_per_photo else lambda: None
         if runtime.fp8_experts:
             self._quantize_experts()
         compile_layers = runtime.compile_layers
@@ -86,7 +78,7 @@ class BatchEngine:
                 raise
             # e.g. no C compiler for Triton on this host: slower, but serving
             log.exception("compiled_layers_failed", fallback="layers without torch.compile")
-            self._undo_layers()
+            self.patch.undo()
             self.runner = None
             if model.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -109,7 +101,7 @@ class BatchEngine:
             max_seq_len=runtime.max_seq_len,
             cuda_graphs=use_graphs,
             compiled_layers=bool(compile_layers),
-            fused_experts_max_tokens=layers.fused_experts_max_tokens,
+            fused_experts_max_tokens=self.patch.experts.fused_max_tokens,
             fp8_experts=fp8_experts.any_quantized(model),
             fp8_kv_cache=any(k.dtype == fp8_experts.FP8 for k in self.runner.cache.keys),
             triton_prompt_attention=self.runner.prompt_kernel,
@@ -128,30 +120,39 @@ class BatchEngine:
             fp8_experts.quantize_experts(model)
 
     def _start_runner(self, compile_layers, use_graphs: bool) -> None:
-        """Layers (compiled or not), the KV cache and CUDA graphs, then the prefill warm-up."""
+        """The patched model (compiled or not), the KV cache and CUDA graphs, then the
+        prefill warm-up."""
         model, runtime = self.base.model, self.runtime
-        if runtime.own_layer_forward:
-            self._undo_layers = layers.install(
-                model,
-                compile=compile_layers,
-                fused_experts_tokens=runtime.fused_experts_tokens,
-                expert_major_tokens=runtime.expert_major_tokens,
-                triton_prompts=runtime.triton_prompt_experts,
-            )
+        fused_norms = runtime.fused_norms
+        if fused_norms is None:
+            fused_norms = model.device.type == "cuda"
+        self.patch = patch_model(
+            model,
+            self.kernels,
+            attention=runtime.fast_attention,
+            fused_norms=fused_norms,
+            packed_photos=runtime.vision_per_photo,
+            own_layers=runtime.own_layer_forward,
+            compile=compile_layers,
+            fused_experts_tokens=runtime.fused_experts_tokens,
+            expert_major_tokens=runtime.expert_major_tokens,
+        )
         self.runner = ModelRunner(
             model,
+            self.kernels,
             num_slots=runtime.max_slots,
             max_seq_len=runtime.max_seq_len,
             suppressed_ids=self.base.generation_kwargs["suppress_tokens"],
             pad_token_id=self.base.tokenizer.pad_token_id,
             graph_batch_sizes=runtime.graph_batch_sizes if use_graphs else (),
             attend_lengths=runtime.attend_lengths,
+            flash_prompts=runtime.fast_attention,
             prefix_cache_tokens=runtime.prefix_cache_tokens,
             packed_photos=runtime.vision_per_photo,
+            fp8_sliding_kv=self._fp8_kv,
             compile_backend=("inductor" if compile_layers is True else compile_layers) or None,
             photo_cache_bytes=runtime.photo_cache_bytes,
             kept_prefix_positions=self._kept_prefix_positions,
-            **self._runner_kernels,
         )
         if compile_layers:
             self._warm_up_prefill()
@@ -178,24 +179,6 @@ class BatchEngine:
             log.info("kv_cache_slots_within_budget", slots=slots, asked=runtime.max_slots,
                      budget_gib=round(runtime.kv_cache_bytes / 2**30, 2))  # fmt: skip
         return replace(runtime, max_slots=min(slots, runtime.max_slots))
-
-    def _kv_write_kernel(self) -> Callable | None:
-        """kernels.kv_write.write where it works on this GPU (one launch a layer for a decode
-        step's keys and values, not two indexed assignments)."""
-        device = self.base.model.device
-        if device.type == "cuda" and layers.kernels_work(
-            "kv_write", device, "kv_write_kernel", "indexed assignment"
-        ):
-            from inference.runtime.kernels.kv_write import write  # needs Triton
-
-            return write
-        return None
-
-    def _prompt_kernel_works(self) -> bool:
-        device = self.base.model.device
-        return device.type == "cuda" and layers.kernels_work(
-            "prompt_attention", device, "prompt_attention_kernel", "flash attention"
-        )
 
     def _warm_up_prefill(self) -> None:
         """Prefill every shape class once (1, 2 and 3 prompts, with and without a photo,
@@ -246,10 +229,7 @@ class BatchEngine:
 
     def close(self) -> None:
         """Give the model back as transformers made it (for benchmarks sharing it)."""
-        self._undo_fast_ops()
-        self._undo_layers()
-        self._undo_vision()
-        self._undo_fast_ops = self._undo_layers = self._undo_vision = lambda: None
+        self.patch.undo()
 
     @property
     def max_batch(self) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import structlog
 import torch
@@ -15,6 +14,7 @@ from transformers import DynamicCache
 
 from inference.runtime.gemma4 import fast_ops, vision
 from inference.runtime.gemma4.fp8_experts import FP8
+from inference.runtime.kernels import Kernels
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache
 from inference.runtime.photo_cache import PhotoCache
 from inference.runtime.prefix_cache import PrefixCache, PrefixKV, prompt_cache
@@ -107,6 +107,7 @@ class ModelRunner:
     def __init__(
         self,
         model,
+        kernels: Kernels,
         *,
         num_slots: int,
         max_seq_len: int,
@@ -115,20 +116,17 @@ class ModelRunner:
         graph_batch_sizes: tuple[int, ...] = (),
         attend_lengths: tuple[int, ...] | None = None,
         flash_prompts: bool = True,
-        prompt_kernel: bool = False,
         prefix_cache_tokens: int = 0,
         packed_photos: bool = False,
         fp8_sliding_kv: bool = False,
-        kv_write: Callable | None = None,
         compile_backend: str | Callable | None = None,
         photo_cache_bytes: int = 0,
         kept_prefix_positions: int = 0,
-        kept_prefix_kernel: bool = False,
     ) -> None:
         self.model = model
         self.flash_prompts = flash_prompts  # sliding layers' prompt attention unmasked
-        # ... as the Triton kernel (kernels.prompt_attention; checked on this GPU by the caller)
-        self.prompt_kernel = prompt_kernel
+        # ... as the Triton kernel (kernels.prompt_attention)
+        self.prompt_kernel = kernels.prompt_attention
         # photos through vision.photo_embeddings, their soft tokens put in place here
         self.packed_photos = packed_photos
         self.language_model = model.model.language_model
@@ -151,10 +149,13 @@ class ModelRunner:
             sliding_dtype=FP8 if fp8_sliding_kv else None,
             prefix_capacity=kept_prefix_capacity(kept_prefix_positions),
         )
-        # few rows' decode steps read the kept prefix through kernels.decode_attention (its
-        # start-up check passed on this GPU), else as matmuls
-        self.kept_prefix_kernel = kept_prefix_kernel
-        self.cache.write_step = kv_write  # decode steps' writes (kernels.kv_write; GPUs)
+        # few rows' decode steps read the kept prefix through kernels.decode_attention, else
+        # as matmuls
+        self.kept_prefix_kernel = kernels.decode_attention
+        if kernels.kv_write:  # decode steps' writes as one launch a layer
+            from inference.runtime.kernels.kv_write import write  # needs Triton
+
+            self.cache.write_step = write
         self.prefixes = PrefixCache(prefix_cache_tokens)
         self.photos = PhotoCache(photo_cache_bytes)
         self.suppressed = torch.tensor(suppressed_ids, dtype=torch.long, device=self.device)
@@ -221,9 +222,9 @@ class ModelRunner:
         # join: ~4 ms of copies per 8 photos); else full-length K/V, the prefix's first
         apart = shared is not None and self._kernel_serves(spans)
         cache = prompt_cache(shared or [], len(inputs), apart=apart)
-        attention = self._prompt_attention(spans, skip, width, shared if apart else None)
-        with sdpa_kernel(PREFILL_ATTENTION), attention:
-            output = self.model.model(**batch, past_key_values=cache, use_cache=True)
+        step = self._prompt_step(spans, skip, width, shared if apart else None)
+        with sdpa_kernel(PREFILL_ATTENTION):
+            output = self.model.model(**batch, past_key_values=cache, use_cache=True, step=step)
         rows = torch.arange(len(inputs), device=self.device)
         last = self._to_device(torch.tensor([n - skip - 1 for n in lengths]))
         hidden = output.last_hidden_state[rows, last]
@@ -243,13 +244,14 @@ class ModelRunner:
         reads another's keys and values (shared KV layers would get the prompts' part)."""
         return spans is not None and self.prompt_kernel and not self.shared_kv_layers
 
-    def _prompt_attention(self, spans: list | None, prefix: int, width: int, prefix_kv=None):
-        """fast_ops.image_spans for a prefill of `width` tokens after `prefix` cached ones,
-        with the Triton kernel's visible ends where it serves (and the prefix's K/V apart)."""
+    def _prompt_step(self, spans: list | None, prefix: int, width: int, prefix_kv=None):
+        """The attention's view of a prefill of `width` tokens after `prefix` cached ones:
+        image spans, with the Triton kernel's visible ends where it serves (and the
+        prefix's K/V apart)."""
         ends = None
         if spans is not None and self.prompt_kernel:
             ends = self._to_device(fast_ops.visible_ends(spans, prefix, width))
-        return fast_ops.image_spans(spans, ends, prefix_kv)
+        return fast_ops.StepAttention(spans=spans, ends=ends, prefix_kv=prefix_kv)
 
     def cached_prefix_tokens(self, prefix: tuple[int, ...]) -> int:
         """Of a prompt starting with `prefix`, the tokens a prefill takes from the prefix
@@ -265,8 +267,9 @@ class ModelRunner:
             ids = self._to_device(torch.tensor(prefix, dtype=torch.long)[None])
             cache = DynamicCache()
             spans = [[]] if self.flash_prompts else None
-            with sdpa_kernel(PREFILL_ATTENTION), self._prompt_attention(spans, 0, len(prefix)):
-                self.language_model(input_ids=ids, past_key_values=cache, use_cache=True)
+            step = self._prompt_step(spans, 0, len(prefix))
+            with sdpa_kernel(PREFILL_ATTENTION):
+                self.language_model(input_ids=ids, past_key_values=cache, use_cache=True, step=step)
             entry = [(layer.keys, layer.values) for layer in cache.layers]
             self.prefixes.put(prefix, entry)
             log.info("prefix_cached", prefix_tokens=len(prefix), **self.prefixes.stats())
@@ -407,15 +410,21 @@ class ModelRunner:
         sliding layers to their rings' first `own`, with `kept` after the kept prefix)."""
         self.cache.attend_len, self.cache.own_len = length, own
         positions = self._positions[:batch]
-        prefix = self.cache.prefix_keys, self.cache.prefix_values, self.kept_prefix_kernel
-        with fast_ops.decode_prefix(*prefix) if kept else nullcontext():
-            output = self.language_model(
-                input_ids=self._ids[:batch, None],
-                attention_mask=self.cache.decode_masks(batch, kept),
-                position_ids=positions[:, None],
-                past_key_values=self.cache,
-                use_cache=True,
+        step = None
+        if kept:
+            cache = self.cache
+            prefix = fast_ops.KeptPrefix(
+                cache.prefix_keys, cache.prefix_values, self.kept_prefix_kernel
             )
+            step = fast_ops.StepAttention(kept=prefix)
+        output = self.language_model(
+            input_ids=self._ids[:batch, None],
+            attention_mask=self.cache.decode_masks(batch, kept),
+            position_ids=positions[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+            step=step,
+        )
         return self._logits(output.last_hidden_state[:, -1])
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@
   memory-efficient kernel (an H100 spent 40 ms of an 8-photo prefill in it); instead, one
   causal flash attention for all tokens, then each image's tokens again against everything
   up to the image's end (consecutive prompts with an image at the same place in one
-  call). The runner passes the images' spans (`image_spans`). On GPUs, where its start-up
+  call). The runner passes the images' spans (`StepAttention`). On GPUs, where its start-up
   check passes, prompts of all layers go to one Triton kernel instead
   (kernels.prompt_attention: the runner passes `visible_ends` of the spans).
 - RMSNorm, in the text layers and the vision tower: torch's fused rms_norm in the
@@ -20,25 +20,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-ATTENTION_NAME = "travelbot_decode"
-
-# per prompt row, the (start, end) token spans of its images, during a prefill
-_image_spans: ContextVar[list[list[tuple[int, int]]] | None] = ContextVar("spans", default=None)
-# ... and on GPUs with the Triton kernel, its visible_ends on the device
-_visible_ends: ContextVar[torch.Tensor | None] = ContextVar("ends", default=None)
-# ... and the shared prefix's keys and values per layer, when the cache keeps them apart
-_prefix_kv: ContextVar[list | None] = ContextVar("prefix_kv", default=None)
 
 
 class KeptPrefix(NamedTuple):
@@ -49,43 +36,27 @@ class KeptPrefix(NamedTuple):
     kernel: bool  # few rows read it through kernels.decode_attention
 
 
-_decode_prefix: ContextVar[KeptPrefix | None] = ContextVar("decode_prefix", default=None)
+@dataclass(frozen=True)
+class StepAttention:
+    """What attention needs to know of one forward pass beyond its tensors. The runner
+    passes it as the model call's `step` keyword; transformers hands it to every layer's
+    attention function (`Attention`). A prefill gives `spans` (None: no unmasked prompt
+    attention), with the Triton kernel its `ends`, and `prefix_kv` where the layers' caches
+    keep a prefix apart; a decode step the sliding layers' `kept` prefix."""
+
+    # per prompt row, the (start, end) token spans of its images
+    spans: list[list[tuple[int, int]]] | None = None
+    # ... as kernels.prompt_attention's visible_ends of them, on the device
+    ends: torch.Tensor | None = None
+    # per layer, the keys and values of the prefix the prompts follow, kept apart
+    # (prefix_cache.AfterPrefixLayer): the kernel reads them there
+    prefix_kv: list | None = None
+    kept: KeptPrefix | None = None
+
 
 # decode steps of at least this many rows read the kept prefix as matmuls over all rows'
 # queries (once), fewer rows through kernels.decode_attention (one launch instead of seven)
 PREFIX_MATMUL_ROWS = 16
-
-
-@contextmanager
-def image_spans(
-    spans: list[list[tuple[int, int]]] | None,
-    ends: torch.Tensor | None = None,
-    prefix_kv: list | None = None,
-) -> Iterator[None]:
-    """Prompt attention in this block may use `prompt_attention` with these image spans
-    (None: it may not), or with `ends` (visible_ends of them, on the device) the Triton
-    kernel (kernels.prompt_attention) in the sliding layers and, causal, the global ones.
-    `prefix_kv`: per layer, the keys and values of the prefix the prompts follow, which the
-    layers' caches keep apart (prefix_cache.AfterPrefixLayer); the kernel reads them there."""
-    tokens = _image_spans.set(spans), _visible_ends.set(ends), _prefix_kv.set(prefix_kv)
-    try:
-        yield
-    finally:
-        _image_spans.reset(tokens[0])
-        _visible_ends.reset(tokens[1])
-        _prefix_kv.reset(tokens[2])
-
-
-@contextmanager
-def decode_prefix(keys: list, values: list, kernel: bool) -> Iterator[None]:
-    """Decode attention in this block reads the sliding layers' kept prefix (kv_cache):
-    per layer its keys and values (None: not kept), before each row's own ring; with
-    `kernel`, batches of fewer than PREFIX_MATMUL_ROWS through kernels.decode_attention."""
-    token = _decode_prefix.set(KeptPrefix(keys, values, kernel))
-    try:
-        yield
-    finally:
-        _decode_prefix.reset(token)
 
 
 def vision_spans(token_types: list[int]) -> list[tuple[int, int]]:
@@ -189,67 +160,92 @@ def varlen_flash_works(query: torch.Tensor) -> bool:
     )
 
 
-def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
-    """The language model's attention: a decode step (query [B, Hq, 1, D], key/value
-    [B, Hkv, L, D], bool mask [B, 1, 1, L] → [B, 1, Hq, D]) as two batched matmuls (over FP8
-    keys and values: kernels.decode_attention on GPUs); a prompt, when the runner passed visible
-    ends, as kernels.prompt_attention (sliding layers under the image rule within their window,
-    global layers causal: Gemma 4 has no image rule there; a cached prefix's keys and values
-    read where they are kept when the runner passed them apart); else a prompt of a sliding layer
-    within the window as `prompt_attention` when the runner passed image spans; any other
-    prompt as transformers' SDPA. A decode step of a sliding layer that keeps a prefix
-    once for all rows (`decode_prefix`) reads it before each row's own keys: as
-    `attention_after_prefix`, or kernels.decode_attention for a few rows on GPUs."""
-    spans = _image_spans.get()
-    window = getattr(module, "sliding_window", None)
-    ends = _visible_ends.get()
-    prefix_kv = _prefix_kv.get()
-    prefix = prefix_kv[module.layer_idx] if prefix_kv is not None else None
-    if ends is not None and query.shape[2] > 1:
-        from inference.runtime.kernels import prompt_attention as kernel  # needs Triton
+class Attention:
+    """The language model's attention function, registered with transformers by the patch
+    (gemma4.patch). `probs`, `probs_after_prefix`: the decode step's masked softmax
+    (`masked_softmax` and `masked_softmax_after_prefix`, compiled, or kernels.softmax's).
 
-        scale = 1.0 if scaling is None else scaling
-        ends = ends if window else None  # global layers: causal
-        output = kernel.prompt_attention(query, key, value, ends, scale, prefix, window or 0)
-        return output, None
-    if prefix is not None:
-        raise ValueError("a prefix's keys and values apart need kernels.prompt_attention")
-    if spans is not None and window and key.shape[2] <= window and query.shape[2] > 1:
-        return prompt_attention(query, key, value, spans, scaling), None
-    if query.shape[2] != 1 or not isinstance(attention_mask, torch.Tensor):
+    A decode step (query [B, Hq, 1, D], key/value [B, Hkv, L, D], bool mask [B, 1, 1, L] →
+    [B, 1, Hq, D]) runs as two batched matmuls (over FP8 keys and values:
+    kernels.decode_attention on GPUs); a prompt, when the step gives visible ends, as
+    kernels.prompt_attention (sliding layers under the image rule within their window, global
+    layers causal: Gemma 4 has no image rule there; a cached prefix's keys and values read
+    where they are kept when the step gives them apart); else a prompt of a sliding layer
+    within the window as `prompt_attention` when the step gives image spans; any other prompt
+    as transformers' SDPA. A decode step of a sliding layer that keeps a prefix once for all
+    rows (the step's `kept`) reads it before each row's own keys: as
+    `attention_after_prefix`, or kernels.decode_attention for a few rows on GPUs."""
+
+    def __init__(self, probs=None, probs_after_prefix=None) -> None:
+        self.probs = probs or masked_softmax
+        self.probs_after_prefix = probs_after_prefix or masked_softmax_after_prefix
+
+    def __call__(
+        self,
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        scaling=None,
+        dropout=0.0,
+        step: StepAttention | None = None,
+        **kw,
+    ):
+        step = step or StepAttention()
+        prefix = step.prefix_kv[module.layer_idx] if step.prefix_kv is not None else None
+        if query.shape[2] > 1 and step.ends is not None:
+            from inference.runtime.kernels import prompt_attention as kernel  # needs Triton
+
+            scale = 1.0 if scaling is None else scaling
+            window = getattr(module, "sliding_window", None)
+            ends = step.ends if window else None  # global layers: causal
+            output = kernel.prompt_attention(query, key, value, ends, scale, prefix, window or 0)
+            return output, None
+        if prefix is not None:
+            raise ValueError("a prefix's keys and values apart need kernels.prompt_attention")
+        if query.shape[2] == 1 and isinstance(attention_mask, torch.Tensor):
+            return self.decode(module, query, key, value, attention_mask, scaling, step.kept), None
+        window = getattr(module, "sliding_window", None)
+        if step.spans is not None and window and key.shape[2] <= window and query.shape[2] > 1:
+            return prompt_attention(query, key, value, step.spans, scaling), None
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kw
         )
-    scale = 1.0 if scaling is None else scaling
-    kept_prefix = _decode_prefix.get()
-    kept = None  # the prefix this layer keeps once for all rows, if any
-    if kept_prefix is not None and kept_prefix.keys[module.layer_idx] is not None:
-        kept = (kept_prefix.keys[module.layer_idx], kept_prefix.values[module.layer_idx])
-    fp8 = key.dtype != query.dtype  # FP8 keys and values (RuntimeConfig.fp8_kv_cache)
-    few = kept is not None and kept_prefix.kernel and query.shape[0] < PREFIX_MATMUL_ROWS
-    if key.is_cuda and (fp8 or few):
-        from inference.runtime.kernels import decode_attention as kernel  # needs Triton
 
-        output = kernel.decode_attention(query, key, value, attention_mask, scale, kept)
-        return output, None
-    if fp8:  # exact: FP8 ⊂ bf16
-        key, value = key.to(query.dtype), value.to(query.dtype)
-    if kept is not None:
-        return attention_after_prefix(query, key, value, kept, attention_mask, scale), None
-    batch, num_heads, _, head_dim = query.shape
-    num_kv_heads = key.shape[1]
-    grouped = query.view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    scores = torch.matmul(grouped, key.transpose(-1, -2))
-    probs = decode_probs(scores, attention_mask, scale)
-    output = torch.matmul(probs, value)  # [B, Hkv, G, D]
-    return output.reshape(batch, 1, num_heads, head_dim), None
+    def decode(self, module, query, key, value, mask, scaling, kept_prefix: KeptPrefix | None):
+        scale = 1.0 if scaling is None else scaling
+        kept = None  # the prefix this layer keeps once for all rows, if any
+        if kept_prefix is not None and kept_prefix.keys[module.layer_idx] is not None:
+            kept = (kept_prefix.keys[module.layer_idx], kept_prefix.values[module.layer_idx])
+        fp8 = key.dtype != query.dtype  # FP8 keys and values (RuntimeConfig.fp8_kv_cache)
+        few = kept is not None and kept_prefix.kernel and query.shape[0] < PREFIX_MATMUL_ROWS
+        if key.is_cuda and (fp8 or few):
+            from inference.runtime.kernels import decode_attention as kernel  # needs Triton
+
+            return kernel.decode_attention(query, key, value, mask, scale, kept)
+        if fp8:  # exact: FP8 ⊂ bf16
+            key, value = key.to(query.dtype), value.to(query.dtype)
+        if kept is not None:
+            return attention_after_prefix(
+                query, key, value, kept, mask, scale, self.probs_after_prefix
+            )
+        batch, num_heads, _, head_dim = query.shape
+        num_kv_heads = key.shape[1]
+        grouped = query.view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
+        scores = torch.matmul(grouped, key.transpose(-1, -2))
+        output = torch.matmul(self.probs(scores, mask, scale), value)  # [B, Hkv, G, D]
+        return output.reshape(batch, 1, num_heads, head_dim)
 
 
-def attention_after_prefix(query, key, value, prefix, mask, scaling: float) -> torch.Tensor:
+def attention_after_prefix(
+    query, key, value, prefix, mask, scaling: float, probs=None
+) -> torch.Tensor:
     """A decode step (query [B, Hq, 1, D]) over a prefix kept once for all rows (keys and
     values [1, Hkv, P, D]) and then each row's own keys and values [B, Hkv, L, D], under
     mask [B, 1, 1, P + L]: the prefix's part as one matmul per KV head over every row's
-    queries (the prefix read once, not once a row), one softmax over both parts."""
+    queries (the prefix read once, not once a row), one softmax over both parts (`probs`:
+    a `masked_softmax_after_prefix`)."""
     batch, num_heads, _, head_dim = query.shape
     kv_heads = key.shape[1]
     group = num_heads // kv_heads
@@ -257,7 +253,8 @@ def attention_after_prefix(query, key, value, prefix, mask, scaling: float) -> t
     by_head = grouped.transpose(0, 1).reshape(kv_heads, batch * group, head_dim)
     kept_scores = torch.matmul(by_head, prefix[0][0].transpose(-1, -2))  # [Hkv, B·G, P]
     own_scores = torch.matmul(grouped, key.transpose(-1, -2))  # [B, Hkv, G, L]
-    kept_probs, own_probs = decode_probs_after_prefix(kept_scores, own_scores, mask, scaling)
+    probs = probs or masked_softmax_after_prefix
+    kept_probs, own_probs = probs(kept_scores, own_scores, mask, scaling)
     output = torch.matmul(kept_probs, prefix[1][0]).view(kv_heads, batch, group, head_dim)
     output = output.transpose(0, 1) + torch.matmul(own_probs, value)
     return output.reshape(batch, 1, num_heads, head_dim)
@@ -281,36 +278,7 @@ def masked_softmax_after_prefix(kept_scores, own_scores, mask, scaling: float):
     return probs[..., :kept].transpose(0, 1).reshape(kv_heads, rows, kept), probs[..., kept:]
 
 
-# layers.install swaps in a compiled one: one kernel instead of five (cast, scale, mask
-# inversion, fill, softmax) per layer and step; on GPUs Triton's (kernels.softmax)
-decode_probs = masked_softmax
-decode_probs_after_prefix = masked_softmax_after_prefix
-
-
-def install(model, *, fused_norms: bool):
-    """Switch the language model to the fast paths; returns a function that undoes it."""
-    AttentionInterface.register(ATTENTION_NAME, decode_attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)  # prompts keep SDPA's masks
-    text_config = model.config.get_text_config()
-    previous = text_config._attn_implementation
-    text_config._attn_implementation = ATTENTION_NAME
-    norms = []
-    if fused_norms:
-        towers = [model.model.language_model, getattr(model.model, "vision_tower", None)]
-        for module in (m for tower in towers if tower is not None for m in tower.modules()):
-            if type(module).__name__ == "Gemma4RMSNorm":
-                module.forward = _fused_rms_norm_forward.__get__(module)
-                norms.append(module)
-
-    def undo() -> None:
-        text_config._attn_implementation = previous
-        for module in norms:
-            del module.forward
-
-    return undo
-
-
-def _fused_rms_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+def fused_rms_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     """One kernel in the input's dtype (it accumulates in float32), no casts around it."""
     weight = self.weight.to(hidden_states.dtype) if self.with_scale else None
     return torch.nn.functional.rms_norm(hidden_states, (hidden_states.shape[-1],), weight, self.eps)

@@ -12,11 +12,9 @@ The vision encoder's layers have no cache, so their whole forward is compiled.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from functools import partial
+from dataclasses import dataclass
 
-import structlog
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.gemma4.modeling_gemma4 import (
@@ -24,19 +22,21 @@ from transformers.models.gemma4.modeling_gemma4 import (
     eager_attention_forward,
 )
 
-from inference.runtime.gemma4 import fast_ops, fp8_experts
+from inference.runtime.gemma4 import fp8_experts
 
-log = structlog.get_logger()
 
-# Decode steps of at most this many tokens run the experts as fused Triton kernels
-# (kernels.moe); set by `install`, 0 keeps transformers' experts (grouped_mm) for all.
-fused_experts_max_tokens = 0
-# ... and up to this many as the expert-major Triton kernels (each expert read once)
-expert_major_max_tokens = 0
-# where the Triton kernels work, more tokens (prompts) run this, with the kernels'
-# arguments: kernels.moe_prompt's grouped GEMMs, or kernels.moe.grouped_experts (grouped_mm)
-prompt_experts: Callable | None = None
-triton_prompt_experts = False  # (reported) prompt_experts are the Triton GEMMs
+@dataclass(frozen=True)
+class ExpertKernels:
+    """Which experts code a step of n tokens runs: up to `fused_max_tokens` the per-pair
+    Triton kernels (kernels.moe), up to `expert_major_max_tokens` the expert-major ones
+    (each expert read once), more tokens `prompt` (kernels.moe_prompt's grouped GEMMs or
+    kernels.moe.grouped_experts) with the kernels' arguments. `ExpertKernels()`:
+    transformers' experts for all (no Triton)."""
+
+    fused_max_tokens: int = 0
+    expert_major_max_tokens: int = 0
+    prompt: Callable | None = None
+    prompt_is_triton: bool = False  # (reported) `prompt` is kernels.moe_prompt's
 
 
 def fuse_projections(layer) -> None:
@@ -87,7 +87,7 @@ def dense_mlp(mlp, hidden):
     return mlp.down_proj(mlp.act_fn(gate) * up)
 
 
-def feed_forward(layer, attention_output, residual):
+def feed_forward(layer, attention_output, residual, *, kernels: ExpertKernels):
     """o_proj and everything after the attention: dense MLP and experts side by side."""
     hidden = layer.post_attention_layernorm(layer.self_attn.o_proj(attention_output))
     hidden = residual + hidden
@@ -96,11 +96,11 @@ def feed_forward(layer, attention_output, residual):
     dense = layer.post_feedforward_layernorm_1(dense)
     flat = residual.reshape(-1, residual.shape[-1])
     normed = layer.pre_feedforward_layernorm_2(flat)
-    if fused_experts_max_tokens < flat.shape[0] <= expert_major_max_tokens:
+    if kernels.fused_max_tokens < flat.shape[0] <= kernels.expert_major_max_tokens:
         experts = routed_experts(layer.router, layer.experts, flat, normed)
     else:
-        top_k_weights, top_k_index = choose_experts(layer.router, flat)
-        experts = run_experts(layer.experts, normed, top_k_index, top_k_weights)
+        top_k_weights, top_k_index = choose_experts(layer.router, flat, kernels)
+        experts = run_experts(layer.experts, normed, top_k_index, top_k_weights, kernels)
     experts = layer.post_feedforward_layernorm_2(experts.reshape(residual.shape))
     hidden = residual + layer.post_feedforward_layernorm(dense + experts)
     return hidden * layer.layer_scalar
@@ -121,40 +121,28 @@ def routed_experts(router, experts, flat, hidden):
     )
 
 
-def choose_experts(router, flat):
+def choose_experts(router, flat, kernels: ExpertKernels):
     """Gemma4TextRouter's (weights, experts); where the Triton kernels run, its softmax,
     top-k and weighting as one kernel instead of four (in a prompt also fewer ops for the
     CPU to launch)."""
-    if prompt_experts is None:  # no Triton kernels
+    if kernels.prompt is None:  # no Triton kernels
         _, weights, index = router(flat)
         return weights, index
     scores = router_scores(router, flat)
     return torch.ops.travelbot.route(scores, router.per_expert_scale, router.config.top_k_experts)
 
 
-def run_experts(experts, hidden, top_k_index, top_k_weights):
+def run_experts(experts, hidden, top_k_index, top_k_weights, kernels: ExpertKernels):
     tokens = hidden.shape[0]
     stored = (experts.gate_up_proj, experts.down_proj, *fp8_experts.scales(experts))
-    if tokens <= fused_experts_max_tokens:
+    if tokens <= kernels.fused_max_tokens:
         return torch.ops.travelbot.fused_experts(hidden, top_k_index, top_k_weights, *stored)
-    if prompt_experts is not None:  # (expert-major sizes: routed_experts)
-        return prompt_experts(hidden, top_k_index, top_k_weights, *stored)
+    if kernels.prompt is not None:  # (expert-major sizes: routed_experts)
+        return kernels.prompt(hidden, top_k_index, top_k_weights, *stored)
     weights = fp8_experts.dequantized(experts)  # FP8: this layer's, for this prompt only
     if not weights:
         return experts(hidden, top_k_index, top_k_weights)
     return torch.func.functional_call(experts, weights, (hidden, top_k_index, top_k_weights))
-
-
-def kernels_work(module: str, device: torch.device, name: str, fallback: str) -> bool:
-    """inference.runtime.kernels.`module`.works_on(device) (importing it registers its ops; it needs
-    Triton); a failure to import or run counts as no. Logged as `name`_wrong / _failed."""
-    try:
-        if importlib.import_module(f"inference.runtime.kernels.{module}").works_on(device):
-            return True
-        log.error(f"{name}_wrong", fallback=fallback)
-    except Exception:  # e.g. no C compiler for Triton's launcher
-        log.exception(f"{name}_failed", fallback=fallback)
-    return False
 
 
 def layer_forward(
@@ -202,74 +190,3 @@ def is_supported(layer) -> bool:
         and not attention.is_kv_shared_layer
         and not attention.store_full_length_kv
     )
-
-
-def install(
-    model,
-    *,
-    compile: bool | str | Callable,
-    fused_experts_tokens: int = 0,
-    expert_major_tokens: int = 0,
-    triton_prompts: bool = True,
-) -> Callable[[], None]:
-    """Give every decoder layer the two-region forward; returns a function undoing it.
-    `fused_experts_tokens`, `expert_major_tokens`: up to how many tokens a step uses each
-    kind of Triton experts kernel (GPU); `triton_prompts`: longer ones the Triton grouped
-    GEMMs (else torch's grouped_mm)."""
-    global fused_experts_max_tokens, expert_major_max_tokens, prompt_experts
-    global triton_prompt_experts
-    layers = list(model.model.language_model.layers)
-    if not all(is_supported(layer) for layer in layers):
-        log.warning("own_layer_forward_unsupported", reason="layer kind not supported")
-        return lambda: None
-    fused_experts_max_tokens = expert_major_max_tokens = 0
-    prompt_experts, triton_prompt_experts = None, False
-    on_gpu = model.device.type == "cuda"
-    if (
-        (fused_experts_tokens or expert_major_tokens)
-        and on_gpu
-        and kernels_work("moe", model.device, "fused_experts", "grouped_mm")
-    ):
-        from inference.runtime.kernels.moe import grouped_experts  # needs Triton
-        from inference.runtime.kernels.moe_prompt import prompt_experts_op
-
-        fused_experts_max_tokens = fused_experts_tokens
-        expert_major_max_tokens = expert_major_tokens
-        triton_prompt_experts = triton_prompts and kernels_work(
-            "moe_prompt", model.device, "prompt_experts", "grouped_mm"
-        )
-        prompt_experts = prompt_experts_op if triton_prompt_experts else grouped_experts
-    regions: tuple[Callable, Callable] = (attention_inputs, feed_forward)
-    vision_layers = list(model.model.vision_tower.encoder.layers) if compile else []
-    if compile:
-        # one entry per layer kind and shape class (decode batch 1, batch n, prefill)
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        backend = "inductor" if compile is True else compile  # or a dynamo backend
-        compiled = partial(torch.compile, backend=backend)
-        regions = tuple(compiled(fn) for fn in regions)
-        vision_forward = compiled(type(vision_layers[0]).forward)
-        for layer in vision_layers:
-            layer.forward = partial(vision_forward, layer)
-        fast_ops.decode_probs = compiled(fast_ops.masked_softmax)
-        fast_ops.decode_probs_after_prefix = compiled(fast_ops.masked_softmax_after_prefix)
-    if on_gpu and kernels_work("softmax", model.device, "softmax_kernel", "compiled"):
-        from inference.runtime.kernels import softmax  # needs Triton
-
-        fast_ops.decode_probs = softmax.masked_softmax  # a row per program
-        fast_ops.decode_probs_after_prefix = softmax.masked_softmax_after_prefix
-    for layer in layers:
-        if not hasattr(layer.self_attn, "qkv_weight"):
-            fuse_projections(layer)
-        layer.forward = partial(layer_forward, layer, regions)
-
-    def undo() -> None:
-        global fused_experts_max_tokens, expert_major_max_tokens, prompt_experts
-        global triton_prompt_experts
-        fused_experts_max_tokens = expert_major_max_tokens = 0
-        prompt_experts, triton_prompt_experts = None, False
-        fast_ops.decode_probs = fast_ops.masked_softmax
-        fast_ops.decode_probs_after_prefix = fast_ops.masked_softmax_after_prefix
-        for layer in layers + vision_layers:
-            layer.__dict__.pop("forward", None)
-
-    return undo

@@ -18,19 +18,14 @@ and dropped by the pooler.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from inference.runtime.gemma4.fast_ops import flash_varlen, varlen_flash_works
-
-ATTENTION_NAME = "travelbot_photos"
 
 
 @torch.library.custom_op("travelbot::photo_attention", mutates_args=())
@@ -95,27 +90,6 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, **
                                       **kwargs)  # fmt: skip
     output = torch.ops.travelbot.photo_attention(query, key, value, bounds, lengths, scaling or 1.0)
     return output, None
-
-
-def install(model) -> Callable[[], None]:
-    """Route the model's vision tower through `packed`; returns a function undoing it."""
-    tower = model.model.vision_tower
-    batched = tower.forward
-    AttentionInterface.register(ATTENTION_NAME, packed_attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)  # padded batches keep SDPA's
-    previous = tower.config._attn_implementation
-    tower.config._attn_implementation = ATTENTION_NAME
-
-    def forward(pixel_values, pixel_position_ids, **kwargs):
-        return packed(tower, batched, pixel_values, pixel_position_ids, **kwargs)
-
-    tower.forward = forward
-
-    def undo() -> None:
-        tower.__dict__.pop("forward", None)
-        tower.config._attn_implementation = previous
-
-    return undo
 
 
 def patch_counts(pixel_position_ids: torch.Tensor) -> list[int] | None:

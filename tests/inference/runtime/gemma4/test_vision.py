@@ -9,6 +9,8 @@ from PIL import Image
 
 from inference import GemmaEngine, Request
 from inference.runtime.gemma4 import vision
+from inference.runtime.gemma4.patch import patch_model
+from inference.runtime.kernels import Kernels
 from inference.samples import draw_menu, draw_sign
 
 
@@ -35,8 +37,8 @@ def features(engine: GemmaEngine, pixels, positions) -> list[torch.Tensor]:
 
 
 def run_installed(engine: GemmaEngine, pixels, positions):
-    """Features with `vision.install`, and the (photos, patches) shape of each call to the
-    tower's own (padded batch) forward."""
+    """Features with the packed photos patched in, and the (photos, patches) shape of each
+    call to the tower's own (padded batch) forward."""
     tower = engine.model.model.vision_tower
     original, shapes = tower.forward, []
 
@@ -45,12 +47,13 @@ def run_installed(engine: GemmaEngine, pixels, positions):
         return original(pixel_values, pixel_position_ids, **kwargs)
 
     tower.forward = recording
-    undo = vision.install(engine.model)
+    patch = patch_model(engine.model, Kernels(), attention=False, fused_norms=False,
+                        packed_photos=True, own_layers=False)  # fmt: skip
     try:
         return features(engine, pixels, positions), shapes
     finally:
-        undo()
-        assert "forward" not in tower.__dict__
+        patch.undo()
+        assert tower.forward is recording
 
 
 def test_packed_photos_features_equal_the_padded_batch(tiny_engine: GemmaEngine) -> None:
