@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,8 @@ import structlog
 log = structlog.get_logger()
 
 MAX_PARTS = 10  # Telegram's most photos in one album
+ADDRESSED_KEPT_S = 60.0  # a group album's mention holds for its later pages this long
+MAX_ADDRESSED = 10_000  # group albums remembered at once (oldest forgotten first)
 
 AlbumKey = tuple[int, str]  # (chat_id, media_group_id)
 
@@ -43,6 +46,20 @@ class AlbumCollector:
         self.max_wait_s = max_wait_s
         self._open: dict[AlbumKey, _Collecting] = {}
         self._closing: set[asyncio.Task] = set()  # timers that now answer their album
+        # group albums whose page mentioned the bot: (chat, group) → (sender, when)
+        self._addressed: OrderedDict[AlbumKey, tuple[int, float]] = OrderedDict()
+
+    def remember_addressed(self, chat_id: int, group: str, sender: int) -> None:
+        """A page of this group album is meant for the bot: so are its sender's later pages."""
+        self._addressed[(chat_id, group)] = (sender, time.monotonic())
+        while len(self._addressed) > MAX_ADDRESSED:
+            self._addressed.popitem(last=False)
+
+    def is_addressed(self, chat_id: int, group: str, sender: int) -> bool:
+        kept = self._addressed.get((chat_id, group))
+        return (
+            kept is not None and kept[0] == sender and time.monotonic() - kept[1] < ADDRESSED_KEPT_S
+        )
 
     def part_arrived(
         self,

@@ -87,8 +87,18 @@ async def on_error(update: object, context: BotContext) -> None:
 
 
 def _addressed(message: Message, context: BotContext) -> bool:
-    bot = context.bot
-    return is_addressed(message, bot.id, bot.username or "", _own_commands(context))
+    """Meant for the bot (bot.addressing); a page of an album is when a page before it was
+    (the app puts the caption, and so the mention, on the first page). Checked before any
+    await: updates start in the order Telegram sent them."""
+    bot, albums = context.bot, context.services.albums
+    sender = message.from_user.id if message.from_user else 0
+    if is_addressed(message, bot.id, bot.username or "", _own_commands(context)):
+        if message.media_group_id:
+            albums.remember_addressed(message.chat_id, message.media_group_id, sender)
+        return True
+    return bool(message.media_group_id) and albums.is_addressed(
+        message.chat_id, message.media_group_id, sender
+    )
 
 
 def _own_commands(context: BotContext) -> frozenset[str]:

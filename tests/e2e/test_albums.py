@@ -216,3 +216,22 @@ async def test_a_restart_mid_collection_answers_the_album_once(
             if process is not None and process.poll() is None:
                 process.kill()
         await server.stop()
+
+
+async def test_in_a_group_an_album_mentioning_the_bot_is_answered_whole(bot: RunningBot) -> None:
+    """The app puts the caption, with the mention, on the first page: the later pages of
+    that sender's album are meant for the bot too; an album without a mention is not."""
+    chat, ann, bob = -7100, TgUser(id=7101, language_code="de"), TgUser(id=7102)
+    requests = seen_requests(bot)
+    mark = bot.server.mark()
+    bot.server.send_album(bob, pages(2), chat_id=chat, chat_type="supergroup")
+    bot.server.send_album(ann, pages(3), captions={0: "@travel_test_bot Was ist vegan?"},
+                          chat_id=chat, chat_type="supergroup")  # fmt: skip
+    await answered(bot, chat, mark)
+    await settled(bot)
+    [request] = requests
+    assert len(request.images) == 3 and request.question == "Was ist vegan?"
+    placeholder = bot.services.texts.get("de", "placeholder_photo")
+    assert len([x for x in bot_texts(bot, chat, mark) if x.startswith(placeholder)]) == 1
+    with sqlite3.connect(bot.services.settings.database_path) as db:
+        assert db.execute("SELECT DISTINCT user_id FROM album_parts").fetchall() == [(ann.id,)]
