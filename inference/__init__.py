@@ -4,7 +4,14 @@ The bot uses only what is exported here; torch and transformers load lazily
 inside the engine thread.
 """
 
-from inference.answer_block import AnswerData, BlockSplitter, Phrase, SplitAnswer, split_answer
+from inference.answer_block import (
+    AnswerData,
+    BlockSplitter,
+    Phrase,
+    Price,
+    SplitAnswer,
+    split_answer,
+)
 from inference.engine import (
     EngineConfig,
     GemmaEngine,
@@ -63,6 +70,7 @@ __all__ = [
     "InferenceService",
     "ModelNotFound",
     "Phrase",
+    "Price",
     "QueueFull",
     "Queued",
     "RemoteConfig",

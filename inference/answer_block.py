@@ -3,7 +3,8 @@
 The prompt (inference/prompts.py, BLOCK_RULE) asks the model to end every answer with
 
     ```json
-    {"phrases": [{"text": "...", "romanization": "..." or null, "meaning": "..."}]}
+    {"phrases": [{"text": "...", "romanization": "..." or null, "meaning": "..."}],
+     "prices": [{"item": "...", "amount": 980, "currency": "JPY"}]}
     ```
 
 Gemma has no JSON mode of its own (Google's Gemma docs: the framework reads the structure
@@ -22,6 +23,7 @@ later features (prices, regions) add keys without breaking older answers.
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -33,6 +35,10 @@ MAX_BLOCK_CHARS = 8_000  # a longer block is not read (nor kept in memory while 
 MAX_PHRASES = 2
 MAX_PHRASE_CHARS = 160
 MAX_NOTE_CHARS = 240  # romanization and meaning
+MAX_PRICES = 30
+MAX_ITEM_CHARS = 80
+MAX_AMOUNT = 1e12  # larger is no price
+_CURRENCY_CODE = re.compile(r"[A-Z]{3}")  # ISO 4217
 _INDENT = 3  # CommonMark: a fence may be indented up to three spaces
 # Text that must never reach the chat or a later prompt from inside the block: Gemma 4's
 # special tokens as a server that does not skip them would send them (`<|"|>`, `<turn|>`).
@@ -49,15 +55,25 @@ class Phrase:
 
 
 @dataclass(frozen=True)
+class Price:
+    """A price read from the photo, as written there: the bot converts it, never the model."""
+
+    item: str  # what it is for, in the traveller's language ("" where the model said none)
+    amount: float
+    currency: str  # ISO 4217 code, as the model read the symbol ("¥" in Japan: JPY)
+
+
+@dataclass(frozen=True)
 class AnswerData:
     phrases: tuple[Phrase, ...] = ()
+    prices: tuple[Price, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.phrases)
+        return bool(self.phrases or self.prices)
 
     def counts(self) -> dict[str, int]:
         """How many of each kind, for logs (the values are the user's, never logged)."""
-        return {"num_phrases": len(self.phrases)}
+        return {"num_phrases": len(self.phrases), "num_prices": len(self.prices)}
 
     def to_block(self) -> str:
         """The canonical block: what is stored and what the model sees in its history."""
@@ -65,7 +81,12 @@ class AnswerData:
             {"text": p.text, "romanization": p.romanization, "meaning": p.meaning}
             for p in self.phrases
         ]
-        body = json.dumps({"phrases": phrases}, ensure_ascii=False)
+        prices = [
+            {"item": p.item, "amount": _number(p.amount), "currency": p.currency}
+            for p in self.prices
+        ]
+        kinds = {"phrases": phrases, "prices": prices}
+        body = json.dumps({k: v for k, v in kinds.items() if v}, ensure_ascii=False)
         return f"{FENCE_OPEN}\n{body}\n{FENCE_CLOSE}"
 
 
@@ -110,7 +131,7 @@ def parse_block(body: str | None) -> AnswerData | None:
         return None
     if not isinstance(value, dict):
         return None
-    return AnswerData(phrases=_phrases(value.get("phrases")))
+    return AnswerData(phrases=_phrases(value.get("phrases")), prices=_prices(value.get("prices")))
 
 
 def _no_constant(name: str) -> None:
@@ -141,6 +162,41 @@ def _phrase(item: Any) -> Phrase | None:
     if romanization is not None and romanization.casefold() == text.casefold():
         romanization = None  # a Latin script: nothing to add
     return Phrase(text, romanization, meaning)
+
+
+def _prices(value: Any) -> tuple[Price, ...]:
+    if not isinstance(value, list):
+        return ()
+    prices = [price for price in map(_price, value[: MAX_PRICES * 4]) if price is not None]
+    return tuple(prices[:MAX_PRICES])
+
+
+def _price(item: Any) -> Price | None:
+    if not isinstance(item, dict):
+        return None
+    amount, currency = item.get("amount"), item.get("currency")
+    if isinstance(amount, str):  # "1,200" or "9.50": a number written as text
+        amount = _parse_amount(amount)
+    if isinstance(amount, bool) or not isinstance(amount, int | float):
+        return None
+    if not (math.isfinite(amount) and 0 < amount < MAX_AMOUNT):
+        return None
+    if not isinstance(currency, str) or not _CURRENCY_CODE.fullmatch(currency.strip().upper()):
+        return None
+    label = _clean(item.get("item"), MAX_ITEM_CHARS) or ""
+    return Price(label, float(amount), currency.strip().upper())
+
+
+def _parse_amount(text: str) -> float | None:
+    digits = text.strip().replace(" ", "").replace(",", "")
+    try:
+        return float(digits) if re.fullmatch(r"[0-9]+(\.[0-9]+)?", digits) else None
+    except ValueError:
+        return None
+
+
+def _number(amount: float) -> int | float:
+    return int(amount) if amount.is_integer() else amount
 
 
 def _clean(value: Any, limit: int) -> str | None:

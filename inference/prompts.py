@@ -46,7 +46,8 @@ BLOCK_RULE = """\
 End every answer with one block of strict JSON in a ```json fence, after all the text and \
 with nothing after it:
 ```json
-{"phrases": [{"text": "...", "romanization": "...", "meaning": "..."}]}
+{"phrases": [{"text": "...", "romanization": "...", "meaning": "..."}],
+ "prices": [{"item": "...", "amount": 980, "currency": "JPY"}]}
 ```
 - "phrases": for a menu, a sign, a ticket machine or a place, one or two short phrases the \
 traveller may need to say there (to order, to ask about an ingredient, to ask the way), \
@@ -54,6 +55,9 @@ written in the local language of the photo; otherwise [].
 - "text": the phrase in the local script; "romanization": how to read it in Latin letters \
 (pinyin, Hepburn, Revised Romanization, a transliteration of Arabic or Cyrillic), null \
 when the local script is Latin; "meaning": the phrase in the language you answer in.
+- "prices": every price in the photo: "item" what it is for (a few words, in the language \
+you answer in), "amount" the number as written, "currency" its ISO 4217 code (¥ in Japan: \
+JPY); otherwise []. Never convert prices or name exchange rates: the chat converts them.
 - Do not write the phrases in the text above the block: the chat shows them from it.
 - Double quotes, no comments, no trailing commas; leave out keys you have nothing for."""
 

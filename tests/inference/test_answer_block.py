@@ -168,3 +168,34 @@ def test_the_tiny_model_noise_takes_the_no_block_path() -> None:
     noise = "ꦏ<unused3> salt \u0000 ``` }{ ```json {"  # a fence only starts a line
     answer = split_answer(noise)
     assert (answer.prose, answer.data, answer.status) == (noise, AnswerData(), "missing")
+
+
+def test_prices_are_read_as_numbers_with_currency_codes() -> None:
+    body = {
+        "prices": [
+            {"item": "Ramen", "amount": 980, "currency": "JPY"},
+            {"item": "Beer", "amount": "1,200", "currency": " jpy "},
+            {"item": "Tea", "amount": 9.5, "currency": "EUR", "note": "hot"},
+            {"item": "free", "amount": 0, "currency": "EUR"},
+            {"item": "bool", "amount": True, "currency": "EUR"},
+            {"item": "huge", "amount": 1e300, "currency": "EUR"},
+            {"item": "symbol", "amount": 5, "currency": "¥"},
+            {"item": "text", "amount": "about 5", "currency": "EUR"},
+            {"amount": 3, "currency": "USD"},
+            ["not", "a", "price"],
+        ]
+    }
+    answer = split_answer(f"{SCRIPTED_PROSE}\n```json\n{json.dumps(body)}\n```")
+    assert [(p.item, p.amount, p.currency) for p in answer.data.prices] == [
+        ("Ramen", 980.0, "JPY"),
+        ("Beer", 1200.0, "JPY"),
+        ("Tea", 9.5, "EUR"),
+        ("", 3.0, "USD"),
+    ]
+    again = split_answer(answer.stored_text())
+    assert again.data == answer.data and '"amount": 980,' in answer.stored_text()
+
+
+def test_the_canonical_block_leaves_out_empty_kinds() -> None:
+    answer = split_answer(scripted(PORK))
+    assert '"prices"' not in answer.stored_text()
