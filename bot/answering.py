@@ -13,8 +13,9 @@ from telegram import Bot, InlineKeyboardMarkup
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
 from bot.context import Services
+from bot.currency import prices_markdown
 from bot.logging import user_ref
-from bot.phrases import phrase_keyboard, phrases_markdown
+from bot.phrases import escape_markdown, phrase_keyboard, phrases_markdown
 from bot.render import render_messages
 from bot.storage import Job
 from bot.streaming import AnswerStream
@@ -25,6 +26,7 @@ from inference import (
     ImageLimits,
     ImageRejected,
     InferenceError,
+    Price,
     Queued,
     QueueFull,
     Request,
@@ -185,8 +187,14 @@ async def _answer(
             log.info("answer_erased", job_id=job.id)
             await stream.discard()
             return
+        prices = await prices_text(services, job.user_id, answer.data.prices, t, request.language)
         messages, keyboard = answer_messages(
-            stored.text, finished.thought, t, finished.finish_reason, message_id=stored.id
+            stored.text,
+            finished.thought,
+            t,
+            finished.finish_reason,
+            message_id=stored.id,
+            extra=prices,
         )
         await deliver(services, job, stream, messages, keyboard)
     except Forbidden:  # the user blocked the bot: nobody to answer
@@ -278,8 +286,15 @@ async def deliver_stored(bot: Bot, services: Services, job: Job, *, language: st
         return services.texts.get(language, key, **values)
 
     stream = AnswerStream(bot, job.chat_id, job.message_id, is_private=False, interval_s=0)
+    prices = split_answer(job.answer or "").data.prices
+    extra = await prices_text(services, job.user_id, prices, t, language)
     messages, keyboard = answer_messages(
-        job.answer or "", job.thought or "", t, "stop", message_id=job.answer_history_id
+        job.answer or "",
+        job.thought or "",
+        t,
+        "stop",
+        message_id=job.answer_history_id,
+        extra=extra,
     )
     work = deliver(services, job, stream, messages, keyboard)
     try:
@@ -311,13 +326,15 @@ def error_text(services: Services, error: InferenceError, t) -> str:
 
 
 def answer_messages(
-    answer: str, thought: str, t, finish_reason: str, *, message_id: int | None
+    answer: str, thought: str, t, finish_reason: str, *, message_id: int | None, extra: str = ""
 ) -> tuple[list[str], InlineKeyboardMarkup | None]:
     """The stored answer as the chat shows it: the prose, its phrases written under it, and
-    their "Show to staff" buttons (which name `message_id`, the answer's history row)."""
+    their "Show to staff" buttons (which name `message_id`, the answer's history row); then
+    `extra` (Markdown: the prices converted)."""
     split = split_answer(answer)
     phrases = split.data.phrases
-    text = "\n\n".join(filter(None, [split.prose, phrases_markdown(phrases, t("say_it"))]))
+    parts = [split.prose, phrases_markdown(phrases, t("say_it")), extra]
+    text = "\n\n".join(filter(None, parts))
     messages = render_messages(text, thought=thought)
     if not text:
         messages.append(t("empty_answer"))
@@ -325,6 +342,26 @@ def answer_messages(
         messages.append(f"<i>{t('answer_cut')}</i>")
     keyboard = phrase_keyboard(message_id, phrases, lambda p: t("show_to_staff", phrase=p))
     return messages, keyboard
+
+
+async def prices_text(
+    services: Services, user_id: int, prices: tuple[Price, ...], t, language: str
+) -> str:
+    """The answer's prices in the user's currency (Markdown); without one set, the question
+    for it, once."""
+    if not prices:
+        return ""
+    storage = services.storage
+    choice = await storage.get_currency(user_id)
+    if choice.code is None:
+        if choice.asked:
+            return ""
+        await storage.set_currency_asked(user_id, default_language=language)
+        return f"_{escape_markdown(t('currency_ask'))}_"
+    needs_reference = any(p.currency not in (choice.code, *choice.own_rates) for p in prices)
+    reference = await services.rates.reference() if needs_reference else None
+    locale = services.texts.ui_language(language)
+    return prices_markdown(prices, choice, reference, t, locale)
 
 
 async def _run(

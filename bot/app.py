@@ -23,14 +23,14 @@ from telegram.ext import (
 
 from bot.albums import resume_albums
 from bot.context import SERVICES_KEY, BotContext, Services
-from bot.handlers import callbacks, commands, diet, messages, updates
+from bot.handlers import callbacks, commands, currency, diet, messages, updates
 from bot.health import serving_health
 from bot.recovery import recover_jobs
 from bot.webhook import WebhookReceiver
 
 log = structlog.get_logger()
 
-COMMANDS = ("start", "help", "lang", "think", "diet", "mydata", "forget")
+COMMANDS = ("start", "help", "lang", "think", "diet", "currency", "mydata", "forget")
 
 
 def build_application(services: Services) -> Application:
@@ -58,6 +58,7 @@ def build_application(services: Services) -> Application:
     application.add_handler(CommandHandler(["lang", "language"], commands.lang))
     application.add_handler(CommandHandler("think", commands.think))
     application.add_handler(CommandHandler(["diet", "allergies"], diet.diet))
+    application.add_handler(CommandHandler("currency", currency.currency))
     application.add_handler(CommandHandler(["mydata", "privacy"], commands.mydata))
     application.add_handler(CommandHandler(["forget", "erase"], commands.forget))
     application.add_handler(CommandHandler("stats", commands.stats))

@@ -9,6 +9,7 @@ from telegram.ext import Application, CallbackContext, ExtBot
 
 from bot.active_jobs import ActiveJobs
 from bot.album_collector import AlbumCollector
+from bot.currency import ExchangeRates
 from bot.fonts import FontSet
 from bot.i18n import Texts
 from bot.logging import user_ref
@@ -30,6 +31,7 @@ class Services:
     active_jobs: ActiveJobs = field(default_factory=ActiveJobs)
     stats: Stats = field(default_factory=Stats)
     metrics: Metrics = field(init=False)  # Prometheus, served by bot/health.py
+    rates: ExchangeRates = field(init=False)
     font_set: FontSet | None = None  # found on first use where not given
     drawing_cards: set[int] = field(default_factory=set)  # users whose phrase card is drawn
     albums: AlbumCollector = field(init=False)  # albums whose parts are arriving
@@ -38,6 +40,13 @@ class Services:
         self.metrics = Metrics(self.worker)
         self.albums = AlbumCollector(
             quiet_s=self.settings.album_quiet_s, max_wait_s=self.settings.album_max_wait_s
+        )
+        settings = self.settings
+        self.rates = ExchangeRates(
+            self.storage,
+            settings.reference_rates_url,
+            settings.reference_rates_timeout_s,
+            settings.reference_rates_max_age_h,
         )
 
     @property

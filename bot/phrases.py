@@ -29,11 +29,11 @@ def phrases_markdown(phrases: Sequence[Phrase], heading: str) -> str:
     its romanization in italics and its meaning."""
     if not phrases:
         return ""
-    parts = [f"🗣 **{_escape(heading)}**"]
+    parts = [f"🗣 **{escape_markdown(heading)}**"]
     for phrase in phrases:
-        notes = [f"_{_escape(phrase.romanization)}_"] if phrase.romanization else []
-        notes.append(_escape(phrase.meaning))
-        parts.append(f"**{_escape(phrase.text)}**\n" + " — ".join(notes))
+        notes = [f"_{escape_markdown(phrase.romanization)}_"] if phrase.romanization else []
+        notes.append(escape_markdown(phrase.meaning))
+        parts.append(f"**{escape_markdown(phrase.text)}**\n" + " — ".join(notes))
     return "\n\n".join(parts)
 
 
@@ -60,7 +60,8 @@ def read_callback(data: str) -> tuple[int, int] | None:
     return (int(match[1]), int(match[2])) if match else None
 
 
-def _escape(text: str) -> str:
+def escape_markdown(text: str) -> str:
+    """`text` shown as written, whatever Markdown punctuation it holds."""
     return _MARKDOWN_PUNCTUATION.sub(r"\\\1", text)
 
 

@@ -149,6 +149,10 @@ class Settings(BaseSettings):
     # Noto fonts for "Show to staff" pictures, searched recursively (bot/fonts.py names the
     # files; Debian's fonts-noto-core and fonts-noto-cjk put them here)
     fonts_dir: Path = Path("/usr/share/fonts")
+    # Prices in the user's currency: the ECB's daily reference rates (bot/currency.py)
+    reference_rates_url: str = "https://www.ecb.europa.eu/stats/eurofxref/eurofxref-daily.xml"
+    reference_rates_timeout_s: float = Field(default=5.0, gt=0)
+    reference_rates_max_age_h: float = Field(default=24.0, gt=0)  # then fetched again
     stream_interval_s: float = 1.0  # least time between two streamed updates of one answer
 
     # Logging

@@ -133,6 +133,26 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX album_parts_group ON album_parts (chat_id, media_group_id, job_id)",
         "CREATE INDEX album_parts_user_id ON album_parts (user_id)",
     ],
+    [
+        # /currency: the home currency (ISO 4217; NULL: not set), and whether the bot has
+        # asked for it once; rates the user set (1 unit of `currency` = `rate` home units)
+        "ALTER TABLE users ADD COLUMN currency TEXT",
+        "ALTER TABLE users ADD COLUMN currency_asked INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE user_rates (
+            user_id INTEGER NOT NULL,
+            currency TEXT NOT NULL,
+            rate REAL NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (user_id, currency)
+        )""",
+        # The ECB's daily reference rates (units per euro), the last ones fetched
+        """CREATE TABLE reference_rates (
+            currency TEXT PRIMARY KEY,
+            per_euro REAL NOT NULL,
+            rates_date TEXT NOT NULL,
+            fetched_at TEXT NOT NULL
+        )""",
+    ],
 ]
 ERASED_MESSAGES_KEPT = timedelta(days=1)  # Telegram keeps an undelivered update 24 hours
 
@@ -178,6 +198,25 @@ class UserData:
     user: User | None
     messages: list[StoredMessage]
     diet: Diet = field(default_factory=Diet)
+    currency: CurrencyChoice | None = None
+
+
+@dataclass(frozen=True)
+class CurrencyChoice:
+    """The user's home currency and the rates they set themselves."""
+
+    code: str | None  # ISO 4217; None: not set
+    asked: bool  # the bot has asked for it once
+    own_rates: dict[str, float] = field(default_factory=dict)  # 1 unit = rate home units
+
+
+@dataclass(frozen=True)
+class ReferenceRates:
+    """Units of each currency per euro, as the ECB published them on `date`."""
+
+    per_euro: dict[str, float]
+    date: str  # the ECB's date of the rates, YYYY-MM-DD
+    fetched_at: datetime
 
 
 @dataclass(frozen=True)
@@ -503,7 +542,72 @@ class Storage:
             f"SELECT {_MESSAGE_COLS} FROM messages WHERE user_id = ? ORDER BY id", (user_id,)
         )
         user = await self.get_user(user_id)
-        return UserData(user, [_message(r) for r in rows], await self.get_diet(user_id))
+        diet, currency = await self.get_diet(user_id), await self.get_currency(user_id)
+        return UserData(user, [_message(r) for r in rows], diet, currency)
+
+    async def get_currency(self, user_id: int) -> CurrencyChoice:
+        row = await self._one(
+            "SELECT currency, currency_asked FROM users WHERE user_id = ?", (user_id,)
+        )
+        rates = await self._all(
+            "SELECT currency, rate FROM user_rates WHERE user_id = ? ORDER BY currency", (user_id,)
+        )
+        code, asked = row if row else (None, 0)
+        return CurrencyChoice(code, bool(asked), {c: float(r) for c, r in rates})
+
+    async def set_currency(self, user_id: int, code: str, *, default_language: str) -> None:
+        """Set the home currency (creating the user if missing); the rates the user set were
+        to the old one, so they go."""
+        await self._set_currency_columns(user_id, code, default_language)
+        async with self._transaction():
+            await self._db.execute("DELETE FROM user_rates WHERE user_id = ?", (user_id,))
+
+    async def set_currency_asked(self, user_id: int, *, default_language: str) -> None:
+        await self._set_currency_columns(user_id, None, default_language)
+
+    async def _set_currency_columns(
+        self, user_id: int, code: str | None, default_language: str
+    ) -> None:
+        now = _now()
+        async with self._transaction():
+            await self._db.execute(
+                f"INSERT OR IGNORE INTO users ({_USER_COLS}) VALUES (?, ?, 0, ?, ?)",
+                (user_id, default_language, now, now),
+            )
+            await self._db.execute(
+                "UPDATE users SET currency = COALESCE(?, currency), currency_asked = 1,"
+                " updated_at = ? WHERE user_id = ?",
+                (code, now, user_id),
+            )
+
+    async def set_own_rate(self, user_id: int, currency: str, rate: float) -> None:
+        async with self._transaction():
+            await self._db.execute(
+                "INSERT OR REPLACE INTO user_rates VALUES (?, ?, ?, ?)",
+                (user_id, currency, rate, _now()),
+            )
+
+    async def get_reference_rates(self) -> ReferenceRates | None:
+        rows = await self._all(
+            "SELECT currency, per_euro, rates_date, fetched_at FROM reference_rates"
+        )
+        if not rows:
+            return None
+        return ReferenceRates(
+            {code: float(rate) for code, rate, _, _ in rows},
+            rows[0][2],
+            datetime.fromisoformat(rows[0][3]),
+        )
+
+    async def set_reference_rates(self, per_euro: dict[str, float], date: str) -> None:
+        """Replace the kept rates by a newer publication."""
+        now = _now()
+        async with self._transaction():
+            await self._db.execute("DELETE FROM reference_rates")
+            await self._db.executemany(
+                "INSERT INTO reference_rates VALUES (?, ?, ?, ?)",
+                [(code, rate, date, now) for code, rate in per_euro.items()],
+            )
 
     async def get_diet(self, user_id: int) -> Diet:
         row = await self._one("SELECT diet FROM users WHERE user_id = ?", (user_id,))
@@ -556,7 +660,7 @@ class Storage:
                     "INSERT OR REPLACE INTO erased_messages VALUES (?, ?)",
                     [(digest, _now()) for digest in erased],
                 )
-                for table in ("users", "messages", "jobs", "album_parts"):
+                for table in ("users", "messages", "jobs", "album_parts", "user_rates"):
                     cursor = await self._db.execute(
                         f"DELETE FROM {table} WHERE user_id = ?", (user_id,)
                     )

@@ -1,4 +1,5 @@
-"""/start, /help, /lang, /think, /mydata, /forget and unknown commands (/diet: diet.py)."""
+"""/start, /help, /lang, /think, /mydata, /forget and unknown commands (/diet: diet.py,
+/currency: currency.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from telegram.constants import ChatType
 
 from bot.addressing import command_target, is_group
 from bot.context import BotContext
+from bot.handlers.currency import own_rates_text
 from bot.handlers.diet import describe
 from bot.stats import percentile
 from bot.storage import StoredMessage
@@ -119,6 +121,10 @@ async def mydata(update: Update, context: BotContext) -> None:
     ]
     if data.diet:
         lines.append("\n" + context.t("mydata_diet", items=describe(context, data.diet)))
+    if data.currency and (data.currency.code or data.currency.own_rates):
+        rates = own_rates_text(context, data.currency.own_rates)
+        code = data.currency.code or "–"
+        lines.append("\n" + context.t("mydata_currency", code=code, rates=rates))
     if data.messages:
         lines.append("\n" + context.t("mydata_recent"))
         for message in data.messages[-RECENT_MESSAGES_SHOWN:]:
