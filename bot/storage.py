@@ -192,22 +192,22 @@ class StoredMessage:
 
 
 @dataclass(frozen=True)
-class UserData:
-    """Everything kept about one user (for /mydata)."""
-
-    user: User | None
-    messages: list[StoredMessage]
-    diet: Diet = field(default_factory=Diet)
-    currency: CurrencyChoice | None = None
-
-
-@dataclass(frozen=True)
 class CurrencyChoice:
     """The user's home currency and the rates they set themselves."""
 
     code: str | None  # ISO 4217; None: not set
     asked: bool  # the bot has asked for it once
     own_rates: dict[str, float] = field(default_factory=dict)  # 1 unit = rate home units
+
+
+@dataclass(frozen=True)
+class UserData:
+    """Everything kept about one user (for /mydata)."""
+
+    user: User | None
+    messages: list[StoredMessage]
+    diet: Diet = field(default_factory=Diet)
+    currency: CurrencyChoice = field(default_factory=lambda: CurrencyChoice(None, False))
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ async def mydata(update: Update, context: BotContext) -> None:
     ]
     if data.diet:
         lines.append("\n" + context.t("mydata_diet", items=describe(context, data.diet)))
-    if data.currency and (data.currency.code or data.currency.own_rates):
+    if data.currency.code or data.currency.own_rates:
         rates = own_rates_text(context, data.currency.own_rates)
         code = data.currency.code or "–"
         lines.append("\n" + context.t("mydata_currency", code=code, rates=rates))

@@ -62,7 +62,7 @@ async def add_turns(s: Storage, user_id: int, n: int, prefix: str = "") -> None:
 async def test_open_creates_file_schema_and_wal(db_path: Path) -> None:
     async with await Storage.open(db_path) as s:
         assert db_path.is_file()
-        assert s.schema_version == len(MIGRATIONS) == 8
+        assert s.schema_version == len(MIGRATIONS) == 9
         names = {n for (n,) in raw(db_path, "SELECT name FROM sqlite_master")}
         assert {"users", "messages", "messages_chat_user", "jobs", "jobs_status"} <= names
         assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
@@ -736,3 +736,36 @@ async def test_history_rows_from_before_albums_read_as_one_photo(db_path: Path) 
         assert (message.image_file_id, message.image_file_ids) == ("F1", ("F1",))
         [turn] = await s.get_history(ALICE, ALICE, max_turns=1)
         assert turn.image_file_ids == ("F1",)
+
+
+# --- currency -----------------------------------------------------------------------------
+
+
+async def test_currency_and_own_rates_are_kept_per_user_and_erased(store: Storage) -> None:
+    assert await store.get_currency(ALICE) == storage_mod.CurrencyChoice(None, False, {})
+    await store.set_currency_asked(ALICE, default_language="de")
+    assert await store.get_currency(ALICE) == storage_mod.CurrencyChoice(None, True, {})
+    assert (await store.get_user(ALICE)).language == "de"  # created by it
+    await store.set_currency(ALICE, "EUR", default_language="de")
+    await store.set_own_rate(ALICE, "JPY", 0.0062)
+    await store.set_own_rate(ALICE, "JPY", 0.0061)  # replaced
+    await store.set_currency(BOB, "USD", default_language="en")
+    assert await store.get_currency(ALICE) == storage_mod.CurrencyChoice(
+        "EUR", True, {"JPY": 0.0061}
+    )
+    assert (await store.get_user_data(ALICE)).currency.own_rates == {"JPY": 0.0061}
+
+    await store.set_currency(ALICE, "CHF", default_language="de")  # rates were to EUR
+    assert (await store.get_currency(ALICE)).own_rates == {}
+    await store.set_own_rate(ALICE, "THB", 0.025)
+    assert await store.delete_user_data(ALICE) >= 2
+    assert await store.get_currency(ALICE) == storage_mod.CurrencyChoice(None, False, {})
+    assert (await store.get_currency(BOB)).code == "USD"
+
+
+async def test_reference_rates_are_replaced_by_a_newer_publication(store: Storage) -> None:
+    assert await store.get_reference_rates() is None
+    await store.set_reference_rates({"EUR": 1.0, "JPY": 160.0, "USD": 1.05}, "2026-12-03")
+    await store.set_reference_rates({"EUR": 1.0, "JPY": 161.0}, "2026-12-04")
+    rates = await store.get_reference_rates()
+    assert (rates.per_euro, rates.date) == ({"EUR": 1.0, "JPY": 161.0}, "2026-12-04")
