@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
+import json
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -239,3 +241,109 @@ async def recording_server(openai_server: OpenAIServer) -> AsyncIterator[Recordi
     config = ServerConfig(openai_server.model_name, openai_server.api_key, default_max_tokens=8)
     async with serving(openai_server.worker, config, server.record) as server.base_url:
         yield server
+
+
+# Scripted model outputs, for tests of what the bot makes of a block (never of the model)
+
+PIECE_CHARS = 3  # the scripted server streams its text in pieces this long
+
+
+class ScriptedChatServer:
+    """An OpenAI-compatible chat endpoint whose answers are SCRIPTED texts, streamed as
+    server-sent events; it keeps each request body (what the bot sent as the prompt)."""
+
+    MODEL = "scripted-gemma"
+
+    def __init__(self) -> None:
+        self.base_url = ""
+        self.answers: list[tuple[str, str]] = []  # (text, finish reason), used in order
+        self.bodies: list[dict] = []
+
+    def script(self, text: str, finish_reason: str = "stop") -> None:
+        self.answers.append((text, finish_reason))
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": self.MODEL}]})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.bodies.append(await request.json())
+        text, reason = self.answers.pop(0) if self.answers else ("Plain answer.", "stop")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for start in range(0, len(text), PIECE_CHARS):
+            await self._send(response, {"content": text[start : start + PIECE_CHARS]}, None)
+            await asyncio.sleep(0.002)
+        await self._send(response, {}, reason)
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    @staticmethod
+    async def _send(response: web.StreamResponse, delta: dict, reason: str | None) -> None:
+        chunk = {"choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
+        await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+
+@dataclass
+class FeedServer:
+    """Serves the ECB's daily reference rates file as a test sets it; counts the requests."""
+
+    url: str = ""
+    body: str = ""
+    status: int = 200
+    delay_s: float = 0.0
+    requests: list[str] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append(request.path)
+        await asyncio.sleep(self.delay_s)
+        return web.Response(text=self.body, status=self.status, content_type="text/xml")
+
+
+ECB_DAILY = """<?xml version="1.0" encoding="UTF-8"?>
+<gesmes:Envelope xmlns:gesmes="http://www.gesmes.org/xml/2002-08-01"
+  xmlns="http://www.ecb.int/vocabulary/2002-08-01/eurofxref">
+  <gesmes:subject>Reference rates</gesmes:subject>
+  <gesmes:Sender><gesmes:name>European Central Bank</gesmes:name></gesmes:Sender>
+  <Cube>
+    <Cube time='{date}'>
+      <Cube currency='USD' rate='1.0500'/>
+      <Cube currency='JPY' rate='{jpy}'/>
+      <Cube currency='GBP' rate='0.8400'/>
+    </Cube>
+  </Cube>
+</gesmes:Envelope>
+"""
+
+
+@pytest.fixture
+async def feed() -> AsyncIterator[FeedServer]:
+    """A local server of the ECB's daily file (2026-12-04, 160 JPY to the euro)."""
+    server = FeedServer(body=ECB_DAILY.format(date="2026-12-04", jpy="160.00"))
+    app = web.Application()
+    app.router.add_get("/eurofxref-daily.xml", server.handle)
+    async with local_site(app) as port:
+        server.url = f"http://127.0.0.1:{port}/eurofxref-daily.xml"
+        yield server
+
+
+@pytest.fixture
+async def scripted_server() -> AsyncIterator[ScriptedChatServer]:
+    server = ScriptedChatServer()
+    app = web.Application()
+    app.router.add_get("/v1/models", server.models)
+    app.router.add_post("/v1/chat/completions", server.chat)
+    async with local_site(app) as port:
+        server.base_url = f"http://127.0.0.1:{port}/v1"
+        yield server
+
+
+@contextlib.asynccontextmanager
+async def local_site(app: web.Application) -> AsyncIterator[int]:
+    """`app` served on a free port of 127.0.0.1; yields the port."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()

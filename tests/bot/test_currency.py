@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from bot.currency import ExchangeRates, convert, prices_markdown, read_ecb_feed
 from bot.i18n import Texts
@@ -18,52 +16,7 @@ from bot.render import render_messages
 from bot.settings import Settings
 from bot.storage import CurrencyChoice, ReferenceRates, Storage
 from inference import Price
-
-ECB_DAILY = """<?xml version="1.0" encoding="UTF-8"?>
-<gesmes:Envelope xmlns:gesmes="http://www.gesmes.org/xml/2002-08-01"
-  xmlns="http://www.ecb.int/vocabulary/2002-08-01/eurofxref">
-  <gesmes:subject>Reference rates</gesmes:subject>
-  <gesmes:Sender><gesmes:name>European Central Bank</gesmes:name></gesmes:Sender>
-  <Cube>
-    <Cube time='{date}'>
-      <Cube currency='USD' rate='1.0500'/>
-      <Cube currency='JPY' rate='{jpy}'/>
-      <Cube currency='GBP' rate='0.8400'/>
-    </Cube>
-  </Cube>
-</gesmes:Envelope>
-"""
-
-
-@dataclass
-class FeedServer:
-    """Serves the ECB's daily file as the test sets it; counts the requests."""
-
-    url: str = ""
-    body: str = ECB_DAILY.format(date="2026-12-04", jpy="160.00")
-    status: int = 200
-    delay_s: float = 0.0
-    requests: list[str] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.requests.append(request.path)
-        await asyncio.sleep(self.delay_s)
-        return web.Response(text=self.body, status=self.status, content_type="text/xml")
-
-
-@pytest.fixture
-async def feed() -> AsyncIterator[FeedServer]:
-    server = FeedServer()
-    app = web.Application()
-    app.router.add_get("/eurofxref-daily.xml", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    server.url = f"http://127.0.0.1:{runner.addresses[0][1]}/eurofxref-daily.xml"
-    try:
-        yield server
-    finally:
-        await runner.cleanup()
+from tests.conftest import ECB_DAILY, FeedServer
 
 
 @pytest.fixture

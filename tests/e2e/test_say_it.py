@@ -13,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp import web
 from PIL import Image
 
 from bot.phrases import read_callback
-from tests.conftest import RunningBot, small_photo
+from tests.conftest import RunningBot, ScriptedChatServer, small_photo
 from tests.e2e.botapi_server import ApiCall, SentMessage, TgUser
 from tests.e2e.test_conversation import final_answer_after, reply_after
 
@@ -35,58 +33,6 @@ SCRIPTED_ANSWER = (
     + "\n```"
 )
 SCRIPTED_BROKEN_AND_CUT = f'{SCRIPTED_PROSE}\n\n```json\n{{"phrases": [{{"text": "豚肉'
-PIECE_CHARS = 3  # the server streams the scripted text in pieces this long
-
-
-class ScriptedChatServer:
-    """An OpenAI-compatible chat endpoint whose answers are SCRIPTED texts, streamed as
-    server-sent events; it keeps each request body (what the bot sent as the prompt)."""
-
-    MODEL = "scripted-gemma"
-
-    def __init__(self) -> None:
-        self.base_url = ""
-        self.answers: list[tuple[str, str]] = []  # (text, finish reason), used in order
-        self.bodies: list[dict] = []
-
-    def script(self, text: str, finish_reason: str = "stop") -> None:
-        self.answers.append((text, finish_reason))
-
-    async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": self.MODEL}]})
-
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        self.bodies.append(await request.json())
-        text, reason = self.answers.pop(0) if self.answers else ("Plain answer.", "stop")
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for start in range(0, len(text), PIECE_CHARS):
-            await self._send(response, {"content": text[start : start + PIECE_CHARS]}, None)
-            await asyncio.sleep(0.002)
-        await self._send(response, {}, reason)
-        await response.write(b"data: [DONE]\n\n")
-        return response
-
-    @staticmethod
-    async def _send(response: web.StreamResponse, delta: dict, reason: str | None) -> None:
-        chunk = {"choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
-        await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-
-
-@pytest.fixture
-async def scripted_server() -> AsyncIterator[ScriptedChatServer]:
-    server = ScriptedChatServer()
-    app = web.Application()
-    app.router.add_get("/v1/models", server.models)
-    app.router.add_post("/v1/chat/completions", server.chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    server.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-    try:
-        yield server
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
