@@ -22,6 +22,8 @@ from inference.engine import (
 from inference.gauges import worker_gauges
 from inference.images import ImageLimits, normalize_image
 from inference.languages import LANGUAGES, language_name, match_language, native_name
+from inference.prompts import regions_chat
+from inference.regions import MAX_REGIONS, Region, RegionsReply, read_regions
 from inference.remote import RemoteConfig, RemoteWorker
 from inference.runtime.config import RuntimeConfig
 from inference.types import (
@@ -55,6 +57,7 @@ __all__ = [
     "LANGUAGES",
     "MAX_DIET_NOTES",
     "MAX_DIET_NOTE_CHARS",
+    "MAX_REGIONS",
     "AnswerData",
     "BlockSplitter",
     "ChatMessage",
@@ -73,6 +76,8 @@ __all__ = [
     "Price",
     "QueueFull",
     "Queued",
+    "Region",
+    "RegionsReply",
     "RemoteConfig",
     "RemoteWorker",
     "Request",
@@ -89,6 +94,8 @@ __all__ = [
     "match_language",
     "native_name",
     "normalize_image",
+    "read_regions",
+    "regions_chat",
     "split_answer",
     "worker_gauges",
 ]

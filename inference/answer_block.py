@@ -123,15 +123,20 @@ def split_answer(text: str) -> SplitAnswer:
 def parse_block(body: str | None) -> AnswerData | None:
     """The data of one block's body; None when it is not a JSON object (too long, broken,
     another type). Values of the wrong type or size are left out, not the whole block."""
-    if body is None or len(body) > MAX_BLOCK_CHARS:
-        return None
-    try:
-        value = json.loads(body, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        return None
+    value = load_block(body)
     if not isinstance(value, dict):
         return None
     return AnswerData(phrases=_phrases(value.get("phrases")), prices=_prices(value.get("prices")))
+
+
+def load_block(body: str | None, max_chars: int = MAX_BLOCK_CHARS) -> Any:
+    """A block's strict JSON value; None when too long or not strict JSON."""
+    if body is None or len(body) > max_chars:
+        return None
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _no_constant(name: str) -> None:
@@ -154,11 +159,11 @@ def _phrases(value: Any) -> tuple[Phrase, ...]:
 def _phrase(item: Any) -> Phrase | None:
     if not isinstance(item, dict):
         return None
-    text = _clean(item.get("text"), MAX_PHRASE_CHARS)
-    meaning = _clean(item.get("meaning"), MAX_NOTE_CHARS)
+    text = clean_text(item.get("text"), MAX_PHRASE_CHARS)
+    meaning = clean_text(item.get("meaning"), MAX_NOTE_CHARS)
     if not text or meaning is None:
         return None
-    romanization = _clean(item.get("romanization"), MAX_NOTE_CHARS) or None
+    romanization = clean_text(item.get("romanization"), MAX_NOTE_CHARS) or None
     if romanization is not None and romanization.casefold() == text.casefold():
         romanization = None  # a Latin script: nothing to add
     return Phrase(text, romanization, meaning)
@@ -183,7 +188,7 @@ def _price(item: Any) -> Price | None:
         return None
     if not isinstance(currency, str) or not _CURRENCY_CODE.fullmatch(currency.strip().upper()):
         return None
-    label = _clean(item.get("item"), MAX_ITEM_CHARS) or ""
+    label = clean_text(item.get("item"), MAX_ITEM_CHARS) or ""
     return Price(label, float(amount), currency.strip().upper())
 
 
@@ -199,7 +204,7 @@ def _number(amount: float) -> int | float:
     return int(amount) if amount.is_integer() else amount
 
 
-def _clean(value: Any, limit: int) -> str | None:
+def clean_text(value: Any, limit: int) -> str | None:
     """A one-line string without special tokens or control characters; None when `value`
     is no string, or too long to be a phrase (cut, it would mean something else)."""
     if not isinstance(value, str):
@@ -215,7 +220,8 @@ class BlockSplitter:
     certain; the start of a line that may still become a fence is held back until it is
     known, so a block never flashes in the chat. `flush` ends the stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_block_chars: int = MAX_BLOCK_CHARS) -> None:
+        self._max_block_chars = max_block_chars
         self._line = ""  # the current line, held back (prose that may become a fence, or block)
         self._at_line_start = True
         self._block: list[str] | None = None  # lines of the open block
@@ -265,7 +271,7 @@ class BlockSplitter:
             return
         line = self._line + piece
         if not line.endswith("\n"):
-            self._line = line[: MAX_BLOCK_CHARS + 1]  # a longer one is dropped anyway
+            self._line = line[: self._max_block_chars + 1]  # a longer one is dropped anyway
             return
         self._line = ""
         if line.strip() == FENCE_CLOSE:
@@ -276,10 +282,10 @@ class BlockSplitter:
 
     def _add_to_block(self, line: str) -> None:
         self._block_chars += len(line)
-        if self._block is not None and self._block_chars <= MAX_BLOCK_CHARS:
+        if self._block is not None and self._block_chars <= self._max_block_chars:
             self._block.append(line)
 
     def _close_block(self) -> None:
         body = "".join(self._block or ())
-        self.blocks.append(body if self._block_chars <= MAX_BLOCK_CHARS else None)
+        self.blocks.append(body if self._block_chars <= self._max_block_chars else None)
         self._block, self._block_chars, self._skip_fence_line = None, 0, False
