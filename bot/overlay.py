@@ -158,7 +158,7 @@ def _surrounding_colour(image: Image.Image, box: Box) -> tuple[int, int, int]:
         left, top = max(0, left), max(0, top)
         right, bottom = min(width, right), min(height, bottom)
         if right > left and bottom > top:
-            pixels.extend(image.crop((left, top, right, bottom)).getdata())
+            pixels.extend(image.crop((left, top, right, bottom)).get_flattened_data())
     if not pixels:
         return (128, 128, 128)
     band = Image.new("RGB", (len(pixels), 1))
