@@ -172,3 +172,16 @@ def test_an_invalid_secret_setting_is_named_but_never_shown(
     assert returncode == 2
     assert output.startswith(f"Invalid setting {variable}: ") and output.count("\n") == 1
     assert value not in output and TOKEN not in output
+
+
+async def test_missing_fonts_end_the_start_before_the_model_loads_naming_them(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    async with BotApiServer() as server:
+        env = bot_process_env(server, tiny_model_dir, tmp_path / "bot.sqlite3", log_format="json")
+        env["TRAVELBOT_FONTS_DIR"] = str(tmp_path)  # no fonts there
+        failed, _ = await asyncio.to_thread(failed_start, env)
+    assert failed["reason"] == "fonts_missing"
+    assert "NotoSansCJK-Regular.ttc" in failed["error"] and "fonts-noto-cjk" in failed["error"]
+    assert "TRAVELBOT_FONTS_DIR" in failed["error"]
+    assert not server.calls  # found missing before Telegram was asked
