@@ -153,6 +153,11 @@ MIGRATIONS: list[list[str]] = [
             fetched_at TEXT NOT NULL
         )""",
     ],
+    [
+        # A photo the quick check flagged (blurred, dark ...): pending, but neither queued,
+        # counted in flight nor recovered until its sender taps "Ask anyway" (release_job).
+        "ALTER TABLE jobs ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
+    ],
 ]
 ERASED_MESSAGES_KEPT = timedelta(days=1)  # Telegram keeps an undelivered update 24 hours
 
@@ -735,13 +740,7 @@ class Storage:
             f"INSERT OR IGNORE INTO users ({_USER_COLS}) VALUES (?, ?, 0, ?, ?)",
             (user_id, language, now, now),
         )
-        if max_unfinished is not None:
-            (count,) = await self._one(
-                f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN {UNFINISHED}",
-                (user_id,),
-            )
-            if count >= max_unfinished:
-                raise TooManyJobs(count)
+        await self._check_room(user_id, max_unfinished)
         row = await self._one(
             "INSERT INTO jobs (chat_id, message_id, user_id, chat_type, question,"
             " image_file_id, image_file_ids, status, created_at, updated_at)"
@@ -851,6 +850,46 @@ class Storage:
                 (*_stored_ids(file_ids), _now(), job_id),
             )
 
+    async def _check_room(self, user_id: int, max_unfinished: int | None) -> None:
+        """Raise TooManyJobs when the user waits for `max_unfinished` answers (held photos
+        do not count); within a transaction."""
+        if max_unfinished is None:
+            return
+        (count,) = await self._one(
+            f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN {UNFINISHED} AND NOT held",
+            (user_id,),
+        )
+        if count >= max_unfinished:
+            raise TooManyJobs(count)
+
+    async def hold_job(self, job_id: int) -> None:
+        """Keep a pending job back until its user asks for it (release_job)."""
+        async with self._transaction():
+            await self._db.execute(
+                "UPDATE jobs SET held = 1, updated_at = ? WHERE id = ? AND status = 'pending'",
+                (_now(), job_id),
+            )
+
+    async def release_job(
+        self, job_id: int, user_id: int, *, max_unfinished: int | None = None
+    ) -> Job | None:
+        """Let `user_id`'s held job run, once; None when it is not theirs, not held (asked
+        already) or gone (/forget, retention). Raises TooManyJobs when they already wait
+        for `max_unfinished` answers."""
+        async with self._transaction():
+            row = await self._one(
+                f"SELECT {_JOB_COLS} FROM jobs WHERE id = ? AND user_id = ? AND held"
+                " AND status = 'pending'",
+                (job_id, user_id),
+            )
+            if row is None:
+                return None
+            await self._check_room(user_id, max_unfinished)
+            await self._db.execute(
+                "UPDATE jobs SET held = 0, updated_at = ? WHERE id = ?", (_now(), job_id)
+            )
+        return _job(row)
+
     async def start_job_attempt(self, job_id: int) -> int | None:
         """Count one more run of the job; return the number of runs so far, or None when
         the job is gone (its user said /forget)."""
@@ -939,7 +978,7 @@ class Storage:
 
     async def get_unfinished_jobs(self) -> list[Job]:
         rows = await self._all(
-            f"SELECT {_JOB_COLS} FROM jobs WHERE status IN {UNFINISHED} ORDER BY id"
+            f"SELECT {_JOB_COLS} FROM jobs WHERE status IN {UNFINISHED} AND NOT held ORDER BY id"
         )
         return [_job(row) for row in rows]
 
@@ -951,7 +990,8 @@ class Storage:
                 "DELETE FROM messages WHERE created_at < ?", (cutoff,)
             )
             jobs = await self._db.execute(
-                "DELETE FROM jobs WHERE updated_at < ? AND status IN ('delivered', 'failed')",
+                "DELETE FROM jobs WHERE updated_at < ?"
+                " AND (status IN ('delivered', 'failed') OR held)",
                 (cutoff,),
             )
             parts = await self._db.execute(

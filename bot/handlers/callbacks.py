@@ -1,4 +1,5 @@
-"""Inline keyboard buttons: language choice, /diet, /forget confirmation, "Show to staff"."""
+"""Inline keyboard buttons: language choice, /diet, /forget confirmation, "Show to staff",
+"Ask anyway"."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from telegram.error import BadRequest, TelegramError
 
 from bot.context import BotContext
 from bot.handlers import diet
+from bot.handlers.messages import ask_anyway
 from bot.logging import user_ref
 from bot.phrase_card import render_card
 from bot.phrases import CALLBACK_PREFIX, read_callback
@@ -24,7 +26,7 @@ _CHAT_ID = re.compile(r"-?[0-9]{1,20}")
 
 async def button(update: Update, context: BotContext) -> None:
     """Dispatch `lang:<code>`, `diet:<code>|clear|done`, `forget:yes:<id>|no` and
-    `say:<row>:<n>`; anything else is a stale or forged button."""
+    `say:<row>:<n>`, `anyway:<job id>`; anything else is a stale or forged button."""
     query = update.callback_query
     kind, _, value = (query.data or "").partition(":")
     user_id = query.from_user.id
@@ -55,6 +57,8 @@ async def button(update: Update, context: BotContext) -> None:
         await query.answer()
         await _edit(query, context.t("forget_done", count=count))
         context.profile = None
+    elif kind == "anyway":
+        await ask_anyway(update, context, value)
     elif kind == "forget" and value == "no":
         await query.answer()
         await _edit(query, context.t("forget_cancelled"))

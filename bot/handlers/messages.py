@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 
-from telegram import Message, Update
-from telegram.error import TelegramError
+import structlog
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram.error import BadRequest, TelegramError
 
 from bot import albums
 from bot.addressing import is_group, replied_message, without_mention
 from bot.answering import download, prepare_image, run_job
 from bot.context import BotContext
+from bot.photo_check import DEFAULT_SOFT_TOKENS, check_photo
 from bot.storage import AlbumPart, Job, TooManyJobs
 from inference import ImageRejected
 
+log = structlog.get_logger()
+
 MEGABYTE = 1024 * 1024
+MAX_JOB_ID_DIGITS = 18
 
 
 @dataclass(frozen=True)
@@ -34,9 +41,8 @@ async def photo(update: Update, context: BotContext) -> None:
     if message.media_group_id:
         await _album_part(update, context, question, attachment)
         return
-    await _ask_about_photo(
-        update, context, question, Photo(attachment.file_id, attachment.file_size)
-    )
+    photo = Photo(attachment.file_id, attachment.file_size)
+    await _ask_about_photo(update, context, question, photo, check=True)
 
 
 async def follow_up(update: Update, context: BotContext) -> None:
@@ -59,9 +65,36 @@ async def follow_up(update: Update, context: BotContext) -> None:
         await _run(context, job, None)
 
 
+async def ask_anyway(update: Update, context: BotContext, value: str) -> None:
+    """The "Ask anyway" button under a photo the check flagged: its sender's tap runs the
+    held job, once; a tap by anyone else, a second tap, or one after /forget runs nothing."""
+    query = update.callback_query
+    job_id = int(value) if value.isdigit() and len(value) <= MAX_JOB_ID_DIGITS else 0
+    limit = context.settings.max_requests_in_flight
+    try:
+        job = await context.storage.release_job(job_id, context.speaker_id, max_unfinished=limit)
+    except TooManyJobs:
+        await query.answer(context.t("too_many_requests", limit=limit), show_alert=True)
+        return
+    if job is None:
+        held = await context.storage.get_job(job_id)
+        mine = held is None or held.user_id == context.speaker_id
+        await query.answer(context.t("button_expired" if mine else "button_not_yours"))
+        return
+    await query.answer()
+    with contextlib.suppress(BadRequest):  # the hint stays, without its button
+        await query.edit_message_reply_markup(None)
+    image = await _prepare(context, job, job.image_file_id, reply=None)
+    if image is not None:
+        await _run(context, job, image)
+
+
 async def _ask_about_photo(
-    update: Update, context: BotContext, question: str | None, photo: Photo
+    update: Update, context: BotContext, question: str | None, photo: Photo, *, check=False
 ) -> None:
+    """Accept, fetch and answer; with `check`, a photo the quick check flags is held with
+    a hint to retake it and an "Ask anyway" button (the speaker's own photos only: a
+    friend asking about another member's photo cannot retake it)."""
     message = update.effective_message
     if not await _question_fits(update, context, question):
         return
@@ -72,21 +105,45 @@ async def _ask_about_photo(
     job = await _accept(update, context, question, photo.file_id)
     if job is None:
         return
+    image = await _prepare(context, job, photo.file_id, reply=message)
+    if image is None:
+        return
+    if check:
+        soft_tokens = context.settings.image_soft_tokens or DEFAULT_SOFT_TOKENS
+        problem = await asyncio.to_thread(check_photo, image, soft_tokens)
+        if problem is not None:
+            await context.storage.hold_job(job.id)
+            log.info("photo_held", job_id=job.id, problem=problem)
+            button = InlineKeyboardButton(context.t("ask_anyway"), callback_data=f"anyway:{job.id}")
+            await message.reply_html(
+                context.t(f"photo_{problem}"), reply_markup=InlineKeyboardMarkup([[button]])
+            )
+            return
+    await _run(context, job, image, quoted=photo.quoted)
+
+
+async def _prepare(
+    context: BotContext, job: Job, file_id: str, *, reply: Message | None
+) -> bytes | None:
+    """The job's photo, downloaded and normalized; None when it cannot be (the job failed,
+    the user told: as a reply to `reply`, else in the job's chat)."""
+    data = b""
     try:
-        data = await download(context.bot, photo.file_id)
-        image = await prepare_image(context.services, data)
+        data = await download(context.bot, file_id)
+        return await prepare_image(context.services, data)
     except TelegramError:
-        await context.storage.set_job_status(job.id, "failed")
-        await message.reply_html(context.t("image_download_failed"))
-        return
+        text = context.t("image_download_failed")
     except ImageRejected as exc:
-        await context.storage.set_job_status(job.id, "failed")
-        await _reject_image(update, context, exc.reason, size=len(data))
-        return
+        text = _rejection(context, exc.reason, size=len(data))
     except Exception:
         await context.storage.set_job_status(job.id, "failed")  # never left in flight
         raise
-    await _run(context, job, image, quoted=photo.quoted)
+    await context.storage.set_job_status(job.id, "failed")
+    if reply is not None:
+        await reply.reply_html(text)
+    else:
+        await context.bot.send_message(job.chat_id, text)
+    return None
 
 
 async def _album_part(
@@ -193,9 +250,12 @@ async def _question_fits(update: Update, context: BotContext, text: str | None) 
 
 
 async def _reject_image(update: Update, context: BotContext, reason: str, *, size: int) -> None:
-    text = context.t(
+    await update.effective_message.reply_html(_rejection(context, reason, size=size))
+
+
+def _rejection(context: BotContext, reason: str, *, size: int) -> str:
+    return context.t(
         f"image_{reason}",
         size_mb=f"{size / MEGABYTE:.1f}",
         limit_mb=f"{context.settings.max_image_bytes / MEGABYTE:.0f}",
     )
-    await update.effective_message.reply_html(text)

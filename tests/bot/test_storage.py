@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot import storage as storage_mod
-from bot.storage import MIGRATIONS, Storage
+from bot.storage import MIGRATIONS, Storage, TooManyJobs
 from inference import Diet
 
 ALICE = 424_242_424_242  # large ids cannot collide with row ids / sequence counters
@@ -62,7 +62,7 @@ async def add_turns(s: Storage, user_id: int, n: int, prefix: str = "") -> None:
 async def test_open_creates_file_schema_and_wal(db_path: Path) -> None:
     async with await Storage.open(db_path) as s:
         assert db_path.is_file()
-        assert s.schema_version == len(MIGRATIONS) == 9
+        assert s.schema_version == len(MIGRATIONS) == 10
         names = {n for (n,) in raw(db_path, "SELECT name FROM sqlite_master")}
         assert {"users", "messages", "messages_chat_user", "jobs", "jobs_status"} <= names
         assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
@@ -769,3 +769,30 @@ async def test_reference_rates_are_replaced_by_a_newer_publication(store: Storag
     await store.set_reference_rates({"EUR": 1.0, "JPY": 161.0}, "2026-12-04")
     rates = await store.get_reference_rates()
     assert (rates.per_euro, rates.date) == ({"EUR": 1.0, "JPY": 161.0}, "2026-12-04")
+
+
+async def test_a_held_photo_waits_outside_the_limit_until_its_sender_asks(db_path: Path) -> None:
+    def add(message_id: int, s: Storage):
+        return s.add_job(chat_id=ALICE, message_id=message_id, user_id=ALICE,
+                         chat_type="private", question=None, image_file_id=f"P{message_id}",
+                         max_unfinished=1)  # fmt: skip
+
+    async with await Storage.open(db_path) as s:
+        held = await add(1, s)
+        await s.hold_job(held.id)
+        assert await s.get_unfinished_jobs() == []  # a restart does not answer it
+        running = await add(2, s)  # the held one does not count against the limit
+        assert await s.release_job(held.id, BOB) is None  # not Bob's
+        with pytest.raises(TooManyJobs):
+            await s.release_job(held.id, ALICE, max_unfinished=1)
+        await s.set_job_status(running.id, "delivered")
+    async with await Storage.open(db_path) as s:  # after a restart it can still be asked
+        released = await s.release_job(held.id, ALICE, max_unfinished=1)
+        assert (released.id, released.image_file_id) == (held.id, "P1")
+        assert await s.release_job(held.id, ALICE) is None  # a second tap
+        assert [job.id for job in await s.get_unfinished_jobs()] == [held.id]
+        await s.set_job_status(held.id, "delivered")
+        again = await add(3, s)
+        await s.hold_job(again.id)
+        await s.delete_user_data(ALICE)
+        assert await s.release_job(again.id, ALICE) is None  # /forget in between

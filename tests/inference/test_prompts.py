@@ -293,3 +293,9 @@ def test_every_diet_code_has_its_wording_and_a_diet_is_bounded() -> None:
         Diet(notes=tuple(f"no {i}" for i in range(MAX_DIET_NOTES + 1)))
     with pytest.raises(ValueError, match="longer"):
         Diet(notes=("x" * (MAX_DIET_NOTE_CHARS + 1),))
+
+
+def test_the_system_prompt_asks_to_name_unreadable_parts_and_a_closer_shot() -> None:
+    """The same system message reaches a remote (vLLM / SGLang) server."""
+    [system, *_] = travel_chat(Request(language="en", images=(b"x",)))
+    assert "say which part" in system.text and "closer, steadier photo" in system.text
