@@ -56,7 +56,7 @@ async def test_a_user_who_blocked_the_bot_does_not_hurt_others(bot: RunningBot) 
     assert gone.id not in jobs  # failed, not left to be retried after a restart
 
 
-@pytest.mark.settings(request_timeout_s=0.5, max_new_tokens=2000)
+@pytest.mark.settings(request_timeout_s=0.2, max_new_tokens=2000)
 async def test_a_request_over_its_time_budget_is_cancelled_and_reported(bot: RunningBot) -> None:
     server, t = bot.server, bot.services.texts
     user = TgUser(id=40_004, language_code="ko")
