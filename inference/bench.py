@@ -112,6 +112,7 @@ def make_requests(count: int, new_tokens: int, *, seed: int = 0) -> list[Request
                 language=LANGUAGES[index % len(LANGUAGES)],
                 images=(normalize_image(buffer.getvalue()),),
                 max_new_tokens=new_tokens,
+                ignore_stop=True,
                 sampling=Sampling(temperature=0.0),
             )
         )
@@ -488,12 +489,8 @@ def run(args: argparse.Namespace) -> dict:
         deep_queue_prefill_seqs=max(args.max_prefill_seqs, args.deep_queue_prefill_seqs),
         cuda_graphs=None if args.cuda_graphs == "auto" else args.cuda_graphs == "on",
         compile_layers=None if args.compile_layers == "auto" else args.compile_layers == "on",
-        fused_experts_tokens=args.fused_experts_tokens,
-        expert_major_tokens=args.expert_major_tokens,
-        triton_prompt_experts=not args.grouped_mm_prompts,
         prefix_cache_tokens=args.prefix_cache_tokens,
         overlap_steps=not args.no_overlap,
-        ignore_stop=True,
     )
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

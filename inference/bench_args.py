@@ -109,23 +109,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch.compile the decoder layers' regions (auto: on a GPU)",
     )
     parser.add_argument(
-        "--fused-experts-tokens",
-        type=int,
-        default=DEFAULTS.fused_experts_tokens,
-        help="decode steps of up to N tokens run the experts as Triton kernels (0: grouped_mm)",
-    )
-    parser.add_argument(
-        "--expert-major-tokens",
-        type=int,
-        default=DEFAULTS.expert_major_tokens,
-        help="... and up to N as the expert-major Triton kernels (0: off)",
-    )
-    parser.add_argument(
-        "--grouped-mm-prompts",
-        action="store_true",
-        help="prompts' experts as torch's grouped_mm, not the Triton grouped GEMMs",
-    )
-    parser.add_argument(
         "--no-overlap",
         action="store_true",
         help="read each step's tokens back before launching the next (the old engine loop)",

@@ -104,6 +104,8 @@ class Request:
     history: tuple[Turn, ...] = ()
     think: bool = False
     max_new_tokens: int = 1024
+    # benchmarks: the batching engine generates max_new_tokens whatever the model says
+    ignore_stop: bool = False
     sampling: Sampling = Sampling()
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     chat: tuple[ChatMessage, ...] = ()

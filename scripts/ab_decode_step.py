@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("ab-decode-step.json"))
     args = parser.parse_args()
     base = full_size_random_engine("cuda", 280)
-    engine = BatchEngine(base, RuntimeConfig(graph_batch_sizes=(64,), ignore_stop=True))
+    engine = BatchEngine(base, RuntimeConfig(graph_batch_sizes=(64,)))
     compiled = torch.compile(fast_ops.masked_softmax)
     ways = {  # (decode softmax, KV write)
         "as the engine runs": (softmax.masked_softmax, kv_write.write),

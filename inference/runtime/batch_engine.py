@@ -50,9 +50,7 @@ class BatchEngine:
         # if compiling fails)
         self.kernels = Kernels.detect(
             model.device,
-            experts=runtime.own_layer_forward
-            and bool(runtime.fused_experts_tokens or runtime.expert_major_tokens),
-            prompt_experts=runtime.triton_prompt_experts,
+            experts=runtime.own_layer_forward,
             softmax=runtime.own_layer_forward,
             # decode attention over FP8 keys and values, or after a prefix kept once (few rows)
             decode_attention=bool(runtime.fp8_kv_cache or self._kept_prefix_positions),
@@ -91,7 +89,7 @@ class BatchEngine:
             deep_queue_prefill_seqs=runtime.deep_queue_prefill_seqs,
             cached_tokens=self.runner.cached_prefix_tokens,
         )
-        self.stop_ids = set() if runtime.ignore_stop else set(self.base.stop_ids)
+        self.stop_ids = set(self.base.stop_ids)
         self.last_plan = Plan()
         self._in_flight: list[_InFlight] = []
         self.generator = torch.Generator(device=model.device).manual_seed(runtime.seed)
@@ -134,8 +132,6 @@ class BatchEngine:
             packed_photos=runtime.vision_per_photo,
             own_layers=runtime.own_layer_forward,
             compile=compile_layers,
-            fused_experts_tokens=runtime.fused_experts_tokens,
-            expert_major_tokens=runtime.expert_major_tokens,
         )
         self.runner = ModelRunner(
             model,
@@ -360,7 +356,7 @@ class BatchEngine:
             delta = seq.splitter.push(token)
             if delta is not None:
                 seq.emit(delta)
-            if token in self.stop_ids:
+            if token in self.stop_ids and not seq.request.ignore_stop:
                 self._finish(seq, "stop")
             elif len(seq.output_ids) >= seq.max_new_tokens:
                 self._finish(seq, "length")

@@ -26,7 +26,6 @@ class RuntimeConfig:
     # graph per batch size and length); None: 512, 1024, ... and max_seq_len
     attend_lengths: tuple[int, ...] | None = None
     seed: int = 0
-    ignore_stop: bool = False  # benchmarks only: always generate max_new_tokens
     # the language model's attention through fast_ops: decode steps as batched matmuls,
     # prompts as kernels.prompt_attention on GPUs (elsewhere flash attention without a mask)
     fast_attention: bool = True
@@ -38,14 +37,6 @@ class RuntimeConfig:
     vision_per_photo: bool = True
     # launch step n+1 before reading back step n's tokens (False: read back at once)
     overlap_steps: bool = True
-    # decode steps of up to this many tokens run the experts as per-pair Triton kernels
-    # (GPU only; beyond it they lose to the expert-major ones: docs/performance.md)
-    fused_experts_tokens: int = 16
-    # ... and up to this many as the expert-major Triton kernels (each expert read once)
-    expert_major_tokens: int = 64
-    # prompts' experts as Triton grouped GEMMs (kernels.moe_prompt, GPU only; FP8 experts
-    # without dequantizing); False: torch's grouped_mm
-    triton_prompt_experts: bool = True
     # KV of shared prompt prefixes (the system prompt) kept on the device, in positions
     # (~225 KB each on the full-size model); 0: every prefill computes its whole prompt
     prefix_cache_tokens: int = 4096

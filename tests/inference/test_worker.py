@@ -137,10 +137,7 @@ async def test_forget_drops_the_owners_photos_from_the_photo_cache(
     """A photo is owned by every traveller whose request carried it, as its photo or in its
     history; forget(owner) drops those (also one shared with another traveller) at once,
     while the engine idles, between the steps of a running request, and after stop."""
-    # every request makes all its tokens: the one running while forget comes runs on
-    engine = create_engine(
-        engine_config, RuntimeConfig(max_slots=2, max_seq_len=2048, ignore_stop=True)
-    )
+    engine = create_engine(engine_config, RuntimeConfig(max_slots=2, max_seq_len=2048))
     worker = Worker(lambda: engine)
     await worker.start()
     photos = {name: normalize_image(small_photo(name)) for name in ("A", "B", "S", "C")}
@@ -150,8 +147,9 @@ async def test_forget_drops_the_owners_photos_from_the_photo_cache(
         return kept.owners(photo_key(photos[name], engine.base.image_soft_tokens))
 
     def ask(owner: str, photo: str, history: tuple[Turn, ...] = (), tokens: int = 2) -> Request:
+        # all its tokens: the one running while forget comes runs on
         return Request(language="en", images=(photos[photo],), history=history, owner=owner,
-                       max_new_tokens=tokens, sampling=GREEDY)  # fmt: skip
+                       max_new_tokens=tokens, sampling=GREEDY, ignore_stop=True)  # fmt: skip
 
     for request in (ask("b", "S"), ask("b", "B"),
                     ask("a", "A", history=(Turn("user", "and this?", (photos["S"],)),

@@ -24,6 +24,12 @@ from transformers.models.gemma4.modeling_gemma4 import (
 
 from inference.runtime.gemma4 import fp8_experts
 
+# Decode steps of up to this many tokens run the experts as per-pair Triton kernels;
+# beyond it they lose to the expert-major ones, which lose to the prompts' grouped GEMMs
+# beyond EXPERT_MAJOR_TOKENS (docs/performance.md, "Decode steps").
+FUSED_EXPERTS_TOKENS = 16
+EXPERT_MAJOR_TOKENS = 64
+
 
 @dataclass(frozen=True)
 class ExpertKernels:
@@ -37,6 +43,20 @@ class ExpertKernels:
     expert_major_max_tokens: int = 0
     prompt: Callable | None = None
     prompt_is_triton: bool = False  # (reported) `prompt` is kernels.moe_prompt's
+
+    @classmethod
+    def triton(cls, *, prompt_gemms: bool) -> ExpertKernels:
+        """The Triton kernels (kernels.moe; `prompt_gemms`: kernels.moe_prompt for prompts,
+        else torch's grouped_mm and the Triton sum)."""
+        from inference.runtime.kernels.moe import grouped_experts  # needs Triton
+        from inference.runtime.kernels.moe_prompt import prompt_experts_op
+
+        return cls(
+            fused_max_tokens=FUSED_EXPERTS_TOKENS,
+            expert_major_max_tokens=EXPERT_MAJOR_TOKENS,
+            prompt=prompt_experts_op if prompt_gemms else grouped_experts,
+            prompt_is_triton=prompt_gemms,
+        )
 
 
 def fuse_projections(layer) -> None:

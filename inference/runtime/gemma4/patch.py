@@ -51,20 +51,16 @@ def patch_model(
     packed_photos: bool,
     own_layers: bool,
     compile: bool | str | Callable = False,
-    fused_experts_tokens: int = 0,
-    expert_major_tokens: int = 0,
 ) -> Patch:
     """Patch `model` in place. `attention`: fast_ops.Attention for the language model;
     `fused_norms`: torch's fused rms_norm in both towers; `packed_photos`: the vision tower
     through vision.packed; `own_layers`: decoder layers as layers.layer_forward, their
     regions (and the vision layers, and the decode softmax) compiled with `compile` (True:
-    inductor; a str or callable: that dynamo backend), the experts' Triton kernels up to
-    the given numbers of tokens (layers.ExpertKernels) where `kernels.moe`."""
+    inductor; a str or callable: that dynamo backend), the experts as Triton kernels
+    (layers.ExpertKernels.triton) where `kernels.moe`."""
     patch = Patch()
     try:
-        own_layers = own_layers and _own_layers(
-            patch, model, kernels, compile, fused_experts_tokens, expert_major_tokens
-        )
+        own_layers = own_layers and _own_layers(patch, model, kernels, compile)
         if attention:
             softmax_kernel = own_layers and kernels.softmax
             patch.attention = _attention(patch, model, softmax_kernel, own_layers and compile)
@@ -112,21 +108,13 @@ def _fused_norms(patch: Patch, model) -> None:
             _set_forward(patch, module, fast_ops.fused_rms_norm_forward.__get__(module))
 
 
-def _own_layers(patch, model, kernels, compile, fused_tokens, expert_major_tokens) -> bool:
+def _own_layers(patch: Patch, model, kernels: Kernels, compile) -> bool:
     text_layers = list(model.model.language_model.layers)
     if not all(layers.is_supported(layer) for layer in text_layers):
         log.warning("own_layer_forward_unsupported", reason="layer kind not supported")
         return False
     if kernels.moe:
-        from inference.runtime.kernels.moe import grouped_experts  # needs Triton
-        from inference.runtime.kernels.moe_prompt import prompt_experts_op
-
-        patch.experts = layers.ExpertKernels(
-            fused_max_tokens=fused_tokens,
-            expert_major_max_tokens=expert_major_tokens,
-            prompt=prompt_experts_op if kernels.moe_prompt else grouped_experts,
-            prompt_is_triton=kernels.moe_prompt,
-        )
+        patch.experts = layers.ExpertKernels.triton(prompt_gemms=kernels.moe_prompt)
     regions = (layers.attention_inputs, partial(layers.feed_forward, kernels=patch.experts))
     if compile:
         # one entry per layer kind and shape class (decode batch 1, batch n, prefill)

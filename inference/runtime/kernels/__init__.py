@@ -35,7 +35,6 @@ class Kernels:
         device,
         *,
         experts: bool,
-        prompt_experts: bool,
         softmax: bool,
         decode_attention: bool,
         prompt_attention: bool,
@@ -46,7 +45,7 @@ class Kernels:
         moe = gpu and experts and works("moe", device, "grouped_mm")
         return cls(
             moe=moe,
-            moe_prompt=moe and prompt_experts and works("moe_prompt", device, "grouped_mm"),
+            moe_prompt=moe and works("moe_prompt", device, "grouped_mm"),
             softmax=gpu and softmax and works("softmax", device, "compiled softmax"),
             decode_attention=decode_attention
             and works("decode_attention", device, "bf16 keys and values, read by matmuls"),
