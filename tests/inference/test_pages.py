@@ -15,9 +15,10 @@ from inference.openai_wire import (
 )
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
-from tests.conftest import small_photo
+from tests.conftest import OpenAIServer, small_photo
 from tests.inference.runtime.test_batch_engine import album_pages
 from tests.inference.test_openai_wire import LIMITS
+from tests.inference.test_remote import remote_worker
 
 GREEDY = Sampling(temperature=0.0)
 
@@ -107,3 +108,20 @@ def test_an_albums_images_are_bounded_together() -> None:
         check_completion_body(payload, default_max_tokens=8, limits=too_small)
     assert info.value.reason == "too_large"
     assert RequestLimits().max_body_bytes < 110 * 2**20  # as with 4 images of 20 MB
+
+
+async def test_a_remote_engine_answers_an_album_as_the_local_one(
+    openai_server: OpenAIServer,
+) -> None:
+    """RemoteWorker → `travelbot serve`: all 10 pages reach the server's prompt (the same
+    number of prompt tokens as the local worker's, images expanded), the same tokens."""
+    request = Request(language="ja", images=album_pages(10), question="デザートは？",
+                      max_new_tokens=6, sampling=GREEDY)  # fmt: skip
+    async with remote_worker(openai_server) as worker:
+        remote = [event async for event in worker.submit(request)][-1]
+    local = [event async for event in openai_server.worker.submit(request)][-1]
+    assert (remote.num_prompt_tokens, remote.text) == (local.num_prompt_tokens, local.text)
+    one_page = Request(language="ja", images=album_pages(1), question="デザートは？",
+                       max_new_tokens=1, sampling=GREEDY)  # fmt: skip
+    single = [event async for event in openai_server.worker.submit(one_page)][-1]
+    assert remote.num_prompt_tokens > single.num_prompt_tokens + 9 * 60  # 9 more pages' tokens
