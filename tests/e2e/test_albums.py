@@ -84,6 +84,13 @@ async def test_an_album_is_one_request_with_all_pages_answered_once(bot: Running
     assert follow_up.images == () and len(follow_up.history) == 2
     assert follow_up.history[0].images == tuple(expected)
 
+    # /mydata shows the album's turn with its number of pages
+    mark = bot.server.mark()
+    bot.server.send_text(user, "/mydata")
+    await bot.server.wait_for(lambda c: c.method == "sendMessage", after=mark)
+    [shown] = bot_texts(bot, user.id, mark)
+    assert f"{t.get('de', 'album_reference', pages=5)} Was ist vegan?" in shown
+
     # Telegram delivers the album's updates again: nothing is answered twice
     mark = bot.server.mark()
     for message in album:
