@@ -5,7 +5,6 @@ question. Pages that cannot be read are named to the user; the others are answer
 
 from __future__ import annotations
 
-import asyncio
 import functools
 
 import structlog
@@ -85,7 +84,8 @@ async def close_album(
         return
     log.info("album_closed", job_id=job.id, pages=len(parts))
     try:
-        pages = await asyncio.gather(*(_page(bot, services, part) for part in parts))
+        # one page after another: a raw page (up to max_image_bytes) at a time in memory
+        pages = [await _page(bot, services, part) for part in parts]
     except Exception:
         await storage.set_job_status(job.id, "failed")  # never left in flight
         raise
