@@ -7,6 +7,9 @@ a listed set of packages would miss each new subpackage: hence these few lines."
 from setuptools import find_packages, setup
 
 setup(
-    packages=[*find_packages(include=["bot", "bot.*", "inference", "inference.*"]), "bot.locales"],
+    packages=[
+        *find_packages(include=["bot", "bot.*", "inference", "inference.*", "evaluation"]),
+        "bot.locales",
+    ],
     package_dir={"bot.locales": "locales"},
 )

@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> None:
 
     add_fp8_check_arguments(check)
 
+    evaluate = commands.add_parser(
+        "eval", help="score answers on generated photos of signs and menus, per script"
+    )
+    from evaluation.cli import add_arguments as add_eval_arguments
+
+    add_eval_arguments(evaluate)
+
     args = parser.parse_args(argv)
     if args.command == "run":
         from bot.__main__ import main as run_bot
@@ -98,6 +105,10 @@ def main(argv: list[str] | None = None) -> None:
         from inference.fp8_check import main as check_main
 
         sys.exit(check_main(args))
+    elif args.command == "eval":
+        from evaluation.cli import main as eval_main
+
+        sys.exit(eval_main(args))
     elif args.command == "sample-image":
         from inference.samples import write_sample
 
