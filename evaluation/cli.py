@@ -68,7 +68,11 @@ def main(args: argparse.Namespace) -> int:
         from evaluation.runners import read_with_ocr
 
         runner = "ocr:PP-OCRv4 (rapidocr-onnxruntime)"
-        scores, answers = read_with_ocr(photos, on_score=progress)
+        try:
+            scores, answers = read_with_ocr(photos, on_score=progress)
+        except ImportError as exc:  # its wheel is for Python < 3.13 (pyproject.toml)
+            print(f"the OCR baseline needs rapidocr-onnxruntime: {exc}", file=sys.stderr)
+            return 2
     elif args.model or args.openai:
         runner, worker = _worker(args, len(photos))
         scores, answers = asyncio.run(_answer(worker, photos, args, progress))
