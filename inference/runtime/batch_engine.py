@@ -206,8 +206,9 @@ class BatchEngine:
     @torch.inference_mode()
     def _warm_up_photo_batches(self, photo: bytes) -> None:
         """Photos of one size attend as a batch (vision.same_size_photos), and cuDNN builds
-        a plan for each batch shape on first use (~50 ms): build them for 1 to a full
-        prefill of 4:3 photos (any phone photo, upright or not), as the runner runs them."""
+        a plan for each batch shape on first use, which a traveller would wait for
+        (docs/performance.md): build them for 1 to a full prefill of 4:3 photos (any phone
+        photo, upright or not), as the runner runs them."""
         inputs = self.prepare(Request(language="en", images=(photo,))).inputs
         model = self.base.model
         counts = vision.patch_counts(inputs["image_position_ids"])

@@ -53,9 +53,9 @@ class RuntimeConfig:
     # half the bytes of a many-sequence decode step. Opt-in until the real checkpoint's
     # answers are checked with it; needs own_layer_forward and an Ada/Hopper GPU or the CPU
     fp8_experts: bool = False
-    # the sliding layers' keys and values as FP8 e4m3 (kernels.decode_attention): half of what a
-    # many-sequence decode step reads for them (13.4 GB at 64 sequences in bf16). Opt-in
-    # like fp8_experts; needs fast_attention, and Triton on GPUs
+    # the sliding layers' keys and values as FP8 e4m3 (kernels.decode_attention): half of
+    # what a many-sequence decode step reads for them (docs/performance.md). Opt-in like
+    # fp8_experts; needs fast_attention, and Triton on GPUs
     fp8_kv_cache: bool = False
 
     def __post_init__(self) -> None:

@@ -67,7 +67,8 @@ def attend_length_buckets(max_seq_len: int, lengths: tuple[int, ...] | None) -> 
     return sorted({length for length in lengths if length < max_seq_len} | {max_seq_len})
 
 
-# the sliding layers' shorter ring reads after a kept prefix come in steps of this many
+# the sliding layers' shorter ring reads after a kept prefix come in steps of this many: finer
+# steps read less but capture more graphs (docs/performance.md)
 OWN_LENGTH_STEP = 128
 
 
@@ -169,7 +170,8 @@ class ModelRunner:
         self.attend_lengths = attend_length_buckets(max_seq_len, attend_lengths)
         self._graph_batches = sorted(b for b in graph_batch_sizes if b <= num_slots)
         # (batch size, attended length, sliding layers' ring positions read, kept prefix read)
-        # → graph and its logits, in one buffer for all graphs (each its own: ~1.9 GB)
+        # → graph and its logits, in one buffer for all graphs (not one each: they add up,
+        # docs/performance.md)
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._graph_logits: torch.Tensor | None = None
         if self._graph_batches:
@@ -219,7 +221,8 @@ class ModelRunner:
             spans = [fast_ops.vision_spans(t[0, skip:].tolist())
                      if t is not None and self.image_rule else [] for t in types]  # fmt: skip
         # the prefix's K/V apart from the prompts' where the kernel serves every layer (no
-        # join: ~4 ms of copies per 8 photos); else full-length K/V, the prefix's first
+        # join, which copies it before each prompt's in every layer: docs/performance.md);
+        # else full-length K/V, the prefix's first
         apart = shared is not None and self._kernel_serves(spans)
         cache = prompt_cache(shared or [], len(inputs), apart=apart)
         step = self._prompt_step(spans, skip, width, shared if apart else None)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from inference.runtime.sequence import Sequence, Status
 
 # prompt tokens one prefill computes at most (a cached prefix's not counted): bounds its
-# activations' memory (16 photo prompts after the system prompt fit)
+# activations' memory (16 photo prompts after the system prompt fit; docs/performance.md)
 MAX_PREFILL_TOKENS = 8192
 
 

@@ -5,7 +5,7 @@
   head_dim 512). Prompts (q_len > 1) still go to SDPA.
 - Prompt attention of sliding layers (`prompt_attention`): Gemma 4's mask there is causal,
   or both tokens in the same image, within the window. A mask makes SDPA fall back to its
-  memory-efficient kernel (an H100 spent 40 ms of an 8-photo prefill in it); instead, one
+  memory-efficient kernel, slower than flash (docs/performance.md); instead, one
   causal flash attention for all tokens, then each image's tokens again against everything
   up to the image's end (consecutive prompts with an image at the same place in one
   call). The runner passes the images' spans (`StepAttention`). On GPUs, where its start-up
@@ -15,7 +15,7 @@
   activations' dtype (one kernel instead of five plus two casts) on GPUs; its bf16 rounding
   differs slightly from transformers'. In the vision tower's compiled layers transformers'
   norm became a pointwise kernel that sums each head's 72 values again for every element
-  (q/k norm and 2D RoPE: 7.9 ms of an 8-photo prefill on an H200).
+  (q/k norm and 2D RoPE); the fused norm sums them once.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ class StepAttention:
 
 
 # decode steps of at least this many rows read the kept prefix as matmuls over all rows'
-# queries (once), fewer rows through kernels.decode_attention (one launch instead of seven)
+# queries (once), fewer rows through kernels.decode_attention (one launch instead of seven;
+# docs/performance.md)
 PREFIX_MATMUL_ROWS = 16
 
 

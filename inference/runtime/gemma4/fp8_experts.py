@@ -1,8 +1,8 @@
 """Expert weights stored as FP8 (e4m3) with one float32 scale per output row (opt-in).
 
-A decode step of many sequences reads nearly every expert of every layer: ~45 of the
-~60 GB an H100 reads per step at 64 sequences. In FP8 that half of the bytes, and half of
-the experts' memory, is saved. The Triton kernels (kernels.moe for decode steps,
+A decode step of many sequences reads nearly every expert of every layer, most of the
+bytes the step reads (docs/performance.md). In FP8 half of those bytes, and half of the
+experts' memory, is saved. The Triton kernels (kernels.moe for decode steps,
 kernels.moe_prompt for prompts) load FP8 and scale their sums; without Triton's prompt
 kernels a prompt dequantizes its layer's experts and runs torch's grouped GEMMs. Random
 weights cannot judge the quality: check answers of the real checkpoint before turning it

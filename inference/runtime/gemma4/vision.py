@@ -2,17 +2,16 @@
 
 The image processor pads every photo's patches to the same count (2,520 at 280 soft
 tokens). A padded batch needs an attention mask, and with a mask SDPA cannot use flash
-attention (on an H100 the masked kernel took 46 of the 193 ms that prefilling 4 photos
-took). One photo at a time needs no mask, but launches every layer's kernels once per
-photo (H100: 70 ms for 4 photos, 132 ms for 8).
+attention: it falls back to its slower memory-efficient kernel. One photo at a time needs
+no mask, but launches every layer's kernels once per photo.
 
 Here the photos' own patches are packed into one sequence: every projection, norm and MLP
-runs once for all of them (54 and 98 ms), and only the attention is split
-(`photo_attention`, a custom op so the compiled layers do not see the photo sizes): photos
-of one size (every 4:3 or 3:4 phone photo) as one SDPA batch, cuDNN first; mixed sizes on
-a GPU as one variable-length flash attention. Then each photo is pooled on its own patch
-positions, as the tower does. Same features: padding patches are masked out of attention
-and dropped by the pooler.
+runs once for all of them and on no padding (times: docs/performance.md), and only the
+attention is split (`photo_attention`, a custom op so the compiled layers do not see the
+photo sizes): photos of one size (every 4:3 or 3:4 phone photo) as one SDPA batch, cuDNN
+first; mixed sizes on a GPU as one variable-length flash attention. Then each photo is
+pooled on its own patch positions, as the tower does. Same features: padding patches are
+masked out of attention and dropped by the pooler.
 """
 
 from __future__ import annotations
@@ -60,8 +59,8 @@ def photo_attention(
     return output
 
 
-# H200, 8 photos of 2,520 patches, 16 heads of 72, per layer: cuDNN 0.70 ms, flash as a
-# batch 1.05, the variable-length flash call 1.25 (scripts/time_photo_attention.py)
+# cuDNN first: at the vision tower's sizes (16 heads of 72) it beat flash, as a batch or as
+# one variable-length call (scripts/time_photo_attention.py, docs/performance.md)
 PHOTO_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
                   SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]  # fmt: skip
 

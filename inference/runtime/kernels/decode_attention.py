@@ -1,10 +1,10 @@
 """Decode attention over keys and values stored as FP8 (e4m3), as Triton kernels (opt-in:
 `RuntimeConfig.fp8_kv_cache`, for the sliding layers).
 
-A decode step of 64 sequences reads the sliding layers' whole 1,024-position rings: 13.4
-of the ~19 GB it reads besides the experts in bf16, half of that in FP8. Torch cannot
-multiply FP8 by bf16, and converting the ring first would read it twice, so the kernels
-convert as they load (flash decoding):
+A decode step of many sequences reads the sliding layers' whole 1,024-position rings: most
+of what it reads besides the experts, half of that in FP8. Torch cannot multiply FP8 by
+bf16, and converting the ring first would read it twice, so the kernels convert as they
+load (flash decoding):
   1. one program per (sequence, KV head, part of the positions): the KV head's queries
      (padded to 16 rows) against its keys on float16 tensor cores (e4m3 converts to float16
      in one instruction, and float16 keeps more of the query than bf16), the mask applied,
@@ -12,10 +12,9 @@ convert as they load (flash decoding):
      running max, sum and output;
   2. one program per (sequence, query head) merges the parts (where there is more than
      one: at 64 sequences the 512 (sequence, KV head) programs are enough on their own).
-H200, one sliding layer: 0.089 / 0.019 / 0.0066 ms at 64 / 8 / 1 sequences against the bf16
-path's 0.139 / 0.026 / 0.0104. The values are stored as they are (one scale, 1: Gemma 4's
-keys and values come out of RMS norms, so they are small); `kv_cache.fit` clamps them to
-FP8's range first.
+Faster than the bf16 matmuls at 1, 8 and 64 sequences (docs/performance.md). The values
+are stored as they are (one scale, 1: Gemma 4's keys and values come out of RMS norms, so
+they are small); `kv_cache.fit` clamps them to FP8's range first.
 """
 
 from __future__ import annotations
@@ -26,9 +25,10 @@ import triton.language as tl
 
 from inference.runtime.kernels.dot import INTERPRETED, dot
 
-# H200 sweep (scripts/check_decode_attention.py): best or within 2% at 1, 8 and 64 rows
+# tiles and grid, swept at 1, 8 and 64 rows by scripts/check_decode_attention.py
+# (docs/performance.md)
 BLOCK_L = 64  # positions per loop step
-MIN_PROGRAMS = 512  # programs per call at least (an H200 has 132 SMs), where the ring allows
+MIN_PROGRAMS = 512  # programs per call at least (a few per SM), where the ring allows
 WARPS, STAGES = 4, 3
 
 

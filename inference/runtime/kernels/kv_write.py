@@ -1,7 +1,7 @@
 """A decode step's keys and values into the KV cache as one Triton kernel (GPUs).
 
-SlotKVCache.update wrote them with two indexed assignments per layer: 60 index kernels of
-~4 µs in a 64-sequence step on an H200 (0.25 ms), each moving 256 KB. Here one program
+SlotKVCache.update wrote them with two indexed assignments per layer: 60 index kernels a
+step, each too small to pay for its launch (docs/performance.md). Here one program
 per (row, KV head) copies that head's key and value to the row's slot at its index, both
 in one launch. FP8 caches (opt-in, sliding layers) keep the indexed assignments: Triton's
 interpreter rounds to FP8 wrongly (1.99 → 1.0), so the CPU could not test such a store.

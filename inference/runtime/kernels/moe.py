@@ -3,21 +3,21 @@ last step (un-permute and weighted sum) of the grouped GEMMs for more.
 
 grouped_mm needs the (token, expert) pairs sorted, gathered and described to CUTLASS
 before it multiplies: ~15 small kernels a layer, and at 1-8 tokens its GEMMs read the
-weights at ~55% of the bandwidth. Here each pair reads its expert's rows straight from
-the stored weights:
+weights well below the memory's bandwidth. Here each pair reads its expert's rows straight
+from the stored weights:
   1. gate_up: one program per (pair, block of intermediate rows) → GELU(tanh)(gate)·up;
   2. down: one program per (token, block of hidden rows), looping over the token's top-k
      experts, weighting by the router and summing in registers (no scatter, no atomics).
 Programs of neighbouring pairs read the same rows when tokens share an expert, so the
 second read mostly hits L2. The two kernels' loops look alike but are kept apart: gate_up
 streams gate and up rows against one load of x, which a shared row-dot helper would load
-twice (H100, 1 token: 0.041 → 0.045 ms per layer).
+twice (slower at 1 token: docs/performance.md).
 
 For prompts (moe_prompt's Triton GEMMs by default; this where they fail, and as
 the benchmarks' baseline), `grouped_experts` sorts the pairs by expert for two grouped
 GEMMs as transformers does, then `_unpermute_sum_kernel` gathers each token's k output
 rows, weights and sums them in float32 in one pass (inductor's fused gather-multiply-sum
-read them at ~0.7 TB/s: 16 of the 281 ms an H100 spent prefilling 8 photos).
+read them at a fraction of the bandwidth: docs/performance.md).
 
 Weights stored as FP8 (fp8_experts) come with one float32 scale per weight row: the
 decode kernels load the FP8 values, and scale each row's sum once (SCALED).
@@ -33,16 +33,14 @@ import triton.language as tl
 
 from inference.runtime.gemma4 import fp8_experts
 
-# (BLOCK_N, BLOCK_K, warps) per kernel; measured on an H100 by scripts/check_moe_kernel.py
+# Tiles of the decode kernels, swept by scripts/check_moe_kernel.py (docs/performance.md).
+# (BLOCK_N, BLOCK_K, warps) of the per-pair kernels
 GATE_UP_BLOCKS = (16, 128, 8)
 DOWN_BLOCKS = (8, 128, 8)
-# (BLOCK_M tokens, BLOCK_N, BLOCK_K, warps) of the expert-major kernels; H100, 64 tokens,
-# per layer: 0.565 ms gate_up + down (sweep within ±1%), grouped_mm 0.682 ms
+# (BLOCK_M tokens, BLOCK_N, BLOCK_K, warps) of the expert-major kernels
 EXPERT_GATE_UP_BLOCKS = (16, 32, 128, 4)
 EXPERT_DOWN_BLOCKS = (16, 32, 128, 4)
-# FP8 weights: the same bytes per block load take twice the K. H200, per layer: per-pair
-# gate_up 0.0315 → 0.029 ms at 1 token, 0.144 at 8 (even); expert-major at 64 tokens,
-# down with gate_up 0.299 → 0.266 ms (gate_up's sweep within ±1%)
+# FP8 weights: the same bytes per block load take twice the K
 FP8_GATE_UP_BLOCKS = (8, 256, 4)
 FP8_DOWN_BLOCKS = DOWN_BLOCKS
 FP8_EXPERT_GATE_UP_BLOCKS = EXPERT_GATE_UP_BLOCKS
@@ -247,7 +245,7 @@ def sort_by_expert(top_k_index: torch.Tensor, num_experts: int):
     """(token, k) pairs in expert order: `order` (pair of each sorted row), `counts` [E]
     (int32, pairs per expert) and `position` (sorted row of each pair). No host sync."""
     ids = top_k_index.reshape(-1)
-    # one-byte keys: a radix sort over 8 bits, not 64 (H200, 512 pairs as int64: 27 µs)
+    # one-byte keys: a radix sort over 8 bits, not 64 (docs/performance.md)
     expert_ids, order = torch.sort(ids.to(torch.uint8) if num_experts <= 256 else ids)
     counts_of = expert_ids.int() if expert_ids.is_cuda else expert_ids.float()  # histc: CPU float
     counts = torch.histc(counts_of, bins=num_experts, min=0, max=num_experts - 1).int()
@@ -293,9 +291,9 @@ MAX_GROUPED_PAIRS = 4096  # one program holds them all
 
 def group_by_expert(top_k_index: torch.Tensor, num_experts: int):
     """`sort_by_expert` plus where each expert's rows start, as one kernel for up to
-    MAX_GROUPED_PAIRS pairs instead of ~10 (sort, histogram, scatter, cumsum: ~0.7 ms of an
-    H200 decode step at 64 sequences). One expert's pairs come in any order: each row is
-    computed on its own. Returns (order, counts, starts, position), int32."""
+    MAX_GROUPED_PAIRS pairs instead of ~10 (sort, histogram, scatter, cumsum) a layer
+    (docs/performance.md). One expert's pairs come in any order: each row is computed on
+    its own. Returns (order, counts, starts, position), int32."""
     ids = top_k_index.reshape(-1).contiguous()
     num_pairs = ids.shape[0]
     if num_pairs > MAX_GROUPED_PAIRS:

@@ -12,9 +12,8 @@ then `moe.unpermute_sum` weights and sums each token's k rows. Against
 `grouped_experts` (torch's grouped_mm) this saves the gather of the hidden rows into
 expert order, the [pairs, 2I] gate_up output, and for FP8 experts (`fp8_experts`) the
 dequantizing of every layer's weights: FP8 values are exact in bf16, so the kernels
-convert them as they load them and scale each output column once. H200, a layer at 3,904
-tokens: bf16 1.05 ms against grouped_mm's 1.08 (~350 TFLOP/s both), FP8 1.27 against
-~1.65 dequantized.
+convert them as they load them and scale each output column once: as fast as grouped_mm
+in bf16, faster for FP8 experts than dequantizing first (docs/performance.md).
 The grid holds as many tiles as the pairs could ever need; the programs past the table's
 end return at once.
 """
@@ -37,8 +36,8 @@ from inference.runtime.kernels.moe import (
     unpermute_sum,
 )
 
-# (BLOCK_M pairs, BLOCK_N weight rows, BLOCK_K, warps, stages) by weight dtype; H200 sweep
-# at 3,904 tokens (scripts/check_prompt_experts.py), best of 11-12 each, all within 25%
+# (BLOCK_M pairs, BLOCK_N weight rows, BLOCK_K, warps, stages) by weight dtype: the tiles of
+# an 8-photo prefill's experts, swept by scripts/check_prompt_experts.py (docs/performance.md)
 GATE_UP_BLOCKS = (128, 64, 64, 4, 3)
 DOWN_BLOCKS = (128, 256, 64, 8, 3)
 FP8_GATE_UP_BLOCKS = (128, 64, 64, 8, 4)
@@ -134,9 +133,8 @@ def _prompt_down_kernel(
 
 
 # Triton compiles a kernel again for each new pattern of its int arguments (== 1, or a
-# multiple of 16). Poisson x8's last prefill on an H200 (one 509-token prompt, the first
-# to make `num_slots` a multiple of 16) took ~590 ms of GPU time against ~140 for the
-# others: a compile while serving. This kernel takes any `num_slots` with one compile.
+# multiple of 16): a prefill whose `num_slots` first made a new pattern waited for a compile
+# while serving (docs/performance.md). This kernel takes any `num_slots` with one compile.
 @triton.jit(do_not_specialize=["num_slots"])
 def _tile_table_kernel(counts_ptr, starts_ptr, first_tile_ptr, tile_expert_ptr, num_experts,
                        num_slots, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr,

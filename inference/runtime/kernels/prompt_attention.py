@@ -3,8 +3,8 @@
 Gemma 4's mask for a prompt's tokens there: causal, and an image's tokens see the whole
 image. Torch has no kernel for that mask without materializing it, so fast_ops ran one
 causal flash attention and then each image's tokens again (after copying keys and values
-into flash's packed layout, and copying the images' outputs back): an 8-photo prefill on an
-H200 spent ~10 ms in flash kernels and ~6 ms in those copies over its 25 sliding layers.
+into flash's packed layout, and copying the images' outputs back): two passes over the
+images' tokens, and copies nearly as long as the flash kernels (docs/performance.md).
 Here every query sees the keys before its `visible_end` (position + 1, or its image's end:
 the two rules give one interval, as both start at the prompt's first key), so one pass
 covers both, reading queries, keys and values in place and writing the output in the
@@ -25,9 +25,8 @@ import triton.language as tl
 from inference.runtime.gemma4.fast_ops import visible_ends
 from inference.runtime.kernels.dot import INTERPRETED, dot
 
-# (BLOCK_M, BLOCK_N, warps, stages) by head size; H200, one sliding layer of an 8-photo
-# prefill (scripts/check_prompt_attention.py): 0.179 ms with these, 0.299 with 64-row tiles,
-# flash and a pass per image 0.397
+# (BLOCK_M, BLOCK_N, warps, stages) by head size: 128-row tiles for the sliding layers, as
+# timed on an 8-photo prefill by scripts/check_prompt_attention.py (docs/performance.md)
 BLOCKS = {256: (128, 64, 8, 2), 512: (64, 32, 8, 2)}
 
 

@@ -4,9 +4,9 @@
 Between the two matmuls of bf16 decode attention (fast_ops.decode_attention) each layer
 turns its scores [B, KV heads, group, L] into probabilities over the positions its mask
 lets the sequence see. torch.compile made that one kernel, but one that splits each row's
-reduction over several programs: 12.8 µs a layer at 64 sequences on an H200 (0.385 ms of
-an 18.4 ms step) for ~4 MB read and written. Here each program holds its whole row (L ≤
-4,096, the longest attended length) in registers: one read, one write.
+reduction over several programs, which read and write the row more than once
+(docs/performance.md). Here each program holds its whole row (L ≤ 4,096, the longest
+attended length) in registers: one read, one write.
 """
 
 from __future__ import annotations
