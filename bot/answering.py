@@ -14,10 +14,11 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Tele
 
 from bot.context import Services
 from bot.currency import prices_markdown
+from bot.drawing import draw_on_photo, overlay_rows
 from bot.logging import user_ref
 from bot.phrases import escape_markdown, phrase_keyboard, phrases_markdown
 from bot.render import render_messages
-from bot.storage import Job
+from bot.storage import Job, StoredMessage
 from bot.streaming import AnswerStream
 from inference import (
     BlockSplitter,
@@ -150,7 +151,15 @@ async def _start(
     status = t(f"placeholder_{kind}")
     if notice:
         status = f"{notice}\n{status}"
-    await _answer(services, job, request, stream, status, t, wait_for_room=wait_for_room)
+    stored = await _answer(services, job, request, stream, status, t, wait_for_room=wait_for_room)
+    # /overlay on: the picture follows a single photo's answer; an album keeps its page
+    # buttons (docs/overlay.md)
+    if stored is not None and len(images) == 1 and await storage.get_overlay(job.user_id):
+        turn = await storage.get_photo_turn(stored)
+        if turn is not None:
+            await draw_on_photo(
+                bot, services, stored, turn, 0, language=language, reply_to=job.message_id
+            )
 
 
 async def _answer(
@@ -162,7 +171,8 @@ async def _answer(
     t,
     *,
     wait_for_room: bool,
-) -> None:
+) -> StoredMessage | None:
+    """The answer stored and delivered (None when it was not)."""
     storage = services.storage
     started = time.monotonic()
     try:
@@ -175,7 +185,7 @@ async def _answer(
             log.warning("request_failed", job_id=job.id, kind=exc.kind)
             await storage.set_job_status(job.id, "failed")
             await stream.fail(error_text(services, exc, t))
-            return
+            return None
         answer = split_answer(finished.text)
         log.info("answer_block", job_id=job.id, status=answer.status, **answer.data.counts())
         # stored as the prose and the block as read: the history shows the model its
@@ -186,7 +196,7 @@ async def _answer(
         if stored is None:
             log.info("answer_erased", job_id=job.id)
             await stream.discard()
-            return
+            return None
         prices = await prices_text(services, job.user_id, answer.data.prices, t, request.language)
         messages, keyboard = answer_messages(
             stored.text,
@@ -195,16 +205,17 @@ async def _answer(
             finished.finish_reason,
             message_id=stored.id,
             extra=prices,
+            pages=len(job.image_file_ids),
         )
         await deliver(services, job, stream, messages, keyboard)
     except Forbidden:  # the user blocked the bot: nobody to answer
         log.info("user_blocked_bot", job_id=job.id)
         await storage.set_job_status(job.id, "failed")
-        return
+        return None
     except Exception:
         log.exception("job_failed", job_id=job.id)
         await _give_up(services, job, stream, t)
-        return
+        return None
     latency = time.monotonic() - started
     first = stream.first_text_at - started if stream.first_text_at else None
     services.record_answer(
@@ -216,6 +227,7 @@ async def _answer(
         num_tokens=finished.num_output_tokens,
         seconds=round(latency, 2),
     )
+    return stored
 
 
 async def _give_up(services: Services, job: Job, stream: AnswerStream, t) -> None:
@@ -295,6 +307,7 @@ async def deliver_stored(bot: Bot, services: Services, job: Job, *, language: st
         "stop",
         message_id=job.answer_history_id,
         extra=extra,
+        pages=len(job.image_file_ids),
     )
     work = deliver(services, job, stream, messages, keyboard)
     try:
@@ -326,11 +339,19 @@ def error_text(services: Services, error: InferenceError, t) -> str:
 
 
 def answer_messages(
-    answer: str, thought: str, t, finish_reason: str, *, message_id: int | None, extra: str = ""
+    answer: str,
+    thought: str,
+    t,
+    finish_reason: str,
+    *,
+    message_id: int | None,
+    extra: str = "",
+    pages: int = 0,
 ) -> tuple[list[str], InlineKeyboardMarkup | None]:
     """The stored answer as the chat shows it: the prose, its phrases written under it, and
     their "Show to staff" buttons (which name `message_id`, the answer's history row); then
-    `extra` (Markdown: the prices converted)."""
+    `extra` (Markdown: the prices converted); "Show on the photo" for an answer about
+    `pages` photos."""
     split = split_answer(answer)
     phrases = split.data.phrases
     parts = [split.prose, phrases_markdown(phrases, t("say_it")), extra]
@@ -341,7 +362,8 @@ def answer_messages(
     elif finish_reason == "length":
         messages.append(f"<i>{t('answer_cut')}</i>")
     keyboard = phrase_keyboard(message_id, phrases, lambda p: t("show_to_staff", phrase=p))
-    return messages, keyboard
+    rows = [*(keyboard.inline_keyboard if keyboard else ()), *overlay_rows(message_id, pages, t)]
+    return messages, InlineKeyboardMarkup(rows) if rows else None
 
 
 async def prices_text(

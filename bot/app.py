@@ -30,7 +30,7 @@ from bot.webhook import WebhookReceiver
 
 log = structlog.get_logger()
 
-COMMANDS = ("start", "help", "lang", "think", "diet", "currency", "mydata", "forget")
+COMMANDS = ("start", "help", "lang", "think", "diet", "currency", "overlay", "mydata", "forget")
 
 
 def build_application(services: Services) -> Application:
@@ -57,6 +57,7 @@ def build_application(services: Services) -> Application:
     application.add_handler(CommandHandler("help", commands.help_command))
     application.add_handler(CommandHandler(["lang", "language"], commands.lang))
     application.add_handler(CommandHandler("think", commands.think))
+    application.add_handler(CommandHandler("overlay", commands.overlay))
     application.add_handler(CommandHandler(["diet", "allergies"], diet.diet))
     application.add_handler(CommandHandler("currency", currency.currency))
     application.add_handler(CommandHandler(["mydata", "privacy"], commands.mydata))

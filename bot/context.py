@@ -17,6 +17,7 @@ from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.stats import Stats
 from bot.storage import Storage, User
+from bot.text_lines import SharedDetector
 from bot.user_locks import UserLocks
 from inference import InferenceService
 
@@ -34,6 +35,8 @@ class Services:
     rates: ExchangeRates = field(init=False)
     font_set: FontSet | None = None  # found on first use where not given
     drawing_cards: set[int] = field(default_factory=set)  # users whose phrase card is drawn
+    drawing_overlays: set[int] = field(default_factory=set)  # users whose overlay is drawn
+    text_lines: SharedDetector = field(default_factory=SharedDetector)  # bot/text_lines.py
     albums: AlbumCollector = field(init=False)  # albums whose parts are arriving
 
     def __post_init__(self) -> None:

@@ -158,6 +158,10 @@ MIGRATIONS: list[list[str]] = [
         # counted in flight nor recovered until its sender taps "Ask anyway" (release_job).
         "ALTER TABLE jobs ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
     ],
+    [
+        # /overlay on: the translation drawn on each photo answered, without the button
+        "ALTER TABLE users ADD COLUMN overlay INTEGER NOT NULL DEFAULT 0",
+    ],
 ]
 ERASED_MESSAGES_KEPT = timedelta(days=1)  # Telegram keeps an undelivered update 24 hours
 
@@ -213,6 +217,7 @@ class UserData:
     messages: list[StoredMessage]
     diet: Diet = field(default_factory=Diet)
     currency: CurrencyChoice = field(default_factory=lambda: CurrencyChoice(None, False))
+    overlay: bool = False  # /overlay on
 
 
 @dataclass(frozen=True)
@@ -548,7 +553,37 @@ class Storage:
         )
         user = await self.get_user(user_id)
         diet, currency = await self.get_diet(user_id), await self.get_currency(user_id)
-        return UserData(user, [_message(r) for r in rows], diet, currency)
+        overlay = await self.get_overlay(user_id)
+        return UserData(user, [_message(r) for r in rows], diet, currency, overlay)
+
+    async def get_overlay(self, user_id: int) -> bool:
+        """Whether the user asked for the translation drawn on every photo (/overlay on)."""
+        row = await self._one("SELECT overlay FROM users WHERE user_id = ?", (user_id,))
+        return bool(row and row[0])
+
+    async def set_overlay(self, user_id: int, on: bool, *, default_language: str) -> None:
+        """/overlay on|off, creating the user with `default_language` if missing."""
+        now = _now()
+        async with self._transaction():
+            await self._db.execute(
+                f"INSERT OR IGNORE INTO users ({_USER_COLS}) VALUES (?, ?, 0, ?, ?)",
+                (user_id, default_language, now, now),
+            )
+            await self._db.execute(
+                "UPDATE users SET overlay = ?, updated_at = ? WHERE user_id = ?",
+                (int(on), now, user_id),
+            )
+
+    async def get_photo_turn(self, answer: StoredMessage) -> StoredMessage | None:
+        """The traveller's turn that `answer` (a model row) answered, where it had photos:
+        the newest user row before it, in its chat, of its user."""
+        row = await self._one(
+            f"SELECT {_MESSAGE_COLS} FROM messages WHERE chat_id = ? AND user_id = ?"
+            " AND role = 'user' AND id < ? ORDER BY id DESC LIMIT 1",
+            (answer.chat_id, answer.user_id, answer.id),
+        )
+        turn = _message(row) if row else None
+        return turn if turn is not None and turn.image_file_ids else None
 
     async def get_currency(self, user_id: int) -> CurrencyChoice:
         row = await self._one(

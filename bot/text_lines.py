@@ -12,10 +12,11 @@ seconds of CPU, at 1024 px a fraction of that. Without the package (or where it 
 
 from __future__ import annotations
 
+import asyncio
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import structlog
 from PIL import Image
 
@@ -69,6 +70,8 @@ class TextLineDetector:
 
     def detect(self, image: Image.Image) -> list[LineBox]:
         """The text lines of `image` (any size), in its pixels, top to bottom."""
+        import numpy as np  # with rapidocr-onnxruntime: the bot starts without either
+
         scale = min(1.0, self.max_side / max(image.size))
         small = image.convert("RGB")
         if scale < 1.0:
@@ -95,3 +98,34 @@ def load_detector() -> TextLineDetector | None:
     except Exception as exc:  # ImportError, a missing libGL for OpenCV, a bad model file
         log.warning("text_detector_unavailable", error=type(exc).__name__)
         return None
+
+
+class SharedDetector:
+    """The process's one detector: loaded on first use, off the event loop, and run by one
+    thread at a time (detection is a second of a CPU core: more at once would only queue in
+    onnxruntime while starving the bot's own thread)."""
+
+    def __init__(self) -> None:
+        self._slot = asyncio.Lock()
+        self._detector: TextLineDetector | None = None
+        self._loaded = False
+
+    async def detect(self, photo: bytes) -> list[LineBox]:
+        """The lines of a normalised photo (JPEG bytes); [] without a detector, or where it
+        fails on this photo."""
+        async with self._slot:
+            if not self._loaded:
+                self._detector = await asyncio.to_thread(load_detector)
+                self._loaded = True
+            if self._detector is None:
+                return []
+            try:
+                return await asyncio.to_thread(_detect, self._detector, photo)
+            except Exception as exc:
+                log.warning("text_detection_failed", error=type(exc).__name__)
+                return []
+
+
+def _detect(detector: TextLineDetector, photo: bytes) -> list[LineBox]:
+    with Image.open(io.BytesIO(photo)) as image:
+        return detector.detect(image)

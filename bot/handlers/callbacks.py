@@ -11,7 +11,11 @@ from telegram import CallbackQuery, ReplyParameters, Update
 from telegram.constants import ChatMemberStatus, ParseMode
 from telegram.error import BadRequest, TelegramError
 
+from bot.answering import erasable
 from bot.context import BotContext
+from bot.drawing import CALLBACK_PREFIX as OVERLAY_PREFIX
+from bot.drawing import draw_on_photo
+from bot.drawing import read_callback as read_overlay_callback
 from bot.handlers import diet
 from bot.handlers.messages import ask_anyway
 from bot.logging import user_ref
@@ -25,8 +29,9 @@ _CHAT_ID = re.compile(r"-?[0-9]{1,20}")
 
 
 async def button(update: Update, context: BotContext) -> None:
-    """Dispatch `lang:<code>`, `diet:<code>|clear|done`, `forget:yes:<id>|no` and
-    `say:<row>:<n>`, `anyway:<job id>`; anything else is a stale or forged button."""
+    """Dispatch `lang:<code>`, `diet:<code>|clear|done`, `forget:yes:<id>|no`,
+    `say:<row>:<n>`, `anyway:<job id>` and `ovl:<row>:<page>`; anything else is a stale or
+    forged button."""
     query = update.callback_query
     kind, _, value = (query.data or "").partition(":")
     user_id = query.from_user.id
@@ -64,6 +69,8 @@ async def button(update: Update, context: BotContext) -> None:
         await _edit(query, context.t("forget_cancelled"))
     elif kind == CALLBACK_PREFIX:
         await show_phrase(query, context)
+    elif kind == OVERLAY_PREFIX:
+        await show_on_photo(query, context)
     else:
         log.warning("unknown_callback", kind=kind[:16], length=len(query.data or ""))
         await query.answer(context.t("button_expired"), show_alert=False)
@@ -102,6 +109,47 @@ async def show_phrase(query: CallbackQuery, context: BotContext) -> None:
     finally:
         drawing.discard(query.from_user.id)
     log.info("phrase_card_sent", message_id=stored.id)
+
+
+async def show_on_photo(query: CallbackQuery, context: BotContext) -> None:
+    """Draw the translation on the photo (the album's page) a "Show on the photo" button
+    names, in the chat of its answer, for the person it was answered to; once the answer is
+    erased, "expired". One drawing at a time per user: a tap meanwhile is told so."""
+    ref = read_overlay_callback(query.data or "")
+    stored = await context.storage.get_message(ref[0]) if ref else None
+    in_chat = (
+        stored is not None
+        and stored.role == "model"
+        and query.message is not None
+        and stored.chat_id == query.message.chat.id
+    )
+    turn = await context.storage.get_photo_turn(stored) if in_chat else None
+    if not ref or turn is None or ref[1] >= len(turn.image_file_ids):
+        await query.answer(context.t("button_expired"))
+        return
+    if not await _may_act_for(query, stored.user_id):
+        await query.answer(context.t("button_not_yours"), show_alert=True)
+        return
+    services, user_id = context.services, query.from_user.id
+    if user_id in services.drawing_overlays:
+        await query.answer(context.t("overlay_in_progress"))
+        return
+    services.drawing_overlays.add(user_id)
+    try:
+        await query.answer(context.t("overlay_drawing"))
+        work = draw_on_photo(
+            query.get_bot(),
+            services,
+            stored,
+            turn,
+            ref[1],
+            language=context.language,
+            reply_to=query.message.message_id,
+        )
+        if not await erasable(services, stored.user_id, work):
+            log.info("overlay_erased", message_id=stored.id)
+    finally:
+        services.drawing_overlays.discard(user_id)
 
 
 async def _edit(query: CallbackQuery, text: str, **kwargs) -> None:

@@ -97,6 +97,24 @@ async def think(update: Update, context: BotContext) -> None:
     )
 
 
+async def overlay(update: Update, context: BotContext) -> None:
+    """`/overlay on|off`: the translation drawn on every photo answered, or only on request
+    (the "Show on the photo" button); bare, say which and how to change it."""
+    argument = (context.args[0].lower() if context.args else "").strip()
+    user_id = context.speaker_id
+    if argument not in ("on", "off"):
+        on = await context.storage.get_overlay(user_id)
+        await update.effective_message.reply_html(
+            context.t("overlay_usage", state=context.t("overlay_on" if on else "overlay_off"))
+        )
+        return
+    on = argument == "on"
+    await context.storage.set_overlay(user_id, on, default_language=context.language)
+    await update.effective_message.reply_html(
+        context.t("overlay_now_on" if on else "overlay_now_off")
+    )
+
+
 async def mydata(update: Update, context: BotContext) -> None:
     """Show everything the bot keeps about the user, in a private chat only: in a group it
     would show their words in other chats to everyone there."""
@@ -125,6 +143,8 @@ async def mydata(update: Update, context: BotContext) -> None:
         rates = own_rates_text(context, data.currency.own_rates)
         code = data.currency.code or "–"
         lines.append("\n" + context.t("mydata_currency", code=code, rates=rates))
+    if data.overlay:
+        lines.append("\n" + context.t("mydata_overlay"))
     if data.messages:
         lines.append("\n" + context.t("mydata_recent"))
         for message in data.messages[-RECENT_MESSAGES_SHOWN:]:

@@ -62,7 +62,7 @@ async def add_turns(s: Storage, user_id: int, n: int, prefix: str = "") -> None:
 async def test_open_creates_file_schema_and_wal(db_path: Path) -> None:
     async with await Storage.open(db_path) as s:
         assert db_path.is_file()
-        assert s.schema_version == len(MIGRATIONS) == 10
+        assert s.schema_version == len(MIGRATIONS) == 11
         names = {n for (n,) in raw(db_path, "SELECT name FROM sqlite_master")}
         assert {"users", "messages", "messages_chat_user", "jobs", "jobs_status"} <= names
         assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
@@ -796,3 +796,35 @@ async def test_a_held_photo_waits_outside_the_limit_until_its_sender_asks(db_pat
         await s.hold_job(again.id)
         await s.delete_user_data(ALICE)
         assert await s.release_job(again.id, ALICE) is None  # /forget in between
+
+
+# --- /overlay ---------------------------------------------------------------
+
+
+async def test_the_overlay_setting_is_per_user_shown_and_erased(db_path: Path) -> None:
+    async with await Storage.open(db_path) as s:
+        assert await s.get_overlay(ALICE) is False
+        await s.set_overlay(ALICE, True, default_language="ja")
+        assert (await s.get_user(ALICE)).language == "ja"  # created with the given language
+        assert await s.get_overlay(BOB) is False
+        assert (await s.get_user_data(ALICE)).overlay is True
+    async with await Storage.open(db_path) as s:
+        assert await s.get_overlay(ALICE) is True
+        await s.set_language(ALICE, "de")  # other settings leave it alone
+        assert await s.get_overlay(ALICE) is True
+        await s.delete_user_data(ALICE)
+        assert await s.get_overlay(ALICE) is False
+        assert (await s.get_user_data(ALICE)).overlay is False
+    assert rows_mentioning(db_path, ALICE) == []
+
+
+async def test_the_photo_turn_of_an_answer_is_that_users_in_that_chat(store: Storage) -> None:
+    group = -500
+    await store.add_message(group, ALICE, "user", "menu?", image_file_ids=("p1", "p2"))
+    await store.add_message(group, BOB, "user", "and this?", image_file_id="b1")
+    answer = await store.add_message(group, ALICE, "model", "It is a menu.")
+    turn = await store.get_photo_turn(answer)
+    assert turn is not None and turn.image_file_ids == ("p1", "p2")
+    await store.add_message(group, ALICE, "user", "what about dessert?")
+    text_answer = await store.add_message(group, ALICE, "model", "Cake.")
+    assert await store.get_photo_turn(text_answer) is None  # the turn before had no photo
