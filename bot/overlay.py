@@ -85,29 +85,40 @@ def render_overlay(
         image = opened.convert("RGB")
     width, height = image.size
     min_px = max(MIN_TEXT_PX, round(min(width, height) * MIN_TEXT_SHARE))
-    boxes = [to_pixels(region.box, width, height) for region in regions]
-    if lines:
-        boxes = [snap(box, lines) for box in boxes]
-    fills = [_surrounding_colour(image, box) for box in boxes]  # before anything is drawn
+    rough = [to_pixels(region.box, width, height) for region in regions]
+    exact = [snap(box, lines) for box in rough] if lines else rough
+    # the background around each box, before anything is drawn
+    fills = [_surrounding_colour(image, box) for box in exact]
     draw = ImageDraw.Draw(image)
     fitter = _Fitter(fonts)
     legend: list[str] = []
-    for region, box, fill in zip(regions, boxes, fills, strict=True):
-        x0, y0, x1, y1 = box
-        draw.rectangle(box, fill=fill)
-        ink = _ink(fill)
-        inner = (x1 - x0 - 2 * PADDING, y1 - y0 - 2 * PADDING)
-        fitted = fitter.fit(region.translation, inner[0], inner[1], min_px)
-        if fitted is not None:
-            _draw_lines(draw, fitted, ((x0 + x1) // 2, (y0 + y1) // 2), ink)
-            continue
-        legend.append(region.translation)
-        _draw_label(draw, fitter, str(len(legend)), box, (width, height), min_px)
+    for region, box, model_box, fill in zip(regions, exact, rough, fills, strict=True):
+        # where the text does not fit the exact lines, the model's (larger) box may hold it
+        for candidate in dict.fromkeys((box, _union(box, model_box))):
+            fitted = fitter.fit(region.translation, *_inner(candidate), min_px)
+            if fitted is not None:
+                draw.rectangle(candidate, fill=fill)
+                centre = ((candidate[0] + candidate[2]) // 2, (candidate[1] + candidate[3]) // 2)
+                _draw_lines(draw, fitted, centre, _ink(fill))
+                break
+        else:
+            draw.rectangle(box, fill=fill)
+            legend.append(region.translation)
+            _draw_label(draw, fitter, str(len(legend)), box, (width, height), min_px)
     if legend:
         image = _with_legend(image, legend, fitter, min_px)
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=JPEG_QUALITY)
     return Drawn(out.getvalue(), len(regions) - len(legend), len(legend))
+
+
+def _union(a: Box, b: Box) -> Box:
+    return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+
+
+def _inner(box: Box) -> tuple[int, int]:
+    """The width and height text may take in `box`."""
+    return box[2] - box[0] - 2 * PADDING, box[3] - box[1] - 2 * PADDING
 
 
 class _Fitter:

@@ -177,3 +177,17 @@ def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     inter = max(0.0, right - left) * max(0.0, bottom - top)
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union else 0.0
+
+
+def test_text_too_long_for_the_exact_line_takes_the_models_larger_box(
+    fonts: FontSet, detector: TextLineDetector
+) -> None:
+    photo = drawn_sign(fonts, [("EXIT", (300, 280), 24)])
+    lines = detector.detect(photo)
+    assert len(lines) == 1
+    model_box = (400, 300, 560, 700)  # around the word, generous
+    drawn = render_overlay(
+        jpeg(photo), [region(model_box, "Notausgang, bitte freihalten")], fonts, lines
+    )
+    assert (drawn.num_in_place, drawn.num_in_legend) == (1, 0)
+    assert picture(drawn.picture).size == SIZE
