@@ -99,7 +99,8 @@ async def test_the_tiny_models_noise_gives_a_plain_answer_without_buttons(
     bot.server.send_photo(ann, small_photo("MENU"))
     await final_answer_after(bot, ann.id, mark)
     final = answer_messages(bot, ann.id, mark)
-    assert final and not any(buttons(call) for call in final)
+    assert final
+    assert not any(b["callback_data"].startswith("say:") for c in final for b in buttons(c))
     texts = [c.params.get("text", "") for c in final] + shown_while_streaming(bot, ann.id, mark)
     assert not any(t.get("en", key) in text for text in texts for key in ("error_engine", "say_it"))
     [_, answer] = await bot.storage.get_history(ann.id, ann.id, max_turns=1)
@@ -125,7 +126,8 @@ async def test_phrases_are_shown_under_the_answer_and_held_up_as_pictures(
         assert phrase["text"] in text and phrase["romanization"] in text
     assert text.index("ラーメン") < text.index(t.get("en", "say_it")) < text.index(PORK["text"])
 
-    [first, second] = buttons(answer)
+    [first, second, show_on_photo] = buttons(answer)
+    assert show_on_photo["callback_data"].startswith("ovl:")
     assert first["text"] == t.get("en", "show_to_staff", phrase="豚肉抜きでお願いします")
     for button in (first, second):
         assert len(button["callback_data"].encode()) <= 64 and read_callback(
@@ -206,6 +208,6 @@ async def test_a_broken_block_cut_by_the_token_limit_leaves_a_plain_answer(
     final = answer_messages(bot, ann.id, mark)
     assert "ラーメン" in final[0].params["text"] and "```" not in final[0].params["text"]
     assert final[-1].params["text"] == f"<i>{t.get('en', 'answer_cut')}</i>"
-    assert not any(buttons(call) for call in final)
+    assert not any(b["callback_data"].startswith("say:") for c in final for b in buttons(c))
     [_, stored] = await bot.storage.get_history(ann.id, ann.id, max_turns=1)
     assert stored.text == SCRIPTED_PROSE
