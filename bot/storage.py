@@ -565,14 +565,18 @@ class Storage:
         """/overlay on|off, creating the user with `default_language` if missing."""
         now = _now()
         async with self._transaction():
-            await self._db.execute(
-                f"INSERT OR IGNORE INTO users ({_USER_COLS}) VALUES (?, ?, 0, ?, ?)",
-                (user_id, default_language, now, now),
-            )
+            await self._add_user_if_missing(user_id, default_language, now)
             await self._db.execute(
                 "UPDATE users SET overlay = ?, updated_at = ? WHERE user_id = ?",
                 (int(on), now, user_id),
             )
+
+    async def _add_user_if_missing(self, user_id: int, language: str, now: str) -> None:
+        """In a transaction: the user's row with defaults (think off) where there is none."""
+        await self._db.execute(
+            f"INSERT OR IGNORE INTO users ({_USER_COLS}) VALUES (?, ?, 0, ?, ?)",
+            (user_id, language, now, now),
+        )
 
     async def get_photo_turn(self, answer: StoredMessage) -> StoredMessage | None:
         """The traveller's turn that `answer` (a model row) answered, where it had photos:
@@ -610,10 +614,7 @@ class Storage:
     ) -> None:
         now = _now()
         async with self._transaction():
-            await self._db.execute(
-                f"INSERT OR IGNORE INTO users ({_USER_COLS}) VALUES (?, ?, 0, ?, ?)",
-                (user_id, default_language, now, now),
-            )
+            await self._add_user_if_missing(user_id, default_language, now)
             await self._db.execute(
                 "UPDATE users SET currency = COALESCE(?, currency), currency_asked = 1,"
                 " updated_at = ? WHERE user_id = ?",
