@@ -20,7 +20,7 @@ import re
 import structlog
 from telegram import Bot, InlineKeyboardButton, ReplyParameters
 from telegram.constants import ChatAction
-from telegram.error import TelegramError
+from telegram.error import BadRequest, TelegramError
 
 from bot.context import Services
 from bot.logging import user_ref
@@ -144,9 +144,13 @@ async def _draw(
     caption = [services.texts.get(language, "overlay_caption")]
     if drawn.num_in_legend:
         caption.append(services.texts.get(language, "overlay_caption_legend"))
-    await bot.send_photo(
-        answer.chat_id, drawn.picture, caption=" ".join(caption), reply_parameters=reply
-    )
+    try:
+        await bot.send_photo(
+            answer.chat_id, drawn.picture, caption=" ".join(caption), reply_parameters=reply
+        )
+    except BadRequest as exc:  # a picture Telegram refuses (its size): the note instead
+        log.warning("overlay_refused", error=str(exc)[:80])
+        return "overlay_failed"
     log.info(
         "overlay_sent",
         message_id=answer.id,

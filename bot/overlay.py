@@ -30,6 +30,9 @@ PADDING = 2  # px inside a box around its text
 RING_PX = 4  # the band around a box whose colours fill it
 SNAP_MARGIN = 0.5  # of the box's height: how far outside the model's box a line may reach
 LEGEND_SHARE = 1 / 40  # legend text size, of the photo's width
+# Telegram's sendPhoto: width + height at most 10,000 px, one side at most 20 times the other
+MAX_SIDES_SUM = 10_000
+MAX_RATIO = 20
 JPEG_QUALITY = 90
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom in pixels
@@ -220,16 +223,25 @@ def _draw_label(
 def _with_legend(
     image: Image.Image, legend: list[str], fitter: _Fitter, min_px: int
 ) -> Image.Image:
-    """`image` with a white band under it listing each numbered translation."""
+    """`image` with a white band under it listing each numbered translation; lines that
+    would make the picture taller than Telegram takes are left out, the last one kept
+    ending in "…"."""
     width = image.width
     size = max(min_px, round(width * LEGEND_SHARE))
     margin = size
+    line_height = int(size * LINE_SPACING)
+    max_height = min(MAX_SIDES_SUM - width, (MAX_RATIO - 1) * width)
+    room = max(1, (max_height - image.height - 2 * margin) // line_height)
     entries = []
     for number, text in enumerate(legend, start=1):
         entry = f"{number}. {text}"
         font = fitter.font(entry, size)
-        entries.append((font, wrap(entry, font, width - 2 * margin)))
-    line_height = int(size * LINE_SPACING)
+        lines = wrap(entry, font, width - 2 * margin)
+        if len(lines) > room or (len(lines) == room and number < len(legend)):
+            entries.append((font, [*lines[: room - 1], "…"] if room > 1 else ["…"]))
+            break
+        entries.append((font, lines))
+        room -= len(lines)
     band = 2 * margin + line_height * sum(len(lines) for _, lines in entries)
     canvas = Image.new("RGB", (width, image.height + band), "white")
     canvas.paste(image, (0, 0))

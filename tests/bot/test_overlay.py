@@ -5,8 +5,10 @@ rough boxes snapped to the detected lines."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
+import sys
 
 import pytest
 from PIL import Image, ImageChops, ImageDraw
@@ -14,7 +16,7 @@ from PIL import Image, ImageChops, ImageDraw
 from bot.fonts import FontSet
 from bot.overlay import MIN_TEXT_PX, render_overlay, snap, to_pixels
 from bot.settings import Settings
-from bot.text_lines import LineBox, TextLineDetector, load_detector
+from bot.text_lines import LineBox, SharedDetector, TextLineDetector, load_detector
 from inference import Region, read_regions
 
 SIZE = (800, 600)
@@ -191,3 +193,29 @@ def test_text_too_long_for_the_exact_line_takes_the_models_larger_box(
     )
     assert (drawn.num_in_place, drawn.num_in_legend) == (1, 0)
     assert picture(drawn.picture).size == SIZE
+
+
+def test_a_long_legend_on_a_narrow_photo_stays_within_telegrams_photo_limits(
+    fonts: FontSet,
+) -> None:
+    photo = Image.new("RGB", (300, 2000), "white")
+    long = "Schweinebauch, geschmort in Sojasauce mit Ingwer und Frühlingszwiebeln, dazu Reis"
+    regions = [region((i * 24, 0, i * 24 + 3, 20), f"{long} {i}") for i in range(40)]
+    drawn = render_overlay(jpeg(photo), regions, fonts)
+    assert drawn.num_in_legend == 40
+    width, height = picture(drawn.picture).size
+    assert width == 300 and height > 2000
+    assert width + height <= 10_000 and height <= 20 * width
+
+
+def test_without_the_detector_the_models_boxes_are_drawn(
+    fonts: FontSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rapidocr-onnxruntime not installed (an import that fails, as on Python 3.13)."""
+    monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)
+    assert load_detector() is None
+    photo = jpeg(drawn_sign(fonts, [("EXIT", (200, 200), 90)]))
+    lines = asyncio.run(SharedDetector().detect(photo))
+    assert lines == []
+    drawn = render_overlay(photo, [region((300, 200, 550, 700), "Ausgang")], fonts, lines)
+    assert drawn.num_in_place == 1
