@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from evaluation.report import compare, failed_thresholds, summarize, table
 
+    if args.fp8_experts and not args.model:
+        print("--fp8-experts is for the in-process engine (--model DIR)", file=sys.stderr)
+        return 2
     if args.compare:
         a, b = (json.loads(path.read_text()) for path in args.compare)
         print(compare(a, b))
@@ -74,7 +77,13 @@ def main(args: argparse.Namespace) -> int:
             print(f"the OCR baseline needs rapidocr-onnxruntime: {exc}", file=sys.stderr)
             return 2
     elif args.model or args.openai:
-        runner, worker = _worker(args, len(photos))
+        from inference import ModelNotFound
+
+        try:
+            runner, worker = _worker(args, len(photos))
+        except ModelNotFound as exc:
+            print(exc, file=sys.stderr)
+            return 2
         scores, answers = asyncio.run(_answer(worker, photos, args, progress))
     else:
         print("say what answers: --model DIR, --openai URL or --ocr", file=sys.stderr)
@@ -125,6 +134,7 @@ def _photos(args: argparse.Namespace):
 def _worker(args: argparse.Namespace, num_photos: int):
     """The worker the options name, as the bot would build it from its settings."""
     from bot.__main__ import create_worker
+    from bot.logging import configure_logging
     from bot.settings import load_settings
 
     update: dict = {"max_queue": num_photos + 1}
@@ -135,6 +145,8 @@ def _worker(args: argparse.Namespace, num_photos: int):
     else:
         update |= {"model_path": args.model, "fp8_experts": args.fp8_experts}
     settings = load_settings().model_copy(update=update)
+    # on stderr, apart from the table: the model load (minutes at full size) shows progress
+    configure_logging(log_format=settings.log_format, level=settings.log_level)
     if args.openai:
         runner = f"openai:{args.openai} model={settings.openai_model}"
     else:

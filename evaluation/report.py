@@ -86,7 +86,11 @@ def noise(metric: str, row: dict, other: dict) -> float | None:
 def compare(a: dict, b: dict) -> str:
     """B against A, per script: each difference, marked when it is beyond noise."""
     rows_a, rows_b = a["summary"], b["summary"]
-    lines = [f"A: {a.get('runner')}  B: {b.get('runner')}", "B - A (* beyond noise, ~ within)"]
+    lines = [
+        f"A: {a.get('runner')}, {a.get('num_photos')} photos, seed {a.get('seed')}",
+        f"B: {b.get('runner')}, {b.get('num_photos')} photos, seed {b.get('seed')}",
+        "B - A in points (* beyond noise, ~ within it: ±2 standard errors for the counts)",
+    ]
     for script in rows_a:
         if script not in rows_b:
             continue
