@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runner.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"),
                         help="print B's scores against A's, with what is within noise")  # fmt: skip
     parser.add_argument("--fp8-experts", action="store_true", help="the engine's experts in FP8")
+    parser.add_argument("--fp8-kv-cache", action="store_true",
+                        help="the engine's sliding keys and values in FP8")  # fmt: skip
     parser.add_argument("--openai-model", help="the served model name (TRAVELBOT_OPENAI_MODEL)")
     parser.add_argument("--seed", type=int, default=0, help="the photo set's seed (default 0)")
     parser.add_argument("--languages", help="only these, comma-separated: de,ja,zh-Hant")
@@ -50,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from evaluation.report import compare, failed_thresholds, summarize, table
 
-    if args.fp8_experts and not args.model:
-        print("--fp8-experts is for the in-process engine (--model DIR)", file=sys.stderr)
+    if (args.fp8_experts or args.fp8_kv_cache) and not args.model:
+        print("--fp8-* is for the in-process engine (--model DIR)", file=sys.stderr)
         return 2
     if args.compare:
         a, b = (json.loads(path.read_text()) for path in args.compare)
@@ -143,15 +145,19 @@ def _worker(args: argparse.Namespace, num_photos: int):
         if args.openai_model:
             update["openai_model"] = args.openai_model
     else:
-        update |= {"model_path": args.model, "fp8_experts": args.fp8_experts}
-    settings = load_settings().model_copy(update=update)
+        update |= {"model_path": args.model, "fp8_experts": args.fp8_experts,
+                   "fp8_kv_cache": args.fp8_kv_cache}  # fmt: skip
+    settings = load_settings()
+    if not args.openai and settings.engine == "openai":  # --model: the in-process engine
+        update["engine"] = "batch"
+    settings = settings.model_copy(update=update)
     # on stderr, apart from the table: the model load (minutes at full size) shows progress
     configure_logging(log_format=settings.log_format, level=settings.log_level)
     if args.openai:
         runner = f"openai:{args.openai} model={settings.openai_model}"
     else:
-        runner = f"engine:{Path(args.model).name} engine={settings.engine} " \
-                 f"fp8_experts={settings.fp8_experts}"  # fmt: skip
+        fp8 = f"fp8_experts={settings.fp8_experts} fp8_kv_cache={settings.fp8_kv_cache}"
+        runner = f"engine:{Path(args.model).name} engine={settings.engine} {fp8}"
     return runner, create_worker(settings)
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from bot.fonts import FontSet
+from bot.settings import Settings
 from evaluation.content import LANGUAGES, SCRIPTS
 from evaluation.photoset import KINDS, build_set
 from evaluation.spoil import CONDITIONS
@@ -16,7 +16,7 @@ from evaluation.spoil import CONDITIONS
 
 @pytest.fixture(scope="module")
 def fonts() -> FontSet:
-    return FontSet.find(Path("/usr/share/fonts"))
+    return FontSet.find(Settings(_env_file=None).fonts_dir)
 
 
 def test_the_set_covers_every_language_kind_and_condition(fonts: FontSet) -> None:

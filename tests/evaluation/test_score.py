@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from bot.fonts import FontSet
+from bot.settings import Settings
 from evaluation.photoset import Fact, build_set
 from evaluation.report import compare, failed_thresholds, summarize
 from evaluation.score import CONCEPTS, detect_language, has_fact, line_errors, numbers_in, score
@@ -14,7 +13,7 @@ from evaluation.score import CONCEPTS, detect_language, has_fact, line_errors, n
 
 @pytest.fixture(scope="module")
 def photos():
-    return build_set(FontSet.find(Path("/usr/share/fonts")), languages=("de", "ja"))
+    return build_set(FontSet.find(Settings(_env_file=None).fonts_dir), languages=("de", "ja"))
 
 
 def test_a_quoted_line_is_found_anywhere_in_the_answer() -> None:
