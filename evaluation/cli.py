@@ -90,9 +90,11 @@ def main(args: argparse.Namespace) -> int:
     else:
         print("say what answers: --model DIR, --openai URL or --ocr", file=sys.stderr)
         return 2
-    summary = summarize(scores)
+    summary, by_condition = summarize(scores), summarize(scores, by="condition")
     print(f"runner: {runner}")
     print(table(summary))
+    print()
+    print(table(by_condition, by="condition"))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         report = {
@@ -100,6 +102,7 @@ def main(args: argparse.Namespace) -> int:
             "seed": args.seed,
             "num_photos": len(photos),
             "summary": summary,
+            "by_condition": by_condition,
             "photos": [
                 {**photo.truth(), **vars(s), "cer": s.cer, **answer}
                 for photo, s, answer in zip(photos, scores, answers, strict=True)

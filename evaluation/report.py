@@ -9,18 +9,20 @@ from collections.abc import Iterable
 
 from evaluation.content import SCRIPTS
 from evaluation.score import Score
+from evaluation.spoil import CONDITIONS
 
 METRICS = ("cer", "language", "facts", "honesty", "latency_s")
 HIGHER_IS_BETTER = {"cer": False, "language": True, "facts": True, "honesty": True,
                     "latency_s": False}  # fmt: skip
 
 
-def summarize(scores: Iterable[Score]) -> dict[str, dict]:
-    """Per script (in the set's order), then "overall": each metric (None where nothing was
-    scored) and the counts it is over."""
+def summarize(scores: Iterable[Score], *, by: str = "script") -> dict[str, dict]:
+    """Per script (or per condition: `by`), in the set's order, then "overall": each metric
+    (None where nothing was scored) and the counts it is over."""
     scores = list(scores)
-    groups = {script: [s for s in scores if s.script == script] for script in SCRIPTS}
-    rows = {script: _row(group) for script, group in groups.items() if group}
+    keys = SCRIPTS if by == "script" else CONDITIONS
+    groups = {key: [s for s in scores if getattr(s, by) == key] for key in keys}
+    rows = {key: _row(group) for key, group in groups.items() if group}
     rows["overall"] = _row(scores)
     return rows
 
@@ -47,8 +49,8 @@ def _row(scores: list[Score]) -> dict:
     }
 
 
-def table(rows: dict[str, dict]) -> str:
-    header = f"{'script':<16} {'photos':>6} {'CER':>6} {'lang':>6} {'facts':>6} {'honest':>6} " \
+def table(rows: dict[str, dict], *, by: str = "script") -> str:
+    header = f"{by:<16} {'photos':>6} {'CER':>6} {'lang':>6} {'facts':>6} {'honest':>6} " \
              f"{'p50 s':>7} {'p90 s':>7}"  # fmt: skip
     lines = [header, "-" * len(header)]
     for script, row in rows.items():

@@ -27,6 +27,9 @@ def test_the_ocr_baseline_reads_latin_and_chinese_signs(tmp_path: Path) -> None:
     assert set(rows) == {"latin", "han-simplified", "overall"}
     assert rows["overall"]["num_photos"] == 6 and rows["overall"]["cer"] <= OCR_MAX_CER
     assert rows["overall"]["facts"] is None and "latin" in result.stdout
+    assert set(report["by_condition"]) <= {"clean", "perspective", "blur", "glare", "low_light",
+                                           "small_text", "angle", "covered", "overall"}  # fmt: skip
+    assert "condition" in result.stdout
     # what OCR read of one photo is no reading of another's lines
     photos = report["photos"]
     for photo, other in zip(photos, photos[1:] + photos[:1], strict=True):

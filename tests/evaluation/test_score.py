@@ -75,6 +75,9 @@ def test_summary_comparison_and_thresholds(photos) -> None:
     assert list(rows_good) == ["latin", "japanese", "overall"]
     assert rows_good["overall"]["cer"] == 0 and rows_bad["overall"]["cer"] > 0.3
     assert rows_good["overall"]["num_photos"] == len(photos)
+    by_condition = summarize(bad, by="condition")
+    assert sum(row["num_photos"] for row in by_condition.values()) == 2 * len(photos)
+    assert by_condition["overall"] == rows_bad["overall"]
     text = compare({"runner": "a", "summary": rows_good}, {"runner": "b", "summary": rows_bad})
     assert "cer +" in text and "*" in text  # half the text lost is beyond noise
     assert failed_thresholds(rows_good["overall"], {"max_cer": 0.05}) == []
