@@ -4,7 +4,9 @@
   original text somewhere, in any format): the fewest edits that turn the line into some
   stretch of the answer, over the line's length, is its character error rate (0 read
   exactly, 1 nowhere). Compared after NFKC (full-width forms) and casefolding, without
-  spaces (OCR and models space CJK and numbers differently).
+  spaces (OCR and models space CJK and numbers differently). A short line in the answer's
+  own script may be found by chance (Polish "Menu" in an English answer): there the CER is
+  a lower bound; other scripts' characters do not turn up by chance.
 - Answer language: py3langid (its model ships in the wheel) among the languages the set
   uses, on the prose without the JSON block.
 - Facts: numbers (prices, platforms) and times in any usual spelling; concepts ("no entry",
