@@ -29,7 +29,7 @@ from torch._dynamo.utils import counters as dynamo_counters
 from inference.engine import EngineConfig, GemmaEngine
 from inference.images import normalize_image
 from inference.runtime.batch_engine import BatchEngine
-from inference.runtime.config import RuntimeConfig
+from inference.runtime.config import EnginePaths, RuntimeConfig
 from inference.runtime.gemma4 import fp8_experts
 from inference.samples import draw_menu, draw_sign
 from inference.types import Finished, Request, Sampling, Turn
@@ -490,8 +490,8 @@ def run(args: argparse.Namespace) -> dict:
         cuda_graphs=None if args.cuda_graphs == "auto" else args.cuda_graphs == "on",
         compile_layers=None if args.compile_layers == "auto" else args.compile_layers == "on",
         prefix_cache_tokens=args.prefix_cache_tokens,
-        overlap_steps=not args.no_overlap,
     )
+    paths = EnginePaths(overlap_steps=not args.no_overlap)
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -520,7 +520,7 @@ def run(args: argparse.Namespace) -> dict:
         part of it, e.g. its scheduler, which asks the runner about cached prefixes, would
         keep ~20 GiB): whether it was, as `released_key`."""
         setup_started = time.perf_counter()
-        engine = BatchEngine(base, engine_runtime)
+        engine = BatchEngine(base, engine_runtime, paths)
         result[setup_key] = round(time.perf_counter() - setup_started, 1)
         rows(engine)
         runner = weakref.ref(engine.runner)

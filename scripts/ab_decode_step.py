@@ -17,7 +17,7 @@ import torch
 
 from inference.bench import bench_engine, full_size_random_engine, make_requests
 from inference.runtime.batch_engine import BatchEngine
-from inference.runtime.config import RuntimeConfig
+from inference.runtime.config import EnginePaths, RuntimeConfig
 from inference.runtime.gemma4 import fast_ops
 from inference.runtime.kernels import kv_write, softmax
 
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("ab-decode-step.json"))
     args = parser.parse_args()
     base = full_size_random_engine("cuda", 280)
-    engine = BatchEngine(base, RuntimeConfig(graph_batch_sizes=(64,)))
+    engine = BatchEngine(base, RuntimeConfig(), EnginePaths(graph_batch_sizes=(64,)))
     compiled = torch.compile(fast_ops.masked_softmax)
     ways = {  # (decode softmax, KV write)
         "as the engine runs": (softmax.masked_softmax, kv_write.write),

@@ -16,7 +16,7 @@ import torch
 
 from inference.bench import bench_engine, full_size_random_engine, make_requests
 from inference.runtime.batch_engine import BatchEngine
-from inference.runtime.config import RuntimeConfig
+from inference.runtime.config import EnginePaths, RuntimeConfig
 
 
 def nbytes(tensor: torch.Tensor) -> int:
@@ -53,7 +53,7 @@ def main() -> None:
     base = full_size_random_engine("cuda", 280)
     report = {"model_gib": gib()}
     batches = tuple(int(b) for b in args.graph_batches.split(","))
-    engine = BatchEngine(base, RuntimeConfig(graph_batch_sizes=batches))
+    engine = BatchEngine(base, RuntimeConfig(), EnginePaths(graph_batch_sizes=batches))
     bench_engine(engine, make_requests(16, 8), [0.0] * 16, "burst")
     report["serving_gib"] = gib()
     engine.close()

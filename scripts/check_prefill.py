@@ -21,7 +21,7 @@ import torch
 
 from inference.bench import full_size_random_engine, make_requests
 from inference.runtime.batch_engine import BatchEngine
-from inference.runtime.config import RuntimeConfig
+from inference.runtime.config import EnginePaths, RuntimeConfig
 from inference.runtime.kernels import moe
 
 
@@ -103,7 +103,7 @@ def main() -> None:
         base = GemmaEngine.load(EngineConfig(model_path=path, device="cpu"))
     else:
         base = full_size_random_engine("cuda", 280)
-    engine = BatchEngine(base, RuntimeConfig(max_slots=4, graph_batch_sizes=(1,)))
+    engine = BatchEngine(base, RuntimeConfig(max_slots=4), EnginePaths(graph_batch_sizes=(1,)))
     runner = engine.runner
     report: dict = {}
     if base.device.type == "cuda":  # Triton

@@ -10,7 +10,7 @@ import torch
 
 from inference.bench import full_size_random_engine, make_requests
 from inference.runtime.batch_engine import BatchEngine
-from inference.runtime.config import RuntimeConfig
+from inference.runtime.config import EnginePaths, RuntimeConfig
 
 
 def timed_ms(fn) -> float:
@@ -25,6 +25,6 @@ def timed_ms(fn) -> float:
 def engine_and_photo_prompts(count: int, seed: int = 5):
     """(engine, the prompts' prefill inputs, their shared prefix)."""
     base = full_size_random_engine("cuda", 280)
-    engine = BatchEngine(base, RuntimeConfig(max_slots=8, graph_batch_sizes=(1, 8)))
+    engine = BatchEngine(base, RuntimeConfig(max_slots=8), EnginePaths(graph_batch_sizes=(1, 8)))
     prepared = [engine.prepare(r) for r in make_requests(count, 1, seed=seed)]
     return engine, [seq.inputs for seq in prepared], prepared[0].prefix

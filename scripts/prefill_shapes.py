@@ -20,7 +20,7 @@ from torch.nn.attention import SDPBackend
 from inference.bench import full_size_random_engine, make_requests
 from inference.runtime import model_runner
 from inference.runtime.batch_engine import BatchEngine
-from inference.runtime.config import RuntimeConfig
+from inference.runtime.config import EnginePaths, RuntimeConfig
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out/prefill.json"))
     args = parser.parse_args()
     base = full_size_random_engine("cuda", 280)
-    engine = BatchEngine(base, RuntimeConfig(max_slots=16, graph_batch_sizes=(1,)))
+    engine = BatchEngine(base, RuntimeConfig(max_slots=16), EnginePaths(graph_batch_sizes=(1,)))
     runner = engine.runner
     requests = make_requests(8, 4)
     result: dict = {}

@@ -27,7 +27,7 @@ from transformers import AttentionInterface
 
 from inference.bench import GpuTimer, full_size_random_engine, make_requests
 from inference.runtime.batch_engine import BatchEngine
-from inference.runtime.config import RuntimeConfig
+from inference.runtime.config import EnginePaths, RuntimeConfig
 from inference.runtime.gemma4 import vision
 
 
@@ -287,12 +287,8 @@ def main() -> None:
         if layout == "contiguous":
             make_experts_contiguous(base.model)
         slots = max([*batches, *prefills])
-        runtime = RuntimeConfig(
-            max_slots=slots,
-            graph_batch_sizes=tuple(batches),
-            fp8_experts=layout == "fp8",
-        )
-        engine = BatchEngine(base, runtime)
+        runtime = RuntimeConfig(max_slots=slots, fp8_experts=layout == "fp8")
+        engine = BatchEngine(base, runtime, EnginePaths(graph_batch_sizes=tuple(batches)))
         if prefills:
             report[f"{layout}: vision packed vs padded"] = diff = check_vision(engine)
             print(f"\n== vision: packed photos vs the padded batch, max relative diff {diff:.4f}")

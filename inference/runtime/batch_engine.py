@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from inference.engine import GemmaEngine
-from inference.runtime.config import RuntimeConfig
+from inference.runtime.config import EnginePaths, RuntimeConfig
 from inference.runtime.gemma4 import fp8_experts, layers, vision
 from inference.runtime.gemma4.patch import patch_model
 from inference.runtime.kernels import Kernels
@@ -38,23 +38,28 @@ def blank_photo(width: int = 640, height: int = 480) -> bytes:
 
 
 class BatchEngine:
-    def __init__(self, base: GemmaEngine, runtime: RuntimeConfig) -> None:
+    def __init__(
+        self, base: GemmaEngine, runtime: RuntimeConfig, paths: EnginePaths | None = None
+    ) -> None:
+        paths = paths or EnginePaths()
+        paths.check(runtime)
         self.base = base
+        self.paths = paths
         model = self.base.model
         # the sliding layers keep a cached prefix once only where there is a prefix cache
         # (else no buffer, no graphs that read it, no kernel check for it)
         self._kept_prefix_positions = (
-            runtime.kept_prefix_positions if runtime.prefix_cache_tokens else 0
+            paths.kept_prefix_positions if runtime.prefix_cache_tokens else 0
         )
         # the kernel families' start-up checks, once (the runner is built again, uncompiled,
         # if compiling fails)
         self.kernels = Kernels.detect(
             model.device,
-            experts=runtime.own_layer_forward,
-            softmax=runtime.own_layer_forward,
+            experts=paths.own_layers,
+            softmax=paths.own_layers,
             # decode attention over FP8 keys and values, or after a prefix kept once (few rows)
             decode_attention=bool(runtime.fp8_kv_cache or self._kept_prefix_positions),
-            prompt_attention=runtime.fast_attention,
+            prompt_attention=paths.attention,
         )
         self._fp8_kv = runtime.fp8_kv_cache and self.kernels.decode_attention
         # its max_slots within the KV cache's memory budget
@@ -68,7 +73,7 @@ class BatchEngine:
         compile_layers = runtime.compile_layers
         if compile_layers is None:
             compile_layers = model.device.type == "cuda"
-        compile_layers = compile_layers if runtime.own_layer_forward else False
+        compile_layers = compile_layers if paths.own_layers else False
         try:
             self._start_runner(compile_layers, use_graphs)
         except Exception:
@@ -120,17 +125,17 @@ class BatchEngine:
     def _start_runner(self, compile_layers, use_graphs: bool) -> None:
         """The patched model (compiled or not), the KV cache and CUDA graphs, then the
         prefill warm-up."""
-        model, runtime = self.base.model, self.runtime
-        fused_norms = runtime.fused_norms
+        model, runtime, paths = self.base.model, self.runtime, self.paths
+        fused_norms = paths.fused_norms
         if fused_norms is None:
             fused_norms = model.device.type == "cuda"
         self.patch = patch_model(
             model,
             self.kernels,
-            attention=runtime.fast_attention,
+            attention=paths.attention,
             fused_norms=fused_norms,
-            packed_photos=runtime.vision_per_photo,
-            own_layers=runtime.own_layer_forward,
+            packed_photos=paths.packed_photos,
+            own_layers=paths.own_layers,
             compile=compile_layers,
         )
         self.runner = ModelRunner(
@@ -140,11 +145,11 @@ class BatchEngine:
             max_seq_len=runtime.max_seq_len,
             suppressed_ids=self.base.generation_kwargs["suppress_tokens"],
             pad_token_id=self.base.tokenizer.pad_token_id,
-            graph_batch_sizes=runtime.graph_batch_sizes if use_graphs else (),
-            attend_lengths=runtime.attend_lengths,
-            flash_prompts=runtime.fast_attention,
+            graph_batch_sizes=paths.graph_batch_sizes if use_graphs else (),
+            attend_lengths=paths.attend_lengths,
+            flash_prompts=paths.attention,
             prefix_cache_tokens=runtime.prefix_cache_tokens,
-            packed_photos=runtime.vision_per_photo,
+            packed_photos=paths.packed_photos,
             fp8_sliding_kv=self._fp8_kv,
             compile_backend=("inductor" if compile_layers is True else compile_layers) or None,
             photo_cache_bytes=runtime.photo_cache_bytes,
@@ -199,7 +204,7 @@ class BatchEngine:
             ]
             prefix = seqs[0].prefix if after_prefix else ()
             self.runner.prefill([seq.inputs for seq in seqs], list(range(batch)), prefix)
-        if self.runtime.vision_per_photo:
+        if self.paths.packed_photos:
             self._warm_up_photo_batches(photos[0])
         log.info("prefill_warmed_up", seconds=round(time.monotonic() - started, 1))
 
@@ -296,7 +301,7 @@ class BatchEngine:
         if plan.prefill:
             launched.extend(self._prefill(plan.prefill))
         self._in_flight.extend(launched)
-        self._read_back_all(first_tokens, keep=len(launched) if self.runtime.overlap_steps else 0)
+        self._read_back_all(first_tokens, keep=len(launched) if self.paths.overlap_steps else 0)
 
     def _read_back_all(self, first_tokens: list[Sequence], keep: int = 0) -> None:
         """Read back the launches in flight, all but the last `keep` (oldest first)."""

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class RuntimeConfig:
+    """What an operator sets (bot/settings.py maps TRAVELBOT_* onto it)."""
+
     max_slots: int = 64  # sequences decoding together; each holds one KV slot
     # GPU memory for the KV cache: fewer slots than max_slots when they would not fit;
     # None: max_slots slots whatever they take (64 of 4,096 positions: ~18 GiB in bf16)
@@ -21,41 +23,23 @@ class RuntimeConfig:
     # all; scheduler.MAX_PREFILL_TOKENS bounds its memory)
     deep_queue_prefill_seqs: int = 16
     cuda_graphs: bool | None = None  # None: on when the model is on a GPU
-    graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64)
-    # a decode step attends to the shortest of these lengths that holds all its rows (one
-    # graph per batch size and length); None: 512, 1024, ... and max_seq_len
-    attend_lengths: tuple[int, ...] | None = None
-    seed: int = 0
-    # the language model's attention through fast_ops: decode steps as batched matmuls,
-    # prompts as kernels.prompt_attention on GPUs (elsewhere flash attention without a mask)
-    fast_attention: bool = True
-    fused_norms: bool | None = None  # torch's fused rms_norm; None: on GPUs only
-    own_layer_forward: bool = True  # decoder layers as two regions around attention (layers)
-    # torch.compile them; None: on GPUs; a str or callable: the dynamo backend (tests)
+    # torch.compile the layers; None: on GPUs; a str or callable: the dynamo backend (tests)
     compile_layers: bool | str | Callable | None = None
-    # the vision tower one photo at a time without padding, so attention needs no mask
-    vision_per_photo: bool = True
-    # launch step n+1 before reading back step n's tokens (False: read back at once)
-    overlap_steps: bool = True
+    seed: int = 0
     # KV of shared prompt prefixes (the system prompt) kept on the device, in positions
     # (~225 KB each on the full-size model); 0: every prefill computes its whole prompt
     prefix_cache_tokens: int = 4096
-    # the sliding layers keep a cached prefix of up to this many positions (the first one
-    # that fits: the system prompt) once for all slots, not in every slot's ring: a decode
-    # step reads it once and fewer ring positions a row (64 sequences of ~1,000 positions
-    # after a 488-token prefix: ~640 of 1,024); 0: every slot keeps its own copy
-    kept_prefix_positions: int = 512
     # the vision tower's output per photo kept on the device (photo_cache), so a follow-up's
     # earlier photo is not run through the tower again (~1.6 MB a photo of 280 soft
     # tokens); 0: none kept
     photo_cache_bytes: int = 512 * 2**20
     # expert weights as FP8 with per-row scales (fp8_experts), quantized in place at start:
-    # half the bytes of a many-sequence decode step. Opt-in until the real checkpoint's
-    # answers are checked with it; needs own_layer_forward and an Ada/Hopper GPU or the CPU
+    # half the bytes of the expert weights a decode step reads. Opt-in until the real
+    # checkpoint's answers are checked with it; needs an Ada/Hopper GPU or the CPU
     fp8_experts: bool = False
     # the sliding layers' keys and values as FP8 e4m3 (kernels.decode_attention): half of
     # what a many-sequence decode step reads for them (docs/performance.md). Opt-in like
-    # fp8_experts; needs fast_attention, and Triton on GPUs
+    # fp8_experts; Triton's kernels on GPUs
     fp8_kv_cache: bool = False
 
     def __post_init__(self) -> None:
@@ -66,7 +50,38 @@ class RuntimeConfig:
             or (self.kv_cache_bytes is not None and self.kv_cache_bytes < 1)
             or self.deep_queue_prefill_seqs < self.max_prefill_seqs
             or self.photo_cache_bytes < 0
-            or (self.fp8_experts and not self.own_layer_forward)
-            or (self.fp8_kv_cache and not self.fast_attention)
         ):
             raise ValueError(f"invalid runtime config: {self}")
+
+
+@dataclass(frozen=True)
+class EnginePaths:
+    """Which of the engine's own paths run, and their tuning: every one is on in serving.
+    Tests turn each off to compare it with transformers' own (greedy tokens alike), and
+    set small tuning numbers for the tiny model; an operator never needs to."""
+
+    # the language model's attention through fast_ops: decode steps as batched matmuls,
+    # prompts as kernels.prompt_attention on GPUs (elsewhere flash attention without a mask)
+    attention: bool = True
+    fused_norms: bool | None = None  # torch's fused rms_norm; None: on GPUs only
+    own_layers: bool = True  # decoder layers as two regions around attention (layers)
+    # the vision tower one photo at a time without padding, so attention needs no mask
+    packed_photos: bool = True
+    # launch step n+1 before reading back step n's tokens (False: read back at once)
+    overlap_steps: bool = True
+    graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+    # a decode step attends to the shortest of these lengths that holds all its rows (one
+    # graph per batch size and length); None: 512, 768, ... and max_seq_len
+    attend_lengths: tuple[int, ...] | None = None
+    # the sliding layers keep a cached prefix of up to this many positions (the first one
+    # that fits: the system prompt) once for all slots, not in every slot's ring: a decode
+    # step reads it once and fewer ring positions a row; 0: every slot keeps its own copy
+    kept_prefix_positions: int = 512
+
+    def check(self, runtime: RuntimeConfig) -> None:
+        """FP8 experts run only in the own layers, FP8 keys and values only through the own
+        attention."""
+        if (runtime.fp8_experts and not self.own_layers) or (
+            runtime.fp8_kv_cache and not self.attention
+        ):
+            raise ValueError(f"{runtime} needs the engine's own paths, not {self}")

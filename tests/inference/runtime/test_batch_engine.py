@@ -10,7 +10,7 @@ import torch
 
 from inference import Finished, GemmaEngine, Request, Sampling, Turn, normalize_image
 from inference.runtime.batch_engine import BatchEngine
-from inference.runtime.config import RuntimeConfig
+from inference.runtime.config import EnginePaths, RuntimeConfig
 from inference.runtime.gemma4 import vision
 from inference.runtime.kv_cache import SlotKVCache
 from inference.runtime.model_runner import attend_length_buckets, layer_specs, pinned
@@ -44,17 +44,19 @@ def batch_engine(request, tiny_engine: GemmaEngine):
         max_seq_len=1024,
         max_prefill_seqs=2,
         cuda_graphs=False,
-        fused_norms=request.param == "fused norms",
-        own_layer_forward=request.param != "transformers' layers",
         # dynamo traces the regions as on a GPU; the eager backend needs no C++ compiler
         compile_layers="eager" if request.param == "compiled layer regions" else False,
+        prefix_cache_tokens=0 if request.param == "no prefix cache" else 4096,
+    )
+    paths = EnginePaths(
+        fused_norms=request.param == "fused norms",
+        own_layers=request.param != "transformers' layers",
         overlap_steps=request.param != "each step read back before the next",
         # sequences cross from one attended length to the next while they decode
         attend_lengths=tuple(range(32, 1024, 32)) if "32" in request.param else None,
-        prefix_cache_tokens=0 if request.param == "no prefix cache" else 4096,
-        vision_per_photo="vision tower" not in request.param,
+        packed_photos="vision tower" not in request.param,
     )
-    engine = BatchEngine(tiny_engine, runtime)
+    engine = BatchEngine(tiny_engine, runtime, paths)
     yield engine
     engine.close()
 
@@ -117,7 +119,7 @@ def test_greedy_tokens_equal_generate(batch_engine: BatchEngine, monkeypatch) ->
     results = serve(batch_engine, arrivals)
     # the photos' soft tokens were merged by the runner (patch counts from the CPU), or by
     # transformers when the tower runs as it ships
-    if batch_engine.runtime.vision_per_photo:
+    if batch_engine.paths.packed_photos:
         assert len(photo_prefills) >= 2
     else:
         assert photo_prefills == []

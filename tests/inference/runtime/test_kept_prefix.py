@@ -9,7 +9,7 @@ import torch
 
 from inference import EngineConfig, GemmaEngine, Request
 from inference.runtime.batch_engine import BatchEngine
-from inference.runtime.config import RuntimeConfig
+from inference.runtime.config import EnginePaths, RuntimeConfig
 from inference.runtime.gemma4 import fast_ops
 from inference.runtime.gemma4.fp8_experts import FP8
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache
@@ -146,9 +146,8 @@ def decode_logits(
 ) -> tuple[list[torch.Tensor], list[int], int]:
     """Two photo requests prefilled after the cached system prompt, then decode steps
     feeding fixed tokens: their logits, the slots' skips and the prefix's length."""
-    runtime = RuntimeConfig(max_slots=3, max_seq_len=1024, cuda_graphs=False,
-                            kept_prefix_positions=kept_positions)  # fmt: skip
-    engine = BatchEngine(base, runtime)
+    runtime = RuntimeConfig(max_slots=3, max_seq_len=1024, cuda_graphs=False)
+    engine = BatchEngine(base, runtime, EnginePaths(kept_prefix_positions=kept_positions))
     try:
         seqs = [engine.prepare(Request(language="en", images=(png_bytes(draw_sign(640, 480)),))),
                 engine.prepare(Request(language="de", images=(png_bytes(draw_menu(360, 480)),),

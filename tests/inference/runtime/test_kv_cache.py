@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference.runtime.config import RuntimeConfig
+from inference.runtime.config import EnginePaths, RuntimeConfig
 from inference.runtime.gemma4.fp8_experts import FP8
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache, fit
 
@@ -103,8 +103,8 @@ def test_fp8_sliding_layers_store_clamped_fp8_and_the_global_ones_keep_their_dty
 
 def test_an_fp8_kv_cache_needs_the_engines_own_decode_attention() -> None:
     with pytest.raises(ValueError):
-        RuntimeConfig(fp8_kv_cache=True, fast_attention=False)
-    assert RuntimeConfig(fp8_kv_cache=True).fp8_kv_cache
+        EnginePaths(attention=False).check(RuntimeConfig(fp8_kv_cache=True))
+    EnginePaths().check(RuntimeConfig(fp8_kv_cache=True))
 
 
 def test_a_memory_budget_holds_whole_slots_and_the_scratch_one() -> None:

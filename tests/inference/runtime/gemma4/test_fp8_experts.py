@@ -9,7 +9,7 @@ import torch
 
 from inference import Finished, GemmaEngine
 from inference.runtime.batch_engine import BatchEngine
-from inference.runtime.config import RuntimeConfig
+from inference.runtime.config import EnginePaths, RuntimeConfig
 from inference.runtime.gemma4 import fp8_experts
 from tests.inference.runtime.test_batch_engine import requests, serve
 
@@ -90,7 +90,7 @@ def test_quantizing_in_place_saves_the_experts_memory(engine_config) -> None:
 
 def test_fp8_experts_need_the_engines_own_layers() -> None:
     with pytest.raises(ValueError):
-        RuntimeConfig(fp8_experts=True, own_layer_forward=False)
+        EnginePaths(own_layers=False).check(RuntimeConfig(fp8_experts=True))
 
 
 def test_restoring_saved_experts_gives_the_model_back_exactly(engine_config) -> None:
