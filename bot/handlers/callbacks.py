@@ -29,7 +29,7 @@ _CHAT_ID = re.compile(r"-?[0-9]{1,20}")
 
 
 async def button(update: Update, context: BotContext) -> None:
-    """Dispatch `lang:<code>`, `diet:<code>|clear|done`, `forget:yes:<id>|no`,
+    """Dispatch `lang:<code>`, `diet:<code>|clear|done`, `forget:yes|no:<id>`,
     `say:<row>:<n>`, `anyway:<job id>` and `ovl:<row>:<page>`; anything else is a stale or
     forged button."""
     query = update.callback_query
@@ -49,24 +49,10 @@ async def button(update: Update, context: BotContext) -> None:
         text, keyboard = shown
         await query.answer()
         await _edit(query, text, parse_mode=ParseMode.HTML, reply_markup=keyboard)
-    elif kind == "forget" and value.partition(":")[0] == "yes":
-        owner = _forget_owner(value, user_id)
-        if owner is None:
-            await query.answer(context.t("button_expired"))
-            return
-        if not await _may_act_for(query, owner):
-            await query.answer(context.t("button_not_yours"), show_alert=True)
-            return
-        count = await context.services.erase_user(owner)
-        log.info("user_data_erased", user=user_ref(owner), rows=count)
-        await query.answer()
-        await _edit(query, context.t("forget_done", count=count))
-        context.profile = None
+    elif kind == "forget" and value.partition(":")[0] in ("yes", "no"):
+        await _forget_button(query, context, *value.split(":", 1))
     elif kind == "anyway":
         await ask_anyway(update, context, value)
-    elif kind == "forget" and value == "no":
-        await query.answer()
-        await _edit(query, context.t("forget_cancelled"))
     elif kind == CALLBACK_PREFIX:
         await show_phrase(query, context)
     elif kind == OVERLAY_PREFIX:
@@ -161,10 +147,32 @@ async def _edit(query: CallbackQuery, text: str, **kwargs) -> None:
             raise
 
 
-def _forget_owner(value: str, presser_id: int) -> int | None:
-    """Whose data a `forget:yes:<id>` button erases: buttons from before ids were added
-    erase the presser's; a malformed id, nobody's (None)."""
-    owner = value.partition(":")[2]
+async def _forget_button(
+    query: CallbackQuery, context: BotContext, action: str, owner: str = ""
+) -> None:
+    """`forget:yes|no:<id>`: erase, or keep, the data of <id>; only they (or an admin of a
+    chat that spoke) may press either, so nobody else can answer for them."""
+    owner = _forget_owner(owner, query.from_user.id)
+    if owner is None:
+        await query.answer(context.t("button_expired"))
+        return
+    if not await _may_act_for(query, owner):
+        await query.answer(context.t("button_not_yours"), show_alert=True)
+        return
+    if action == "no":
+        await query.answer()
+        await _edit(query, context.t("forget_cancelled"))
+        return
+    count = await context.services.erase_user(owner)
+    log.info("user_data_erased", user=user_ref(owner), rows=count)
+    await query.answer()
+    await _edit(query, context.t("forget_done", count=count))
+    context.profile = None
+
+
+def _forget_owner(owner: str, presser_id: int) -> int | None:
+    """Whose data a forget button names: buttons from before ids were added name the
+    presser's; a malformed id, nobody's (None)."""
     if not owner:
         return presser_id
     return int(owner) if _CHAT_ID.fullmatch(owner) else None

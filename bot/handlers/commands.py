@@ -170,13 +170,14 @@ def kept_phrases(messages: list[StoredMessage]) -> list[str]:
 
 
 async def forget(update: Update, context: BotContext) -> None:
-    """Ask for confirmation before erasing the speaker's data; the button names whose."""
-    yes = f"forget:yes:{context.speaker_id}"
+    """Ask for confirmation before erasing the speaker's data; the buttons name whose (in a
+    group only they, or an admin for a chat that spoke, may press either)."""
+    yes, no = f"forget:yes:{context.speaker_id}", f"forget:no:{context.speaker_id}"
     keyboard = InlineKeyboardMarkup(
         [
             [
                 InlineKeyboardButton(context.t("forget_yes"), callback_data=yes),
-                InlineKeyboardButton(context.t("forget_no"), callback_data="forget:no"),
+                InlineKeyboardButton(context.t("forget_no"), callback_data=no),
             ]
         ]
     )

@@ -226,6 +226,35 @@ async def test_forged_forget_buttons_erase_nothing_and_crash_nothing(bot: Runnin
     assert (await bot.storage.get_user(ann.id)).think is True
 
 
+async def test_only_the_member_who_asked_answers_their_forget_prompt(bot: RunningBot) -> None:
+    """In a group anyone sees the /forget prompt: another member can neither erase nor
+    cancel it for the one who asked."""
+    server, t = bot.server, bot.services.texts
+    ann, eve = TgUser(id=7301, language_code="en"), TgUser(id=7302, language_code="en")
+    mark = server.mark()
+    server.send_text(ann, "@travel_test_bot hello", chat_id=-7300, chat_type="supergroup")
+    await final_answer_after(bot, -7300, mark)
+    mark = server.mark()
+    server.send_text(ann, "/forget", chat_id=-7300, chat_type="supergroup")
+    confirm = await reply_after(bot, -7300, mark)
+    yes, no = (b["callback_data"] for b in confirm.params["reply_markup"]["inline_keyboard"][0])
+    message = next(
+        m for m in server.messages(-7300) if m.message_id == confirm.result["message_id"]
+    )
+    for data in (no, yes):
+        mark = server.mark()
+        server.press_button(eve, message, data)
+        refused = await server.wait_for(lambda c: c.method == "answerCallbackQuery", after=mark)
+        assert refused.params["text"] == t.get("en", "button_not_yours"), data
+        await asyncio.sleep(0.2)
+        assert [c for c in server.calls[mark:] if c.method == "editMessageText"] == []
+    assert await bot.storage.get_history(-7300, ann.id, max_turns=5) != []
+    mark = server.mark()
+    server.press_button(ann, message, no)
+    edited = await server.wait_for(lambda c: c.method == "editMessageText", after=mark)
+    assert edited.params["text"] == t.get("en", "forget_cancelled")
+
+
 async def test_a_channel_speaking_in_a_group_is_erased_by_its_admin(bot: RunningBot) -> None:
     server, t = bot.server, bot.services.texts
     channel = {"id": -100_7801, "type": "channel", "title": "Ann's channel"}
