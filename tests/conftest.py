@@ -262,6 +262,10 @@ class ScriptedChatServer:
     def script(self, text: str, finish_reason: str = "stop") -> None:
         self.answers.append((text, finish_reason))
 
+    def engine_settings(self) -> dict:
+        """The bot's settings that make this server its engine (through RemoteWorker)."""
+        return {"engine": "openai", "openai_base_urls": [self.base_url], "openai_model": self.MODEL}
+
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": self.MODEL}]})
 

@@ -29,12 +29,7 @@ SCRIPTED_MENU = (
 
 @pytest.fixture
 def engine_overrides(scripted_server: ScriptedChatServer, feed: FeedServer) -> dict:
-    return {
-        "engine": "openai",
-        "openai_base_urls": [scripted_server.base_url],
-        "openai_model": ScriptedChatServer.MODEL,
-        "reference_rates_url": feed.url,
-    }
+    return scripted_server.engine_settings() | {"reference_rates_url": feed.url}
 
 
 async def say(bot: RunningBot, user: TgUser, text: str) -> str:

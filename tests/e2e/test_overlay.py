@@ -51,11 +51,7 @@ SCRIPTED_NOT_PARSEABLE = 'Here are the boxes: ```json\n{"regions": [{"box_2d": [
 
 @pytest.fixture
 def engine_overrides(scripted_server: ScriptedChatServer) -> dict:
-    return {
-        "engine": "openai",
-        "openai_base_urls": [scripted_server.base_url],
-        "openai_model": ScriptedChatServer.MODEL,
-    }
+    return scripted_server.engine_settings()
 
 
 def sign(size: tuple[int, int] = (640, 480), text: str = "EXIT") -> bytes:

@@ -37,11 +37,7 @@ SCRIPTED_BROKEN_AND_CUT = f'{SCRIPTED_PROSE}\n\n```json\n{{"phrases": [{{"text":
 
 @pytest.fixture
 def engine_overrides(scripted_server: ScriptedChatServer) -> dict:
-    return {
-        "engine": "openai",
-        "openai_base_urls": [scripted_server.base_url],
-        "openai_model": ScriptedChatServer.MODEL,
-    }
+    return scripted_server.engine_settings()
 
 
 def shown_while_streaming(bot: RunningBot, chat_id: int, mark: int) -> list[str]:
