@@ -26,8 +26,11 @@ import json
 import math
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
 
 FENCE_OPEN = "```json"
 FENCE_CLOSE = "```"
@@ -143,17 +146,25 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not strict JSON")
 
 
-def _phrases(value: Any) -> tuple[Phrase, ...]:
+def unique_items(
+    value: Any, read: Callable[[Any], T | None], limit: int, look_at: int | None = None
+) -> tuple[T, ...]:
+    """The first `limit` distinct items that `read` makes of a JSON list (None: skipped),
+    among its first `look_at`; () for anything but a list."""
     if not isinstance(value, list):
         return ()
-    phrases = []
-    for item in value:
-        phrase = _phrase(item)
-        if phrase is not None and phrase not in phrases:
-            phrases.append(phrase)
-        if len(phrases) == MAX_PHRASES:
-            break
-    return tuple(phrases)
+    items: list[T] = []
+    for item in value[:look_at]:
+        made = read(item)
+        if made is not None and made not in items:
+            items.append(made)
+            if len(items) == limit:
+                break
+    return tuple(items)
+
+
+def _phrases(value: Any) -> tuple[Phrase, ...]:
+    return unique_items(value, _phrase, MAX_PHRASES)
 
 
 def _phrase(item: Any) -> Phrase | None:

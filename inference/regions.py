@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from inference.answer_block import BlockSplitter, clean_text, load_block
+from inference.answer_block import BlockSplitter, clean_text, load_block, unique_items
 
 BOX_SCALE = 1000  # box_2d values are 0..1000 of the photo's height (y) and width (x)
 MAX_REGIONS = 40  # drawn at most; a longer list is cut, not refused
@@ -76,16 +76,7 @@ def read_regions(reply: str) -> RegionsReply:
 def _regions(value: Any) -> tuple[Region, ...]:
     if isinstance(value, dict):
         value = value.get("regions")
-    if not isinstance(value, list):
-        return ()
-    regions: list[Region] = []
-    for item in value[:MAX_ITEMS_READ]:
-        region = _region(item)
-        if region is not None and region not in regions:
-            regions.append(region)
-            if len(regions) == MAX_REGIONS:
-                break
-    return tuple(regions)
+    return unique_items(value, _region, MAX_REGIONS, MAX_ITEMS_READ)
 
 
 def _region(item: Any) -> Region | None:
