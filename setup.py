@@ -8,7 +8,7 @@ from setuptools import find_packages, setup
 
 setup(
     packages=[
-        *find_packages(include=["bot", "bot.*", "inference", "inference.*", "evaluation"]),
+        *find_packages(include=["bot", "bot.*", "inference", "inference.*", "evaluation", "tools"]),
         "bot.locales",
     ],
     package_dir={"bot.locales": "locales"},

@@ -62,14 +62,14 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     bench = commands.add_parser("bench", help="benchmark generate() and the batching engine")
-    from inference.bench_args import add_arguments
+    from tools.bench_args import add_arguments
 
     add_arguments(bench)
 
     check = commands.add_parser(
         "check-fp8", help="answers with FP8 experts against bf16 ones, before turning them on"
     )
-    from inference.bench_args import add_fp8_check_arguments
+    from tools.bench_args import add_fp8_check_arguments
 
     add_fp8_check_arguments(check)
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(ask_model(settings_for(args), args))
     elif args.command == "tiny-checkpoint":
-        from inference.tiny import write_tiny_checkpoint
+        from tools.tiny import write_tiny_checkpoint
 
         print(write_tiny_checkpoint(args.directory))
     elif args.command == "serve":
@@ -98,11 +98,11 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(serve_engine(settings_for(args), args))
     elif args.command == "bench":
-        from inference.bench import main as bench_main
+        from tools.bench import main as bench_main
 
         sys.exit(bench_main(args))
     elif args.command == "check-fp8":
-        from inference.fp8_check import main as check_main
+        from tools.fp8_check import main as check_main
 
         sys.exit(check_main(args))
     elif args.command == "eval":
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(eval_main(args))
     elif args.command == "sample-image":
-        from inference.samples import write_sample
+        from tools.samples import write_sample
 
         print(write_sample(args.output, kind=args.kind))
 

@@ -23,7 +23,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from bot.photo_check import DEFAULT_SOFT_TOKENS, check_photo, measure
 from bot.settings import Settings
 from inference import ImageLimits, normalize_image
-from inference.samples import draw_scene, draw_text_page
+from tools.samples import draw_scene, draw_text_page
 
 SIZE = (2048, 1536)  # what normalize_image makes of a 4:3 phone photo
 REPEATS = 5

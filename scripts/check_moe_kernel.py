@@ -25,7 +25,7 @@ from transformers.models.gemma4.modeling_gemma4 import Gemma4TextExperts
 
 from inference.runtime.gemma4 import fp8_experts
 from inference.runtime.kernels import moe
-from inference.tiny import FULL_SIZE_TEXT_CONFIG
+from tools.tiny import FULL_SIZE_TEXT_CONFIG
 
 LAYERS = 8
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from inference.bench import full_size_random_engine, make_requests
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import EnginePaths, RuntimeConfig
 from inference.runtime.kernels import moe
+from tools.bench import full_size_random_engine, make_requests
 
 
 def relative(got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -97,7 +97,7 @@ def main() -> None:
         import tempfile
 
         from inference import EngineConfig, GemmaEngine
-        from inference.tiny import write_tiny_checkpoint
+        from tools.tiny import write_tiny_checkpoint
 
         path = write_tiny_checkpoint(Path(tempfile.mkdtemp()))
         base = GemmaEngine.load(EngineConfig(model_path=path, device="cpu"))

@@ -19,7 +19,7 @@ from transformers import Gemma4TextConfig
 
 from inference.runtime.gemma4 import fp8_experts
 from inference.runtime.kernels import moe, moe_prompt
-from inference.tiny import FULL_SIZE_TEXT_CONFIG
+from tools.tiny import FULL_SIZE_TEXT_CONFIG
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
 CANDIDATES = [

@@ -23,10 +23,10 @@ WAYS = {"bf16": {}, "fp8": {"fp8_experts": True, "fp8_kv_cache": True}}
 
 
 def greedy_tokens(requests: int, new_tokens: int) -> dict[str, list[list[int]]]:
-    from inference.bench import full_size_random_engine, make_requests
     from inference.runtime.batch_engine import BatchEngine
     from inference.runtime.config import RuntimeConfig
     from inference.types import Finished
+    from tools.bench import full_size_random_engine, make_requests
 
     result = {}
     for name, settings in WAYS.items():

@@ -8,9 +8,9 @@ import time
 
 import torch
 
-from inference.bench import full_size_random_engine, make_requests
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import EnginePaths, RuntimeConfig
+from tools.bench import full_size_random_engine, make_requests
 
 
 def timed_ms(fn) -> float:

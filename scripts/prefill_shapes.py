@@ -17,10 +17,10 @@ import torch
 from gpu_prefill import timed_ms
 from torch.nn.attention import SDPBackend
 
-from inference.bench import full_size_random_engine, make_requests
 from inference.runtime import model_runner
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import EnginePaths, RuntimeConfig
+from tools.bench import full_size_random_engine, make_requests
 
 
 def main() -> None:

@@ -25,10 +25,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import AttentionInterface
 
-from inference.bench import GpuTimer, full_size_random_engine, make_requests
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import EnginePaths, RuntimeConfig
 from inference.runtime.gemma4 import vision
+from tools.bench import GpuTimer, full_size_random_engine, make_requests
 
 
 def step_inputs(batch: int) -> tuple[list[int], list[int]]:

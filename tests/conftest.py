@@ -24,13 +24,13 @@ from bot.storage import Storage
 from bot.user_locks import UserLocks
 from inference import EngineConfig, GemmaEngine, RuntimeConfig, Worker, create_engine
 from inference.openai_server import ServerConfig, create_app, start_site
-from inference.samples import draw_menu, draw_sign
 from tests.e2e.botapi_server import TOKEN, BotApiServer
+from tools.samples import draw_menu, draw_sign
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from inference.tiny import write_tiny_checkpoint
+    from tools.tiny import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-gemma4"))
 

@@ -123,6 +123,13 @@ def test_dockerfile_matches_the_compose_mounts_and_the_build_context() -> None:
     }
     assert copied <= allowed, copied - allowed
     assert all((ROOT / source).exists() for source in copied)
+    # `travelbot` builds every subcommand's parser at start: a package left out of the
+    # image stops even `travelbot run`
+    shipped = set(re.findall(r'"(\w+)"', (ROOT / "setup.py").read_text())) & {
+        path.parent.name for path in ROOT.glob("*/__init__.py")
+    }
+    assert shipped == {"bot", "inference", "evaluation", "tools"}, shipped
+    assert shipped <= copied, shipped - copied
 
 
 def test_image_and_systemd_recipe_install_the_pinned_production_set() -> None:

@@ -26,7 +26,7 @@ from bot.settings import ROOT, Settings
 from tests.conftest import free_port
 from tests.e2e.botapi_server import TOKEN, BotApiServer, TgUser
 
-PROJECT_DIRS = ("scripts", "bot", "inference", "evaluation", "locales")
+PROJECT_DIRS = ("scripts", "bot", "inference", "evaluation", "tools", "locales")
 _spec = importlib.util.spec_from_file_location("lock", ROOT / "scripts" / "lock.py")
 lock = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(lock)
@@ -189,7 +189,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 def test_sdist_and_wheel_ship_every_module_and_the_locales(installed: Installed) -> None:
     modules = {
         p.relative_to(ROOT).as_posix()
-        for d in ("bot", "inference", "evaluation")
+        for d in ("bot", "inference", "evaluation", "tools")
         for p in (ROOT / d).rglob("*.py")
     }
     locales = {p.name for p in (ROOT / "locales").glob("*.json")}

@@ -14,8 +14,8 @@ from transformers.models.gemma4.image_processing_pil_gemma4 import (
 
 from bot.photo_check import check_photo, measure, model_size
 from inference import normalize_image
-from inference.samples import draw_menu, draw_scene, draw_sign, draw_text_page
 from tests.conftest import png_bytes, small_photo
+from tools.samples import draw_menu, draw_scene, draw_sign, draw_text_page
 
 W, H = 2048, 1536  # what normalize_image makes of a 12 MP phone photo
 

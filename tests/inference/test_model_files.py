@@ -15,7 +15,7 @@ import pytest
 
 from inference import EngineConfig, Finished, GemmaEngine, Request, Sampling, normalize_image
 from inference.model_files import REPO_ID, ModelNotFound, check_model_dir
-from inference.tiny import TINY_IMAGE_SOFT_TOKENS, write_tiny_checkpoint
+from tools.tiny import TINY_IMAGE_SOFT_TOKENS, write_tiny_checkpoint
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 TRAVELBOT = Path(sys.executable).with_name("travelbot")

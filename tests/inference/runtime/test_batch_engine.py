@@ -14,7 +14,7 @@ from inference.runtime.config import EnginePaths, RuntimeConfig
 from inference.runtime.gemma4 import vision
 from inference.runtime.kv_cache import SlotKVCache
 from inference.runtime.model_runner import attend_length_buckets, layer_specs, pinned
-from inference.samples import draw_menu, draw_sign
+from tools.samples import draw_menu, draw_sign
 
 GREEDY = Sampling(temperature=0.0)
 

@@ -14,8 +14,8 @@ from inference.runtime.gemma4 import fast_ops
 from inference.runtime.gemma4.fp8_experts import FP8
 from inference.runtime.kv_cache import LayerSpec, SlotKVCache
 from inference.runtime.model_runner import attend_length_buckets, own_lengths
-from inference.samples import draw_menu, draw_sign
 from tests.conftest import load_with_wide_window, png_bytes
+from tools.samples import draw_menu, draw_sign
 
 WINDOW, PREFIX = 16, 5
 

@@ -15,8 +15,8 @@ from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
 from inference.runtime.gemma4 import vision
 from inference.runtime.photo_cache import MAX_IDLE_S, PhotoCache
-from inference.samples import draw_menu, draw_sign
 from tests.conftest import png_bytes
+from tools.samples import draw_menu, draw_sign
 
 
 def test_least_recently_used_photos_leave_first_within_the_budget() -> None:

@@ -12,8 +12,8 @@ from inference import EngineConfig, Request
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
 from inference.runtime.gemma4 import fast_ops
-from inference.samples import draw_menu, draw_sign
 from tests.conftest import load_with_wide_window
+from tools.samples import draw_menu, draw_sign
 
 
 def test_vision_spans_are_the_runs_of_image_or_audio_tokens() -> None:

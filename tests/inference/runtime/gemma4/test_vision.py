@@ -11,7 +11,7 @@ from inference import GemmaEngine, Request
 from inference.runtime.gemma4 import vision
 from inference.runtime.gemma4.patch import patch_model
 from inference.runtime.kernels import Kernels
-from inference.samples import draw_menu, draw_sign
+from tools.samples import draw_menu, draw_sign
 
 
 def png(image: Image.Image) -> bytes:

@@ -68,7 +68,7 @@ import io, json, sys, torch
 from inference import EngineConfig, GemmaEngine, Request
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
-from inference.samples import draw_menu, draw_sign
+from tools.samples import draw_menu, draw_sign
 
 def png(image):
     buffer = io.BytesIO()

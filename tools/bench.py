@@ -31,8 +31,8 @@ from inference.images import normalize_image
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import EnginePaths, RuntimeConfig
 from inference.runtime.gemma4 import fp8_experts
-from inference.samples import draw_menu, draw_sign
 from inference.types import Finished, Request, Sampling, Turn
+from tools.samples import draw_menu, draw_sign
 
 LANGUAGES = ("de", "en", "fr", "ja", "es", "ko", "it", "zh")
 PREP_THREADS = 4
@@ -59,7 +59,7 @@ def full_size_random_engine(device: str, image_soft_tokens: int) -> GemmaEngine:
     """Gemma 4 26B-A4B's architecture with random bf16 weights, built on the device."""
     from transformers import Gemma4ForConditionalGeneration, Gemma4ImageProcessorPil
 
-    from inference.tiny import (
+    from tools.tiny import (
         FULL_SIZE_TEXT_CONFIG,
         FULL_SIZE_VISION_CONFIG,
         build_config,
@@ -86,7 +86,7 @@ def load_engine(args: argparse.Namespace) -> GemmaEngine:
             engine.model.set_experts_implementation(args.experts_implementation)
         return engine
     if args.tiny:
-        from inference.tiny import write_tiny_checkpoint
+        from tools.tiny import write_tiny_checkpoint
 
         model_dir = write_tiny_checkpoint(tempfile.mkdtemp(prefix="tiny-gemma4-"))
     else:
@@ -724,9 +724,9 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m inference.bench (where the bot's packages are absent)
-    from inference.bench_args import add_arguments
+if __name__ == "__main__":  # python -m tools.bench (where the bot's packages are absent)
+    from tools.bench_args import add_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m inference.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
     add_arguments(parser)
     raise SystemExit(main(parser.parse_args()))

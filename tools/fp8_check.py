@@ -22,12 +22,12 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from inference.bench import load_engine, make_requests, write
 from inference.engine import GemmaEngine
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import RuntimeConfig
 from inference.runtime.sequence import Sequence
 from inference.types import Request
+from tools.bench import load_engine, make_requests, write
 
 
 @dataclass
@@ -171,9 +171,9 @@ def main(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
-if __name__ == "__main__":  # python -m inference.fp8_check (where the bot's packages are absent)
-    from inference.bench_args import add_fp8_check_arguments
+if __name__ == "__main__":  # python -m tools.fp8_check (where the bot's packages are absent)
+    from tools.bench_args import add_fp8_check_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m inference.fp8_check", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.fp8_check", description=__doc__)
     add_fp8_check_arguments(parser)
     raise SystemExit(main(parser.parse_args()))

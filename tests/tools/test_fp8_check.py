@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 
 from inference import EngineConfig, GemmaEngine
-from inference.bench import make_requests
-from inference.fp8_check import answers_and_logprobs, compare, summary
 from inference.runtime.config import RuntimeConfig
 from inference.runtime.gemma4.fp8_experts import is_quantized
 from inference.runtime.model_runner import ModelRunner
+from tools.bench import make_requests
+from tools.fp8_check import answers_and_logprobs, compare, summary
 
 TRAVELBOT = Path(sys.executable).with_name("travelbot")
 RUNTIME = RuntimeConfig(max_slots=2, max_seq_len=2048)

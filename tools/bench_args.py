@@ -117,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_fp8_check_arguments(parser: argparse.ArgumentParser) -> None:
-    """`travelbot check-fp8` (inference.fp8_check; random weights, tiny or full size, test
+    """`travelbot check-fp8` (tools.fp8_check; random weights, tiny or full size, test
     its run, not the quality of FP8 answers)."""
     add_model_arguments(parser)
     parser.add_argument("--photos", type=int, default=8)
