@@ -25,6 +25,7 @@ from bot.albums import resume_albums
 from bot.context import SERVICES_KEY, BotContext, Services
 from bot.handlers import callbacks, commands, currency, diet, messages, updates
 from bot.health import serving_health
+from bot.polling import PollingRequest
 from bot.recovery import recover_jobs
 from bot.webhook import WebhookReceiver
 
@@ -42,6 +43,7 @@ def build_application(services: Services) -> Application:
         .base_file_url(settings.telegram_base_file_url)
         .context_types(ContextTypes(context=BotContext))
         .concurrent_updates(settings.max_concurrent_updates)
+        .get_updates_request(PollingRequest())
         .rate_limiter(
             AIORateLimiter(
                 overall_max_rate=settings.telegram_messages_per_second,

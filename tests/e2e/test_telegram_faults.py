@@ -78,3 +78,23 @@ async def test_a_request_over_its_time_budget_is_cancelled_and_reported(bot: Run
             break
         await asyncio.sleep(0.05)
     assert bot.services.worker.num_running == 0
+
+
+async def test_an_update_ptb_cannot_parse_does_not_stop_polling(
+    bot: RunningBot, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
+    """Without bot.polling, PTB would fetch the unparseable update again forever."""
+    server = bot.server
+    user = TgUser(id=40_004, language_code="en")
+    poisoned = server.push_update({"message": {"message_id": 1, "date": 0, "chat": "MARKER"}})
+    for _ in range(2):  # the second answer comes after the next getUpdates confirmed it
+        mark = server.mark()
+        server.send_text(user, "/help")
+        await server.wait_for(
+            lambda c: c.method == "sendMessage" and c.params.get("chat_id") == user.id,
+            after=mark,
+            timeout=20,
+        )
+    logged = caplog.text + "".join(capsys.readouterr())
+    assert logged.count("update_unreadable") == 1, "fetched again"
+    assert str(poisoned) in logged and "MARKER" not in logged
