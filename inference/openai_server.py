@@ -103,6 +103,10 @@ class ServerConfig:
     # asyncio's default executor: a request without images never waits behind photos
     decode_threads: int = 2
     body_timeout_s: float = 60.0  # a body must arrive whole within this
+    # and a large one, after its first seconds, at least this fast: else a few slow senders
+    # would keep the `max_large_uploads` places, and everyone's photos, for the whole minute
+    min_upload_bytes_per_s: int = 64 * 1024
+    upload_grace_s: float = 5.0
     # bodies over SMALL_BODY_BYTES (or of unknown length, or compressed) received at once;
     # one more is a 429 before it is read: slow senders of photos hold at most this many
     max_large_uploads: int = 8
@@ -425,7 +429,7 @@ async def _read_body(
     request: web.Request, config: ServerConfig, admission: Admission
 ) -> bytes | bytearray:
     """The body, within the size and time limits; a large one only while fewer than
-    `max_large_uploads` are being received."""
+    `max_large_uploads` are being received, and only while it keeps its pace."""
     limits = config.limits
     length = request.content_length
     if (length or 0) > limits.max_body_bytes:
@@ -435,10 +439,18 @@ async def _read_body(
     # a compressed body may be larger than its length says (aiohttp inflates it)
     large = length is None or length > SMALL_BODY_BYTES or "Content-Encoding" in request.headers
     body = bytearray()  # not bytes: joined without a copy of the whole
+    started = asyncio.get_running_loop().time()
     with admission.receiving(large=large):
         try:
             async with asyncio.timeout(config.body_timeout_s):
-                while chunk := await request.content.readany():
+                while True:
+                    due = (
+                        started + config.upload_grace_s + len(body) / config.min_upload_bytes_per_s
+                    )
+                    async with asyncio.timeout_at(due if large else None):
+                        chunk = await request.content.readany()
+                    if not chunk:
+                        break
                     body += chunk
                     if len(body) > limits.max_body_bytes:  # chunked: no length announced
                         raise web.HTTPRequestEntityTooLarge(limits.max_body_bytes, len(body))

@@ -399,6 +399,43 @@ async def test_large_uploads_beyond_their_limit_are_refused_at_once(
     assert samples["travelbot_serve_large_bodies_reading"] == limit
 
 
+async def test_a_large_body_sent_too_slowly_is_cut_off_before_the_body_timeout(
+    openai_server: OpenAIServer,
+) -> None:
+    """A photo trickled at 10 KiB/s held one of the few places for large bodies for the
+    whole body timeout (60 s); it now must keep 64 KiB/s after its grace."""
+    config = ServerConfig(openai_server.model_name, openai_server.api_key, upload_grace_s=0.5)
+    assert config.body_timeout_s >= 60 and config.min_upload_bytes_per_s == 64 * 1024
+    runner, port = await start_site(create_app(openai_server.worker, config), "127.0.0.1", 0)
+    server = OpenAIServer(
+        f"http://127.0.0.1:{port}/v1", config.api_key, config.model_name, openai_server.worker
+    )
+    head = raw_head("POST", "/v1/chat/completions", config.api_key, length=MiB)
+
+    async def trickle(writer: asyncio.StreamWriter) -> None:
+        for _ in range(100):
+            writer.write(b" " * 1024)
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    try:
+        async with connection(server) as (reader, writer):
+            writer.write(head)
+            trickling = asyncio.create_task(trickle(writer))
+            try:
+                start = time.monotonic()
+                status_line, answer = await asyncio.wait_for(read_answer(reader), 10)
+            finally:
+                trickling.cancel()
+                await asyncio.gather(trickling, return_exceptions=True)
+        samples = await metrics(server)
+    finally:
+        await runner.cleanup()
+    assert status_line.startswith(b"HTTP/1.1 408"), (status_line, answer)
+    assert time.monotonic() - start < 3
+    assert samples["travelbot_serve_large_bodies_reading"] == 0
+
+
 # A client that leaves
 
 
