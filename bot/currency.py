@@ -65,8 +65,11 @@ class ExchangeRates:
             if time.monotonic() - self._failed_at < RETRY_AFTER_FAILURE_S:
                 return kept
             try:
-                per_euro, date = await self._fetch()
-            except (httpx.HTTPError, ValueError) as exc:
+                # the whole fetch, not each read: a feed sending a byte at a time would
+                # hold every answer with a price (and this lock) for as long as it likes
+                async with asyncio.timeout(self._timeout_s):
+                    per_euro, date = await self._fetch()
+            except (httpx.HTTPError, ValueError, TimeoutError) as exc:
                 self._failed_at = time.monotonic()
                 log.warning("reference_rates_unavailable", error=type(exc).__name__)
                 return kept

@@ -295,12 +295,20 @@ class FeedServer:
     body: str = ""
     status: int = 200
     delay_s: float = 0.0
+    trickle_s: float = 0.0  # > 0: the body a byte at a time, this long apart
     requests: list[str] = field(default_factory=list)
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(request.path)
         await asyncio.sleep(self.delay_s)
-        return web.Response(text=self.body, status=self.status, content_type="text/xml")
+        if not self.trickle_s:
+            return web.Response(text=self.body, status=self.status, content_type="text/xml")
+        response = web.StreamResponse(status=self.status, headers={"Content-Type": "text/xml"})
+        await response.prepare(request)
+        for byte in self.body.encode():
+            await response.write(bytes([byte]))
+            await asyncio.sleep(self.trickle_s)
+        return response
 
 
 ECB_DAILY = """<?xml version="1.0" encoding="UTF-8"?>

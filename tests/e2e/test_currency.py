@@ -6,6 +6,7 @@ bot's own code."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -102,3 +103,21 @@ async def test_without_a_currency_the_bot_asks_for_it_once(
     assert ask in first and "≈" not in first
     second = await menu_answer(bot, scripted_server, bea)
     assert ask not in second and "≈" not in second
+
+
+@pytest.mark.settings(reference_rates_timeout_s=1.0)
+async def test_a_feed_that_trickles_is_given_up_within_its_timeout(
+    bot: RunningBot, scripted_server: ScriptedChatServer, feed: FeedServer
+) -> None:
+    """A byte every 0.2 s never lets one read wait 1 s, but the whole file would take
+    minutes: every answer with a price waited that long for it, the sender's next ones too."""
+    feed.trickle_s = 0.2
+    t = bot.services.texts
+    cai = TgUser(id=8701, language_code="en")
+    await say(bot, cai, "/currency EUR")
+    started = time.monotonic()
+    answer = await menu_answer(bot, scripted_server, cai)
+    assert time.monotonic() - started < 15
+    assert "Ramen: ¥1,600 ≈ ?" in answer
+    assert t.get("en", "price_no_rate", code="JPY") in answer
+    assert len(feed.requests) == 1
