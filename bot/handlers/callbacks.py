@@ -21,7 +21,7 @@ from bot.handlers.messages import ask_anyway
 from bot.logging import user_ref
 from bot.phrase_card import render_card
 from bot.phrases import CALLBACK_PREFIX, read_callback
-from inference import LANGUAGES, native_name, split_answer
+from inference import LANGUAGES, Phrase, native_name, split_answer
 
 log = structlog.get_logger()
 
@@ -64,7 +64,8 @@ async def button(update: Update, context: BotContext) -> None:
 
 async def show_phrase(query: CallbackQuery, context: BotContext) -> None:
     """Send the phrase a "Show to staff" button names as a picture, to the chat of its
-    answer, for the person it was answered to; once the answer is erased, "expired"."""
+    answer, for the person it was answered to; once the answer is erased, "expired", and
+    /forget stops a picture still being drawn or sent."""
     ref = read_callback(query.data or "")
     stored = await context.storage.get_message(ref[0]) if ref else None
     in_chat = stored is not None and query.message is not None
@@ -79,22 +80,26 @@ async def show_phrase(query: CallbackQuery, context: BotContext) -> None:
     if query.from_user.id in drawing:  # one picture at a time per user; taps meanwhile: none
         await query.answer()
         return
-    phrase = phrases[ref[1]]
     drawing.add(query.from_user.id)
     try:
         await query.answer()
-        picture = await asyncio.to_thread(render_card, phrase, context.services.fonts)
-        await query.get_bot().send_photo(
-            stored.chat_id,
-            picture,
-            caption=phrase.meaning,
-            reply_parameters=ReplyParameters(
-                query.message.message_id, allow_sending_without_reply=True
-            ),
-        )
+        work = _send_card(query, context, stored.chat_id, phrases[ref[1]])
+        if not await erasable(context.services, stored.user_id, work):
+            log.info("phrase_card_erased", message_id=stored.id)
+            return
     finally:
         drawing.discard(query.from_user.id)
     log.info("phrase_card_sent", message_id=stored.id)
+
+
+async def _send_card(
+    query: CallbackQuery, context: BotContext, chat_id: int, phrase: Phrase
+) -> None:
+    picture = await asyncio.to_thread(render_card, phrase, context.services.fonts)
+    reply = ReplyParameters(query.message.message_id, allow_sending_without_reply=True)
+    await query.get_bot().send_photo(
+        chat_id, picture, caption=phrase.meaning, reply_parameters=reply
+    )
 
 
 async def show_on_photo(query: CallbackQuery, context: BotContext) -> None:

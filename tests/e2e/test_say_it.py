@@ -207,3 +207,24 @@ async def test_a_broken_block_cut_by_the_token_limit_leaves_a_plain_answer(
     assert not any(b["callback_data"].startswith("say:") for c in final for b in buttons(c))
     [_, stored] = await bot.storage.get_history(ann.id, ann.id, max_turns=1)
     assert stored.text == SCRIPTED_PROSE
+
+
+async def test_forget_while_a_phrase_picture_is_being_sent_stops_it(
+    bot: RunningBot, scripted_server: ScriptedChatServer
+) -> None:
+    """Telegram answers the picture's first send with "retry after 1 s"; /forget meanwhile
+    erased the answer: the picture must not arrive after "erased"."""
+    server = bot.server
+    ann = TgUser(id=8501, language_code="en")
+    scripted_server.script(SCRIPTED_ANSWER)
+    mark = server.mark()
+    server.send_photo(ann, small_photo("MENU"))
+    await final_answer_after(bot, ann.id, mark)
+    [answer] = answer_messages(bot, ann.id, mark)
+    server.fail_next("sendPhoto")
+    mark = server.mark()
+    await press(bot, ann, sent_message(bot, answer), buttons(answer)[0]["callback_data"])
+    await server.wait_for(lambda c: c.method == "sendPhoto", after=mark, timeout=30)
+    await bot.services.erase_user(ann.id)
+    await asyncio.sleep(2)
+    assert [c for c in photos_after(bot, ann.id, mark) if c.result.get("ok", True)] == []
