@@ -68,11 +68,14 @@ async def close_album(
 
     first = parts[0]
     reply = ReplyParameters(first.message_id, allow_sending_without_reply=True)
+    question = _question(parts)
+    # refused whole, as a single photo's would be: not answered without the page it is on
+    too_long = question is not None and len(question) > settings.max_question_chars
     try:
         job = await storage.close_album(
             parts,
-            question=_question(parts, settings.max_question_chars),
-            file_ids=[part.file_id for part in parts],
+            question=None if too_long else question,
+            file_ids=[] if too_long else [part.file_id for part in parts],
             max_unfinished=settings.max_requests_in_flight,
             language=language,
         )
@@ -81,6 +84,12 @@ async def close_album(
         await bot.send_message(chat_id, t("too_many_requests", limit=limit), reply_parameters=reply)
         return
     if job is None:
+        return
+    if too_long:
+        await storage.set_job_status(job.id, "failed")
+        limit = settings.max_question_chars
+        text = t("question_too_long", length=len(question), limit=limit)
+        await bot.send_message(chat_id, text, reply_parameters=reply)
         return
     log.info("album_closed", job_id=job.id, pages=len(parts))
     try:
@@ -129,9 +138,8 @@ async def _page(bot: Bot, services: Services, part: AlbumPart) -> bytes | None:
     return None
 
 
-def _question(parts: list[AlbumPart], limit: int) -> str | None:
+def _question(parts: list[AlbumPart]) -> str | None:
     """The captions of the pages, in page order (usually one: the app puts it on the first
     or on the one the sender captioned), as one question."""
     captions = [part.caption.strip() for part in parts if part.caption and part.caption.strip()]
-    question = "\n".join(dict.fromkeys(captions))[:limit]
-    return question or None
+    return "\n".join(dict.fromkeys(captions)) or None

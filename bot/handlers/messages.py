@@ -149,9 +149,8 @@ async def _prepare(
 async def _album_part(
     update: Update, context: BotContext, question: str | None, attachment
 ) -> None:
-    """One page of an album: stored; the album is answered once, when all have come."""
-    if not await _question_fits(update, context, question):
-        return
+    """One page of an album: stored; the album is answered once, when all have come (or
+    refused whole, its question too long: bot.albums)."""
     message = update.effective_message
     part = AlbumPart(
         chat_id=message.chat_id,

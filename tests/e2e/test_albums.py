@@ -242,3 +242,23 @@ async def test_in_a_group_an_album_mentioning_the_bot_is_answered_whole(bot: Run
     assert len([x for x in bot_texts(bot, chat, mark) if x.startswith(placeholder)]) == 1
     with sqlite3.connect(bot.services.settings.database_path) as db:
         assert db.execute("SELECT DISTINCT user_id FROM album_parts").fetchall() == [(ann.id,)]
+
+
+async def test_an_album_whose_caption_is_too_long_is_refused_whole_once(bot: RunningBot) -> None:
+    """As a single photo's: told once, nothing asked; not answered without that page."""
+    t = bot.services.texts
+    user = TgUser(id=7008, language_code="fr")
+    requests = seen_requests(bot)
+    caption = "Quoi ? " * 200 + "?"
+    mark = bot.server.mark()
+    bot.server.send_album(user, pages(3), captions={0: caption})
+    await bot.server.wait_for(
+        lambda c: c.method == "sendMessage" and c.params.get("chat_id") == user.id, after=mark
+    )
+    await settled(bot)
+    assert bot_texts(bot, user.id, mark) == [
+        t.get("fr", "question_too_long", length=len(caption), limit=1000)
+    ]
+    assert requests == []
+    assert await bot.storage.count_jobs_by_status() == {"failed": 1}
+    assert await bot.storage.get_open_albums() == []
