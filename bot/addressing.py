@@ -37,7 +37,14 @@ def is_addressed(message: Message, bot_id: int, username: str, commands: frozens
     if command is None:
         return False
     name, target = command
-    return target.lower() == username.lower() if target else name.lower() in commands
+    return names_bot(message, username) if target else name.lower() in commands
+
+
+def names_bot(message: Message, username: str) -> bool:
+    """Starts with a command naming this bot (`/cmd@thisbot`): in a group the one sure sign
+    that a command the bot does not have is meant for it."""
+    command = command_target(message)
+    return command is not None and bool(username) and command[1].lower() == username.lower()
 
 
 def command_target(message: Message) -> tuple[str, str] | None:

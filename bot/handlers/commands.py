@@ -9,7 +9,7 @@ import time
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ChatType
 
-from bot.addressing import command_target, is_group
+from bot.addressing import is_group, names_bot
 from bot.context import BotContext
 from bot.handlers.currency import own_rates_text
 from bot.handlers.diet import describe
@@ -217,10 +217,8 @@ async def unknown_command(update: Update, context: BotContext) -> None:
     """Any command the bot does not have; in a group only one named for it (`/x@thisbot`):
     there a bare `/x` or `/x@other_bot` is another bot's."""
     message = update.effective_message
-    if is_group(message):
-        target = command_target(message)
-        if target is None or target[1].lower() != (context.bot.username or "").lower():
-            return
+    if is_group(message) and not names_bot(message, context.bot.username or ""):
+        return
     await message.reply_html(context.t("unknown_command"))
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from telegram import Message
 
-from bot.addressing import command_target, is_addressed, replied_message, without_mention
+from bot.addressing import (
+    command_target,
+    is_addressed,
+    names_bot,
+    replied_message,
+    without_mention,
+)
 
 BOT_ID, BOT = 424242, "travel_test_bot"
 OWN = frozenset({"start", "help"})
@@ -66,6 +72,8 @@ def test_commands_for_this_bot_or_its_own_bare_ones() -> None:
     assert not addressed(command("/start@other_bot"))
     assert command_target(command("/start@other_bot x")) == ("start", "other_bot")
     assert command_target(message("hi /start")) is None
+    assert names_bot(command("/roll@Travel_Test_Bot"), BOT)
+    assert not names_bot(command("/help"), BOT) and not names_bot(command("/roll@x"), BOT)
 
 
 def test_a_reply_to_the_bot_counts_but_a_forum_topics_root_is_no_reply() -> None:
