@@ -5,7 +5,7 @@ instructions in their PTX, compiled with the specializations a real launch gets 
 aligned pointers, sizes divisible by 16, unit strides as constants). Without those hints
 Triton cannot vectorize the loads and does not pipeline them at all.
 
-    python3 scripts/kernel_asm.py [--out bench-out/kernel-asm.json]
+    python3 -m tools.kernel_asm [--out bench-out/kernel-asm.json]
 """
 
 from __future__ import annotations
