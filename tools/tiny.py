@@ -86,7 +86,7 @@ _CORPUS = [
     SYSTEM_PROMPT,
 ]
 
-_TEXT_CONFIG = {
+TINY_TEXT_CONFIG = {
     "vocab_size": 0,  # at least the tokenizer's size
     "hidden_size": 64,
     "intermediate_size": 96,
@@ -110,7 +110,7 @@ _TEXT_CONFIG = {
     "max_position_embeddings": 8192,
     "tie_word_embeddings": True,
 }
-_VISION_CONFIG = {
+TINY_VISION_CONFIG = {
     "hidden_size": 32,
     "intermediate_size": 64,
     "num_hidden_layers": 2,
@@ -231,7 +231,7 @@ def build_config(tokenizer, *, text: dict | None = None, vision: dict | None = N
     from transformers import Gemma4Config
 
     ids = tokenizer.convert_tokens_to_ids
-    text_config = dict(text or _TEXT_CONFIG)
+    text_config = dict(text or TINY_TEXT_CONFIG)
     text_config["vocab_size"] = max(text_config["vocab_size"], len(tokenizer))
     text_config.update(
         pad_token_id=ids("<pad>"),
@@ -240,7 +240,7 @@ def build_config(tokenizer, *, text: dict | None = None, vision: dict | None = N
     )
     return Gemma4Config(
         text_config=text_config,
-        vision_config=dict(vision or _VISION_CONFIG),
+        vision_config=dict(vision or TINY_VISION_CONFIG),
         audio_config=None,
         image_token_id=ids("<|image|>"),
         boi_token_id=ids("<|image>"),
