@@ -14,7 +14,7 @@ def test_a_run_on_the_cpu_compares_equal_to_itself_and_a_changed_token_is_named(
 ) -> None:
     runs = [tmp_path / "before.json", tmp_path / "before.json"]
     assert main(["--model", str(tiny_model_dir), "--device", "cpu", "--requests", "2",
-                 "--new-tokens", "3", str(runs[0])]) == 0  # fmt: skip
+                 "--new-tokens", "3", "--image-soft-tokens", "70", str(runs[0])]) == 0  # fmt: skip
     tokens = json.loads(runs[0].read_text())
     assert set(tokens) == {"bf16", "fp8"}
     assert [len(answer) for answer in tokens["bf16"] + tokens["fp8"]] == [3] * 4
