@@ -8,7 +8,9 @@ from setuptools import find_packages, setup
 
 setup(
     packages=[
-        *find_packages(include=["bot", "bot.*", "inference", "inference.*", "evaluation", "tools"]),
+        *find_packages(
+            include=["bot", "bot.*", "inference", "inference.*", "evaluation", "tools", "tools.*"]
+        ),
         "bot.locales",
     ],
     package_dir={"bot.locales": "locales"},

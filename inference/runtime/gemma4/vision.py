@@ -60,7 +60,7 @@ def photo_attention(
 
 
 # cuDNN first: at the vision tower's sizes (16 heads of 72) it beat flash, as a batch or as
-# one variable-length call (scripts/time_photo_attention.py, docs/performance.md)
+# one variable-length call (docs/performance.md)
 PHOTO_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
                   SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]  # fmt: skip
 

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from inference.runtime.kernels.dot import INTERPRETED, dot
 
-# tiles and grid, swept at 1, 8 and 64 rows by scripts/check_decode_attention.py
+# tiles and grid, swept at 1, 8 and 64 rows by tools.check_kernels decode-attention
 # (docs/performance.md)
 BLOCK_L = 64  # positions per loop step
 MIN_PROGRAMS = 512  # programs per call at least (a few per SM), where the ring allows

@@ -37,7 +37,7 @@ from inference.runtime.kernels.moe import (
 )
 
 # (BLOCK_M pairs, BLOCK_N weight rows, BLOCK_K, warps, stages) by weight dtype: the tiles of
-# an 8-photo prefill's experts, swept by scripts/check_prompt_experts.py (docs/performance.md)
+# an 8-photo prefill's experts, swept by tools.check_kernels prompt-experts (docs/performance.md)
 GATE_UP_BLOCKS = (128, 64, 64, 4, 3)
 DOWN_BLOCKS = (128, 256, 64, 8, 3)
 FP8_GATE_UP_BLOCKS = (128, 64, 64, 8, 4)

@@ -26,7 +26,7 @@ from inference.runtime.gemma4.fast_ops import visible_ends
 from inference.runtime.kernels.dot import INTERPRETED, dot
 
 # (BLOCK_M, BLOCK_N, warps, stages) by head size: 128-row tiles for the sliding layers, as
-# timed on an 8-photo prefill by scripts/check_prompt_attention.py (docs/performance.md)
+# timed on an 8-photo prefill by tools.check_kernels prompt-attention (docs/performance.md)
 BLOCKS = {256: (128, 64, 8, 2), 512: (64, 32, 8, 2)}
 
 

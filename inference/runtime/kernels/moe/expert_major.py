@@ -21,7 +21,7 @@ from inference.runtime.kernels.moe.routing import (
     unpermute_sum,
 )
 
-# Tiles, swept by scripts/check_moe_kernel.py (docs/performance.md):
+# Tiles, swept by tools.check_kernels experts (docs/performance.md):
 # (BLOCK_M tokens, BLOCK_N, BLOCK_K, warps)
 EXPERT_GATE_UP_BLOCKS = (16, 32, 128, 4)
 EXPERT_DOWN_BLOCKS = (16, 32, 128, 4)

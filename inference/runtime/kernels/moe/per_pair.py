@@ -17,7 +17,7 @@ from inference.runtime.kernels.moe.common import (
     scale_args,
 )
 
-# Tiles, swept by scripts/check_moe_kernel.py (docs/performance.md): (BLOCK_N, BLOCK_K, warps)
+# Tiles, swept by tools.check_kernels experts (docs/performance.md): (BLOCK_N, BLOCK_K, warps)
 GATE_UP_BLOCKS = (16, 128, 8)
 DOWN_BLOCKS = (8, 128, 8)
 # FP8 weights: the same bytes per block load take twice the K
