@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import cProfile
+import dataclasses
 import json
 import pstats
 import time
@@ -63,7 +64,7 @@ def step_ms(engine: BatchEngine, batch: int, steps: int) -> float:
     return round((time.perf_counter() - started) / steps * 1000, 3)
 
 
-def top_ops(run, device: torch.device, calls: int, limit: int, kernels: bool = True) -> list:
+def top_ops(run, device: torch.device, calls: int, limit: int) -> list:
     """The GPU kernels (CPU: the CPU ops, by own time) of `calls` calls of run(), per call,
     most time first, after a TOTAL row."""
     gpu = device.type == "cuda"
@@ -74,7 +75,7 @@ def top_ops(run, device: torch.device, calls: int, limit: int, kernels: bool = T
     rows = []
     for event in prof.key_averages():
         us = event.device_time_total if gpu else event.self_cpu_time_total
-        if us and not (gpu and kernels and event.key.startswith(NOT_KERNELS)):
+        if us and not (gpu and event.key.startswith(NOT_KERNELS)):
             rows.append({"name": event.key[:90], "ms": round(us / calls / 1000, 4),
                          "calls": event.count / calls})  # fmt: skip
     rows.sort(key=lambda r: -r["ms"])
@@ -209,7 +210,7 @@ def profile_way(base, name: str, args: argparse.Namespace, report: dict) -> None
     runtime = RuntimeConfig(  # no photo cache: each prefill runs the vision tower
         max_slots=max([*batches, *prefills]), fp8_experts=name == "fp8", photo_cache_bytes=0
     )
-    engine = BatchEngine(base, RuntimeConfig(**{**vars(runtime), "cuda_graphs": False}))
+    engine = BatchEngine(base, dataclasses.replace(runtime, cuda_graphs=False))
     for batch in batches:
         tokens, positions = step_inputs(engine, batch)
         kernels = top_ops(

@@ -141,21 +141,21 @@ def softmax(bench: Bench, sweep: bool):
                 row[f"{shape} {name} µs"] = round(1000 * bench.ms(
                     lambda way=way, scores=scores, mask=mask: [
                         way(s, mask, 0.0625) for s in scores]), 2)  # fmt: skip
-        kept = 2 * window // 4  # the system prompt, a kept prefix
-        kept_scores = bench.randn(sliding, rows * (heads // sliding), kept) * 8
-        own = bench.randn(rows, sliding, heads // sliding, window) * 8
+        kept = window // 2  # the system prompt, kept once
+        pairs = [(bench.randn(sliding, rows * (heads // sliding), kept) * 8,
+                  bench.randn(rows, sliding, heads // sliding, window) * 8)
+                 for _ in range(bench.layers)]  # fmt: skip
         mask = torch.rand(rows, 1, 1, kept + window, device=bench.device) < 0.7
-        expected = fast_ops.masked_softmax_after_prefix(kept_scores.float(), own.float(), mask,
+        expected = fast_ops.masked_softmax_after_prefix(*(s.float() for s in pairs[0]), mask,
                                                         0.0625)  # fmt: skip
         for name, way in (("torch", torch_ways["torch after the kept prefix"]),
                           ("kernel", softmax_kernel.masked_softmax_after_prefix)):  # fmt: skip
-            got = way(kept_scores, own, mask, 0.0625)
+            got = way(*pairs[0], mask, 0.0625)
             row[f"after the kept prefix {name} error"] = max(
                 relative(a, b) for a, b in zip(got, expected, strict=True)
             )
             row[f"after the kept prefix {name} µs"] = round(1000 * bench.ms(
-                lambda way=way: [way(kept_scores, own, mask, 0.0625)
-                                 for _ in range(bench.layers)]), 2)  # fmt: skip
+                lambda way=way: [way(*s, mask, 0.0625) for s in pairs]), 2)  # fmt: skip
         return row
 
     return measure
