@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot import storage as storage_mod
-from bot.storage import MIGRATIONS, Storage, TooManyJobs
+from bot.storage import MIGRATIONS, Storage, TooManyJobs, schema
 from inference import Diet
 
 ALICE = 424_242_424_242  # large ids cannot collide with row ids / sequence counters
@@ -103,7 +103,7 @@ async def test_old_database_gets_only_missing_migrations(
 
     # ALTER TABLE fails if applied twice, so reopening also proves idempotence.
     extra = ["ALTER TABLE users ADD COLUMN nickname TEXT"]
-    monkeypatch.setattr(storage_mod, "MIGRATIONS", [*MIGRATIONS, extra])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*MIGRATIONS, extra])
     latest = len(MIGRATIONS) + 1
     for _ in range(2):
         async with await Storage.open(db_path) as s:
@@ -121,7 +121,7 @@ async def test_failed_migration_is_rolled_back(
     async with await Storage.open(db_path):
         pass
     bad = ["CREATE TABLE half_done (x INTEGER)", "THIS IS NOT SQL"]
-    monkeypatch.setattr(storage_mod, "MIGRATIONS", [*MIGRATIONS, bad])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*MIGRATIONS, bad])
     with pytest.raises(sqlite3.OperationalError):
         await Storage.open(db_path)
     assert raw(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
@@ -134,6 +134,37 @@ async def test_newer_database_is_refused(db_path: Path) -> None:
     with pytest.raises(RuntimeError, match="newer"):
         await Storage.open(db_path)
     assert raw(db_path, "PRAGMA user_version") == [(99,)]
+
+
+def schema_of(path: Path) -> list[tuple]:
+    return raw(path, "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name")
+
+
+@pytest.mark.parametrize("version", range(1, len(MIGRATIONS)))
+async def test_a_database_of_every_shipped_version_migrates_to_the_fresh_schema(
+    tmp_path: Path, version: int
+) -> None:
+    """A database left at `version` by an older bot (its migrations, applied by plain sqlite3)
+    ends with exactly the schema a new database gets, and keeps its users."""
+    fresh, old = tmp_path / "fresh.sqlite3", tmp_path / "old.sqlite3"
+    async with await Storage.open(fresh):
+        pass
+    with sqlite3.connect(old) as con:
+        for sql in [sql for migration in MIGRATIONS[:version] for sql in migration]:
+            con.execute(sql)
+        con.execute(
+            "INSERT INTO users (user_id, language, think, created_at, updated_at)"
+            " VALUES (?, 'fr', 1, '2024-01-01T00:00:00+00:00', '2024-01-01T00:00:00+00:00')",
+            (ALICE,),
+        )
+        con.execute(f"PRAGMA user_version = {version}")
+    con.close()
+    async with await Storage.open(old) as s:
+        assert s.schema_version == len(MIGRATIONS)
+        user = await s.get_user(ALICE)
+        assert (user.language, user.think, await s.get_diet(ALICE)) == ("fr", True, Diet())
+        assert await s.get_unfinished_jobs() == []
+    assert schema_of(old) == schema_of(fresh)
 
 
 # --- users -----------------------------------------------------------------
