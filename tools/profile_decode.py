@@ -22,6 +22,7 @@ import argparse
 import collections
 import cProfile
 import dataclasses
+import gc
 import json
 import pstats
 import time
@@ -34,14 +35,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import EnginePaths, RuntimeConfig
-from tools.bench import load_engine, make_requests
+from tools.bench import load_engine, make_requests, synchronize
 
 NOT_KERNELS = ("aten::", "travelbot::", "Torch-Compiled", "## Call")  # ops and regions
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def step_inputs(engine: BatchEngine, batch: int) -> tuple[list[int], list[int]]:
@@ -56,11 +52,11 @@ def step_ms(engine: BatchEngine, batch: int, steps: int) -> float:
     tokens, positions = step_inputs(engine, batch)
     for _ in range(3):
         engine.runner.decode(positions, tokens)
-    sync(engine.base.device)
+    synchronize(engine.base.device)
     started = time.perf_counter()
     for _ in range(steps):
         engine.runner.decode(positions, tokens)
-    sync(engine.base.device)
+    synchronize(engine.base.device)
     return round((time.perf_counter() - started) / steps * 1000, 3)
 
 
@@ -71,7 +67,7 @@ def top_ops(run, device: torch.device, calls: int, limit: int) -> list:
     with profile(activities=[ProfilerActivity.CUDA if gpu else ProfilerActivity.CPU]) as prof:
         for _ in range(calls):
             run()
-        sync(device)
+        synchronize(device)
     rows = []
     for event in prof.key_averages():
         us = event.device_time_total if gpu else event.self_cpu_time_total
@@ -87,7 +83,7 @@ def cpu_ops(run, device: torch.device, limit: int) -> list:
     """The CPU ops of one call of run(), by their time with what they call."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run()
-        sync(device)
+        synchronize(device)
     rows = [{"name": e.key[:90], "cpu_ms": round(e.cpu_time_total / 1000, 3), "calls": e.count}
             for e in prof.key_averages()]  # fmt: skip
     return sorted(rows, key=lambda r: -r["cpu_ms"])[:limit]
@@ -97,11 +93,11 @@ def python_profile(run, device: torch.device, limit: int) -> list:
     """cProfile of launching run() (no sync inside it unless it makes one): the functions
     with the most time under them (ms, slowed by cProfile)."""
     profiler = cProfile.Profile()
-    sync(device)
+    synchronize(device)
     profiler.enable()
     run()
     profiler.disable()
-    sync(device)
+    synchronize(device)
     stats = pstats.Stats(profiler).stats  # (file, line, name) → (calls, _, own, under, _)
     rows = [{"function": f"{Path(file).name}:{line} {name}"[:100], "calls": calls,
              "own_ms": round(own * 1000, 2), "cumulative_ms": round(under * 1000, 2)}
@@ -154,7 +150,7 @@ def prefill_profile(engine: BatchEngine, count: int, limit: int, syncs: bool) ->
         return engine.runner.prefill(inputs, slots, prefix)
 
     run()  # the prefix cached, the shapes seen
-    sync(device)
+    synchronize(device)
     times = ModuleTimes(device)
     times.watch("vision tower encoder", model.model.vision_tower.encoder)
     for layer in model.model.language_model.layers:
@@ -163,7 +159,7 @@ def prefill_profile(engine: BatchEngine, count: int, limit: int, syncs: bool) ->
     started = time.perf_counter()
     run()
     launch_ms = (time.perf_counter() - started) * 1000
-    sync(device)
+    synchronize(device)
     wall_ms = (time.perf_counter() - started) * 1000
     report = {"wall_ms": round(wall_ms, 2), "launch_cpu_ms": round(launch_ms, 2),
               "by_module_ms": times.totals(),
@@ -233,11 +229,21 @@ def profile_way(base, name: str, args: argparse.Namespace, report: dict) -> None
             print(f"\n== syncs\n{json.dumps(result['syncs'], indent=1)}")
     if base.device.type == "cuda":  # the steps as served: CUDA graphs
         engine.close()
+        del engine
+        free(base.device)
         engine = BatchEngine(base, runtime, EnginePaths(graph_batch_sizes=tuple(batches)))
     for batch in batches:
         ms = report[f"{name} x{batch}"]["step_ms"] = step_ms(engine, batch, args.steps)
         print(f"\n== {name}, decode step of {batch}: {ms} ms", flush=True)
     engine.close()
+
+
+def free(device: torch.device) -> None:
+    """Free a closed engine's KV cache and graphs (its last reference dropped) before the
+    next engine is built."""
+    gc.collect()  # it may sit in reference cycles until the collector runs
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"device": str(base.device)}
     for name in ("bf16", "fp8") if args.fp8_experts else ("bf16",):  # FP8: quantized in place
         profile_way(base, name, args, report)
+        free(base.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     return 0
