@@ -26,6 +26,7 @@ from inference import LANGUAGES, Phrase, native_name, split_answer
 log = structlog.get_logger()
 
 _CHAT_ID = re.compile(r"-?[0-9]{1,20}")
+MAX_JOB_ID_DIGITS = 18
 
 
 async def button(update: Update, context: BotContext) -> None:
@@ -52,7 +53,7 @@ async def button(update: Update, context: BotContext) -> None:
     elif kind == "forget" and value.partition(":")[0] in ("yes", "no"):
         await _forget_button(query, context, *value.split(":", 1))
     elif kind == "anyway":
-        await ask_anyway(update, context, value)
+        await _ask_anyway_button(update, context, value)
     elif kind == CALLBACK_PREFIX:
         await show_phrase(query, context)
     elif kind == OVERLAY_PREFIX:
@@ -60,6 +61,17 @@ async def button(update: Update, context: BotContext) -> None:
     else:
         log.warning("unknown_callback", kind=kind[:16], length=len(query.data or ""))
         await query.answer(context.t("button_expired"), show_alert=False)
+
+
+async def _ask_anyway_button(update: Update, context: BotContext, value: str) -> None:
+    """`anyway:<job id>`: for the photo's sender only, or an admin of a chat that sent it."""
+    query = update.callback_query
+    job_id = int(value) if value.isdigit() and len(value) <= MAX_JOB_ID_DIGITS else 0
+    held = await context.storage.get_job(job_id) if job_id else None
+    if held is not None and not await _may_act_for(query, held.user_id):
+        await query.answer(context.t("button_not_yours"))
+        return
+    await ask_anyway(update, context, job_id, held.user_id if held else context.speaker_id)
 
 
 async def show_phrase(query: CallbackQuery, context: BotContext) -> None:

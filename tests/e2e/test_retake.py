@@ -14,7 +14,7 @@ from tests.conftest import RunningBot, png_bytes, small_photo
 from tests.e2e.botapi_server import SentMessage, TgUser
 from tests.e2e.test_conversation import final_answer_after, reply_after
 from tests.e2e.test_groups import seen_requests
-from tests.e2e.test_privacy import forget
+from tests.e2e.test_privacy import ANONYMOUS, forget, group
 
 BLURRED = png_bytes(page(28, (1024, 768)).filter(ImageFilter.GaussianBlur(4)), "JPEG")
 DARK = png_bytes(darkened(page(28, (1024, 768)), 0.1), "JPEG")
@@ -112,3 +112,24 @@ async def test_asking_anyway_counts_against_the_questions_in_flight(bot: Running
     accepted = await press(bot, ann, hint, data)  # now there is room
     assert "text" not in accepted.params
     await final_answer_after(bot, ann.id, mark)
+
+
+async def test_an_anonymous_admins_held_photo_is_asked_for_by_an_admin(bot: RunningBot) -> None:
+    """The photo is the group's (sent on its behalf): an admin of it may ask anyway, as
+    they may press its /forget; a member may not."""
+    server, t = bot.server, bot.services.texts
+    chat, member, admin = -9800, TgUser(id=9801), TgUser(id=9802)
+    server.admins[chat] = {admin.id}
+    requests = seen_requests(bot)
+    mark = server.mark()
+    server.send_photo(ANONYMOUS, BLURRED, caption="@travel_test_bot what is it?", chat_id=chat,
+                      chat_type="supergroup", sender_chat=group(chat))  # fmt: skip
+    hint, data = await hint_after(bot, chat, mark)
+    refused = await press(bot, member, hint, data)
+    assert refused.params["text"] == t.get("en", "button_not_yours")
+    mark = server.mark()
+    accepted = await press(bot, admin, hint, data)
+    assert "text" not in accepted.params
+    await final_answer_after(bot, chat, mark)
+    assert [r.question for r in requests] == ["what is it?"]
+    assert (await bot.storage.get_history(chat, chat, max_turns=1))[0].text == "what is it?"
