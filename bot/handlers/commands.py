@@ -20,6 +20,7 @@ from inference import match_language, native_name, split_answer
 LANGUAGE_BUTTONS_PER_ROW = 3
 RECENT_MESSAGES_SHOWN = 5
 PHRASES_SHOWN = 10
+SNIPPET_CHARS = 200
 
 
 async def start(update: Update, context: BotContext) -> None:
@@ -154,8 +155,12 @@ async def mydata(update: Update, context: BotContext) -> None:
                 text = f"{context.t('album_reference', pages=len(message.image_file_ids))} {text}"
             elif message.image_file_id:
                 text = f"{context.t('photo_reference')} {text}"
-            snippet = text if len(text) <= 200 else text[:200] + "…"
-            lines.append(f"<b>{who}:</b> {html.escape(snippet)}")
+            lines.append(f"<b>{who}:</b> {html.escape(_snippet(text))}")
+    if data.held:
+        lines.append("\n" + context.t("mydata_held", count=len(data.held)))
+        for job in data.held[-RECENT_MESSAGES_SHOWN:]:
+            text = f"{context.t('photo_reference')} {job.question or ''}".strip()
+            lines.append(html.escape(_snippet(text)))
     phrases = kept_phrases(data.messages)
     if phrases:
         shown = " · ".join(html.escape(p) for p in phrases[-PHRASES_SHOWN:])
@@ -228,6 +233,10 @@ def _language_name(context: BotContext) -> str:
 
 def _think_word(context: BotContext) -> str:
     return context.t("think_on" if context.profile and context.profile.think else "think_off")
+
+
+def _snippet(text: str) -> str:
+    return text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS] + "…"
 
 
 def _when(moment) -> str:

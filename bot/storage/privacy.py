@@ -9,7 +9,14 @@ from bot.storage.albums import AlbumStore
 from bot.storage.currencies import CurrencyStore
 from bot.storage.diets import DietStore
 from bot.storage.erasure import ERASED_MESSAGES_KEPT
-from bot.storage.records import MESSAGE_COLS, UserData, message_from_row, utc_now
+from bot.storage.records import (
+    JOB_COLS,
+    MESSAGE_COLS,
+    UserData,
+    job_from_row,
+    message_from_row,
+    utc_now,
+)
 
 
 class PrivacyStore(AlbumStore, DietStore, CurrencyStore):
@@ -21,7 +28,13 @@ class PrivacyStore(AlbumStore, DietStore, CurrencyStore):
         user = await self.get_user(user_id)
         diet, currency = await self.get_diet(user_id), await self.get_currency(user_id)
         overlay = await self.get_overlay(user_id)
-        return UserData(user, [message_from_row(r) for r in rows], diet, currency, overlay)
+        held = await self._all(
+            f"SELECT {JOB_COLS} FROM jobs WHERE user_id = ? AND held AND status = 'pending'"
+            " ORDER BY id",
+            (user_id,),
+        )
+        messages = [message_from_row(r) for r in rows]
+        return UserData(user, messages, diet, currency, overlay, [job_from_row(r) for r in held])
 
     async def delete_user_data(self, user_id: int) -> int:
         """Delete the user row, their messages in every chat and their jobs atomically, and

@@ -63,6 +63,7 @@ class UserData:
     diet: Diet = field(default_factory=Diet)
     currency: CurrencyChoice = field(default_factory=lambda: CurrencyChoice(None, False))
     overlay: bool = False  # /overlay on
+    held: list[Job] = field(default_factory=list)  # photos waiting for "Ask anyway"
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,12 @@ def test_the_strings_whose_words_agree_with_a_count_have_plural_forms() -> None:
     # a unit symbol ("{size_mb} MB") or an ordinal written as a sign ("#{position}").
     counted = {"count", "limit", "length", "seconds", "size_mb", "limit_mb", "position"}
     singular = {k for k in TEXTS.keys("en") if TEXTS.placeholders("en", k) & counted}
-    assert singular - set(PLURAL_KEYS) == {"image_too_large", "mydata_summary", "queue_position"}
+    assert singular - set(PLURAL_KEYS) == {
+        "image_too_large",
+        "mydata_summary",
+        "mydata_held",
+        "queue_position",
+    }
 
 
 @pytest.mark.parametrize("language", TEXTS.languages)

@@ -83,6 +83,15 @@ async def test_a_dark_photo_erased_before_asking_runs_nothing(bot: RunningBot) -
     server.send_photo(ann, DARK)
     hint, data = await hint_after(bot, ann.id, mark)
     assert hint.text == t.get("ja", "photo_too_dark")
+    # kept until asked for, erased or aged out: /mydata says so
+    mark = server.mark()
+    server.send_photo(ann, DARK, caption="HELD-CAPTION-9601")
+    await hint_after(bot, ann.id, mark)
+    mark = server.mark()
+    server.send_text(ann, "/mydata")
+    shown = (await reply_after(bot, ann.id, mark)).params["text"]
+    assert t.get("ja", "mydata_held", count=2) in shown
+    assert f"{t.get('ja', 'photo_reference')} HELD-CAPTION-9601" in shown
     await forget(bot, ann, ann.id)
     expired = await press(bot, ann, hint, data)
     assert expired.params["text"] == t.get("ja", "button_expired")
