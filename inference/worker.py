@@ -38,7 +38,7 @@ class Engine(Protocol):
     InferenceError. A `step()` that raises fails every active request (`fail_all`).
     """
 
-    max_batch: int  # requests that may be active at once
+    max_slots: int  # requests that may be active at once
 
     @property
     def num_active(self) -> int: ...
@@ -61,7 +61,7 @@ class Engine(Protocol):
 class SequentialEngine:
     """The batching protocol over GemmaEngine: one request at a time with generate()."""
 
-    max_batch = 1
+    max_slots = 1
 
     def __init__(self, engine) -> None:
         self.engine = engine
@@ -267,7 +267,7 @@ class Worker:
                     self._engine_done = True
                     return None
                 admitted = []
-                while self._pending and engine.num_active + len(admitted) < engine.max_batch:
+                while self._pending and engine.num_active + len(admitted) < engine.max_slots:
                     admitted.append(self._pending.popleft())
                 if admitted:
                     for position, waiting in enumerate(self._pending, start=1):

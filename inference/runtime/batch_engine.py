@@ -44,49 +44,23 @@ class BatchEngine:
         paths = paths or EnginePaths()
         paths.check(runtime)
         self.base = base
-        self.paths = paths
-        model = self.base.model
-        # the sliding layers keep a cached prefix once only where there is a prefix cache
-        # (else no buffer, no graphs that read it, no kernel check for it)
-        self._kept_prefix_positions = (
-            paths.kept_prefix_positions if runtime.prefix_cache_tokens else 0
-        )
+        model = base.model
+        self.paths = self._paths_here(paths, runtime)
         # the kernel families' start-up checks, once (the runner is built again, uncompiled,
         # if compiling fails)
         self.kernels = Kernels.detect(
             model.device,
-            experts=paths.own_layers,
-            softmax=paths.own_layers,
+            experts=self.paths.own_layers,
+            softmax=self.paths.own_layers,
             # decode attention over FP8 keys and values, or after a prefix kept once (few rows)
-            decode_attention=bool(runtime.fp8_kv_cache or self._kept_prefix_positions),
-            prompt_attention=paths.attention,
+            decode_attention=bool(runtime.fp8_kv_cache or self.paths.kept_prefix_positions),
+            prompt_attention=self.paths.attention,
         )
-        self._fp8_kv = runtime.fp8_kv_cache and self.kernels.decode_attention
-        # its max_slots within the KV cache's memory budget
-        self.runtime = runtime = self._within_budget(runtime, self._fp8_kv)
-        use_graphs = runtime.cuda_graphs
-        if use_graphs is None:
-            use_graphs = model.device.type == "cuda"
+        self.runtime = runtime = self._runtime_here(runtime)
         started = time.monotonic()
         if runtime.fp8_experts:
             self._quantize_experts()
-        compile_layers = runtime.compile_layers
-        if compile_layers is None:
-            compile_layers = model.device.type == "cuda"
-        compile_layers = compile_layers if paths.own_layers else False
-        try:
-            self._start_runner(compile_layers, use_graphs)
-        except Exception:
-            if not compile_layers:
-                raise
-            # e.g. no C compiler for Triton on this host: slower, but serving
-            log.exception("compiled_layers_failed", fallback="layers without torch.compile")
-            self.patch.undo()
-            self.runner = None
-            if model.device.type == "cuda":
-                torch.cuda.empty_cache()
-            compile_layers = False
-            self._start_runner(compile_layers, use_graphs)
+        self._start()
         self.scheduler = Scheduler(
             max_slots=runtime.max_slots,
             max_seq_len=runtime.max_seq_len,
@@ -102,14 +76,39 @@ class BatchEngine:
             "batch_engine_ready",
             max_slots=runtime.max_slots,
             max_seq_len=runtime.max_seq_len,
-            cuda_graphs=use_graphs,
-            compiled_layers=bool(compile_layers),
+            cuda_graphs=runtime.cuda_graphs,
+            compiled_layers=bool(self.runtime.compile_layers),
             fused_experts_max_tokens=self.patch.experts.fused_max_tokens,
             fp8_experts=fp8_experts.any_quantized(model),
             fp8_kv_cache=any(k.dtype == fp8_experts.FP8 for k in self.runner.cache.keys),
             triton_prompt_attention=self.runner.prompt_kernel,
             seconds=round(time.monotonic() - started, 2),
         )
+
+    def _paths_here(self, paths: EnginePaths, runtime: RuntimeConfig) -> EnginePaths:
+        """`paths` on this device: fused norms decided; a prefix kept once in the sliding
+        layers only where there is a prefix cache (else no buffer, no graphs that read it,
+        no kernel check for it)."""
+        gpu = self.base.model.device.type == "cuda"
+        return replace(
+            paths,
+            fused_norms=gpu if paths.fused_norms is None else paths.fused_norms,
+            kept_prefix_positions=paths.kept_prefix_positions if runtime.prefix_cache_tokens else 0,
+        )
+
+    def _runtime_here(self, runtime: RuntimeConfig) -> RuntimeConfig:
+        """`runtime` on this device: CUDA graphs and compiling decided (compiling only for
+        the own layers), FP8 keys and values only where their kernel passed its check,
+        max_slots within the KV cache's memory budget."""
+        gpu = self.base.model.device.type == "cuda"
+        compile_layers = gpu if runtime.compile_layers is None else runtime.compile_layers
+        runtime = replace(
+            runtime,
+            cuda_graphs=gpu if runtime.cuda_graphs is None else runtime.cuda_graphs,
+            compile_layers=compile_layers if self.paths.own_layers else False,
+            fp8_kv_cache=runtime.fp8_kv_cache and self.kernels.decode_attention,
+        )
+        return self._within_budget(runtime)
 
     def _quantize_experts(self) -> None:
         """FP8 experts, in place: the model then serves only through this engine's layers."""
@@ -122,43 +121,39 @@ class BatchEngine:
         else:
             fp8_experts.quantize_experts(model)
 
-    def _start_runner(self, compile_layers, use_graphs: bool) -> None:
+    def _start(self) -> None:
+        """The runner with compiled layers where asked; where compiling fails (e.g. no C
+        compiler for Triton on this host), without: slower, but serving."""
+        try:
+            self._start_runner()
+        except Exception:
+            if not self.runtime.compile_layers:
+                raise
+            log.exception("compiled_layers_failed", fallback="layers without torch.compile")
+            self.patch.undo()
+            self.runner = None
+            if self.base.model.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.runtime = replace(self.runtime, compile_layers=False)
+            self._start_runner()
+
+    def _start_runner(self) -> None:
         """The patched model (compiled or not), the KV cache and CUDA graphs, then the
         prefill warm-up."""
-        model, runtime, paths = self.base.model, self.runtime, self.paths
-        fused_norms = paths.fused_norms
-        if fused_norms is None:
-            fused_norms = model.device.type == "cuda"
-        self.patch = patch_model(
-            model,
-            self.kernels,
-            attention=paths.attention,
-            fused_norms=fused_norms,
-            packed_photos=paths.packed_photos,
-            own_layers=paths.own_layers,
-            compile=compile_layers,
-        )
+        model, runtime = self.base.model, self.runtime
+        self.patch = patch_model(model, self.kernels, self.paths, runtime.compile_layers)
         self.runner = ModelRunner(
             model,
+            runtime,
+            self.paths,
             self.kernels,
-            num_slots=runtime.max_slots,
-            max_seq_len=runtime.max_seq_len,
             suppressed_ids=self.base.generation_kwargs["suppress_tokens"],
             pad_token_id=self.base.tokenizer.pad_token_id,
-            graph_batch_sizes=paths.graph_batch_sizes if use_graphs else (),
-            attend_lengths=paths.attend_lengths,
-            flash_prompts=paths.attention,
-            prefix_cache_tokens=runtime.prefix_cache_tokens,
-            packed_photos=paths.packed_photos,
-            fp8_sliding_kv=self._fp8_kv,
-            compile_backend=("inductor" if compile_layers is True else compile_layers) or None,
-            photo_cache_bytes=runtime.photo_cache_bytes,
-            kept_prefix_positions=self._kept_prefix_positions,
         )
-        if compile_layers:
+        if runtime.compile_layers:
             self._warm_up_prefill()
 
-    def _within_budget(self, runtime: RuntimeConfig, fp8_kv: bool) -> RuntimeConfig:
+    def _within_budget(self, runtime: RuntimeConfig) -> RuntimeConfig:
         """`runtime` with as many KV slots as its memory budget holds (at most max_slots)."""
         if runtime.kv_cache_bytes is None:
             return runtime
@@ -169,7 +164,7 @@ class BatchEngine:
             max_seq_len=runtime.max_seq_len,
             window=model.config.get_text_config().sliding_window,
             dtype_size=model.dtype.itemsize,
-            sliding_dtype_size=1 if fp8_kv else None,
+            sliding_dtype_size=1 if runtime.fp8_kv_cache else None,
         )
         if slots < 1:
             raise ValueError(
@@ -192,16 +187,10 @@ class BatchEngine:
                   (1, False, True), (2, True, True))  # fmt: skip
         for batch, with_photo, after_prefix in shapes:
             batch = min(batch, self.runtime.max_slots)
-            seqs = [
-                self.prepare(
-                    Request(
-                        language="en",
-                        question="warm-up " * (row + 1),
-                        images=(photos[row],) if with_photo else (),
-                    )
-                )
-                for row in range(batch)
-            ]
+            requests = [Request(language="en", question="warm-up " * (row + 1),
+                                images=(photos[row],) if with_photo else ())
+                        for row in range(batch)]  # fmt: skip
+            seqs = [self.prepare(request) for request in requests]
             prefix = seqs[0].prefix if after_prefix else ()
             self.runner.prefill([seq.inputs for seq in seqs], list(range(batch)), prefix)
         if self.paths.packed_photos:
@@ -234,7 +223,7 @@ class BatchEngine:
         self.patch.undo()
 
     @property
-    def max_batch(self) -> int:
+    def max_slots(self) -> int:
         return self.runtime.max_slots
 
     @property

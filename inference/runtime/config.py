@@ -85,3 +85,8 @@ class EnginePaths:
             runtime.fp8_kv_cache and not self.attention
         ):
             raise ValueError(f"{runtime} needs the engine's own paths, not {self}")
+
+
+def compile_backend(compile_layers: bool | str | Callable) -> str | Callable:
+    """The dynamo backend a true `compile_layers` names (True: inductor)."""
+    return "inductor" if compile_layers is True else compile_layers

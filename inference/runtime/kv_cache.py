@@ -54,7 +54,7 @@ class SlotKVCache:
         self,
         layers: list[LayerSpec],
         *,
-        num_slots: int,
+        max_slots: int,
         max_seq_len: int,
         window: int,
         dtype: torch.dtype,
@@ -63,38 +63,23 @@ class SlotKVCache:
         prefix_capacity: int = 0,
     ) -> None:
         self.layers = layers
-        self.num_slots = num_slots
+        self.max_slots = max_slots
         self.max_seq_len = max_seq_len
         self.window = window
-        self.scratch_slot = num_slots  # padding rows of a decode batch write here
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        for spec in layers:
-            length = window if spec.is_sliding else max_seq_len
-            shape = (num_slots + 1, spec.num_kv_heads, length, spec.head_dim)
-            stored = (sliding_dtype or dtype) if spec.is_sliding else dtype
-            made_as = torch.uint8 if stored == FP8 else stored  # FP8 zeros as bytes: +0.0
-            for cache in (self.keys, self.values):
-                cache.append(torch.zeros(shape, dtype=made_as, device=device).view(stored))
+        self.scratch_slot = max_slots  # padding rows of a decode batch write here
+        self.keys, self.values = self._slots(dtype, sliding_dtype or dtype, device)
         # the shared prefix's keys and values [1, H, capacity, D] per sliding layer (None:
         # global layers). Not for FP8 rings: kernels.decode_attention would read the prefix
         # again for every row (slower than a copy in every slot: docs/performance.md)
-        prefix_capacity = prefix_capacity if sliding_dtype in (None, dtype) else 0
-        self.prefix_capacity = prefix_capacity
-        self.prefix_keys: list[torch.Tensor | None] = []
-        self.prefix_values: list[torch.Tensor | None] = []
-        for spec in layers:
-            shape = (1, spec.num_kv_heads, prefix_capacity, spec.head_dim)
-            for kept in (self.prefix_keys, self.prefix_values):
-                made = spec.is_sliding and prefix_capacity
-                kept.append(torch.zeros(shape, dtype=dtype, device=device) if made else None)
+        self.prefix_capacity = prefix_capacity if sliding_dtype in (None, dtype) else 0
+        self.prefix_keys, self.prefix_values = self._kept_prefix(dtype, device)
         self.prefix_ids: tuple[int, ...] = ()  # the prefix kept there (the first that fit)
         # per slot, the positions its sliding rings leave to the kept prefix (0: none)
-        self.slot_skip = [0] * (num_slots + 1)
+        self.slot_skip = [0] * (max_slots + 1)
         # Filled before each decode step (static tensors, so CUDA graphs can replay it): per
         # row its position, its slot, where the sliding layers' ring keeps the position, and
         # its skip
-        self.step = torch.zeros(4, num_slots, dtype=torch.long, device=device)
+        self.step = torch.zeros(4, max_slots, dtype=torch.long, device=device)
         self.step_positions, self.step_rows, self.step_ring, self.step_skip = self.step
         # a decode step's keys and values in one kernel (kernels.kv_write.write), else (and
         # into FP8 caches) two indexed assignments per layer
@@ -104,11 +89,36 @@ class SlotKVCache:
         self.attend_len = max_seq_len
         self.own_len = window
 
+    def _slots(self, dtype: torch.dtype, sliding_dtype: torch.dtype, device) -> tuple[list, list]:
+        """Per layer, zeroed keys and values [max_slots + 1, H, L, D] (L: the window in
+        sliding layers, stored as `sliding_dtype`; else max_seq_len)."""
+        keys, values = [], []
+        for spec in self.layers:
+            length = self.window if spec.is_sliding else self.max_seq_len
+            shape = (self.max_slots + 1, spec.num_kv_heads, length, spec.head_dim)
+            stored = sliding_dtype if spec.is_sliding else dtype
+            made_as = torch.uint8 if stored == FP8 else stored  # FP8 zeros as bytes: +0.0
+            for cache in (keys, values):
+                cache.append(torch.zeros(shape, dtype=made_as, device=device).view(stored))
+        return keys, values
+
+    def _kept_prefix(self, dtype: torch.dtype, device) -> tuple[list, list]:
+        """Per layer, the kept prefix's zeroed keys and values [1, H, prefix_capacity, D];
+        None for global layers, and for all where there is no room for one."""
+        keys: list[torch.Tensor | None] = []
+        values: list[torch.Tensor | None] = []
+        for spec in self.layers:
+            shape = (1, spec.num_kv_heads, self.prefix_capacity, spec.head_dim)
+            for kept in (keys, values):
+                made = spec.is_sliding and self.prefix_capacity
+                kept.append(torch.zeros(shape, dtype=dtype, device=device) if made else None)
+        return keys, values
+
     @staticmethod
     def bytes_needed(
         layers: list[LayerSpec],
         *,
-        num_slots: int,
+        max_slots: int,
         max_seq_len: int,
         window: int,
         dtype_size: int,
@@ -119,14 +129,14 @@ class SlotKVCache:
         for spec in layers:
             length = window if spec.is_sliding else max_seq_len
             size = (sliding_dtype_size or dtype_size) if spec.is_sliding else dtype_size
-            total += 2 * (num_slots + 1) * spec.num_kv_heads * length * spec.head_dim * size
+            total += 2 * (max_slots + 1) * spec.num_kv_heads * length * spec.head_dim * size
         return total
 
     @staticmethod
     def slots_within(budget: int, layers: list[LayerSpec], **sizes) -> int:
         """The most slots whose keys and values fit in `budget` bytes (`sizes`: as
-        bytes_needed takes them, less num_slots); 0 when not even one does."""
-        per_slot = SlotKVCache.bytes_needed(layers, num_slots=0, **sizes)  # the scratch slot
+        bytes_needed takes them, less max_slots); 0 when not even one does."""
+        per_slot = SlotKVCache.bytes_needed(layers, max_slots=0, **sizes)  # the scratch slot
         return max(0, budget // per_slot - 1)
 
     # -- transformers Cache protocol, decode steps ----------------------------------------

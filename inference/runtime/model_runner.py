@@ -12,6 +12,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import DynamicCache
 
+from inference.runtime.config import EnginePaths, RuntimeConfig, compile_backend
 from inference.runtime.gemma4 import fast_ops, vision
 from inference.runtime.gemma4.fp8_experts import FP8
 from inference.runtime.kernels import Kernels
@@ -104,33 +105,32 @@ def finished_logits(logits: torch.Tensor, softcap: float | None, suppressed: tor
     return logits.index_fill(1, suppressed, float("-inf"))
 
 
+def logits_finisher(compile_layers: bool | str | Callable) -> Callable:
+    """finished_logits, compiled where the layers are (one pass over the vocabulary: 64
+    rows are 67 MB in float32 a pass); if that fails, the engine's prefill warm-up meets
+    it and starts again uncompiled."""
+    if not compile_layers:
+        return finished_logits
+    return torch.compile(finished_logits, backend=compile_backend(compile_layers))
+
+
 class ModelRunner:
     def __init__(
         self,
         model,
+        runtime: RuntimeConfig,
+        paths: EnginePaths,
         kernels: Kernels,
         *,
-        num_slots: int,
-        max_seq_len: int,
         suppressed_ids: list[int],
         pad_token_id: int,
-        graph_batch_sizes: tuple[int, ...] = (),
-        attend_lengths: tuple[int, ...] | None = None,
-        flash_prompts: bool = True,
-        prefix_cache_tokens: int = 0,
-        packed_photos: bool = False,
-        fp8_sliding_kv: bool = False,
-        compile_backend: str | Callable | None = None,
-        photo_cache_bytes: int = 0,
-        kept_prefix_positions: int = 0,
     ) -> None:
+        """`runtime` and `paths` as the engine resolved them for this device (no None
+        switches; max_slots within the KV cache's budget)."""
         self.model = model
-        self.flash_prompts = flash_prompts  # sliding layers' prompt attention unmasked
-        # ... as the Triton kernel (kernels.prompt_attention)
-        self.prompt_kernel = kernels.prompt_attention
-        # photos through vision.photo_embeddings, their soft tokens put in place here
-        self.packed_photos = packed_photos
         self.language_model = model.model.language_model
+        self.device = model.device
+        self.pad_token_id = pad_token_id
         text_config = model.config.get_text_config()
         # an image's tokens see the whole image (sliding layers) only in checkpoints that
         # say so, as transformers' masks do; elsewhere prompts are causal
@@ -138,48 +138,48 @@ class ModelRunner:
         # layers that read an earlier layer's keys and values (none in Gemma 4 26B-A4B)
         self.shared_kv_layers = getattr(text_config, "num_kv_shared_layers", 0)
         self.softcap = text_config.final_logit_softcapping
-        self.device = model.device
-        self.pad_token_id = pad_token_id
-        self.cache = SlotKVCache(
-            layer_specs(model),
-            num_slots=num_slots,
-            max_seq_len=max_seq_len,
-            window=text_config.sliding_window,
-            dtype=model.dtype,
-            device=self.device,
-            sliding_dtype=FP8 if fp8_sliding_kv else None,
-            prefix_capacity=kept_prefix_capacity(kept_prefix_positions),
-        )
+        self.flash_prompts = paths.attention  # sliding layers' prompt attention unmasked
+        # ... as the Triton kernel (kernels.prompt_attention)
+        self.prompt_kernel = kernels.prompt_attention
+        # photos through vision.photo_embeddings, their soft tokens put in place here
+        self.packed_photos = paths.packed_photos
         # few rows' decode steps read the kept prefix through kernels.decode_attention, else
         # as matmuls
         self.kept_prefix_kernel = kernels.decode_attention
-        if kernels.kv_write:  # decode steps' writes as one launch a layer
-            from inference.runtime.kernels.kv_write import write  # needs Triton
-
-            self.cache.write_step = write
-        self.prefixes = PrefixCache(prefix_cache_tokens)
-        self.photos = PhotoCache(photo_cache_bytes)
+        self.cache = self._make_cache(runtime, paths.kept_prefix_positions, kernels.kv_write)
+        self.prefixes = PrefixCache(runtime.prefix_cache_tokens)
+        self.photos = PhotoCache(runtime.photo_cache_bytes)
         self.suppressed = torch.tensor(suppressed_ids, dtype=torch.long, device=self.device)
-        # one pass over the vocabulary when compiled (64 rows: 67 MB in float32 a pass); if
-        # that fails, the engine's prefill warm-up meets it and starts again uncompiled
-        self._finish_logits = finished_logits
-        if compile_backend is not None:
-            self._finish_logits = torch.compile(finished_logits, backend=compile_backend)
-        self._ids = torch.full((num_slots,), pad_token_id, dtype=torch.long, device=self.device)
+        self._finish_logits = logits_finisher(runtime.compile_layers)
         self._positions = self.cache.step_positions
-        self.attend_lengths = attend_length_buckets(max_seq_len, attend_lengths)
-        self._graph_batches = sorted(b for b in graph_batch_sizes if b <= num_slots)
-        # (batch size, attended length, sliding layers' ring positions read, kept prefix read)
-        # → graph and its logits, in one buffer for all graphs (not one each: they add up,
-        # docs/performance.md)
+        self._ids = torch.full_like(self._positions, pad_token_id)  # [max_slots]
+        self.attend_lengths = attend_length_buckets(runtime.max_seq_len, paths.attend_lengths)
+        graph_batches = paths.graph_batch_sizes if runtime.cuda_graphs else ()
+        self._graph_batches = sorted(b for b in graph_batches if b <= runtime.max_slots)
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._graph_logits: torch.Tensor | None = None
         if self._graph_batches:
-            try:
-                self._capture()
-            except Exception:  # eager decode still works, only slower
-                log.exception("cuda_graph_capture_failed")
-                self._graphs.clear()
+            self._capture_or_run_eager()
+
+    def _make_cache(self, runtime: RuntimeConfig, kept_prefix: int, kv_write: bool):
+        """The KV slots (the sliding layers' in FP8 where runtime.fp8_kv_cache), with room
+        for a kept prefix of `kept_prefix` positions; decode steps write keys and values
+        as one launch a layer where `kv_write` (the kernel passed its check)."""
+        cache = SlotKVCache(
+            layer_specs(self.model),
+            max_slots=runtime.max_slots,
+            max_seq_len=runtime.max_seq_len,
+            window=self.model.config.get_text_config().sliding_window,
+            dtype=self.model.dtype,
+            device=self.device,
+            sliding_dtype=FP8 if runtime.fp8_kv_cache else None,
+            prefix_capacity=kept_prefix_capacity(kept_prefix),
+        )
+        if kv_write:
+            from inference.runtime.kernels.kv_write import write  # needs Triton
+
+            cache.write_step = write
+        return cache
 
     # -- prefill ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -193,29 +193,8 @@ class ModelRunner:
         shared = self._prefix_kv(prefix) if prefix else None
         skip = len(prefix) if shared is not None else 0
         width = max(lengths) - skip
-        ids = self._pad([i["input_ids"][0, skip:] for i in inputs], width, self.pad_token_id)
-        batch = {
-            "position_ids": torch.arange(skip, skip + width, device=self.device)[None].expand(
-                len(inputs), -1
-            ),
-        }
         types = [i.get("mm_token_type_ids") for i in inputs]
-        with_images = [i for i in inputs if "pixel_values" in i]
-        embeds = self._embeds_with_photos(ids, with_images) if with_images else None
-        if embeds is not None:
-            batch["inputs_embeds"] = embeds
-        else:
-            batch["input_ids"] = self._to_device(ids)
-            if with_images:  # transformers runs the tower and merges the photos
-                batch["pixel_values"], batch["image_position_ids"] = self._photos(with_images)
-        if with_images:
-            # transformers' masks read them by position from the sequence's start
-            batch["mm_token_type_ids"] = self._to_device(self._pad(
-                [t[0] if t is not None else torch.zeros(n, dtype=torch.long)
-                 for t, n in zip(types, lengths, strict=True)],
-                skip + width,
-                0,
-            ))  # fmt: skip
+        batch = self._prompt_batch(inputs, lengths, types, skip, width)
         spans = None
         if self.flash_prompts:
             spans = [fast_ops.vision_spans(t[0, skip:].tolist())
@@ -241,6 +220,27 @@ class ModelRunner:
             prefix_ids=prefix if shared is not None else (),
         )
         return self._logits(hidden)
+
+    def _prompt_batch(self, inputs, lengths, types, skip: int, width: int) -> dict:
+        """The model's inputs for prompts of `lengths` tokens after the first `skip` (cached),
+        right-padded to `width`: their ids, or their embeddings with the photos' soft tokens
+        in place, and positions; with photos, their tokens' types."""
+        ids = self._pad([i["input_ids"][0, skip:] for i in inputs], width, self.pad_token_id)
+        positions = torch.arange(skip, skip + width, device=self.device)
+        batch = {"position_ids": positions[None].expand(len(inputs), -1)}
+        with_images = [i for i in inputs if "pixel_values" in i]
+        embeds = self._embeds_with_photos(ids, with_images) if with_images else None
+        if embeds is not None:
+            batch["inputs_embeds"] = embeds
+        else:
+            batch["input_ids"] = self._to_device(ids)
+            if with_images:  # transformers runs the tower and merges the photos
+                batch["pixel_values"], batch["image_position_ids"] = self._photos(with_images)
+        if with_images:  # transformers' masks read them by position from the sequence's start
+            types = [t[0] if t is not None else torch.zeros(n, dtype=torch.long)
+                     for t, n in zip(types, lengths, strict=True)]  # fmt: skip
+            batch["mm_token_type_ids"] = self._to_device(self._pad(types, skip + width, 0))
+        return batch
 
     def _kernel_serves(self, spans: list | None) -> bool:
         """Whether the Triton kernel takes every layer's prompt attention, and no layer
@@ -367,10 +367,8 @@ class ModelRunner:
             own = next(own for own in self.own_lengths(bucket, length) if own >= needed)
         if token_ids is not None:
             self._ids[:n].copy_(torch.tensor(token_ids), non_blocking=True)
-        step = self.cache.step_inputs(
-            positions + [0] * (bucket - n),
-            list(range(n)) + [self.cache.scratch_slot] * (bucket - n),
-        )
+        pad = bucket - n
+        step = self.cache.step_inputs(positions + [0] * pad, rows + [self.cache.scratch_slot] * pad)
         self.cache.step[:, :bucket].copy_(step.to(self.device, non_blocking=True))
         if (bucket, length, own, kept) in self._graphs:
             graph, logits = self._graphs[bucket, length, own, kept]
@@ -433,8 +431,18 @@ class ModelRunner:
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._finish_logits(self.model.lm_head(hidden), self.softcap, self.suppressed)
 
+    def _capture_or_run_eager(self) -> None:
+        try:
+            self._capture()
+        except Exception:  # eager decode still works, only slower
+            log.exception("cuda_graph_capture_failed")
+            self._graphs.clear()
+
     @torch.inference_mode()
     def _capture(self) -> None:
+        """A graph per (batch size, attended length, sliding layers' ring positions read,
+        kept prefix read), their logits in one buffer for all (not one each: they add up,
+        docs/performance.md)."""
         pool = None
         vocab = self.model.lm_head.out_features
         self._graph_logits = torch.empty(max(self._graph_batches), vocab, device=self.device)

@@ -60,9 +60,6 @@ class Scheduler:
             raise ValueError(f"prompt of {seq.num_prompt_tokens} tokens exceeds {self.max_seq_len}")
         self.waiting.append(seq)
 
-    def can_admit(self) -> bool:
-        return len(self.running) + len(self.waiting) < self.max_slots
-
     def schedule(self) -> Plan:
         """Admit waiting sequences into free slots (within the prefill budget); decode the rest.
         One prefill's prompts share their prefix (all of them its KV from the cache).

@@ -155,7 +155,7 @@ async def test_bad_requests_are_openai_errors(openai_server: OpenAIServer) -> No
 class ScriptedEngine:
     """The worker's Engine protocol with a fixed answer; `gate` holds each step."""
 
-    max_batch = 1
+    max_slots = 1
 
     def __init__(self) -> None:
         self._active: list = []

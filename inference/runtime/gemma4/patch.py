@@ -21,6 +21,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from inference.runtime.config import EnginePaths, compile_backend
 from inference.runtime.gemma4 import fast_ops, layers, vision
 from inference.runtime.kernels import Kernels
 
@@ -43,30 +44,24 @@ class Patch:
 
 
 def patch_model(
-    model,
-    kernels: Kernels,
-    *,
-    attention: bool,
-    fused_norms: bool,
-    packed_photos: bool,
-    own_layers: bool,
-    compile: bool | str | Callable = False,
+    model, kernels: Kernels, paths: EnginePaths, compile: bool | str | Callable = False
 ) -> Patch:
-    """Patch `model` in place. `attention`: fast_ops.Attention for the language model;
-    `fused_norms`: torch's fused rms_norm in both towers; `packed_photos`: the vision tower
-    through vision.packed; `own_layers`: decoder layers as layers.layer_forward, their
-    regions (and the vision layers, and the decode softmax) compiled with `compile` (True:
-    inductor; a str or callable: that dynamo backend), the experts as Triton kernels
+    """Patch `model` in place, on the `paths` the engine resolved (no None switch):
+    `attention`: fast_ops.Attention for the language model; `fused_norms`: torch's fused
+    rms_norm in both towers; `packed_photos`: the vision tower through vision.packed;
+    `own_layers`: decoder layers as layers.layer_forward, their regions (and the vision
+    layers, and the decode softmax) compiled with `compile` (True: inductor; a str or
+    callable: that dynamo backend), the experts as Triton kernels
     (layers.ExpertKernels.triton) where `kernels.moe`."""
     patch = Patch()
     try:
-        own_layers = own_layers and _own_layers(patch, model, kernels, compile)
-        if attention:
+        own_layers = paths.own_layers and _own_layers(patch, model, kernels, compile)
+        if paths.attention:
             softmax_kernel = own_layers and kernels.softmax
             patch.attention = _attention(patch, model, softmax_kernel, own_layers and compile)
-            if fused_norms:
+            if paths.fused_norms:
                 _fused_norms(patch, model)
-        if packed_photos:
+        if paths.packed_photos:
             _packed_photos(patch, model)
     except Exception:
         patch.undo()
@@ -80,7 +75,7 @@ def _attention(patch: Patch, model, softmax_kernel: bool, compile) -> fast_ops.A
 
         attention = fast_ops.Attention(softmax.masked_softmax, softmax.masked_softmax_after_prefix)
     elif compile:  # one kernel instead of five (cast, scale, mask inversion, fill, softmax)
-        compiled = partial(torch.compile, backend="inductor" if compile is True else compile)
+        compiled = partial(torch.compile, backend=compile_backend(compile))
         attention = fast_ops.Attention(
             compiled(fast_ops.masked_softmax), compiled(fast_ops.masked_softmax_after_prefix)
         )
@@ -119,7 +114,7 @@ def _own_layers(patch: Patch, model, kernels: Kernels, compile) -> bool:
     if compile:
         # one entry per layer kind and shape class (decode batch 1, batch n, prefill)
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        compiled = partial(torch.compile, backend="inductor" if compile is True else compile)
+        compiled = partial(torch.compile, backend=compile_backend(compile))
         regions = tuple(compiled(region) for region in regions)
         vision_layers = list(model.model.vision_tower.encoder.layers)
         vision_forward = compiled(type(vision_layers[0]).forward)

@@ -241,11 +241,11 @@ def test_the_kv_cache_budget_decides_how_many_sequences_decode_together(
     model = tiny_engine.model
     sizes = {"max_seq_len": 1024, "window": model.config.get_text_config().sliding_window,
              "dtype_size": model.dtype.itemsize}  # fmt: skip
-    two_slots = SlotKVCache.bytes_needed(layer_specs(model), num_slots=2, **sizes)
+    two_slots = SlotKVCache.bytes_needed(layer_specs(model), max_slots=2, **sizes)
     engine = BatchEngine(tiny_engine, RuntimeConfig(max_slots=4, max_seq_len=1024,
                                                     kv_cache_bytes=two_slots + 1000))  # fmt: skip
     try:
-        assert engine.max_batch == engine.scheduler.max_slots == 2
+        assert engine.max_slots == engine.scheduler.max_slots == 2
         assert engine.runner.cache.keys[0].shape[0] == 3  # and the scratch slot
         events = run_all(engine, [Request(language="en", question=f"q{i}", max_new_tokens=3)
                                   for i in range(3)])  # fmt: skip
@@ -254,7 +254,7 @@ def test_the_kv_cache_budget_decides_how_many_sequences_decode_together(
         engine.close()
     roomy = BatchEngine(tiny_engine, RuntimeConfig(max_slots=4, max_seq_len=1024,
                                                    kv_cache_bytes=100 * two_slots))  # fmt: skip
-    assert roomy.max_batch == 4  # never more than max_slots
+    assert roomy.max_slots == 4  # never more than max_slots
     roomy.close()
     with pytest.raises(ValueError, match="holds no slot"):
         BatchEngine(tiny_engine, RuntimeConfig(max_seq_len=1024, kv_cache_bytes=1000))

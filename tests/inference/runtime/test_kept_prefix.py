@@ -22,7 +22,7 @@ WINDOW, PREFIX = 16, 5
 
 def make_cache(capacity: int) -> SlotKVCache:
     layers = [LayerSpec(True, 2, 4), LayerSpec(False, 1, 8)]
-    return SlotKVCache(layers, num_slots=4, max_seq_len=40, window=WINDOW,
+    return SlotKVCache(layers, max_slots=4, max_seq_len=40, window=WINDOW,
                        dtype=torch.float32, device=torch.device("cpu"),
                        prefix_capacity=capacity)  # fmt: skip
 
@@ -87,7 +87,7 @@ def test_another_prefix_or_a_longer_one_stays_in_each_slot() -> None:
 
 def test_fp8_rings_keep_the_prefix_in_each_slot() -> None:
     layers = [LayerSpec(True, 2, 4), LayerSpec(False, 1, 8)]
-    cache = SlotKVCache(layers, num_slots=2, max_seq_len=40, window=WINDOW,
+    cache = SlotKVCache(layers, max_slots=2, max_seq_len=40, window=WINDOW,
                         dtype=torch.bfloat16, device=torch.device("cpu"),
                         sliding_dtype=FP8, prefix_capacity=64)  # fmt: skip
     assert cache.prefix_capacity == 0 and cache.prefix_keys == [None, None]

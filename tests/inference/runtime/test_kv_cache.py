@@ -12,7 +12,7 @@ from inference.runtime.kv_cache import LayerSpec, SlotKVCache, fit
 
 def make_cache(window: int, sliding_dtype: torch.dtype | None = None) -> SlotKVCache:
     layers = [LayerSpec(True, 2, 4), LayerSpec(False, 1, 8)]
-    return SlotKVCache(layers, num_slots=5, max_seq_len=40, window=window,
+    return SlotKVCache(layers, max_slots=5, max_seq_len=40, window=window,
                        dtype=torch.float32, device=torch.device("cpu"),
                        sliding_dtype=sliding_dtype)  # fmt: skip
 
@@ -111,10 +111,10 @@ def test_a_memory_budget_holds_whole_slots_and_the_scratch_one() -> None:
     layers = [LayerSpec(True, 2, 4), LayerSpec(False, 1, 8)]
     sizes = {"max_seq_len": 40, "window": 16, "dtype_size": 4}
     for slots in (1, 3, 7):
-        budget = SlotKVCache.bytes_needed(layers, num_slots=slots, **sizes)
+        budget = SlotKVCache.bytes_needed(layers, max_slots=slots, **sizes)
         assert SlotKVCache.slots_within(budget, layers, **sizes) == slots
         assert SlotKVCache.slots_within(budget - 1, layers, **sizes) == slots - 1
-    one_slot = SlotKVCache.bytes_needed(layers, num_slots=1, **sizes)
+    one_slot = SlotKVCache.bytes_needed(layers, max_slots=1, **sizes)
     assert SlotKVCache.slots_within(one_slot - 1, layers, **sizes) == 0
     # the sliding layers in one-byte FP8: more slots in the same budget
     assert SlotKVCache.slots_within(one_slot * 4, layers, **sizes, sliding_dtype_size=1) > (
@@ -122,7 +122,7 @@ def test_a_memory_budget_holds_whole_slots_and_the_scratch_one() -> None:
     )
     cache = make_cache(window=16)  # 5 slots and the scratch one, as bytes_needed counts
     allocated = sum(t.numel() * t.element_size() for t in (*cache.keys, *cache.values))
-    assert allocated == SlotKVCache.bytes_needed(layers, num_slots=5, **sizes)
+    assert allocated == SlotKVCache.bytes_needed(layers, max_slots=5, **sizes)
 
 
 def test_a_decode_step_writes_the_ring_index_in_sliding_layers_and_the_position_in_global() -> None:

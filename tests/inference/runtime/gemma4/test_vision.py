@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from inference import GemmaEngine, Request
+from inference.runtime.config import EnginePaths
 from inference.runtime.gemma4 import vision
 from inference.runtime.gemma4.patch import patch_model
 from inference.runtime.kernels import Kernels
@@ -47,8 +48,8 @@ def run_installed(engine: GemmaEngine, pixels, positions):
         return original(pixel_values, pixel_position_ids, **kwargs)
 
     tower.forward = recording
-    patch = patch_model(engine.model, Kernels(), attention=False, fused_norms=False,
-                        packed_photos=True, own_layers=False)  # fmt: skip
+    paths = EnginePaths(attention=False, fused_norms=False, packed_photos=True, own_layers=False)
+    patch = patch_model(engine.model, Kernels(), paths)
     try:
         return features(engine, pixels, positions), shapes
     finally:

@@ -21,7 +21,7 @@ torch.manual_seed(0)
 result = {}
 layers = [LayerSpec(True, 4, 16), LayerSpec(False, 2, 24)]  # 24: not a power of 2
 for sliding_dtype in (None, FP8):
-    caches = [SlotKVCache(layers, num_slots=4, max_seq_len=40, window=16,
+    caches = [SlotKVCache(layers, max_slots=4, max_seq_len=40, window=16,
                           dtype=torch.bfloat16, device=torch.device("cpu"),
                           sliding_dtype=sliding_dtype) for _ in range(2)]
     calls = []
