@@ -132,8 +132,7 @@ class BatchEngine:
             log.exception("compiled_layers_failed", fallback="layers without torch.compile")
             self.patch.undo()
             self.runner = None
-            if self.base.model.device.type == "cuda":
-                torch.cuda.empty_cache()
+            torch.cuda.empty_cache()  # a no-op where CUDA never started
             self.runtime = replace(self.runtime, compile_layers=False)
             self._start_runner()
 
@@ -307,8 +306,7 @@ class BatchEngine:
                 [seq.inputs for seq in seqs], [seq.slot for seq in seqs], seqs[0].prefix
             )
         except torch.OutOfMemoryError:
-            if self.runner.device.type == "cuda":
-                torch.cuda.empty_cache()
+            torch.cuda.empty_cache()
             if len(seqs) > 1:
                 log.warning("prefill_out_of_memory", prompts=len(seqs), retry="halves")
                 half = len(seqs) // 2

@@ -73,12 +73,6 @@ def attend_length_buckets(max_seq_len: int, lengths: tuple[int, ...] | None) -> 
 OWN_LENGTH_STEP = 128
 
 
-def kept_prefix_capacity(positions: int) -> int:
-    """Positions of the prefix buffer for `positions` asked: whole blocks of
-    kernels.decode_attention's (64)."""
-    return -(-positions // 64) * 64
-
-
 def own_lengths(
     batch: int, length: int, window: int, capacity: int, attend_lengths: list[int]
 ) -> list[int]:
@@ -173,7 +167,7 @@ class ModelRunner:
             dtype=self.model.dtype,
             device=self.device,
             sliding_dtype=FP8 if runtime.fp8_kv_cache else None,
-            prefix_capacity=kept_prefix_capacity(kept_prefix),
+            prefix_capacity=-(-kept_prefix // 64) * 64,  # kernels.decode_attention's blocks
         )
         if kv_write:
             from inference.runtime.kernels.kv_write import write  # needs Triton
