@@ -18,6 +18,7 @@ from bot.settings import Settings
 from bot.stats import Stats
 from bot.storage import Storage, User
 from bot.text_lines import SharedDetector
+from bot.update_budget import UpdateBudget
 from bot.user_locks import UserLocks
 from inference import InferenceService
 
@@ -38,6 +39,7 @@ class Services:
     drawing_overlays: set[int] = field(default_factory=set)  # users whose overlay is drawn
     text_lines: SharedDetector = field(default_factory=SharedDetector)  # bot/text_lines.py
     albums: AlbumCollector = field(init=False)  # albums whose parts are arriving
+    update_budget: UpdateBudget = field(default_factory=UpdateBudget)  # flood control per user
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.worker)

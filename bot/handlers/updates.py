@@ -30,8 +30,8 @@ def speaker_id(update: Update) -> int | None:
 
 async def load_profile(update: Update, context: BotContext) -> None:
     """Bind log context, drop channel posts (no user, or copied into a group), service
-    messages and group messages not meant for the bot (bot.addressing), refuse users
-    outside the allowlist, load the speaker's settings."""
+    messages, group messages not meant for the bot (bot.addressing) and a user's flood
+    (bot.update_budget), refuse users outside the allowlist, load the speaker's settings."""
     user = update.effective_user
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(update_id=update.update_id)
@@ -54,6 +54,9 @@ async def load_profile(update: Update, context: BotContext) -> None:
     if message and is_group(message) and not _addressed(message, context):
         # silent, and before the allowlist: a stranger chatting in the group is no request
         log.debug("update_ignored", kind="not_addressed")
+        raise ApplicationHandlerStop
+    if not context.services.update_budget.take(speaker):
+        log.info("update_throttled", kind=_kind(update))  # a flood: no reply, it would add to it
         raise ApplicationHandlerStop
     if message and await _sent_before_forget(context, speaker, message.date):
         log.info("update_ignored", kind="sent_before_forget")  # Telegram delivered it again

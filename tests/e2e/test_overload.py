@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 import pytest
 
@@ -113,3 +114,26 @@ async def test_one_user_cannot_flood(bot: RunningBot) -> None:
         after=mark,
         timeout=60,
     )
+
+
+@pytest.mark.settings(telegram_messages_per_second=30)
+async def test_a_flood_of_button_presses_does_not_hold_up_others(bot: RunningBot) -> None:
+    """Each /diet press edits a message, and all the bot's messages share Telegram's 30 a
+    second: 1,000 presses of one user filled every handler slot with an edit waiting its
+    turn, and everyone else waited behind them (over 30 s)."""
+    server = bot.server
+    eve, ann = TgUser(id=30_101, language_code="en"), TgUser(id=30_102, language_code="en")
+    mark = server.mark()
+    server.send_text(eve, "/diet")
+    keyboard = await server.wait_for_message(eve.id, lambda m: m.reply_markup is not None)
+    for _ in range(1000):
+        server.press_button(eve, keyboard, "diet:vegan")
+    await server.wait_for(lambda c: c.method == "editMessageText", after=mark)
+    mark, started = server.mark(), time.monotonic()
+    server.send_text(ann, "/help")
+    await server.wait_for(
+        lambda c: c.method == "sendMessage" and c.params["chat_id"] == ann.id,
+        after=mark,
+        timeout=30,
+    )
+    assert time.monotonic() - started < 10  # the flood itself is read: 1,000 updates

@@ -1,0 +1,39 @@
+"""Flood control per user: each update a user sends may cost the bot a message, and all the
+bot's messages share Telegram's 30 a second, so one user pressing a button a thousand times
+(or sending /diet as often) would hold up everyone. A token bucket per user: BURST updates
+at once (an album is 10), then PER_SECOND; the rest are dropped before any work is done."""
+
+from __future__ import annotations
+
+import time
+
+BURST = 20
+PER_SECOND = 1.0
+MAX_TRACKED = 10_000  # users in the table before the ones with a full bucket are dropped
+
+
+class UpdateBudget:
+    def __init__(self, *, burst: int = BURST, per_second: float = PER_SECOND) -> None:
+        self.burst = burst
+        self.per_second = per_second
+        self._buckets: dict[int, tuple[float, float]] = {}  # user → (tokens, when counted)
+
+    def take(self, user_id: int) -> bool:
+        """Count one update of `user_id`; False when they have sent too many too fast."""
+        now = time.monotonic()
+        tokens = self._tokens(user_id, now)
+        if tokens < 1:
+            return False
+        self._buckets[user_id] = (tokens - 1, now)
+        if len(self._buckets) > MAX_TRACKED:
+            self._drop_full(now)
+        return True
+
+    def _tokens(self, user_id: int, now: float) -> float:
+        tokens, counted = self._buckets.get(user_id, (self.burst, now))
+        return min(self.burst, tokens + (now - counted) * self.per_second)
+
+    def _drop_full(self, now: float) -> None:
+        """Forget the users whose bucket has filled again: they are new users to it."""
+        for user_id in [u for u in self._buckets if self._tokens(u, now) >= self.burst]:
+            del self._buckets[user_id]
