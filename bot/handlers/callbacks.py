@@ -30,18 +30,13 @@ MAX_JOB_ID_DIGITS = 18
 
 
 async def button(update: Update, context: BotContext) -> None:
-    """Dispatch `lang:<code>`, `diet:<code>|clear|done`, `forget:yes|no:<id>`,
+    """Dispatch `lang:<code>:<id>`, `diet:<code>|clear|done`, `forget:yes|no:<id>`,
     `say:<row>:<n>`, `anyway:<job id>` and `ovl:<row>:<page>`; anything else is a stale or
     forged button."""
     query = update.callback_query
     kind, _, value = (query.data or "").partition(":")
-    user_id = query.from_user.id
-    if kind == "lang" and value in LANGUAGES:
-        context.profile = await context.storage.set_language(user_id, value)
-        await query.answer()
-        await query.edit_message_text(
-            context.t("lang_set", language=native_name(value)), parse_mode=ParseMode.HTML
-        )
+    if kind == "lang":
+        await _language_button(query, context, *value.split(":", 1))
     elif kind == "diet":
         shown = await diet.press(query, context, value)
         if shown is None:
@@ -61,6 +56,25 @@ async def button(update: Update, context: BotContext) -> None:
     else:
         log.warning("unknown_callback", kind=kind[:16], length=len(query.data or ""))
         await query.answer(context.t("button_expired"), show_alert=False)
+
+
+async def _language_button(
+    query: CallbackQuery, context: BotContext, code: str, owner: str = ""
+) -> None:
+    """`lang:<code>:<id>`: set <id>'s answer language; only they (or an admin of a chat
+    that spoke) may press it, as with /forget."""
+    owner_id = _button_owner(owner, query.from_user.id)
+    if code not in LANGUAGES or owner_id is None:
+        await query.answer(context.t("button_expired"))
+        return
+    if not await _may_act_for(query, owner_id):
+        await query.answer(context.t("button_not_yours"), show_alert=True)
+        return
+    context.profile = await context.storage.set_language(owner_id, code)
+    await query.answer()
+    await query.edit_message_text(
+        context.t("lang_set", language=native_name(code)), parse_mode=ParseMode.HTML
+    )
 
 
 async def _ask_anyway_button(update: Update, context: BotContext, value: str) -> None:
@@ -169,7 +183,7 @@ async def _forget_button(
 ) -> None:
     """`forget:yes|no:<id>`: erase, or keep, the data of <id>; only they (or an admin of a
     chat that spoke) may press either, so nobody else can answer for them."""
-    owner = _forget_owner(owner, query.from_user.id)
+    owner = _button_owner(owner, query.from_user.id)
     if owner is None:
         await query.answer(context.t("button_expired"))
         return
@@ -187,9 +201,9 @@ async def _forget_button(
     context.profile = None
 
 
-def _forget_owner(owner: str, presser_id: int) -> int | None:
-    """Whose data a forget button names: buttons from before ids were added name the
-    presser's; a malformed id, nobody's (None)."""
+def _button_owner(owner: str, presser_id: int) -> int | None:
+    """Whose data a /forget or /lang button names: buttons from before ids were added name
+    the presser's; a malformed id, nobody's (None)."""
     if not owner:
         return presser_id
     return int(owner) if _CHAT_ID.fullmatch(owner) else None

@@ -58,7 +58,7 @@ async def lang(update: Update, context: BotContext) -> None:
         await set_language(update, context, language)
         return
     buttons = [
-        InlineKeyboardButton(native_name(code), callback_data=f"lang:{code}")
+        InlineKeyboardButton(native_name(code), callback_data=f"lang:{code}:{context.speaker_id}")
         for code in texts.languages
     ]
     rows = [

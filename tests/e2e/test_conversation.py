@@ -130,10 +130,12 @@ async def test_lang_keyboard_and_help(bot: RunningBot) -> None:
     shown = await reply_after(bot, kai.id, mark)
     assert shown.params["text"] == t.get("ja", "lang_current", language="日本語")
     buttons = [b for row in shown.params["reply_markup"]["inline_keyboard"] for b in row]
-    assert {b["callback_data"] for b in buttons} == {f"lang:{code}" for code in t.languages}
+    assert {b["callback_data"] for b in buttons} == {
+        f"lang:{code}:{kai.id}" for code in t.languages
+    }
     message = _message(server.messages(kai.id), shown.result["message_id"])
     mark = server.mark()
-    server.press_button(kai, message, "lang:fr")
+    server.press_button(kai, message, f"lang:fr:{kai.id}")
     edited = await server.wait_for(lambda c: c.method == "editMessageText", after=mark)
     assert edited.params["text"] == t.get("fr", "lang_set", language="Français")
     mark = server.mark()

@@ -205,3 +205,31 @@ async def test_a_stranger_in_the_group_is_refused_only_when_addressing_the_bot(
     mark = server.mark()
     server.send_photo(friend, small_photo("EXIT"), caption=BOT, chat_id=chat, chat_type=GROUP)
     await final_answer_after(bot, chat, mark)
+
+
+async def test_a_members_language_keyboard_is_theirs_alone(bot: RunningBot) -> None:
+    """Bob's tap on Ann's /lang keyboard changed Bob's language and took Ann's keyboard."""
+    server, t = bot.server, bot.services.texts
+    chat = -9600
+    ann, bob = TgUser(id=9601, language_code="en"), TgUser(id=9602, language_code="en")
+    mark = server.mark()
+    server.send_text(ann, "/lang", chat_id=chat, chat_type=GROUP)
+    shown = await reply_after(bot, chat, mark)
+    [french] = [
+        b["callback_data"]
+        for row in shown.params["reply_markup"]["inline_keyboard"]
+        for b in row
+        if b["text"] == "Français"
+    ]
+    keyboard = next(m for m in server.messages(chat) if m.message_id == shown.result["message_id"])
+    mark = server.mark()
+    server.press_button(bob, keyboard, french)
+    refused = await server.wait_for(lambda c: c.method == "answerCallbackQuery", after=mark)
+    assert refused.params["text"] == t.get("en", "button_not_yours")
+    await asyncio.sleep(0.3)
+    assert sent_to(bot, chat, mark) == [] and await bot.storage.get_user(bob.id) is None
+    mark = server.mark()
+    server.press_button(ann, keyboard, french)
+    edited = await server.wait_for(lambda c: c.method == "editMessageText", after=mark)
+    assert edited.params["text"] == t.get("fr", "lang_set", language="Français")
+    assert (await bot.storage.get_user(ann.id)).language == "fr"
