@@ -61,13 +61,10 @@ async def run_job(
     think: bool,
     notice: str | None = None,
     wait_for_room: bool = False,
-    quoted: str | None = None,
 ) -> None:
     """One turn: history → request → streamed answer → stored → delivered. The job ends
     delivered or failed, whatever happens, unless the bot stops meanwhile (then it is
-    recovered at the next start) or its user erases it with /forget (then it is dropped).
-    `quoted`: the text of the message the question replies to (not stored: the chat has
-    it; a job recovered after a restart is answered without it)."""
+    recovered at the next start) or its user erases it with /forget (then it is dropped)."""
     async with services.user_locks.hold(job.user_id):
         stream = AnswerStream(
             bot,
@@ -78,7 +75,7 @@ async def run_job(
         )
         try:
             work = _start(
-                bot, services, job, stream, images, language, think, notice, wait_for_room, quoted
+                bot, services, job, stream, images, language, think, notice, wait_for_room
             )
             if not await erasable(services, job.user_id, work):
                 log.info("answer_erased", job_id=job.id)
@@ -113,7 +110,6 @@ async def _start(
     think: bool,
     notice: str | None,
     wait_for_room: bool,
-    quoted: str | None,
 ) -> None:
     storage, settings = services.storage, services.settings
 
@@ -139,7 +135,7 @@ async def _start(
         language=language,
         question=job.question,
         images=images,
-        quoted=quoted,
+        quoted=job.quoted,  # stored with the job: a restart asks with it too
         history=history,
         think=think,
         max_new_tokens=settings.max_new_tokens,

@@ -99,7 +99,7 @@ async def _ask_about_photo(
     if photo.file_size and photo.file_size > limit:
         await _reject_image(update, context, "too_large", size=photo.file_size)
         return
-    job = await _accept(update, context, question, photo.file_id)
+    job = await _accept(update, context, question, photo.file_id, quoted=photo.quoted)
     if job is None:
         return
     image = await _prepare(context, job, photo.file_id, reply=message)
@@ -116,7 +116,7 @@ async def _ask_about_photo(
                 context.t(f"photo_{problem}"), reply_markup=InlineKeyboardMarkup([[button]])
             )
             return
-    await _run(context, job, image, quoted=photo.quoted)
+    await _run(context, job, image)
 
 
 async def _prepare(
@@ -198,7 +198,12 @@ async def unsupported(update: Update, context: BotContext) -> None:
 
 
 async def _accept(
-    update: Update, context: BotContext, question: str | None, image_file_id: str | None
+    update: Update,
+    context: BotContext,
+    question: str | None,
+    image_file_id: str | None,
+    *,
+    quoted: str | None = None,
 ) -> Job | None:
     """Record the request before anything else; None if Telegram delivered it before or
     the user already waits for too many answers (they are told)."""
@@ -214,15 +219,14 @@ async def _accept(
             image_file_id=image_file_id,
             max_unfinished=limit,
             language=context.language,
+            quoted=quoted,
         )
     except TooManyJobs:
         await message.reply_html(context.t("too_many_requests", limit=limit))
         return None
 
 
-async def _run(
-    context: BotContext, job: Job, image: bytes | None, *, quoted: str | None = None
-) -> None:
+async def _run(context: BotContext, job: Job, image: bytes | None) -> None:
     think = bool(context.profile and context.profile.think)
     await run_job(
         context.bot,
@@ -231,7 +235,6 @@ async def _run(
         images=() if image is None else (image,),
         language=context.language,
         think=think,
-        quoted=quoted,
     )
 
 

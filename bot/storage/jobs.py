@@ -37,9 +37,11 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
         image_file_id: str | None,
         max_unfinished: int | None = None,
         language: str = "en",
+        quoted: str | None = None,
     ) -> Job | None:
-        """Record an accepted request; None if that message already has a job, or had one
-        that /forget erased (redelivery). An album's job: close_album.
+        """Record an accepted request (with the text it replies to, `quoted`, in a group);
+        None if that message already has a job, or had one that /forget erased
+        (redelivery). An album's job: close_album.
         Raises TooManyJobs when the user already has `max_unfinished` unanswered jobs.
         A user seen for the first time is stored with `language`, for recovery too."""
         async with self._transaction():
@@ -54,6 +56,7 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
                 file_ids=(image_file_id,) if image_file_id else (),
                 max_unfinished=max_unfinished,
                 language=language,
+                quoted=quoted,
             )
 
     async def _insert_job(
@@ -67,17 +70,18 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
         file_ids: Sequence[str],
         max_unfinished: int | None,
         language: str,
+        quoted: str | None = None,
     ) -> Job | None:
         now = utc_now()
         await self._add_user_if_missing(user_id, language, now)
         await self._check_room(user_id, max_unfinished)
         row = await self._one(
             "INSERT INTO jobs (chat_id, message_id, user_id, chat_type, question,"
-            " image_file_id, image_file_ids, status, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
+            " image_file_id, image_file_ids, quoted, status, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
             f" ON CONFLICT (chat_id, message_id) DO NOTHING RETURNING {JOB_COLS}",
             (chat_id, message_id, user_id, chat_type, question, *file_id_columns(file_ids),
-             now, now),
+             quoted, now, now),
         )  # fmt: skip
         return job_from_row(row) if row else None
 
@@ -152,11 +156,11 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
     async def complete_job(self, job: Job, *, answer: str, thought: str) -> StoredMessage | None:
         """Store the answer and both sides of the turn in the history, atomically; return the
         answer's history row. None, and nothing stored, when the job is no longer pending
-        (erased by /forget)."""
+        (erased by /forget). The quoted text is dropped: the answer no longer needs it."""
         async with self._transaction():
             row = await self._one(
-                "UPDATE jobs SET status = 'answered', answer = ?, thought = ?, updated_at = ?"
-                " WHERE id = ? AND status = 'pending' RETURNING id",
+                "UPDATE jobs SET status = 'answered', answer = ?, thought = ?, quoted = NULL,"
+                " updated_at = ? WHERE id = ? AND status = 'pending' RETURNING id",
                 (answer, thought, utc_now(), job.id),
             )
             if row is None:
@@ -201,7 +205,8 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
         return row[0] if row else None
 
     async def set_job_status(self, job_id: int, status: str) -> None:
-        """'delivered' or 'failed'; the answer text is dropped (the history keeps it)."""
+        """'delivered' or 'failed'; the answer text is dropped (the history keeps it), and
+        the quoted text."""
         await self._finish_job(job_id, status)
 
     async def _finish_job(self, job_id: int, status: str, *, parts_sent: int | None = None) -> None:
@@ -212,7 +217,7 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
         self, job_id: int, status: str, *, parts_sent: int | None = None
     ) -> None:
         await self._db.execute(
-            "UPDATE jobs SET status = ?, answer = NULL, thought = NULL,"
+            "UPDATE jobs SET status = ?, answer = NULL, thought = NULL, quoted = NULL,"
             " parts_sent = COALESCE(?, parts_sent), updated_at = ? WHERE id = ?",
             (status, parts_sent, utc_now(), job_id),
         )

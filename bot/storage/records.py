@@ -19,7 +19,8 @@ USER_COLS = "user_id, language, think, created_at, updated_at"
 MESSAGE_COLS = "id, chat_id, user_id, role, text, image_file_id, created_at, image_file_ids"
 JOB_COLS = (
     "id, chat_id, message_id, user_id, chat_type, question, image_file_id, status,"
-    " answer, thought, placeholder_id, attempts, parts_sent, answer_history_id, image_file_ids"
+    " answer, thought, placeholder_id, attempts, parts_sent, answer_history_id, image_file_ids,"
+    " quoted"
 )
 PART_COLS = "chat_id, message_id, user_id, media_group_id, chat_type, file_id, file_size, caption"
 
@@ -94,6 +95,7 @@ class Job:
     parts_sent: int  # messages of the answer Telegram has accepted
     answer_history_id: int | None = None  # the answer's row in messages, once stored
     image_file_ids: tuple[str, ...] = ()  # the photos asked about: one, or an album's pages
+    quoted: str | None = None  # the text the question replies to, until it is answered
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,8 @@ def message_from_row(row: Sequence[Any]) -> StoredMessage:
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
-    *fields, ids = row
-    return Job(*fields, file_ids_of_row(fields[6], ids))
+    *fields, ids, quoted = row
+    return Job(*fields, file_ids_of_row(fields[6], ids), quoted)
 
 
 def file_ids_of_row(first: str | None, stored: str | None) -> tuple[str, ...]:

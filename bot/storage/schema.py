@@ -147,6 +147,12 @@ MIGRATIONS: list[list[str]] = [
         # /overlay on: the translation drawn on each photo answered, without the button
         "ALTER TABLE users ADD COLUMN overlay INTEGER NOT NULL DEFAULT 0",
     ],
+    [
+        # What a group member's question replies to (another member's caption, or the bot's
+        # answer as the group saw it): a job recovered after a restart is asked with it.
+        # Dropped once the job is answered or has failed; gone with the job (/forget).
+        "ALTER TABLE jobs ADD COLUMN quoted TEXT",
+    ],
 ]
 
 

@@ -62,7 +62,7 @@ async def add_turns(s: Storage, user_id: int, n: int, prefix: str = "") -> None:
 async def test_open_creates_file_schema_and_wal(db_path: Path) -> None:
     async with await Storage.open(db_path) as s:
         assert db_path.is_file()
-        assert s.schema_version == len(MIGRATIONS) == 11
+        assert s.schema_version == len(MIGRATIONS) == 12
         names = {n for (n,) in raw(db_path, "SELECT name FROM sqlite_master")}
         assert {"users", "messages", "messages_chat_user", "jobs", "jobs_status"} <= names
         assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
@@ -827,6 +827,41 @@ async def test_a_held_photo_waits_outside_the_limit_until_its_sender_asks(db_pat
         await s.hold_job(again.id)
         await s.delete_user_data(ALICE)
         assert await s.release_job(again.id, ALICE) is None  # /forget in between
+
+
+async def test_the_quoted_text_is_kept_only_until_its_job_is_answered(db_path: Path) -> None:
+    """Bob replies in a group to Alice's photo: her caption is asked with his job, also
+    after a restart, and is gone once answered, failed, erased with Bob's data or old."""
+    quoted = "ALICE-CAPTION-6610 what is this?"
+
+    def ask(s: Storage, message_id: int):
+        return s.add_job(chat_id=GROUP, message_id=message_id, user_id=BOB, chat_type="group",
+                         question="spicy?", image_file_id="F1", quoted=quoted)  # fmt: skip
+
+    def quoted_rows() -> list[tuple]:
+        return raw(db_path, "SELECT id FROM jobs WHERE quoted IS NOT NULL ORDER BY id")
+
+    async with await Storage.open(db_path) as s:
+        answered, failed, held = await ask(s, 1), await ask(s, 2), await ask(s, 3)
+        await s.hold_job(held.id)
+        assert (answered.quoted, await s.get_job(failed.id)) == (quoted, failed)
+    async with await Storage.open(db_path) as s:  # after a restart
+        assert [job.quoted for job in await s.get_unfinished_jobs()] == [quoted, quoted]
+        await s.complete_job(answered, answer="Not spicy.", thought="")
+        await s.set_job_status(failed.id, "failed")
+        assert quoted_rows() == [(held.id,)]
+        assert quoted not in repr(await s.get_history(GROUP, BOB, max_turns=5))
+        with sqlite3.connect(db_path) as con:
+            con.execute("UPDATE jobs SET updated_at = '2020-01-01T00:00:00+00:00'")
+        con.close()
+        await s.delete_older_than(30)  # retention takes the held one, never asked
+        assert quoted_rows() == []
+        assert files_holding(db_path.parent, quoted) == []
+        pending = await ask(s, 4)
+        assert files_holding(db_path.parent, quoted)  # the scan sees it before
+        await s.delete_user_data(BOB)  # the asker's /forget
+        assert await s.get_job(pending.id) is None
+        assert files_holding(db_path.parent, quoted) == []
 
 
 # --- /overlay ---------------------------------------------------------------
