@@ -5,31 +5,35 @@ The bot runs as a real `python -m bot` process polling the local Bot API server.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+from aiohttp import web
+
 from bot.i18n import Texts
 from bot.settings import ROOT
-from tests.conftest import small_photo
+from inference.openai_server import ServerConfig
+from tests.conftest import OpenAIServer, RecordingServer, serving, small_photo
 from tests.e2e.botapi_server import BotApiServer, TgUser, bot_process_env
 
 USERS = [TgUser(id=11_000 + i, first_name=f"U{i}", language_code=code)
          for i, code in enumerate(["de", "fr", "ja"])]  # fmt: skip
 
 
-def start_bot(server: BotApiServer, model_dir: Path, db: Path, log: Path) -> subprocess.Popen:
-    env = bot_process_env(
-        server,
-        model_dir,
-        db,
-        max_new_tokens="400",  # long enough to be killed mid-answer
-        max_batch_size="4",
-        stream_interval_s="0.3",
-        log_format="json",
-    )
+def start_bot(
+    server: BotApiServer, model_dir: Path, db: Path, log: Path, **settings: str
+) -> subprocess.Popen:
+    defaults = {
+        "max_new_tokens": "400",  # long enough to be killed mid-answer
+        "max_batch_size": "4",
+        "stream_interval_s": "0.3",
+        "log_format": "json",
+    }
+    env = bot_process_env(server, model_dir, db, **(defaults | settings))
     return subprocess.Popen(
         [sys.executable, "-m", "bot"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
     )
@@ -93,7 +97,7 @@ async def test_sigkill_mid_batch_then_restart_answers_each_photo_once(
         try:
             for user in USERS:
                 message_id = photos[user.id]["message_id"]
-                for _ in range(300):
+                for _ in range(1200):  # 400 tokens each on a busy CPU: up to 2 minutes
                     found = replies(server, user.id, message_id)
                     if found and not any(is_placeholder(m.text) for m in found):
                         break
@@ -122,4 +126,96 @@ async def test_sigkill_mid_batch_then_restart_answers_each_photo_once(
     finally:
         if first.poll() is None:
             first.kill()
+        await server.stop()
+
+
+class HeldServer(RecordingServer):
+    """`travelbot serve` that records each chat request and holds it until `opened`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = asyncio.Event()
+
+    @web.middleware
+    async def hold(self, request: web.Request, handler):
+        if request.path == "/v1/chat/completions":
+            await self.opened.wait()
+        return await handler(request)
+
+
+def quoted_jobs(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT status, quoted FROM jobs ORDER BY id").fetchall()
+    con.close()
+    return rows
+
+
+async def test_a_reply_in_a_group_is_recovered_with_the_text_it_quotes(
+    tiny_model_dir: Path, tmp_path: Path, openai_server: OpenAIServer
+) -> None:
+    """Bob replies to Ann's photo; the bot is killed while his request is with the engine:
+    after the restart Bob's question is asked again with Ann's caption, as before."""
+    ann, bob = USERS[0], USERS[2]  # de, ja
+    group, caption = -11_500, "Was ist das? ANN-CAPTION-5501"
+    engine = HeldServer()
+    config = ServerConfig(openai_server.model_name, openai_server.api_key)
+    server = BotApiServer()
+    await server.start()
+    db, log = tmp_path / "bot.sqlite3", tmp_path / "bot.log"
+    try:
+        async with serving(openai_server.worker, config, engine.record, engine.hold) as url:
+            remote = {
+                "engine": "openai",
+                "openai_base_urls": url,
+                "openai_model": config.model_name,
+                "openai_api_key": config.api_key,
+                "max_new_tokens": "16",
+            }
+            first = start_bot(server, tiny_model_dir, db, log, **remote)
+            try:
+                photo = server.send_photo(
+                    ann, small_photo("RAMEN 900"), caption=caption, chat_id=group,
+                    chat_type="supergroup",
+                )  # fmt: skip
+                asked = server.send_text(bob, "@travel_test_bot 辛いですか？", chat_id=group,
+                                         chat_type="supergroup", reply_to=photo)  # fmt: skip
+                for _ in range(900):  # the process starts, then asks the engine
+                    if engine.bodies:
+                        break
+                    await asyncio.sleep(0.1)
+                assert caption in json.dumps(engine.bodies[0], ensure_ascii=False)
+                first.send_signal(signal.SIGKILL)
+                first.wait(timeout=10)
+            finally:
+                if first.poll() is None:
+                    first.kill()
+            assert quoted_jobs(db) == [("pending", caption)]
+
+            engine.opened.set()
+            second = start_bot(server, tiny_model_dir, db, log, **remote)
+            try:
+                for _ in range(900):
+                    found = replies(server, group, asked["message_id"])
+                    if found and not any(is_placeholder(m.text) for m in found):
+                        break
+                    await asyncio.sleep(0.1)
+                [answer] = replies(server, group, asked["message_id"])
+                assert not is_placeholder(answer.text), server.dump()
+                delayed = TEXTS.get("ja", "answer_delayed")
+                sent = [c.params["text"] for c in server.calls_to("sendMessage", group)]
+                assert [text for text in sent if text.startswith(delayed)] != []
+                [_, recovered] = engine.bodies
+                assert caption in json.dumps(recovered, ensure_ascii=False)
+                assert "辛いですか" in json.dumps(recovered, ensure_ascii=False)
+                for _ in range(100):  # the job is marked delivered right after the send
+                    if quoted_jobs(db) == [("delivered", None)]:
+                        break
+                    await asyncio.sleep(0.1)
+                assert quoted_jobs(db) == [("delivered", None)]  # Ann's words are not kept
+                second.send_signal(signal.SIGTERM)
+                assert second.wait(timeout=60) == 0
+            finally:
+                if second.poll() is None:
+                    second.kill()
+    finally:
         await server.stop()
