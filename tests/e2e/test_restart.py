@@ -1,15 +1,18 @@
 """Kill the bot process (SIGKILL) in the middle of answering, start it again: every
-accepted photo is answered exactly once, and Telegram's redelivery creates no second job.
-The bot runs as a real `python -m bot` process polling the local Bot API server."""
+accepted photo is answered exactly once, Telegram's redelivery creates no second job, and a
+group reply is asked again with the text it quotes. The bot runs as a real `python -m bot`
+process polling the local Bot API server."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from aiohttp import web
@@ -24,9 +27,11 @@ USERS = [TgUser(id=11_000 + i, first_name=f"U{i}", language_code=code)
          for i, code in enumerate(["de", "fr", "ja"])]  # fmt: skip
 
 
-def start_bot(
+@contextlib.contextmanager
+def bot_process(
     server: BotApiServer, model_dir: Path, db: Path, log: Path, **settings: str
-) -> subprocess.Popen:
+) -> Iterator[subprocess.Popen]:
+    """`python -m bot` polling `server`; killed on the way out if it still runs."""
     defaults = {
         "max_new_tokens": "400",  # long enough to be killed mid-answer
         "max_batch_size": "4",
@@ -34,9 +39,25 @@ def start_bot(
         "log_format": "json",
     }
     env = bot_process_env(server, model_dir, db, **(defaults | settings))
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "bot"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
     )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def kill(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+def stop_cleanly(process: subprocess.Popen) -> None:
+    """SIGTERM ends the process, with exit status 0."""
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
 
 
 def replies(server: BotApiServer, chat_id: int, user_message_id: int, after: int = 0) -> list:
@@ -63,26 +84,35 @@ def is_placeholder(text: str) -> bool:
     return any(status in text for status in STATUSES)
 
 
+async def wait_for_answer(server: BotApiServer, chat_id: int, user_message_id: int) -> None:
+    """Until the bot's reply to the message is there and no placeholder is left; 400
+    tokens each on a busy CPU take up to 2 minutes."""
+    for _ in range(1200):
+        found = replies(server, chat_id, user_message_id)
+        if found and not any(is_placeholder(m.text) for m in found):
+            return
+        await asyncio.sleep(0.1)
+
+
 async def test_sigkill_mid_batch_then_restart_answers_each_photo_once(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     server = BotApiServer()
     await server.start()
     db, log = tmp_path / "bot.sqlite3", tmp_path / "bot.log"
-    first = start_bot(server, tiny_model_dir, db, log)
     try:
-        photos = {}
-        for user in USERS:
-            photos[user.id] = server.send_photo(user, small_photo(f"GATE {user.id}"))
-        for user in USERS:  # every answer is streaming: the batch is mid-way
-            await server.wait_for(
-                lambda c, uid=user.id: (
-                    c.method == "sendMessageDraft" and c.params["chat_id"] == uid
-                ),
-                timeout=90,
-            )
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
+        with bot_process(server, tiny_model_dir, db, log) as first:
+            photos = {}
+            for user in USERS:
+                photos[user.id] = server.send_photo(user, small_photo(f"GATE {user.id}"))
+            for user in USERS:  # every answer is streaming: the batch is mid-way
+                await server.wait_for(
+                    lambda c, uid=user.id: (
+                        c.method == "sendMessageDraft" and c.params["chat_id"] == uid
+                    ),
+                    timeout=90,
+                )
+            kill(first)
         with sqlite3.connect(db) as con:
             (unfinished,) = con.execute(
                 "SELECT COUNT(*) FROM jobs WHERE status IN ('pending', 'answered')"
@@ -93,15 +123,9 @@ async def test_sigkill_mid_batch_then_restart_answers_each_photo_once(
         redelivered = dict(photos[USERS[0].id])
         server.push_update({"message": redelivered})
 
-        second = start_bot(server, tiny_model_dir, db, log)
-        try:
+        with bot_process(server, tiny_model_dir, db, log) as second:
             for user in USERS:
-                message_id = photos[user.id]["message_id"]
-                for _ in range(1200):  # 400 tokens each on a busy CPU: up to 2 minutes
-                    found = replies(server, user.id, message_id)
-                    if found and not any(is_placeholder(m.text) for m in found):
-                        break
-                    await asyncio.sleep(0.1)
+                await wait_for_answer(server, user.id, photos[user.id]["message_id"])
             await asyncio.sleep(1.5)  # time for any duplicate to show up
             for user in USERS:
                 message_id = photos[user.id]["message_id"]
@@ -117,15 +141,8 @@ async def test_sigkill_mid_batch_then_restart_answers_each_photo_once(
             with sqlite3.connect(db) as con:
                 rows = con.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
             assert dict(rows) == {"delivered": len(USERS)}
-            # graceful stop: SIGTERM ends the process cleanly
-            second.send_signal(signal.SIGTERM)
-            assert second.wait(timeout=60) == 0
-        finally:
-            if second.poll() is None:
-                second.kill()
+            stop_cleanly(second)
     finally:
-        if first.poll() is None:
-            first.kill()
         await server.stop()
 
 
@@ -171,8 +188,7 @@ async def test_a_reply_in_a_group_is_recovered_with_the_text_it_quotes(
                 "openai_api_key": config.api_key,
                 "max_new_tokens": "16",
             }
-            first = start_bot(server, tiny_model_dir, db, log, **remote)
-            try:
+            with bot_process(server, tiny_model_dir, db, log, **remote) as first:
                 photo = server.send_photo(
                     ann, small_photo("RAMEN 900"), caption=caption, chat_id=group,
                     chat_type="supergroup",
@@ -184,21 +200,12 @@ async def test_a_reply_in_a_group_is_recovered_with_the_text_it_quotes(
                         break
                     await asyncio.sleep(0.1)
                 assert caption in json.dumps(engine.bodies[0], ensure_ascii=False)
-                first.send_signal(signal.SIGKILL)
-                first.wait(timeout=10)
-            finally:
-                if first.poll() is None:
-                    first.kill()
+                kill(first)
             assert quoted_jobs(db) == [("pending", caption)]
 
             engine.opened.set()
-            second = start_bot(server, tiny_model_dir, db, log, **remote)
-            try:
-                for _ in range(900):
-                    found = replies(server, group, asked["message_id"])
-                    if found and not any(is_placeholder(m.text) for m in found):
-                        break
-                    await asyncio.sleep(0.1)
+            with bot_process(server, tiny_model_dir, db, log, **remote) as second:
+                await wait_for_answer(server, group, asked["message_id"])
                 [answer] = replies(server, group, asked["message_id"])
                 assert not is_placeholder(answer.text), server.dump()
                 delayed = TEXTS.get("ja", "answer_delayed")
@@ -212,10 +219,6 @@ async def test_a_reply_in_a_group_is_recovered_with_the_text_it_quotes(
                         break
                     await asyncio.sleep(0.1)
                 assert quoted_jobs(db) == [("delivered", None)]  # Ann's words are not kept
-                second.send_signal(signal.SIGTERM)
-                assert second.wait(timeout=60) == 0
-            finally:
-                if second.poll() is None:
-                    second.kill()
+                stop_cleanly(second)
     finally:
         await server.stop()
