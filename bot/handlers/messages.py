@@ -21,6 +21,9 @@ from inference import ImageRejected
 log = structlog.get_logger()
 
 MEGABYTE = 1024 * 1024
+# a user's photos held for "Ask anyway" (outside their questions in flight); the oldest
+# beyond this expire, or a user could keep as many as they send
+MAX_HELD_PHOTOS = 5
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ async def _ask_about_photo(
         soft_tokens = context.settings.image_soft_tokens or DEFAULT_SOFT_TOKENS
         problem = await asyncio.to_thread(check_photo, image, soft_tokens)
         if problem is not None:
-            await context.storage.hold_job(job.id)
+            await context.storage.hold_job(job.id, max_held=MAX_HELD_PHOTOS)
             log.info("photo_held", job_id=job.id, problem=problem)
             button = InlineKeyboardButton(context.t("ask_anyway"), callback_data=f"anyway:{job.id}")
             await message.reply_html(

@@ -107,12 +107,22 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
                 (*file_id_columns(file_ids), utc_now(), job_id),
             )
 
-    async def hold_job(self, job_id: int) -> None:
-        """Keep a pending job back until its user asks for it (release_job)."""
+    async def hold_job(self, job_id: int, *, max_held: int | None = None) -> None:
+        """Keep a pending job back until its user asks for it (release_job); of the user's
+        held jobs beyond the newest `max_held`, the older fail (their question dropped)."""
         async with self._transaction():
-            await self._db.execute(
-                "UPDATE jobs SET held = 1, updated_at = ? WHERE id = ? AND status = 'pending'",
+            row = await self._one(
+                "UPDATE jobs SET held = 1, updated_at = ? WHERE id = ? AND status = 'pending'"
+                " RETURNING user_id",
                 (utc_now(), job_id),
+            )
+            if row is None or max_held is None:
+                return
+            await self._db.execute(
+                "UPDATE jobs SET status = 'failed', question = NULL, updated_at = ?"
+                " WHERE id IN (SELECT id FROM jobs WHERE user_id = ? AND held"
+                " AND status = 'pending' ORDER BY id DESC LIMIT -1 OFFSET ?)",
+                (utc_now(), row[0], max_held),
             )
 
     async def release_job(

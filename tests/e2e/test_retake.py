@@ -9,6 +9,7 @@ import asyncio
 import pytest
 from PIL import ImageFilter
 
+from bot.handlers.messages import MAX_HELD_PHOTOS
 from tests.bot.test_photo_check import darkened, page
 from tests.conftest import RunningBot, png_bytes, small_photo
 from tests.e2e.botapi_server import SentMessage, TgUser
@@ -142,3 +143,23 @@ async def test_an_anonymous_admins_held_photo_is_asked_for_by_an_admin(bot: Runn
     await final_answer_after(bot, chat, mark)
     assert [r.question for r in requests] == ["what is it?"]
     assert (await bot.storage.get_history(chat, chat, max_turns=1))[0].text == "what is it?"
+
+
+async def test_only_the_latest_held_photos_are_kept(bot: RunningBot) -> None:
+    """Held photos do not count against the questions in flight: without a bound one user
+    kept as many as they sent, each with its caption, for the whole retention time."""
+    server, t = bot.server, bot.services.texts
+    ann = TgUser(id=9901, language_code="en")
+    hints = []
+    for n in range(MAX_HELD_PHOTOS + 2):
+        mark = server.mark()
+        server.send_photo(ann, DARK, caption=f"dark {n}")
+        hints.append(await hint_after(bot, ann.id, mark))
+    held = (await bot.storage.get_user_data(ann.id)).held
+    assert [job.question for job in held] == [f"dark {n}" for n in range(2, MAX_HELD_PHOTOS + 2)]
+    expired = await press(bot, ann, *hints[0])
+    assert expired.params["text"] == t.get("en", "button_expired")
+    mark = server.mark()
+    accepted = await press(bot, ann, *hints[-1])
+    assert "text" not in accepted.params
+    await final_answer_after(bot, ann.id, mark)
