@@ -20,7 +20,7 @@ from inference.runtime.kernels import Kernels
 from inference.runtime.kv_cache import SlotKVCache
 from inference.runtime.model_runner import ModelRunner, layer_specs, pinned
 from inference.runtime.sampler import sample
-from inference.runtime.scheduler import Plan, Scheduler
+from inference.runtime.scheduler import Scheduler
 from inference.runtime.sequence import Sequence, Status
 from inference.types import Event, InferenceError, Request
 
@@ -69,7 +69,6 @@ class BatchEngine:
             cached_tokens=self.runner.cached_prefix_tokens,
         )
         self.stop_ids = set(self.base.stop_ids)
-        self.last_plan = Plan()
         self._in_flight: list[_InFlight] = []
         self.generator = torch.Generator(device=model.device).manual_seed(runtime.seed)
         log.info(
@@ -272,14 +271,12 @@ class BatchEngine:
         The running sequences' decode is launched before a prefill: launching a prefill
         keeps the CPU busy longer than the GPU needs for that step, so the step runs
         meanwhile. The new sequences decode from the next step."""
-        first_tokens: list[Sequence] = []
         if self.scheduler.waiting:
-            self._read_back_all(first_tokens)
+            self._read_back_all()
         for seq in [*self.scheduler.waiting, *self.scheduler.running]:
             if seq.is_cancelled():
                 self._finish(seq, "cancelled")
-        plan = self.last_plan = self.scheduler.schedule()
-        plan.first_tokens = first_tokens
+        plan = self.scheduler.schedule()
         launched = []
         if plan.decode:
             logits = self.runner.decode([seq.position for seq in plan.decode])
@@ -289,14 +286,14 @@ class BatchEngine:
         if plan.prefill:
             launched.extend(self._prefill(plan.prefill))
         self._in_flight.extend(launched)
-        self._read_back_all(first_tokens, keep=len(launched) if self.paths.overlap_steps else 0)
+        self._read_back_all(keep=len(launched) if self.paths.overlap_steps else 0)
 
-    def _read_back_all(self, first_tokens: list[Sequence], keep: int = 0) -> None:
+    def _read_back_all(self, keep: int = 0) -> None:
         """Read back the launches in flight, all but the last `keep` (oldest first)."""
         done = self._in_flight[: len(self._in_flight) - keep]
         self._in_flight = self._in_flight[len(done) :]
         for batch in done:
-            self._read_back(batch, first_tokens)
+            self._read_back(batch)
 
     def _prefill(self, seqs: list[Sequence]) -> list[_InFlight]:
         """Prefill new sequences. If that fails only they fail, and the running batch goes
@@ -337,15 +334,12 @@ class BatchEngine:
                 self._release(seq, "length")
         return batch
 
-    def _read_back(self, batch: _InFlight, first_tokens: list[Sequence]) -> None:
+    def _read_back(self, batch: _InFlight) -> None:
         if batch.ready is not None:
             batch.ready.synchronize()
         for seq, token in zip(batch.seqs, batch.tokens.tolist(), strict=True):
             if seq.ended:  # stopped or cancelled meanwhile: this was the dropped extra row
                 continue
-            if not seq.output_ids:
-                seq.first_token_at = time.perf_counter()
-                first_tokens.append(seq)
             delta = seq.splitter.push(token)
             if delta is not None:
                 seq.emit(delta)

@@ -24,7 +24,6 @@ class Plan:
     # the running sequences that decode in this step, before the prefill; none when the
     # prefill is a deep queue's (more prompts than max_prefill_seqs)
     decode: list[Sequence] = field(default_factory=list)
-    first_tokens: list[Sequence] = field(default_factory=list)  # read back in this step
 
 
 class Scheduler:

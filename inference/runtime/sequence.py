@@ -31,7 +31,6 @@ class Sequence:
     prefix: tuple[int, ...] = ()  # the prompt's start shared with others (prefix cache key)
     num_scheduled: int = 0  # tokens sampled on the device, read back or not
     ended: bool = False  # the Finished event (or an error) has been emitted
-    first_token_at: float | None = None  # time.perf_counter() when the first token was read
 
     @property
     def output_ids(self) -> list[int]:

@@ -14,6 +14,7 @@ from inference.runtime.config import EnginePaths, RuntimeConfig
 from inference.runtime.gemma4 import vision
 from inference.runtime.kv_cache import SlotKVCache
 from inference.runtime.model_runner import attend_length_buckets, layer_specs, pinned
+from inference.runtime.sequence import Status
 from tools.samples import draw_menu, draw_sign
 
 GREEDY = Sampling(temperature=0.0)
@@ -154,9 +155,10 @@ def test_a_slot_freed_in_the_step_that_admits_a_prompt_goes_to_it(
     batch_engine.add(batch_engine.prepare(first), results[0].append, lambda: False)
     batch_engine.step()  # prefill: token 1
     batch_engine.step()  # decode: token 2
-    batch_engine.add(batch_engine.prepare(second), results[1].append, lambda: False)
+    admitted = batch_engine.prepare(second)
+    batch_engine.add(admitted, results[1].append, lambda: False)
     batch_engine.step()  # decode: token 3, the first one's last; then the second's prefill
-    assert batch_engine.last_plan.prefill[0].slot == 0
+    assert admitted.status is Status.RUNNING and admitted.slot == 0
     while batch_engine.num_active:
         batch_engine.step()
     for request, events in zip((first, second), results, strict=True):

@@ -1,0 +1,75 @@
+"""The bench's requests: photos of signs and menus with the explain-the-photo task, and
+follow-ups whose conversations fill the context."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+from inference.engine import GemmaEngine
+from inference.images import normalize_image
+from inference.types import Request, Sampling, Turn
+from tools.samples import draw_menu, draw_sign
+
+LANGUAGES = ("de", "en", "fr", "ja", "es", "ko", "it", "zh")
+
+
+def make_requests(count: int, new_tokens: int, *, seed: int = 0) -> list[Request]:
+    """`count` photos (a sign or a menu, 1024x768, drawn from `seed` on), normalized as the
+    bot does, each asking for `new_tokens` whatever the model says."""
+    requests = []
+    for index in range(count):
+        draw = draw_sign if index % 2 == 0 else draw_menu
+        image = draw(1024, 768, seed=seed + index)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        requests.append(
+            Request(
+                language=LANGUAGES[index % len(LANGUAGES)],
+                images=(normalize_image(buffer.getvalue()),),
+                max_new_tokens=new_tokens,
+                ignore_stop=True,
+                sampling=Sampling(temperature=0.0),
+            )
+        )
+    return requests
+
+
+FILLER = (
+    "{n}. Grilled fish with lemon and herbs, served with potatoes: no pork, no gluten; ask "
+    "for the sauce apart if you avoid dairy. "
+)
+
+
+def long_context_requests(
+    engine: GemmaEngine, requests: list[Request], context_tokens: int
+) -> list[Request]:
+    """Each request as the follow-up of a conversation that fills `context_tokens` with its
+    answer: an earlier photo, three long answers and two questions before this turn's
+    photo (the bot keeps six earlier turns). The answers' length is found with request 0."""
+
+    def follow_up(request: Request, earlier: Request, units: int) -> Request:
+        third = [FILLER.format(n=n) for n in range(units)]
+        answers = ["".join(third[i::3]) for i in range(3)]
+        history = (
+            Turn("user", "What does this say?", earlier.images),
+            Turn("model", answers[0]),
+            Turn("user", "Which of these has no pork?"),
+            Turn("model", answers[1]),
+            Turn("user", "And which are vegetarian?"),
+            Turn("model", answers[2]),
+        )
+        return replace(request, history=history)
+
+    def tokens(units: int) -> int:
+        request = follow_up(requests[0], requests[-1], units)
+        return int(engine.prepare_inputs(request, on_device=False)["input_ids"].shape[1])
+
+    target = context_tokens - requests[0].max_new_tokens - 16  # room for the languages
+    base = tokens(0)
+    per_unit = (tokens(8) - base) / 8
+    units = max(0, int((target - base) / per_unit))
+    while units and tokens(units) > target:
+        units -= 1
+    count = len(requests)
+    return [follow_up(r, requests[(i + 1) % count], units) for i, r in enumerate(requests)]
