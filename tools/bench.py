@@ -27,7 +27,8 @@ from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.config import EnginePaths, RuntimeConfig
 from inference.runtime.gemma4 import fp8_experts
 from inference.types import Request
-from tools.bench_requests import long_context_requests, make_requests
+from tools.bench_prompts import CHARS_PER_TOKEN, PromptFitter, length_stats
+from tools.bench_requests import long_context_requests, make_requests, photo_request
 from tools.bench_rows import (
     GpuTimer,
     Row,
@@ -36,6 +37,7 @@ from tools.bench_rows import (
     bench_generate,
     reset_peak,
 )
+from tools.bench_worker import phone_photos, worker_rows
 
 __all__ = ["GpuTimer", "full_size_random_engine", "load_engine", "make_requests", "write"]
 
@@ -144,7 +146,12 @@ class Bench:
         count = max([*args.generate_batches, *args.engine_concurrency,
                      *args.without_prefix_cache, *args.fp8_experts, *args.fp8_kv_cache,
                      *args.long_context, 1])  # fmt: skip
-        self.requests = make_requests(count, args.new_tokens)
+        self.plain = make_requests(count, args.new_tokens)  # prompts as the bot's are
+        self.shapes = None  # the prompts' messages fitted per language (bench_prompts)
+        if args.prompt_lengths == "gemma-estimate":
+            fitter = PromptFitter(self.base, self.plain[0].images[0])
+            self.shapes = {lang: fitter.shape(lang) for lang in {r.language for r in self.plain}}
+        self.requests = [self.fitted(request) for request in self.plain]
         self.fresh_seed = count  # photos not seen yet are drawn from here on
         self.runtime = runtime_config(args)
         self.paths = EnginePaths(overlap_steps=not args.no_overlap)
@@ -155,17 +162,43 @@ class Bench:
             "model": "full-size random" if args.full_size_random else str(args.model or "tiny"),
             "new_tokens": args.new_tokens,
             "image_soft_tokens": self.base.image_soft_tokens,
-            "prompt_tokens": int(self.base.prepare_inputs(self.requests[0])["input_ids"].shape[1]),
-            "shared_prefix_tokens": len(self.base.prepare_with_prefix(self.requests[0])[1]),
+            **self.prompt_lengths(),
             "runtime": asdict(self.runtime),
             "rows": [],
         }
         self.rows: list[Row] = []
 
-    def fresh_requests(self, count: int) -> list[Request]:
-        requests = make_requests(count, self.args.new_tokens, seed=self.fresh_seed)
+    def fitted(self, request: Request) -> Request:
+        """`request` with its prompt as long as --prompt-lengths says."""
+        return self.shapes[request.language].request(request) if self.shapes else request
+
+    def prompt_lengths(self) -> dict:
+        """The requests' prompt lengths in tokens, so a before/after can check that it
+        compared like with like."""
+        prepared = [self.base.prepare_with_prefix(request) for request in self.requests]
+        tokens = [int(inputs["input_ids"].shape[1]) for inputs, _ in prepared]
+        return {
+            "prompt_tokens": tokens[0],
+            "shared_prefix_tokens": len(prepared[0][1]),
+            "prompt_lengths": {
+                "fitted_to": self.args.prompt_lengths,
+                "chars_per_token": CHARS_PER_TOKEN if self.shapes else None,
+                **length_stats(tokens),
+            },
+        }
+
+    def next_seed(self, count: int) -> int:
+        """The first seed of `count` photos not drawn yet."""
         self.fresh_seed += count
-        return requests
+        return self.fresh_seed - count
+
+    def fresh_requests(self, count: int) -> list[Request]:
+        plain = make_requests(count, self.args.new_tokens, seed=self.next_seed(count))
+        return [self.fitted(request) for request in plain]
+
+    def worker_request(self, index: int, photo: bytes, owner: str) -> Request:
+        """The bench's request for a photo the Worker rows normalized on the clock."""
+        return self.fitted(photo_request(index, photo, self.args.new_tokens, owner=owner))
 
     def record(self, row: Row) -> None:
         self.rows.append(row)
@@ -210,6 +243,9 @@ class Bench:
         graphs_after_setup = dynamo_counters["stats"]["unique_graphs"]
         triton_after_setup = triton_kernels_compiled()
         self.burst_rows(engine)
+        if self.args.worker_concurrency:
+            bursts = [phone_photos(c, seed=self.next_seed(c)) for c in self.args.worker_concurrency]
+            worker_rows(engine, bursts, self.worker_request, self.record)
         self.long_context_rows(engine)
         self.result["prefix_cache"] = engine.runner.prefixes.stats()
         # compiled regions that had to be built while serving (0: the warm-up covered all)
@@ -242,7 +278,7 @@ class Bench:
         photo cache, as a conversation's are)."""
         max_seq_len = self.args.max_seq_len
         for concurrency in self.args.long_context:
-            long = long_context_requests(self.base, self.requests[:concurrency], max_seq_len)
+            long = long_context_requests(self.base, self.plain[:concurrency], max_seq_len)
             row = bench_engine(engine, long, [0.0] * concurrency, "engine, long context")
             row.extra["context_tokens"] = max_seq_len
             self.record(row)
@@ -348,11 +384,19 @@ def targets(rows: list[Row]) -> dict:
 
 
 def ratios(rows: list[Row]) -> dict:
-    """Engine tok/s over every generate() row's tok/s."""
+    """Engine and Worker tok/s over every generate() row's tok/s; "worker/engine": the
+    Worker's tok/s over the engine's alone at each concurrency."""
     baselines = [r for r in rows if r.name.startswith("generate") and r.tok_per_s]
-    out = {}
+    out: dict = {}
+    engine = {r.concurrency: r for r in rows if r.name == "engine, together" and r.tok_per_s}
+    worker = {r.concurrency: r for r in rows if r.name == "worker, together" and r.tok_per_s}
+    if engine.keys() & worker.keys():
+        out["worker/engine"] = {
+            f"x{c}": round(worker[c].tok_per_s / engine[c].tok_per_s, 3)
+            for c in sorted(engine.keys() & worker.keys())
+        }
     for row in rows:
-        if row.name.startswith("engine") and row.tok_per_s:
+        if row.name.startswith(("engine", "worker")) and row.tok_per_s:
             key = f"{row.name} x{row.concurrency}"
             out[key] = {
                 f"{base.name} x{base.concurrency}": round(row.tok_per_s / base.tok_per_s, 2)
@@ -380,9 +424,13 @@ def print_row(row: Row) -> None:
 
 
 def print_table(result: dict) -> None:
+    lengths = result["prompt_lengths"]
     print(
-        f"\n{result['model']} on {result['device']}, {result['prompt_tokens']} prompt tokens "
-        f"({result['image_soft_tokens']} image soft tokens), {result['new_tokens']} new tokens"
+        f"\n{result['model']} on {result['device']}, prompts of {lengths['min']}-"
+        f"{lengths['max']} tokens (median {lengths['median']}; fitted to "
+        f"{lengths['fitted_to']}; {result['shared_prefix_tokens']} shared, "
+        f"{result['image_soft_tokens']} image soft tokens at most), "
+        f"{result['new_tokens']} new tokens"
     )
     print(HEADER)
     for row in result["rows"]:

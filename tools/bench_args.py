@@ -39,6 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--static-max-batch", type=int, default=8)
     parser.add_argument("--engine-concurrency", type=_ints, default=[1, 8, 64])
+    parser.add_argument(
+        "--worker-concurrency",
+        type=_ints,
+        default=[1, 8, 64],
+        help="then these bursts through the Worker as the bot sends them: a fresh 1280x960 "
+        "JPEG each, normalized and prepared on the clock ('': none)",
+    )
+    parser.add_argument(
+        "--prompt-lengths",
+        choices=("gemma-estimate", "tokenizer"),
+        default="gemma-estimate",
+        help="gemma-estimate: each prompt as long as Gemma 4's tokenizer would make it, "
+        "whatever tokenizer is loaded (tools/bench_prompts.py); tokenizer: as the loaded one "
+        "makes them (the bench before this option: to compare with its JSON)",
+    )
     parser.add_argument("--poisson-rate", type=float, default=16.0)
     parser.add_argument(
         "--closed-loop-rounds",

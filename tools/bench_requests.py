@@ -14,25 +14,31 @@ from tools.samples import draw_menu, draw_sign
 LANGUAGES = ("de", "en", "fr", "ja", "es", "ko", "it", "zh")
 
 
+def sample_photo(index: int, *, seed: int = 0) -> bytes:
+    """A sign (even `index`) or a menu, 1024x768, drawn from `seed + index`, normalized as
+    the bot does."""
+    draw = draw_sign if index % 2 == 0 else draw_menu
+    buffer = io.BytesIO()
+    draw(1024, 768, seed=seed + index).save(buffer, format="PNG")
+    return normalize_image(buffer.getvalue())
+
+
+def photo_request(index: int, photo: bytes, new_tokens: int, **fields) -> Request:
+    """The explain-the-photo request the bot sends for `photo`, in the index'th language,
+    asking for `new_tokens` whatever the model says."""
+    return Request(
+        language=LANGUAGES[index % len(LANGUAGES)],
+        images=(photo,),
+        max_new_tokens=new_tokens,
+        ignore_stop=True,
+        sampling=Sampling(temperature=0.0),
+        **fields,
+    )
+
+
 def make_requests(count: int, new_tokens: int, *, seed: int = 0) -> list[Request]:
-    """`count` photos (a sign or a menu, 1024x768, drawn from `seed` on), normalized as the
-    bot does, each asking for `new_tokens` whatever the model says."""
-    requests = []
-    for index in range(count):
-        draw = draw_sign if index % 2 == 0 else draw_menu
-        image = draw(1024, 768, seed=seed + index)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        requests.append(
-            Request(
-                language=LANGUAGES[index % len(LANGUAGES)],
-                images=(normalize_image(buffer.getvalue()),),
-                max_new_tokens=new_tokens,
-                ignore_stop=True,
-                sampling=Sampling(temperature=0.0),
-            )
-        )
-    return requests
+    """`count` photo requests (sample_photo, photo_request)."""
+    return [photo_request(i, sample_photo(i, seed=seed), new_tokens) for i in range(count)]
 
 
 FILLER = (

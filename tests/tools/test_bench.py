@@ -15,8 +15,8 @@ def test_bench_smoke_writes_every_row(tmp_path: Path) -> None:
     result = subprocess.run(
         [str(TRAVELBOT), "bench", "--tiny", "--new-tokens", "4", "--image-soft-tokens", "70",
          "--generate-batches", "1,2", "--generate-caches", "default", "--engine-concurrency",
-         "1,3", "--poisson-rate", "50", "--closed-loop-rounds", "2", "--fp8-experts", "3",
-         "--long-context", "3", "--max-slots", "4",
+         "1,3", "--worker-concurrency", "1,3", "--poisson-rate", "50", "--closed-loop-rounds",
+         "2", "--fp8-experts", "3", "--long-context", "3", "--max-slots", "4",
          "--max-seq-len", "1536", "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -28,6 +28,18 @@ def test_bench_smoke_writes_every_row(tmp_path: Path) -> None:
     assert ("engine, no prefix cache", 3) in names  # the same run's baseline for the cache
     assert data["shared_prefix_tokens"] >= 32 and data["prefix_cache"]["hits"] > 0
     assert ("generate() default cache", 2) in names
+    # the headline rows through the Worker, beside the engine's own, and their ratio
+    assert ("worker, together", 1) in names and ("worker, together", 3) in names
+    assert set(data["ratios"]["worker/engine"]) == {"x1", "x3"}
+    assert data["ratios"]["worker/engine"]["x3"] > 0
+    # the prompts as long as Gemma 4's tokenizer would make them, the Worker's alike
+    lengths = data["prompt_lengths"]
+    assert lengths["fitted_to"] == "gemma-estimate" and lengths["chars_per_token"] == 4
+    assert lengths["min"] <= lengths["median"] <= lengths["max"] < lengths["min"] + 8
+    for row in data["rows"]:
+        if row["name"] in ("engine, together", "worker, together", "engine, no prefix cache"):
+            shortest, longest = row["extra"]["prompt_tokens_min_max"]
+            assert lengths["min"] <= shortest <= longest <= lengths["max"], row
     # the photo cache keeps photos as it does while serving; a row's photos are forgotten
     # after it, so no other row (nor a closed loop's later round: new photos) finds them
     for row in data["rows"]:
