@@ -28,7 +28,12 @@ from inference.runtime.config import EnginePaths, RuntimeConfig
 from inference.runtime.gemma4 import fp8_experts
 from inference.types import Request
 from tools.bench_prompts import CHARS_PER_TOKEN, PromptFitter, length_stats
-from tools.bench_requests import long_context_requests, make_requests, photo_request
+from tools.bench_requests import (
+    LANGUAGES,
+    long_context_requests,
+    make_requests,
+    photo_request,
+)
 from tools.bench_rows import (
     GpuTimer,
     Row,
@@ -150,7 +155,7 @@ class Bench:
         self.shapes = None  # the prompts' messages fitted per language (bench_prompts)
         if args.prompt_lengths == "gemma-estimate":
             fitter = PromptFitter(self.base, self.plain[0].images[0])
-            self.shapes = {lang: fitter.shape(lang) for lang in {r.language for r in self.plain}}
+            self.shapes = {language: fitter.shape(language) for language in LANGUAGES}
         self.requests = [self.fitted(request) for request in self.plain]
         self.fresh_seed = count  # photos not seen yet are drawn from here on
         self.runtime = runtime_config(args)
