@@ -41,10 +41,19 @@ from tools.bench_rows import (
     bench_engine,
     bench_generate,
     reset_peak,
+    synchronize,
 )
 from tools.bench_worker import phone_photos, worker_rows
 
-__all__ = ["GpuTimer", "full_size_random_engine", "load_engine", "make_requests", "write"]
+# what tools/ (profile_decode, greedy_tokens, fp8_check) and scripts/ take from here
+__all__ = [
+    "GpuTimer",
+    "full_size_random_engine",
+    "load_engine",
+    "make_requests",
+    "synchronize",
+    "write",
+]
 
 
 # -- model ------------------------------------------------------------------------------------
