@@ -109,7 +109,7 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
 
     async def hold_job(self, job_id: int, *, max_held: int | None = None) -> None:
         """Keep a pending job back until its user asks for it (release_job); of the user's
-        held jobs beyond the newest `max_held`, the older fail (their question dropped)."""
+        held jobs beyond the newest `max_held`, the older fail (their texts dropped)."""
         async with self._transaction():
             row = await self._one(
                 "UPDATE jobs SET held = 1, updated_at = ? WHERE id = ? AND status = 'pending'"
@@ -119,7 +119,7 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
             if row is None or max_held is None:
                 return
             await self._db.execute(
-                "UPDATE jobs SET status = 'failed', question = NULL, updated_at = ?"
+                "UPDATE jobs SET status = 'failed', question = NULL, quoted = NULL, updated_at = ?"
                 " WHERE id IN (SELECT id FROM jobs WHERE user_id = ? AND held"
                 " AND status = 'pending' ORDER BY id DESC LIMIT -1 OFFSET ?)",
                 (utc_now(), row[0], max_held),
