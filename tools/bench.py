@@ -289,11 +289,12 @@ class Bench:
                 self.record(bench_closed_loop(engine, [chosen, *later]))
 
     def long_context_rows(self, engine: BatchEngine) -> None:
-        """Follow-ups whose conversations fill the context (their earlier photos from the
-        photo cache, as a conversation's are)."""
+        """Follow-ups whose conversations fill the context, the prompts fitted as the
+        others are (each one's earlier photo is another's photo of the row)."""
         max_seq_len = self.args.max_seq_len
         for concurrency in self.args.long_context:
-            long = long_context_requests(self.base, self.plain[:concurrency], max_seq_len)
+            chosen = self.plain[:concurrency]
+            long = long_context_requests(self.base, chosen, max_seq_len, self.fitted)
             row = bench_engine(engine, long, [0.0] * concurrency, "engine, long context")
             row.extra["context_tokens"] = max_seq_len
             self.record(row)

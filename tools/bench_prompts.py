@@ -49,16 +49,20 @@ def estimated_tokens(text: str, special_tokens: frozenset[str]) -> int:
 
 @dataclass(frozen=True)
 class PromptShape:
-    """One answer language's fitted messages: `messages` with the photo left out."""
+    """One answer language's fitted texts: the system prompt and the photo's task."""
 
-    messages: tuple[ChatMessage, ...]
+    system: str
+    task: str
     prefix_tokens: int  # the shared prefix's, estimated and fitted
     text_tokens: int  # the whole prompt's text tokens (each photo's placeholder one)
 
     def request(self, plain: Request) -> Request:
-        """`plain` (a photo request) with these messages around its photo."""
-        user = replace(self.messages[-1], images=plain.images)
-        return replace(plain, chat=(*self.messages[:-1], user))
+        """`plain` (a photo request, a follow-up or not) as the travel assistant's chat
+        with the fitted system prompt and task."""
+        messages = travel_chat(plain)
+        first, last = replace(messages[0], text=self.system), messages[-1]
+        chat = (first, *messages[1:-1], replace(last, text=self.task))
+        return replace(plain, chat=chat)
 
 
 class PromptFitter:
@@ -97,8 +101,7 @@ class PromptFitter:
             return self.count(self.render((*messages[:-1], replace(messages[-1], text=text))).text)
 
         task = self.fit(messages[-1].text, lambda t: rest_tokens(t) - prefix, rest_target)
-        fitted = (*messages[:-1], replace(messages[-1], text=task, images=()))
-        return PromptShape(fitted, prefix, rest_tokens(task))
+        return PromptShape(system, task, prefix, rest_tokens(task))
 
     def fit(self, text: str, count: Callable[[str], int], target: int) -> str:
         """`text` cut at a word and padded so that `count` of it is `target` (just under

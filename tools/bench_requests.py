@@ -4,6 +4,7 @@ follow-ups whose conversations fill the context."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import replace
 
 from inference.engine import GemmaEngine
@@ -48,11 +49,15 @@ FILLER = (
 
 
 def long_context_requests(
-    engine: GemmaEngine, requests: list[Request], context_tokens: int
+    engine: GemmaEngine,
+    requests: list[Request],
+    context_tokens: int,
+    fitted: Callable[[Request], Request] = lambda request: request,
 ) -> list[Request]:
     """Each request as the follow-up of a conversation that fills `context_tokens` with its
     answer: an earlier photo, three long answers and two questions before this turn's
-    photo (the bot keeps six earlier turns). The answers' length is found with request 0."""
+    photo (the bot keeps six earlier turns), its prompt as `fitted` makes it. The answers'
+    length is found with request 0."""
 
     def follow_up(request: Request, earlier: Request, units: int) -> Request:
         third = [FILLER.format(n=n) for n in range(units)]
@@ -65,7 +70,7 @@ def long_context_requests(
             Turn("user", "And which are vegetarian?"),
             Turn("model", answers[2]),
         )
-        return replace(request, history=history)
+        return fitted(replace(request, history=history))
 
     def tokens(units: int) -> int:
         request = follow_up(requests[0], requests[-1], units)

@@ -77,3 +77,27 @@ def test_bench_smoke_writes_every_row(tmp_path: Path) -> None:
     # closed engines are freed before the next rows measure their peak memory
     assert data["closed_engine_released"] and data["fp8 experts engine released"]
     assert data["no prefix cache engine released"]  # the cache's baseline: an engine of its own
+
+
+def test_bench_keeps_the_tokenizers_own_prompt_lengths_when_asked(tmp_path: Path) -> None:
+    """--prompt-lengths tokenizer: the prompts as the loaded tokenizer makes them (the tiny
+    one learned the system prompt: shorter than the estimate), for a before/after against
+    a bench that had no other lengths."""
+    lengths = {}
+    for fitted_to in ("tokenizer", "gemma-estimate"):
+        out = tmp_path / f"{fitted_to}.json"
+        result = subprocess.run(
+            [str(TRAVELBOT), "bench", "--tiny", "--new-tokens", "2", "--image-soft-tokens", "70",
+             "--generate-batches", "", "--engine-concurrency", "1", "--worker-concurrency", "",
+             "--long-context", "", "--max-slots", "2", "--max-seq-len", "1024",
+             "--prompt-lengths", fitted_to, "--out", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        data = json.loads(out.read_text())
+        assert data["prompt_lengths"]["fitted_to"] == fitted_to
+        row = next(r for r in data["rows"] if r["name"] == "engine, together")
+        assert row["extra"]["prompt_tokens_min_max"][0] == data["prompt_lengths"]["min"]
+        lengths[fitted_to] = data["shared_prefix_tokens"], data["prompt_lengths"]["min"]
+    assert lengths["tokenizer"][0] < lengths["gemma-estimate"][0]
+    assert lengths["tokenizer"][1] < lengths["gemma-estimate"][1]
