@@ -225,6 +225,13 @@ class GemmaEngine:
             return inputs, ()
         return inputs, tuple(ids[:common])
 
+    def shared_prefix_tokens(self) -> int:
+        """How many tokens every traveller's prompt shares (the system prompt in the chat
+        template), thinking on or off."""
+        asked = (Request(language="en", question="?", think=think) for think in (False, True))
+        prompts = (self.build_prompt(request) for request in asked)
+        return max(len(self._prefix_ids(prompt.shared_prefix)) for prompt in prompts)
+
     def soft_tokens_per_photo(self, num_photos: int) -> int:
         """Each photo's soft-token budget in a prompt with `num_photos` photos (see
         PHOTOS_AT_FULL_BUDGET)."""

@@ -167,7 +167,6 @@ class Bench:
         self.requests = [self.fitted(request) for request in self.plain]
         self.fresh_seed = count  # photos not seen yet are drawn from here on
         self.runtime = runtime_config(args)
-        self.paths = EnginePaths(overlap_steps=not args.no_overlap)
         device = self.device
         self.result = {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -180,6 +179,9 @@ class Bench:
             "rows": [],
         }
         self.rows: list[Row] = []
+        # the kept prefix fitted to the fitted system prompt, as the engine fits its own
+        shared = self.result["shared_prefix_tokens"]
+        self.paths = EnginePaths(overlap_steps=not args.no_overlap, kept_prefix_positions=shared)
 
     def fitted(self, request: Request) -> Request:
         """`request` with its prompt as long as --prompt-lengths says."""

@@ -80,6 +80,7 @@ class BatchEngine:
             fused_experts_max_tokens=self.patch.experts.fused_max_tokens,
             fp8_experts=fp8_experts.any_quantized(model),
             fp8_kv_cache=any(k.dtype == fp8_experts.FP8 for k in self.runner.cache.keys),
+            kept_prefix_positions=self.runner.cache.prefix_capacity,
             triton_prompt_attention=self.runner.prompt_kernel,
             seconds=round(time.monotonic() - started, 2),
         )
@@ -89,10 +90,13 @@ class BatchEngine:
         layers only where there is a prefix cache (else no buffer, no graphs that read it,
         no kernel check for it)."""
         gpu = self.base.model.device.type == "cuda"
+        kept = paths.kept_prefix_positions
+        if kept is None:
+            kept = self.base.shared_prefix_tokens()
         return replace(
             paths,
             fused_norms=gpu if paths.fused_norms is None else paths.fused_norms,
-            kept_prefix_positions=paths.kept_prefix_positions if runtime.prefix_cache_tokens else 0,
+            kept_prefix_positions=kept if runtime.prefix_cache_tokens else 0,
         )
 
     def _runtime_here(self, runtime: RuntimeConfig) -> RuntimeConfig:

@@ -75,8 +75,10 @@ class EnginePaths:
     attend_lengths: tuple[int, ...] | None = None
     # the sliding layers keep a cached prefix of up to this many positions (the first one
     # that fits: the system prompt) once for all slots, not in every slot's ring: a decode
-    # step reads it once and fewer ring positions a row; 0: every slot keeps its own copy
-    kept_prefix_positions: int = 512
+    # step reads it once and fewer ring positions a row; 0: every slot keeps its own copy;
+    # None: as many as the system prompt takes in this checkpoint's tokenizer (a fixed size
+    # would silently keep nothing once a prompt or tokenizer makes it longer)
+    kept_prefix_positions: int | None = None
 
     def check(self, runtime: RuntimeConfig) -> None:
         """FP8 experts run only in the own layers, FP8 keys and values only through the own

@@ -184,6 +184,22 @@ def test_decode_after_the_kept_system_prompt_equals_decode_over_whole_slots(
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_the_kept_prefix_fits_the_system_prompt_however_long(tiny_engine: GemmaEngine) -> None:
+    """Its room follows this tokenizer's count of the system prompt: a fixed 512 kept
+    nothing once the prompt grew past it (Gemma 4's own tokenizer may well count ~530)."""
+    runtime = RuntimeConfig(max_slots=2, max_seq_len=1024, cuda_graphs=False)
+    engine = BatchEngine(tiny_engine, runtime)
+    try:
+        tokens = tiny_engine.shared_prefix_tokens()
+        assert engine.runner.cache.prefix_capacity == -(-tokens // 64) * 64
+        seq = engine.prepare(Request(language="ja", question="Exit?"))
+        assert 0 < len(seq.prefix) <= tokens
+        engine.runner.prefill([seq.inputs], [0], seq.prefix)
+        assert engine.runner.cache.slot_skip[0] == len(seq.prefix)  # kept, not in its ring
+    finally:
+        engine.close()
+
+
 def test_each_decode_step_finds_a_graph_that_reads_enough_of_the_ring() -> None:
     lengths = attend_length_buckets(4096, None)
 
