@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 import structlog
 from telegram import BotCommand, Update
 from telegram.ext import (
-    AIORateLimiter,
     Application,
     CallbackQueryHandler,
     CommandHandler,
@@ -26,6 +25,7 @@ from bot.context import SERVICES_KEY, BotContext, Services
 from bot.handlers import callbacks, commands, currency, diet, messages, updates
 from bot.health import serving_health
 from bot.polling import PollingRequest
+from bot.rate_limiter import SendRateLimiter
 from bot.recovery import recover_jobs
 from bot.webhook import WebhookReceiver
 
@@ -45,7 +45,7 @@ def build_application(services: Services) -> Application:
         .concurrent_updates(settings.max_concurrent_updates)
         .get_updates_request(PollingRequest())
         .rate_limiter(
-            AIORateLimiter(
+            SendRateLimiter(
                 overall_max_rate=settings.telegram_messages_per_second,
                 group_max_rate=settings.telegram_messages_per_minute_per_group,
                 max_retries=settings.telegram_max_retries,

@@ -137,3 +137,27 @@ async def test_a_flood_of_button_presses_does_not_hold_up_others(bot: RunningBot
         timeout=30,
     )
     assert time.monotonic() - started < 10  # the flood itself is read: 1,000 updates
+
+
+@pytest.mark.settings(telegram_messages_per_minute_per_group=20)
+async def test_forged_buttons_naming_a_group_leave_its_messages_alone(bot: RunningBot) -> None:
+    """A press for a group's data asks Telegram whether the presser is its admin
+    (getChatMember). Counted among the group's 20 messages a minute, two members' 30 forged
+    presses made the next answer there wait half a minute."""
+    server, t = bot.server, bot.services.texts
+    chat, ann = -30_200, TgUser(id=30_201, language_code="en")
+    for attacker in (TgUser(id=30_202), TgUser(id=30_203)):
+        mark = server.mark()
+        server.send_text(attacker, "/help")
+        await server.wait_for(lambda c: c.method == "sendMessage", after=mark)
+        [message] = server.messages(attacker.id)
+        for _ in range(15):
+            server.press_button(attacker, message, f"forget:no:{chat}")
+    await asyncio.sleep(1)  # the presses are answered: "not yours"
+    mark, started = server.mark(), time.monotonic()
+    server.send_text(ann, "/help", chat_id=chat, chat_type="supergroup")
+    told = await server.wait_for(
+        lambda c: c.method == "sendMessage" and c.params["chat_id"] == chat, after=mark, timeout=60
+    )
+    assert told.params["text"].startswith(t.get("en", "help", language="English", think="x")[:20])
+    assert time.monotonic() - started < 3
