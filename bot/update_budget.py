@@ -1,13 +1,14 @@
 """Flood control per user: each update a user sends may cost the bot a message, and all the
 bot's messages share Telegram's 30 a second, so one user pressing a button a thousand times
 (or sending /diet as often) would hold up everyone. A token bucket per user: BURST updates
-at once (an album is 10), then PER_SECOND; the rest are dropped before any work is done."""
+at once, then PER_SECOND; the rest are dropped before any work is done. 30 photos chosen at
+once reach the bot as three albums of 10 (one update a page): the burst takes them whole."""
 
 from __future__ import annotations
 
 import time
 
-BURST = 20
+BURST = 40
 PER_SECOND = 1.0
 MAX_TRACKED = 10_000  # users in the table before the ones with a full bucket are dropped
 

@@ -262,3 +262,17 @@ async def test_an_album_whose_caption_is_too_long_is_refused_whole_once(bot: Run
     assert requests == []
     assert await bot.storage.count_jobs_by_status() == {"failed": 1}
     assert await bot.storage.get_open_albums() == []
+
+
+async def test_thirty_photos_chosen_at_once_are_three_whole_albums(bot: RunningBot) -> None:
+    """The app sends them as three albums of 10, 30 updates at once: none is taken for a
+    flood (bot/update_budget.py)."""
+    user = TgUser(id=7009, language_code="en")
+    requests = seen_requests(bot)
+    for _ in range(3):
+        bot.server.send_album(user, pages(10))
+    for _ in range(600):
+        if len(requests) == 3:
+            break
+        await asyncio.sleep(0.1)
+    assert sorted(len(r.images) for r in requests) == [10, 10, 10]
