@@ -260,15 +260,19 @@ class GemmaEngine:
     def _token_ids(self, text: str) -> tuple[int, ...]:
         return tuple(self.tokenizer(text, add_special_tokens=False).input_ids)
 
+    def photo_features(self, images: tuple[bytes, ...]) -> dict:
+        """The image processor's output for a prompt's normalized photos."""
+        return self.image_processor(
+            images=[decode_image(image) for image in images],
+            max_soft_tokens=self.soft_tokens_per_photo(len(images)),
+            return_tensors="pt",
+        )
+
     def _inputs(self, prompt: Prompt, *, on_device: bool) -> dict:
         text = prompt.text
         tensors: dict = {}
         if prompt.images:
-            features = self.image_processor(
-                images=[decode_image(image) for image in prompt.images],
-                max_soft_tokens=self.soft_tokens_per_photo(len(prompt.images)),
-                return_tensors="pt",
-            )
+            features = self.photo_features(prompt.images)
             pieces = text.split(IMAGE_PLACEHOLDER)
             expanded = [pieces[0]]
             for count, piece in zip(features["num_soft_tokens_per_image"], pieces[1:], strict=True):
