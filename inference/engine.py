@@ -261,11 +261,25 @@ class GemmaEngine:
         return tuple(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def photo_features(self, images: tuple[bytes, ...]) -> dict:
-        """The image processor's output for a prompt's normalized photos."""
-        return self.image_processor(
-            images=[decode_image(image) for image in images],
-            max_soft_tokens=self.soft_tokens_per_photo(len(images)),
-            return_tensors="pt",
+        """The image processor's output for a prompt's normalized photos. They are resized
+        here, as the processor would (its size, its filter: the same pixels), and not there:
+        its resize converts the whole photo from numpy to Pillow and back."""
+        from transformers.models.gemma4.image_processing_pil_gemma4 import (
+            get_aspect_ratio_preserving_size,
+        )
+
+        soft_tokens = self.soft_tokens_per_photo(len(images))
+        processor = self.image_processor
+        pooling = processor.pooling_kernel_size
+        photos = []
+        for image in images:
+            photo = decode_image(image)
+            height, width = get_aspect_ratio_preserving_size(
+                photo.height, photo.width, processor.patch_size, soft_tokens * pooling**2, pooling
+            )
+            photos.append(photo.resize((width, height), processor.resample))
+        return processor(
+            images=photos, max_soft_tokens=soft_tokens, do_resize=False, return_tensors="pt"
         )
 
     def _inputs(self, prompt: Prompt, *, on_device: bool) -> dict:

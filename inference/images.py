@@ -35,6 +35,12 @@ class ImageLimits:
     max_side: int = 2048  # larger photos are downscaled; the model sees at most ~1.9k px a side
 
 
+# The most pixels Gemma 4's image processor takes of a photo: 1,120 soft tokens (its largest
+# budget) of 3 x 3 patches of 16 x 16 px. A JPEG is decoded at a reduced scale (its DCT's,
+# far cheaper than decoding it whole and shrinking it) only while it keeps at least these.
+MODEL_MAX_PIXELS = 1120 * 9 * 16 * 16
+
+
 def normalize_image(data: bytes, limits: ImageLimits = ImageLimits()) -> bytes:
     """Validate `data` and return it as an upright RGB JPEG no larger than `max_side`.
 
@@ -45,6 +51,7 @@ def normalize_image(data: bytes, limits: ImageLimits = ImageLimits()) -> bytes:
     image = _open(data, limits)
     try:
         image.seek(0)  # first frame of an animation
+        _draft_pixels(image, MODEL_MAX_PIXELS)  # before rotating: that decodes it
         image = ImageOps.exif_transpose(image)
         image.thumbnail((limits.max_side, limits.max_side), Image.Resampling.LANCZOS)
         rgb = _to_rgb(image)
@@ -66,6 +73,15 @@ def decode_image(data: bytes) -> Image.Image:
     """Decode bytes produced by normalize_image (trusted) into an RGB image."""
     with Image.open(io.BytesIO(data)) as image:
         return image.convert("RGB")
+
+
+def _draft_pixels(image: Image.Image, min_pixels: int) -> None:
+    """Let a JPEG decode at the smallest scale that keeps at least `min_pixels`."""
+    width, height = image.size
+    for scale in (8, 4, 2):
+        if (width // scale) * (height // scale) >= min_pixels:
+            image.draft(None, (width // scale, height // scale))
+            return
 
 
 def _open(data: bytes, limits: ImageLimits) -> Image.Image:
