@@ -51,12 +51,15 @@ class GemmaEngine:
         """An engine over an already loaded model (see `load` for a checkpoint directory)."""
         import torch
 
+        from inference.photo_features import check_processor
+
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.device = model.device
         self.dtype = model.dtype
         self.image_soft_tokens = image_soft_tokens or image_processor.max_soft_tokens
+        check_processor(image_processor)
         if not tokenizer.chat_template:
             raise ModelNotFound(
                 f"The checkpoint's tokenizer has no chat template (chat_template.jinja, or "
@@ -261,26 +264,13 @@ class GemmaEngine:
         return tuple(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def photo_features(self, images: tuple[bytes, ...]) -> dict:
-        """The image processor's output for a prompt's normalized photos. They are resized
-        here, as the processor would (its size, its filter: the same pixels), and not there:
-        its resize converts the whole photo from numpy to Pillow and back."""
-        from transformers.models.gemma4.image_processing_pil_gemma4 import (
-            get_aspect_ratio_preserving_size,
-        )
+        """The image processor's output for a prompt's normalized photos (its values, made
+        with torch: inference.photo_features)."""
+        from inference.photo_features import photo_features
 
         soft_tokens = self.soft_tokens_per_photo(len(images))
-        processor = self.image_processor
-        pooling = processor.pooling_kernel_size
-        photos = []
-        for image in images:
-            photo = decode_image(image)
-            height, width = get_aspect_ratio_preserving_size(
-                photo.height, photo.width, processor.patch_size, soft_tokens * pooling**2, pooling
-            )
-            photos.append(photo.resize((width, height), processor.resample))
-        return processor(
-            images=photos, max_soft_tokens=soft_tokens, do_resize=False, return_tensors="pt"
-        )
+        photos = [decode_image(image) for image in images]
+        return photo_features(photos, self.image_processor, soft_tokens)
 
     def _inputs(self, prompt: Prompt, *, on_device: bool) -> dict:
         text = prompt.text

@@ -7,6 +7,7 @@ Torch runs only in the engine thread; events cross back with call_soon_threadsaf
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 from collections import deque
@@ -29,6 +30,10 @@ from inference.types import (
 )
 
 log = structlog.get_logger()
+
+# A prefill takes at most 16 prompts (RuntimeConfig.deep_queue_prefill_seqs): more threads
+# would prepare further ahead than the engine takes, and only contend for the GIL.
+MAX_PREP_THREADS = 16
 
 
 class Engine(Protocol):
@@ -108,13 +113,28 @@ class _Job:
         self.loop.call_soon_threadsafe(self.events.put_nowait, item)
 
 
+def host_prep_threads() -> int:
+    """Preparing threads for this host: one a CPU the process may use, less the engine
+    thread's, at most MAX_PREP_THREADS."""
+    usable = (
+        os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    )
+    return max(1, min(MAX_PREP_THREADS, len(usable) - 1))
+
+
 class Worker:
     def __init__(
-        self, engine_factory: Callable[[], Engine], *, max_queue: int = 64, prep_threads: int = 4
+        self,
+        engine_factory: Callable[[], Engine],
+        *,
+        max_queue: int = 64,
+        prep_threads: int | None = None,  # None: host_prep_threads()
     ) -> None:
         self._engine_factory = engine_factory
         self._engine: Engine | None = None
-        self._prep_pool = ThreadPoolExecutor(prep_threads, thread_name_prefix="inference-prep")
+        self._prep_pool = ThreadPoolExecutor(
+            prep_threads or host_prep_threads(), thread_name_prefix="inference-prep"
+        )
         self._num_preparing = 0
         self.max_queue = max_queue
         self._pending: deque[_Job] = deque()

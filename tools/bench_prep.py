@@ -174,7 +174,9 @@ def time_throughput(engine: GemmaEngine, threads: list[int], num_photos: int) ->
         for count in threads:
             with ThreadPoolExecutor(count) as pool:
                 list(pool.map(one, photos[:count]))  # warm the threads
-                seconds, lag = engine_lag(lambda pool=pool: list(pool.map(one, photos)))
+                seconds, lag = engine_lag(
+                    lambda pool=pool, photos=photos: list(pool.map(one, photos))
+                )
             rows.append(
                 {
                     "photo": name,
