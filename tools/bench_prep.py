@@ -70,7 +70,7 @@ class GilProbe:
     def _run(self) -> None:
         while not self._stop:
             self._counting.wait()
-            while self._counting.is_set():
+            while self._counting.is_set() and not self._stop:
                 self.count += 1
 
     def _calibrate(self) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ from inference import (
     normalize_image,
 )
 from inference.images import photo_key
+from inference.worker import MAX_PREP_THREADS, host_prep_threads
 from tests.conftest import small_photo
 
 GREEDY = Sampling(temperature=0.0)
@@ -178,3 +180,10 @@ async def test_forget_returns_on_either_engine(worker: Worker) -> None:
     """The generate() engine keeps nothing: forget has nothing to do, and returns."""
     await collect(worker, Request(language="en", question="hi", owner="a", max_new_tokens=2))
     await worker.forget("a")
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(1, 1), (2, 1), (16, 15), (64, MAX_PREP_THREADS)])
+def test_the_prep_pool_is_sized_to_the_host(monkeypatch, cpus: int, threads: int) -> None:
+    """A thread a CPU this process may use, less the engine thread's, within bounds."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    assert host_prep_threads() == threads
