@@ -54,10 +54,10 @@ def photo_jpeg(width: int, height: int, orientation: int | None, *, seed: int = 
 
 
 class GilProbe:
-    """A thread counting in pure Python: its progress while a stage runs is the time the
-    stage let it have the GIL; the rest of the stage's time it held the GIL. On a busy
-    machine the probe also loses time to other processes, so the least of several calls
-    is the estimate."""
+    """A thread counting in pure Python: its progress while a stage runs, against its
+    progress over as long a sleep right after (the GIL free, the machine as busy), is the
+    share of the stage's time it could run; the rest of that time the stage held the GIL.
+    Other processes taking the CPU still add to it: the least of several calls counts."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -65,7 +65,6 @@ class GilProbe:
         self._stop = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
-        self.rate = self._calibrate()
 
     def _run(self) -> None:
         while not self._stop:
@@ -73,25 +72,18 @@ class GilProbe:
             while self._counting.is_set() and not self._stop:
                 self.count += 1
 
-    def _calibrate(self) -> float:
-        rates = []
-        self._counting.set()
-        for _ in range(5):
-            start, started = self.count, time.perf_counter()
-            time.sleep(0.1)  # the main thread waits without the GIL
-            rates.append((self.count - start) / (time.perf_counter() - started))
-        self._counting.clear()
-        return max(rates)  # the least disturbed by other processes
+    def _counted(self, call: Callable[[], object]) -> tuple[int, float]:
+        start, started = self.count, time.perf_counter()
+        call()
+        return self.count - start, time.perf_counter() - started
 
     def gil_ms(self, stage: Callable[[], object]) -> float:
         """Milliseconds one call of `stage` holds the GIL."""
         self._counting.set()
-        start, started = self.count, time.perf_counter()
-        stage()
-        wall = time.perf_counter() - started
-        free = (self.count - start) / self.rate
+        during, wall = self._counted(stage)
+        free, slept = self._counted(lambda: time.sleep(wall))  # no GIL held
         self._counting.clear()
-        return max(0.0, wall - free) * 1000
+        return max(0.0, wall - during / (free / slept)) * 1000 if free else wall * 1000
 
     def close(self) -> None:
         self._stop = True
