@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import io
 
+import pytest
 import torch
 from PIL import Image, ImageOps
 from transformers import Gemma4ImageProcessorPil
 
 from inference import GemmaEngine, Request
 from inference.images import decode_image, normalize_image, photo_key
+from inference.types import ImageRejected
 from tests.conftest import png_bytes, small_photo
 from tools.bench_prep import photo_jpeg
 from tools.samples import draw_menu
@@ -88,3 +90,24 @@ def test_the_engines_photo_features_are_the_processors(tiny_engine: GemmaEngine)
         assert torch.equal(
             inputs["pixel_values"], before["pixel_values"].to(inputs["pixel_values"].dtype)
         )
+
+
+def test_odd_large_jpegs_are_reduced_and_broken_ones_refused() -> None:
+    """Progressive, CMYK and multi-picture (MPO) JPEGs take the reduced decode too; a
+    truncated one is still refused as corrupt."""
+    photos = {
+        "progressive": (Image.new("RGB", (4032, 3024), "blue"), {"progressive": True}),
+        "CMYK": (Image.new("CMYK", (4032, 3024), (0, 0, 0, 0)), {}),
+        "MPO": (Image.new("RGB", (4032, 3024), "red"), {"format": "MPO", "save_all": True,
+                "append_images": [Image.new("RGB", (4032, 3024), "green")]}),
+    }  # fmt: skip
+    for name, (image, options) in photos.items():
+        buffer = io.BytesIO()
+        image.save(buffer, **{"format": "JPEG", **options})
+        data = buffer.getvalue()
+        normalized = decode_image(normalize_image(data))
+        assert normalized.size == (2016, 1512), name
+        assert normalized.getpixel((5, 5)) == decode_image(normalized_before(data)).getpixel((5, 5))
+        with pytest.raises(ImageRejected) as rejected:
+            normalize_image(data[: len(data) // 2])
+        assert rejected.value.reason == "corrupt", name
