@@ -25,7 +25,7 @@ from bot.settings import Settings
 from inference import ImageLimits, normalize_image
 from tools.samples import draw_scene, draw_text_page
 
-SIZE = (2048, 1536)  # what normalize_image makes of a 4:3 phone photo
+SIZE = (2048, 1536)  # about what normalize_image makes of a 4:3 phone photo (2016x1512)
 REPEATS = 5
 
 

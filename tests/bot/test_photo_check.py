@@ -17,7 +17,7 @@ from inference import normalize_image
 from tests.conftest import png_bytes, small_photo
 from tools.samples import draw_menu, draw_scene, draw_sign, draw_text_page
 
-W, H = 2048, 1536  # what normalize_image makes of a 12 MP phone photo
+W, H = 2048, 1536  # about what normalize_image makes of a 12 MP phone photo (2016x1512)
 
 
 def page(font_px: int = 40, size: tuple[int, int] = (W, H)) -> Image.Image:
