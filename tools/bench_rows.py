@@ -21,8 +21,7 @@ from inference.engine import GemmaEngine
 from inference.runtime.batch_engine import BatchEngine
 from inference.runtime.sequence import Sequence, Status
 from inference.types import Delta, Finished, Request
-
-PREP_THREADS = 4  # as the worker's pool, before arrival
+from inference.worker import host_prep_threads
 
 
 @dataclass
@@ -246,7 +245,7 @@ def bench_engine(
     if device.type == "cuda":  # the allocator keeps its cache, as it does while serving
         torch.cuda.reset_peak_memory_stats(device)
     owner = f"bench {name} x{concurrency}"
-    with ThreadPoolExecutor(PREP_THREADS) as pool:  # as the worker does, before arrival
+    with ThreadPoolExecutor(host_prep_threads()) as pool:  # off the clock: before arrival
         prepared = list(pool.map(engine.prepare, [replace(r, owner=owner) for r in requests]))
     tracked = [Tracked(seq) for seq in prepared]
     photos_before = engine.runner.photos.stats()
