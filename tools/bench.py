@@ -394,8 +394,8 @@ def targets(rows: list[Row]) -> dict:
     out = {}
     for what, name, concurrency, field_name, bound, at_most in TARGETS:
         row = next((r for r in rows if (r.name, r.concurrency) == (name, concurrency)), None)
-        if row is not None and not row.error:
-            value = getattr(row, field_name)
+        value = getattr(row, field_name) if row is not None and not row.error else None
+        if value is not None:
             met = value <= bound if at_most else value >= bound
             out[what] = {"value": value, "bound": bound, "at_most": at_most, "met": met}
     return out
@@ -435,10 +435,14 @@ def print_row(row: Row) -> None:
         return
     print(
         f"{row.name:<28} {row.concurrency:>5} {row.tok_per_s:>9.1f} {row.images_per_s:>7.2f} "
-        f"{row.ttft_p50_ms:>9.1f} {row.ttft_p95_ms:>9.1f} {row.decode_step_ms:>8.2f} "
+        f"{_ms(row.ttft_p50_ms)} {_ms(row.ttft_p95_ms)} {row.decode_step_ms:>8.2f} "
         f"{row.peak_memory_gib:>9.2f}",
         flush=True,
     )
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:>9.1f}" if value is not None else f"{'n/a':>9}"
 
 
 def print_table(result: dict) -> None:

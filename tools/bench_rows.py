@@ -32,8 +32,8 @@ class Row:
     seconds: float = 0.0
     tok_per_s: float = 0.0
     images_per_s: float = 0.0
-    ttft_p50_ms: float = 0.0
-    ttft_p95_ms: float = 0.0
+    ttft_p50_ms: float | None = None  # None: no request showed a first token
+    ttft_p95_ms: float | None = None
     decode_step_ms: float = 0.0
     peak_memory_gib: float = 0.0
     error: str | None = None
@@ -132,11 +132,13 @@ class GcPauses:
 # -- one request's times, from its events --------------------------------------------------------
 @dataclass
 class Tracked:
-    """A request's times (seconds on the row's clock) as its events arrive: the first
-    Delta is its first token as the bot sees it."""
+    """A request's times (seconds on the row's clock) as its events arrive: its first
+    token read back (engine rows, from the held sequence), else its first Delta, the first
+    text as the bot sees it (random weights may never decode to visible text)."""
 
     seq: Sequence | None = None  # the prepared sequence (engine rows)
     arrival: float | None = None  # None: not sent yet
+    first_token: float | None = None
     first_text: float | None = None
     tokens_before_text: int = 0  # tokens read back before the first visible text (engine rows)
     done: float | None = None
@@ -152,30 +154,38 @@ class Tracked:
             return False
         self.done, self.tokens = now, event.num_output_tokens
         self.prompt_tokens = event.num_prompt_tokens
-        if self.first_text is None:  # no visible text at all: its end is its first answer
-            self.first_text = now
         return True
+
+    def saw_token(self, now: float) -> None:
+        if self.first_token is None and self.seq is not None and self.seq.output_ids:
+            self.first_token = now
+
+    @property
+    def first_answer(self) -> float | None:
+        return self.first_token if self.first_token is not None else self.first_text
 
 
 def timed_row(row: Row, tracked: list[Tracked], device: torch.device) -> Row:
     """Fill `row`'s throughput and time-to-first-text from its requests' times."""
     start = min(state.arrival for state in tracked)
     wall = max(state.done for state in tracked) - start
-    first = [(state.first_text - state.arrival) * 1000 for state in tracked]
     row.output_tokens = sum(state.tokens for state in tracked)
     row.seconds = round(wall, 3)
     row.tok_per_s = round(row.output_tokens / wall, 1)
     row.images_per_s = round(len(tracked) / wall, 2)
-    row.ttft_p50_ms = round(statistics.median(first), 1)
-    row.ttft_p95_ms = round(percentile(first, 0.95), 1)
     row.peak_memory_gib = peak_gib(device)
     row.extra["requests"] = len(tracked)
-    # a burst's two phases: until every request has its first text (prefills, with decode
+    if any(state.first_answer is None for state in tracked):
+        return row  # no first token to time
+    first = [(state.first_answer - state.arrival) * 1000 for state in tracked]
+    row.ttft_p50_ms = round(statistics.median(first), 1)
+    row.ttft_p95_ms = round(percentile(first, 0.95), 1)
+    # a burst's two phases: until every request has its first token (prefills, with decode
     # steps between them), then the decode steps after the last prefill
-    last_first = max(state.first_text for state in tracked) - start
+    last_first = max(state.first_answer for state in tracked) - start
     row.extra["until_last_first_token_s"] = round(last_first, 3)
     row.extra["after_last_first_token_s"] = round(wall - last_first, 3)
-    row.extra["first_step_ms"] = round(min(state.first_text for state in tracked) * 1000, 1)
+    row.extra["first_step_ms"] = round(min(state.first_answer for state in tracked) * 1000, 1)
     return row
 
 
@@ -307,6 +317,9 @@ def drive(
             time.sleep(max(0.0, arrivals[order[0]] - now))
             continue
         steps.step(engine, sent)
+        now = time.perf_counter() - started
+        for state in tracked:
+            state.saw_token(now)
         sent = [seq for seq in sent if seq.status is not Status.FINISHED]
     return steps
 

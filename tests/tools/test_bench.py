@@ -69,7 +69,11 @@ def test_bench_smoke_writes_every_row(tmp_path: Path) -> None:
         assert row["error"] is None
         requests = row["extra"].get("requests", row["concurrency"])
         assert row["output_tokens"] == 4 * requests  # decode length is forced
-        assert row["tok_per_s"] > 0 and row["ttft_p50_ms"] > 0
+        assert row["tok_per_s"] > 0
+        # engine rows: the first token read back, whatever it decodes to (random weights
+        # may show no text until the end); worker rows: the first text, if any showed
+        if row["name"].startswith("engine") or row["ttft_p50_ms"] is not None:
+            assert 0 < row["ttft_p50_ms"] <= row["ttft_p95_ms"] < row["seconds"] * 1000
     assert "engine, together x3" in data["ratios"]
     # the CPU runs no Triton kernel; the count is there (Triton's cache layout as expected)
     assert data["triton_compiles_while_serving"] == 0 and data["recompiles_while_serving"] == 0
