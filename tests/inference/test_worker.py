@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+import inference.worker
 from inference import (
     Delta,
     EngineConfig,
@@ -187,3 +188,32 @@ def test_the_prep_pool_is_sized_to_the_host(monkeypatch, cpus: int, threads: int
     """A thread a CPU this process may use, less the engine thread's, within bounds."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
     assert host_prep_threads() == threads
+
+
+async def test_a_burst_is_prefilled_together_and_a_lone_request_at_once(
+    engine_config: EngineConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle engine waits (here up to 30 s) for photos still being prepared when others
+    are ready, so a burst is one prefill; a request alone never waits."""
+    monkeypatch.setattr(inference.worker, "PREFILL_GATHER_S", 30.0)
+    engine = create_engine(engine_config, RuntimeConfig(max_slots=4, max_seq_len=2048))
+    prefills: list[int] = []
+    prefill = engine.runner.prefill
+
+    def counted(inputs, slots, prefix=()):  # the test watches, the engine runs as ever
+        prefills.append(len(inputs))
+        return prefill(inputs, slots, prefix)
+
+    engine.runner.prefill = counted
+    worker = Worker(lambda: engine, prep_threads=4)
+    await worker.start()
+    try:
+        ask = [Request(language="en", images=(normalize_image(small_photo(f"EXIT {n}")),),
+                       max_new_tokens=2, sampling=GREEDY) for n in range(4)]  # fmt: skip
+        await asyncio.gather(*(collect(worker, request) for request in ask))
+        assert prefills == [4]
+        started = asyncio.get_running_loop().time()
+        await collect(worker, Request(language="en", question="Exit?", max_new_tokens=2))
+        assert asyncio.get_running_loop().time() - started < 20 and prefills == [4, 1]
+    finally:
+        await worker.stop()
