@@ -37,11 +37,8 @@ log = structlog.get_logger()
 MAX_PREP_THREADS = 16
 # an idle engine waits this long at most for photos still being prepared when others are
 # ready, so that a burst is prefilled together: one prefill of 8 costs less than one of 1
-# then one of 7, and the one of 1 runs while the GIL is busiest with the others' preparing
+# then one of 7 (docs/performance.md, "Through the Worker")
 PREFILL_GATHER_S = 0.05
-# how long a thread keeps the GIL while another waits for it (Python's default: 5 ms):
-# the engine thread, launching a step's kernels, waits less behind preparing threads
-GIL_SWITCH_INTERVAL_S = 0.001
 
 
 class Engine(Protocol):
@@ -274,7 +271,6 @@ class Worker:
             raise InferenceError(f"request rejected: {type(exc).__name__}") from exc
 
     def _run(self, loop: asyncio.AbstractEventLoop, loaded: asyncio.Future) -> None:
-        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         try:
             self._engine = engine = self._engine_factory()
         except BaseException as exc:
