@@ -18,7 +18,7 @@ import torch
 
 from inference.images import normalize_image
 from inference.runtime.batch_engine import BatchEngine
-from inference.types import Request
+from inference.types import Queued, Request, Started
 from inference.worker import Worker
 from tools.bench_rows import Row, Tracked, timed_row
 from tools.samples import draw_menu, draw_sign
@@ -42,13 +42,42 @@ def phone_photos(count: int, *, seed: int) -> list[bytes]:
 Build = Callable[[int, bytes, str], Request]
 
 
+class Stages(dict):
+    """When a request reached each stage of the bot's path (seconds on the row's clock):
+    normalized, queued (prepared: its first Queued event), started (in the engine)."""
+
+    def on_event(self, event, now: float) -> None:
+        if isinstance(event, Queued):
+            self.setdefault("queued", now)
+        elif isinstance(event, Started):
+            self.setdefault("started", now)
+
+
 async def ask(worker: Worker, build: Build, photo: bytes, index: int, owner: str,
-              state: Tracked, clock: Callable[[], float]) -> None:  # fmt: skip
+              state: Tracked, stages: Stages, clock: Callable[[], float]) -> None:  # fmt: skip
     """One traveller's photo, as the bot handles it, its events into `state`."""
     state.arrival = clock()
     image = await asyncio.to_thread(normalize_image, photo)
+    stages["normalized"] = clock()
     async for event in worker.submit(build(index, image, owner)):
+        stages.on_event(event, clock())
         state.on_event(event, clock())
+
+
+def stage_times(tracked: list[Tracked], stages: list[Stages]) -> dict:
+    """Median and longest ms of each stage, and when the last request entered the engine:
+    where the path outside the engine spends its time."""
+    spans = {"normalize": ("arrival", "normalized"), "prepare": ("normalized", "queued"),
+             "wait": ("queued", "started")}  # fmt: skip
+    times = [
+        {"arrival": state.arrival, **stage} for state, stage in zip(tracked, stages, strict=True)
+    ]
+    out: dict = {}
+    for name, (start, end) in spans.items():
+        ms = sorted((t[end] - t[start]) * 1000 for t in times)
+        out[f"{name}_ms_median_max"] = [round(ms[len(ms) // 2], 1), round(ms[-1], 1)]
+    out["last_started_s"] = round(max(t["started"] for t in times), 3)
+    return out
 
 
 async def burst(
@@ -60,13 +89,14 @@ async def burst(
         torch.cuda.reset_peak_memory_stats(device)
     owner = f"bench {name} x{len(photos)}"
     tracked = [Tracked() for _ in photos]
+    stages = [Stages() for _ in photos]
     started = time.perf_counter()
 
     def clock() -> float:
         return time.perf_counter() - started
 
     await asyncio.gather(
-        *(ask(worker, build, photo, index, owner, tracked[index], clock)
+        *(ask(worker, build, photo, index, owner, tracked[index], stages[index], clock)
           for index, photo in enumerate(photos))
     )  # fmt: skip
     await worker.forget(owner)
@@ -74,6 +104,7 @@ async def burst(
     prompt_tokens = [state.prompt_tokens for state in tracked]
     row.extra["prompt_tokens_min_max"] = [min(prompt_tokens), max(prompt_tokens)]
     row.extra["decode_step"] = "not seen through the Worker"
+    row.extra["stages"] = stage_times(tracked, stages)
     return row
 
 

@@ -32,6 +32,15 @@ def test_bench_smoke_writes_every_row(tmp_path: Path) -> None:
     assert ("worker, together", 1) in names and ("worker, together", 3) in names
     assert set(data["ratios"]["worker/engine"]) == {"x1", "x3"}
     assert data["ratios"]["worker/engine"]["x3"] > 0
+    # where the bot's path spends its time before the engine: each stage timed, in order
+    worker_x3 = next(
+        r for r in data["rows"] if (r["name"], r["concurrency"]) == ("worker, together", 3)
+    )
+    stages = worker_x3["extra"]["stages"]
+    for stage in ("normalize", "prepare", "wait"):
+        median, longest = stages[f"{stage}_ms_median_max"]
+        assert 0 <= median <= longest
+    assert 0 < stages["last_started_s"] < worker_x3["seconds"]
     # the prompts as long as Gemma 4's tokenizer would make them, the Worker's alike
     lengths = data["prompt_lengths"]
     assert lengths["fitted_to"] == "gemma-estimate" and lengths["chars_per_token"] == 4
