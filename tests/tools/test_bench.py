@@ -82,7 +82,9 @@ def test_bench_smoke_writes_every_row(tmp_path: Path) -> None:
         # engine rows: the first token read back, whatever it decodes to (random weights
         # may show no text until the end); worker rows: the first text, if any showed
         if row["name"].startswith("engine") or row["ttft_p50_ms"] is not None:
-            assert 0 < row["ttft_p50_ms"] <= row["ttft_p95_ms"] < row["seconds"] * 1000
+            assert 0 < row["ttft_p50_ms"] <= row["ttft_p95_ms"]
+        if row["name"].startswith(("engine", "worker")) and row["ttft_p95_ms"] is not None:
+            assert row["ttft_p95_ms"] <= row["seconds"] * 1000 + 1  # within its wall (rounded)
     assert "engine, together x3" in data["ratios"]
     # the CPU runs no Triton kernel; the count is there (Triton's cache layout as expected)
     assert data["triton_compiles_while_serving"] == 0 and data["recompiles_while_serving"] == 0
