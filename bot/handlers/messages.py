@@ -33,6 +33,7 @@ class Photo:
     # what the message replied to shows of itself, the only text of another member's that
     # may reach the prompt: a photo's caption, or the bot's answer as the group saw it
     quoted: str | None = None
+    quoted_from: int | None = None  # whose words: the sender, or whom the answer was for
 
 
 async def photo(update: Update, context: BotContext) -> None:
@@ -102,7 +103,9 @@ async def _ask_about_photo(
     if photo.file_size and photo.file_size > limit:
         await _reject_image(update, context, "too_large", size=photo.file_size)
         return
-    job = await _accept(update, context, question, photo.file_id, quoted=photo.quoted)
+    job = await _accept(
+        update, context, question, photo.file_id, quoted=photo.quoted, quoted_from=photo.quoted_from
+    )
     if job is None:
         return
     image = await _prepare(context, job, photo.file_id, reply=message)
@@ -187,12 +190,15 @@ async def _replied_photo(context: BotContext, message: Message) -> Photo | None:
     ):
         attachment = reply.document
     if attachment is not None:
-        caption = without_mention(reply, reply.caption, bot.id, bot.username or "")
-        return Photo(attachment.file_id, attachment.file_size, caption or None)
+        caption = without_mention(reply, reply.caption, bot.id, bot.username or "") or None
+        sender = reply.from_user.id if caption and reply.from_user else None
+        return Photo(attachment.file_id, attachment.file_size, caption, sender)
     if reply.from_user is None or reply.from_user.id != bot.id:
         return None
-    file_id = await context.storage.get_answered_photo(reply.chat_id, reply.message_id)
-    return Photo(file_id, None, reply.text or None) if file_id else None
+    file_id, asker = await context.storage.get_answered_photo(reply.chat_id, reply.message_id)
+    if file_id is None:
+        return None
+    return Photo(file_id, None, reply.text or None, asker if reply.text else None)
 
 
 async def unsupported(update: Update, context: BotContext) -> None:
@@ -207,6 +213,7 @@ async def _accept(
     image_file_id: str | None,
     *,
     quoted: str | None = None,
+    quoted_from: int | None = None,
 ) -> Job | None:
     """Record the request before anything else; None if Telegram delivered it before or
     the user already waits for too many answers (they are told)."""
@@ -223,6 +230,7 @@ async def _accept(
             max_unfinished=limit,
             language=context.language,
             quoted=quoted,
+            quoted_from=quoted_from,
         )
     except TooManyJobs:
         await message.reply_html(context.t("too_many_requests", limit=limit))

@@ -38,8 +38,10 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
         max_unfinished: int | None = None,
         language: str = "en",
         quoted: str | None = None,
+        quoted_from: int | None = None,
     ) -> Job | None:
-        """Record an accepted request (with the text it replies to, `quoted`, in a group);
+        """Record an accepted request (with the text it replies to, `quoted`, in a group,
+        and whose words they are, `quoted_from`);
         None if that message already has a job, or had one that /forget erased
         (redelivery). An album's job: close_album.
         Raises TooManyJobs when the user already has `max_unfinished` unanswered jobs.
@@ -57,6 +59,7 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
                 max_unfinished=max_unfinished,
                 language=language,
                 quoted=quoted,
+                quoted_from=quoted_from,
             )
 
     async def _insert_job(
@@ -71,17 +74,18 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
         max_unfinished: int | None,
         language: str,
         quoted: str | None = None,
+        quoted_from: int | None = None,
     ) -> Job | None:
         now = utc_now()
         await self._add_user_if_missing(user_id, language, now)
         await self._check_room(user_id, max_unfinished)
         row = await self._one(
             "INSERT INTO jobs (chat_id, message_id, user_id, chat_type, question,"
-            " image_file_id, image_file_ids, quoted, status, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
+            " image_file_id, image_file_ids, quoted, quoted_from, status, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
             f" ON CONFLICT (chat_id, message_id) DO NOTHING RETURNING {JOB_COLS}",
             (chat_id, message_id, user_id, chat_type, question, *file_id_columns(file_ids),
-             quoted, now, now),
+             quoted, quoted_from, now, now),
         )  # fmt: skip
         return job_from_row(row) if row else None
 
@@ -119,7 +123,8 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
             if row is None or max_held is None:
                 return
             await self._db.execute(
-                "UPDATE jobs SET status = 'failed', question = NULL, quoted = NULL, updated_at = ?"
+                "UPDATE jobs SET status = 'failed', question = NULL, quoted = NULL,"
+                " quoted_from = NULL, updated_at = ?"
                 " WHERE id IN (SELECT id FROM jobs WHERE user_id = ? AND held"
                 " AND status = 'pending' ORDER BY id DESC LIMIT -1 OFFSET ?)",
                 (utc_now(), row[0], max_held),
@@ -170,6 +175,7 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
         async with self._transaction():
             row = await self._one(
                 "UPDATE jobs SET status = 'answered', answer = ?, thought = ?, quoted = NULL,"
+                " quoted_from = NULL,"
                 " updated_at = ? WHERE id = ? AND status = 'pending' RETURNING id",
                 (answer, thought, utc_now(), job.id),
             )
@@ -204,15 +210,17 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
                 return
             await self._finish_job_locked(job_id, "delivered", parts_sent=parts_sent)
 
-    async def get_answered_photo(self, chat_id: int, message_id: int) -> str | None:
+    async def get_answered_photo(
+        self, chat_id: int, message_id: int
+    ) -> tuple[str, int] | tuple[None, None]:
         """The file id of the photo that the bot's message `message_id` in `chat_id`
-        answers, if it is one of its answers about a photo in a group."""
+        answers, if it is one of its answers about a photo in a group, and whom it answered."""
         row = await self._one(
-            "SELECT j.image_file_id FROM answer_messages AS a JOIN jobs AS j ON j.id = a.job_id"
-            " WHERE a.chat_id = ? AND a.message_id = ?",
+            "SELECT j.image_file_id, j.user_id FROM answer_messages AS a"
+            " JOIN jobs AS j ON j.id = a.job_id WHERE a.chat_id = ? AND a.message_id = ?",
             (chat_id, message_id),
         )
-        return row[0] if row else None
+        return (row[0], row[1]) if row and row[0] else (None, None)
 
     async def set_job_status(self, job_id: int, status: str) -> None:
         """'delivered' or 'failed'; the answer text is dropped (the history keeps it), and
@@ -228,6 +236,7 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
     ) -> None:
         await self._db.execute(
             "UPDATE jobs SET status = ?, answer = NULL, thought = NULL, quoted = NULL,"
+            " quoted_from = NULL,"
             " parts_sent = COALESCE(?, parts_sent), updated_at = ? WHERE id = ?",
             (status, parts_sent, utc_now(), job_id),
         )

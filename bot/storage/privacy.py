@@ -62,6 +62,12 @@ class PrivacyStore(AlbumStore, DietStore, CurrencyStore):
                     "INSERT OR REPLACE INTO erased_messages VALUES (?, ?)",
                     [(digest, utc_now()) for digest in erased],
                 )
+                # their words quoted in another member's job (a reply to their photo)
+                cursor = await self._db.execute(
+                    "UPDATE jobs SET quoted = NULL, quoted_from = NULL WHERE quoted_from = ?",
+                    (user_id,),
+                )
+                count += cursor.rowcount
                 for table in ("users", "messages", "jobs", "album_parts", "user_rates"):
                     cursor = await self._db.execute(
                         f"DELETE FROM {table} WHERE user_id = ?", (user_id,)

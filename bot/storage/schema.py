@@ -153,6 +153,11 @@ MIGRATIONS: list[list[str]] = [
         # Dropped once the job is answered or has failed; gone with the job (/forget).
         "ALTER TABLE jobs ADD COLUMN quoted TEXT",
     ],
+    [
+        # Whose words `quoted` are (the caption's sender, or whom the quoted answer was
+        # for): their /forget drops them from others' jobs too
+        "ALTER TABLE jobs ADD COLUMN quoted_from INTEGER",
+    ],
 ]
 
 

@@ -62,7 +62,7 @@ async def add_turns(s: Storage, user_id: int, n: int, prefix: str = "") -> None:
 async def test_open_creates_file_schema_and_wal(db_path: Path) -> None:
     async with await Storage.open(db_path) as s:
         assert db_path.is_file()
-        assert s.schema_version == len(MIGRATIONS) == 12
+        assert s.schema_version == len(MIGRATIONS) == 13
         names = {n for (n,) in raw(db_path, "SELECT name FROM sqlite_master")}
         assert {"users", "messages", "messages_chat_user", "jobs", "jobs_status"} <= names
         assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
@@ -448,13 +448,14 @@ async def test_an_answer_in_a_group_leads_to_its_photo_until_erased(store: Stora
     await store.complete_job(job, answer="a long answer", thought="")
     await store.set_job_parts_sent(job.id, 1, done=False, answer_message_id=11)
     await store.set_job_parts_sent(job.id, 2, done=True, answer_message_id=13)
+    none = (None, None)
     assert [await store.get_answered_photo(GROUP, m) for m in (10, 11, 12, 13)] == [
-        None, "MENU", None, "MENU"
+        none, ("MENU", ALICE), none, ("MENU", ALICE)
     ]  # fmt: skip
-    assert await store.get_answered_photo(ALICE, 11) is None  # another chat's message 11
+    assert await store.get_answered_photo(ALICE, 11) == none  # another chat's message 11
     assert (await store.get_job(job.id)).status == "delivered"
     await store.delete_user_data(ALICE)
-    assert await store.get_answered_photo(GROUP, 11) is None
+    assert await store.get_answered_photo(GROUP, 11) == none
 
 
 async def test_history_from_before_chats_were_told_apart_goes_to_the_private_chat(
@@ -831,7 +832,8 @@ async def test_a_held_photo_waits_outside_the_limit_until_its_sender_asks(db_pat
 
 async def test_the_quoted_text_is_kept_only_until_its_job_is_answered(db_path: Path) -> None:
     """Bob replies in a group to Alice's photo: her caption is asked with his job, also
-    after a restart, and is gone once answered, failed, erased with Bob's data or old."""
+    after a restart, and is gone once answered, failed, erased with Bob's data or Alice's,
+    or old."""
     quoted = "ALICE-CAPTION-6610 what is this?"
 
     def ask(s: Storage, message_id: int):
@@ -861,6 +863,15 @@ async def test_the_quoted_text_is_kept_only_until_its_job_is_answered(db_path: P
         assert files_holding(db_path.parent, quoted)  # the scan sees it before
         await s.delete_user_data(BOB)  # the asker's /forget
         assert await s.get_job(pending.id) is None
+        assert files_holding(db_path.parent, quoted) == []
+        # Alice's /forget: her caption leaves Bob's job, which stays his, without it
+        pending = await s.add_job(chat_id=GROUP, message_id=5, user_id=BOB, chat_type="group",
+                                  question="spicy?", image_file_id="F1", quoted=quoted,
+                                  quoted_from=ALICE)  # fmt: skip
+        assert files_holding(db_path.parent, quoted)
+        await s.delete_user_data(ALICE)
+        assert (await s.get_job(pending.id)).quoted is None
+        assert raw(db_path, "SELECT quoted_from FROM jobs WHERE id = ?", (pending.id,)) == [(None,)]
         assert files_holding(db_path.parent, quoted) == []
 
 

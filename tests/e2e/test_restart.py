@@ -162,7 +162,7 @@ class HeldServer(RecordingServer):
 
 def quoted_jobs(db: Path) -> list[tuple]:
     with sqlite3.connect(db) as con:
-        rows = con.execute("SELECT status, quoted FROM jobs ORDER BY id").fetchall()
+        rows = con.execute("SELECT status, quoted, quoted_from FROM jobs ORDER BY id").fetchall()
     con.close()
     return rows
 
@@ -201,7 +201,7 @@ async def test_a_reply_in_a_group_is_recovered_with_the_text_it_quotes(
                     await asyncio.sleep(0.1)
                 assert caption in json.dumps(engine.bodies[0], ensure_ascii=False)
                 kill(first)
-            assert quoted_jobs(db) == [("pending", caption)]
+            assert quoted_jobs(db) == [("pending", caption, ann.id)]
 
             engine.opened.set()
             with bot_process(server, tiny_model_dir, db, log, **remote) as second:
@@ -215,10 +215,10 @@ async def test_a_reply_in_a_group_is_recovered_with_the_text_it_quotes(
                 assert caption in json.dumps(recovered, ensure_ascii=False)
                 assert "辛いですか" in json.dumps(recovered, ensure_ascii=False)
                 for _ in range(100):  # the job is marked delivered right after the send
-                    if quoted_jobs(db) == [("delivered", None)]:
+                    if quoted_jobs(db) == [("delivered", None, None)]:
                         break
                     await asyncio.sleep(0.1)
-                assert quoted_jobs(db) == [("delivered", None)]  # Ann's words are not kept
+                assert quoted_jobs(db) == [("delivered", None, None)]  # nor Ann's words
                 stop_cleanly(second)
     finally:
         await server.stop()
