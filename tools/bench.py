@@ -339,7 +339,7 @@ class Bench:
         args = self.args
         if args.generate_batches:
             # generate()'s static cache compiles its decode step: with the engines' compiled
-            # regions still in torch.compile's caches it ran ~2.2x slower
+            # regions still in torch.compile's caches it ran far slower (docs/performance.md)
             torch._dynamo.reset()
         for cache in args.generate_caches:
             for batch in args.generate_batches:
