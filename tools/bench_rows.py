@@ -156,9 +156,11 @@ class Tracked:
         self.prompt_tokens = event.num_prompt_tokens
         return True
 
-    def saw_token(self, now: float) -> None:
+    def saw_token(self, now: float) -> bool:
+        """Record `now` as the first token's time if the held sequence has one yet."""
         if self.first_token is None and self.seq is not None and self.seq.output_ids:
             self.first_token = now
+        return self.first_token is not None
 
     @property
     def first_answer(self) -> float | None:
@@ -292,6 +294,7 @@ def drive(
     order = sorted((i for i, t in enumerate(arrivals) if t is not None), key=lambda i: arrivals[i])
     released: list[int] = []  # follow-ups due now
     sent: list[Sequence] = []
+    no_token_yet = [state for state in tracked if state.seq is not None]
     started = time.perf_counter()
 
     def emitter(index: int) -> Callable:
@@ -318,8 +321,7 @@ def drive(
             continue
         steps.step(engine, sent)
         now = time.perf_counter() - started
-        for state in tracked:
-            state.saw_token(now)
+        no_token_yet = [state for state in no_token_yet if not state.saw_token(now)]
         sent = [seq for seq in sent if seq.status is not Status.FINISHED]
     return steps
 

@@ -90,13 +90,13 @@ class BatchEngine:
         layers only where there is a prefix cache (else no buffer, no graphs that read it,
         no kernel check for it)."""
         gpu = self.base.model.device.type == "cuda"
-        kept = paths.kept_prefix_positions
+        kept = paths.kept_prefix_positions if runtime.prefix_cache_tokens else 0
         if kept is None:
             kept = self.base.shared_prefix_tokens()
         return replace(
             paths,
             fused_norms=gpu if paths.fused_norms is None else paths.fused_norms,
-            kept_prefix_positions=kept if runtime.prefix_cache_tokens else 0,
+            kept_prefix_positions=kept,
         )
 
     def _runtime_here(self, runtime: RuntimeConfig) -> RuntimeConfig:
