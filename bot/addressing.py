@@ -58,6 +58,15 @@ def command_target(message: Message) -> tuple[str, str] | None:
     return name, target
 
 
+def sender_id(message: Message) -> int | None:
+    """Whom the bot keeps data about for a message. One sent on behalf of a chat (an
+    anonymous group admin speaks as the group, a linked channel as the channel) belongs to
+    that chat: their user ids (GroupAnonymousBot, Telegram) are shared by strangers."""
+    if message.sender_chat is not None:
+        return message.sender_chat.id
+    return message.from_user.id if message.from_user else None
+
+
 def replied_message(message: Message) -> Message | None:
     """The message this one replies to. In a forum topic Telegram sets reply_to_message to
     the topic's first (service) message for every message in it: that is no reply."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
+from dataclasses import replace
 from datetime import timedelta
 
 import structlog
-from telegram import Bot, InlineKeyboardMarkup
+from telegram import Bot, InlineKeyboardMarkup, ReplyParameters
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 
 from bot.context import Services
@@ -64,8 +65,14 @@ async def run_job(
 ) -> None:
     """One turn: history → request → streamed answer → stored → delivered. The job ends
     delivered or failed, whatever happens, unless the bot stops meanwhile (then it is
-    recovered at the next start) or its user erases it with /forget (then it is dropped)."""
+    recovered at the next start) or its user erases it with /forget (then it is dropped), or
+    the group member whose photo it asks about does (then its user is told)."""
     async with services.user_locks.hold(job.user_id):
+        if not images:  # a follow-up sees the history's photo again: maybe another's
+            history_turns = services.settings.max_history_turns
+            photo_from = await services.storage.mark_history_photo(job, max_turns=history_turns)
+            job = replace(job, photo_from=photo_from)
+        erased_by = None
         stream = AnswerStream(
             bot,
             job.chat_id,
@@ -77,27 +84,42 @@ async def run_job(
             work = _start(
                 bot, services, job, stream, images, language, think, notice, wait_for_room
             )
-            if not await erasable(services, job.user_id, work):
+            erased_by = await run_erasable(services, job.owners, work)
+            if erased_by is not None:
                 log.info("answer_erased", job_id=job.id)
                 await stream.discard()
         finally:
             stream.close()
+    if erased_by is not None and erased_by != job.user_id:
+        await _tell_photo_withdrawn(bot, services, job, language)
 
 
-async def erasable(services: Services, user_id: int, work: Coroutine) -> bool:
-    """Run `work` as its own task, which /forget of `user_id` cancels wherever it is
-    (ActiveJobs) without cancelling the caller; False when /forget did. A cancellation of
-    the caller (the bot stopping) goes on as one: the job is recovered at the next start."""
-    task = asyncio.create_task(work)
+async def _tell_photo_withdrawn(bot: Bot, services: Services, job: Job, language: str) -> None:
+    """The member whose photo the job asked about said /forget: its answer was stopped."""
+    reply = ReplyParameters(job.message_id, allow_sending_without_reply=True)
+    text = services.texts.get(language, "photo_withdrawn")
     try:
-        with services.active_jobs.track(user_id, task):
+        await bot.send_message(job.chat_id, text, reply_parameters=reply)
+    except TelegramError as exc:
+        log.warning("photo_withdrawn_not_sent", job_id=job.id, error=str(exc))
+
+
+async def run_erasable(services: Services, user_ids: Iterable[int], work: Coroutine) -> int | None:
+    """Run `work` as its own task, which /forget of any of `user_ids` cancels wherever it is
+    (ActiveJobs) without cancelling the caller; return whose /forget did (None: it ran to
+    its end). A cancellation of the caller (the bot stopping) goes on as one: the job is
+    recovered at the next start."""
+    task = asyncio.create_task(work)
+    active = services.active_jobs
+    with active.track(user_ids, task):
+        try:
             await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if not task.cancelled() or (current and current.cancelling()):
-            raise
-        return False
-    return True
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not task.cancelled() or (current and current.cancelling()):
+                raise
+            return active.erased_by(task)
+    return None
 
 
 async def _start(
@@ -141,6 +163,7 @@ async def _start(
         max_new_tokens=settings.max_new_tokens,
         sampling=Sampling(settings.temperature, settings.top_p, settings.top_k),
         owner=user_ref(job.user_id),
+        photo_owners=() if job.photo_from is None else (user_ref(job.photo_from),),
         diet=diet,
     )
     kind = "thinking" if think else "photo" if images else "text"
@@ -307,7 +330,7 @@ async def deliver_stored(bot: Bot, services: Services, job: Job, *, language: st
     )
     work = deliver(services, job, stream, messages, keyboard)
     try:
-        if not await erasable(services, job.user_id, work):
+        if await run_erasable(services, job.owners, work) is not None:
             log.info("answer_erased", job_id=job.id)
             return
     except Exception:

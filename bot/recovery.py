@@ -8,7 +8,7 @@ import structlog
 from telegram import Bot
 from telegram.error import TelegramError
 
-from bot.answering import deliver_stored, download, erasable, prepare_image, run_job
+from bot.answering import deliver_stored, download, prepare_image, run_erasable, run_job
 from bot.context import Services
 from bot.storage import Job
 from inference import ImageRejected
@@ -29,7 +29,7 @@ async def recover_jobs(bot: Bot, services: Services) -> int:
             await _recover(bot, services, job)
 
     # erasable from the start: a job waiting its turn is dropped by /forget too
-    waiting = (erasable(services, job.user_id, recover(job)) for job in jobs)
+    waiting = (run_erasable(services, job.owners, recover(job)) for job in jobs)
     results = await asyncio.gather(*waiting, return_exceptions=True)
     for job, result in zip(jobs, results, strict=True):
         if isinstance(result, BaseException):

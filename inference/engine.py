@@ -208,15 +208,17 @@ class GemmaEngine:
         return self._inputs(self.build_prompt(request), on_device=on_device)
 
     def prepare_with_prefix(self, request: Request) -> tuple[dict, tuple[int, ...]]:
-        """Inputs on the CPU (with `photo_keys`, one per photo, and `photo_owner`, the
-        request's owner: photo_cache), and the token ids the prompt shares with other
-        travellers' prompts (its start; () when too short to be worth caching)."""
+        """Inputs on the CPU (with `photo_keys`, one per photo, and `photo_owners`, the
+        request's owner and those of its photos: photo_cache), and the token ids the prompt
+        shares with other travellers' prompts (its start; () when too short to be worth
+        caching)."""
         prompt = self.build_prompt(request)
         inputs = self._inputs(prompt, on_device=False)
         if prompt.images:
             soft_tokens = self.soft_tokens_per_photo(len(prompt.images))
             inputs["photo_keys"] = [photo_key(image, soft_tokens) for image in prompt.images]
-            inputs["photo_owner"] = request.owner  # whose they are, for the photo cache
+            # whose they are, for the photo cache
+            inputs["photo_owners"] = (request.owner, *request.photo_owners)
         if not prompt.shared_prefix:
             return inputs, ()
         expected = self._prefix_ids(prompt.shared_prefix)

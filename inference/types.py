@@ -113,6 +113,9 @@ class Request:
     # what the engine keeps of it is dropped by `InferenceService.forget(owner)`.
     # "": nobody in particular
     owner: str = ""
+    # others whose photos it carries (a group member's photo that another asks about):
+    # `forget` of theirs drops what the engine keeps of those photos too
+    photo_owners: tuple[str, ...] = ()
     diet: Diet = Diet()  # the traveller's diet: menu answers mark each dish for it
 
     def __post_init__(self) -> None:

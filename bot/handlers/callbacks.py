@@ -11,7 +11,7 @@ from telegram import CallbackQuery, ReplyParameters, Update
 from telegram.constants import ChatMemberStatus, ParseMode
 from telegram.error import BadRequest, TelegramError
 
-from bot.answering import erasable
+from bot.answering import run_erasable
 from bot.context import BotContext
 from bot.drawing import CALLBACK_PREFIX as OVERLAY_PREFIX
 from bot.drawing import draw_on_photo
@@ -110,7 +110,7 @@ async def show_phrase(query: CallbackQuery, context: BotContext) -> None:
     try:
         await query.answer()
         work = _send_card(query, context, stored.chat_id, phrases[ref[1]])
-        if not await erasable(context.services, stored.user_id, work):
+        if await run_erasable(context.services, (stored.user_id,), work) is not None:
             log.info("phrase_card_erased", message_id=stored.id)
             return
     finally:
@@ -163,7 +163,7 @@ async def show_on_photo(query: CallbackQuery, context: BotContext) -> None:
             language=context.language,
             reply_to=query.message.message_id,
         )
-        if not await erasable(services, stored.user_id, work):
+        if await run_erasable(services, turn.owners, work) is not None:
             log.info("overlay_erased", message_id=stored.id)
     finally:
         services.drawing_overlays.discard(user_id)

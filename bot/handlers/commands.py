@@ -123,7 +123,7 @@ async def mydata(update: Update, context: BotContext) -> None:
         await update.effective_message.reply_html(context.t("mydata_in_private"))
         return
     data = await context.storage.get_user_data(context.speaker_id)
-    if data.user is None and not data.messages:
+    if data.user is None and not data.messages and not data.photos_asked_by_others:
         await update.effective_message.reply_html(
             context.t("mydata_empty", language=_language_name(context))
         )
@@ -161,6 +161,9 @@ async def mydata(update: Update, context: BotContext) -> None:
         for job in data.held[-RECENT_MESSAGES_SHOWN:]:
             text = f"{context.t('photo_reference')} {job.question or ''}".strip()
             lines.append(html.escape(_snippet(text)))
+    if data.photos_asked_by_others:
+        count = data.photos_asked_by_others
+        lines.append("\n" + context.t("mydata_photos_asked_by_others", count=count))
     phrases = kept_phrases(data.messages)
     if phrases:
         shown = " · ".join(html.escape(p) for p in phrases[-PHRASES_SHOWN:])

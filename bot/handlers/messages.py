@@ -11,7 +11,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.error import BadRequest, TelegramError
 
 from bot import albums
-from bot.addressing import is_group, replied_message, without_mention
+from bot.addressing import is_group, replied_message, sender_id, without_mention
 from bot.answering import download, prepare_image, run_job
 from bot.context import BotContext
 from bot.photo_check import DEFAULT_SOFT_TOKENS, check_photo
@@ -34,6 +34,7 @@ class Photo:
     # may reach the prompt: a photo's caption, or the bot's answer as the group saw it
     quoted: str | None = None
     quoted_from: int | None = None  # whose words: the sender, or whom the answer was for
+    sender: int | None = None  # whose photo, when another member's (their /forget drops it)
 
 
 async def photo(update: Update, context: BotContext) -> None:
@@ -103,9 +104,7 @@ async def _ask_about_photo(
     if photo.file_size and photo.file_size > limit:
         await _reject_image(update, context, "too_large", size=photo.file_size)
         return
-    job = await _accept(
-        update, context, question, photo.file_id, quoted=photo.quoted, quoted_from=photo.quoted_from
-    )
+    job = await _accept(update, context, question, photo)
     if job is None:
         return
     image = await _prepare(context, job, photo.file_id, reply=message)
@@ -189,16 +188,22 @@ async def _replied_photo(context: BotContext, message: Message) -> Photo | None:
         and (reply.document.mime_type or "").startswith("image/")
     ):
         attachment = reply.document
+    speaker = context.speaker_id
     if attachment is not None:
         caption = without_mention(reply, reply.caption, bot.id, bot.username or "") or None
-        sender = reply.from_user.id if caption and reply.from_user else None
-        return Photo(attachment.file_id, attachment.file_size, caption, sender)
+        sender = sender_id(reply)
+        if sender == bot.id:  # the bot's own picture (a phrase card, a drawn translation)
+            sender = None
+        owner = sender if sender != speaker else None
+        return Photo(attachment.file_id, attachment.file_size, caption, caption and sender, owner)
     if reply.from_user is None or reply.from_user.id != bot.id:
         return None
-    file_id, asker = await context.storage.get_answered_photo(reply.chat_id, reply.message_id)
-    if file_id is None:
+    answered = await context.storage.get_answered_photo(reply.chat_id, reply.message_id)
+    if answered is None:
         return None
-    return Photo(file_id, None, reply.text or None, asker if reply.text else None)
+    owner = answered.sender if answered.sender != speaker else None
+    quoted_from = answered.asker if reply.text else None
+    return Photo(answered.file_id, None, reply.text or None, quoted_from, owner)
 
 
 async def unsupported(update: Update, context: BotContext) -> None:
@@ -207,13 +212,7 @@ async def unsupported(update: Update, context: BotContext) -> None:
 
 
 async def _accept(
-    update: Update,
-    context: BotContext,
-    question: str | None,
-    image_file_id: str | None,
-    *,
-    quoted: str | None = None,
-    quoted_from: int | None = None,
+    update: Update, context: BotContext, question: str | None, photo: Photo | None
 ) -> Job | None:
     """Record the request before anything else; None if Telegram delivered it before or
     the user already waits for too many answers (they are told)."""
@@ -226,11 +225,12 @@ async def _accept(
             user_id=context.speaker_id,
             chat_type=message.chat.type,
             question=question,
-            image_file_id=image_file_id,
+            image_file_id=photo and photo.file_id,
             max_unfinished=limit,
             language=context.language,
-            quoted=quoted,
-            quoted_from=quoted_from,
+            quoted=photo and photo.quoted,
+            quoted_from=photo and photo.quoted_from,
+            photo_from=photo and photo.sender,
         )
     except TooManyJobs:
         await message.reply_html(context.t("too_many_requests", limit=limit))

@@ -8,7 +8,7 @@ import structlog
 from telegram import Message, Update
 from telegram.ext import ApplicationHandlerStop, CommandHandler
 
-from bot.addressing import is_addressed, is_group, is_service_message
+from bot.addressing import is_addressed, is_group, is_service_message, sender_id
 from bot.context import BotContext
 from bot.logging import user_ref
 from bot.storage import User
@@ -18,12 +18,10 @@ log = structlog.get_logger()
 
 
 def speaker_id(update: Update) -> int | None:
-    """Whom the bot keeps data about for this update. A message sent on behalf of a chat
-    (an anonymous group admin speaks as the group, a linked channel as the channel) belongs
-    to that chat: their user ids (GroupAnonymousBot, Telegram) are shared by strangers."""
+    """Whom the bot keeps data about for this update (addressing.sender_id)."""
     message = update.message or update.edited_message
-    if message is not None and message.sender_chat is not None:
-        return message.sender_chat.id
+    if message is not None:
+        return sender_id(message)
     user = update.effective_user
     return user.id if user else None
 

@@ -36,12 +36,19 @@ class HistoryStore(Database):
             return await self._insert_message(chat_id, user_id, role, text, file_ids)
 
     async def _insert_message(
-        self, chat_id: int, user_id: int, role: str, text: str, file_ids: Sequence[str]
+        self,
+        chat_id: int,
+        user_id: int,
+        role: str,
+        text: str,
+        file_ids: Sequence[str],
+        *,
+        photo_from: int | None = None,
     ) -> StoredMessage:
         row = await self._one(
             "INSERT INTO messages (chat_id, user_id, role, text, image_file_id, image_file_ids,"
-            f" created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {MESSAGE_COLS}",
-            (chat_id, user_id, role, text, *file_id_columns(file_ids), utc_now()),
+            f" photo_from, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING {MESSAGE_COLS}",
+            (chat_id, user_id, role, text, *file_id_columns(file_ids), photo_from, utc_now()),
         )
         await self._db.execute(
             "DELETE FROM messages WHERE chat_id = ? AND user_id = ? AND id <= (SELECT id"

@@ -5,6 +5,7 @@ answer messages about a photo in a group (answer_messages), gone with their job.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from bot.storage.erasure import ErasureStore
 from bot.storage.history import HistoryStore
@@ -19,6 +20,13 @@ from bot.storage.records import (
 from bot.storage.users import UserStore
 
 UNFINISHED = ("pending", "answered")
+
+
+@dataclass(frozen=True)
+class AnsweredPhoto:
+    file_id: str
+    asker: int  # whom the answer was for
+    sender: int  # whose photo it is
 
 
 class TooManyJobs(Exception):
@@ -39,9 +47,11 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
         language: str = "en",
         quoted: str | None = None,
         quoted_from: int | None = None,
+        photo_from: int | None = None,
     ) -> Job | None:
         """Record an accepted request (with the text it replies to, `quoted`, in a group,
-        and whose words they are, `quoted_from`);
+        and whose words they are, `quoted_from`; whose photo it is, `photo_from`, when
+        another member's);
         None if that message already has a job, or had one that /forget erased
         (redelivery). An album's job: close_album.
         Raises TooManyJobs when the user already has `max_unfinished` unanswered jobs.
@@ -60,6 +70,7 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
                 language=language,
                 quoted=quoted,
                 quoted_from=quoted_from,
+                photo_from=photo_from,
             )
 
     async def _insert_job(
@@ -75,17 +86,18 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
         language: str,
         quoted: str | None = None,
         quoted_from: int | None = None,
+        photo_from: int | None = None,
     ) -> Job | None:
         now = utc_now()
         await self._add_user_if_missing(user_id, language, now)
         await self._check_room(user_id, max_unfinished)
         row = await self._one(
             "INSERT INTO jobs (chat_id, message_id, user_id, chat_type, question,"
-            " image_file_id, image_file_ids, quoted, quoted_from, status, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
+            " image_file_id, image_file_ids, quoted, quoted_from, photo_from, status, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
             f" ON CONFLICT (chat_id, message_id) DO NOTHING RETURNING {JOB_COLS}",
             (chat_id, message_id, user_id, chat_type, question, *file_id_columns(file_ids),
-             quoted, quoted_from, now, now),
+             quoted, quoted_from, photo_from, now, now),
         )  # fmt: skip
         return job_from_row(row) if row else None
 
@@ -150,6 +162,23 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
             )
         return job_from_row(row)
 
+    async def mark_history_photo(self, job: Job, *, max_turns: int) -> int | None:
+        """For a follow-up (a job without photos): record on the job whose photo it sees
+        again (the newest of its user's last `max_turns` turns in the chat: load_history)
+        when another member's, so that their /forget stops it too; return them. In one
+        statement: a /forget of theirs comes wholly before or wholly after it."""
+        async with self._transaction():
+            row = await self._one(
+                "UPDATE jobs SET photo_from = (SELECT photo_from FROM messages"
+                " WHERE chat_id = ? AND user_id = ? AND role = 'user'"
+                " AND image_file_id IS NOT NULL AND id >= (SELECT MIN(id) FROM (SELECT id"
+                " FROM messages WHERE chat_id = ? AND user_id = ? AND role = 'user'"
+                " ORDER BY id DESC LIMIT ?)) ORDER BY id DESC LIMIT 1)"
+                " WHERE id = ? AND status = 'pending' RETURNING photo_from",
+                (job.chat_id, job.user_id, job.chat_id, job.user_id, max_turns, job.id),
+            )
+        return row[0] if row else None
+
     async def start_job_attempt(self, job_id: int) -> int | None:
         """Count one more run of the job; return the number of runs so far, or None when
         the job is gone (its user said /forget)."""
@@ -171,18 +200,22 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
     async def complete_job(self, job: Job, *, answer: str, thought: str) -> StoredMessage | None:
         """Store the answer and both sides of the turn in the history, atomically; return the
         answer's history row. None, and nothing stored, when the job is no longer pending
-        (erased by /forget). The quoted text is dropped: the answer no longer needs it."""
+        (erased by /forget, its user's or the photo's sender's). The quoted text is dropped:
+        the answer no longer needs it."""
         async with self._transaction():
             row = await self._one(
                 "UPDATE jobs SET status = 'answered', answer = ?, thought = ?, quoted = NULL,"
                 " quoted_from = NULL,"
-                " updated_at = ? WHERE id = ? AND status = 'pending' RETURNING id",
+                " updated_at = ? WHERE id = ? AND status = 'pending' RETURNING photo_from",
                 (answer, thought, utc_now(), job.id),
             )
             if row is None:
                 return None
             question, images = job.question or "", job.image_file_ids
-            await self._insert_message(job.chat_id, job.user_id, "user", question, images)
+            photo_from = row[0] if images else None  # a follow-up's: the history row has it
+            await self._insert_message(
+                job.chat_id, job.user_id, "user", question, images, photo_from=photo_from
+            )
             stored = await self._insert_message(job.chat_id, job.user_id, "model", answer, ())
             await self._db.execute(
                 "UPDATE jobs SET answer_history_id = ? WHERE id = ?", (stored.id, job.id)
@@ -210,17 +243,16 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
                 return
             await self._finish_job_locked(job_id, "delivered", parts_sent=parts_sent)
 
-    async def get_answered_photo(
-        self, chat_id: int, message_id: int
-    ) -> tuple[str, int] | tuple[None, None]:
-        """The file id of the photo that the bot's message `message_id` in `chat_id`
-        answers, if it is one of its answers about a photo in a group, and whom it answered."""
+    async def get_answered_photo(self, chat_id: int, message_id: int) -> AnsweredPhoto | None:
+        """The photo that the bot's message `message_id` in `chat_id` answers, if it is one
+        of its answers about a photo in a group (gone once its sender said /forget)."""
         row = await self._one(
-            "SELECT j.image_file_id, j.user_id FROM answer_messages AS a"
-            " JOIN jobs AS j ON j.id = a.job_id WHERE a.chat_id = ? AND a.message_id = ?",
+            "SELECT j.image_file_id, j.user_id, COALESCE(j.photo_from, j.user_id)"
+            " FROM answer_messages AS a JOIN jobs AS j ON j.id = a.job_id"
+            " WHERE a.chat_id = ? AND a.message_id = ?",
             (chat_id, message_id),
         )
-        return (row[0], row[1]) if row and row[0] else (None, None)
+        return AnsweredPhoto(*row) if row and row[0] else None
 
     async def set_job_status(self, job_id: int, status: str) -> None:
         """'delivered' or 'failed'; the answer text is dropped (the history keeps it), and

@@ -9,6 +9,7 @@ from bot.storage.albums import AlbumStore
 from bot.storage.currencies import CurrencyStore
 from bot.storage.diets import DietStore
 from bot.storage.erasure import ERASED_MESSAGES_KEPT
+from bot.storage.jobs import UNFINISHED
 from bot.storage.records import (
     JOB_COLS,
     MESSAGE_COLS,
@@ -33,8 +34,15 @@ class PrivacyStore(AlbumStore, DietStore, CurrencyStore):
             " ORDER BY id",
             (user_id,),
         )
+        (asked,) = await self._one(
+            "SELECT COUNT(DISTINCT image_file_id) FROM (SELECT image_file_id FROM jobs"
+            " WHERE photo_from = ? UNION ALL SELECT image_file_id FROM messages"
+            " WHERE photo_from = ?)",
+            (user_id, user_id),
+        )
         messages = [message_from_row(r) for r in rows]
-        return UserData(user, messages, diet, currency, overlay, [job_from_row(r) for r in held])
+        held_jobs = [job_from_row(r) for r in held]
+        return UserData(user, messages, diet, currency, overlay, held_jobs, asked)
 
     async def delete_user_data(self, user_id: int) -> int:
         """Delete the user row, their messages in every chat and their jobs atomically, and
@@ -68,6 +76,7 @@ class PrivacyStore(AlbumStore, DietStore, CurrencyStore):
                     (user_id,),
                 )
                 count += cursor.rowcount
+                count += await self._drop_photo_from_others(user_id)
                 for table in ("users", "messages", "jobs", "album_parts", "user_rates"):
                     cursor = await self._db.execute(
                         f"DELETE FROM {table} WHERE user_id = ?", (user_id,)
@@ -75,6 +84,24 @@ class PrivacyStore(AlbumStore, DietStore, CurrencyStore):
                     count += cursor.rowcount
             await self._erase_old_copies()
             return count
+
+    async def _drop_photo_from_others(self, user_id: int) -> int:
+        """Their photo in other members' jobs and history (a question about it in a group):
+        the reference goes; a job not yet answered fails (its answer is stopped:
+        Services.erase_user); the asker's words and the answers stay theirs."""
+        jobs = await self._db.execute(
+            "UPDATE jobs SET image_file_id = NULL, image_file_ids = NULL, photo_from = NULL,"
+            f" status = CASE WHEN status IN {UNFINISHED} THEN 'failed' ELSE status END,"
+            " answer = NULL, thought = NULL, quoted = NULL, quoted_from = NULL"
+            " WHERE photo_from = ?",
+            (user_id,),
+        )
+        messages = await self._db.execute(
+            "UPDATE messages SET image_file_id = NULL, image_file_ids = NULL, photo_from = NULL"
+            " WHERE photo_from = ?",
+            (user_id,),
+        )
+        return jobs.rowcount + messages.rowcount
 
     async def delete_older_than(self, days: float) -> int:
         """Retention: drop history and finished jobs older than `days`; return rows deleted."""

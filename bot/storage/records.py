@@ -16,11 +16,13 @@ from inference.types import DIET_CODES, MAX_DIET_NOTE_CHARS, MAX_DIET_NOTES, Die
 
 ROLES = ("user", "model")
 USER_COLS = "user_id, language, think, created_at, updated_at"
-MESSAGE_COLS = "id, chat_id, user_id, role, text, image_file_id, created_at, image_file_ids"
+MESSAGE_COLS = (
+    "id, chat_id, user_id, role, text, image_file_id, created_at, image_file_ids, photo_from"
+)
 JOB_COLS = (
     "id, chat_id, message_id, user_id, chat_type, question, image_file_id, status,"
     " answer, thought, placeholder_id, attempts, parts_sent, answer_history_id, image_file_ids,"
-    " quoted"
+    " quoted, photo_from"
 )
 PART_COLS = "chat_id, message_id, user_id, media_group_id, chat_type, file_id, file_size, caption"
 
@@ -44,6 +46,12 @@ class StoredMessage:
     image_file_id: str | None
     created_at: datetime
     image_file_ids: tuple[str, ...] = ()  # the photos of the turn: one, or an album's pages
+    photo_from: int | None = None  # whose photo, when another group member's
+
+    @property
+    def owners(self) -> tuple[int, ...]:
+        """Whose /forget erases it: its user, and the member whose photo it shows."""
+        return owners(self.user_id, self.photo_from)
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class UserData:
     currency: CurrencyChoice = field(default_factory=lambda: CurrencyChoice(None, False))
     overlay: bool = False  # /overlay on
     held: list[Job] = field(default_factory=list)  # photos waiting for "Ask anyway"
+    photos_asked_by_others: int = 0  # their photos in other group members' questions
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,12 @@ class Job:
     answer_history_id: int | None = None  # the answer's row in messages, once stored
     image_file_ids: tuple[str, ...] = ()  # the photos asked about: one, or an album's pages
     quoted: str | None = None  # the text the question replies to, until it is answered
+    photo_from: int | None = None  # whose photo it asks about, when another group member's
+
+    @property
+    def owners(self) -> tuple[int, ...]:
+        """Whose /forget erases it: its user, and the member whose photo it asks about."""
+        return owners(self.user_id, self.photo_from)
 
 
 @dataclass(frozen=True)
@@ -112,6 +127,10 @@ class AlbumPart:
     caption: str | None
 
 
+def owners(user_id: int, photo_from: int | None) -> tuple[int, ...]:
+    return (user_id,) if photo_from is None else (user_id, photo_from)
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -124,13 +143,14 @@ def user_from_row(row: Sequence[Any]) -> User:
 
 
 def message_from_row(row: Sequence[Any]) -> StoredMessage:
-    *fields, created, ids = row
-    return StoredMessage(*fields, datetime.fromisoformat(created), file_ids_of_row(fields[5], ids))
+    *fields, created, ids, photo_from = row
+    created_at = datetime.fromisoformat(created)
+    return StoredMessage(*fields, created_at, file_ids_of_row(fields[5], ids), photo_from)
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
-    *fields, ids, quoted = row
-    return Job(*fields, file_ids_of_row(fields[6], ids), quoted)
+    *fields, ids, quoted, photo_from = row
+    return Job(*fields, file_ids_of_row(fields[6], ids), quoted, photo_from)
 
 
 def file_ids_of_row(first: str | None, stored: str | None) -> tuple[str, ...]:

@@ -158,6 +158,15 @@ MIGRATIONS: list[list[str]] = [
         # for): their /forget drops them from others' jobs too
         "ALTER TABLE jobs ADD COLUMN quoted_from INTEGER",
     ],
+    [
+        # Whose photo a group member asked about, when another member's (a reply to their
+        # photo, or to the bot's answer about it; for a follow-up, the history's photo it
+        # sees): their /forget drops the photo from the asker's job and history too
+        "ALTER TABLE jobs ADD COLUMN photo_from INTEGER",
+        "ALTER TABLE messages ADD COLUMN photo_from INTEGER",
+        "CREATE INDEX jobs_photo_from ON jobs (photo_from) WHERE photo_from IS NOT NULL",
+        "CREATE INDEX messages_photo_from ON messages (photo_from) WHERE photo_from IS NOT NULL",
+    ],
 ]
 
 

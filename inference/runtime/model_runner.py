@@ -301,10 +301,11 @@ class ModelRunner:
             for j, part in zip(todo, parts, strict=True):
                 features[names[j]] = part
                 self.photos.put(keys[j], part)
-        # each prompt's owner owns the photos it carries, however they were found, so that
+        # each prompt's owners own the photos it carries, however they were found, so that
         # Worker.forget drops them (a photo in two prompts of this prefill has two owners)
         for (inputs, _), key in zip(photos, keys, strict=True):
-            self.photos.own(key, inputs.get("photo_owner", ""))
+            for owner in inputs.get("photo_owners", ()):
+                self.photos.own(key, owner)
         return torch.cat([features[name] for name in names])
 
     def _embeds_with_photos(self, ids: torch.Tensor, with_images: list[dict]):

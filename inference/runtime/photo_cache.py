@@ -10,7 +10,8 @@ tokens are kept, never the photo, in GPU memory only: they leave in least-recent
 order within the budget, and MAX_IDLE_S after their last use in any case (a follow-up
 comes within minutes).
 
-Each entry records its owners: whose requests put it there or used it (Request.owner), so
+Each entry records its owners: whose requests put it there or used it (Request.owner, and
+Request.photo_owners: a group member whose photo another asked about), so
 that `forget(owner)` drops a traveller's photos at once when they say /forget, also a photo
 another traveller sent too (that one's next request runs the tower again).
 """

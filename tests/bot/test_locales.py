@@ -61,6 +61,7 @@ def test_the_strings_whose_words_agree_with_a_count_have_plural_forms() -> None:
         "image_too_large",
         "mydata_summary",
         "mydata_held",
+        "mydata_photos_asked_by_others",
         "queue_position",
     }
 

@@ -13,6 +13,7 @@ import pytest
 
 from bot import storage as storage_mod
 from bot.storage import MIGRATIONS, Storage, TooManyJobs, schema
+from bot.storage.jobs import AnsweredPhoto
 from inference import Diet
 
 ALICE = 424_242_424_242  # large ids cannot collide with row ids / sequence counters
@@ -62,7 +63,7 @@ async def add_turns(s: Storage, user_id: int, n: int, prefix: str = "") -> None:
 async def test_open_creates_file_schema_and_wal(db_path: Path) -> None:
     async with await Storage.open(db_path) as s:
         assert db_path.is_file()
-        assert s.schema_version == len(MIGRATIONS) == 13
+        assert s.schema_version == len(MIGRATIONS) == 14
         names = {n for (n,) in raw(db_path, "SELECT name FROM sqlite_master")}
         assert {"users", "messages", "messages_chat_user", "jobs", "jobs_status"} <= names
         assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
@@ -448,14 +449,14 @@ async def test_an_answer_in_a_group_leads_to_its_photo_until_erased(store: Stora
     await store.complete_job(job, answer="a long answer", thought="")
     await store.set_job_parts_sent(job.id, 1, done=False, answer_message_id=11)
     await store.set_job_parts_sent(job.id, 2, done=True, answer_message_id=13)
-    none = (None, None)
+    menu = AnsweredPhoto("MENU", asker=ALICE, sender=ALICE)
     assert [await store.get_answered_photo(GROUP, m) for m in (10, 11, 12, 13)] == [
-        none, ("MENU", ALICE), none, ("MENU", ALICE)
+        None, menu, None, menu
     ]  # fmt: skip
-    assert await store.get_answered_photo(ALICE, 11) == none  # another chat's message 11
+    assert await store.get_answered_photo(ALICE, 11) is None  # another chat's message 11
     assert (await store.get_job(job.id)).status == "delivered"
     await store.delete_user_data(ALICE)
-    assert await store.get_answered_photo(GROUP, 11) == none
+    assert await store.get_answered_photo(GROUP, 11) is None
 
 
 async def test_history_from_before_chats_were_told_apart_goes_to_the_private_chat(
@@ -873,6 +874,56 @@ async def test_the_quoted_text_is_kept_only_until_its_job_is_answered(db_path: P
         assert (await s.get_job(pending.id)).quoted is None
         assert raw(db_path, "SELECT quoted_from FROM jobs WHERE id = ?", (pending.id,)) == [(None,)]
         assert files_holding(db_path.parent, quoted) == []
+
+
+async def test_a_members_photo_leaves_others_questions_on_their_forget(db_path: Path) -> None:
+    """Bob asks in a group about Alice's photo, and follows up; Alice's /forget takes her
+    photo's reference from Bob's jobs and history (the files' old copies too), stops his
+    question still waiting, and leaves his words and answers his."""
+    photo = "ALICE-PHOTO-FILE-ID-5521"
+
+    def ask(s: Storage, message_id: int, file_id: str | None = photo):
+        return s.add_job(chat_id=GROUP, message_id=message_id, user_id=BOB, chat_type="group",
+                         question="which has no pork?", image_file_id=file_id,
+                         photo_from=ALICE if file_id else None)  # fmt: skip
+
+    async with await Storage.open(db_path) as s:
+        asked = await ask(s, 1)
+        assert (asked.photo_from, asked.owners) == (ALICE, (BOB, ALICE))
+        await s.complete_job(asked, answer="The second one.", thought="")
+        await s.set_job_parts_sent(asked.id, 1, done=True, answer_message_id=2)
+        assert await s.get_answered_photo(GROUP, 2) == AnsweredPhoto(photo, BOB, ALICE)
+        [turn, _] = await s.get_history(GROUP, BOB, max_turns=5)
+        assert (turn.image_file_ids, turn.photo_from, turn.owners) == (
+            (photo,),
+            ALICE,
+            (BOB, ALICE),
+        )
+        follow_up = await ask(s, 3, None)  # sees Alice's photo again: hers to stop too
+        assert await s.mark_history_photo(follow_up, max_turns=5) == ALICE
+        waiting = await ask(s, 4)
+        own = await s.add_job(chat_id=GROUP, message_id=5, user_id=BOB, chat_type="group",
+                              question=None, image_file_id="BOB-OWN")  # fmt: skip
+        assert (await s.get_user_data(ALICE)).photos_asked_by_others == 1
+        assert files_holding(db_path.parent, photo)
+
+        await s.delete_user_data(ALICE)
+
+        assert files_holding(db_path.parent, photo) == []
+        assert raw(db_path, "SELECT COUNT(*) FROM jobs WHERE photo_from IS NOT NULL") == [(0,)]
+        assert raw(db_path, "SELECT COUNT(*) FROM messages WHERE photo_from IS NOT NULL") == [(0,)]
+        assert await s.get_answered_photo(GROUP, 2) is None
+        history = await s.get_history(GROUP, BOB, max_turns=5)
+        assert [(m.text, m.image_file_ids) for m in history] == [
+            ("which has no pork?", ()), ("The second one.", ())
+        ]  # fmt: skip
+        for job in (follow_up, waiting):  # not yet answered: stopped, nothing stored
+            assert (await s.get_job(job.id)).status == "failed"
+            assert await s.complete_job(job, answer="late", thought="") is None
+        assert (await s.get_job(own.id)).image_file_ids == ("BOB-OWN",)
+        assert (await s.get_user_data(ALICE)).photos_asked_by_others == 0
+        later = await ask(s, 6, None)
+        assert await s.mark_history_photo(later, max_turns=5) is None
 
 
 # --- /overlay ---------------------------------------------------------------

@@ -8,7 +8,9 @@ import asyncio
 import pytest
 
 from bot.answering import prepare_image
+from bot.logging import user_ref
 from inference import Request
+from inference.images import photo_key
 from tests.conftest import RunningBot, small_photo
 from tests.e2e.botapi_server import SentMessage, TgUser
 from tests.e2e.test_conversation import final_answer_after, reply_after
@@ -233,3 +235,85 @@ async def test_a_members_language_keyboard_is_theirs_alone(bot: RunningBot) -> N
     edited = await server.wait_for(lambda c: c.method == "editMessageText", after=mark)
     assert edited.params["text"] == t.get("fr", "lang_set", language="Français")
     assert (await bot.storage.get_user(ann.id)).language == "fr"
+
+
+async def test_a_members_forget_takes_their_photo_from_others_questions(bot: RunningBot) -> None:
+    """Bob asks about the photo Ann sent to the group (not to the bot); once Ann says
+    /forget, Bob's history and the bot's answer to him lead to her photo no more: his
+    follow-up, and Eve's reply to that answer, are asked without it."""
+    from tests.e2e.test_privacy import files_holding, forget
+
+    server, t = bot.server, bot.services.texts
+    chat = -9500
+    ann, bob = TgUser(id=9501), TgUser(id=9502, first_name="Bob")
+    eve = TgUser(id=9503, first_name="Eve")
+    requests = seen_requests(bot)
+    ann_photo = server.send_photo(ann, small_photo("MENU-9501"), chat_id=chat, chat_type=GROUP)
+    photo_id = ann_photo["photo"][-1]["file_id"]
+    mark = server.mark()
+    bob_asks = server.send_text(bob, f"{BOT} which has no pork?", chat_id=chat, chat_type=GROUP,
+                                reply_to=ann_photo)  # fmt: skip
+    await final_answer_after(bot, chat, mark)
+    assert len(requests[-1].images) == 1
+    answer = answer_to(bot, chat, bob_asks)
+    [turn, _] = await bot.storage.get_history(chat, bob.id, max_turns=5)
+    assert turn.image_file_ids == (photo_id,)
+    mark = server.mark()
+    server.send_text(ann, "/mydata", chat_id=ann.id)  # she never spoke to the bot
+    shown = await reply_after(bot, ann.id, mark)
+    assert t.get("en", "mydata_photos_asked_by_others", count=1) in shown.params["text"]
+
+    await forget(bot, ann, ann.id)
+
+    [turn, _] = await bot.storage.get_history(chat, bob.id, max_turns=5)
+    assert (turn.text, turn.image_file_ids) == ("which has no pork?", ())
+    assert files_holding(bot.services.settings.database_path.parent, photo_id) == []
+    for member, text, replied in ((bob, "and the price?", None), (eve, "dessert?", answer)):
+        mark = server.mark()
+        server.send_text(member, f"{BOT} {text}" if replied is None else text, chat_id=chat,
+                         chat_type=GROUP, reply_to=replied)  # fmt: skip
+        await final_answer_after(bot, chat, mark)
+        assert [c for c in server.calls[mark:] if c.method == "getFile"] == []
+        assert requests[-1].images == () and requests[-1].question == text
+
+
+@pytest.mark.settings(max_new_tokens=4000, max_seq_len=4096)
+async def test_a_members_forget_stops_an_answer_about_their_photo(bot: RunningBot) -> None:
+    """Ann says /forget while Bob's answer about her photo is being written: it stops at
+    once, the engine keeps nothing of her photo, nothing of the turn is stored, and Bob is
+    told why his answer stopped."""
+    from tests.e2e.test_privacy import forget
+
+    server, t = bot.server, bot.services.texts
+    chat = -9600
+    ann, bob = TgUser(id=9601), TgUser(id=9602, first_name="Bob")
+    photo = small_photo("MENU-9601")
+    ann_photo = server.send_photo(ann, photo, chat_id=chat, chat_type=GROUP)
+    mark = server.mark()
+    bob_asks = server.send_text(bob, f"{BOT} spicy?", chat_id=chat, chat_type=GROUP,
+                                reply_to=ann_photo)  # fmt: skip
+    placeholder = await reply_after(bot, chat, mark)
+    await server.wait_for(lambda c: c.method == "editMessageText", after=mark, timeout=60)
+    worker = bot.services.worker
+    assert worker.num_running == 1  # the answer is being written
+    kept = worker._engine.runner.photos  # looked into: the engine's photo cache
+    key = photo_key(await prepare_image(bot.services, photo), worker._engine.base.image_soft_tokens)
+    assert kept.owners(key) == {user_ref(bob.id), user_ref(ann.id)}
+
+    mark = server.mark()
+    await forget(bot, ann, ann.id)
+
+    told = await reply_after(bot, chat, mark)
+    assert told.params["text"] == t.get("en", "photo_withdrawn")
+    assert told.params["reply_parameters"]["message_id"] == bob_asks["message_id"]
+    erased = t.get("en", "forget_done", count=0)[:10]
+    await server.wait_for(
+        lambda c: c.method == "editMessageText" and c.params.get("text", "").startswith(erased),
+        after=mark,
+    )  # the erasure's end: the engine has let go of it (it would write 4,000 tokens)
+    assert worker.num_running == 0
+    assert kept.get(key) is None
+    deleted = [c.params["message_id"] for c in server.calls_to("deleteMessage", chat)]
+    assert placeholder.result["message_id"] in deleted
+    assert await bot.storage.get_history(chat, bob.id, max_turns=5) == []
+    assert await bot.storage.get_unfinished_jobs() == []
