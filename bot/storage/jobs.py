@@ -266,9 +266,11 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
     async def _finish_job_locked(
         self, job_id: int, status: str, *, parts_sent: int | None = None
     ) -> None:
+        # a follow-up's photo_from was only for while it ran (a photo's stays: the answer's
+        # link to its photo, get_answered_photo)
         await self._db.execute(
             "UPDATE jobs SET status = ?, answer = NULL, thought = NULL, quoted = NULL,"
-            " quoted_from = NULL,"
+            " quoted_from = NULL, photo_from = IIF(image_file_id IS NULL, NULL, photo_from),"
             " parts_sent = COALESCE(?, parts_sent), updated_at = ? WHERE id = ?",
             (status, parts_sent, utc_now(), job_id),
         )

@@ -901,6 +901,10 @@ async def test_a_members_photo_leaves_others_questions_on_their_forget(db_path: 
         )
         follow_up = await ask(s, 3, None)  # sees Alice's photo again: hers to stop too
         assert await s.mark_history_photo(follow_up, max_turns=5) == ALICE
+        done = await ask(s, 7, None)
+        assert await s.mark_history_photo(done, max_turns=5) == ALICE
+        await s.set_job_status(done.id, "delivered")  # then no longer hers to know of
+        assert (await s.get_job(done.id)).photo_from is None
         waiting = await ask(s, 4)
         own = await s.add_job(chat_id=GROUP, message_id=5, user_id=BOB, chat_type="group",
                               question=None, image_file_id="BOB-OWN")  # fmt: skip
