@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 
 import structlog
 from telegram import Message, Update
+from telegram import User as TgUser
+from telegram.error import TelegramError
 from telegram.ext import ApplicationHandlerStop, CommandHandler
 
 from bot.addressing import is_addressed, is_group, is_service_message, sender_id
@@ -53,8 +55,11 @@ async def load_profile(update: Update, context: BotContext) -> None:
         # silent, and before the allowlist: a stranger chatting in the group is no request
         log.debug("update_ignored", kind="not_addressed")
         raise ApplicationHandlerStop
-    if not context.services.update_budget.take(speaker):
-        log.info("update_throttled", kind=_kind(update))  # a flood: no reply, it would add to it
+    budget = context.services.update_budget
+    if not budget.take(speaker):
+        log.info("update_throttled", kind=_kind(update))
+        if budget.tell(speaker):  # once a minute: any more replies would add to the flood
+            await _tell_too_fast(update, context, speaker)
         raise ApplicationHandlerStop
     if message and await _sent_before_forget(context, speaker, message.date):
         log.info("update_ignored", kind="sent_before_forget")  # Telegram delivered it again
@@ -65,8 +70,7 @@ async def load_profile(update: Update, context: BotContext) -> None:
     if context.profile is None:
         # Not stored until the user changes a setting or talks to the model. Telegram's
         # language_code ("nl", "pt-br", "zh-hans") picks the answer language, the UI follows.
-        language = match_language(user.language_code or "") or context.settings.default_language
-        context.profile = _transient_profile(speaker, language)
+        context.profile = _transient_profile(speaker, _language_of(user, context))
     allowed = context.settings.allowed_user_ids
     if allowed and user.id not in allowed:
         log.info("user_refused")
@@ -77,6 +81,20 @@ async def load_profile(update: Update, context: BotContext) -> None:
         raise ApplicationHandlerStop
 
 
+async def _tell_too_fast(update: Update, context: BotContext, speaker: int) -> None:
+    """Some of the speaker's updates were skipped: say so, in their language."""
+    stored = await context.storage.get_user(speaker)
+    language = stored.language if stored else _language_of(update.effective_user, context)
+    text = context.services.texts.get(language, "too_fast")
+    try:
+        if update.callback_query:
+            await update.callback_query.answer(text, show_alert=True)
+        elif update.effective_message:
+            await update.effective_message.reply_html(text)
+    except TelegramError as exc:
+        log.warning("too_fast_not_sent", error=str(exc))
+
+
 async def on_error(update: object, context: BotContext) -> None:
     """Log any exception a handler raised and tell the user something went wrong."""
     log.error("handler_failed", exc_info=context.error)
@@ -85,6 +103,10 @@ async def on_error(update: object, context: BotContext) -> None:
             await context.bot.send_message(update.effective_chat.id, context.t("error_generic"))
         except Exception:
             log.warning("error_reply_failed")
+
+
+def _language_of(user: TgUser, context: BotContext) -> str:
+    return match_language(user.language_code or "") or context.settings.default_language
 
 
 def _addressed(message: Message, context: BotContext) -> bool:

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from bot.update_budget import BURST
 from tests.conftest import RunningBot, small_photo
 from tests.e2e.botapi_server import TgUser
 
@@ -114,6 +115,22 @@ async def test_one_user_cannot_flood(bot: RunningBot) -> None:
         after=mark,
         timeout=60,
     )
+
+
+async def test_a_flood_is_cut_and_its_sender_told_once(bot: RunningBot) -> None:
+    """Beyond the burst (bot/update_budget.py) updates are skipped before any work: the
+    sender is told once (in their language), not once per skipped message."""
+    server, texts = bot.server, bot.services.texts
+    user = TgUser(id=30_050, language_code="de")
+    mark = server.mark()
+    for _ in range(BURST + 20):
+        server.send_text(user, "/help")
+    too_fast = texts.get("de", "too_fast")
+    await server.wait_for(lambda c: c.params.get("text") == too_fast, after=mark, timeout=30)
+    await asyncio.sleep(1.0)
+    sent = [c.params["text"] for c in server.calls_to("sendMessage", user.id)]
+    assert sent.count(too_fast) == 1
+    assert BURST <= len(sent) - 1 < BURST + 20  # the burst, and what the rate let in since
 
 
 @pytest.mark.settings(telegram_messages_per_second=30)
