@@ -93,7 +93,7 @@ async def draw_on_photo(
 
     chat_id = answer.chat_id
     reply = ReplyParameters(reply_to, allow_sending_without_reply=True)
-    note = await _draw(bot, services, answer, turn.image_file_ids[page], language, reply)
+    note = await _draw(bot, services, answer, turn, page, language, reply)
     if note is not None:
         await bot.send_message(chat_id, t(note), reply_parameters=reply)
 
@@ -102,7 +102,8 @@ async def _draw(
     bot: Bot,
     services: Services,
     answer: StoredMessage,
-    file_id: str,
+    turn: StoredMessage,
+    page: int,
     language: str,
     reply: ReplyParameters,
 ) -> str | None:
@@ -112,7 +113,7 @@ async def _draw(
     settings = services.settings
     try:
         await bot.send_chat_action(answer.chat_id, ChatAction.UPLOAD_PHOTO)
-        photo = await prepare_image(services, await download(bot, file_id))
+        photo = await prepare_image(services, await download(bot, turn.image_file_ids[page]))
     except (TelegramError, ImageRejected) as exc:
         log.warning("overlay_photo_unavailable", error=type(exc).__name__)
         return "overlay_photo_gone"
@@ -123,6 +124,7 @@ async def _draw(
         max_new_tokens=2 * settings.max_new_tokens,
         sampling=Sampling(settings.temperature, settings.top_p, settings.top_k),
         owner=user_ref(answer.user_id),
+        photo_owners=() if turn.photo_from is None else (user_ref(turn.photo_from),),
     )
     try:
         finished = await _collect(services, request)
@@ -145,12 +147,14 @@ async def _draw(
     if drawn.num_in_legend:
         caption.append(services.texts.get(language, "overlay_caption_legend"))
     try:
-        await bot.send_photo(
+        sent = await bot.send_photo(
             answer.chat_id, drawn.picture, caption=" ".join(caption), reply_parameters=reply
         )
     except BadRequest as exc:  # a picture Telegram refuses (its size): the note instead
         log.warning("overlay_refused", error=str(exc)[:80])
         return "overlay_failed"
+    if len(turn.image_file_ids) == 1:  # a group member's reply to it asks about the photo
+        await services.storage.link_answer_message(answer, sent.message_id)
     log.info(
         "overlay_sent",
         message_id=answer.id,

@@ -176,34 +176,28 @@ def _question(context: BotContext, message: Message, text: str | None) -> str | 
 
 async def _replied_photo(context: BotContext, message: Message) -> Photo | None:
     """The photo of the message this one replies to: a photo or image file (any member's:
-    the group sees it), or the bot's answer about a photo (stored when it was sent)."""
+    the group sees it), or the one the bot's answer, or translation drawn on it, is about
+    (stored when it was sent; gone with its sender's /forget)."""
     reply = replied_message(message)
     if reply is None:
         return None
-    bot = context.bot
+    bot, speaker = context.bot, context.speaker_id
+    if reply.from_user is not None and reply.from_user.id == bot.id:
+        answered = await context.storage.get_answered_photo(reply.chat_id, reply.message_id)
+        if answered is None:  # and never the bot's own picture, a copy of someone's photo
+            return None
+        owner = answered.sender if answered.sender != speaker else None
+        quoted_from = answered.asker if reply.text else None
+        return Photo(answered.file_id, None, reply.text or None, quoted_from, owner)
     attachment = reply.photo[-1] if reply.photo else None
-    if (
-        attachment is None
-        and reply.document
-        and (reply.document.mime_type or "").startswith("image/")
-    ):
-        attachment = reply.document
-    speaker = context.speaker_id
-    if attachment is not None:
-        caption = without_mention(reply, reply.caption, bot.id, bot.username or "") or None
-        sender = sender_id(reply)
-        if sender == bot.id:  # the bot's own picture (a phrase card, a drawn translation)
-            sender = None
-        owner = sender if sender != speaker else None
-        return Photo(attachment.file_id, attachment.file_size, caption, caption and sender, owner)
-    if reply.from_user is None or reply.from_user.id != bot.id:
+    if reply.document and (reply.document.mime_type or "").startswith("image/"):
+        attachment = attachment or reply.document
+    if attachment is None:
         return None
-    answered = await context.storage.get_answered_photo(reply.chat_id, reply.message_id)
-    if answered is None:
-        return None
-    owner = answered.sender if answered.sender != speaker else None
-    quoted_from = answered.asker if reply.text else None
-    return Photo(answered.file_id, None, reply.text or None, quoted_from, owner)
+    caption = without_mention(reply, reply.caption, bot.id, bot.username or "") or None
+    sender = sender_id(reply)
+    owner = sender if sender != speaker else None
+    return Photo(attachment.file_id, attachment.file_size, caption, caption and sender, owner)
 
 
 async def unsupported(update: Update, context: BotContext) -> None:

@@ -243,6 +243,16 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
                 return
             await self._finish_job_locked(job_id, "delivered", parts_sent=parts_sent)
 
+    async def link_answer_message(self, answer: StoredMessage, message_id: int) -> None:
+        """The bot's message `message_id` in the answer's chat (the translation drawn on the
+        photo) leads to the answer's photo, like the answer: get_answered_photo."""
+        async with self._transaction():
+            await self._db.execute(
+                "INSERT OR IGNORE INTO answer_messages SELECT chat_id, ?, id FROM jobs"
+                " WHERE answer_history_id = ? AND chat_id = ?",
+                (message_id, answer.id, answer.chat_id),
+            )
+
     async def get_answered_photo(self, chat_id: int, message_id: int) -> AnsweredPhoto | None:
         """The photo that the bot's message `message_id` in `chat_id` answers, if it is one
         of its answers about a photo in a group (gone once its sender said /forget)."""

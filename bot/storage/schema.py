@@ -167,6 +167,12 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX jobs_photo_from ON jobs (photo_from) WHERE photo_from IS NOT NULL",
         "CREATE INDEX messages_photo_from ON messages (photo_from) WHERE photo_from IS NOT NULL",
     ],
+    [
+        # The translation drawn on a photo is linked to its answer's job (answer_messages)
+        # through the answer's history row
+        "CREATE INDEX jobs_answer_history_id ON jobs (answer_history_id)"
+        " WHERE answer_history_id IS NOT NULL",
+    ],
 ]
 
 

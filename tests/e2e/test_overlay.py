@@ -288,3 +288,48 @@ async def test_overlay_on_draws_after_each_photo_and_mydata_shows_it(
     # /forget erases the setting with the rest
     await bot.services.erase_user(ann.id)
     assert await bot.storage.get_overlay(ann.id) is False
+
+
+async def test_a_reply_to_the_drawn_translation_asks_about_the_photo_while_kept(
+    bot: RunningBot, scripted_server: ScriptedChatServer
+) -> None:
+    """In a group, a member's reply to the translation drawn on Ann's photo asks about
+    her photo itself, not the bot's picture over it; after her /forget, about no photo
+    (never the drawn copy of it)."""
+    from tests.e2e.test_privacy import forget
+
+    server, chat = bot.server, -9700
+    ann, bob = TgUser(id=9701), TgUser(id=9702, first_name="Bob")
+    scripted_server.script(SCRIPTED_ANSWER)
+    photo = sign()
+    answer = await answered_photo(bot, ann, photo, chat, chat_type="supergroup",
+                                  caption="@travel_test_bot")  # fmt: skip
+    scripted_server.script(SCRIPTED_REGIONS)
+    mark = server.mark()
+    await press(bot, ann, sent_message(bot, answer), overlay_buttons(answer)[0]["callback_data"])
+    drawn = await server.wait_for(lambda c: c.method == "sendPhoto", after=mark, timeout=30)
+    original = Image.open(io.BytesIO(photo)).convert("RGB")
+    assert (
+        mean_difference(picture_of(bot, drawn).convert("RGB"), original, (40, 190, 250, 260)) > 20
+    )
+
+    for erased in (False, True):
+        if erased:
+            await forget(bot, ann, ann.id)
+        scripted_server.script("Plain follow-up.")
+        mark = server.mark()
+        server.send_text(bob, "@travel_test_bot and this?", chat_id=chat,
+                         chat_type="supergroup", reply_to=sent_message(bot, drawn))  # fmt: skip
+        await final_answer_after(bot, chat, mark)
+        images = [
+            part
+            for message in scripted_server.bodies[-1]["messages"]
+            if isinstance(message["content"], list)
+            for part in message["content"]
+            if part["type"] == "image_url"
+        ]
+        if erased:
+            assert images == []
+        else:
+            asked = image_sent_to_model(scripted_server.bodies[-1]).convert("RGB")
+            assert mean_difference(asked, original, (40, 190, 250, 260)) < 3
