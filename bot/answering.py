@@ -35,7 +35,6 @@ from inference import (
     Sampling,
     Started,
     Turn,
-    normalize_image,
     split_answer,
 )
 
@@ -482,7 +481,7 @@ async def prepare_image(services: Services, data: bytes) -> bytes:
     """Validate and normalise a photo off the event loop; raises ImageRejected."""
     settings = services.settings
     limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    return await asyncio.to_thread(normalize_image, data, limits)
+    return await services.worker.normalize_image(data, limits)
 
 
 async def _fetch_image(bot: Bot, services: Services, file_id: str) -> bytes | None:

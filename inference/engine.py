@@ -47,17 +47,21 @@ class EngineConfig:
 
 
 class GemmaEngine:
-    def __init__(self, model, tokenizer, image_processor, *, image_soft_tokens=None) -> None:
-        """An engine over an already loaded model (see `load` for a checkpoint directory)."""
+    def __init__(
+        self, model, tokenizer, image_processor, *, image_soft_tokens=None, dtype=None
+    ) -> None:
+        """An engine over an already loaded model (see `load` for a checkpoint directory).
+        Without one (None) it only prepares inputs, on the CPU, pixels in `dtype`
+        (prep_processes)."""
         import torch
 
         from inference.photo_features import check_processor
 
-        self.model = model.eval()
+        self.model = model.eval() if model is not None else None
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.device = model.device
-        self.dtype = model.dtype
+        self.device = model.device if model is not None else torch.device("cpu")
+        self.dtype = model.dtype if model is not None else dtype
         self.image_soft_tokens = image_soft_tokens or image_processor.max_soft_tokens
         check_processor(image_processor)
         if not tokenizer.chat_template:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import httpx
 import structlog
 
+from inference.images import ImageLimits, normalize_image
 from inference.openai_wire import ThoughtSplitter, chat_payload, read_chunk, read_sse_line
 from inference.types import (
     Delta,
@@ -136,6 +137,10 @@ class RemoteWorker:
             log.warning("remote_requests_abandoned", num_running=self.num_running)
         if self._client is not None:
             await self._client.aclose()
+
+    async def normalize_image(self, data: bytes, limits: ImageLimits) -> bytes:
+        """In a thread: here the event loop is the only other Python work."""
+        return await asyncio.to_thread(normalize_image, data, limits)
 
     async def submit(self, request: Request) -> AsyncIterator[Event]:
         """Yield Queued, Started, Delta..., Finished for `request`; raises InferenceError."""

@@ -5,7 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from inference.images import ImageLimits
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,10 @@ class ImageRejected(InferenceError):
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+        self.reason, self.detail = reason, detail
+
+    def __reduce__(self):  # raised in a preparing process, with its reason
+        return type(self), (self.reason, self.detail)
 
 
 class WorkerStopped(InferenceError):
@@ -201,6 +207,9 @@ class InferenceService(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+    async def normalize_image(self, data: bytes, limits: ImageLimits) -> bytes:
+        """inference.images.normalize_image off the event loop; raises ImageRejected."""
 
     def submit(self, request: Request) -> AsyncIterator[Event]: ...
 

@@ -1,7 +1,9 @@
 """A bounded queue in front of one engine thread, streaming events back to asyncio.
 
-The bot calls `async for event in worker.submit(request)`, and `worker.forget(owner)`.
-Torch runs only in the engine thread; events cross back with call_soon_threadsafe.
+The bot calls `worker.normalize_image(photo)`, `async for event in worker.submit(request)`,
+and `worker.forget(owner)`. Torch runs only in the engine thread; events cross back with
+call_soon_threadsafe. Photos are normalized and requests prepared in preparing processes
+(prep_processes), waited for by the preparing threads.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Protocol
 
 import structlog
 
+from inference.images import ImageLimits, normalize_image
+from inference.prep_processes import Preparer, PrepProcesses
 from inference.types import (
     Event,
     Finished,
@@ -41,6 +45,10 @@ MAX_PREP_THREADS = 16
 PREFILL_GATHER_S = 0.05
 
 
+# a request → its model inputs and the token ids it shares (GemmaEngine.prepare_with_prefix)
+InputsOf = Callable[[Request], tuple[dict, tuple[int, ...]]]
+
+
 class Engine(Protocol):
     """What the worker drives: requests are added, then `step()` advances all of them.
 
@@ -49,12 +57,18 @@ class Engine(Protocol):
     """
 
     max_slots: int  # requests that may be active at once
+    device: object  # where the model runs: a torch.device
 
     @property
     def num_active(self) -> int: ...
 
-    def prepare(self, request: Request) -> object:
-        """CPU work before a request can join (images, tokens); called from other threads."""
+    def preparer(self) -> Preparer | None:
+        """What preparing processes need to make this engine's inputs; None: it makes its
+        own (`prepare` without `inputs_of`)."""
+
+    def prepare(self, request: Request, inputs_of: InputsOf | None = None) -> object:
+        """CPU work before a request can join (images, tokens); called from other threads.
+        `inputs_of(request)`: its inputs and shared prefix, made elsewhere."""
 
     def add(
         self, prepared: object, emit: Callable[[Event], None], is_cancelled: Callable[[], bool]
@@ -75,14 +89,18 @@ class SequentialEngine:
 
     def __init__(self, engine) -> None:
         self.engine = engine
+        self.device = engine.device
         self._active: list[tuple[Request, Callable, Callable]] = []
 
     @property
     def num_active(self) -> int:
         return len(self._active)
 
-    def prepare(self, request: Request) -> Request:
-        return request  # generate() prepares its own inputs
+    def preparer(self) -> None:
+        return None  # generate() prepares its own inputs
+
+    def prepare(self, request: Request, inputs_of: InputsOf | None = None) -> Request:
+        return request
 
     def add(self, request, emit, is_cancelled) -> None:
         self._active.append((request, emit, is_cancelled))
@@ -119,8 +137,8 @@ class _Job:
 
 
 def host_prep_threads() -> int:
-    """Preparing threads for this host: one a CPU the process may use, less the engine
-    thread's, at most MAX_PREP_THREADS."""
+    """Preparing threads (and processes) for this host: one a CPU the process may use,
+    less the engine thread's, at most MAX_PREP_THREADS."""
     usable = (
         os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
     )
@@ -134,12 +152,18 @@ class Worker:
         *,
         max_queue: int = 64,
         prep_threads: int | None = None,  # None: host_prep_threads()
+        # None: one a preparing thread where the model runs on a GPU; none on a CPU, where
+        # its forward already keeps every core busy
+        prep_processes: int | None = None,
     ) -> None:
         self._engine_factory = engine_factory
         self._engine: Engine | None = None
+        self._num_prep_threads = prep_threads or host_prep_threads()
         self._prep_pool = ThreadPoolExecutor(
-            prep_threads or host_prep_threads(), thread_name_prefix="inference-prep"
+            self._num_prep_threads, thread_name_prefix="inference-prep"
         )
+        self._num_prep_processes = prep_processes
+        self._processes = PrepProcesses()
         self._num_preparing = 0
         self.max_queue = max_queue
         self._pending: deque[_Job] = deque()
@@ -164,6 +188,11 @@ class Worker:
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def num_prep_processes(self) -> int:
+        """Preparing processes running (0: photos are prepared in threads)."""
+        return self._processes.num_processes if self._processes.is_running else 0
+
     def device_memory_bytes(self) -> int | None:
         """GPU memory this process holds (torch's caching allocator); None without CUDA.
 
@@ -175,7 +204,8 @@ class Worker:
         return int(torch.cuda.memory_reserved())
 
     async def start(self) -> None:
-        """Start the engine thread and wait until the model is loaded (raises if it fails)."""
+        """Start the engine thread and wait until the model is loaded (raises if it fails)
+        and the preparing processes are ready."""
         loop = asyncio.get_running_loop()
         loaded: asyncio.Future[None] = loop.create_future()
         self._thread = threading.Thread(
@@ -183,6 +213,18 @@ class Worker:
         )
         self._thread.start()
         await loaded
+        await asyncio.to_thread(self._start_processes)
+
+    def _start_processes(self) -> None:
+        engine, num = self._engine, self._num_prep_processes
+        if num is None:
+            num = self._num_prep_threads if engine.device.type != "cpu" else 0
+        if not num:
+            return
+        try:
+            self._processes.start(num, engine.preparer())
+        except Exception:  # slower in threads, but serving
+            log.exception("prep_processes_failed", fallback="threads")
 
     async def stop(self) -> None:
         """Finish the running requests, fail the waiting ones, stop the thread."""
@@ -196,6 +238,13 @@ class Worker:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
         self._prep_pool.shutdown(wait=False)
+        await asyncio.to_thread(self._processes.close)
+
+    async def normalize_image(self, data: bytes, limits: ImageLimits) -> bytes:
+        """inference.images.normalize_image, in a preparing process once they run."""
+        if self._processes.is_running:
+            return await asyncio.to_thread(self._processes.normalize, data, limits)
+        return await asyncio.to_thread(normalize_image, data, limits)
 
     async def submit(self, request: Request) -> AsyncIterator[Event]:
         """Queue `request` and yield its events until Finished; raises InferenceError."""
@@ -262,8 +311,11 @@ class Worker:
             raise QueueFull(f"{len(self._pending)} requests waiting")
 
     def _prepare(self, request: Request) -> object:
+        processes = self._processes
         try:
-            return self._engine.prepare(request)
+            return self._engine.prepare(
+                request, processes.prepare_with_prefix if processes.can_prepare else None
+            )
         except InferenceError:
             raise
         except Exception as exc:  # a request the engine cannot take must not stop the worker

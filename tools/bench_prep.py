@@ -6,8 +6,10 @@ decode, chat template, image processor, tokens). For a Telegram photo (1280x960 
 and a 12 MP phone photo sent as a file (4032x3024 JPEG, EXIF-rotated), prints and writes
 as JSON: each stage's CPU ms and how many ms it holds the GIL (the time a pure-Python
 thread could not run beside it, which is what the engine thread's kernel launches wait
-for), then photos/s through N preparing threads with the lag that an engine-like thread
-(waking every millisecond) sees meanwhile. The tokenizer is the tiny checkpoint's and the
+for), then photos/s and ms a photo through N preparing threads, and through N threads
+each waiting for one of N preparing processes (inference.prep_processes, the Worker's
+route on a GPU), with the lag that an engine-like thread (waking every millisecond) sees
+meanwhile. The tokenizer is the tiny checkpoint's and the
 image processor Gemma 4's at 280 soft tokens (the full-size default).
 """
 
@@ -31,6 +33,7 @@ from PIL import Image
 
 from inference.engine import GemmaEngine
 from inference.images import ImageLimits, normalize_image
+from inference.prep_processes import Preparer, PrepProcesses
 from inference.types import Request
 from tools.samples import draw_sign
 
@@ -156,29 +159,45 @@ def engine_lag(work: Callable[[], None]) -> tuple[float, dict]:
     }
 
 
-def time_throughput(engine: GemmaEngine, threads: list[int], num_photos: int) -> list[dict]:
+def time_throughput(engine: GemmaEngine, workers: list[int], num_photos: int) -> list[dict]:
+    """A row a photo size, route and number of workers (threads, or processes)."""
     rows = []
-    for name, (width, height, orientation) in PHOTOS.items():
-        photos = [photo_jpeg(width, height, orientation, seed=i) for i in range(num_photos)]
-
-        def one(data: bytes) -> None:
-            engine.prepare_with_prefix(Request(language="de", images=(normalize_image(data),)))
-
-        for count in threads:
-            with ThreadPoolExecutor(count) as pool:
-                list(pool.map(one, photos[:count]))  # warm the threads
-                seconds, lag = engine_lag(
-                    lambda pool=pool, photos=photos: list(pool.map(one, photos))
-                )
-            rows.append(
-                {
-                    "photo": name,
-                    "threads": count,
-                    "photos_per_s": round(num_photos / seconds, 2),
-                    **lag,
-                }
-            )
+    for count in workers:
+        processes = PrepProcesses()
+        processes.start(count, Preparer.of(engine))
+        routes = {
+            "threads": (normalize_image, engine.prepare_with_prefix),
+            "processes": (processes.normalize, processes.prepare_with_prefix),
+        }
+        try:
+            for name, (width, height, orientation) in PHOTOS.items():
+                photos = [photo_jpeg(width, height, orientation, seed=i) for i in range(num_photos)]
+                for route, (normalize, prepare) in routes.items():
+                    row = {"photo": name, "route": route, "workers": count}
+                    rows.append(row | time_route(normalize, prepare, photos, count))
+        finally:
+            processes.close()
     return rows
+
+
+def time_route(normalize, prepare, photos: list[bytes], workers: int) -> dict:
+    """Photos/s and the mean ms a photo takes, all `photos` through `workers` threads."""
+    photo_ms: list[float] = []
+
+    def one(data: bytes) -> None:
+        started = time.perf_counter()
+        prepare(Request(language="de", images=(normalize(data, ImageLimits()),)))
+        photo_ms.append((time.perf_counter() - started) * 1000)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, photos[:workers]))  # warm the threads
+        photo_ms.clear()
+        seconds, lag = engine_lag(lambda: list(pool.map(one, photos)))
+    return {
+        "photos_per_s": round(len(photos) / seconds, 2),
+        "photo_ms_mean": round(statistics.fmean(photo_ms), 1),
+        **lag,
+    }
 
 
 def tiny_prep_engine() -> GemmaEngine:
@@ -198,10 +217,12 @@ def print_tables(result: dict) -> None:
     print(f"\n{'photo':<22} {'stage':<24} {'CPU ms':>8} {'GIL ms':>8}")
     for row in result["stages"]:
         print(f"{row['photo']:<22} {row['stage']:<24} {row['cpu_ms']:>8.1f} {row['gil_ms']:>8.1f}")
-    print(f"\n{'photo':<22} {'threads':>7} {'photos/s':>9} {'lag ms':>7} {'p99':>7}")
+    print(f"\n{'photo':<22} {'route':<10} {'workers':>7} {'photos/s':>9} {'ms/photo':>9} "
+          f"{'lag ms':>7} {'p99':>7}")  # fmt: skip
     for row in result["throughput"]:
         print(
-            f"{row['photo']:<22} {row['threads']:>7} {row['photos_per_s']:>9.2f} "
+            f"{row['photo']:<22} {row['route']:<10} {row['workers']:>7} "
+            f"{row['photos_per_s']:>9.2f} {row['photo_ms_mean']:>9.1f} "
             f"{row['lag_mean_ms']:>7.2f} {row['lag_p99_ms']:>7.2f}"
         )
 
@@ -209,7 +230,7 @@ def print_tables(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed calls a stage")
-    parser.add_argument("--threads", default="1,2,4", help="preparing threads to try")
+    parser.add_argument("--workers", default="1,2,4", help="preparing threads or processes")
     parser.add_argument("--photos", type=int, default=8, help="photos a throughput row")
     parser.add_argument("--out", type=Path, default=Path("bench-prep.json"))
     args = parser.parse_args(argv)
@@ -226,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     finally:
         probe.close()
-    threads = [int(n) for n in args.threads.split(",")]
-    result["throughput"] = time_throughput(engine, threads, args.photos)
+    workers = [int(n) for n in args.workers.split(",")]
+    result["throughput"] = time_throughput(engine, workers, args.photos)
     print_tables(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

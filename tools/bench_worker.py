@@ -3,8 +3,8 @@
 Each request is a fresh photo as Telegram delivers one: a JPEG whose long side is 1280 px
 (the largest PhotoSize of a photo sent as a photo, for most clients), 4:3 as phones take
 them, at JPEG quality 87 (an assumption close to Telegram's recompression). On the clock,
-as in bot/answering.py: `normalize_image` in a thread, then `Worker.submit`, until the
-Finished event; the first Delta is the request's first token.
+as in bot/answering.py: `Worker.normalize_image` (in a preparing process on a GPU), then
+`Worker.submit`, until the Finished event; the first Delta is the request's first token.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from inference.images import normalize_image
+from inference.images import ImageLimits
 from inference.runtime.batch_engine import BatchEngine
 from inference.types import Queued, Request, Started
 from inference.worker import Worker
@@ -57,7 +57,7 @@ async def ask(worker: Worker, build: Build, photo: bytes, index: int, owner: str
               state: Tracked, stages: Stages, clock: Callable[[], float]) -> None:  # fmt: skip
     """One traveller's photo, as the bot handles it, its events into `state`."""
     state.arrival = clock()
-    image = await asyncio.to_thread(normalize_image, photo)
+    image = await worker.normalize_image(photo, ImageLimits())
     stages["normalized"] = clock()
     async for event in worker.submit(build(index, image, owner)):
         stages.on_event(event, clock())
@@ -105,6 +105,7 @@ async def burst(
     row.extra["prompt_tokens_min_max"] = [min(prompt_tokens), max(prompt_tokens)]
     row.extra["decode_step"] = "not seen through the Worker"
     row.extra["stages"] = stage_times(tracked, stages)
+    row.extra["prep_processes"] = worker.num_prep_processes  # 0: prepared in threads
     return row
 
 

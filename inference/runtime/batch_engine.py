@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from inference.engine import GemmaEngine
+from inference.prep_processes import Preparer
 from inference.runtime.config import EnginePaths, RuntimeConfig
 from inference.runtime.gemma4 import fp8_experts, layers, vision
 from inference.runtime.gemma4.patch import patch_model
@@ -23,6 +24,7 @@ from inference.runtime.sampler import sample
 from inference.runtime.scheduler import Scheduler
 from inference.runtime.sequence import Sequence, Status
 from inference.types import Event, InferenceError, Request
+from inference.worker import InputsOf
 
 log = structlog.get_logger()
 
@@ -229,6 +231,10 @@ class BatchEngine:
         return self.runtime.max_slots
 
     @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    @property
     def num_active(self) -> int:
         """Waiting, running, and finished ones whose last tokens are not read back yet."""
         draining = {
@@ -239,9 +245,13 @@ class BatchEngine:
         }
         return self.scheduler.num_active + len(draining)
 
-    def prepare(self, request: Request) -> Sequence:
-        """CPU work for a request (image processing, tokenizing); runs in any thread."""
-        inputs, prefix = self.base.prepare_with_prefix(request)
+    def preparer(self) -> Preparer:
+        return Preparer.of(self.base)
+
+    def prepare(self, request: Request, inputs_of: InputsOf | None = None) -> Sequence:
+        """CPU work for a request (image processing, tokenizing); runs in any thread.
+        `inputs_of`: where its inputs are made (a preparing process), else here."""
+        inputs, prefix = (inputs_of or self.base.prepare_with_prefix)(request)
         num_prompt_tokens = int(inputs["input_ids"].shape[1])
         if num_prompt_tokens >= self.runtime.max_seq_len:
             raise InferenceError(f"prompt of {num_prompt_tokens} tokens is too long")

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import openai
 import pytest
+import torch
 
 from inference import (
     ChatMessage,
@@ -156,6 +157,7 @@ class ScriptedEngine:
     """The worker's Engine protocol with a fixed answer; `gate` holds each step."""
 
     max_slots = 1
+    device = torch.device("cpu")
 
     def __init__(self) -> None:
         self._active: list = []
@@ -168,7 +170,10 @@ class ScriptedEngine:
     def num_active(self) -> int:
         return len(self._active)
 
-    def prepare(self, request: Request) -> Request:
+    def preparer(self) -> None:
+        return None
+
+    def prepare(self, request: Request, inputs_of=None) -> Request:
         return request
 
     def add(self, prepared, emit, is_cancelled) -> None:

@@ -41,6 +41,7 @@ def test_bench_smoke_writes_every_row(tmp_path: Path) -> None:
         median, longest = stages[f"{stage}_ms_median_max"]
         assert 0 <= median <= longest
     assert 0 < stages["last_started_s"] < worker_x3["seconds"]
+    assert worker_x3["extra"]["prep_processes"] == 0  # on a CPU, prepared in threads
     # the prompts as long as Gemma 4's tokenizer would make them, the Worker's alike
     lengths = data["prompt_lengths"]
     assert lengths["fitted_to"] == "gemma-estimate" and lengths["chars_per_token"] == 4
