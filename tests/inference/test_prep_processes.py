@@ -35,9 +35,17 @@ LIMITS = ImageLimits()
 
 
 @pytest.fixture(scope="module")
-def processes(tiny_engine: GemmaEngine):
+def preparer(tiny_engine: GemmaEngine) -> Preparer:
+    """The tiny engine's, with a GPU engine's bfloat16 pixels (numpy has no bfloat16: they
+    travel as their bits)."""
+    cpu = Preparer.of(tiny_engine)
+    return Preparer(cpu.tokenizer, cpu.image_processor, cpu.image_soft_tokens, torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def processes(preparer: Preparer):
     processes = PrepProcesses()
-    processes.start(2, Preparer.of(tiny_engine))
+    processes.start(2, preparer)
     yield processes
     processes.close()
 
@@ -54,38 +62,23 @@ def requests(photo: bytes, page: bytes) -> list[Request]:
 
 
 def test_a_process_prepares_the_same_inputs_as_a_thread(
-    processes: PrepProcesses, tiny_engine: GemmaEngine
+    processes: PrepProcesses, preparer: Preparer
 ) -> None:
+    in_thread = preparer.engine()
     phone = phone_photos(1, seed=3)[0]
     photo = processes.normalize(phone, LIMITS)
     assert photo == normalize_image(phone)
     for request in requests(photo, normalize_image(small_photo("EXIT"))):
         inputs, prefix = processes.prepare_with_prefix(request)
-        expected_inputs, expected_prefix = tiny_engine.prepare_with_prefix(request)
+        expected_inputs, expected_prefix = in_thread.prepare_with_prefix(request)
         assert prefix == expected_prefix
         assert inputs.keys() == expected_inputs.keys()
+        assert "pixel_values" not in inputs or inputs["pixel_values"].dtype == torch.bfloat16
         for name, expected in expected_inputs.items():
             if isinstance(expected, torch.Tensor):
                 assert inputs[name].dtype == expected.dtype and torch.equal(inputs[name], expected)
             else:
                 assert inputs[name] == expected
-
-
-def test_bfloat16_pixels_come_back_bit_for_bit(tiny_engine: GemmaEngine) -> None:
-    """A GPU engine's pixels are bfloat16, which numpy lacks: they travel as their bits."""
-    engine = Preparer.of(tiny_engine)
-    bf16 = Preparer(engine.tokenizer, engine.image_processor, engine.image_soft_tokens,
-                    torch.bfloat16)  # fmt: skip
-    processes = PrepProcesses()
-    processes.start(1, bf16)
-    try:
-        request = Request(language="de", images=(normalize_image(small_photo()),))
-        inputs, _ = processes.prepare_with_prefix(request)
-    finally:
-        processes.close()
-    expected, _ = bf16.engine().prepare_with_prefix(request)
-    assert inputs["pixel_values"].dtype == torch.bfloat16
-    assert torch.equal(inputs["pixel_values"], expected["pixel_values"])
 
 
 def test_a_rejected_photo_keeps_its_reason(processes: PrepProcesses) -> None:
@@ -175,3 +168,20 @@ async def test_the_worker_prepares_in_processes_and_survives_a_killed_one(
     finally:
         await worker.stop()
     assert children() == others
+
+
+async def test_beside_the_generate_engine_processes_only_normalize(engine_config) -> None:
+    """The generate() engine prepares its own inputs: the processes normalize photos."""
+    others = children()
+    worker = Worker(lambda: create_engine(engine_config, None), prep_processes=1)
+    await worker.start()
+    try:
+        assert worker.num_prep_processes == 1 and len(children() - others) == 1
+        photo = small_photo()
+        image = await worker.normalize_image(photo, LIMITS)
+        assert image == normalize_image(photo)
+        request = Request(language="en", images=(image,), max_new_tokens=2)
+        assert isinstance([event async for event in worker.submit(request)][-1], Finished)
+    finally:
+        await worker.stop()
+    assert children() == others and worker.num_prep_processes == 0
