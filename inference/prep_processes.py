@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from concurrent.futures import ProcessPoolExecutor
+import time
+from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import structlog
 
 from inference.images import ImageLimits, normalize_image
-from inference.types import ImageRejected, InferenceError, Request
+from inference.types import ImageRejected, InferenceError, Request, WorkerStopped
 
 log = structlog.get_logger()
 
@@ -60,6 +61,7 @@ class PrepProcesses:
         self._preparer: Preparer | None = None
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()  # one restart for a pool that broke, however many saw it
+        self._closed = False
 
     @property
     def is_running(self) -> bool:
@@ -74,11 +76,14 @@ class PrepProcesses:
         """Spawn the processes and wait until each is ready (raises if one cannot start);
         without a `preparer` they only normalize photos."""
         self.num_processes, self._preparer = num_processes, preparer
+        started = time.monotonic()
         self._pool = self._started_pool()
+        seconds = round(time.monotonic() - started, 1)
+        log.info("prep_processes_started", processes=num_processes, seconds=seconds)
 
     def close(self) -> None:
         with self._lock:
-            pool, self._pool = self._pool, None
+            pool, self._pool, self._closed = self._pool, None, True
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -102,21 +107,32 @@ class PrepProcesses:
         died."""
         for attempt in (1, 2):
             pool = self._pool
+            if pool is None and self._closed:
+                raise WorkerStopped("the preparing processes are stopped")
             if pool is None:
-                raise InferenceError("the preparing processes are stopped")
+                raise _ProcessDied("no preparing process could be started again")
             try:
                 return pool.submit(function, *args).result()
             except BrokenProcessPool:
                 log.error("prep_process_died", attempt=attempt)
                 self._restart(pool)
+            except CancelledError:  # closed while it waited
+                raise WorkerStopped("the preparing processes are stopped") from None
         raise _ProcessDied("a preparing process died on it twice")
 
     def _restart(self, broken: ProcessPoolExecutor) -> None:
+        """A new pool for a broken one; none if it cannot start (then the Worker prepares
+        in its threads)."""
         with self._lock:
             if self._pool is not broken:  # stopped, or started again by another thread
                 return
             broken.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._started_pool()
+            self._pool = None
+            try:
+                self._pool = self._started_pool()
+            except Exception:
+                log.exception("prep_processes_restart_failed", fallback="threads")
+                return
             log.info("prep_processes_restarted", processes=self.num_processes)
 
     def _started_pool(self) -> ProcessPoolExecutor:

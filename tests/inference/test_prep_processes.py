@@ -23,6 +23,7 @@ from inference import (
     Sampling,
     Turn,
     Worker,
+    WorkerStopped,
     create_engine,
     normalize_image,
 )
@@ -131,6 +132,8 @@ def test_a_killed_process_is_replaced_and_what_kills_twice_fails_clearly(
     finally:
         processes.close()
     assert children() == others
+    with pytest.raises(WorkerStopped):
+        processes.normalize(photo, LIMITS)
 
 
 async def test_the_worker_prepares_in_processes_and_survives_a_killed_one(
