@@ -422,7 +422,10 @@ async def _read_call(
         raise ApiError(404, f"model {checked.model!r} is not served here", "model_not_found")
     if not checked.num_images:
         return checked.decode(limits.image)  # nothing to decode
-    return await loop.run_in_executor(admission.decode_pool, checked.decode, limits.image)
+    decode = functools.partial(
+        checked.decode, limits.image, admission.worker.image_normalizer()
+    )  # the images normalized in a preparing process where the model runs on a GPU
+    return await loop.run_in_executor(admission.decode_pool, decode)
 
 
 async def _read_body(

@@ -268,14 +268,14 @@ class CheckedCall:
     def num_images(self) -> int:
         return sum(len(m.images) for m in self.messages)
 
-    def decode(self, image_limits: ImageLimits) -> CompletionCall:
+    def decode(self, image_limits: ImageLimits, normalize=normalize_image) -> CompletionCall:
         """Decode and normalise the images (CPU work: off the event loop where there are
-        any); raises BadRequest or ImageRejected."""
+        any; `normalize`: Worker.image_normalizer's); raises BadRequest or ImageRejected."""
         chat = tuple(
             ChatMessage(
                 m.role,
                 m.text,
-                tuple(normalize_image(_decode_base64(data), image_limits) for data in m.images),
+                tuple(normalize(_decode_base64(data), image_limits) for data in m.images),
             )
             for m in self.messages
         )

@@ -12,6 +12,7 @@ it is started again, and the work it held is tried once more there.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import time
 from concurrent.futures import CancelledError, ProcessPoolExecutor
@@ -165,6 +166,7 @@ _ready = None
 
 def _start_process(preparer: Preparer | None, ready) -> None:
     global _engine, _ready
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # no CUDA context here: the GPU is the engine's
     _ready = ready
     if preparer is not None:
         import torch

@@ -242,9 +242,11 @@ class Worker:
 
     async def normalize_image(self, data: bytes, limits: ImageLimits) -> bytes:
         """inference.images.normalize_image, in a preparing process once they run."""
-        if self._processes.is_running:
-            return await asyncio.to_thread(self._processes.normalize, data, limits)
-        return await asyncio.to_thread(normalize_image, data, limits)
+        return await asyncio.to_thread(self.image_normalizer(), data, limits)
+
+    def image_normalizer(self) -> Callable[[bytes, ImageLimits], bytes]:
+        """normalize_image as `normalize_image` runs it, for a thread to call."""
+        return self._processes.normalize if self._processes.is_running else normalize_image
 
     async def submit(self, request: Request) -> AsyncIterator[Event]:
         """Queue `request` and yield its events until Finished; raises InferenceError."""
