@@ -11,6 +11,7 @@ it is started again, and the work it held is tried once more there.
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 import threading
@@ -20,6 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import structlog
+from PIL import Image
 
 from inference.images import ImageLimits, normalize_image
 from inference.types import ImageRejected, InferenceError, Request, WorkerStopped
@@ -173,6 +175,18 @@ def _start_process(preparer: Preparer | None, ready) -> None:
 
         torch.set_num_threads(1)  # one process a core: intra-op threads would only contend
         _engine = preparer.engine()
+    _warm(_engine)
+
+
+def _warm(engine) -> None:
+    """Normalize a photo and prepare a request about it once, so that the first ones a
+    traveller sends do not pay what a process's first call costs (compiling the chat
+    template, lazy imports; docs/performance.md, "Through the Worker")."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (640, 480), "white").save(buffer, "JPEG")
+    photo = normalize_image(buffer.getvalue())
+    if engine is not None:
+        engine.prepare_with_prefix(Request(language="en", question="?", images=(photo,)))
 
 
 def _wait_ready() -> None:

@@ -43,6 +43,9 @@ MAX_PREP_THREADS = 16
 # ready, so that a burst is prefilled together: one prefill of 8 costs less than one of 1
 # then one of 7 (docs/performance.md, "Through the Worker")
 PREFILL_GATHER_S = 0.05
+# preparing processes on a GPU host: 8 prepared a burst of 64 faster than 15 did on the
+# 16-core H100 host, with half their memory (docs/performance.md, "Through the Worker")
+MAX_PREP_PROCESSES = 8
 
 
 # a request → its model inputs and the token ids it shares (GemmaEngine.prepare_with_prefix)
@@ -218,7 +221,8 @@ class Worker:
     def _start_processes(self) -> None:
         engine, num = self._engine, self._num_prep_processes
         if num is None:
-            num = self._num_prep_threads if engine.device.type != "cpu" else 0
+            on_gpu = engine.device.type != "cpu"
+            num = min(MAX_PREP_PROCESSES, self._num_prep_threads) if on_gpu else 0
         if not num:
             return
         try:
