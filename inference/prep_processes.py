@@ -161,21 +161,27 @@ class _ProcessDied(Exception):
     pass
 
 
-# In a preparing process: its engine without a model, and the barrier of its pool's start.
-_engine = None
-_ready = None
+@dataclass
+class _ThisProcess:
+    """In a preparing process: its engine without a model, and the barrier of its pool's
+    start."""
+
+    engine: object = None
+    ready: object = None
+
+
+_this_process = _ThisProcess()
 
 
 def _start_process(preparer: Preparer | None, ready) -> None:
-    global _engine, _ready
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # no CUDA context here: the GPU is the engine's
-    _ready = ready
+    _this_process.ready = ready
     if preparer is not None:
         import torch
 
         torch.set_num_threads(1)  # one process a core: intra-op threads would only contend
-        _engine = preparer.engine()
-    _warm(_engine)
+        _this_process.engine = preparer.engine()
+    _warm(_this_process.engine)
 
 
 def _warm(engine) -> None:
@@ -190,11 +196,11 @@ def _warm(engine) -> None:
 
 
 def _wait_ready() -> None:
-    _ready.wait()
+    _this_process.ready.wait()
 
 
 def _prepare_with_prefix(request: Request) -> tuple[dict, tuple[int, ...]]:
-    inputs, prefix = _engine.prepare_with_prefix(request)
+    inputs, prefix = _this_process.engine.prepare_with_prefix(request)
     return _to_wire(inputs), prefix
 
 
