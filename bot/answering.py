@@ -140,6 +140,8 @@ async def _start(
     attempts = await storage.start_job_attempt(job.id)
     if attempts is None:
         log.info("job_erased", job_id=job.id)
+        if job.photo_from is not None and await storage.get_job(job.id) is not None:
+            await _tell_photo_withdrawn(bot, services, job, language)  # while it waited
         return
     if attempts > MAX_ATTEMPTS:
         log.error("job_given_up", job_id=job.id)

@@ -181,11 +181,12 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
 
     async def start_job_attempt(self, job_id: int) -> int | None:
         """Count one more run of the job; return the number of runs so far, or None when
-        the job is gone (its user said /forget)."""
+        it may no longer run: gone (its user said /forget) or failed meanwhile (the group
+        member whose photo it asks about did)."""
         async with self._transaction():
             row = await self._one(
                 "UPDATE jobs SET attempts = attempts + 1, updated_at = ? WHERE id = ?"
-                " RETURNING attempts",
+                " AND status = 'pending' RETURNING attempts",
                 (utc_now(), job_id),
             )
         return None if row is None else int(row[0])

@@ -923,6 +923,7 @@ async def test_a_members_photo_leaves_others_questions_on_their_forget(db_path: 
         ]  # fmt: skip
         for job in (follow_up, waiting):  # not yet answered: stopped, nothing stored
             assert (await s.get_job(job.id)).status == "failed"
+            assert await s.start_job_attempt(job.id) is None  # one waiting its turn: not run
             assert await s.complete_job(job, answer="late", thought="") is None
         assert (await s.get_job(own.id)).image_file_ids == ("BOB-OWN",)
         assert (await s.get_user_data(ALICE)).photos_asked_by_others == 0

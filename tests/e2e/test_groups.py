@@ -317,3 +317,31 @@ async def test_a_members_forget_stops_an_answer_about_their_photo(bot: RunningBo
     assert placeholder.result["message_id"] in deleted
     assert await bot.storage.get_history(chat, bob.id, max_turns=5) == []
     assert await bot.storage.get_unfinished_jobs() == []
+
+
+async def test_a_question_about_a_photo_waiting_its_turn_is_dropped_on_its_senders_forget(
+    bot: RunningBot,
+) -> None:
+    """Bob's question about Ann's photo waits behind his answer being written (held here
+    through the bot's own per-user lock); Ann says /forget meanwhile: it never reaches the
+    model, and Bob is told why."""
+    from tests.e2e.test_privacy import forget
+
+    server, t = bot.server, bot.services.texts
+    chat = -9800
+    ann, bob = TgUser(id=9801), TgUser(id=9802, first_name="Bob")
+    requests = seen_requests(bot)
+    ann_photo = server.send_photo(ann, small_photo("MENU-9801"), chat_id=chat, chat_type=GROUP)
+    async with bot.services.user_locks.hold(bob.id):
+        mark = server.mark()
+        bob_asks = server.send_text(bob, f"{BOT} spicy?", chat_id=chat, chat_type=GROUP,
+                                    reply_to=ann_photo)  # fmt: skip
+        # accepted, its photo being fetched; it then waits for the lock, whenever Ann's
+        # /forget comes
+        await server.wait_for(lambda c: c.method == "getFile", after=mark)
+        await forget(bot, ann, ann.id)
+    told = await reply_after(bot, chat, mark)
+    assert told.params["text"] == t.get("en", "photo_withdrawn")
+    assert told.params["reply_parameters"]["message_id"] == bob_asks["message_id"]
+    assert requests == []
+    assert await bot.storage.get_history(chat, bob.id, max_turns=5) == []
