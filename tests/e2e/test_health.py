@@ -70,8 +70,11 @@ async def test_not_ready_when_the_database_cannot_be_read(bot: RunningBot) -> No
 async def lock_database(bot: RunningBot, mode: str) -> sqlite3.Connection:
     """Another connection holding the database's write lock; taken off the event loop,
     where the bot's own writes finish meanwhile."""
-    path = bot.services.settings.database_path
-    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    settings = bot.services.settings
+    # the retention sweep the bot starts with (a write) done first: begun after the lock
+    # was taken, it would wait out the busy timeout, and every query behind it too
+    await bot.services.storage.delete_older_than(settings.retention_days)
+    other = sqlite3.connect(settings.database_path, isolation_level=None, check_same_thread=False)
     await asyncio.to_thread(other.execute, f"BEGIN {mode}")
     return other
 
