@@ -15,6 +15,13 @@ from bot.storage.records import (
     utc_now,
 )
 
+# a user's messages in a chat from their `max_turns`-th last turn on, what a prompt takes;
+# its parameters: (chat_id, user_id, chat_id, user_id, max_turns)
+RECENT_TURNS = (
+    "chat_id = ? AND user_id = ? AND id >= (SELECT MIN(id) FROM (SELECT id FROM messages"
+    " WHERE chat_id = ? AND user_id = ? AND role = 'user' ORDER BY id DESC LIMIT ?))"
+)
+
 
 class HistoryStore(Database):
     async def add_message(
@@ -65,9 +72,7 @@ class HistoryStore(Database):
         if max_turns <= 0:
             return []
         rows = await self._all(
-            f"SELECT {MESSAGE_COLS} FROM messages WHERE chat_id = ? AND user_id = ? AND id >= ("
-            " SELECT MIN(id) FROM (SELECT id FROM messages WHERE chat_id = ? AND user_id = ?"
-            " AND role = 'user' ORDER BY id DESC LIMIT ?)) ORDER BY id",
+            f"SELECT {MESSAGE_COLS} FROM messages WHERE {RECENT_TURNS} ORDER BY id",
             (chat_id, user_id, chat_id, user_id, max_turns),
         )
         return [message_from_row(r) for r in rows]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot.storage.erasure import ErasureStore
-from bot.storage.history import HistoryStore
+from bot.storage.history import RECENT_TURNS, HistoryStore
 from bot.storage.records import (
     JOB_COLS,
     Job,
@@ -169,11 +169,8 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
         statement: a /forget of theirs comes wholly before or wholly after it."""
         async with self._transaction():
             row = await self._one(
-                "UPDATE jobs SET photo_from = (SELECT photo_from FROM messages"
-                " WHERE chat_id = ? AND user_id = ? AND role = 'user'"
-                " AND image_file_id IS NOT NULL AND id >= (SELECT MIN(id) FROM (SELECT id"
-                " FROM messages WHERE chat_id = ? AND user_id = ? AND role = 'user'"
-                " ORDER BY id DESC LIMIT ?)) ORDER BY id DESC LIMIT 1)"
+                f"UPDATE jobs SET photo_from = (SELECT photo_from FROM messages WHERE"
+                f" {RECENT_TURNS} AND image_file_id IS NOT NULL ORDER BY id DESC LIMIT 1)"
                 " WHERE id = ? AND status = 'pending' RETURNING photo_from",
                 (job.chat_id, job.user_id, job.chat_id, job.user_id, max_turns, job.id),
             )
