@@ -43,8 +43,8 @@ MAX_PREP_THREADS = 16
 # ready, so that a burst is prefilled together: one prefill of 8 costs less than one of 1
 # then one of 7 (docs/performance.md, "Through the Worker")
 PREFILL_GATHER_S = 0.05
-# preparing processes on a GPU host: 8 prepared a burst of 64 faster than 15 did on the
-# 16-core H100 host, with half their memory (docs/performance.md, "Through the Worker")
+# preparing processes on a GPU host: more only contend with the engine's own threads for
+# the cores, and each holds a tokenizer (docs/performance.md, "Through the Worker")
 MAX_PREP_PROCESSES = 8
 
 
