@@ -15,7 +15,7 @@ from bot.addressing import is_group, replied_message, sender_id, without_mention
 from bot.answering import download, prepare_image, run_job
 from bot.context import BotContext
 from bot.photo_check import DEFAULT_SOFT_TOKENS, check_photo
-from bot.storage import AlbumPart, Job, TooManyJobs
+from bot.storage import NO_REPLY, AlbumPart, Job, Reply, TooManyJobs
 from inference import ImageRejected
 
 log = structlog.get_logger()
@@ -30,11 +30,10 @@ MAX_HELD_PHOTOS = 5
 class Photo:
     file_id: str
     file_size: int | None
-    # what the message replied to shows of itself, the only text of another member's that
-    # may reach the prompt: a photo's caption, or the bot's answer as the group saw it
-    quoted: str | None = None
-    quoted_from: int | None = None  # whose words: the sender, or whom the answer was for
-    sender: int | None = None  # whose photo, when another member's (their /forget drops it)
+    # a replied photo's: what its message shows of itself, the only text of another
+    # member's that may reach the prompt (a caption, the bot's answer as the group saw it),
+    # and whose photo it is
+    reply: Reply = NO_REPLY
 
 
 async def photo(update: Update, context: BotContext) -> None:
@@ -187,8 +186,8 @@ async def _replied_photo(context: BotContext, message: Message) -> Photo | None:
         if answered is None:  # and never the bot's own picture, a copy of someone's photo
             return None
         owner = answered.sender if answered.sender != speaker else None
-        quoted_from = answered.asker if reply.text else None
-        return Photo(answered.file_id, None, reply.text or None, quoted_from, owner)
+        quoted_from = answered.asker if reply.text else None  # whom the answer was for
+        return Photo(answered.file_id, None, Reply(reply.text or None, quoted_from, owner))
     attachment = reply.photo[-1] if reply.photo else None
     if reply.document and (reply.document.mime_type or "").startswith("image/"):
         attachment = attachment or reply.document
@@ -197,7 +196,8 @@ async def _replied_photo(context: BotContext, message: Message) -> Photo | None:
     caption = without_mention(reply, reply.caption, bot.id, bot.username or "") or None
     sender = sender_id(reply)
     owner = sender if sender != speaker else None
-    return Photo(attachment.file_id, attachment.file_size, caption, caption and sender, owner)
+    about = Reply(caption, caption and sender, owner)
+    return Photo(attachment.file_id, attachment.file_size, about)
 
 
 async def unsupported(update: Update, context: BotContext) -> None:
@@ -219,12 +219,10 @@ async def _accept(
             user_id=context.speaker_id,
             chat_type=message.chat.type,
             question=question,
-            image_file_id=photo and photo.file_id,
+            image_file_id=photo.file_id if photo else None,
             max_unfinished=limit,
             language=context.language,
-            quoted=photo and photo.quoted,
-            quoted_from=photo and photo.quoted_from,
-            photo_from=photo and photo.sender,
+            reply=photo.reply if photo else NO_REPLY,
         )
     except TooManyJobs:
         await message.reply_html(context.t("too_many_requests", limit=limit))

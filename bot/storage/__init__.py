@@ -12,11 +12,13 @@ their methods, all of which one `Storage` (store.py) offers.
 from bot.storage.erasure import ERASED_MESSAGES_KEPT
 from bot.storage.jobs import UNFINISHED, TooManyJobs
 from bot.storage.records import (
+    NO_REPLY,
     ROLES,
     AlbumPart,
     CurrencyChoice,
     Job,
     ReferenceRates,
+    Reply,
     StoredMessage,
     User,
     UserData,
@@ -27,6 +29,7 @@ from bot.storage.store import Storage
 __all__ = [
     "ERASED_MESSAGES_KEPT",
     "MIGRATIONS",
+    "NO_REPLY",
     "PRIVATE_DIR_MODE",
     "PRIVATE_FILE_MODE",
     "ROLES",
@@ -35,6 +38,7 @@ __all__ = [
     "CurrencyChoice",
     "Job",
     "ReferenceRates",
+    "Reply",
     "Storage",
     "StoredMessage",
     "TooManyJobs",

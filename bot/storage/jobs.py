@@ -11,7 +11,9 @@ from bot.storage.erasure import ErasureStore
 from bot.storage.history import RECENT_TURNS, HistoryStore
 from bot.storage.records import (
     JOB_COLS,
+    NO_REPLY,
     Job,
+    Reply,
     StoredMessage,
     file_id_columns,
     job_from_row,
@@ -45,13 +47,9 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
         image_file_id: str | None,
         max_unfinished: int | None = None,
         language: str = "en",
-        quoted: str | None = None,
-        quoted_from: int | None = None,
-        photo_from: int | None = None,
+        reply: Reply = NO_REPLY,
     ) -> Job | None:
-        """Record an accepted request (with the text it replies to, `quoted`, in a group,
-        and whose words they are, `quoted_from`; whose photo it is, `photo_from`, when
-        another member's);
+        """Record an accepted request (with what it replies to in a group, `reply`);
         None if that message already has a job, or had one that /forget erased
         (redelivery). An album's job: close_album.
         Raises TooManyJobs when the user already has `max_unfinished` unanswered jobs.
@@ -68,9 +66,7 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
                 file_ids=(image_file_id,) if image_file_id else (),
                 max_unfinished=max_unfinished,
                 language=language,
-                quoted=quoted,
-                quoted_from=quoted_from,
-                photo_from=photo_from,
+                reply=reply,
             )
 
     async def _insert_job(
@@ -84,9 +80,7 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
         file_ids: Sequence[str],
         max_unfinished: int | None,
         language: str,
-        quoted: str | None = None,
-        quoted_from: int | None = None,
-        photo_from: int | None = None,
+        reply: Reply = NO_REPLY,
     ) -> Job | None:
         now = utc_now()
         await self._add_user_if_missing(user_id, language, now)
@@ -97,7 +91,7 @@ class JobStore(UserStore, HistoryStore, ErasureStore):
             " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)"
             f" ON CONFLICT (chat_id, message_id) DO NOTHING RETURNING {JOB_COLS}",
             (chat_id, message_id, user_id, chat_type, question, *file_id_columns(file_ids),
-             quoted, quoted_from, photo_from, now, now),
+             reply.quoted, reply.quoted_from, reply.photo_from, now, now),
         )  # fmt: skip
         return job_from_row(row) if row else None
 

@@ -86,6 +86,20 @@ class ReferenceRates:
 
 
 @dataclass(frozen=True)
+class Reply:
+    """What a group member's question replies to, kept with its job: the text the replied
+    message shows (another member's caption, the bot's answer), whose words they are,
+    and whose photo it asks about when another member's (their /forget drops both)."""
+
+    quoted: str | None = None
+    quoted_from: int | None = None
+    photo_from: int | None = None
+
+
+NO_REPLY = Reply()  # a question in a private chat, or replying to nothing the bot reads
+
+
+@dataclass(frozen=True)
 class Job:
     """A user's photo or question, from acceptance until the answer is delivered."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot import storage as storage_mod
-from bot.storage import MIGRATIONS, Storage, TooManyJobs, schema
+from bot.storage import MIGRATIONS, Reply, Storage, TooManyJobs, schema
 from bot.storage.jobs import AnsweredPhoto
 from inference import Diet
 
@@ -839,7 +839,7 @@ async def test_the_quoted_text_is_kept_only_until_its_job_is_answered(db_path: P
 
     def ask(s: Storage, message_id: int):
         return s.add_job(chat_id=GROUP, message_id=message_id, user_id=BOB, chat_type="group",
-                         question="spicy?", image_file_id="F1", quoted=quoted)  # fmt: skip
+                         question="spicy?", image_file_id="F1", reply=Reply(quoted))  # fmt: skip
 
     def quoted_rows() -> list[tuple]:
         return raw(db_path, "SELECT id FROM jobs WHERE quoted IS NOT NULL ORDER BY id")
@@ -867,8 +867,8 @@ async def test_the_quoted_text_is_kept_only_until_its_job_is_answered(db_path: P
         assert files_holding(db_path.parent, quoted) == []
         # Alice's /forget: her caption leaves Bob's job, which stays his, without it
         pending = await s.add_job(chat_id=GROUP, message_id=5, user_id=BOB, chat_type="group",
-                                  question="spicy?", image_file_id="F1", quoted=quoted,
-                                  quoted_from=ALICE)  # fmt: skip
+                                  question="spicy?", image_file_id="F1",
+                                  reply=Reply(quoted, quoted_from=ALICE))  # fmt: skip
         assert files_holding(db_path.parent, quoted)
         await s.delete_user_data(ALICE)
         assert (await s.get_job(pending.id)).quoted is None
@@ -885,7 +885,7 @@ async def test_a_members_photo_leaves_others_questions_on_their_forget(db_path: 
     def ask(s: Storage, message_id: int, file_id: str | None = photo):
         return s.add_job(chat_id=GROUP, message_id=message_id, user_id=BOB, chat_type="group",
                          question="which has no pork?", image_file_id=file_id,
-                         photo_from=ALICE if file_id else None)  # fmt: skip
+                         reply=Reply(photo_from=ALICE if file_id else None))  # fmt: skip
 
     async with await Storage.open(db_path) as s:
         asked = await ask(s, 1)
